@@ -1,0 +1,3 @@
+from teeflow.cli.main import main
+
+main()

@@ -1,0 +1,65 @@
+"""The ``teeflow`` command line: a thin typer + rich layer over the public API.
+
+Each command group lives in its own module and exposes ``register(app)``. Expected errors
+(:class:`teeflow.errors.Error`) print a one-line diagnosis to stderr and exit non-zero;
+tracebacks appear only with ``TEEFLOW_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from teeflow import __version__
+from teeflow.errors import Error
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="teeflow",
+    help="Confidential collaborative machine learning on Trusted Execution Environments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"teeflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """teeflow: attested, sealed, collaborative ML on TEEs."""
+
+
+def _register_all() -> None:
+    from teeflow.cli import demo_cmd, emulate_cmds, quote_cmds, sealing_cmds, workload_cmds
+
+    for module in (sealing_cmds, quote_cmds, workload_cmds, emulate_cmds, demo_cmd):
+        module.register(app)
+
+
+_register_all()
+
+
+def main() -> None:
+    """Entry point of the ``teeflow`` console script."""
+    try:
+        app()
+    except Error as exc:
+        if os.environ.get("TEEFLOW_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error[/] ({exc.code}): {exc}", highlight=False)
+        sys.exit(1)

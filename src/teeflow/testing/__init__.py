@@ -1,0 +1,1 @@
+"""teeflow.testing."""
