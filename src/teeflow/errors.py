@@ -4,18 +4,18 @@ Every error teeflow raises on purpose derives from :class:`Error`. Each class ha
 stable ``code`` (a short kebab-case string) that the CLI prints and that later
 services map to RFC 7807 ``type`` URIs; codes never change once released.
 
-Tree::
+Tree (class, code, meaning)::
 
-    Error                       code "error"
-    ├── ParseError              code "parse"          malformed bytes/documents (bounded, total parsers)
-    ├── VerificationError       code "verification"   bad signature, broken chain, revoked cert, binding mismatch
-    │   └── CollateralError     code "collateral"     missing, expired, mismatched or unsigned Endorsements
-    ├── PolicyViolation         code "policy"         verified evidence rejected by an Appraisal Policy
-    ├── SealingError            code "sealing"        sealed blob / key wrapping failure (tamper, wrong key)
-    ├── WorkloadError           code "workload"       manifest invalid, trusted file changed or missing
-    ├── PlatformError           code "platform"       Attester side: evidence could not be produced
-    ├── KbsError                code "kbs"            Key Broker Service protocol and policy errors
-    └── FLError                 code "fl"             federated-learning runtime errors
+    Error                    error         root
+    ├── ParseError           parse         malformed bytes or document (bounded, total parsers)
+    ├── VerificationError    verification  bad signature or chain, revoked, binding mismatch
+    │   └── CollateralError  collateral    missing, expired or invalid Endorsements
+    ├── PolicyViolation      policy        verified evidence rejected by an Appraisal Policy
+    ├── SealingError         sealing       sealed blob or wrapped key failed (tamper, wrong key)
+    ├── WorkloadError        workload      manifest invalid, trusted file changed or missing
+    ├── PlatformError        platform      Attester side: evidence could not be produced
+    ├── KbsError             kbs           Key Broker Service protocol and policy errors
+    └── FLError              fl            federated-learning runtime errors
 
 ``CollateralError`` is a ``VerificationError`` because missing or expired
 Endorsements mean the evidence could not be verified: callers that only catch

@@ -1,9 +1,175 @@
-"""CLI commands: emulate_cmds."""
+"""``teeflow emulate quote|info``: the emulated SGX platform (software, NOT hardware).
+
+``quote`` writes a real-format DCAP quote v3 for a workload manifest (or a raw measurement),
+creating or refreshing ``$TEEFLOW_HOME/emulation`` on the way; ``--collateral-out DIR``
+also writes the emulated collateral so ``teeflow quote verify --collateral DIR`` works.
+``info`` shows where the emulation root lives and its fingerprint.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from teeflow.errors import PlatformError
+from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated_authority import atomic_write, teeflow_home
+from teeflow.workload import WorkloadManifest, verify_trusted_files
+
+__all__ = ["register"]
+
+emulate_app = typer.Typer(
+    help="Emulated SGX platform: real-format evidence under a local root (NOT hardware).",
+    no_args_is_help=True,
+)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_BANNER = (
+    "[bold red]EMULATED — not hardware.[/] Evidence from this root must never be trusted as a TEE."
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add the ``emulate`` command group to the root app."""
+    app.add_typer(emulate_app, name="emulate")
+
+
+def _hex(value: str, what: str, max_len: int) -> bytes:
+    text = value.strip().removeprefix("0x")
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise PlatformError(f"{what} is not hexadecimal") from None
+    if len(data) > max_len:
+        raise PlatformError(f"{what} must be at most {max_len} bytes, got {len(data)}")
+    return data
+
+
+@emulate_app.command("quote")
+def quote_cmd(
+    *,
+    manifest_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest", "-m", help="Workload manifest (default: $TEEFLOW_WORKLOAD_MANIFEST)."
+        ),
+    ] = None,
+    measurement_hex: Annotated[
+        str | None,
+        typer.Option("--measurement", help="Raw 32-byte MRENCLAVE (hex) instead of a manifest."),
+    ] = None,
+    report_data_hex: Annotated[
+        str, typer.Option("--report-data", help="REPORT_DATA, up to 64 bytes hex (zero-padded).")
+    ] = "",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Quote file to write.")],
+    collateral_out: Annotated[
+        Path | None,
+        typer.Option("--collateral-out", help="Also write the emulated collateral directory here."),
+    ] = None,
+    base_dir: Annotated[
+        Path | None,
+        typer.Option("--base-dir", help="Base directory of the manifest's trusted files."),
+    ] = None,
+    verify_files: Annotated[
+        bool,
+        typer.Option(
+            "--verify-files/--no-verify-files", help="Re-hash trusted files before quoting."
+        ),
+    ] = True,
+    isv_prod_id: Annotated[
+        int, typer.Option("--isv-prod-id", help="ISVPRODID of the workload.")
+    ] = 0,
+    isv_svn: Annotated[int, typer.Option("--isv-svn", help="ISVSVN of the workload.")] = 0,
+) -> None:
+    """Produce an emulated SGX DCAP quote v3 for a workload."""
+    report_data = _hex(report_data_hex, "--report-data", 64)
+    manifest: WorkloadManifest | None = None
+    measurement: bytes | None = None
+    if measurement_hex is not None:
+        if manifest_path is not None:
+            raise PlatformError("give either --manifest or --measurement, not both")
+        measurement = _hex(measurement_hex, "--measurement", 32)
+        if len(measurement) != 32:
+            raise PlatformError("--measurement must be 32 bytes (64 hex characters)")
+    elif manifest_path is not None:
+        manifest = WorkloadManifest.load(manifest_path)
+        if verify_files:
+            base = base_dir if base_dir is not None else manifest_path.resolve().parent
+            verify_trusted_files(manifest, base)
+    now = datetime.now(UTC)
+    authority = EmulationAuthority.load_or_create(now=now)
+    sgx = EmulatedSgx(
+        authority,
+        measurement=measurement,
+        manifest=manifest,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+    )
+    quote = sgx.quote(report_data)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlatformError(f"cannot create {output.parent}: {exc.strerror}") from None
+    atomic_write(output, quote, mode=0o644)
+    err_console.print(_BANNER)
+    console.print(f"wrote [bold]{output}[/] ({len(quote)} bytes)")
+    console.print(f"mrenclave {sgx.measurement.hex()}")
+    console.print(f"mrsigner  {authority.mrsigner.hex()}")
+    if collateral_out is not None:
+        authority.write_collateral_dir(collateral_out, now)
+        console.print(f"collateral written to [bold]{collateral_out}[/]")
+
+
+@emulate_app.command("info")
+def info_cmd(
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the emulation authority if it does not exist.")
+    ] = False,
+) -> None:
+    """Show the emulation root: location, fingerprint, validity (EMULATED — not hardware)."""
+    directory = teeflow_home() / "emulation"
+    now = datetime.now(UTC)
+    if create:
+        EmulationAuthority.load_or_create(now=now)
+    anchor = EmulationAuthority.existing_trust_anchor()
+    if anchor is None:
+        if as_json:
+            typer.echo(json.dumps({"directory": str(directory), "exists": False}))
+            return
+        console.print(_BANNER)
+        console.print(
+            f"no emulation authority at {directory} "
+            "(created by `teeflow emulate quote` or `teeflow emulate info --create`)"
+        )
+        return
+    authority = EmulationAuthority.load_or_create(now=now)
+    files = authority.collateral_files(now)
+    root = authority.root_certificate
+    doc = {
+        "directory": str(directory),
+        "exists": True,
+        "emulated": True,
+        "root_subject": root.subject.rfc4514_string(),
+        "root_sha256": authority.fingerprint,
+        "root_not_after": root.not_valid_after_utc.isoformat(),
+        "mrsigner": authority.mrsigner.hex(),
+        "collateral_next_update": files.next_update.isoformat(),
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console.print(_BANNER)
+    console.print(f"directory        {doc['directory']}")
+    console.print(f"root subject     {doc['root_subject']}")
+    console.print(f"root SHA-256     {doc['root_sha256']}")
+    console.print(f"root valid until {doc['root_not_after']}")
+    console.print(f"workload MRSIGNER {doc['mrsigner']}")
+    console.print(f"collateral until {doc['collateral_next_update']}")

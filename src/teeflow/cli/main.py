@@ -7,11 +7,13 @@ tracebacks appear only with ``TEEFLOW_DEBUG=1``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 
 from teeflow import __version__
 from teeflow.errors import Error
@@ -26,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _version_callback(value: bool) -> None:
@@ -42,6 +44,11 @@ def _root(
     ),
 ) -> None:
     """teeflow: attested, sealed, collaborative ML on TEEs."""
+    logging.basicConfig(
+        level=logging.DEBUG if os.environ.get("TEEFLOW_DEBUG") else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+    )
 
 
 def _register_all() -> None:

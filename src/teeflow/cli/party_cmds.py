@@ -1,0 +1,62 @@
+"""CLI commands: ``teeflow party keygen|show`` (party keys, :mod:`teeflow.kbs.parties`).
+
+``teeflow party keygen NAME [--dir DIR] [--force]`` creates an Ed25519 signing key and an
+X25519 recipient key in ``DIR`` (default ``$TEEFLOW_HOME/parties/NAME/``) and prints the
+path of ``NAME.pub.json``, the file to hand to the other parties.
+``teeflow party show NAME [--dir DIR]`` prints that public file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from teeflow.kbs.parties import PartyKeys, party_dir
+
+__all__ = ["register"]
+
+_DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="Directory of the party's keys (default: $TEEFLOW_HOME/parties/NAME).",
+        file_okay=False,
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``party`` command group to the root app."""
+    party = typer.Typer(name="party", help="Party keys (sign agreements and grants).")
+
+    @party.command("keygen")
+    def keygen(
+        name: Annotated[str, typer.Argument(help="Party name (DNS label, e.g. hospital-a).")],
+        directory: _DirOption = None,
+        force: Annotated[
+            bool, typer.Option("--force", help="Replace existing keys (irreversible).")
+        ] = False,
+    ) -> None:
+        """Create NAME's Ed25519 signing key and X25519 recipient key."""
+        target = directory if directory is not None else party_dir(name)
+        keys = PartyKeys.generate(name)
+        pub_path = keys.save(target, overwrite=force)
+        pub = keys.public()
+        typer.echo(f"party {name}: keys written to {target} (private keys mode 0600)")
+        typer.echo(f"  public file    {pub_path}   <- share this with the other parties")
+        typer.echo(f"  sign_key       {pub.sign_key}")
+        typer.echo(f"  recipient_key  {pub.recipient_key}")
+
+    @party.command("show")
+    def show(
+        name: Annotated[str, typer.Argument(help="Party name.")],
+        directory: _DirOption = None,
+    ) -> None:
+        """Print NAME's public key file (after checking it matches the private keys)."""
+        target = directory if directory is not None else party_dir(name)
+        keys = PartyKeys.load_dir(target, name)
+        typer.echo(keys.public().to_json(), nl=False)
+
+    app.add_typer(party, name="party")

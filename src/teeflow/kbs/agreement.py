@@ -1,0 +1,571 @@
+"""Federation agreement: the signed policy every party agreed on (DESIGN.md Glossary).
+
+The agreement is a YAML document validated by :class:`FederationAgreement` (pydantic v2,
+frozen, unknown keys refused): ``federation``, ``version``, ``previous``, ``parties``,
+``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``,
+``valid_from``, ``not_after``. The annotated document shape, the CLI workflow and the
+signature file format are in ``docs/agreement.md``.
+
+**Digest** (:func:`digest`): ``SHA-256(RFC 8785 canonical JSON of
+agreement.model_dump(mode="json"))`` — the *validated, normalised* model, not the YAML text:
+every field present (defaults filled in, ``null`` for unset optionals), hex lower case,
+base64url unpadded, datetimes as UTC ``...Z`` strings, and every set-like list (mrenclave,
+TCB statuses, roles, entrypoints, functions, readers, output recipients) sorted and
+de-duplicated. YAML key order, comments, quoting, whitespace and list order therefore do not
+change it; any change of meaning does.
+
+**Signatures**: Ed25519 over ``b"teeflow-agreement-v1\\0" || digest`` (32-byte digest), base64url.
+The initial agreement needs a valid signature from *every* listed party
+(:func:`verify_initial`); an update needs ``k`` valid signatures from parties of the *current*
+agreement, each checked with its key in the current agreement (:func:`verify_update`).
+Failure modes, everywhere: a signature that does not verify → :class:`VerificationError`
+(naming the party); missing signatures, an unknown signer, a wrong ``previous``/``version``/
+``federation`` or a short quorum → :class:`PolicyViolation` listing every reason.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    field_validator,
+    model_validator,
+)
+
+from teeflow.attestation.evidence import TcbStatus
+from teeflow.attestation.policy import Hex32, load_policy_document
+from teeflow.attestation.sgx.policy import SgxPolicy
+from teeflow.errors import ParseError, PolicyViolation, VerificationError
+from teeflow.kbs.canonical import (
+    AGREEMENT_DOMAIN,
+    b64url_encode,
+    canonical_json,
+    sha256_digest,
+    signing_input,
+    validate_document,
+)
+from teeflow.kbs.parties import B64Key32, B64Sig64, Name, PartyKeys, SignKey, verify_ed25519
+
+__all__ = [
+    "MAX_ITEMS",
+    "AgreementHistory",
+    "FederationAgreement",
+    "Ident",
+    "OutputKind",
+    "PackageSpec",
+    "PartyRole",
+    "PartySpec",
+    "SgxReferenceValues",
+    "SignedAgreement",
+    "UpdateQuorum",
+    "UtcDatetime",
+    "WorkloadRole",
+    "WorkloadSpec",
+    "digest",
+    "sign_agreement",
+    "verify_initial",
+    "verify_update",
+]
+
+#: Upper bound on the number of entries of any list or mapping in an agreement.
+MAX_ITEMS = 1000
+_MAX_VERSION = 2**31 - 1
+
+
+class PartyRole(StrEnum):
+    """What a party does in the federation (``parties.<name>.roles``)."""
+
+    DATA_OWNER = "data-owner"
+    MODEL_OWNER = "model-owner"
+    AGGREGATOR_OPERATOR = "aggregator-operator"
+    KBS_OPERATOR = "kbs-operator"
+    COMPUTE_OPERATOR = "compute-operator"
+    RESULT_RECIPIENT = "result-recipient"
+
+
+class WorkloadRole(StrEnum):
+    """A workload kind (``workloads`` keys; the ``role`` claim of an attesting workload)."""
+
+    KBS = "kbs"
+    AGGREGATOR = "aggregator"
+    CLIENT = "client"
+    COMPUTE = "compute"
+    SERVE = "serve"
+
+
+class OutputKind(StrEnum):
+    """Kinds of outputs (``outputs`` keys)."""
+
+    MODEL = "model"
+    RESULT = "result"
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
+
+
+def _check_ident(value: str) -> str:
+    if not _IDENT.fullmatch(value):
+        raise ValueError(f"invalid identifier {value!r}")
+    return value
+
+
+#: A function or entrypoint name: ASCII letter or ``_`` then letters, digits, ``_ . -``; ≤ 128.
+Ident = Annotated[str, AfterValidator(_check_ident)]
+
+
+def _sorted_unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(sorted(set(value), key=str))
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SgxReferenceValues(_Doc):
+    """SGX Reference Values for one workload role (Intel SDM Vol. 3D, REPORTBODY fields).
+
+    Attributes:
+        mrenclave: accepted MRENCLAVE values (32-byte hex), sorted; may be empty only when
+            ``mrsigner`` is set.
+        mrsigner: required MRSIGNER (32-byte hex) or None.
+        isv_prod_id: required ISVPRODID (0..65535) or None.
+        min_isv_svn: minimum ISVSVN (0..65535) or None.
+        accepted_tcb_statuses: Intel TCB statuses accepted (default ``[UpToDate]``; never
+            ``Revoked``; not empty).
+        allow_debug: accept debug enclaves (default False).
+    """
+
+    mrenclave: tuple[Hex32, ...] = Field(default=(), max_length=MAX_ITEMS)
+    mrsigner: Hex32 | None = None
+    isv_prod_id: int | None = Field(default=None, ge=0, le=0xFFFF)
+    min_isv_svn: int | None = Field(default=None, ge=0, le=0xFFFF)
+    accepted_tcb_statuses: tuple[TcbStatus, ...] = (TcbStatus.UP_TO_DATE,)
+    allow_debug: bool = False
+
+    @field_validator("mrenclave", "accepted_tcb_statuses", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        return _sorted_unique(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.mrenclave and self.mrsigner is None:
+            raise ValueError("set mrenclave and/or mrsigner (no identity would accept any enclave)")
+        if not self.accepted_tcb_statuses:
+            raise ValueError("accepted_tcb_statuses must not be empty")
+        if TcbStatus.REVOKED in self.accepted_tcb_statuses:
+            raise ValueError("Revoked can never be an accepted TCB status")
+        return self
+
+    def to_policy(self, *, allow_emulated: bool) -> SgxPolicy:
+        """The :class:`~teeflow.attestation.sgx.policy.SgxPolicy` these values define."""
+        return SgxPolicy(
+            mrenclaves=self.mrenclave,
+            mrsigner=self.mrsigner,
+            isv_prod_id=self.isv_prod_id,
+            min_isv_svn=self.min_isv_svn,
+            allow_debug=self.allow_debug,
+            accepted_tcb_statuses=frozenset(self.accepted_tcb_statuses),
+            allow_emulated=allow_emulated,
+        )
+
+
+def _json_mapping(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+    if value is not None:
+        canonical_json(value)  # ParseError (not ValueError) would escape pydantic: pre-check
+    return value
+
+
+def _checked_json(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+    try:
+        return _json_mapping(value)
+    except ParseError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class WorkloadSpec(_Doc):
+    """Reference values of one workload role, per platform (at least one platform).
+
+    ``tdx`` and ``snp`` are free-form JSON mappings for now; their verifiers validate them.
+    """
+
+    sgx: SgxReferenceValues | None = None
+    tdx: Annotated[dict[str, JsonValue] | None, AfterValidator(_checked_json)] = None
+    snp: Annotated[dict[str, JsonValue] | None, AfterValidator(_checked_json)] = None
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> Self:
+        if self.sgx is None and self.tdx is None and self.snp is None:
+            raise ValueError("a workload needs reference values for at least one platform")
+        return self
+
+
+class PackageSpec(_Doc):
+    """A compute package the federation accepts.
+
+    Attributes:
+        digest: SHA-256 of the package archive (32-byte hex).
+        entrypoints: entrypoint names (``train``, ``validate``), sorted.
+        functions: named functions (TEEU-style), sorted.
+        readers: parties whose data this package may read, sorted.
+    """
+
+    digest: Hex32
+    entrypoints: tuple[Ident, ...] = Field(default=(), max_length=MAX_ITEMS)
+    functions: tuple[Ident, ...] = Field(default=(), max_length=MAX_ITEMS)
+    readers: tuple[Name, ...] = Field(default=(), max_length=MAX_ITEMS)
+
+    @field_validator("entrypoints", "functions", "readers", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _sorted_unique(value)
+
+    @model_validator(mode="after")
+    def _callable(self) -> Self:
+        if not self.entrypoints and not self.functions:
+            raise ValueError("a package needs at least one entrypoint or function")
+        return self
+
+    @property
+    def callables(self) -> frozenset[str]:
+        """Entrypoints and functions together."""
+        return frozenset(self.entrypoints) | frozenset(self.functions)
+
+
+class PartySpec(_Doc):
+    """A party's public keys and roles (keys as in ``NAME.pub.json``)."""
+
+    sign_key: SignKey
+    recipient_key: B64Key32
+    roles: tuple[PartyRole, ...] = Field(min_length=1, max_length=len(PartyRole))
+
+    @field_validator("roles", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[PartyRole, ...]) -> tuple[PartyRole, ...]:
+        return _sorted_unique(value)
+
+
+class UpdateQuorum(_Doc):
+    """``k`` of the ``n`` parties must sign an update (1 ≤ k ≤ n)."""
+
+    k: int = Field(ge=1, le=MAX_ITEMS)
+
+
+class FederationAgreement(_Doc):
+    """The federation agreement (see the module docstring for the document shape)."""
+
+    federation: Name
+    version: int = Field(ge=1, le=_MAX_VERSION)
+    previous: Hex32 | None = None
+    parties: dict[Name, PartySpec] = Field(min_length=1, max_length=MAX_ITEMS)
+    workloads: dict[WorkloadRole, WorkloadSpec] = Field(default_factory=dict)
+    packages: dict[Name, PackageSpec] = Field(default_factory=dict, max_length=MAX_ITEMS)
+    outputs: dict[OutputKind, tuple[Name, ...]] = Field(default_factory=dict)
+    allow_emulated: bool = False
+    update_quorum: UpdateQuorum
+    valid_from: UtcDatetime | None = None
+    not_after: UtcDatetime | None = None
+
+    @field_validator("outputs", mode="after")
+    @classmethod
+    def _norm_outputs(
+        cls, v: dict[OutputKind, tuple[str, ...]]
+    ) -> dict[OutputKind, tuple[str, ...]]:
+        for names in v.values():
+            if len(names) > MAX_ITEMS:
+                raise ValueError(f"at most {MAX_ITEMS} recipients per output kind")
+        return {kind: _sorted_unique(names) for kind, names in v.items()}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems: list[str] = []
+        if (self.version == 1) != (self.previous is None):
+            problems.append("previous must be null exactly when version is 1")
+        if self.update_quorum.k > len(self.parties):
+            problems.append(
+                f"update_quorum.k={self.update_quorum.k} exceeds {len(self.parties)} parties"
+            )
+        for name, pkg in sorted(self.packages.items()):
+            problems += [
+                f"package {name}: reader {r} is not a party"
+                for r in pkg.readers
+                if r not in self.parties
+            ]
+        for kind, names in sorted(self.outputs.items()):
+            problems += [
+                f"outputs.{kind}: {n} is not a party" for n in names if n not in self.parties
+            ]
+        seen: dict[str, str] = {}
+        for name, pkg in sorted(self.packages.items()):
+            if pkg.digest in seen:
+                problems.append(f"packages {seen[pkg.digest]} and {name} have the same digest")
+            seen.setdefault(pkg.digest, name)
+        if self.valid_from and self.not_after and self.valid_from >= self.not_after:
+            problems.append("valid_from must be before not_after")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- loading and saving --------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> FederationAgreement:
+        """Validate a parsed document.
+
+        Raises:
+            ParseError: every schema or consistency problem, in one message.
+        """
+        return validate_document(cls, data, "federation agreement")
+
+    @classmethod
+    def load(cls, path: Path | str) -> FederationAgreement:
+        """Read a YAML (or ``.json``) agreement file (≤ 1 MiB, duplicate keys refused).
+
+        Raises:
+            ParseError: unreadable, malformed or invalid document.
+        """
+        return cls.from_mapping(load_policy_document(path))
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON value that is digested (``model_dump(mode="json")``)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_document` (field order; loads back to an equal model)."""
+        return yaml.safe_dump(self.to_document(), sort_keys=False)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def digest(self) -> bytes:
+        """Same as :func:`digest`."""
+        return digest(self)
+
+    def output_recipients(self) -> frozenset[str]:
+        """Every party named in ``outputs`` (any kind)."""
+        return frozenset(n for names in self.outputs.values() for n in names)
+
+    def package_by_digest(self, digest_hex: str) -> tuple[str, PackageSpec] | None:
+        """``(name, spec)`` of the package with this digest (hex, any case), or None."""
+        want = digest_hex.lower()
+        for name, spec in self.packages.items():
+            if spec.digest == want:
+                return name, spec
+        return None
+
+    def sgx_policy(self, role: WorkloadRole | str) -> SgxPolicy:
+        """The SGX Appraisal Policy for a workload role (``allow_emulated`` included).
+
+        Raises:
+            PolicyViolation: the role has no SGX reference values in this agreement.
+        """
+        spec = self.workloads.get(WorkloadRole(role)) if role in set(WorkloadRole) else None
+        if spec is None or spec.sgx is None:
+            raise PolicyViolation(f"agreement has no SGX reference values for role {role!s}")
+        return spec.sgx.to_policy(allow_emulated=self.allow_emulated)
+
+    def time_violations(self, now: datetime) -> list[str]:
+        """Reasons the agreement is not in force at ``now`` (timezone-aware); [] if it is."""
+        if now.tzinfo is None:
+            return ["now must be timezone-aware"]
+        out = []
+        if self.valid_from and now < self.valid_from:
+            out.append(f"agreement not valid before {self.valid_from.isoformat()}")
+        if self.not_after and now > self.not_after:
+            out.append(f"agreement expired at {self.not_after.isoformat()}")
+        return out
+
+
+def digest(agreement: FederationAgreement) -> bytes:
+    """The agreement digest: SHA-256 (32 bytes) of the RFC 8785 canonical JSON of
+    ``agreement.model_dump(mode="json")`` (see the module docstring)."""
+    return sha256_digest(agreement.to_document())
+
+
+def sign_agreement(agreement: FederationAgreement, party_keys: PartyKeys) -> str:
+    """Ed25519 signature (base64url, 64 bytes) over ``AGREEMENT_DOMAIN || digest(agreement)``."""
+    return b64url_encode(party_keys.sign(signing_input(AGREEMENT_DOMAIN, digest(agreement))))
+
+
+class SignedAgreement(_Doc):
+    """An agreement with party signatures (``party name -> base64url signature``)."""
+
+    agreement: FederationAgreement
+    signatures: dict[Name, B64Sig64] = Field(default_factory=dict, max_length=MAX_ITEMS)
+
+    def with_signature(self, party: str, signature: str) -> SignedAgreement:
+        """A copy with ``party``'s signature added or replaced."""
+        return SignedAgreement(
+            agreement=self.agreement, signatures={**self.signatures, party: signature}
+        )
+
+    def signed_by(self, keys: PartyKeys) -> SignedAgreement:
+        """A copy signed by ``keys`` (added or replaced)."""
+        return self.with_signature(keys.name, sign_agreement(self.agreement, keys))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SignedAgreement:
+        """Validate a parsed envelope ``{agreement, signatures}``.
+
+        Raises:
+            ParseError: invalid envelope or agreement.
+        """
+        return validate_document(cls, data, "signed agreement")
+
+
+def _check_signatures(
+    signed: SignedAgreement, keys: Mapping[str, str], fallback: Mapping[str, str] | None = None
+) -> tuple[set[str], list[str]]:
+    """Verify every signature; returns (signers found in ``keys``, policy problems).
+
+    Raises:
+        VerificationError: a signature by a known party does not verify.
+    """
+    message = signing_input(AGREEMENT_DOMAIN, digest(signed.agreement))
+    valid: set[str] = set()
+    problems: list[str] = []
+    for party, sig in sorted(signed.signatures.items()):
+        key = keys.get(party) or (fallback or {}).get(party)
+        if key is None:
+            problems.append(f"signature by {party}, who is not a party")
+            continue
+        try:
+            verify_ed25519(key, sig, message)
+        except VerificationError:
+            raise VerificationError(f"signature of party {party} does not verify") from None
+        if party in keys:
+            valid.add(party)
+    return valid, problems
+
+
+def _keys(agreement: FederationAgreement) -> dict[str, str]:
+    return {name: p.sign_key for name, p in agreement.parties.items()}
+
+
+def verify_initial(signed: SignedAgreement) -> bytes:
+    """Accept a first agreement: version 1 and a valid signature from every listed party.
+
+    Returns:
+        The agreement digest (32 bytes).
+
+    Raises:
+        VerificationError: a listed party's signature does not verify.
+        PolicyViolation: version is not 1, signatures missing, or a signer is not a party
+            (every reason listed).
+    """
+    agreement = signed.agreement
+    valid, problems = _check_signatures(signed, _keys(agreement))
+    if agreement.version != 1:
+        problems.insert(0, f"an initial agreement must have version 1, not {agreement.version}")
+    problems += [
+        f"missing signature of party {p}" for p in sorted(agreement.parties) if p not in valid
+    ]
+    if problems:
+        raise PolicyViolation("agreement not accepted: " + "; ".join(problems), problems)
+    return digest(agreement)
+
+
+def verify_update(signed_new: SignedAgreement, current_signed: SignedAgreement) -> bytes:
+    """Accept an update of the current agreement.
+
+    Rules: same ``federation``; ``version == current.version + 1``; ``previous ==
+    digest(current)``; at least ``current.update_quorum.k`` valid signatures by parties of the
+    *current* agreement, each checked with the key the current agreement lists. Signatures by
+    parties only in the new agreement are checked with their new key but do not count.
+    ``current_signed`` is trusted as already accepted (see :class:`AgreementHistory`).
+
+    Returns:
+        The new agreement's digest (32 bytes).
+
+    Raises:
+        VerificationError: a signature does not verify.
+        PolicyViolation: every broken rule, listed.
+    """
+    new, cur = signed_new.agreement, current_signed.agreement
+    valid, problems = _check_signatures(signed_new, _keys(cur), fallback=_keys(new))
+    if new.federation != cur.federation:
+        problems.append(f"federation changed from {cur.federation} to {new.federation}")
+    if new.version != cur.version + 1:
+        problems.append(f"version must be {cur.version + 1}, not {new.version}")
+    cur_digest = digest(cur).hex()
+    if new.previous != cur_digest:
+        problems.append(f"previous is {new.previous}, expected {cur_digest}")
+    k = cur.update_quorum.k
+    if len(valid) < k:
+        problems.append(f"{len(valid)} valid signature(s) of current parties, quorum is {k}")
+    if problems:
+        raise PolicyViolation("agreement update not accepted: " + "; ".join(problems), problems)
+    return digest(new)
+
+
+class AgreementHistory:
+    """Append-only, verified chain of agreements of one federation.
+
+    The first entry must pass :func:`verify_initial`, each later one :func:`verify_update`
+    against its predecessor. A refused entry leaves the history unchanged.
+    """
+
+    def __init__(self, entries: Iterable[SignedAgreement] = ()) -> None:
+        """Build a history by appending ``entries`` in order (same errors as :meth:`append`)."""
+        self._entries: list[SignedAgreement] = []
+        self._digests: list[bytes] = []
+        for entry in entries:
+            self.append(entry)
+
+    def append(self, signed: SignedAgreement) -> bytes:
+        """Verify and append; returns the new digest.
+
+        Raises:
+            VerificationError, PolicyViolation: see :func:`verify_initial` / :func:`verify_update`.
+        """
+        d = verify_update(signed, self._entries[-1]) if self._entries else verify_initial(signed)
+        self._entries.append(signed)
+        self._digests.append(d)
+        return d
+
+    def verify_chain(self) -> None:
+        """Re-verify the whole chain from the first entry.
+
+        Raises:
+            VerificationError, PolicyViolation: the first broken link.
+        """
+        AgreementHistory(self._entries)
+
+    @property
+    def current(self) -> SignedAgreement | None:
+        """The newest accepted agreement, or None when empty."""
+        return self._entries[-1] if self._entries else None
+
+    @property
+    def entries(self) -> tuple[SignedAgreement, ...]:
+        """All accepted agreements, oldest first."""
+        return tuple(self._entries)
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        """Their digests, oldest first."""
+        return tuple(self._digests)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[SignedAgreement]:
+        return iter(tuple(self._entries))

@@ -1,0 +1,196 @@
+"""SQL schema (SQLAlchemy Core tables), engine set-up and Alembic migration for the KBS store.
+
+Private to :mod:`teeflow.kbs.storage.sql` (see its docstring for durability and atomicity).
+The tables here describe the schema at Alembic head; ``migrations/versions`` creates it and
+``tests/storage`` checks that the two do not drift apart.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import ArgumentError
+
+from teeflow.kbs.storage.interface import StorageInputError
+
+__all__ = [
+    "MIGRATIONS_DIR",
+    "SQLITE_BEGIN_OPTION",
+    "VERSION_TABLE",
+    "UtcDateTime",
+    "agreements",
+    "audit",
+    "counters",
+    "make_engine",
+    "metadata",
+    "migrate",
+    "resources",
+    "sessions",
+]
+
+#: Directory of the Alembic environment shipped inside the package.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+#: Alembic version table of the KBS schema.
+VERSION_TABLE = "kbs_alembic_version"
+#: PostgreSQL advisory lock key serialising migrations (ASCII "teeflowK").
+_PG_MIGRATION_LOCK = 0x746565666C6F774B
+SQLITE_BEGIN_OPTION = "teeflow_sqlite_begin"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+agreements = Table(
+    "kbs_agreements",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("digest", LargeBinary(64), nullable=False, unique=True),
+    Column("document", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+resources = Table(
+    "kbs_resources",
+    metadata,
+    Column("path", String(512), primary_key=True),
+    Column("owner", String(256), nullable=False),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("grant_doc", LargeBinary, nullable=False),
+    Column("grant_digest", LargeBinary(64), nullable=False),
+    Column("not_after", UtcDateTime, nullable=True),
+    Column("max_releases", BigInteger, nullable=True),
+    Column("release_count", BigInteger, nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+counters = Table(
+    "kbs_counters",
+    metadata,
+    Column("name", String(256), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("digest", LargeBinary(64), nullable=False),
+)
+
+sessions = Table(
+    "kbs_sessions",
+    metadata,
+    Column("session_id", String(256), primary_key=True),
+    Column("nonce", LargeBinary(64), nullable=False),
+    Column("tee", String(32), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("consumed", Boolean, nullable=False),
+    Column("token_digest", LargeBinary(64), nullable=True),
+    Column("claims_json", Text, nullable=True),
+    Column("token_expires_at", UtcDateTime, nullable=True),
+    Index("ix_kbs_sessions_expires_at", "expires_at"),
+)
+
+audit = Table(
+    "kbs_audit",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("time", UtcDateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False, unique=True),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+
+def _install_sqlite_listeners(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver must not BEGIN by itself: see _on_begin
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = conn.get_execution_options().get(SQLITE_BEGIN_OPTION, "IMMEDIATE")
+        conn.exec_driver_sql("BEGIN DEFERRED" if mode == "DEFERRED" else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        raise StorageInputError("not a database URL") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend == "sqlite":
+        if driver not in ("pysqlite", "") or parsed.database in (None, "", ":memory:"):
+            raise StorageInputError("SQLite needs a file path: sqlite:///path.db (or memory://)")
+        engine = create_engine(
+            parsed,
+            hide_parameters=True,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+        _install_sqlite_listeners(engine)
+        return engine
+    if backend == "postgresql":
+        if driver not in ("psycopg", "psycopg2") and parsed.drivername != "postgresql":
+            raise StorageInputError("PostgreSQL URLs must use postgresql+psycopg://")
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    raise StorageInputError("unsupported database URL (use memory://, sqlite:/// or postgresql://)")
+
+
+def migrate(engine: Engine) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    with engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")

@@ -1,0 +1,1 @@
+"""Alembic revisions of the KBS schema (one module per revision; never edit a released one)."""

@@ -1,0 +1,531 @@
+"""Sealed blobs: a versioned 99-byte header, then a chunked AES-256-GCM STREAM.
+
+Byte format: ``docs/formats.md``, "Sealed blob". Header (big-endian): magic ``TFSB``,
+version 1, algorithm 1, flags 0, chunk_size (u32, 4 KiB..64 MiB), key_id (16),
+aad_digest (32), salt (32), nonce_prefix (7). The per-blob AES-256 key is
+``HKDF-SHA256(IKM=key, salt=salt, info="teeflow/sealed-blob/v1/chunk-key")`` (RFC 5869),
+so nonces never repeat across blobs; chunk ``i`` has nonce
+``nonce_prefix || uint32_be(i) || last_flag`` (STREAM, Hoang-Reyhanitabar-Rogaway-Vizár,
+CRYPTO 2015; Tink "AES-GCM-HKDF streaming") and the 99 header bytes as associated data.
+Tampering, truncation, reordering, duplication, trailing data, wrong key or wrong ``aad``
+all raise :class:`~teeflow.errors.SealingError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from teeflow.errors import SealingError
+from teeflow.hazmat.aead_stream import (
+    NONCE_PREFIX_SIZE,
+    TAG_SIZE,
+    ChunkCipher,
+    ReadFull,
+    chunk_count,
+    ciphertext_layout,
+    decrypt_stream,
+    encrypt_stream,
+)
+from teeflow.sealing.keys import check_key, key_id
+
+__all__ = [
+    "ALGORITHM_AES256GCM_HKDF_STREAM",
+    "DEFAULT_CHUNK_SIZE",
+    "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_CHUNK_SIZE",
+    "MIN_CHUNK_SIZE",
+    "SealedHeader",
+    "parse_header",
+    "seal",
+    "seal_file",
+    "seal_into",
+    "sealed_size",
+    "unseal",
+    "unseal_file",
+    "unseal_into",
+    "unsealed_size",
+]
+
+MAGIC = b"TFSB"
+FORMAT_VERSION = 1
+ALGORITHM_AES256GCM_HKDF_STREAM = 1
+MIN_CHUNK_SIZE = 4 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+SALT_SIZE = 32
+_HEADER = struct.Struct(">4sBBHI16s32s32s7s")
+HEADER_SIZE = _HEADER.size  # 99
+_CHUNK_KEY_INFO = b"teeflow/sealed-blob/v1/chunk-key"
+_AAD_LABEL = b"teeflow/sealed-blob/v1/aad"
+
+Rng = Callable[[int], bytes]
+Progress = Callable[[int], None]
+Source = str | os.PathLike[str] | BinaryIO
+Sink = str | os.PathLike[str] | BinaryIO
+
+
+@dataclass(frozen=True, slots=True)
+class SealedHeader:
+    """The parsed 99-byte header of a sealed blob (all values public).
+
+    ``chunk_size`` is in bytes of plaintext; ``raw`` is the exact header bytes, which
+    are the associated data of every chunk.
+    """
+
+    version: int
+    algorithm: int
+    flags: int
+    chunk_size: int
+    key_id: bytes
+    aad_digest: bytes
+    salt: bytes
+    nonce_prefix: bytes
+    raw: bytes
+
+
+def _aad_digest(aad: bytes) -> bytes:
+    return hashlib.sha256(_AAD_LABEL + aad).digest()
+
+
+def _check_chunk_size(chunk_size: object, limit: int = MAX_CHUNK_SIZE) -> int:
+    if (
+        not isinstance(chunk_size, int)
+        or isinstance(chunk_size, bool)
+        or not MIN_CHUNK_SIZE <= chunk_size <= min(limit, MAX_CHUNK_SIZE)
+    ):
+        raise SealingError(
+            f"chunk size must be an integer in [{MIN_CHUNK_SIZE}, {min(limit, MAX_CHUNK_SIZE)}]"
+        )
+    return chunk_size
+
+
+def _as_bytes(value: object, what: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    raise SealingError(f"{what} must be bytes")
+
+
+def _as_view(value: object, what: str, *, writable: bool = False) -> memoryview:
+    try:
+        view = memoryview(value)  # type: ignore[arg-type]
+        if view.ndim != 1 or view.format != "B":
+            view = view.cast("B")
+    except (TypeError, ValueError):
+        raise SealingError(f"{what} must be a contiguous bytes-like object") from None
+    if writable and view.readonly:
+        raise SealingError(f"{what} must be writable")
+    return view
+
+
+def parse_header(data: bytes | bytearray | memoryview) -> SealedHeader:
+    """Parse and check the first 99 bytes of a sealed blob (nothing is authenticated yet).
+
+    Raises:
+        SealingError: too short, bad magic, unsupported version/algorithm/flags, or a
+            chunk size outside [4 KiB, 64 MiB].
+    """
+    view = _as_view(data, "sealed blob")
+    if len(view) < HEADER_SIZE:
+        raise SealingError("sealed blob truncated: incomplete header")
+    raw = bytes(view[:HEADER_SIZE])
+    magic, version, alg, flags, chunk_size, kid, aad_digest, salt, prefix = _HEADER.unpack(raw)
+    if magic != MAGIC:
+        raise SealingError("not a teeflow sealed blob (bad magic)")
+    if version != FORMAT_VERSION:
+        raise SealingError(f"unsupported sealed blob version {version}")
+    if alg != ALGORITHM_AES256GCM_HKDF_STREAM:
+        raise SealingError(f"unsupported sealed blob algorithm {alg}")
+    if flags != 0:
+        raise SealingError(f"unsupported sealed blob flags 0x{flags:04x}")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise SealingError(f"sealed blob chunk size {chunk_size} out of range")
+    return SealedHeader(version, alg, flags, chunk_size, kid, aad_digest, salt, prefix, raw)
+
+
+def _new_header(key: bytes, aad: bytes, chunk_size: int, rng: Rng) -> tuple[bytes, ChunkCipher]:
+    salt = rng(SALT_SIZE)
+    prefix = rng(NONCE_PREFIX_SIZE)
+    if (
+        not isinstance(salt, bytes)
+        or not isinstance(prefix, bytes)
+        or len(salt) != SALT_SIZE
+        or len(prefix) != NONCE_PREFIX_SIZE
+    ):
+        raise SealingError("rng returned the wrong number of bytes")
+    raw = _HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        ALGORITHM_AES256GCM_HKDF_STREAM,
+        0,
+        chunk_size,
+        key_id(key),
+        _aad_digest(aad),
+        salt,
+        prefix,
+    )
+    return raw, ChunkCipher(_chunk_key(key, salt), prefix, raw)
+
+
+def _chunk_key(key: bytes, salt: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=_CHUNK_KEY_INFO)
+    return hkdf.derive(key)
+
+
+def _open_header(header: SealedHeader, key: bytes, aad: bytes) -> ChunkCipher:
+    if not hmac.compare_digest(header.key_id, key_id(key)):
+        raise SealingError("wrong key: the blob was sealed under another key (key id mismatch)")
+    if not hmac.compare_digest(header.aad_digest, _aad_digest(aad)):
+        raise SealingError("wrong aad: the associated data differs from the one sealed with")
+    return ChunkCipher(_chunk_key(key, header.salt), header.nonce_prefix, header.raw)
+
+
+def sealed_size(plaintext_len: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Size in bytes of the sealed blob for ``plaintext_len`` bytes of plaintext.
+
+    ``99 + plaintext_len + 16 * max(1, ceil(plaintext_len / chunk_size))``.
+
+    Raises:
+        SealingError: chunk size out of range or more than 2**32 chunks.
+    """
+    chunk_size = _check_chunk_size(chunk_size)
+    return HEADER_SIZE + plaintext_len + TAG_SIZE * chunk_count(plaintext_len, chunk_size)
+
+
+def unsealed_size(blob: bytes | bytearray | memoryview) -> int:
+    """Plaintext size in bytes of a sealed blob, from its header and length only.
+
+    Raises:
+        SealingError: bad header or a length no honest writer produces.
+    """
+    header = parse_header(blob)
+    return ciphertext_layout(len(_as_view(blob, "sealed blob")) - HEADER_SIZE, header.chunk_size)[1]
+
+
+def seal_into(
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    out: bytearray | memoryview,
+    *,
+    aad: bytes = b"",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    rng: Rng = os.urandom,
+) -> int:
+    """Seal ``data`` into the caller's writable buffer ``out``; return the bytes written.
+
+    ``out`` must hold at least :func:`sealed_size` bytes; only that prefix is written.
+    Reusing one ``out`` across calls avoids page-faulting a fresh buffer each time.
+
+    Raises:
+        SealingError: key not 32 bytes, chunk size out of range, ``out`` too small or
+            read-only, or ``rng`` misbehaving.
+    """
+    key = check_key(key)
+    aad = _as_bytes(aad, "aad")
+    chunk_size = _check_chunk_size(chunk_size)
+    src = _as_view(data, "data")
+    dst = _as_view(out, "out", writable=True)
+    total = sealed_size(len(src), chunk_size)
+    if len(dst) < total:
+        raise SealingError(f"output buffer too small: need {total} bytes")
+    header, cipher = _new_header(key, aad, chunk_size, rng)
+    dst[:HEADER_SIZE] = header
+    n = chunk_count(len(src), chunk_size)
+    pos, opos = 0, HEADER_SIZE
+    for i in range(n):
+        end = min(pos + chunk_size, len(src))
+        oend = opos + (end - pos) + TAG_SIZE
+        cipher.encrypt_into(i, i == n - 1, src[pos:end], dst[opos:oend])
+        pos, opos = end, oend
+    return total
+
+
+def unseal_into(
+    blob: bytes | bytearray | memoryview,
+    key: bytes,
+    out: bytearray | memoryview,
+    *,
+    aad: bytes = b"",
+) -> int:
+    """Open ``blob`` into the caller's writable buffer ``out``; return the plaintext size.
+
+    ``out`` must hold at least :func:`unsealed_size` bytes. On failure ``out`` may hold
+    partial, unauthenticated plaintext: the caller must discard it.
+
+    Raises:
+        SealingError: any tampering, truncation, reordering, duplication, trailing data,
+            wrong key or wrong ``aad``; or ``out`` too small or read-only.
+    """
+    key = check_key(key)
+    aad = _as_bytes(aad, "aad")
+    src = _as_view(blob, "sealed blob")
+    header = parse_header(src)
+    cipher = _open_header(header, key, aad)
+    chunk_size = header.chunk_size
+    n, pt_len = ciphertext_layout(len(src) - HEADER_SIZE, chunk_size)
+    dst = _as_view(out, "out", writable=True)
+    if len(dst) < pt_len:
+        raise SealingError(f"output buffer too small: need {pt_len} bytes")
+    pos, opos = HEADER_SIZE, 0
+    for i in range(n):
+        oend = min(opos + chunk_size, pt_len)
+        end = pos + (oend - opos) + TAG_SIZE
+        cipher.decrypt_into(i, i == n - 1, src[pos:end], dst[opos:oend])
+        pos, opos = end, oend
+    return pt_len
+
+
+def _fresh(size: int) -> io.BytesIO:
+    # bytes(size) is calloc'ed (pages untouched); BytesIO adopts it without a copy,
+    # getbuffer() gives a writable view of it and getvalue() hands the same bytes object
+    # back when no view is alive: one allocation, no memset and no final copy.
+    return io.BytesIO(bytes(size))
+
+
+def seal(
+    data: bytes | bytearray | memoryview,
+    key: bytes,
+    *,
+    aad: bytes = b"",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    rng: Rng = os.urandom,
+) -> bytes:
+    """Seal ``data`` under the 32-byte ``key``, binding ``aad``; return the sealed blob.
+
+    Args:
+        data: plaintext, any length (empty gives one empty final chunk).
+        key: 32-byte data key.
+        aad: associated data (not stored, only its SHA-256); needed again to unseal.
+        chunk_size: plaintext bytes per chunk, 4 KiB .. 64 MiB (default 1 MiB).
+        rng: source of the 32-byte salt and 7-byte nonce prefix (default os.urandom).
+
+    Raises:
+        SealingError: key not 32 bytes, chunk size out of range, too many chunks.
+    """
+    src = _as_view(data, "data")
+    buf = _fresh(sealed_size(len(src), chunk_size))
+    with buf.getbuffer() as view:
+        seal_into(src, key, view, aad=aad, chunk_size=chunk_size, rng=rng)
+    return buf.getvalue()
+
+
+def unseal(blob: bytes | bytearray | memoryview, key: bytes, *, aad: bytes = b"") -> bytes:
+    """Authenticate and decrypt a sealed blob made by :func:`seal` or :func:`seal_file`.
+
+    Nothing is returned unless every chunk authenticated and the stream ended with the
+    final chunk exactly at the end of ``blob``.
+
+    Raises:
+        SealingError: any tampering (header, chunk, tag), truncation, reordering,
+            dropped or duplicated chunks, trailing data, wrong key, wrong ``aad``, or a
+            key that is not 32 bytes.
+    """
+    buf = _fresh(unsealed_size(blob))
+    with buf.getbuffer() as view:
+        unseal_into(blob, key, view, aad=aad)
+    return buf.getvalue()
+
+
+# --- streaming I/O helpers ------------------------------------------------------------
+
+
+def _io_error(what: str, exc: OSError) -> SealingError:
+    return SealingError(f"{what}: {exc.strerror or exc}")
+
+
+def _reader(fin: BinaryIO) -> ReadFull:
+    """A function filling a view from ``fin`` until full or end of file."""
+    readinto = getattr(fin, "readinto", None)
+
+    def read_full(view: memoryview) -> int:
+        got, want = 0, len(view)
+        try:
+            while got < want:
+                if readinto is not None:
+                    k = readinto(view[got:])
+                else:
+                    data = fin.read(want - got)
+                    k = len(data) if isinstance(data, bytes) else None
+                    if k is not None and k <= want - got:
+                        view[got : got + k] = data
+                if not isinstance(k, int) or not 0 <= k <= want - got:
+                    raise SealingError("input stream misbehaved (non-blocking or over-long read)")
+                if k == 0:
+                    break
+                got += k
+        except OSError as exc:
+            raise _io_error("cannot read input", exc) from exc
+        return got
+
+    return read_full
+
+
+@contextmanager
+def _open_source(src: Source) -> Iterator[BinaryIO]:
+    if not isinstance(src, str | os.PathLike):
+        yield src
+        return
+    try:
+        fh = open(src, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        raise _io_error(f"cannot open {os.fspath(src)}", exc) from exc
+    with fh:
+        yield fh
+
+
+class _Output:
+    """Write side of seal_file/unseal_file: ``write`` everything, then ``commit``."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.committed = fh, False
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                n = self.fh.write(view)
+                view = view[n if isinstance(n, int) and 0 < n <= len(view) else len(view) :]
+        except OSError as exc:
+            raise _io_error("cannot write output", exc) from exc
+
+    def commit(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            raise _io_error("cannot write output", exc) from exc
+        self.committed = True
+
+
+@contextmanager
+def _open_sink(dst: Sink, *, need_rollback: bool) -> Iterator[_Output]:
+    """Paths: temp file next to ``dst``, fsync + rename on commit, unlink otherwise.
+
+    File objects: written in place; with ``need_rollback`` they must be seekable and are
+    truncated back to their start position unless committed.
+    """
+    if not isinstance(dst, str | os.PathLike):
+        start = 0
+        try:
+            if need_rollback:
+                if not dst.seekable():
+                    raise SealingError("destination file object must be seekable")
+                start = dst.tell()
+        except OSError as exc:
+            raise _io_error("cannot use destination", exc) from exc
+        out = _Output(dst)
+        try:
+            yield out
+        finally:
+            if need_rollback and not out.committed:
+                try:
+                    dst.seek(start)
+                    dst.truncate()
+                except OSError:
+                    pass  # best effort: the original error propagates
+        return
+    target = Path(dst)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    except OSError as exc:
+        raise _io_error(f"cannot create output next to {target}", exc) from exc
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            out = _Output(fh)
+            yield out
+            if out.committed:
+                os.fsync(fh.fileno())
+        if out.committed:
+            os.replace(tmp, target)
+    except OSError as exc:
+        raise _io_error(f"cannot write {target}", exc) from exc
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def seal_file(
+    src: Source,
+    dst: Sink,
+    key: bytes,
+    *,
+    aad: bytes = b"",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    rng: Rng = os.urandom,
+    progress: Progress | None = None,
+) -> int:
+    """Stream-seal ``src`` to ``dst`` in O(chunk_size) memory; return plaintext bytes read.
+
+    ``src``/``dst`` are paths or binary file objects (file objects are not closed). A
+    path ``dst`` is written to a 0600 temporary file next to it, fsync'ed and renamed
+    into place at the end (removed on failure). ``progress`` is called with the
+    plaintext bytes consumed per chunk. Memory: about ``2 * chunk_size`` bytes.
+
+    Raises:
+        SealingError: bad key/chunk size, or an I/O error (OSError chained as cause).
+    """
+    key = check_key(key)
+    aad = _as_bytes(aad, "aad")
+    chunk_size = _check_chunk_size(chunk_size)
+    header, cipher = _new_header(key, aad, chunk_size, rng)
+    with _open_source(src) as fin, _open_sink(dst, need_rollback=False) as sink:
+        sink.write(header)
+        total = encrypt_stream(cipher, _reader(fin), sink.write, chunk_size, progress)
+        sink.commit()
+    return total
+
+
+def unseal_file(
+    src: Source,
+    dst: Sink,
+    key: bytes,
+    *,
+    aad: bytes = b"",
+    max_chunk_size: int = MAX_CHUNK_SIZE,
+    progress: Progress | None = None,
+) -> int:
+    """Stream-open a sealed ``src`` into ``dst`` in O(chunk_size) memory; return its size.
+
+    Unauthenticated plaintext never becomes final output: a path ``dst`` is written to a
+    0600 temporary file next to it and renamed over ``dst`` only after the final chunk
+    authenticated (the temporary file is deleted on failure); a file-object ``dst`` must
+    be seekable and is truncated back to its starting position on failure. Memory:
+    about ``2 * chunk_size`` bytes, where ``chunk_size`` comes from the header and is
+    refused above ``max_chunk_size`` (default and ceiling 64 MiB). ``progress`` is
+    called with the sealed bytes consumed per chunk (header excluded).
+
+    Raises:
+        SealingError: every failure :func:`unseal` reports, a chunk size above
+            ``max_chunk_size``, a non-seekable file-object ``dst``, or an I/O error
+            (OSError chained as cause).
+    """
+    key = check_key(key)
+    aad = _as_bytes(aad, "aad")
+    limit = _check_chunk_size(max_chunk_size)
+    with _open_source(src) as fin:
+        read = _reader(fin)
+        head = bytearray(HEADER_SIZE)
+        if read(memoryview(head)) != HEADER_SIZE:
+            raise SealingError("sealed blob truncated: incomplete header")
+        header = parse_header(head)
+        if header.chunk_size > limit:
+            raise SealingError(f"chunk size {header.chunk_size} exceeds the limit {limit}")
+        cipher = _open_header(header, key, aad)
+        with _open_sink(dst, need_rollback=True) as sink:
+            total = decrypt_stream(cipher, read, sink.write, header.chunk_size, progress)
+            sink.commit()
+    return total
