@@ -149,8 +149,11 @@ def test_v4_sgx() -> None:
 
 @pytest.mark.parametrize(
     ("tee", "bt", "body", "cls"),
-    [(0, 1, sgx_report(2), EnclaveReport), (0x81, 2, bytes(584), TdReport10),
-     (0x81, 3, bytes(range(200)) * 3 + bytes(48), TdReport15)],
+    [
+        (0, 1, sgx_report(2), EnclaveReport),
+        (0x81, 2, bytes(584), TdReport10),
+        (0x81, 3, bytes(range(200)) * 3 + bytes(48), TdReport15),
+    ],
 )
 def test_v5_body_types(tee: int, bt: int, body: bytes, cls: type) -> None:
     data = build_quote(version=5, tee_type=tee, body=body, v5_body_type=bt)

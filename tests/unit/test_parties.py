@@ -97,9 +97,7 @@ def test_generate_save_load_round_trip(tmp_path: Path) -> None:
     assert set(doc) == {"name", "sign_key", "recipient_key"}
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
     assert b64url_decode(doc["sign_key"]) == keys.sign_key.public_key().public_bytes(*raw)
-    assert b64url_decode(doc["recipient_key"]) == keys.recipient_key.public_key().public_bytes(
-        *raw
-    )
+    assert b64url_decode(doc["recipient_key"]) == keys.recipient_key.public_key().public_bytes(*raw)
     # the loaded key signs, the public file verifies
     sig = loaded.sign(b"message")
     verify_ed25519(pub.sign_key, b64url_encode(sig), b"message")

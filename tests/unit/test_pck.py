@@ -41,8 +41,12 @@ def seq_of(*entries: univ.Sequence) -> univ.SequenceOf:
     return out
 
 
-def tcb(comps: tuple[int, ...] = tuple(range(16)), pcesvn: int = 11, cpusvn: bytes = b"C" * 16,
-        skip: int | None = None) -> univ.SequenceOf:
+def tcb(
+    comps: tuple[int, ...] = tuple(range(16)),
+    pcesvn: int = 11,
+    cpusvn: bytes = b"C" * 16,
+    skip: int | None = None,
+) -> univ.SequenceOf:
     items = [entry(f"{SGX}.2.{i}", univ.Integer(c)) for i, c in enumerate(comps, 1)]
     items.append(entry(f"{SGX}.2.17", univ.Integer(pcesvn)))
     items.append(entry(f"{SGX}.2.18", univ.OctetString(cpusvn)))
@@ -111,12 +115,15 @@ def test_malformed_extension(override: dict[str, Any]) -> None:
 
 def test_malformed_der() -> None:
     good = ext()
-    for bad in (b"", b"\x30", good[:-1], good + b"\x00", b"\x04\x02ab", b"\xff" * 10,
-                bytes(5000)):
+    for bad in (b"", b"\x30", good[:-1], good + b"\x00", b"\x04\x02ab", b"\xff" * 10, bytes(5000)):
         with pytest.raises(ParseError):
             parse_sgx_extension_value(bad)
-    dup = encoder.encode(seq_of(entry(f"{SGX}.1", univ.OctetString(b"P" * 16)),
-                                entry(f"{SGX}.1", univ.OctetString(b"P" * 16))))
+    dup = encoder.encode(
+        seq_of(
+            entry(f"{SGX}.1", univ.OctetString(b"P" * 16)),
+            entry(f"{SGX}.1", univ.OctetString(b"P" * 16)),
+        )
+    )
     with pytest.raises(ParseError, match="duplicate"):
         parse_sgx_extension_value(dup)
 
@@ -125,14 +132,18 @@ def _cert(extension: bytes | None) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "t")])
     b = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(1)
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
         .not_valid_before(datetime(2024, 1, 1, tzinfo=UTC))
         .not_valid_after(datetime(2025, 1, 1, tzinfo=UTC))
     )
     if extension is not None:
-        b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX), extension),
-                            False)
+        b = b.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX), extension), False
+        )
     return b.sign(key, hashes.SHA256())
 
 

@@ -132,14 +132,21 @@ def test_multi_chunk_file_default_chunk_size(tmp_path: Path) -> None:
     assert (tmp_path / "big.out").read_bytes() == data
 
 
-def _reference_seal(data: bytes, key: bytes, aad: bytes, chunk_size: int, salt: bytes,
-                    prefix: bytes) -> bytes:
+def _reference_seal(
+    data: bytes, key: bytes, aad: bytes, chunk_size: int, salt: bytes, prefix: bytes
+) -> bytes:
     """An independent encoder written from docs/formats.md ("Sealed blob")."""
     kid = HKDF(hashes.SHA256(), 16, None, b"teeflow/sealed-blob/v1/key-id").derive(key)
     digest = hashlib.sha256(b"teeflow/sealed-blob/v1/aad" + aad).digest()
     header = (
-        b"TFSB" + bytes([1, 1]) + b"\x00\x00" + struct.pack(">I", chunk_size)
-        + kid + digest + salt + prefix
+        b"TFSB"
+        + bytes([1, 1])
+        + b"\x00\x00"
+        + struct.pack(">I", chunk_size)
+        + kid
+        + digest
+        + salt
+        + prefix
     )
     assert len(header) == 99
     subkey = HKDF(hashes.SHA256(), 32, salt, b"teeflow/sealed-blob/v1/chunk-key").derive(key)
@@ -308,3 +315,13 @@ def test_seal_file_in_place(tmp_path: Path) -> None:
     path.write_bytes(data_of(2 * CS + 1))
     seal_file(path, path, KEY, chunk_size=CS)
     assert unseal(path.read_bytes(), KEY) == data_of(2 * CS + 1)
+
+
+def test_unseal_into_wipes_output_on_failure() -> None:
+    data = data_of(3 * CS + 5)
+    blob = bytearray(seal(data, KEY, chunk_size=CS))
+    blob[-1] ^= 1  # chunks 0..2 decrypt fine, the final tag fails
+    out = bytearray(b"\xaa" * (len(data) + 4))
+    with pytest.raises(SealingError):
+        unseal_into(blob, KEY, out)
+    assert out == bytes(len(data)) + b"\xaa" * 4

@@ -64,9 +64,10 @@ def open_fileobj(blob: bytes, key: bytes, aad: bytes, tmp: Path) -> None:
     out = io.BytesIO()
     try:
         unseal_file(io.BytesIO(blob), out, key, aad=aad)
-    finally:
-        failed_output = out.getvalue()
-    assert failed_output == DATA
+    except SealingError:
+        assert out.getvalue() == b""  # rolled back: no partial plaintext left
+        raise
+    assert out.getvalue() == DATA
 
 
 OPENERS = {"memory": open_memory, "path": open_path, "fileobj": open_fileobj}

@@ -77,7 +77,7 @@ def test_defaults_are_strict() -> None:
     assert p.allow_debug is False
     assert p.require_collateral is True
     assert p.mrenclaves == ()
-    assert p.accepted_advisories == frozenset()
+    assert p.accepted_advisories is None  # advisories follow the accepted TCB status
 
 
 def test_yaml_round_trip(tmp_path: Path) -> None:
@@ -228,7 +228,7 @@ INDIVIDUAL_VIOLATIONS = [
     (NO_COLLATERAL, good_policy(), "TCB status unknown (no collateral)"),
     (FakeEvidence(tcb_status=TcbStatus.OUT_OF_DATE), good_policy(),
      "tcb status OutOfDate not accepted"),
-    (FakeEvidence(advisory_ids=("INTEL-SA-00615",)), good_policy(),
+    (FakeEvidence(advisory_ids=("INTEL-SA-00615",)), good_policy(accepted_advisories=[]),
      "advisory INTEL-SA-00615 not accepted"),
     (FakeEvidence(), good_policy(min_cpu_svn=MIN_CPU),
      f"cpu_svn {CPU_SVN.hex()} below minimum {MIN_CPU}"),
@@ -264,6 +264,7 @@ def test_all_violations_at_once() -> None:
         min_isv_svn=2,
         report_data="00" * 64,
         min_cpu_svn="ff" * 16,
+        accepted_advisories=(),
     )
     result = appraise(evidence, policy)
     assert list(result.violations) == [
@@ -443,7 +444,11 @@ def phala_verified(attestation_dir: Path) -> Any:
 @pytest.mark.vectors
 def test_real_phala_quote_default_policy_rejects(phala_verified: Any) -> None:
     result = appraise(phala_verified, SgxPolicy(mrenclaves=(MRENCLAVE.hex(),)))
-    assert result.violations == (
+    assert result.violations == ("tcb status ConfigurationAndSWHardeningNeeded not accepted",)
+    explicit = appraise(
+        phala_verified, SgxPolicy(mrenclaves=(MRENCLAVE.hex(),), accepted_advisories=())
+    )
+    assert explicit.violations == (
         "tcb status ConfigurationAndSWHardeningNeeded not accepted",
         "advisory INTEL-SA-00289 not accepted",
         "advisory INTEL-SA-00615 not accepted",
@@ -496,3 +501,15 @@ def test_real_phala_quote_accepting_policy_warns(phala_verified: Any) -> None:
     assert ear.submods["cpu0"].status is EarStatus.WARNING
     assert ear.submods["cpu0"].claims["mrenclave"] == MRENCLAVE.hex()
     assert ear.submods["cpu0"].policy_id == policy.identifier()
+
+
+def test_default_advisories_follow_the_accepted_tcb_status() -> None:
+    evidence = FakeEvidence(
+        tcb_status=TcbStatus.SW_HARDENING_NEEDED,
+        advisory_ids=("INTEL-SA-00289", "INTEL-SA-00615"),
+    )
+    result = appraise(evidence, good_policy(accepted_tcb_statuses=["SWHardeningNeeded"]))
+    assert result.accepted
+    assert result.status is EarStatus.WARNING
+    assert "advisory INTEL-SA-00289 accepted by policy" in result.warnings
+    assert "advisory INTEL-SA-00615 accepted by policy" in result.warnings

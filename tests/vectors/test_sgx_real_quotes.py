@@ -75,8 +75,11 @@ def _check_report(report: EnclaveReport, want: dict[str, Any]) -> None:
     assert report.isv_prod_id == want["isv_prod_id"]
     assert report.isv_svn == want["isv_svn"]
     assert report.report_data.hex() == want["report_data"]
-    for key, attr in (("isv_ext_prod_id", "isv_ext_prod_id"), ("config_id", "config_id"),
-                      ("isv_family_id", "isv_family_id")):
+    for key, attr in (
+        ("isv_ext_prod_id", "isv_ext_prod_id"),
+        ("config_id", "config_id"),
+        ("isv_family_id", "isv_family_id"),
+    ):
         if key in want:
             assert getattr(report, attr).hex() == want[key]
     if "config_svn" in want:
@@ -125,14 +128,25 @@ def test_tdx_quote_framing(attestation_dir: Path, manifest: dict[str, Any], name
     assert isinstance(body, TdReport10)
     assert isinstance(body, TdReport15) == (f["body_type"] == "td15")
     b = f["body"]
-    for key, attr in [("tee_tcb_svn", "tee_tcb_svn"), ("mrseam", "mr_seam"),
-                      ("mrsignerseam", "mr_signer_seam"), ("seam_attributes", "seam_attributes"),
-                      ("td_attributes", "td_attributes"), ("xfam", "xfam"), ("mrtd", "mr_td"),
-                      ("mrconfigid", "mr_config_id"), ("mrowner", "mr_owner"),
-                      ("mrownerconfig", "mr_owner_config"), ("rtmr0", "rtmr0"),
-                      ("rtmr1", "rtmr1"), ("rtmr2", "rtmr2"), ("rtmr3", "rtmr3"),
-                      ("report_data", "report_data"), ("tee_tcb_svn2", "tee_tcb_svn2"),
-                      ("mrservicetd", "mr_service_td")]:
+    for key, attr in [
+        ("tee_tcb_svn", "tee_tcb_svn"),
+        ("mrseam", "mr_seam"),
+        ("mrsignerseam", "mr_signer_seam"),
+        ("seam_attributes", "seam_attributes"),
+        ("td_attributes", "td_attributes"),
+        ("xfam", "xfam"),
+        ("mrtd", "mr_td"),
+        ("mrconfigid", "mr_config_id"),
+        ("mrowner", "mr_owner"),
+        ("mrownerconfig", "mr_owner_config"),
+        ("rtmr0", "rtmr0"),
+        ("rtmr1", "rtmr1"),
+        ("rtmr2", "rtmr2"),
+        ("rtmr3", "rtmr3"),
+        ("report_data", "report_data"),
+        ("tee_tcb_svn2", "tee_tcb_svn2"),
+        ("mrservicetd", "mr_service_td"),
+    ]:
         if key in b:
             assert getattr(body, attr).hex() == b[key], key
     if q.version == 5:
@@ -144,8 +158,9 @@ def test_tdx_quote_framing(attestation_dir: Path, manifest: dict[str, Any], name
 def test_phala_with_collateral(attestation_dir: Path) -> None:
     q = parse_sgx_quote((attestation_dir / SGX_QUOTES[0]).read_bytes())
     collateral = IntelCollateral.from_dir(attestation_dir / PHALA_COLLATERAL)
-    v = verify(q, anchors=[intel_sgx_root_ca()], collateral=collateral,
-               now=at("2025-07-01T00:00:00Z"))
+    v = verify(
+        q, anchors=[intel_sgx_root_ca()], collateral=collateral, now=at("2025-07-01T00:00:00Z")
+    )
     assert isinstance(v, VerifiedSgxEvidence)
     assert v.tcb_status is TcbStatus.CONFIGURATION_AND_SW_HARDENING_NEEDED
     assert v.advisory_ids == ("INTEL-SA-00289", "INTEL-SA-00615")
@@ -155,11 +170,16 @@ def test_phala_with_collateral(attestation_dir: Path) -> None:
     assert v.pck.fmspc.hex() == "00a067110000"
     assert v.report.mr_enclave.hex().startswith("33d8736d")
     # Again (cached paths), then at the real date: collateral expired.
-    assert verify(q, anchors=[intel_sgx_root_ca()], collateral=collateral,
-                  now=at("2025-07-02T00:00:00Z")).tcb_status == v.tcb_status
+    assert (
+        verify(
+            q, anchors=[intel_sgx_root_ca()], collateral=collateral, now=at("2025-07-02T00:00:00Z")
+        ).tcb_status
+        == v.tcb_status
+    )
     with pytest.raises(CollateralError):
-        verify(q, anchors=[intel_sgx_root_ca()], collateral=collateral,
-               now=at("2026-11-21T00:00:00Z"))
+        verify(
+            q, anchors=[intel_sgx_root_ca()], collateral=collateral, now=at("2026-11-21T00:00:00Z")
+        )
 
 
 @pytest.mark.parametrize("name", SGX_QUOTES[1:])
@@ -167,8 +187,9 @@ def test_collateral_for_another_fmspc_is_rejected(attestation_dir: Path, name: s
     q = parse_sgx_quote((attestation_dir / name).read_bytes())
     collateral = IntelCollateral.from_dir(attestation_dir / PHALA_COLLATERAL)
     with pytest.raises(CollateralError, match=r"FMSPC|PCK CRL issuer"):
-        verify(q, anchors=[intel_sgx_root_ca()], collateral=collateral,
-               now=at("2025-07-01T00:00:00Z"))
+        verify(
+            q, anchors=[intel_sgx_root_ca()], collateral=collateral, now=at("2025-07-01T00:00:00Z")
+        )
 
 
 @pytest.mark.parametrize("name", SGX_QUOTES)
@@ -176,8 +197,9 @@ def test_signatures_only(attestation_dir: Path, manifest: dict[str, Any], name: 
     q = parse_sgx_quote((attestation_dir / name).read_bytes())
     now = at(SIGNATURE_TIMES[name])
     crls = crls_for(attestation_dir, name)
-    v = verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=now, crls=crls,
-               signatures_only=True)
+    v = verify(
+        q, anchors=[intel_sgx_root_ca()], collateral=None, now=now, crls=crls, signatures_only=True
+    )
     pck = manifest["files"][name]["expected"]["fields"]["pck_cert"]
     assert f"{v.pck_certificate.serial_number:#x}" == pck["serial"]
     assert v.pck_certificate.not_valid_after_utc == at(pck["not_after"])
@@ -187,8 +209,7 @@ def test_signatures_only(attestation_dir: Path, manifest: dict[str, Any], name: 
         verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=now)
     expired = at(pck["not_after"]).replace(year=at(pck["not_after"]).year + 1)
     with pytest.raises(VerificationError) as exc:
-        verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=expired,
-               signatures_only=True)
+        verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=expired, signatures_only=True)
     assert type(exc.value) is VerificationError
 
 
@@ -196,18 +217,39 @@ def test_mobilecoin_crls_outside_their_window(attestation_dir: Path) -> None:
     name = "sgx/mobilecoin_hw_quote_v3.bin"
     q = parse_sgx_quote((attestation_dir / name).read_bytes())
     with pytest.raises(CollateralError):
-        verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=at("2023-07-01T00:00:00Z"),
-               crls=crls_for(attestation_dir, name), signatures_only=True)
+        verify(
+            q,
+            anchors=[intel_sgx_root_ca()],
+            collateral=None,
+            now=at("2023-07-01T00:00:00Z"),
+            crls=crls_for(attestation_dir, name),
+            signatures_only=True,
+        )
     # Without the CRLs the chain itself is fine at that time.
-    verify(q, anchors=[intel_sgx_root_ca()], collateral=None, now=at("2023-07-01T00:00:00Z"),
-           signatures_only=True)
+    verify(
+        q,
+        anchors=[intel_sgx_root_ca()],
+        collateral=None,
+        now=at("2023-07-01T00:00:00Z"),
+        signatures_only=True,
+    )
 
 
 def test_now_must_be_aware(attestation_dir: Path) -> None:
     q = parse_sgx_quote((attestation_dir / SGX_QUOTES[0]).read_bytes())
     with pytest.raises(VerificationError):
-        verify(q, anchors=[intel_sgx_root_ca()], collateral=None,
-               now=datetime(2025, 7, 1), signatures_only=True)
-    v = verify(q, anchors=[intel_sgx_root_ca()], collateral=None,
-               now=datetime(2025, 7, 1, tzinfo=UTC), signatures_only=True)
+        verify(
+            q,
+            anchors=[intel_sgx_root_ca()],
+            collateral=None,
+            now=datetime(2025, 7, 1),
+            signatures_only=True,
+        )
+    v = verify(
+        q,
+        anchors=[intel_sgx_root_ca()],
+        collateral=None,
+        now=datetime(2025, 7, 1, tzinfo=UTC),
+        signatures_only=True,
+    )
     assert v.verified_at.tzinfo is UTC

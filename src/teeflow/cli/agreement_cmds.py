@@ -29,13 +29,17 @@ from teeflow.kbs.agreement import (
     MAX_ITEMS,
     FederationAgreement,
     SignedAgreement,
-    _Doc,
     digest,
     sign_agreement,
     verify_initial,
     verify_update,
 )
-from teeflow.kbs.canonical import AGREEMENT_DOMAIN, signing_input, validate_document
+from teeflow.kbs.canonical import (
+    AGREEMENT_DOMAIN,
+    DocumentModel,
+    signing_input,
+    validate_document,
+)
 from teeflow.kbs.parties import B64Sig64, Name, PartyKeys, PartyPublic, party_dir, verify_ed25519
 
 __all__ = [
@@ -51,7 +55,7 @@ __all__ = [
 SIGNATURES_FORMAT: Final = "teeflow-agreement-signatures-v1"
 
 
-class SignatureFile(_Doc):
+class SignatureFile(DocumentModel):
     """The ``FILE.sigs.json`` document (see the module docstring)."""
 
     format: Literal["teeflow-agreement-signatures-v1"] = SIGNATURES_FORMAT
@@ -305,7 +309,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {name:<24} {','.join(spec.roles):<32} {status}")
         if stale:
             typer.secho("signature file is STALE (made over another digest)", fg="yellow")
-        typer.echo(f"workloads   {', '.join(sorted(agreement.workloads)) or '-'}")
+        typer.echo(
+            f"workloads   {', '.join(sorted(agreement.workloads)) or '- (none can attest yet)'}"
+        )
         for name, pkg in sorted(agreement.packages.items()):
             typer.echo(f"package     {name} {pkg.digest} readers={','.join(pkg.readers)}")
         for kind, names in sorted(agreement.outputs.items()):

@@ -52,9 +52,25 @@ def _root(
 
 
 def _register_all() -> None:
-    from teeflow.cli import demo_cmd, emulate_cmds, quote_cmds, sealing_cmds, workload_cmds
+    from teeflow.cli import (
+        agreement_cmds,
+        demo_cmd,
+        emulate_cmds,
+        party_cmds,
+        quote_cmds,
+        sealing_cmds,
+        workload_cmds,
+    )
 
-    for module in (sealing_cmds, quote_cmds, workload_cmds, emulate_cmds, demo_cmd):
+    for module in (
+        demo_cmd,
+        sealing_cmds,
+        quote_cmds,
+        workload_cmds,
+        emulate_cmds,
+        party_cmds,
+        agreement_cmds,
+    ):
         module.register(app)
 
 

@@ -324,6 +324,8 @@ def _print_report(file: Path, report: dict[str, Any]) -> None:
     if report["emulated"]:
         console.print("[bold yellow]EMULATED evidence — not hardware[/]")
     table = Table(show_header=False)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key in (
         "tcb_status",
         "qe_tcb_status",

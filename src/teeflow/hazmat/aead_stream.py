@@ -10,7 +10,7 @@
 
 The construction is the nonce-based online AE "STREAM" of Hoang, Reyhanitabar, Rogaway
 and Vizár, *Online Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance*
-(CRYPTO 2015), §7, laid out as in Tink's "AES-GCM-HKDF streaming" key type: the 12-byte
+(CRYPTO 2015), laid out as in Tink's "AES-GCM-HKDF streaming" key type: the 12-byte
 GCM nonce of chunk ``i`` is::
 
     nonce_prefix (7 bytes) || uint32_be(i) (4 bytes) || last_flag (1 byte: 0x00 or 0x01)

@@ -25,7 +25,6 @@ Failure modes, everywhere: a signature that does not verify → :class:`Verifica
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -36,10 +35,9 @@ import yaml
 from pydantic import (
     AfterValidator,
     AwareDatetime,
-    BaseModel,
-    ConfigDict,
     Field,
     JsonValue,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -50,10 +48,12 @@ from teeflow.attestation.sgx.policy import SgxPolicy
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.canonical import (
     AGREEMENT_DOMAIN,
+    DocumentModel,
     b64url_encode,
     canonical_json,
     sha256_digest,
     signing_input,
+    sorted_unique,
     validate_document,
 )
 from teeflow.kbs.parties import B64Key32, B64Sig64, Name, PartyKeys, SignKey, verify_ed25519
@@ -112,21 +112,8 @@ class OutputKind(StrEnum):
     RESULT = "result"
 
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}")
-
-
-def _check_ident(value: str) -> str:
-    if not _IDENT.fullmatch(value):
-        raise ValueError(f"invalid identifier {value!r}")
-    return value
-
-
 #: A function or entrypoint name: ASCII letter or ``_`` then letters, digits, ``_ . -``; ≤ 128.
-Ident = Annotated[str, AfterValidator(_check_ident)]
-
-
-def _sorted_unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(sorted(set(value), key=str))
+Ident = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -136,11 +123,7 @@ def _utc(value: datetime | None) -> datetime | None:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class SgxReferenceValues(_Doc):
+class SgxReferenceValues(DocumentModel):
     """SGX Reference Values for one workload role (Intel SDM Vol. 3D, REPORTBODY fields).
 
     Attributes:
@@ -164,7 +147,7 @@ class SgxReferenceValues(_Doc):
     @field_validator("mrenclave", "accepted_tcb_statuses", mode="after")
     @classmethod
     def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
-        return _sorted_unique(value)
+        return sorted_unique(value)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -189,20 +172,15 @@ class SgxReferenceValues(_Doc):
         )
 
 
-def _json_mapping(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
-    if value is not None:
-        canonical_json(value)  # ParseError (not ValueError) would escape pydantic: pre-check
+def _checked_json(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
+    try:
+        canonical_json(value)  # NaN, huge integers: refuse now, not at digest time
+    except ParseError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 
-def _checked_json(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
-    try:
-        return _json_mapping(value)
-    except ParseError as exc:
-        raise ValueError(str(exc)) from None
-
-
-class WorkloadSpec(_Doc):
+class WorkloadSpec(DocumentModel):
     """Reference values of one workload role, per platform (at least one platform).
 
     ``tdx`` and ``snp`` are free-form JSON mappings for now; their verifiers validate them.
@@ -219,7 +197,7 @@ class WorkloadSpec(_Doc):
         return self
 
 
-class PackageSpec(_Doc):
+class PackageSpec(DocumentModel):
     """A compute package the federation accepts.
 
     Attributes:
@@ -237,7 +215,7 @@ class PackageSpec(_Doc):
     @field_validator("entrypoints", "functions", "readers", mode="after")
     @classmethod
     def _norm(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return _sorted_unique(value)
+        return sorted_unique(value)
 
     @model_validator(mode="after")
     def _callable(self) -> Self:
@@ -251,7 +229,7 @@ class PackageSpec(_Doc):
         return frozenset(self.entrypoints) | frozenset(self.functions)
 
 
-class PartySpec(_Doc):
+class PartySpec(DocumentModel):
     """A party's public keys and roles (keys as in ``NAME.pub.json``)."""
 
     sign_key: SignKey
@@ -261,16 +239,16 @@ class PartySpec(_Doc):
     @field_validator("roles", mode="after")
     @classmethod
     def _norm(cls, value: tuple[PartyRole, ...]) -> tuple[PartyRole, ...]:
-        return _sorted_unique(value)
+        return sorted_unique(value)
 
 
-class UpdateQuorum(_Doc):
+class UpdateQuorum(DocumentModel):
     """``k`` of the ``n`` parties must sign an update (1 ≤ k ≤ n)."""
 
     k: int = Field(ge=1, le=MAX_ITEMS)
 
 
-class FederationAgreement(_Doc):
+class FederationAgreement(DocumentModel):
     """The federation agreement (see the module docstring for the document shape)."""
 
     federation: Name
@@ -293,7 +271,7 @@ class FederationAgreement(_Doc):
         for names in v.values():
             if len(names) > MAX_ITEMS:
                 raise ValueError(f"at most {MAX_ITEMS} recipients per output kind")
-        return {kind: _sorted_unique(names) for kind, names in v.items()}
+        return {kind: sorted_unique(names) for kind, names in v.items()}
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -405,7 +383,7 @@ def sign_agreement(agreement: FederationAgreement, party_keys: PartyKeys) -> str
     return b64url_encode(party_keys.sign(signing_input(AGREEMENT_DOMAIN, digest(agreement))))
 
 
-class SignedAgreement(_Doc):
+class SignedAgreement(DocumentModel):
     """An agreement with party signatures (``party name -> base64url signature``)."""
 
     agreement: FederationAgreement

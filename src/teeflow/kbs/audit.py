@@ -256,6 +256,7 @@ class AuditLog:
             AuditError: invalid kind/decision/subject/reasons, non-I-JSON or secret-looking
                 data, or canonical size above ``MAX_AUDIT_DATA_BYTES``.
             StorageConflict: still conflicting after ``max_attempts`` tries.
+            StorageInputError: the store's own bounds refused the entry.
             StorageError: the store failed.
         """
         reasons_list, data_norm = self._validate(kind, subject, decision, reasons, data)

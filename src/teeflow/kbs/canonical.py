@@ -27,19 +27,21 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import rfc8785
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from teeflow.errors import ParseError
 
 __all__ = [
     "AGREEMENT_DOMAIN",
     "GRANT_DOMAIN",
+    "DocumentModel",
     "b64url_decode",
     "b64url_encode",
     "canonical_json",
     "format_validation_error",
     "sha256_digest",
     "signing_input",
+    "sorted_unique",
     "validate_document",
 ]
 
@@ -160,3 +162,14 @@ def validate_document(model: type[M], data: object, what: str) -> M:
         return model.model_validate(dict(data))
     except ValidationError as exc:
         raise ParseError(f"invalid {what}: {format_validation_error(exc)}") from None
+
+
+class DocumentModel(BaseModel):
+    """Base of signed teeflow documents: frozen pydantic v2 model, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def sorted_unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sort (by ``str``) and de-duplicate a set-like tuple, so the digest ignores list order."""
+    return tuple(sorted(set(value), key=str))

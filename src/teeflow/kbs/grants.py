@@ -49,15 +49,15 @@ from teeflow.kbs.agreement import (
     PartyRole,
     UtcDatetime,
     WorkloadRole,
-    _Doc,
-    _sorted_unique,
     digest,
 )
 from teeflow.kbs.canonical import (
     GRANT_DOMAIN,
+    DocumentModel,
     b64url_encode,
     sha256_digest,
     signing_input,
+    sorted_unique,
     validate_document,
 )
 from teeflow.kbs.parties import B64Sig64, Name, PartyKeys, verify_ed25519
@@ -89,7 +89,7 @@ def new_grant_id() -> str:
     return b64url_encode(os.urandom(16))
 
 
-class Grant(_Doc):
+class Grant(DocumentModel):
     """A data owner's consent (see the module docstring for fields and semantics)."""
 
     id: GrantId
@@ -108,7 +108,7 @@ class Grant(_Doc):
     @field_validator("roles", "mrenclave", "packages", "functions", "recipients", mode="after")
     @classmethod
     def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
-        return _sorted_unique(value)
+        return sorted_unique(value)
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -145,7 +145,7 @@ class Grant(_Doc):
         return yaml.safe_dump(self.to_document(), sort_keys=False)
 
 
-class SignedGrant(_Doc):
+class SignedGrant(DocumentModel):
     """A grant with its owner's signature (base64url Ed25519, 64 bytes)."""
 
     grant: Grant

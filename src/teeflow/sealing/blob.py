@@ -102,15 +102,9 @@ def _aad_digest(aad: bytes) -> bytes:
     return hashlib.sha256(_AAD_LABEL + aad).digest()
 
 
-def _check_chunk_size(chunk_size: object, limit: int = MAX_CHUNK_SIZE) -> int:
-    if (
-        not isinstance(chunk_size, int)
-        or isinstance(chunk_size, bool)
-        or not MIN_CHUNK_SIZE <= chunk_size <= min(limit, MAX_CHUNK_SIZE)
-    ):
-        raise SealingError(
-            f"chunk size must be an integer in [{MIN_CHUNK_SIZE}, {min(limit, MAX_CHUNK_SIZE)}]"
-        )
+def _check_chunk_size(chunk_size: object) -> int:
+    if type(chunk_size) is not int or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise SealingError(f"chunk size must be an integer in [{MIN_CHUNK_SIZE}, {MAX_CHUNK_SIZE}]")
     return chunk_size
 
 
@@ -160,26 +154,13 @@ def parse_header(data: bytes | bytearray | memoryview) -> SealedHeader:
 
 
 def _new_header(key: bytes, aad: bytes, chunk_size: int, rng: Rng) -> tuple[bytes, ChunkCipher]:
-    salt = rng(SALT_SIZE)
-    prefix = rng(NONCE_PREFIX_SIZE)
-    if (
-        not isinstance(salt, bytes)
-        or not isinstance(prefix, bytes)
-        or len(salt) != SALT_SIZE
-        or len(prefix) != NONCE_PREFIX_SIZE
+    salt, prefix = rng(SALT_SIZE), rng(NONCE_PREFIX_SIZE)
+    if not (isinstance(salt, bytes) and isinstance(prefix, bytes)) or (
+        (len(salt), len(prefix)) != (SALT_SIZE, NONCE_PREFIX_SIZE)
     ):
         raise SealingError("rng returned the wrong number of bytes")
-    raw = _HEADER.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        ALGORITHM_AES256GCM_HKDF_STREAM,
-        0,
-        chunk_size,
-        key_id(key),
-        _aad_digest(aad),
-        salt,
-        prefix,
-    )
+    fields = (chunk_size, key_id(key), _aad_digest(aad), salt, prefix)
+    raw = _HEADER.pack(MAGIC, FORMAT_VERSION, ALGORITHM_AES256GCM_HKDF_STREAM, 0, *fields)
     return raw, ChunkCipher(_chunk_key(key, salt), prefix, raw)
 
 
@@ -265,8 +246,8 @@ def unseal_into(
 ) -> int:
     """Open ``blob`` into the caller's writable buffer ``out``; return the plaintext size.
 
-    ``out`` must hold at least :func:`unsealed_size` bytes. On failure ``out`` may hold
-    partial, unauthenticated plaintext: the caller must discard it.
+    ``out`` must hold at least :func:`unsealed_size` bytes; on failure its first
+    ``unsealed_size`` bytes are zeroed (no unauthenticated plaintext is left behind).
 
     Raises:
         SealingError: any tampering, truncation, reordering, duplication, trailing data,
@@ -283,11 +264,15 @@ def unseal_into(
     if len(dst) < pt_len:
         raise SealingError(f"output buffer too small: need {pt_len} bytes")
     pos, opos = HEADER_SIZE, 0
-    for i in range(n):
-        oend = min(opos + chunk_size, pt_len)
-        end = pos + (oend - opos) + TAG_SIZE
-        cipher.decrypt_into(i, i == n - 1, src[pos:end], dst[opos:oend])
-        pos, opos = end, oend
+    try:
+        for i in range(n):
+            oend = min(opos + chunk_size, pt_len)
+            end = pos + (oend - opos) + TAG_SIZE
+            cipher.decrypt_into(i, i == n - 1, src[pos:end], dst[opos:oend])
+            pos, opos = end, oend
+    except SealingError:
+        dst[:pt_len] = bytes(pt_len)  # wipe unauthenticated plaintext
+        raise
     return pt_len
 
 
@@ -515,7 +500,7 @@ def unseal_file(
     """
     key = check_key(key)
     aad = _as_bytes(aad, "aad")
-    limit = _check_chunk_size(max_chunk_size)
+    limit = _check_chunk_size(max_chunk_size)  # never above MAX_CHUNK_SIZE
     with _open_source(src) as fin:
         read = _reader(fin)
         head = bytearray(HEADER_SIZE)

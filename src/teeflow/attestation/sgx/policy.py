@@ -126,8 +126,10 @@ class SgxPolicy(PolicyModel):
         allow_debug: accept enclaves with ATTRIBUTES.DEBUG set (default False).
         accepted_tcb_statuses: Intel TCB statuses accepted (default ``{UpToDate}``); ``Revoked``
             is never accepted.
-        accepted_advisories: Intel advisory IDs (``INTEL-SA-xxxxx``, case-insensitive) the
-            evidence may list; any other listed advisory is a violation.
+        accepted_advisories: None (default): advisories that come with an accepted TCB status
+            are accepted (each listed as a warning), as Intel QVL reports them. A set of Intel
+            advisory IDs (``INTEL-SA-xxxxx``, case-insensitive): the evidence may list only
+            these; any other listed advisory is a violation (an empty set forbids all).
         report_data: exact expected REPORT_DATA (64-byte hex), or None.
         report_data_prefix: expected REPORT_DATA prefix (1..64-byte hex), or None; not
             together with ``report_data``.
@@ -142,7 +144,7 @@ class SgxPolicy(PolicyModel):
     min_cpu_svn: Hex16 | None = None
     allow_debug: bool = False
     accepted_tcb_statuses: frozenset[TcbStatus] = frozenset({TcbStatus.UP_TO_DATE})
-    accepted_advisories: frozenset[str] = frozenset()
+    accepted_advisories: frozenset[str] | None = None
     report_data: Hex64 | None = None
     report_data_prefix: HexPrefix64 | None = None
     allow_emulated: bool = False
@@ -179,8 +181,8 @@ class SgxPolicy(PolicyModel):
         return self
 
     @field_serializer("accepted_tcb_statuses", "accepted_advisories")
-    def _sorted(self, value: frozenset[str]) -> list[str]:
-        return sorted(str(v) for v in value)
+    def _sorted(self, value: frozenset[str] | None) -> list[str] | None:
+        return None if value is None else sorted(str(v) for v in value)
 
     def with_report_data(self, report_data: bytes) -> SgxPolicy:
         """A copy requiring exactly ``report_data`` (64 bytes), e.g. a per-session nonce
@@ -329,7 +331,7 @@ def appraise(
         vec.put("hardware", HardwareClaim.GENUINE if not emulated else HardwareClaim.UNSAFE)
 
     for advisory in advisories:
-        if advisory.upper() in policy.accepted_advisories:
+        if policy.accepted_advisories is None or advisory.upper() in policy.accepted_advisories:
             warnings.append(f"advisory {advisory} accepted by policy")
             vec.put("hardware", HardwareClaim.UNSAFE)
         else:

@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -64,7 +64,6 @@ __all__ = ["VerifiedSgxEvidence", "decode_pck_chain", "verify"]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
-_SHA256 = hashes.SHA256()
 _MAX_CHAIN_CERTS = 8
 _CACHE_LIMIT = 256
 _PEM_CHAIN = re.compile(
@@ -77,13 +76,15 @@ _PEM_BLOCK = re.compile(
 )
 # chain bytes -> (certificates leaf first, PCK extensions of the leaf)
 _CHAIN_CACHE: dict[bytes, tuple[tuple[x509.Certificate, ...], PckExtensions]] = {}
-# (chain bytes, anchor fingerprints, CRL fingerprints) -> (anchor fingerprint, window start,
-# window end): a successful verify_chain whose time-independent checks (signatures, CA
-# constraints, revocation against these exact CRLs) passed; valid for any ``now`` inside
-# the intersection of every certificate's and applicable CRL's validity window.
-_VERIFIED_CACHE: dict[
-    tuple[bytes, tuple[bytes, ...], tuple[bytes, ...]], tuple[bytes, datetime, datetime]
-] = {}
+# (chain bytes, ids of the anchor certificates, ids of the CRLs) -> (anchor index, window
+# start, window end, the anchor certificates and CRLs themselves): a successful verify_chain
+# whose time-independent checks (signatures, CA constraints, revocation against these exact
+# CRLs) passed; valid for any ``now`` inside the intersection of every certificate's and
+# applicable CRL's validity window. The value keeps the keyed objects alive, so their ids
+# cannot be reused by other objects while the entry exists.
+_VerifiedKey = tuple[bytes, tuple[int, ...], tuple[int, ...]]
+_VerifiedValue = tuple[int, datetime, datetime, tuple[object, ...]]
+_VERIFIED_CACHE: dict[_VerifiedKey, _VerifiedValue] = {}
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,14 @@ def _malformed(detail: str) -> VerificationError:
     return VerificationError(f"malformed PCK certificate chain: {detail}")
 
 
+def _parse_fully(cert: x509.Certificate) -> None:
+    """Force cryptography's lazy parsing so malformed fields fail here, not later."""
+    _ = (cert.version, cert.serial_number, cert.issuer, cert.subject, cert.extensions)
+    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_hash_algorithm)
+    _ = (cert.public_key(), cert.signature_algorithm_oid, cert.tbs_certificate_bytes)
+    _ = (cert.issuer.rfc4514_string(), cert.subject.rfc4514_string())
+
+
 def decode_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     """Decode certification data type 5 strictly into certificates (leaf first).
 
@@ -160,10 +169,15 @@ def decode_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
             raise _malformed(f"certificate #{i}: non-canonical base64")
         try:
             cert = x509.load_der_x509_certificate(der)
-        except ValueError:
-            raise _malformed(f"certificate #{i}: bad DER") from None
+            _parse_fully(cert)
+        except Exception as exc:  # cryptography parses lazily: many exception types
+            raise _malformed(f"certificate #{i}: {type(exc).__name__}") from None
         if cert.public_bytes(Encoding.DER) != der:
             raise _malformed(f"certificate #{i}: bytes after the certificate")
+        # The signatureValue BIT STRING ends the DER; its first content byte (unused bits)
+        # is outside the signed TBS, so a non-zero value would be an unsigned mutation.
+        if der[-len(cert.signature) - 1] != 0:
+            raise _malformed(f"certificate #{i}: signature BIT STRING has unused bits")
         certs.append(cert)
     return tuple(certs)
 
@@ -214,27 +228,41 @@ def _verify_chain_cached(
     crls: Sequence[x509.CertificateRevocationList],
 ) -> TrustAnchor:
     """``verify_chain`` memoised per (chain, anchors, CRLs); windows re-checked at ``now``."""
-    fps = tuple(a.certificate.fingerprint(_SHA256) for a in anchors)
-    key = (pem, fps, tuple(c.fingerprint(_SHA256) for c in crls))
+    roots = tuple(a.certificate for a in anchors)
+    key = (pem, tuple(map(id, roots)), tuple(map(id, crls)))
     hit = _VERIFIED_CACHE.get(key)
     if hit is not None and hit[1] <= now <= hit[2]:
-        return anchors[fps.index(hit[0])]
-    anchor = verify_chain(certs, anchors, now, crls)
+        return anchors[hit[0]]
+    _pin_anchor_lookalikes(certs, anchors)
+    try:
+        anchor = verify_chain(certs, anchors, now, crls)
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
+        raise VerificationError(f"PCK chain verification failed: {type(exc).__name__}") from None
     window = _window(certs, anchor, crls)
     if window is not None:
-        _remember(_VERIFIED_CACHE, key, (anchor.certificate.fingerprint(_SHA256), *window))
+        index = next(i for i, a in enumerate(anchors) if a is anchor)
+        _remember(_VERIFIED_CACHE, key, (index, *window, (*roots, *crls)))
     return anchor
 
 
-def _pin_included_root(certs: Sequence[x509.Certificate], anchors: Sequence[TrustAnchor]) -> None:
-    """A self-issued certificate in the quote is accepted only if its DER equals an anchor."""
-    last = certs[-1]
-    if last.issuer != last.subject:
-        return
-    for anchor in anchors:
-        if anchor.certificate == last:
-            return
-    raise VerificationError("PCK chain root is not one of the trust anchors (DER differs)")
+def _pin_anchor_lookalikes(
+    certs: Sequence[x509.Certificate], anchors: Sequence[TrustAnchor]
+) -> None:
+    """A certificate in the quote that has an anchor's subject or key must BE that anchor.
+
+    ``verify_chain`` accepts a last certificate with the anchor's subject and key as the
+    anchor itself; a quote could then carry an altered copy of the root. So any such
+    look-alike whose DER differs from the anchor is rejected here.
+    """
+    for cert in certs:
+        for anchor in anchors:
+            root = anchor.certificate
+            if cert == root:
+                continue
+            if cert.subject == root.subject or cert.public_key() == root.public_key():
+                raise VerificationError(
+                    "PCK chain contains a certificate that imitates a trust anchor (DER differs)"
+                )
 
 
 def _check_header(quote: Quote) -> EnclaveReport:
@@ -346,7 +374,6 @@ def verify(
         )
     certs, pck = _load_chain(pem)
     pck_cert = certs[0]
-    _pin_included_root(certs, anchors)
     all_crls = list(crls)
     if collateral is not None:
         pck_crl = collateral.pck_crl

@@ -7,8 +7,10 @@ The tables here describe the schema at Alembic head; ``migrations/versions`` cre
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from time import monotonic, sleep
 from typing import Any
 
 from alembic import command
@@ -35,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError
 
-from teeflow.kbs.storage.interface import StorageInputError
+from teeflow.kbs.storage.interface import StorageError, StorageInputError
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -56,6 +58,8 @@ __all__ = [
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 #: Alembic version table of the KBS schema.
 VERSION_TABLE = "kbs_alembic_version"
+#: How long an opener waits for another one holding a fresh SQLite file (seconds).
+_SQLITE_LOCK_WAIT_SECONDS = 30.0
 #: PostgreSQL advisory lock key serialising migrations (ASCII "teeflowK").
 _PG_MIGRATION_LOCK = 0x746565666C6F774B
 SQLITE_BEGIN_OPTION = "teeflow_sqlite_begin"
@@ -143,6 +147,32 @@ audit = Table(
 )
 
 
+def _enable_wal(cur: Any) -> None:
+    """Switch the database file to WAL (persistent), retrying while another opener holds it.
+
+    Changing the journal mode of a fresh file needs an exclusive lock and SQLite reports
+    "database is locked" without calling the busy handler, so two processes opening a new
+    database at once must retry here.
+
+    Raises:
+        StorageError: WAL mode is unavailable (e.g. a file system without shared memory).
+    """
+    delay, deadline = 0.002, monotonic() + _SQLITE_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                mode = cur.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or monotonic() > deadline:
+                raise
+            sleep(delay)
+            delay = min(delay * 2, 0.1)
+    if str(mode).lower() != "wal":
+        raise StorageError("SQLite database could not be switched to WAL mode")
+
+
 def _install_sqlite_listeners(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -150,7 +180,7 @@ def _install_sqlite_listeners(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         try:
             cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -163,30 +193,44 @@ def _install_sqlite_listeners(engine: Engine) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    """A SQLAlchemy engine for ``sqlite:///file`` or ``postgresql[+psycopg]://...``.
+
+    SQLite engines get the WAL / ``synchronous=FULL`` / ``BEGIN IMMEDIATE`` listeners; every
+    engine hides bound parameters from error messages. No connection is made yet.
+
+    Raises:
+        StorageInputError: malformed URL, in-memory SQLite, or another dialect/driver.
+    """
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError, TypeError):
         raise StorageInputError("not a database URL") from None
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend == "sqlite":
-        if driver not in ("pysqlite", "") or parsed.database in (None, "", ":memory:"):
-            raise StorageInputError("SQLite needs a file path: sqlite:///path.db (or memory://)")
-        engine = create_engine(
-            parsed,
-            hide_parameters=True,
-            connect_args={"check_same_thread": False, "timeout": 30},
-        )
-        _install_sqlite_listeners(engine)
-        return engine
-    if backend == "postgresql":
-        if driver not in ("psycopg", "psycopg2") and parsed.drivername != "postgresql":
-            raise StorageInputError("PostgreSQL URLs must use postgresql+psycopg://")
-        parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    try:
+        if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+            if parsed.database in (None, "", ":memory:"):
+                raise StorageInputError("SQLite needs a file: sqlite:///path.db (or memory://)")
+            engine = create_engine(
+                parsed,
+                hide_parameters=True,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+            _install_sqlite_listeners(engine)
+            return engine
+        if parsed.drivername in ("postgresql", "postgresql+psycopg"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+            return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)
+    except (ArgumentError, ValueError, TypeError):
+        raise StorageInputError("invalid database URL options") from None
     raise StorageInputError("unsupported database URL (use memory://, sqlite:/// or postgresql://)")
 
 
 def migrate(engine: Engine) -> None:
+    """Upgrade the schema to Alembic head in one transaction, serialised between processes.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the caller (:func:`open_sql_store`) maps it to
+            :class:`StorageError`.
+    """
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     with engine.connect() as conn, conn.begin():
