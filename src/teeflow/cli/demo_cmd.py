@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import typer
@@ -53,12 +55,15 @@ def demo(
         table.add_row(name, path)
     console.print(table)
     home = Path(summary.workdir) / "home"
+    argv0 = Path(sys.argv[0])
+    exe = str(argv0.absolute()) if argv0.name == "teeflow" and argv0.exists() else "teeflow"
+    exe = shutil.which("teeflow") or exe
     console.print(
         "Run the pieces by hand:\n"
-        f"  TEEFLOW_HOME={home} teeflow quote show {summary.files['quote']}\n"
-        f"  TEEFLOW_HOME={home} teeflow quote verify {summary.files['quote']} "
+        f"  TEEFLOW_HOME={home} {exe} quote show {summary.files['quote']}\n"
+        f"  TEEFLOW_HOME={home} {exe} quote verify {summary.files['quote']} "
         f"--collateral {summary.files['collateral']} --allow-emulated\n"
-        f"  teeflow workload measure {summary.files['manifest']} "
+        f"  {exe} workload measure {summary.files['manifest']} "
         f"--base-dir {summary.workdir}/workload",
         highlight=False,
         soft_wrap=True,

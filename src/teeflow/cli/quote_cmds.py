@@ -137,6 +137,7 @@ class _Outcome:
     advisories: list[str] = field(default_factory=list)
     emulated: bool = False
     status: str | None = None
+    tee: str | None = None
 
 
 def _anchors() -> list[Any]:
@@ -242,6 +243,7 @@ def _run_verify(
     result = appraise(verified, policy)
     out.accepted = result.accepted
     out.status = str(result.status)
+    out.tee = result.tee
     out.errors.extend(f"policy: {v}" for v in result.violations)
     return out
 
@@ -252,7 +254,7 @@ def _verify_report(out: _Outcome, at: datetime) -> dict[str, Any]:
         "verified": out.verified,
         "accepted": out.verified and out.accepted,
         "status": out.status,
-        "tee": f.get("tee", "sgx"),
+        "tee": out.tee or f.get("tee", "sgx"),
         "emulated": out.emulated,
         "tcb_status": out.tcb_status,
         "qe_tcb_status": out.qe_tcb_status,
