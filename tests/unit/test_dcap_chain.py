@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -102,9 +103,13 @@ def pem(*nodes: Node) -> bytes:
 
 
 def test_load_pem_chain_round_trip(pki: dict[str, Node]) -> None:
-    data = b"junk before\n" + pem(pki["leaf"], pki["inter"], pki["root"]) + b"\x00"
-    certs = load_pem_chain(data)
-    assert certs == [pki["leaf"].cert, pki["inter"].cert, pki["root"].cert]
+    expected = [pki["leaf"].cert, pki["inter"].cert, pki["root"].cert]
+    data = pem(pki["leaf"], pki["inter"], pki["root"])
+    assert load_pem_chain(data) == expected
+    # Whitespace around and between blocks, CRLF line ends and trailing NULs are allowed.
+    spaced = b"\n  " + data.replace(b"-----\n-----BEGIN", b"-----\n\n\t-----BEGIN") + b"\n\x00\x00"
+    assert load_pem_chain(spaced) == expected
+    assert load_pem_chain(data.replace(b"\n", b"\r\n") + b"\x00") == expected
 
 
 @pytest.mark.parametrize(
@@ -117,6 +122,27 @@ def test_load_pem_chain_round_trip(pki: dict[str, Node]) -> None:
     ],
 )
 def test_load_pem_chain_rejects_garbage(data: bytes) -> None:
+    with pytest.raises(ParseError):
+        load_pem_chain(data)
+
+
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        lambda p: b"junk before\n" + p,
+        lambda p: p + b"trailing text\n",
+        lambda p: p + b"\x00junk",
+        lambda p: p + b"\x00\n",
+        lambda p: p.replace(b"-----\n-----BEGIN", b"-----\n# comment\n-----BEGIN"),
+        lambda p: p.replace(b"CERTIFICATE-----\nMII", b"CERTIFICATE-----\nProc-Type: 4\n\nMII", 1),
+        lambda p: p + b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        lambda p: (
+            p.replace(b"-----END CERTIFICATE-----\n", b"-----END CERTIFICATE-----", 1)[:-1] + b"x"
+        ),
+    ],
+)
+def test_load_pem_chain_rejects_text_outside_blocks(pki: dict[str, Node], wrap: Any) -> None:
+    data = wrap(pem(pki["leaf"], pki["inter"]))
     with pytest.raises(ParseError):
         load_pem_chain(data)
 
@@ -147,17 +173,41 @@ def test_root_in_chain_is_not_trusted_by_itself(pki: dict[str, Node]) -> None:
     evil_inter = make_cert("Test PCK CA", evil_root, ca=True)
     evil_leaf = make_cert("Test PCK Certificate", evil_inter, ca=False)
     chain = [evil_leaf.cert, evil_inter.cert, evil_root.cert]
-    with pytest.raises(VerificationError, match="trusted root"):
+    with pytest.raises(VerificationError, match="imitates a trust anchor"):
         verify_chain(chain, [anchor(pki["root"])], NOW)
     with pytest.raises(VerificationError, match="trusted root"):
         verify_chain(chain[:2], [anchor(pki["root"])], NOW)
 
 
-def test_reissued_root_matches_by_subject_and_key(pki: dict[str, Node]) -> None:
+def test_root_lookalike_with_anchor_subject_and_key_is_rejected(pki: dict[str, Node]) -> None:
+    # Same subject and key as the anchor, different DER (a re-issued or tampered root copy):
+    # only a byte-identical certificate is the anchor.
     reissued = make_cert("Test Root CA", None, ca=True, path_length=1, key=pki["root"].key)
-    assert reissued.cert != pki["root"].cert
-    chain = [pki["leaf"].cert, pki["inter"].cert, reissued.cert]
-    assert verify_chain(chain, [anchor(pki["root"])], NOW).certificate == pki["root"].cert
+    assert reissued.cert.public_bytes(serialization.Encoding.DER) != pki["root"].cert.public_bytes(
+        serialization.Encoding.DER
+    )
+    a = anchor(pki["root"])
+    chain = [pki["leaf"].cert, pki["inter"].cert]
+    with pytest.raises(VerificationError, match="imitates a trust anchor") as info:
+        verify_chain([*chain, reissued.cert], [a], NOW)
+    assert type(info.value) is VerificationError
+    # Same key under another name, or the anchor's name with another key: also rejected.
+    same_key = make_cert("Other Name", None, ca=True, key=pki["root"].key)
+    with pytest.raises(VerificationError, match="imitates a trust anchor"):
+        verify_chain([*chain, same_key.cert], [a], NOW)
+    # The genuine root (byte-identical) is accepted, as is a chain that omits it.
+    assert verify_chain([*chain, pki["root"].cert], [a], NOW) is a
+    assert verify_chain(chain, [a], NOW) is a
+
+
+def test_lookalike_check_allows_each_of_several_anchors(pki: dict[str, Node]) -> None:
+    # Two anchors sharing subject and key (old and re-issued root): each one's exact DER is
+    # accepted as the chain's last certificate.
+    reissued = make_cert("Test Root CA", None, ca=True, path_length=1, key=pki["root"].key)
+    a, b = anchor(pki["root"]), anchor(reissued)
+    chain = [pki["leaf"].cert, pki["inter"].cert]
+    assert verify_chain([*chain, pki["root"].cert], [a, b], NOW) is a
+    assert verify_chain([*chain, reissued.cert], [a, b], NOW) is b
 
 
 def test_broken_links(pki: dict[str, Node]) -> None:

@@ -31,7 +31,10 @@ def test_policy_violation_keeps_every_reason() -> None:
 
 def test_binding_is_sha384_of_canonical_json_zero_padded() -> None:
     got = runtime_data_digest(tee_pubkey=JWK, nonce="bm9uY2U=")
-    expected = hashlib.sha384(rfc8785.dumps({"tee-pubkey": JWK, "nonce": "bm9uY2U="})).digest()
+    # Trustee's kbs_protocol binds exactly these three members ("" without additional evidence)
+    expected = hashlib.sha384(
+        rfc8785.dumps({"tee-pubkey": JWK, "nonce": "bm9uY2U=", "additional-evidence": ""})
+    ).digest()
     assert got == expected + b"\0" * 16
     # member order does not matter (RFC 8785), content does
     reordered = dict(reversed(list(JWK.items())))

@@ -3,10 +3,18 @@
 RCAR (Trustee KBS protocol 0.4.0 as described in DESIGN "RCAR attestation protocol"): the
 Attester puts ``SHA-384(RFC 8785 canonical JSON of the runtime-data object)`` into the
 64-byte REPORT_DATA field, zero-padded. The runtime-data object has the members
-``tee-pubkey`` (a JWK, RFC 7517), ``nonce`` (the verifier's base64 nonce) and, for teeflow
-workloads, ``teeflow`` (role, party, package digest, function, resource ids) and
-``additional-evidence`` when present. RFC 8785 (JSON Canonicalization Scheme) makes the hash
-independent of member order and whitespace.
+``tee-pubkey`` (a JWK, RFC 7517), ``nonce`` (the verifier's base64 nonce),
+``additional-evidence`` (the ``tee-evidence.additional_evidence`` JSON text, ``""`` when
+there is none — always present) and, for teeflow workloads only, ``teeflow`` (role, party,
+package digest, function, resource ids). RFC 8785 (JSON Canonicalization Scheme) makes the
+hash independent of member order and whitespace.
+
+Trustee compatibility: without ``teeflow`` this is exactly what Trustee binds for the primary
+evidence — the guest-components ``kbs_protocol`` client hashes
+``{"tee-pubkey", "nonce", "additional-evidence"}`` (``additional-evidence`` is ``""`` without
+device attesters) with ``serde_json_canonicalizer`` (RFC 8785) and SHA-384 (the default when
+the challenge selects no algorithm), and Trustee's KBS builds the same object for its
+attestation service, whose SGX verifier zero-pads the 48-byte digest to 64 bytes.
 """
 
 from __future__ import annotations
@@ -31,15 +39,18 @@ def runtime_data_digest(
     tee_pubkey: Mapping[str, Any],
     nonce: str,
     teeflow: Mapping[str, Any] | None = None,
-    additional_evidence: str | None = None,
+    additional_evidence: str = "",
 ) -> bytes:
     """Return the 64-byte REPORT_DATA value binding ``nonce``, ``tee_pubkey`` and claims.
 
     Args:
         tee_pubkey: the Attester's ephemeral public key as a JWK mapping (RFC 7517).
         nonce: the verifier-chosen nonce exactly as received (base64 text).
-        teeflow: optional teeflow claims (role, party, package digest, function, resources).
-        additional_evidence: optional additional-evidence JSON string.
+        teeflow: optional teeflow claims (role, party, package digest, function, resources);
+            omitted from the hashed object when None.
+        additional_evidence: the additional-evidence JSON string exactly as sent in
+            ``tee-evidence.additional_evidence``; ``""`` (the default) when there is none.
+            Always part of the hashed object, as in Trustee.
 
     Returns:
         SHA-384 (48 bytes) of the RFC 8785 canonical JSON, followed by 16 zero bytes.
@@ -47,9 +58,11 @@ def runtime_data_digest(
     Raises:
         ParseError: the members are not JSON-serialisable (RFC 8785 rejects e.g. NaN).
     """
-    doc: dict[str, Any] = {"tee-pubkey": dict(tee_pubkey), "nonce": nonce}
-    if additional_evidence is not None:
-        doc["additional-evidence"] = additional_evidence
+    doc: dict[str, Any] = {
+        "tee-pubkey": dict(tee_pubkey),
+        "nonce": nonce,
+        "additional-evidence": additional_evidence,
+    }
     if teeflow is not None:
         doc["teeflow"] = dict(teeflow)
     try:

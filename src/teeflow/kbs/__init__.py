@@ -17,18 +17,20 @@ CA, audit) lives in other modules of this package.
 from __future__ import annotations
 
 from teeflow.kbs.agreement import (
-    AgreementHistory,
     FederationAgreement,
     OutputKind,
     PackageSpec,
     PartyRole,
     PartySpec,
     SgxReferenceValues,
-    SignedAgreement,
     UpdateQuorum,
     WorkloadRole,
     WorkloadSpec,
     digest,
+)
+from teeflow.kbs.agreement_signing import (
+    AgreementHistory,
+    SignedAgreement,
     sign_agreement,
     verify_initial,
     verify_update,

@@ -32,6 +32,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.attestation.dcap.quote import (
@@ -214,6 +215,25 @@ class EmulationAuthority:
             name=f"{ROOT_CN} ({self.fingerprint[:16]})",
             emulated=True,
         )
+
+    def sealing_secret(self) -> bytes:
+        """The emulated platform's root sealing secret (32 bytes) — the stand-in for the CPU's
+        fused sealing root (SGX "Root Seal Key"), from which the emulated sealing keys of
+        :class:`teeflow.platform.sealing.EmulatedSealer` are derived per measurement.
+
+        ``HKDF-SHA256(IKM = the root CA private scalar as 32 big-endian bytes,
+        salt = b"teeflow-emulation-sealing-secret-v1", info = b"root sealing secret",
+        L = 32)`` (RFC 5869). Deterministic for one authority (survives reloads of
+        ``$TEEFLOW_HOME/emulation``); a different authority gives an unrelated secret.
+        Never log or persist it.
+        """
+        scalar = self._keys.root_ca_key.private_numbers().private_value.to_bytes(32, "big")
+        return HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"teeflow-emulation-sealing-secret-v1",
+            info=b"root sealing secret",
+        ).derive(scalar)
 
     def pck_chain_pem(self) -> bytes:
         """PEM chain carried in quotes (certification data type 5): leaf, PCK CA, root."""

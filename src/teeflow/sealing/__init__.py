@@ -1,8 +1,9 @@
 """teeflow.sealing: sealed blobs (chunked AES-256-GCM STREAM) and HPKE key wrapping.
 
 - :func:`seal` / :func:`unseal` — in-memory sealed blobs bound to associated data.
-- :func:`seal_file` / :func:`unseal_file` — the same format, streamed in O(chunk size)
-  memory; unsealed output appears only after the whole stream authenticated.
+- :func:`seal_file` / :func:`unseal_file` (:mod:`teeflow.sealing.stream`) — the same
+  format, streamed in O(chunk size) memory; unsealed output appears only after the whole
+  stream authenticated.
 - :func:`wrap_key` / :func:`unwrap_key` — RFC 9180 HPKE base mode,
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
 - :func:`generate_key`, :func:`key_id`, :func:`read_key_file`, :func:`write_key_file`.
@@ -21,11 +22,9 @@ from teeflow.sealing.blob import (
     SealedHeader,
     parse_header,
     seal,
-    seal_file,
     seal_into,
     sealed_size,
     unseal,
-    unseal_file,
     unseal_into,
     unsealed_size,
 )
@@ -39,6 +38,7 @@ from teeflow.sealing.keys import (
     read_key_file,
     write_key_file,
 )
+from teeflow.sealing.stream import seal_file, unseal_file
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

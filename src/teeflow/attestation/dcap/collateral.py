@@ -24,7 +24,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from teeflow.attestation.dcap.chain import check_crl, load_pem_chain, verify_chain
+from teeflow.attestation.dcap.chain import (
+    X509_ERRORS,
+    check_crl,
+    load_pem_chain,
+    parse_crl_fields,
+    verify_chain,
+    x509_errors_as,
+)
+from teeflow.attestation.dcap.pcs_json import verify_pcs_signature
 from teeflow.attestation.dcap.qe_identity import (
     SignedEnclaveIdentity,
     parse_enclave_identity,
@@ -33,7 +41,6 @@ from teeflow.attestation.dcap.qe_identity import (
 from teeflow.attestation.dcap.tcb_info import (
     SignedTcbInfo,
     parse_tcb_info,
-    verify_pcs_signature,
     verify_tcb_info_signature,
 )
 from teeflow.attestation.evidence import TcbEvaluation, TcbStatus
@@ -66,12 +73,19 @@ _VERIFIED: dict[tuple[bytes, tuple[str, ...]], tuple[str, tuple[_Window, ...]]] 
 
 
 def _load_crl(data: bytes, what: str) -> x509.CertificateRevocationList:
+    """Load a DER or PEM CRL and force its lazy fields (issuer, dates, entries)."""
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data.strip().rstrip(b"\x00"))
-        return x509.load_der_x509_crl(data)
-    except ValueError:
+            crl = x509.load_pem_x509_crl(data.strip().rstrip(b"\x00"))
+        else:
+            crl = x509.load_der_x509_crl(data)
+    except X509_ERRORS:
         raise CollateralError(f"{what}: malformed CRL") from None
+    try:
+        parse_crl_fields(crl)
+    except ParseError as exc:
+        raise CollateralError(f"{what}: {exc}") from None
+    return crl
 
 
 def _load_chain(data: bytes, what: str) -> tuple[x509.Certificate, ...]:
@@ -382,7 +396,8 @@ def verify_collateral(
         anchor_fp, windows = cached
         if all(start <= now <= end for _, start, end in windows):
             return anchors[fps.index(anchor_fp)]
-    anchor, windows = _full_verify(collateral, anchors, now)
+    with x509_errors_as(CollateralError, "malformed collateral certificate or CRL"):
+        anchor, windows = _full_verify(collateral, anchors, now)
     if len(_VERIFIED) >= _CACHE_LIMIT:
         _VERIFIED.clear()
     _VERIFIED[key] = (anchor.fingerprint, windows)

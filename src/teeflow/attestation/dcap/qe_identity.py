@@ -7,7 +7,7 @@ src/Verifiers/EnclaveReportVerifier.cpp``) for the matching rules.
 
 The body is ``{"enclaveIdentity":{...},"signature":"<hex r||s>"}``; the signature covers
 the exact bytes of the inner object (extracted with
-:func:`teeflow.attestation.dcap.tcb_info.split_signed_body`).
+:func:`teeflow.attestation.dcap.pcs_json.split_signed_body`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 
-from teeflow.attestation.dcap.tcb_info import (
+from teeflow.attestation.dcap.pcs_json import (
     advisory_ids,
     dict_field,
     hex_field,

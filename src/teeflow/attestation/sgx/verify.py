@@ -8,9 +8,10 @@ QVL ``sgxAttestationVerifyQuote``):
 1. header: attestation key type 2 (ECDSA-256-with-P-256), QE vendor ID = Intel's,
    SGX quote (tee_type 0, 384-byte report body);
 2. PCK chain from certification data type 5, decoded strictly (:func:`decode_pck_chain`),
-   validated at ``now`` up to one of ``anchors`` (a root included in the quote is only
-   accepted if its DER equals an anchor) with the collateral's PCK and Root CA CRLs and
-   the extra ``crls``;
+   validated at ``now`` up to one of ``anchors`` by
+   :func:`~teeflow.attestation.dcap.chain.verify_chain` (a root included in the quote is
+   only accepted if its DER equals an anchor; a look-alike is rejected) with the
+   collateral's PCK and Root CA CRLs and the extra ``crls``;
 3. quote signature (ECDSA P-256 SHA-256, attestation key, over header || body);
 4. QE report signature by the PCK leaf key; QE report_data = SHA-256(attestation key ||
    QE auth data) || 32 zero bytes;
@@ -35,11 +36,15 @@ from datetime import datetime
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from teeflow.attestation.dcap.chain import verify_chain
+from teeflow.attestation.dcap.chain import (
+    X509_ERRORS,
+    parse_certificate_fields,
+    verify_chain,
+    x509_errors_as,
+)
 from teeflow.attestation.dcap.collateral import (
     IntelCollateral,
     converge_tcb_status,
@@ -132,14 +137,6 @@ def _malformed(detail: str) -> VerificationError:
     return VerificationError(f"malformed PCK certificate chain: {detail}")
 
 
-def _parse_fully(cert: x509.Certificate) -> None:
-    """Force cryptography's lazy parsing so malformed fields fail here, not later."""
-    _ = (cert.version, cert.serial_number, cert.issuer, cert.subject, cert.extensions)
-    _ = (cert.not_valid_before_utc, cert.not_valid_after_utc, cert.signature_hash_algorithm)
-    _ = (cert.public_key(), cert.signature_algorithm_oid, cert.tbs_certificate_bytes)
-    _ = (cert.issuer.rfc4514_string(), cert.subject.rfc4514_string())
-
-
 def decode_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
     """Decode certification data type 5 strictly into certificates (leaf first).
 
@@ -169,15 +166,14 @@ def decode_pck_chain(pem: bytes) -> tuple[x509.Certificate, ...]:
             raise _malformed(f"certificate #{i}: non-canonical base64")
         try:
             cert = x509.load_der_x509_certificate(der)
-            _parse_fully(cert)
-        except Exception as exc:  # cryptography parses lazily: many exception types
+        except X509_ERRORS as exc:
             raise _malformed(f"certificate #{i}: {type(exc).__name__}") from None
+        try:
+            parse_certificate_fields(cert)  # cryptography parses lazily: force it here
+        except ParseError as exc:
+            raise _malformed(f"certificate #{i}: {exc}") from None
         if cert.public_bytes(Encoding.DER) != der:
             raise _malformed(f"certificate #{i}: bytes after the certificate")
-        # The signatureValue BIT STRING ends the DER; its first content byte (unused bits)
-        # is outside the signed TBS, so a non-zero value would be an unsigned mutation.
-        if der[-len(cert.signature) - 1] != 0:
-            raise _malformed(f"certificate #{i}: signature BIT STRING has unused bits")
         certs.append(cert)
     return tuple(certs)
 
@@ -233,36 +229,13 @@ def _verify_chain_cached(
     hit = _VERIFIED_CACHE.get(key)
     if hit is not None and hit[1] <= now <= hit[2]:
         return anchors[hit[0]]
-    _pin_anchor_lookalikes(certs, anchors)
-    try:
-        anchor = verify_chain(certs, anchors, now, crls)
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError) as exc:
-        raise VerificationError(f"PCK chain verification failed: {type(exc).__name__}") from None
-    window = _window(certs, anchor, crls)
+    anchor = verify_chain(certs, anchors, now, crls)
+    with x509_errors_as(CollateralError, "malformed CRL"):
+        window = _window(certs, anchor, crls)
     if window is not None:
         index = next(i for i, a in enumerate(anchors) if a is anchor)
         _remember(_VERIFIED_CACHE, key, (index, *window, (*roots, *crls)))
     return anchor
-
-
-def _pin_anchor_lookalikes(
-    certs: Sequence[x509.Certificate], anchors: Sequence[TrustAnchor]
-) -> None:
-    """A certificate in the quote that has an anchor's subject or key must BE that anchor.
-
-    ``verify_chain`` accepts a last certificate with the anchor's subject and key as the
-    anchor itself; a quote could then carry an altered copy of the root. So any such
-    look-alike whose DER differs from the anchor is rejected here.
-    """
-    for cert in certs:
-        for anchor in anchors:
-            root = anchor.certificate
-            if cert == root:
-                continue
-            if cert.subject == root.subject or cert.public_key() == root.public_key():
-                raise VerificationError(
-                    "PCK chain contains a certificate that imitates a trust anchor (DER differs)"
-                )
 
 
 def _check_header(quote: Quote) -> EnclaveReport:
@@ -377,11 +350,12 @@ def verify(
     all_crls = list(crls)
     if collateral is not None:
         pck_crl = collateral.pck_crl
-        if pck_crl.issuer != pck_cert.issuer:
-            raise CollateralError(
-                f"PCK CRL issuer {pck_crl.issuer.rfc4514_string()!r} does not match the PCK "
-                f"certificate issuer {pck_cert.issuer.rfc4514_string()!r}"
-            )
+        with x509_errors_as(CollateralError, "malformed PCK CRL"):
+            if pck_crl.issuer != pck_cert.issuer:
+                raise CollateralError(
+                    f"PCK CRL issuer {pck_crl.issuer.rfc4514_string()!r} does not match the "
+                    f"PCK certificate issuer {pck_cert.issuer.rfc4514_string()!r}"
+                )
         all_crls += [pck_crl, collateral.root_ca_crl]
     anchor = _verify_chain_cached(pem, certs, anchors, now, all_crls)
     _check_qe(quote, pck_cert)
