@@ -1,4 +1,4 @@
-"""``teeflow workload measure|init``: workload manifests and their measurement.
+"""``teeflow workload measure|run|init``: workload manifests and their measurement.
 
 ``measure`` prints the manifest's measurement (hex; the emulated platform's MRENCLAVE) after
 re-hashing every trusted file (unless ``--no-verify-files``); a changed or missing file is
@@ -67,6 +67,33 @@ def measure_cmd(
         typer.echo(json.dumps(doc, indent=2))
         return
     console.print(digest)
+
+
+@workload_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def run_cmd(
+    ctx: typer.Context,
+    *,
+    manifest_path: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="Workload manifest (YAML).")
+    ],
+    base_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--base-dir", help="Directory trusted paths are relative to (default: manifest's)."
+        ),
+    ] = None,
+) -> None:
+    """Re-hash the trusted files, then run the entrypoint (extra arguments are appended).
+
+    Refuses to start (exit 1, naming the file) when any trusted file differs.
+    """
+    from teeflow.workload.runtime import run_workload, start_workload
+
+    started = start_workload(manifest_path, base_dir)
+    console.print(f"[dim]measurement {started.measurement.hex()}[/]")
+    raise typer.Exit(run_workload(started, list(ctx.args)))
 
 
 @workload_app.command("init")
