@@ -15,7 +15,6 @@ Usage: .venv/bin/python bench/quote_verify.py [--iterations 2000] [--out FILE]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,37 +26,12 @@ from teeflow.attestation.evidence import TcbStatus
 from teeflow.attestation.sgx import appraise, parse_quote, verify
 from teeflow.attestation.sgx.policy import SgxPolicy
 from teeflow.attestation.trust import intel_sgx_root_ca
+from teeflow.testing.dcap_qvl import qvl_collateral_from_dir
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "attestation"
 QUOTE = SHARED / "sgx" / "phala_sgx_quote_v3.bin"
 COLLATERAL = SHARED / "sgx" / "collateral" / "sgx_00A067110000_2025-06-19_phala"
 AT = datetime(2025, 7, 1, tzinfo=UTC)
-
-
-def _inner_json(body: str, key: str) -> str:
-    start = body.index("{", body.index(f'"{key}"'))
-    _, end = json.JSONDecoder().raw_decode(body, start)
-    return body[start:end]
-
-
-def dcap_qvl_collateral(directory: Path):  # type: ignore[no-untyped-def]
-    """Build dcap-qvl's QuoteCollateralV3 from an Intel PCS collateral directory."""
-    import dcap_qvl
-
-    tcb = (directory / "tcb_info.json").read_text()
-    qe = (directory / "qe_identity.json").read_text()
-    chain = (directory / "tcb_info_issuer_chain.pem").read_text()
-    return dcap_qvl.QuoteCollateralV3(
-        pck_crl_issuer_chain=(directory / "pck_crl_issuer_chain.pem").read_text(),
-        root_ca_crl=(directory / "root_ca_crl.der").read_bytes(),
-        pck_crl=(directory / "pck_crl.der").read_bytes(),
-        tcb_info_issuer_chain=chain,
-        tcb_info=_inner_json(tcb, "tcbInfo"),
-        tcb_info_signature=bytes.fromhex(json.loads(tcb)["signature"]),
-        qe_identity_issuer_chain=chain,
-        qe_identity=_inner_json(qe, "enclaveIdentity"),
-        qe_identity_signature=bytes.fromhex(json.loads(qe)["signature"]),
-    )
 
 
 def main() -> int:
@@ -83,7 +57,7 @@ def main() -> int:
         assert result.accepted, result.violations
         return result
 
-    qvl_col = dcap_qvl_collateral(COLLATERAL)
+    qvl_col = qvl_collateral_from_dir(COLLATERAL)
     now_secs = int(AT.timestamp())
 
     def qvl_once() -> object:
