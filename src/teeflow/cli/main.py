@@ -56,7 +56,9 @@ def _register_all() -> None:
         agreement_cmds,
         demo_cmd,
         emulate_cmds,
+        gramine_cmds,
         party_cmds,
+        platform_cmds,
         quote_cmds,
         sealing_cmds,
         workload_cmds,
@@ -68,7 +70,9 @@ def _register_all() -> None:
         quote_cmds,
         workload_cmds,
         emulate_cmds,
+        gramine_cmds,
         party_cmds,
+        platform_cmds,
         agreement_cmds,
     ):
         module.register(app)

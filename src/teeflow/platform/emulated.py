@@ -363,6 +363,13 @@ class EmulatedSgx:
         self.isv_svn = isv_svn
         self._rng = rng
 
+    #: Attester protocol (teeflow.platform.base.Attester): the KBS ``tee`` name.
+    tee = "emulated-sgx"
+
+    def evidence(self, report_data: bytes) -> bytes:
+        """Attester protocol: the same as :meth:`quote`."""
+        return self.quote(report_data)
+
     def quote(self, report_data: bytes) -> bytes:
         """Produce a signed DCAP quote v3 binding ``report_data`` (≤ 64 bytes, zero-padded).
 

@@ -1,0 +1,66 @@
+"""``teeflow platform detect``: which attestation platform this machine offers.
+
+Prints ``gramine-sgx``, ``tdx``, ``sev-snp`` or ``emulated`` (the last with a warning on
+stderr); ``--json`` prints ``{"platform", "tee", "source", "notes"}``. Exit code 0 in every
+case: detection itself never fails.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from teeflow.platform.base import (
+    DEFAULT_DEV_ROOT,
+    DEFAULT_GRAMINE_ROOT,
+    DEFAULT_TSM_ROOT,
+    probe_platform,
+)
+
+__all__ = ["register"]
+
+platform_app = typer.Typer(help="Attestation platforms (Attester side).", no_args_is_help=True)
+console = Console(highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``platform`` command group to the root app."""
+    app.add_typer(platform_app, name="platform")
+
+
+@platform_app.command("detect")
+def detect_cmd(
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    gramine_root: Annotated[
+        Path, typer.Option("--gramine-root", hidden=True, help="Gramine /dev/attestation.")
+    ] = DEFAULT_GRAMINE_ROOT,
+    tsm_root: Annotated[
+        Path, typer.Option("--tsm-root", hidden=True, help="configfs-tsm report directory.")
+    ] = DEFAULT_TSM_ROOT,
+    dev_root: Annotated[
+        Path, typer.Option("--dev-root", hidden=True, help="Device directory.")
+    ] = DEFAULT_DEV_ROOT,
+) -> None:
+    """Detect the attestation platform: gramine-sgx, tdx, sev-snp, or emulated."""
+    probe = probe_platform(gramine_root=gramine_root, tsm_root=tsm_root, dev_root=dev_root)
+    if as_json:
+        doc = {
+            "platform": probe.platform,
+            "tee": probe.tee,
+            "source": probe.source,
+            "notes": list(probe.notes),
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    console.print(probe.platform)
+    if probe.platform == "emulated":
+        err = Console(stderr=True, highlight=False, soft_wrap=True)
+        err.print(
+            "warning: no TEE attestation interface found; emulated evidence is refused "
+            "unless the federation agreement sets allow_emulated"
+        )

@@ -1,0 +1,183 @@
+"""The Attester interface and platform detection.
+
+An :class:`Attester` (RFC 9334 "Attester") produces Evidence binding 64 bytes of report
+data. Implementations:
+
+* :class:`teeflow.platform.gramine.GramineAttester` — SGX DCAP quotes through Gramine's
+  ``/dev/attestation`` pseudo-files (``tee = "sgx"``);
+* :class:`teeflow.platform.tsm.TsmAttester` — TDX quotes or SEV-SNP reports through Linux
+  configfs-tsm (``tee = "tdx"`` / ``"snp"``);
+* :class:`teeflow.platform.emulated.EmulatedSgx` — software evidence (development, CI).
+
+:func:`detect_platform` tells which one this machine offers. The platform names are the
+DESIGN glossary's: ``gramine-sgx``, ``tdx``, ``sev-snp``, ``emulated``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from teeflow.errors import PlatformError
+
+__all__ = [
+    "DEFAULT_DEV_ROOT",
+    "DEFAULT_GRAMINE_ROOT",
+    "DEFAULT_TSM_ROOT",
+    "PLATFORMS",
+    "TSM_PROVIDERS",
+    "Attester",
+    "PlatformProbe",
+    "detect_platform",
+    "probe_platform",
+    "read_small",
+]
+
+DEFAULT_GRAMINE_ROOT = Path("/dev/attestation")
+DEFAULT_TSM_ROOT = Path("/sys/kernel/config/tsm/report")
+DEFAULT_DEV_ROOT = Path("/dev")
+#: Platform names returned by :func:`detect_platform`.
+PLATFORMS = ("gramine-sgx", "tdx", "sev-snp", "emulated")
+#: configfs-tsm ``provider`` value -> (platform name, RCAR tee name).
+TSM_PROVIDERS = {"tdx_guest": ("tdx", "tdx"), "sev_guest": ("sev-snp", "snp")}
+
+_LOG = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Attester(Protocol):
+    """Something that produces Evidence for 64 bytes of report data.
+
+    ``tee`` is the RCAR ``tee`` value of the evidence (``"sgx"``, ``"tdx"``, ``"snp"``,
+    ``"emulated-sgx"`` …); a plain class attribute satisfies it.
+    """
+
+    @property
+    def tee(self) -> str:
+        """RCAR tee name of the evidence."""
+        ...
+
+    def evidence(self, report_data: bytes) -> bytes:
+        """Evidence (a quote or report) whose REPORT_DATA is ``report_data`` zero-padded
+        to 64 bytes.
+
+        Raises:
+            PlatformError: ``report_data`` longer than 64 bytes, or the platform failed.
+        """
+        ...
+
+
+def read_small(path: Path, limit: int, what: str) -> bytes:
+    """Read at most ``limit`` bytes of ``path``.
+
+    Raises:
+        PlatformError: unreadable, or longer than ``limit``.
+    """
+    try:
+        with path.open("rb", buffering=0) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise PlatformError(f"cannot read {what} ({path}): {exc.strerror}") from None
+    if len(data) > limit:
+        raise PlatformError(f"{what} ({path}) larger than {limit} bytes")
+    return data
+
+
+@dataclass(frozen=True)
+class PlatformProbe:
+    """What :func:`probe_platform` found.
+
+    Attributes:
+        platform: one of :data:`PLATFORMS`.
+        tee: RCAR tee name (``"sgx"``, ``"tdx"``, ``"snp"``, ``"emulated-sgx"``).
+        source: the path that decided it (or ``None`` for emulated).
+        notes: why other platforms were not chosen (human-readable).
+    """
+
+    platform: str
+    tee: str
+    source: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def _probe_gramine(root: Path, notes: list[str]) -> PlatformProbe | None:
+    type_file = root / "attestation_type"
+    if not type_file.exists():
+        notes.append(f"no {type_file}")
+        return None
+    try:
+        kind = read_small(type_file, 64, "attestation_type").decode("ascii").strip()
+    except (PlatformError, UnicodeDecodeError):
+        notes.append(f"{type_file} unreadable")
+        return None
+    if kind != "dcap":
+        notes.append(f"Gramine attestation_type is {kind!r}, not 'dcap'")
+        return None
+    return PlatformProbe("gramine-sgx", "sgx", str(root))
+
+
+def _probe_tsm(root: Path, dev_root: Path, notes: list[str]) -> PlatformProbe | None:
+    if root.is_dir():
+        from teeflow.platform.tsm import TsmAttester
+
+        try:
+            provider = TsmAttester(root).provider()
+        except PlatformError as exc:
+            notes.append(f"configfs-tsm probe failed: {exc}")
+        else:
+            known = TSM_PROVIDERS.get(provider)
+            if known is not None:
+                return PlatformProbe(known[0], known[1], str(root))
+            notes.append(f"configfs-tsm provider {provider!r} not supported")
+    else:
+        notes.append(f"no {root}")
+    # without configfs-tsm access, the guest device tells what the VM is (not usable
+    # by teeflow, which only speaks configfs-tsm: noted, not chosen)
+    for dev, name in (("tdx_guest", "TDX"), ("sev-guest", "SEV-SNP")):
+        if (dev_root / dev).exists():
+            notes.append(f"{dev_root / dev} exists ({name} guest) but configfs-tsm is unusable")
+    return None
+
+
+def probe_platform(
+    *,
+    gramine_root: Path = DEFAULT_GRAMINE_ROOT,
+    tsm_root: Path = DEFAULT_TSM_ROOT,
+    dev_root: Path = DEFAULT_DEV_ROOT,
+) -> PlatformProbe:
+    """Find the attestation platform this process runs on.
+
+    Order: Gramine-SGX (``<gramine_root>/attestation_type`` reads ``dcap``), then
+    configfs-tsm (a probe report entry is created, its ``provider`` read and the entry
+    removed: ``tdx_guest`` -> ``tdx``, ``sev_guest`` -> ``sev-snp``), else ``emulated``
+    with a logged warning. ``TEEFLOW_PLATFORM=emulated`` forces emulation (tests, demos).
+
+    Never raises: a failing probe is recorded in :attr:`PlatformProbe.notes`.
+    """
+    notes: list[str] = []
+    forced = os.environ.get("TEEFLOW_PLATFORM")
+    if forced == "emulated":
+        return PlatformProbe("emulated", "emulated-sgx", None, ("TEEFLOW_PLATFORM=emulated",))
+    found = _probe_gramine(gramine_root, notes) or _probe_tsm(tsm_root, dev_root, notes)
+    if found is not None:
+        return PlatformProbe(found.platform, found.tee, found.source, tuple(notes))
+    _LOG.warning(
+        "no TEE attestation interface found (%s): using the EMULATED platform, whose "
+        "evidence is refused unless the agreement sets allow_emulated",
+        "; ".join(notes),
+    )
+    return PlatformProbe("emulated", "emulated-sgx", None, tuple(notes))
+
+
+def detect_platform(
+    *,
+    gramine_root: Path = DEFAULT_GRAMINE_ROOT,
+    tsm_root: Path = DEFAULT_TSM_ROOT,
+    dev_root: Path = DEFAULT_DEV_ROOT,
+) -> str:
+    """The platform name (``"gramine-sgx"``, ``"tdx"``, ``"sev-snp"`` or ``"emulated"``);
+    see :func:`probe_platform`. Never raises."""
+    return probe_platform(gramine_root=gramine_root, tsm_root=tsm_root, dev_root=dev_root).platform
