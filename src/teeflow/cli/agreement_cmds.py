@@ -174,7 +174,9 @@ def _signature_status(signed: SignedAgreement, party: str, key: str) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the ``agreement`` command group to the root app."""
-    grp = typer.Typer(name="agreement", help="Federation agreement: init, sign, show, diff.")
+    grp = typer.Typer(
+        name="agreement", help="Federation agreement: init, sign, show, diff, submit."
+    )
 
     @grp.command("init")
     def init(

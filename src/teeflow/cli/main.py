@@ -54,12 +54,15 @@ def _root(
 def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
+        agreement_submit_cmd,
         demo_cmd,
         emulate_cmds,
         gramine_cmds,
+        kbs_cmds,
         party_cmds,
         platform_cmds,
         quote_cmds,
+        resource_cmds,
         sealing_cmds,
         workload_cmds,
     )
@@ -74,8 +77,11 @@ def _register_all() -> None:
         party_cmds,
         platform_cmds,
         agreement_cmds,
+        kbs_cmds,
+        resource_cmds,
     ):
         module.register(app)
+    agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
 
 
 _register_all()

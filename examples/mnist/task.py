@@ -1,0 +1,145 @@
+"""Entrypoints of the MNIST compute package (see README.md for the config keys).
+
+``train(arrays, config) -> (arrays, num_examples, metrics)`` and
+``validate(arrays, config) -> (num_examples, metrics)``, as ``teeflow.yaml`` declares, plus the
+function ``init(config) -> arrays`` that makes the initial global model (the aggregator has no
+torch). Data arrives as ``config["data"]``, a :mod:`teeflow.datasets.spec` string such as
+``"digits?clients=3&index=0&seed=7"`` or ``"mnist:/data/mnist?clients=10&index=4"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from teeflow.datasets import Dataset, Split, load_client_data
+from teeflow.errors import FLError
+
+from .models import build_model, load_arrays, to_arrays
+
+__all__ = ["init_arrays", "train", "validate"]
+
+Arrays = dict[str, NDArray[np.float32]]
+
+#: Defaults of the config keys (README.md).
+DEFAULTS: dict[str, Any] = {
+    "model": "mlp",
+    "lr": 0.01,
+    "momentum": 0.0,
+    "batch_size": 32,
+    "epochs": 1,
+    "seed": 0,
+    "round": 0,
+    "normalize": True,
+    "threads": 0,
+}
+
+
+def _cfg(config: dict[str, Any], key: str) -> Any:
+    return config.get(key, DEFAULTS[key])
+
+
+def _data(config: dict[str, Any]) -> Dataset:
+    spec = config.get("data")
+    if not isinstance(spec, str):
+        raise FLError('config["data"] must be a data spec string (e.g. "digits")')
+    return load_client_data(spec)
+
+
+def _tensors(split: Split, config: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = split.features()
+    if _cfg(config, "normalize"):
+        x = (x - np.float32(0.5)) / np.float32(0.5)  # [0, 1] -> [-1, 1]
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(split.y)
+
+
+def _setup(config: dict[str, Any]) -> None:
+    threads = int(_cfg(config, "threads"))
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def _model(arrays: Arrays | None, config: dict[str, Any], data: Dataset) -> nn.Module:
+    model = build_model(str(_cfg(config, "model")), data.train.feature_shape, data.num_classes)
+    if arrays is not None:
+        load_arrays(model, dict(arrays))
+    return model
+
+
+def init_arrays(config: dict[str, Any]) -> Arrays:
+    """Initial global model for ``config["model"]`` and the data's input shape (seeded by
+    ``config["seed"]``; PyTorch's default initialisation)."""
+    data = _data(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(_cfg(config, "seed")))
+        return to_arrays(_model(None, config, data))
+
+
+def train(arrays: Arrays, config: dict[str, Any]) -> tuple[Arrays, int, dict[str, float]]:
+    """``epochs`` epochs of minibatch SGD (``lr``, ``momentum``, ``batch_size``) on this
+    client's train split, shuffled by ``(seed, round)``.
+
+    Returns:
+        ``(new arrays, number of training examples, {"train_loss", "train_accuracy"})``
+        (mean loss and accuracy over the epoch's batches).
+    """
+    _setup(config)
+    data = _data(config)
+    model = _model(arrays, config, data)
+    x, y = _tensors(data.train, config)
+    n = int(y.shape[0])
+    if n == 0:
+        raise FLError("no training data")
+    opt = torch.optim.SGD(
+        model.parameters(), lr=float(_cfg(config, "lr")), momentum=float(_cfg(config, "momentum"))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    batch = int(_cfg(config, "batch_size"))
+    gen = torch.Generator().manual_seed(
+        int(_cfg(config, "seed")) * 1_000_003 + int(_cfg(config, "round"))
+    )
+    total_loss, correct, seen = 0.0, 0, 0
+    model.train()
+    for _ in range(int(_cfg(config, "epochs"))):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch):
+            idx = perm[start : start + batch]
+            opt.zero_grad()
+            out = model(x[idx])
+            loss = loss_fn(out, y[idx])
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(idx)
+            correct += int((out.argmax(1) == y[idx]).sum())
+            seen += len(idx)
+    metrics = {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
+    return to_arrays(model), n, metrics
+
+
+@torch.no_grad()
+def validate(arrays: Arrays, config: dict[str, Any]) -> tuple[int, dict[str, float]]:
+    """Loss and accuracy of ``arrays`` on this client's test split.
+
+    Returns:
+        ``(number of test examples, {"loss", "accuracy"})``.
+    """
+    _setup(config)
+    data = _data(config)
+    model = _model(arrays, config, data)
+    model.eval()
+    x, y = _tensors(data.test, config)
+    n = int(y.shape[0])
+    if n == 0:
+        return 0, {"loss": 0.0, "accuracy": 0.0}
+    loss_sum, correct = 0.0, 0
+    for start in range(0, n, 1024):
+        out = model(x[start : start + 1024])
+        loss_sum += float(
+            nn.functional.cross_entropy(out, y[start : start + 1024], reduction="sum")
+        )
+        correct += int((out.argmax(1) == y[start : start + 1024]).sum())
+    return n, {"loss": loss_sum / n, "accuracy": correct / n}

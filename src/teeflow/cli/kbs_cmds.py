@@ -1,0 +1,186 @@
+"""CLI commands: ``teeflow kbs serve|verify|measurement`` and ``teeflow kbs audit verify``.
+
+* ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform emulated]
+  [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]`` — run the KBS
+  (:func:`teeflow.kbs.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
+  the first start in a state directory only.
+* ``teeflow kbs verify URL --reference-values FILE [--allow-emulated] [-o PIN]
+  [--expect-agreement HEX]`` — verify the KBS's evidence as a party and write the pin file
+  (default ``$TEEFLOW_HOME/kbs.pin.json``) that every later party command uses. FILE holds
+  SGX reference values, ``{sgx: ...}``, or is the agreement (``workloads.kbs``).
+* ``teeflow kbs measurement [--manifest]`` — the KBS measurement of the installed teeflow
+  (:func:`teeflow.kbs.self_attestation.kbs_measurement`), to put into reference values.
+* ``teeflow kbs audit verify [--pin PIN] [--expect-head HEX]`` — fetch the whole audit log
+  and verify its hash chain and signatures with the pinned audit key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from teeflow.errors import KbsError
+
+__all__ = ["register"]
+
+_PinOption = Annotated[
+    Path | None,
+    typer.Option("--pin", help="Pin file from 'teeflow kbs verify' (default: $TEEFLOW_HOME)."),
+]
+
+
+def _pin_path(pin: Path | None) -> Path:
+    from teeflow.kbs.client import default_pin_path
+
+    path = pin if pin is not None else default_pin_path()
+    if not path.is_file():
+        raise KbsError(f"no pin file at {path}: run 'teeflow kbs verify' first")
+    return path
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``kbs`` command group to the root app."""
+    kbs = typer.Typer(name="kbs", help="Key Broker Service: serve, verify, measurement, audit.")
+
+    @kbs.command("serve")
+    def serve_cmd(
+        db: Annotated[str, typer.Option("--db", help="sqlite:///kbs.db or postgresql+psycopg://")],
+        listen: Annotated[
+            str, typer.Option("--listen", help="HOST:PORT to listen on (TLS).")
+        ] = "127.0.0.1:8443",
+        platform: Annotated[
+            str, typer.Option("--platform", help="TEE platform of the KBS (emulated).")
+        ] = "emulated",
+        state_dir: Annotated[
+            Path | None,
+            typer.Option("--state-dir", help="Sealed key directory (default $TEEFLOW_HOME/kbs)."),
+        ] = None,
+        federation: Annotated[
+            str | None, typer.Option("--federation", help="Federation name (first start).")
+        ] = None,
+        collateral_dir: Annotated[
+            list[Path] | None,
+            typer.Option("--collateral-dir", help="Intel collateral directory (repeat)."),
+        ] = None,
+        log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    ) -> None:
+        """Run the KBS with TLS until interrupted."""
+        from teeflow.kbs.server import KbsRuntime, serve
+
+        def ready(runtime: KbsRuntime, url: str) -> None:
+            typer.echo(f"teeflow KBS for federation {runtime.federation} at {url}")
+            typer.echo(f"  measurement     {runtime.measurement.hex()}")
+            typer.echo(f"  tls_spki_sha256 {runtime.keys.tls_spki_sha256()}")
+            typer.echo(f"  state           {runtime.state_dir}")
+            if platform == "emulated":
+                typer.secho(
+                    "  platform emulated: software TEE, NO hardware protection",
+                    fg=typer.colors.YELLOW,
+                    err=True,
+                )
+
+        serve(
+            db,
+            listen=listen,
+            platform=platform,
+            state_dir=state_dir,
+            federation=federation,
+            collateral_dirs=collateral_dir or [],
+            log_level=log_level,
+            on_ready=ready,
+        )
+
+    @kbs.command("verify")
+    def verify_cmd(
+        url: Annotated[str, typer.Argument(help="KBS base URL, https://HOST:PORT.")],
+        reference_values: Annotated[
+            Path,
+            typer.Option("--reference-values", help="KBS reference values (or the agreement)."),
+        ],
+        allow_emulated: Annotated[
+            bool, typer.Option("--allow-emulated", help="Accept an EMULATED KBS (development).")
+        ] = False,
+        output: Annotated[
+            Path | None, typer.Option("-o", "--output", help="Pin file to write.")
+        ] = None,
+        expect_agreement: Annotated[
+            str | None,
+            typer.Option("--expect-agreement", help="Agreement digest the KBS must enforce."),
+        ] = None,
+    ) -> None:
+        """Verify the KBS's evidence and write its pin file."""
+        from teeflow.kbs.client import default_pin_path, verify_kbs
+        from teeflow.kbs.self_attestation import load_reference_values
+
+        expected = None
+        if expect_agreement is not None:
+            try:
+                expected = bytes.fromhex(expect_agreement)
+            except ValueError:
+                raise KbsError("--expect-agreement must be 64 hex digits") from None
+            if len(expected) != 32:
+                raise KbsError("--expect-agreement must be 64 hex digits")
+        values = load_reference_values(reference_values)
+        pin = verify_kbs(
+            url, values, allow_emulated=allow_emulated, expected_agreement_digest=expected
+        )
+        path = pin.save(output if output is not None else default_pin_path())
+        typer.echo(f"KBS at {pin.url} verified (federation {pin.federation})")
+        typer.echo(f"  measurement      {pin.measurement}")
+        typer.echo(f"  tls_spki_sha256  {pin.tls_spki_sha256}")
+        typer.echo(f"  agreement        {pin.agreement_digest or '- (none yet)'}")
+        if pin.emulated:
+            typer.secho(
+                "  !!! EMULATED TEE: the KBS has NO hardware protection !!!",
+                fg=typer.colors.RED,
+                bold=True,
+            )
+        typer.echo(f"pin written to {path}")
+
+    @kbs.command("measurement")
+    def measurement_cmd(
+        manifest: Annotated[
+            bool, typer.Option("--manifest", help="Print the KBS workload manifest (YAML).")
+        ] = False,
+    ) -> None:
+        """Print the KBS measurement of the installed teeflow (emulated MRENCLAVE)."""
+        from teeflow.kbs.self_attestation import kbs_manifest
+        from teeflow.workload.manifest import measurement
+
+        doc = kbs_manifest()
+        if manifest:
+            typer.echo(doc.to_yaml(), nl=False)
+        else:
+            typer.echo(measurement(doc).hex())
+
+    audit = typer.Typer(name="audit", help="The KBS audit log.")
+
+    @audit.command("verify")
+    def audit_verify(
+        pin: _PinOption = None,
+        expect_head: Annotated[
+            str | None,
+            typer.Option("--expect-head", help="Hash (hex) the log must end with (truncation)."),
+        ] = None,
+    ) -> None:
+        """Fetch the audit log and verify its chain with the pinned audit key."""
+        from teeflow.kbs.audit import verify_audit_chain
+        from teeflow.kbs.client import KbsClient
+
+        with KbsClient(None, _pin_path(pin)) as client:
+            entries = client.audit()
+            if expect_head is not None:
+                try:
+                    head = bytes.fromhex(expect_head)
+                except ValueError:
+                    raise KbsError("--expect-head must be hex") from None
+                verify_audit_chain(entries, client.pin.audit_public(), expected_head=head)
+        denies = sum(1 for e in entries if e.decision == "deny")
+        typer.echo(f"audit log verified: {len(entries)} entries ({denies} denials)")
+        if entries:
+            typer.echo(f"head seq {entries[-1].seq} hash {entries[-1].hash.hex()}")
+
+    kbs.add_typer(audit, name="audit")
+    app.add_typer(kbs, name="kbs")

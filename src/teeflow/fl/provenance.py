@@ -1,0 +1,531 @@
+"""Model provenance: the aggregator's hash-chained log, signed with its attested P-256 key.
+
+One entry per event (format ``teeflow-provenance/1``)::
+
+    kind "session-start" (seq 1): session, agreement_digest, aggregator_measurement,
+        aggregator_certificate (PEM of the attested workload certificate), package_digest,
+        aggregate_digest = the initial global model's digest
+    kind "round" (round r = 1, 2, ...): + clients [{party, measurement}] (attested identities of
+        the participants), update_digests {party: digest}, aggregate_digest (the new global
+        model), metrics {name: number}
+    kind "final" (last): round = the last round, aggregate_digest = the released model
+
+Every entry repeats session, agreement, measurement and package digest (they must not change
+along the chain). Digests are lower-case hex SHA-256 (models: :func:`teeflow.fl.arrays.
+arrays_digest`; packages: :func:`teeflow.fl.package.package_digest`).
+
+Entry hash = SHA-256 of the RFC 8785 canonical JSON of all fields except ``hash`` and
+``signature``, plus ``"format": "teeflow-provenance/1"``; ``prev_hash`` is the previous
+entry's hash (64 zeros for seq 1). Signature = ECDSA P-256 / SHA-256 (FIPS 186-5) over
+``b"teeflow-provenance-v1\\0" || hash``, stored as hex of the 64-byte raw ``r || s``.
+
+:func:`verify_provenance` re-checks everything and raises :class:`ProvenanceError` (a
+:class:`~teeflow.errors.VerificationError`) naming the first bad entry. Truncation of the tail
+is caught only with ``expected_final_digest`` (the log must then end with a ``final`` entry
+whose digest is the model's). Whether the embedded certificate chains to the federation CA
+and carries the expected measurement is the caller's check (:func:`embedded_certificate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from teeflow.attestation.policy import Hex32, normalize_hex
+from teeflow.errors import FLError, ParseError, VerificationError
+from teeflow.hazmat.ecdsa import der_to_raw_signature, verify_p256_sha256
+from teeflow.kbs.canonical import canonical_json, format_validation_error
+from teeflow.kbs.parties import Name
+
+__all__ = [
+    "GENESIS_HASH",
+    "KINDS",
+    "PROVENANCE_DOMAIN",
+    "PROVENANCE_FORMAT",
+    "ClientRecord",
+    "ProvenanceEntry",
+    "ProvenanceError",
+    "ProvenanceLog",
+    "embedded_certificate",
+    "entry_hash",
+    "load_provenance",
+    "save_provenance",
+    "verify_provenance",
+]
+
+PROVENANCE_FORMAT = "teeflow-provenance/1"
+PROVENANCE_DOMAIN = b"teeflow-provenance-v1\0"
+GENESIS_HASH = "0" * 64
+KINDS = ("session-start", "round", "final")
+MAX_ENTRIES = 100_000
+MAX_LINE_BYTES = 1 << 20
+
+Measurement = Annotated[
+    str, BeforeValidator(lambda v: normalize_hex(v, length=None, max_length=64))
+]
+Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+
+class ProvenanceError(VerificationError):
+    """The provenance log does not verify; ``seq`` is the first bad entry (None: whole log)."""
+
+    code = "fl-provenance"
+
+    def __init__(self, seq: int | None, reason: str) -> None:
+        super().__init__(
+            ("provenance log" if seq is None else f"provenance entry {seq}") + f": {reason}"
+        )
+        self.seq = seq
+        self.reason = reason
+
+
+class ClientRecord(BaseModel):
+    """An attested participant: party name (from its certificate) and workload measurement."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    party: Name
+    measurement: Measurement
+
+
+class ProvenanceEntry(BaseModel):
+    """One signed entry (fields as in the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq: int = Field(ge=1, le=2**53 - 1)
+    kind: Literal["session-start", "round", "final"]
+    session: Annotated[str, Field(min_length=1, max_length=128)]
+    agreement_digest: Hex32
+    aggregator_measurement: Measurement
+    aggregator_certificate: Annotated[str, Field(max_length=16384)] | None = None
+    package_digest: Hex32
+    round: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
+    clients: tuple[ClientRecord, ...] = Field(default=(), max_length=100_000)
+    update_digests: dict[Name, Hex32] = Field(default_factory=dict, max_length=100_000)
+    aggregate_digest: Hex32
+    metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
+        default_factory=dict, max_length=64
+    )
+    prev_hash: Hex32
+    hash: Hex32
+    signature: Signature
+
+    def body(self) -> dict[str, Any]:
+        """The hashed JSON value (every field but ``hash``/``signature``, plus ``format``)."""
+        value = self.model_dump(mode="json", exclude={"hash", "signature"})
+        value["format"] = PROVENANCE_FORMAT
+        return value
+
+
+def entry_hash(entry: ProvenanceEntry) -> str:
+    """Lower-case hex SHA-256 of the canonical JSON of :meth:`ProvenanceEntry.body`.
+
+    Raises:
+        ParseError: a metric is not I-JSON representable.
+    """
+    return hashlib.sha256(canonical_json(entry.body())).hexdigest()
+
+
+def _hex32(value: bytes | str, what: str) -> str:
+    try:
+        if isinstance(value, bytes | bytearray):
+            if len(value) != 32:
+                raise ValueError("expected 32 bytes")
+            return bytes(value).hex()
+        return normalize_hex(value, length=32)
+    except ValueError as exc:
+        raise FLError(f"{what}: {exc}") from None
+
+
+def _shape_problem(entry: ProvenanceEntry) -> str | None:
+    """Per-kind field rules (None when the entry is well-formed)."""
+    if entry.kind == "session-start":
+        if entry.aggregator_certificate is None:
+            return "session-start needs the aggregator certificate"
+        if entry.round is not None or entry.clients or entry.update_digests:
+            return "session-start carries no round, clients or updates"
+    else:
+        if entry.aggregator_certificate is not None:
+            return "only session-start carries the certificate"
+        if entry.round is None:
+            return f"{entry.kind} needs a round"
+    if entry.kind == "round":
+        parties = [c.party for c in entry.clients]
+        if not parties or len(set(parties)) != len(parties):
+            return "round needs distinct participating clients"
+        if not entry.update_digests or not set(entry.update_digests) <= set(parties):
+            return "update digests must come from participating clients"
+    if entry.kind == "final" and (entry.clients or entry.update_digests):
+        return "final carries no clients or updates"
+    if any(not math.isfinite(v) for v in entry.metrics.values()):
+        return "metrics must be finite"
+    return None
+
+
+def _public_key_of(cert_pem: str) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode("ascii"))
+        key = cert.public_key()
+    except (ValueError, UnicodeEncodeError):
+        raise ParseError("aggregator certificate is not a PEM X.509 certificate") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ParseError("aggregator certificate key is not ECDSA P-256")
+    return cert, key
+
+
+def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def embedded_certificate(entries: Sequence[ProvenanceEntry]) -> x509.Certificate:
+    """The aggregator certificate of the log's session-start entry (for chain checks).
+
+    Raises:
+        ProvenanceError: empty log, first entry not session-start, or unparsable certificate.
+    """
+    if not entries or entries[0].kind != "session-start" or not entries[0].aggregator_certificate:
+        raise ProvenanceError(1 if entries else None, "no session-start certificate")
+    try:
+        return _public_key_of(entries[0].aggregator_certificate)[0]
+    except ParseError as exc:
+        raise ProvenanceError(entries[0].seq, str(exc)) from None
+
+
+def verify_provenance(
+    entries: Sequence[ProvenanceEntry],
+    key: ec.EllipticCurvePublicKey | x509.Certificate,
+    *,
+    expected_final_digest: bytes | str | None = None,
+) -> None:
+    """Verify a whole provenance log.
+
+    Args:
+        entries: the log, oldest first.
+        key: the aggregator's public key, or its certificate (then the session-start entry
+            must embed exactly this certificate); with a bare key, the embedded certificate's
+            key must equal it.
+        expected_final_digest: digest of the model shipped with the log (32 bytes or hex);
+            when given, the log must end with a ``final`` entry carrying it.
+
+    Raises:
+        ProvenanceError: the first entry that breaks a rule: sequence, kind order (one
+            session-start first, rounds 1, 2, ... consecutive, at most one final, last),
+            per-kind fields, changed session/agreement/measurement/package, ``prev_hash``,
+            hash, signature, certificate/key mismatch, final digest different from the last
+            round's aggregate or from ``expected_final_digest``.
+    """
+    if not entries:
+        raise ProvenanceError(None, "empty log")
+    first = entries[0]
+    cert = embedded_certificate(entries)
+    pub = cert.public_key()
+    assert isinstance(pub, ec.EllipticCurvePublicKey)
+    if isinstance(key, x509.Certificate):
+        if key.public_bytes(serialization.Encoding.DER) != cert.public_bytes(
+            serialization.Encoding.DER
+        ):
+            raise ProvenanceError(first.seq, "embedded certificate is not the given one")
+    elif _spki(key) != _spki(pub):
+        raise ProvenanceError(first.seq, "embedded certificate key is not the given key")
+    prev = GENESIS_HASH
+    last_round = 0
+    last_aggregate = first.aggregate_digest
+    for i, e in enumerate(entries):
+        seq = i + 1
+        if e.seq != seq:
+            raise ProvenanceError(seq, f"sequence number {e.seq}, expected {seq}")
+        if (e.kind == "session-start") != (i == 0):
+            raise ProvenanceError(seq, "session-start must be exactly the first entry")
+        if i and entries[i - 1].kind == "final":
+            raise ProvenanceError(seq, "entry after the final entry")
+        problem = _shape_problem(e)
+        if problem:
+            raise ProvenanceError(seq, problem)
+        for name in ("session", "agreement_digest", "aggregator_measurement", "package_digest"):
+            if getattr(e, name) != getattr(first, name):
+                raise ProvenanceError(seq, f"{name} changed within the session")
+        if e.kind == "round":
+            if e.round != last_round + 1:
+                raise ProvenanceError(seq, f"round {e.round} after round {last_round}")
+            last_round = e.round
+        if e.kind == "final":
+            if e.round != last_round:
+                raise ProvenanceError(seq, f"final names round {e.round}, last was {last_round}")
+            if e.aggregate_digest != last_aggregate:
+                raise ProvenanceError(seq, "final digest differs from the last aggregate")
+        last_aggregate = e.aggregate_digest
+        if e.prev_hash != prev:
+            raise ProvenanceError(seq, "prev_hash does not match the previous entry")
+        try:
+            digest = entry_hash(e)
+        except ParseError as exc:
+            raise ProvenanceError(seq, str(exc)) from None
+        if digest != e.hash:
+            raise ProvenanceError(seq, "hash does not match the entry's content")
+        try:
+            verify_p256_sha256(
+                pub,
+                bytes.fromhex(e.signature),
+                PROVENANCE_DOMAIN + bytes.fromhex(e.hash),
+                "signature",
+            )
+        except VerificationError:
+            raise ProvenanceError(seq, "signature is invalid") from None
+        prev = e.hash
+    if expected_final_digest is not None:
+        want = _hex32(expected_final_digest, "expected final digest")
+        last = entries[-1]
+        if last.kind != "final":
+            raise ProvenanceError(last.seq, "log does not end with a final entry (truncated?)")
+        if last.aggregate_digest != want:
+            raise ProvenanceError(last.seq, "final digest is not the model's digest")
+
+
+class ProvenanceLog:
+    """Builds a signed chain (the aggregator's side).
+
+    Args:
+        signing_key: the aggregator's attested P-256 key.
+        entries: an existing log to continue (after a restart); it is verified first.
+
+    Raises:
+        FLError: the key is not P-256.
+        ProvenanceError: ``entries`` do not verify under ``signing_key``.
+    """
+
+    def __init__(
+        self, signing_key: ec.EllipticCurvePrivateKey, entries: Sequence[ProvenanceEntry] = ()
+    ) -> None:
+        if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
+            signing_key.curve, ec.SECP256R1
+        ):
+            raise FLError("the provenance signing key must be ECDSA P-256")
+        self._key = signing_key
+        self._entries: list[ProvenanceEntry] = list(entries)
+        if self._entries:
+            verify_provenance(self._entries, signing_key.public_key())
+
+    @property
+    def entries(self) -> tuple[ProvenanceEntry, ...]:
+        """The entries so far, oldest first."""
+        return tuple(self._entries)
+
+    def append(
+        self,
+        kind: Literal["session-start", "round", "final"],
+        *,
+        session: str,
+        agreement_digest: bytes | str,
+        aggregator_measurement: bytes | str,
+        package_digest: bytes | str,
+        aggregate_digest: bytes | str,
+        aggregator_certificate: str | None = None,
+        round: int | None = None,
+        clients: Iterable[ClientRecord | Mapping[str, str]] = (),
+        update_digests: Mapping[str, bytes | str] | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> ProvenanceEntry:
+        """Sign and append one entry; the result keeps the whole log valid.
+
+        Raises:
+            FLError: a field is invalid, or the entry would break a rule of
+                :func:`verify_provenance` (nothing is appended then).
+        """
+        measurement = (
+            aggregator_measurement.hex()
+            if isinstance(aggregator_measurement, bytes)
+            else aggregator_measurement
+        )
+        fields: dict[str, Any] = {
+            "seq": len(self._entries) + 1,
+            "kind": kind,
+            "session": session,
+            "agreement_digest": _hex32(agreement_digest, "agreement_digest"),
+            "aggregator_measurement": measurement,
+            "aggregator_certificate": aggregator_certificate,
+            "package_digest": _hex32(package_digest, "package_digest"),
+            "round": round,
+            "clients": [c if isinstance(c, ClientRecord) else dict(c) for c in clients],
+            "update_digests": {
+                p: _hex32(d, f"update digest of {p}") for p, d in (update_digests or {}).items()
+            },
+            "aggregate_digest": _hex32(aggregate_digest, "aggregate_digest"),
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
+            "hash": GENESIS_HASH,
+            "signature": "0" * 128,
+        }
+        try:
+            draft = ProvenanceEntry.model_validate(fields)
+            digest = entry_hash(draft)
+        except ValidationError as exc:
+            raise FLError(f"invalid provenance entry: {format_validation_error(exc)}") from None
+        except ParseError as exc:
+            raise FLError(f"invalid provenance entry: {exc}") from None
+        der = self._key.sign(PROVENANCE_DOMAIN + bytes.fromhex(digest), ec.ECDSA(hashes.SHA256()))
+        entry = draft.model_copy(
+            update={"hash": digest, "signature": der_to_raw_signature(der).hex()}
+        )
+        try:
+            verify_provenance([*self._entries, entry], self._key.public_key())
+        except ProvenanceError as exc:
+            raise FLError(f"entry refused: {exc.reason}") from None
+        self._entries.append(entry)
+        return entry
+
+    def _common(self) -> dict[str, Any]:
+        if not self._entries:
+            raise FLError("the log has no session-start entry")
+        s = self._entries[0]
+        return {
+            "session": s.session,
+            "agreement_digest": s.agreement_digest,
+            "aggregator_measurement": s.aggregator_measurement,
+            "package_digest": s.package_digest,
+        }
+
+    def start(
+        self,
+        *,
+        session: str,
+        agreement_digest: bytes | str,
+        aggregator_measurement: bytes | str,
+        aggregator_certificate: str,
+        package_digest: bytes | str,
+        initial_digest: bytes | str,
+    ) -> ProvenanceEntry:
+        """Append the ``session-start`` entry (``initial_digest``: the initial global model).
+
+        Raises:
+            FLError: as :meth:`append` (e.g. the log is not empty).
+        """
+        return self.append(
+            "session-start",
+            session=session,
+            agreement_digest=agreement_digest,
+            aggregator_measurement=aggregator_measurement,
+            aggregator_certificate=aggregator_certificate,
+            package_digest=package_digest,
+            aggregate_digest=initial_digest,
+        )
+
+    def record_round(
+        self,
+        round: int,
+        *,
+        clients: Iterable[ClientRecord | Mapping[str, str]],
+        update_digests: Mapping[str, bytes | str],
+        aggregate_digest: bytes | str,
+        metrics: Mapping[str, float] | None = None,
+    ) -> ProvenanceEntry:
+        """Append a ``round`` entry (session fields copied from session-start).
+
+        Raises:
+            FLError: as :meth:`append`.
+        """
+        return self.append(
+            "round",
+            **self._common(),
+            round=round,
+            clients=clients,
+            update_digests=update_digests,
+            aggregate_digest=aggregate_digest,
+            metrics=metrics,
+        )
+
+    def finish(self, *, metrics: Mapping[str, float] | None = None) -> ProvenanceEntry:
+        """Append the ``final`` entry naming the last aggregate as the released model.
+
+        Raises:
+            FLError: as :meth:`append`.
+        """
+        rounds = [e for e in self._entries if e.kind == "round"]
+        last = self._entries[-1] if self._entries else None
+        return self.append(
+            "final",
+            **self._common(),
+            round=rounds[-1].round if rounds else None,
+            aggregate_digest=last.aggregate_digest if last else GENESIS_HASH,
+            metrics=metrics,
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the log as JSON lines (atomic replace). See :func:`save_provenance`."""
+        save_provenance(self._entries, path)
+
+
+def save_provenance(entries: Sequence[ProvenanceEntry], path: str | os.PathLike[str]) -> None:
+    """Write ``entries`` as JSON lines (one compact JSON object per line), atomically.
+
+    Raises:
+        FLError: the file cannot be written.
+    """
+    target = Path(path)
+    text = "".join(
+        json.dumps(e.model_dump(mode="json"), separators=(",", ":")) + "\n" for e in entries
+    )
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent or Path(), prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise FLError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ParseError(f"duplicate key {key[:64]!r}")
+        out[key] = value
+    return out
+
+
+def load_provenance(path: str | os.PathLike[str]) -> list[ProvenanceEntry]:
+    """Read a JSON-lines log (structure only: call :func:`verify_provenance` next).
+
+    Raises:
+        ParseError: unreadable file, more than 100,000 entries, a line over 1 MiB, invalid
+            UTF-8/JSON, duplicate keys, or an entry that does not fit
+            :class:`ProvenanceEntry` (message gives the line number).
+    """
+    entries: list[ProvenanceEntry] = []
+    try:
+        with Path(path).open("rb") as fh:
+            for number, line in enumerate(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""), 1):
+                if len(line) > MAX_LINE_BYTES:
+                    raise ParseError(f"provenance line {number} longer than {MAX_LINE_BYTES}")
+                if not line.strip():
+                    continue
+                if len(entries) >= MAX_ENTRIES:
+                    raise ParseError(f"provenance log longer than {MAX_ENTRIES} entries")
+                try:
+                    value = json.loads(line.decode("utf-8"), object_pairs_hook=_no_duplicates)
+                    entries.append(ProvenanceEntry.model_validate(value))
+                except ParseError as exc:
+                    raise ParseError(f"provenance line {number}: {exc}") from None
+                except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+                    detail = (
+                        format_validation_error(exc)
+                        if isinstance(exc, ValidationError)
+                        else "not valid JSON"
+                    )
+                    raise ParseError(f"provenance line {number}: {detail}") from None
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return entries
