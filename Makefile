@@ -1,10 +1,16 @@
 # teeflow — the two entry points of the README.
-#   make demo   installs teeflow in .venv and runs the main job on embedded defaults
-#   make test   installs teeflow + dev tools in .venv and runs lint, type check and tests
+#   make demo   installs teeflow + PyTorch in .venv and runs the main job (`teeflow demo`:
+#               confidential federated learning on the emulated TEE, offline)
+#   make test   installs teeflow + PyTorch + dev tools in .venv and runs lint, type check and
+#               the whole test suite (the FL end-to-end tests and the demo need PyTorch)
+# PIP_ARGS: extra pip options, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+# to get the CPU-only torch wheel where pip would otherwise pick the CUDA build.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+PIP_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: demo test lint typecheck unit venv install-dev bench clean
 
@@ -13,11 +19,11 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -e ".[torch]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -e ".[dev,torch]"
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed
@@ -25,7 +31,7 @@ venv: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(BIN)/teeflow demo
+	$(BIN)/teeflow demo $(DEMO_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench

@@ -195,7 +195,7 @@ def test_malformed_json_and_wrong_version_write_nothing(env: Env) -> None:
         assert_problem(
             http.post("/kbs/v0/auth", json={"version": "0.3.0", "tee": "emulated-sgx"}),
             401, f"{TF}/ProtocolVersion")
-        assert_problem(http.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "tdx"}),
+        assert_problem(http.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "csv"}),
                        401, f"{TF}/UnsupportedTee")
         assert_problem(http.post("/kbs/v0/attest", content=b"\xff\xfe"), 400,
                        f"{TF}/InvalidRequest")

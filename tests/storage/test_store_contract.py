@@ -1,28 +1,28 @@
 """One KbsStore contract suite, run against memory://, a SQLite file and PostgreSQL.
 
-PostgreSQL comes from ``TEEFLOW_TEST_POSTGRES_URL`` (default
-``postgresql+psycopg://postgres@127.0.0.1:5432/test``); each test gets its own random schema
-(selected with libpq ``options=-csearch_path=...``) which is dropped afterwards, so parallel
-runs never collide. When no server answers, the PostgreSQL cases skip with the reason.
+Backends and PostgreSQL set-up: ``conftest.py`` beside this file. The audited writes (state
+change + audit entry in one transaction) have their own suite, ``test_store_audited.py``.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from store_helpers import D1, D2, D3, T0, Backend
+from store_helpers import clock as _clock
+from store_helpers import entry as _entry
+from store_helpers import put as _put
+from store_helpers import race as _race
 
 from teeflow.errors import KbsError
 from teeflow.kbs.audit import AuditLog, verify_audit_chain
@@ -34,7 +34,6 @@ from teeflow.kbs.storage import (
     MAX_GRANT_BYTES,
     MAX_PATH_CHARS,
     MAX_WRAPPED_KEY_BYTES,
-    AuditEntry,
     KbsStore,
     MemoryStore,
     StorageConflict,
@@ -44,145 +43,6 @@ from teeflow.kbs.storage import (
     StorageNotFound,
     open_store,
 )
-
-PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
-D1, D2, D3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
-
-
-# -- backends ------------------------------------------------------------------------------
-
-
-@dataclass
-class Backend:
-    name: str
-    url: str
-
-    @property
-    def durable(self) -> bool:
-        return self.name != "memory"
-
-    def open(self) -> KbsStore:
-        return open_store(self.url)
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-@pytest.fixture(scope="session")
-def pg_base_url() -> str:
-    """A reachable PostgreSQL URL, or skip with the reason."""
-    url = os.environ.get("TEEFLOW_TEST_POSTGRES_URL", PG_DEFAULT)
-    from sqlalchemy import create_engine
-
-    try:
-        engine = create_engine(url, connect_args={"connect_timeout": 5})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception as exc:
-        pytest.skip(
-            f"PostgreSQL not reachable at {_redact(url)} ({type(exc).__name__}); "
-            "set TEEFLOW_TEST_POSTGRES_URL to run the PostgreSQL contract tests"
-        )
-    return url
-
-
-def _pg_schema_url(base: str, schema: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return (
-        make_url(base)
-        .update_query_dict({"options": f"-csearch_path={schema}"})
-        .render_as_string(hide_password=False)
-    )
-
-
-@contextmanager
-def _pg_schema(base: str) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    schema = "tf_test_" + secrets.token_hex(6)
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield _pg_schema_url(base, schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """One backend with an empty database (PostgreSQL: a fresh schema, dropped afterwards)."""
-    if request.param == "memory":
-        yield Backend("memory", "memory://")
-    elif request.param == "sqlite":
-        yield Backend("sqlite", f"sqlite:///{tmp_path / 'kbs.db'}")
-    else:
-        with _pg_schema(request.getfixturevalue("pg_base_url")) as url:
-            yield Backend("postgresql", url)
-
-
-@pytest.fixture()
-def store(backend: Backend) -> Iterator[KbsStore]:
-    s = backend.open()
-    yield s
-    s.close()
-
-
-@pytest.fixture()
-def sql_backend(backend: Backend) -> Backend:
-    if not backend.durable:
-        pytest.skip("memory:// is volatile by design; durability applies to SQL backends")
-    return backend
-
-
-def _put(store: KbsStore, path: str = "repo/key/a", owner: str = "alice", **kw: Any) -> Any:
-    args: dict[str, Any] = {
-        "wrapped_key": b"wrapped-key-bytes",
-        "grant": b"signed-grant",
-        "grant_digest": D1,
-        "not_after": T0 + timedelta(days=1),
-        "max_releases": 2,
-        "created_at": T0,
-    }
-    args.update(kw)
-    return store.put_resource(path, owner, **args)
-
-
-def _race(n: int, fn: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Run ``fn(i)`` in ``n`` threads released together; return (results, errors)."""
-    barrier = threading.Barrier(n)
-    results: list[Any] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def run(i: int) -> None:
-        barrier.wait()
-        try:
-            r = fn(i)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        else:
-            with lock:
-                results.append(r)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
-
-
-# -- agreements ------------------------------------------------------------------------------
 
 
 def test_agreements_append_and_read(store: KbsStore) -> None:
@@ -366,28 +226,6 @@ def test_purge_sessions(store: KbsStore) -> None:
 
 
 # -- audit -----------------------------------------------------------------------------------
-
-
-def _clock() -> Callable[[], datetime]:
-    ticks = iter(range(10**9))
-    return lambda: T0 + timedelta(microseconds=next(ticks))
-
-
-def _entry(seq: int, prev: bytes, **kw: Any) -> AuditEntry:
-    fields: dict[str, Any] = {
-        "seq": seq,
-        "time": T0,
-        "kind": "info",
-        "subject": "s",
-        "decision": "info",
-        "reasons": [],
-        "data": {},
-        "prev_hash": prev,
-        "hash": secrets.token_bytes(32),
-        "signature": b"s" * 64,
-    }
-    fields.update(kw)
-    return AuditEntry(**fields)
 
 
 def test_audit_append_read_and_data_round_trip(store: KbsStore) -> None:
@@ -609,15 +447,61 @@ def test_errors_are_kbs_errors(store: KbsStore) -> None:
 # -- SQL specifics ---------------------------------------------------------------------------
 
 
-def test_sqlite_is_wal_with_full_sync(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("query", "level"), [("", 1), ("?synchronous=normal", 1), ("?synchronous=FULL", 2)]
+)
+def test_sqlite_is_wal_with_configured_sync(tmp_path: Path, query: str, level: int) -> None:
     from teeflow.kbs.storage.sql import SqlStore
 
-    s = open_store(f"sqlite:///{tmp_path / 'k.db'}")
-    assert isinstance(s, SqlStore)
+    s = open_store(f"sqlite:///{tmp_path / 'k.db'}{query}")
+    assert isinstance(s, SqlStore) and s.relaxed_sync == (level == 1)
     with s.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level  # 1 NORMAL, 2 FULL
     s.close()
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+def test_sqlite_durable_operations_commit_with_full_sync(tmp_path: Path, sync: str) -> None:
+    """Agreements, resources and counters fsync their commit (FULL) even in normal mode;
+    sessions, releases and audit entries commit at the configured level."""
+    from sqlalchemy import event
+
+    from teeflow.kbs.storage.sql import SqlStore
+
+    s = open_store(f"sqlite:///{tmp_path / 'k.db'}?synchronous={sync}")
+    assert isinstance(s, SqlStore)
+    seen: list[int] = []
+
+    @event.listens_for(s.engine, "commit")
+    def _level(conn: Any) -> None:
+        raw = conn.connection.dbapi_connection
+        seen.append(raw.execute("PRAGMA synchronous").fetchone()[0])
+
+    base = 1 if sync == "normal" else 2
+    try:
+        for op, level in [
+            (lambda: s.append_agreement(1, D1, b"doc", T0), 2),
+            (lambda: _put(s), 2),
+            (lambda: s.compare_and_increment("c", 0, D2), 2),
+            (lambda: s.record_release("repo/key/a", 0), base),
+            (lambda: s.create_session("sid", b"n" * 32, "sgx", T0 + timedelta(minutes=1)), base),
+            (lambda: s.append_audit(_entry(1, GENESIS_HASH)), base),
+        ]:
+            seen.clear()
+            op()
+            assert seen[-1] == level
+            with s.engine.connect() as conn:  # the pooled connection is back at the default
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == base
+    finally:
+        s.close()
+
+
+def test_synchronous_parameter_is_checked() -> None:
+    for url in ["sqlite:///x.db?synchronous=off", "sqlite:///x.db?synchronous=extra",
+                "postgresql+psycopg://h/db?synchronous=full"]:
+        with pytest.raises(StorageInputError):
+            open_store(url)
 
 
 def test_migrations_match_tables(sql_backend: Backend) -> None:

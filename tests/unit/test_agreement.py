@@ -210,7 +210,8 @@ def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         (("not_after",), "2030-01-01T00:00:00", "timezone"),
         (("valid_from",), "2031-01-01T00:00:00Z", "valid_from must be before"),
         (("parties",), {}, "parties"),
-        (("workloads", "client", "tdx"), {"mrtd": float("nan")}, "canonical-JSON"),
+        (("workloads", "client", "tdx"), {"xfam": "00" * 8}, "set mrtd and/or an rtmr"),
+        (("workloads", "client", "snp"), {"measurement": []}, "measurement"),
     ],
 )
 def test_validation_errors(

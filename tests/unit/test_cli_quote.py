@@ -175,7 +175,8 @@ def test_emulated_quote_needs_allow_emulated(teeflow_home: Path, tmp_path: Path)
 
 
 def test_demo_json(tmp_path: Path) -> None:
-    code, out = run_json("demo", "--workdir", str(tmp_path / "demo"))
+    # the attestation round trip is `teeflow demo attestation` (plain `demo` is the FL job)
+    code, out = run_json("demo", "attestation", "--workdir", str(tmp_path / "demo"))
     assert code == 0
     assert out["ok"] is True and out["emulated"] is True
     assert out["default_policy_denied_emulated"] is True

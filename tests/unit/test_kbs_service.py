@@ -436,7 +436,7 @@ def test_wrong_protocol_version_and_unknown_tee(mem: Harness) -> None:
     with pytest.raises(ProtocolVersion) as exc:
         mem.service.auth(AuthRequest(version="0.1.1", tee="sgx"))
     assert exc.value.status == 401 and exc.value.to_dict()["type"].endswith("/ProtocolVersion")
-    for tee in ("tdx", "snp", "sample", "az-snp-vtpm"):
+    for tee in ("csv", "cca", "sample", "az-snp-vtpm"):
         with pytest.raises(UnsupportedTee):
             mem.service.auth(AuthRequest(version="0.4.0", tee=tee))
     assert mem.store.purge_sessions(NOW + timedelta(days=1)) == 0  # no session was created

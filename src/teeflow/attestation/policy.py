@@ -11,9 +11,13 @@ Loading (:meth:`PolicyModel.from_file`) is bounded (at most :data:`MAX_POLICY_BY
 further down a file must not override the first without anyone noticing). Any malformed or
 invalid document raises :class:`teeflow.errors.ParseError`.
 
-Hex helpers: :data:`Hex32`, :data:`Hex64`, :data:`Hex16` are ``str`` fields that accept upper-
-or lower-case hex (optionally ``0x``-prefixed) of exactly that many bytes and normalise to
-lower case.
+Hex helpers: :data:`Hex8`, :data:`Hex16`, :data:`Hex32`, :data:`Hex48`, :data:`Hex64` are
+``str`` fields that accept upper- or lower-case hex (optionally ``0x``-prefixed) of exactly
+that many bytes and normalise to lower case (:data:`HexPrefix64`: 1..64 bytes).
+
+Shared policy parts: :data:`AcceptedTcbStatuses` and :data:`AcceptedAdvisories` (Intel DCAP
+TCB acceptance, SGX and TDX) and :class:`ReportDataPolicy` (the REPORT_DATA exact/prefix rule
+of SGX, TDX and SEV-SNP policies).
 """
 
 from __future__ import annotations
@@ -22,21 +26,36 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import rfc8785
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
 
+from teeflow._yaml import DuplicateKeyError, safe_load_unique
+from teeflow.attestation.evidence import TcbStatus
 from teeflow.errors import ParseError
 
 __all__ = [
     "MAX_POLICY_BYTES",
+    "AcceptedAdvisories",
+    "AcceptedTcbStatuses",
+    "Hex8",
     "Hex16",
     "Hex32",
+    "Hex48",
     "Hex64",
     "HexPrefix64",
     "PolicyModel",
+    "ReportDataPolicy",
     "load_policy_document",
     "normalize_hex",
 ]
@@ -94,32 +113,46 @@ Hex32 = Annotated[str, BeforeValidator(_hex_validator(32))]
 Hex64 = Annotated[str, BeforeValidator(_hex_validator(64))]
 #: 1..64 bytes of hex (a REPORT_DATA prefix), normalised to lower case.
 HexPrefix64 = Annotated[str, BeforeValidator(_hex_validator(None, 64))]
+#: 8 bytes as 16 hex digits (TDX TD_ATTRIBUTES, XFAM in stored byte order), lower case.
+Hex8 = Annotated[str, BeforeValidator(_hex_validator(8))]
+#: 48 bytes as 96 hex digits (SHA-384 values: MRTD, RTMRs, SNP MEASUREMENT, GPU FWIDs).
+Hex48 = Annotated[str, BeforeValidator(_hex_validator(48))]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects duplicate mapping keys."""
+def _normalise_advisories(value: object) -> object:
+    if isinstance(value, list | tuple | set | frozenset):
+        out = []
+        for item in value:
+            if not isinstance(item, str) or not item.strip():
+                raise ValueError("advisory IDs must be non-empty strings")
+            out.append(item.strip().upper())
+        return frozenset(out)
+    return value
 
 
-def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in out
-        except TypeError:
-            line = key_node.start_mark.line + 1
-            raise ParseError(f"unhashable mapping key at line {line}") from None
-        if duplicate:
-            raise ParseError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
+def _never_revoked(value: frozenset[TcbStatus]) -> frozenset[TcbStatus]:
+    if TcbStatus.REVOKED in value:
+        raise ValueError("Revoked can never be an accepted TCB status")
+    return value
 
 
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_unique_mapping,
-)
+def _sorted_strings(value: frozenset[Any] | None) -> list[str] | None:
+    return None if value is None else sorted(str(v) for v in value)
+
+
+#: Intel TCB statuses a DCAP policy accepts (``Revoked`` rejected); serialised sorted.
+AcceptedTcbStatuses = Annotated[
+    frozenset[TcbStatus],
+    AfterValidator(_never_revoked),
+    PlainSerializer(_sorted_strings),
+]
+#: Intel advisory IDs (``INTEL-SA-xxxxx``) a DCAP policy accepts, stripped and upper-cased
+#: (None = every advisory that comes with an accepted status); serialised sorted.
+AcceptedAdvisories = Annotated[
+    frozenset[str] | None,
+    BeforeValidator(_normalise_advisories),
+    PlainSerializer(_sorted_strings),
+]
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -161,9 +194,11 @@ def load_policy_document(path: str | Path) -> dict[str, Any]:
         if p.suffix.lower() == ".json":
             doc = json.loads(text, object_pairs_hook=_reject_duplicates)
         else:
-            doc = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+            doc = safe_load_unique(text)
     except ParseError as exc:
         raise ParseError(f"policy file {p}: {exc}") from None
+    except DuplicateKeyError as exc:
+        raise ParseError(f"policy file {p}: {exc.problem} at line {exc.line}") from None
     except (ValueError, yaml.YAMLError) as exc:
         raise ParseError(f"policy file {p} is not valid {_kind(p)}: {exc}") from None
     except RecursionError:
@@ -238,3 +273,35 @@ class PolicyModel(BaseModel):
     def identifier(self) -> str:
         """``policy_id`` when set, else ``"sha256:<digest>"`` (``ear.appraisal-policy-id``)."""
         return self.policy_id if self.policy_id else f"sha256:{self.digest()}"
+
+
+class ReportDataPolicy(PolicyModel):
+    """Base of policies that bind REPORT_DATA (SGX, TDX, SEV-SNP).
+
+    Subclasses declare ``report_data: Hex64 | None`` (exact 64-byte value) and
+    ``report_data_prefix: HexPrefix64 | None`` (1..64-byte prefix) among their own fields
+    (so the field order of each policy stays its own); this base forbids setting both and
+    provides :meth:`with_report_data`.
+    """
+
+    if TYPE_CHECKING:
+        report_data: str | None
+        report_data_prefix: str | None
+
+    @model_validator(mode="after")
+    def _one_report_data_rule(self) -> Self:
+        if self.report_data is not None and self.report_data_prefix is not None:
+            raise ValueError("set report_data or report_data_prefix, not both")
+        return self
+
+    def with_report_data(self, report_data: bytes) -> Self:
+        """A copy requiring exactly ``report_data`` (64 bytes), e.g. a per-session nonce
+        binding; clears ``report_data_prefix``.
+
+        Raises:
+            ValueError: ``report_data`` is not 64 bytes.
+        """
+        if len(report_data) != 64:
+            raise ValueError("report_data must be 64 bytes")
+        update = {"report_data": report_data.hex(), "report_data_prefix": None}
+        return self.model_copy(update=update)

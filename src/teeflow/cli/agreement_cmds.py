@@ -15,14 +15,13 @@ them as stale. Signature files of parties who signed separately are merged with
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import typer
 from pydantic import Field
 
+from teeflow._fs import atomic_write
 from teeflow.attestation.policy import Hex32, load_policy_document
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.agreement import (
@@ -98,14 +97,7 @@ def load_signed(agreement_path: Path, sigs_path: Path | None = None) -> SignedAg
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _fmt(value: object) -> str:

@@ -55,8 +55,10 @@ def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
         agreement_submit_cmd,
+        compute_cmds,
         demo_cmd,
         emulate_cmds,
+        fl_cmds,
         gramine_cmds,
         kbs_cmds,
         party_cmds,
@@ -79,6 +81,8 @@ def _register_all() -> None:
         agreement_cmds,
         kbs_cmds,
         resource_cmds,
+        fl_cmds,
+        compute_cmds,
     ):
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group

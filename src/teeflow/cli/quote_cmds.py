@@ -1,31 +1,54 @@
-"""``teeflow quote show|verify``: inspect and verify Intel DCAP SGX quotes.
+"""``teeflow quote show|verify``: inspect and verify attestation evidence of any supported TEE.
 
-``verify`` runs the same parse -> verify -> appraise pipeline the KBS runs and exits 0
-only when the quote is verified AND accepted by the appraisal policy. ``--json`` prints
-one object with stable keys (see :func:`_verify_report`).
+The evidence type is detected from the file (:func:`teeflow.attestation.detect.detect_evidence`):
+Intel SGX or TDX DCAP quote, AMD SEV-SNP report, NVIDIA GPU evidence (Trustee SPDM hex or
+nvtrust JSON). ``verify`` runs the same parse -> verify -> appraise pipeline the KBS runs
+and exits 0 only when the evidence is verified AND accepted by the appraisal policy, else 1.
+``--json`` prints one object whose keys are those of the SGX contract (issue 2 §5) for
+every type plus the type's own fields (see :mod:`teeflow.cli.evidence.common`). A file
+whose type cannot be detected goes to the SGX pipeline, as before detection existed.
+Documentation: ``docs/attestation.md``.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
-from cryptography import x509
 from rich.console import Console
 from rich.table import Table
 
-from teeflow.errors import Error, ParseError
+from teeflow.cli.evidence.common import (
+    MAX_EVIDENCE_BYTES,
+    Options,
+    Outcome,
+    parse_time,
+    read_file,
+    reject_options,
+    verify_report,
+)
+from teeflow.errors import ParseError
 
 __all__ = ["register"]
 
-quote_app = typer.Typer(help="Inspect and verify attestation evidence (Intel SGX DCAP quotes).")
+quote_app = typer.Typer(
+    help="Inspect and verify attestation evidence (SGX/TDX quotes, SEV-SNP reports, GPU)."
+)
 console = Console()
 
-MAX_EVIDENCE_BYTES = 1 << 20
+_NOT_FOR_DCAP = ("certs", "product", "nonce")
+_NOT_FOR_SNP = ("collateral", "accept_tcb", "accept_advisory", "signatures_only", "nonce")
+_NOT_FOR_GPU = (
+    "collateral",
+    "crl",
+    "accept_tcb",
+    "accept_advisory",
+    "allow_debug",
+    "signatures_only",
+    "product",
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -33,285 +56,152 @@ def register(app: typer.Typer) -> None:
     app.add_typer(quote_app, name="quote")
 
 
-def _read_evidence(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ParseError(f"cannot read {path}: {exc.strerror}") from None
-    if size > MAX_EVIDENCE_BYTES:
-        raise ParseError(f"{path}: {size} bytes is larger than any quote ({MAX_EVIDENCE_BYTES})")
-    return path.read_bytes()
-
-
-def _parse_time(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"not an ISO 8601 time: {value!r}") from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC)
-
-
-def _pck_fmspc(quote: Any) -> str | None:
-    """FMSPC from the PCK leaf certificate, or None when the chain cannot be read."""
-    from teeflow.attestation.dcap.chain import load_pem_chain
-    from teeflow.attestation.dcap.pck import parse_pck_extensions
+def _detect(data: bytes) -> str | None:
+    from teeflow.attestation.detect import detect_evidence
 
     try:
-        pem = quote.pck_chain_pem
-        if not pem:
-            return None
-        certs = load_pem_chain(bytes(pem).rstrip(b"\0"))
-        return parse_pck_extensions(certs[0]).fmspc.hex()
-    except (Error, ValueError):
+        return str(detect_evidence(data))
+    except ParseError:
         return None
 
 
-def _quote_fields(quote: Any) -> dict[str, Any]:
-    body = quote.body
-    fields: dict[str, Any] = {
-        "version": quote.header.version,
-        "tee": "sgx" if quote.header.tee_type == 0 else f"0x{quote.header.tee_type:x}",
-        "tee_type": quote.header.tee_type,
-        "att_key_type": quote.header.att_key_type,
-        "qe_svn": quote.header.qe_svn,
-        "pce_svn": quote.header.pce_svn,
-        "qe_vendor_id": quote.header.qe_vendor_id.hex(),
-    }
-    if hasattr(body, "mr_enclave"):
-        fields.update(
-            mrenclave=body.mr_enclave.hex(),
-            mrsigner=body.mr_signer.hex(),
-            isv_prod_id=body.isv_prod_id,
-            isv_svn=body.isv_svn,
-            attributes=body.attributes.hex(),
-            debug=bool(body.debug),
-            misc_select=body.misc_select,
-            cpu_svn=body.cpu_svn.hex(),
-        )
-    else:
-        for name in ("mr_td", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mr_seam", "td_attributes"):
-            if hasattr(body, name):
-                fields[name.replace("_", "")] = getattr(body, name).hex()
-    fields["report_data"] = quote.report_data.hex()
-    fields["pck_fmspc"] = _pck_fmspc(quote)
-    fields["parsed_length"] = quote.parsed_length
-    return fields
+def _show_fields(data: bytes, kind: str | None) -> dict[str, Any]:
+    """Parsed fields of ``data`` (raises ``ParseError`` when it does not parse)."""
+    if kind == "tdx-quote":
+        from teeflow.attestation.tdx import parse_quote as parse_tdx
+        from teeflow.cli.evidence.tdx import tdx_fields
+
+        return {"evidence_type": kind, **tdx_fields(parse_tdx(data))}
+    if kind == "snp-report":
+        from teeflow.attestation.snp import parse_report
+        from teeflow.cli.evidence.snp import snp_fields
+
+        return {"evidence_type": kind, **snp_fields(parse_report(data))}
+    if kind == "nvidia-spdm-hex":
+        from teeflow.attestation.nvidia import GpuEvidence, parse_transcript_hex
+        from teeflow.cli.evidence.gpu import gpu_fields
+
+        ev = GpuEvidence(parse_transcript_hex(data), b"", source="trustee")
+        return {"evidence_type": kind, **gpu_fields(ev)}
+    if kind == "nvidia-nvtrust-json":
+        from teeflow.attestation.nvidia import load_nvtrust_evidence
+        from teeflow.cli.evidence.gpu import gpu_fields
+
+        gpus = [gpu_fields(ev) for ev in load_nvtrust_evidence(data)]
+        return {"evidence_type": kind, "tee": "nvidia-gpu", "gpu_count": len(gpus), "gpus": gpus}
+    from teeflow.attestation.sgx import parse_quote as parse_sgx
+    from teeflow.cli.evidence.sgx import quote_fields
+
+    fields = quote_fields(parse_sgx(data))
+    return {**fields, "evidence_type": kind} if kind else fields
 
 
 @quote_app.command("show")
 def show(
-    file: Path = typer.Argument(..., help="Quote file (binary DCAP quote)."),
+    file: Path = typer.Argument(..., help="Evidence file (quote, SNP report, GPU evidence)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Print the parsed fields of a quote (no verification)."""
-    from teeflow.attestation.dcap.quote import parse_quote
-
-    quote = parse_quote(_read_evidence(file))
-    fields = _quote_fields(quote)
+    """Print the parsed fields of evidence (no verification); the type is detected."""
+    data = read_file(file, "evidence", MAX_EVIDENCE_BYTES)
+    kind = _detect(data)
+    fields = _show_fields(data, kind)
     if as_json:
         typer.echo(json.dumps(fields, indent=2))
         return
-    table = Table(title=f"{file.name}: DCAP quote v{fields['version']} ({fields['tee']})")
+    version = f" v{fields['version']}" if "version" in fields else ""
+    table = Table(title=f"{file.name}: {kind or 'DCAP quote'}{version} ({fields['tee']})")
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for key, value in fields.items():
-        table.add_row(key, str(value))
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     console.print(table)
 
 
-@dataclass
-class _Outcome:
-    verified: bool = False
-    accepted: bool = False
-    errors: list[str] = field(default_factory=list)
-    fields: dict[str, Any] = field(default_factory=dict)
-    tcb_status: str | None = None
-    qe_tcb_status: str | None = None
-    advisories: list[str] = field(default_factory=list)
-    emulated: bool = False
-    status: str | None = None
-    tee: str | None = None
+def _run(data: bytes, kind: str | None, opts: Options) -> Outcome:
+    if kind == "tdx-quote":
+        from teeflow.cli.evidence.tdx import verify_tdx
 
+        reject_options(kind, opts, _NOT_FOR_DCAP)
+        return verify_tdx(data, opts)
+    if kind == "snp-report":
+        from teeflow.cli.evidence.snp import verify_snp
 
-def _anchors() -> list[Any]:
-    """Intel SGX Root CA, plus this machine's emulation root when one exists.
+        reject_options(kind, opts, _NOT_FOR_SNP)
+        return verify_snp(data, opts)
+    if kind in ("nvidia-spdm-hex", "nvidia-nvtrust-json"):
+        from teeflow.cli.evidence.gpu import verify_gpu
 
-    The emulation root is trusted only to *verify*; appraisal denies emulated evidence
-    unless the policy allows it.
-    """
-    from teeflow.attestation.trust import intel_sgx_root_ca
+        reject_options(kind, opts, _NOT_FOR_GPU)
+        return verify_gpu(data, kind, opts)
+    from teeflow.cli.evidence.sgx import verify_sgx
 
-    anchors: list[Any] = [intel_sgx_root_ca()]
-    try:
-        from teeflow.platform.emulated import EmulationAuthority
-
-        existing = EmulationAuthority.existing_trust_anchor()
-        if existing is not None:
-            anchors.append(existing)
-    except (ImportError, AttributeError, Error):
-        pass
-    return anchors
-
-
-def _load_crls(paths: list[Path]) -> list[x509.CertificateRevocationList]:
-    crls = []
-    for path in paths:
-        data = path.read_bytes()
-        try:
-            if data.lstrip().startswith(b"-----BEGIN"):
-                crls.append(x509.load_pem_x509_crl(data))
-            else:
-                crls.append(x509.load_der_x509_crl(data))
-        except ValueError:
-            raise ParseError(f"{path}: not a DER or PEM X.509 CRL") from None
-    return crls
-
-
-def _load_policy(
-    policy_file: Path | None,
-    accept_tcb: list[str],
-    accept_advisory: list[str],
-    allow_emulated: bool,
-    allow_debug: bool,
-    signatures_only: bool,
-) -> Any:
-    from teeflow.attestation.sgx.policy import SgxPolicy
-
-    policy = SgxPolicy.from_file(policy_file) if policy_file else SgxPolicy()
-    updates: dict[str, Any] = {}
-    if accept_tcb:
-        updates["accepted_tcb_statuses"] = set(accept_tcb)
-    if accept_advisory:
-        updates["accepted_advisories"] = set(accept_advisory) | set(
-            policy.accepted_advisories or ()
-        )
-    if allow_emulated:
-        updates["allow_emulated"] = True
-    if allow_debug:
-        updates["allow_debug"] = True
-    if signatures_only:
-        updates["require_collateral"] = False
-    if updates:
-        policy = SgxPolicy.model_validate({**policy.model_dump(), **updates})
-    return policy
-
-
-def _run_verify(
-    data: bytes,
-    *,
-    collateral_dir: Path | None,
-    crls: list[x509.CertificateRevocationList],
-    at: datetime,
-    policy: Any,
-    signatures_only: bool,
-) -> _Outcome:
-    from teeflow.attestation.dcap.collateral import IntelCollateral
-    from teeflow.attestation.sgx import appraise, parse_quote, verify
-
-    out = _Outcome()
-    try:
-        quote = parse_quote(data)
-    except ParseError as exc:
-        out.errors.append(f"parse: {exc}")
-        return out
-    out.fields = _quote_fields(quote)
-    try:
-        collateral = IntelCollateral.from_dir(collateral_dir) if collateral_dir else None
-        verified = verify(
-            quote,
-            anchors=_anchors(),
-            collateral=collateral,
-            now=at,
-            crls=crls,
-            signatures_only=signatures_only and collateral is None,
-        )
-    except Error as exc:
-        out.errors.append(f"{exc.code}: {exc}")
-        return out
-    out.verified = True
-    out.emulated = verified.emulated
-    out.tcb_status = str(verified.tcb_status) if verified.tcb_status else None
-    out.qe_tcb_status = str(verified.qe_tcb.status) if verified.qe_tcb else None
-    out.advisories = list(verified.advisory_ids)
-    result = appraise(verified, policy)
-    out.accepted = result.accepted
-    out.status = str(result.status)
-    out.tee = result.tee
-    out.errors.extend(f"policy: {v}" for v in result.violations)
-    return out
-
-
-def _verify_report(out: _Outcome, at: datetime) -> dict[str, Any]:
-    f = out.fields
-    return {
-        "verified": out.verified,
-        "accepted": out.verified and out.accepted,
-        "status": out.status,
-        "tee": out.tee or f.get("tee", "sgx"),
-        "emulated": out.emulated,
-        "tcb_status": out.tcb_status,
-        "qe_tcb_status": out.qe_tcb_status,
-        "advisories": out.advisories,
-        "mrenclave": f.get("mrenclave"),
-        "mrsigner": f.get("mrsigner"),
-        "isv_prod_id": f.get("isv_prod_id"),
-        "isv_svn": f.get("isv_svn"),
-        "debug": f.get("debug"),
-        "report_data": f.get("report_data"),
-        "pck_fmspc": f.get("pck_fmspc"),
-        "verified_at": at.isoformat().replace("+00:00", "Z"),
-        "errors": out.errors,
-    }
+    reject_options(kind or "sgx-quote", opts, _NOT_FOR_DCAP)
+    return verify_sgx(data, opts)
 
 
 @quote_app.command("verify")
 def verify_cmd(
-    file: Path = typer.Argument(..., help="Quote file (binary DCAP quote)."),
+    file: Path = typer.Argument(..., help="Evidence file (quote, SNP report, GPU evidence)."),
     collateral: Path | None = typer.Option(
-        None, "--collateral", help="Directory of Intel PCS collateral (tcb_info.json, ...)."
+        None, "--collateral", help="SGX/TDX: directory of Intel PCS collateral (tcb_info.json…)."
     ),
-    crl: list[Path] = typer.Option([], "--crl", help="Extra CRL (DER or PEM); repeatable."),
+    crl: list[Path] = typer.Option(
+        [], "--crl", help="Extra CRL (DER or PEM); repeatable (SNP: one AMD KDS CRL)."
+    ),
     at: str | None = typer.Option(None, "--at", help="Verification time, ISO 8601 (default: now)."),
-    policy_file: Path | None = typer.Option(None, "--policy", help="SgxPolicy YAML/JSON file."),
+    policy_file: Path | None = typer.Option(
+        None, "--policy", help="Appraisal policy YAML/JSON (Sgx/Tdx/Snp/GpuPolicy by type)."
+    ),
     accept_tcb: list[str] = typer.Option(
-        [], "--accept-tcb", help="Accepted TCB status (repeatable; default UpToDate)."
+        [], "--accept-tcb", help="SGX/TDX: accepted TCB status (repeatable; default UpToDate)."
     ),
     accept_advisory: list[str] = typer.Option(
-        [], "--accept-advisory", help="Accepted Intel advisory ID (repeatable)."
+        [], "--accept-advisory", help="SGX/TDX: accepted Intel advisory ID (repeatable)."
     ),
     allow_emulated: bool = typer.Option(
         False, "--allow-emulated", help="Accept evidence from the teeflow emulated TEE."
     ),
-    allow_debug: bool = typer.Option(False, "--allow-debug", help="Accept debug enclaves."),
+    allow_debug: bool = typer.Option(
+        False, "--allow-debug", help="Accept debug enclaves / TDs / SNP guests."
+    ),
     signatures_only: bool = typer.Option(
         False,
         "--signatures-only",
-        help="Without collateral: check quote, QE report and PCK chain only (tcb_status null).",
+        help="SGX/TDX without collateral: check quote, QE report and PCK chain only.",
+    ),
+    certs: Path | None = typer.Option(
+        None,
+        "--certs",
+        help="SNP: VCEK/VLEK (PEM/DER, optionally + ASK/ARK); GPU hex: device PEM chain.",
+    ),
+    product: str | None = typer.Option(
+        None, "--product", help="SNP: expected product line (Milan, Genoa, Turin)."
+    ),
+    nonce: str | None = typer.Option(
+        None, "--nonce", help="GPU: the verifier's 32-byte nonce (hex) the evidence must carry."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Verify a quote and appraise it; exit 0 only when verified AND accepted."""
-    when = _parse_time(at)
-    policy = _load_policy(
-        policy_file, accept_tcb, accept_advisory, allow_emulated, allow_debug, signatures_only
-    )
-    crls = _load_crls(crl)
-    out = _run_verify(
-        _read_evidence(file),
-        collateral_dir=collateral,
-        crls=crls,
-        at=when,
-        policy=policy,
+    """Verify evidence and appraise it; exit 0 only when verified AND accepted."""
+    opts = Options(
+        collateral=collateral,
+        crl=crl,
+        at=parse_time(at),
+        policy_file=policy_file,
+        accept_tcb=accept_tcb,
+        accept_advisory=accept_advisory,
+        allow_emulated=allow_emulated,
+        allow_debug=allow_debug,
         signatures_only=signatures_only,
+        certs=certs,
+        product=product,
+        nonce=nonce,
     )
-    report = _verify_report(out, when)
+    data = read_file(file, "evidence", MAX_EVIDENCE_BYTES)
+    kind = _detect(data)
+    out = _run(data, kind, opts)
+    default_tee = "sgx" if kind in (None, "sgx-quote") else None
+    report = verify_report(out, opts.at, kind, default_tee)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -319,29 +209,34 @@ def verify_cmd(
     raise typer.Exit(0 if report["accepted"] else 1)
 
 
+_HUMAN_KEYS = {
+    "tdx-quote": ("mrtd", "rtmrs", "mrseam", "td_attributes", "relaunch_advised"),
+    "snp-report": ("measurement", "host_data", "vmpl", "policy", "reported_tcb", "chip_id"),
+    "nvidia-spdm-hex": ("arch", "fwid", "driver_version", "vbios_version", "nonce"),
+    "nvidia-nvtrust-json": ("arch", "driver_version", "vbios_version", "nonce"),
+}
+_SGX_HUMAN = ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn")
+
+
 def _print_report(file: Path, report: dict[str, Any]) -> None:
     ok = report["accepted"]
     verdict = "[green]ACCEPTED[/]" if ok else "[red]REJECTED[/]"
-    console.print(f"{file.name}: {verdict}  (verified: {report['verified']})")
+    kind = report.get("evidence_type")
+    console.print(f"{file.name}: {verdict}  (verified: {report['verified']}; {kind or 'sgx'})")
     if report["emulated"]:
         console.print("[bold yellow]EMULATED evidence — not hardware[/]")
     table = Table(show_header=False)
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
-    for key in (
-        "tcb_status",
-        "qe_tcb_status",
-        "advisories",
-        "mrenclave",
-        "mrsigner",
-        "isv_prod_id",
-        "isv_svn",
-        "debug",
-        "report_data",
-        "pck_fmspc",
-        "verified_at",
-    ):
-        table.add_row(key, str(report[key]))
+    specific = _HUMAN_KEYS.get(kind or "", _SGX_HUMAN)
+    keys = ("tee", "tcb_status", "qe_tcb_status", "advisories", *specific)
+    for key in (*keys, "debug", "report_data", "pck_fmspc", "verified_at"):
+        if key in report and (report[key] is not None or key in _SGX_HUMAN):
+            value = report[key]
+            table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    for gpu in report.get("gpus", []):
+        state = "ok" if gpu["accepted"] else ("verified" if gpu["verified"] else "FAILED")
+        table.add_row(gpu["source"], f"{state}  fwid {gpu['fwid']}")
     console.print(table)
     for err in report["errors"]:
         console.print(f"  [red]✗[/] {err}", highlight=False)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from teeflow._fs import atomic_write
 from teeflow.datasets.base import Dataset, DatasetError, Split
 from teeflow.errors import ParseError
 
@@ -208,13 +208,9 @@ def _read_file(path: Path) -> bytes:
 
 
 def _write_atomic(path: Path, blob: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
+        atomic_write(path, blob)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DatasetError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

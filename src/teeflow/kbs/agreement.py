@@ -39,19 +39,20 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     Field,
-    JsonValue,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
 from teeflow.attestation.evidence import TcbStatus
-from teeflow.attestation.policy import Hex32, load_policy_document
+from teeflow.attestation.policy import Hex16, Hex32, load_policy_document
 from teeflow.attestation.sgx.policy import SgxPolicy
-from teeflow.errors import ParseError, PolicyViolation
+from teeflow.attestation.snp.abi import SnpProduct
+from teeflow.attestation.snp.policy import SnpPolicy, TcbMinimum
+from teeflow.attestation.tdx.policy import Hex8, Hex48, TdxPolicy
+from teeflow.errors import PolicyViolation
 from teeflow.kbs.canonical import (
     DocumentModel,
-    canonical_json,
     sha256_digest,
     sorted_unique,
     validate_document,
@@ -69,6 +70,8 @@ __all__ = [
     "PartySpec",
     "SgxReferenceValues",
     "SignedAgreement",
+    "SnpReferenceValues",
+    "TdxReferenceValues",
     "UpdateQuorum",
     "UtcDatetime",
     "WorkloadRole",
@@ -123,6 +126,13 @@ def _utc(value: datetime | None) -> datetime | None:
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
 
 
+def _statuses(value: tuple[TcbStatus, ...]) -> None:
+    if not value:
+        raise ValueError("accepted_tcb_statuses must not be empty")
+    if TcbStatus.REVOKED in value:
+        raise ValueError("Revoked can never be an accepted TCB status")
+
+
 class SgxReferenceValues(DocumentModel):
     """SGX Reference Values for one workload role (Intel SDM Vol. 3D, REPORTBODY fields).
 
@@ -153,10 +163,7 @@ class SgxReferenceValues(DocumentModel):
     def _check(self) -> Self:
         if not self.mrenclave and self.mrsigner is None:
             raise ValueError("set mrenclave and/or mrsigner (no identity would accept any enclave)")
-        if not self.accepted_tcb_statuses:
-            raise ValueError("accepted_tcb_statuses must not be empty")
-        if TcbStatus.REVOKED in self.accepted_tcb_statuses:
-            raise ValueError("Revoked can never be an accepted TCB status")
+        _statuses(self.accepted_tcb_statuses)
         return self
 
     def to_policy(self, *, allow_emulated: bool) -> SgxPolicy:
@@ -172,23 +179,141 @@ class SgxReferenceValues(DocumentModel):
         )
 
 
-def _checked_json(value: dict[str, JsonValue] | None) -> dict[str, JsonValue] | None:
-    try:
-        canonical_json(value)  # NaN, huge integers: refuse now, not at digest time
-    except ParseError as exc:
-        raise ValueError(str(exc)) from None
-    return value
+class TdxReferenceValues(DocumentModel):
+    """TDX Reference Values for one workload role (Intel TDX Module ABI, TDREPORT/TDINFO).
+
+    Attributes:
+        mrtd: accepted MRTD values (48-byte hex), sorted; may be empty only when at least
+            one RTMR is pinned.
+        rtmr0, rtmr1, rtmr2, rtmr3: exact RTMR values (48-byte hex) or None = any.
+        mrseam: accepted TDX module measurements (48-byte hex); empty = any Intel-signed
+            module (the signer is checked against Intel's TCB Info).
+        mrconfigid, mrowner, mrownerconfig: exact values (48-byte hex) or None.
+        td_attributes, xfam: exact values (8-byte hex, as stored in the report) or None.
+        min_tee_tcb_svn: minimum TEE_TCB_SVN (16-byte hex, per byte) or None.
+        accepted_tcb_statuses: Intel TCB statuses accepted (default ``[UpToDate]``).
+        allow_debug: accept TD_ATTRIBUTES.DEBUG (default False).
+    """
+
+    mrtd: tuple[Hex48, ...] = Field(default=(), max_length=MAX_ITEMS)
+    rtmr0: Hex48 | None = None
+    rtmr1: Hex48 | None = None
+    rtmr2: Hex48 | None = None
+    rtmr3: Hex48 | None = None
+    mrseam: tuple[Hex48, ...] = Field(default=(), max_length=MAX_ITEMS)
+    mrconfigid: Hex48 | None = None
+    mrowner: Hex48 | None = None
+    mrownerconfig: Hex48 | None = None
+    td_attributes: Hex8 | None = None
+    xfam: Hex8 | None = None
+    min_tee_tcb_svn: Hex16 | None = None
+    accepted_tcb_statuses: tuple[TcbStatus, ...] = (TcbStatus.UP_TO_DATE,)
+    allow_debug: bool = False
+
+    @field_validator("mrtd", "mrseam", "accepted_tcb_statuses", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        return sorted_unique(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        rtmrs = (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
+        if not self.mrtd and all(r is None for r in rtmrs):
+            raise ValueError("set mrtd and/or an rtmr (no identity would accept any TD)")
+        _statuses(self.accepted_tcb_statuses)
+        return self
+
+    def to_policy(self, *, allow_emulated: bool) -> TdxPolicy:
+        """The :class:`~teeflow.attestation.tdx.TdxPolicy` these values define."""
+        return TdxPolicy(
+            mrtds=self.mrtd,
+            rtmr0=self.rtmr0,
+            rtmr1=self.rtmr1,
+            rtmr2=self.rtmr2,
+            rtmr3=self.rtmr3,
+            mrseams=self.mrseam,
+            mrconfigid=self.mrconfigid,
+            mrowner=self.mrowner,
+            mrownerconfig=self.mrownerconfig,
+            td_attributes=self.td_attributes,
+            xfam=self.xfam,
+            min_tee_tcb_svn=self.min_tee_tcb_svn,
+            accepted_tcb_statuses=frozenset(self.accepted_tcb_statuses),
+            allow_debug=self.allow_debug,
+            allow_emulated=allow_emulated,
+        )
+
+
+class SnpReferenceValues(DocumentModel):
+    """SEV-SNP Reference Values for one workload role (AMD SEV-SNP Firmware ABI #56860,
+    ATTESTATION_REPORT fields).
+
+    Attributes:
+        measurement: accepted launch MEASUREMENT values (48-byte hex), sorted; not empty.
+        host_data: required HOST_DATA (32-byte hex) or None.
+        id_key_digest, author_key_digest: required digests (48-byte hex) or None.
+        family_id, image_id: required values (16-byte hex) or None.
+        min_guest_svn: minimum GUEST_SVN (u32) or None.
+        min_tcb, min_launch_tcb: per-component TCB minimums (``bootloader``, ``tee``,
+            ``snp``, ``microcode``, ``fmc``) or None.
+        allow_debug, allow_migration_agent: guest policy bits accepted (default False).
+        allow_smt: accept SMT-enabled hosts (default True).
+        vmpl / max_vmpl: exact VMPL or highest VMPL (0..3), or None.
+        allowed_products: product lines (``Milan``, ``Genoa``, ``Turin``); empty = any.
+        allow_vlek: accept VLEK-signed reports (default True).
+    """
+
+    measurement: tuple[Hex48, ...] = Field(min_length=1, max_length=MAX_ITEMS)
+    host_data: Hex32 | None = None
+    id_key_digest: Hex48 | None = None
+    author_key_digest: Hex48 | None = None
+    family_id: Hex16 | None = None
+    image_id: Hex16 | None = None
+    min_guest_svn: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    min_tcb: TcbMinimum | None = None
+    min_launch_tcb: TcbMinimum | None = None
+    allow_debug: bool = False
+    allow_migration_agent: bool = False
+    allow_smt: bool = True
+    vmpl: int | None = Field(default=None, ge=0, le=3)
+    max_vmpl: int | None = Field(default=None, ge=0, le=3)
+    allowed_products: tuple[SnpProduct, ...] = Field(default=(), max_length=16)
+    allow_vlek: bool = True
+
+    @field_validator("measurement", "allowed_products", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        return sorted_unique(value)
+
+    def to_policy(self, *, allow_emulated: bool) -> SnpPolicy:
+        """The :class:`~teeflow.attestation.snp.SnpPolicy` these values define."""
+        return SnpPolicy(
+            measurements=self.measurement,
+            host_data=self.host_data,
+            id_key_digest=self.id_key_digest,
+            author_key_digest=self.author_key_digest,
+            family_id=self.family_id,
+            image_id=self.image_id,
+            min_guest_svn=self.min_guest_svn,
+            min_tcb=self.min_tcb,
+            min_launch_tcb=self.min_launch_tcb,
+            allow_debug=self.allow_debug,
+            allow_migration_agent=self.allow_migration_agent,
+            allow_smt=self.allow_smt,
+            vmpl=self.vmpl,
+            max_vmpl=self.max_vmpl,
+            allowed_products=frozenset(self.allowed_products),
+            allow_vlek=self.allow_vlek,
+            allow_emulated=allow_emulated,
+        )
 
 
 class WorkloadSpec(DocumentModel):
-    """Reference values of one workload role, per platform (at least one platform).
-
-    ``tdx`` and ``snp`` are free-form JSON mappings for now; their verifiers validate them.
-    """
+    """Reference values of one workload role, per platform (at least one platform)."""
 
     sgx: SgxReferenceValues | None = None
-    tdx: Annotated[dict[str, JsonValue] | None, AfterValidator(_checked_json)] = None
-    snp: Annotated[dict[str, JsonValue] | None, AfterValidator(_checked_json)] = None
+    tdx: TdxReferenceValues | None = None
+    snp: SnpReferenceValues | None = None
 
     @model_validator(mode="after")
     def _one_platform(self) -> Self:
@@ -349,16 +474,52 @@ class FederationAgreement(DocumentModel):
                 return name, spec
         return None
 
+    def reference_values(
+        self, role: WorkloadRole | str, platform: str
+    ) -> SgxReferenceValues | TdxReferenceValues | SnpReferenceValues | None:
+        """The role's reference values for ``platform`` (``sgx``, ``tdx``, ``snp``), or None
+        (unknown role or platform, or none given)."""
+        spec = self.workloads.get(WorkloadRole(role)) if role in set(WorkloadRole) else None
+        if spec is None or platform not in ("sgx", "tdx", "snp"):
+            return None
+        values: SgxReferenceValues | TdxReferenceValues | SnpReferenceValues | None
+        values = getattr(spec, platform)
+        return values
+
+    def _values(self, role: WorkloadRole | str, platform: str) -> Any:
+        values = self.reference_values(role, platform)
+        if values is None:
+            raise PolicyViolation(
+                f"agreement has no {platform.upper()} reference values for role {role!s}"
+            )
+        return values
+
     def sgx_policy(self, role: WorkloadRole | str) -> SgxPolicy:
         """The SGX Appraisal Policy for a workload role (``allow_emulated`` included).
 
         Raises:
             PolicyViolation: the role has no SGX reference values in this agreement.
         """
-        spec = self.workloads.get(WorkloadRole(role)) if role in set(WorkloadRole) else None
-        if spec is None or spec.sgx is None:
-            raise PolicyViolation(f"agreement has no SGX reference values for role {role!s}")
-        return spec.sgx.to_policy(allow_emulated=self.allow_emulated)
+        values: SgxReferenceValues = self._values(role, "sgx")
+        return values.to_policy(allow_emulated=self.allow_emulated)
+
+    def tdx_policy(self, role: WorkloadRole | str) -> TdxPolicy:
+        """The TDX Appraisal Policy for a workload role (``allow_emulated`` included).
+
+        Raises:
+            PolicyViolation: the role has no TDX reference values in this agreement.
+        """
+        values: TdxReferenceValues = self._values(role, "tdx")
+        return values.to_policy(allow_emulated=self.allow_emulated)
+
+    def snp_policy(self, role: WorkloadRole | str) -> SnpPolicy:
+        """The SEV-SNP Appraisal Policy for a workload role (``allow_emulated`` included).
+
+        Raises:
+            PolicyViolation: the role has no SNP reference values in this agreement.
+        """
+        values: SnpReferenceValues = self._values(role, "snp")
+        return values.to_policy(allow_emulated=self.allow_emulated)
 
     def time_violations(self, now: datetime) -> list[str]:
         """Reasons the agreement is not in force at ``now`` (timezone-aware); [] if it is."""

@@ -2,7 +2,10 @@
 
 Every decision of the Key Broker Service - agreement changes, attestation accept/deny with all
 reasons, resource releases, certificates, counter steps - becomes one :class:`AuditEntry`
-stored through :meth:`KbsStore.append_audit`.
+stored through :meth:`KbsStore.append_audit` (:meth:`AuditLog.append`) or, in the same
+transaction as the state change it records, through an :data:`AuditBuilder` from
+:meth:`AuditLog.builder` handed to :meth:`KbsStore.append_audit_built`,
+:meth:`KbsStore.consume_nonce_and_audit` or :meth:`KbsStore.record_release_and_audit`.
 
 Entry hash (format ``teeflow-audit/1``)::
 
@@ -58,6 +61,7 @@ from teeflow.kbs.storage.interface import (
     GENESIS_HASH,
     MAX_AUDIT_DATA_BYTES,
     MAX_NAME_CHARS,
+    AuditBuilder,
     AuditEntry,
     KbsStore,
     StorageConflict,
@@ -68,6 +72,7 @@ __all__ = [
     "AUDIT_FORMAT",
     "DECISIONS",
     "GENESIS_HASH",
+    "AuditBuilder",
     "AuditChainError",
     "AuditEntry",
     "AuditError",
@@ -270,6 +275,41 @@ class AuditLog:
                 return entry
         raise StorageConflict("audit append kept conflicting with other writers")
 
+    def builder(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        reasons: Sequence[str] = (),
+        data: Mapping[str, Any] | None = None,
+    ) -> AuditBuilder:
+        """Validate an entry now and return ``build(seq, prev_hash) -> AuditEntry``, which
+        dates (this log's clock, read when called), hashes and signs it at that position.
+        Give it to :meth:`KbsStore.append_audit_built` or an audited store write, which
+        call it inside their transaction (so the entry always extends the current head).
+
+        Args:
+            kind, subject, decision, reasons, data: as :meth:`append`.
+
+        Raises:
+            AuditError: as :meth:`append` (here, before anything is written); the builder
+                itself raises AuditError only for a clock returning naive datetimes.
+        """
+        reasons_list, data_norm = self._validate(kind, subject, decision, reasons, data)
+
+        def build(seq: int, prev_hash: bytes) -> AuditEntry:
+            return self._signed(
+                seq,
+                prev_hash,
+                kind=kind,
+                subject=subject,
+                decision=decision,
+                reasons=reasons_list,
+                data=data_norm,
+            )
+
+        return build
+
     @staticmethod
     def _validate(
         kind: object,
@@ -314,12 +354,27 @@ class AuditLog:
     def _build(
         self, kind: str, subject: str, decision: str, reasons: list[str], data: dict[str, Any]
     ) -> AuditEntry:
-        now = self._clock()
-        if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
-            raise AuditError("the audit clock must return timezone-aware datetimes")
         last = self._store.last_audit()
         seq = 1 if last is None else last.seq + 1
         prev = GENESIS_HASH if last is None else last.hash
+        return self._signed(
+            seq, prev, kind=kind, subject=subject, decision=decision, reasons=reasons, data=data
+        )
+
+    def _signed(
+        self,
+        seq: int,
+        prev: bytes,
+        *,
+        kind: str,
+        subject: str,
+        decision: str,
+        reasons: list[str],
+        data: dict[str, Any],
+    ) -> AuditEntry:
+        now = self._clock()
+        if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
+            raise AuditError("the audit clock must return timezone-aware datetimes")
         fields: dict[str, Any] = {
             "seq": seq,
             "time": now.astimezone(UTC),

@@ -248,7 +248,7 @@ def parse_identity_extension(data: bytes) -> WorkloadIdentity:
         raise
     except KbsError as exc:
         raise ParseError(f"teeflow identity extension: {exc}") from None
-    except (PyAsn1Error, ValueError, TypeError, UnicodeError, AttributeError):
+    except (PyAsn1Error, ValueError, TypeError, UnicodeError, AttributeError, OverflowError):
         raise ParseError("teeflow identity extension: malformed DER") from None
 
 

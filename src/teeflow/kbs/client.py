@@ -13,8 +13,10 @@ data key HPKE-wrapped to the pinned HPKE key and the upload signed by the owner)
 ``audit`` (chain verified with the pinned audit key).
 
 **Workloads.** :meth:`KbsClient.attest` runs RCAR: ``/kbs/v0/auth`` → nonce; a fresh P-256
-key; ``platform.quote(runtime_data_digest(tee-pubkey, nonce, "", teeflow=claims))``;
-``/kbs/v0/attest`` → EAR token. Then ``get_resource`` (JWE opened with the ephemeral key),
+key; evidence for ``runtime_data_digest(tee-pubkey, nonce, "", teeflow=claims)`` from the
+platform in Trustee's shape for its TEE (:func:`primary_evidence`: SGX/TDX
+``{"quote"}``, SNP ``{"attestation_report", "cert_chain"}``); ``/kbs/v0/attest`` → EAR
+token. Then ``get_resource`` (JWE opened with the ephemeral key),
 ``get_certificate`` (CSR with the attested key; the certificate is checked against the
 pinned CA), ``increment_counter`` / ``get_counter``.
 
@@ -83,7 +85,10 @@ from teeflow.kbs.protocol import (
 )
 from teeflow.kbs.release import open_jwe
 from teeflow.kbs.self_attestation import MAX_EVIDENCE_BYTES, Attester, verify_kbs_evidence
+from teeflow.platform.base import Attester as PlatformAttester
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated_snp import EmulatedSnp
+from teeflow.platform.emulated_tdx import EmulatedTdx
 from teeflow.sealing.hpke import wrap_key
 
 __all__ = [
@@ -92,10 +97,18 @@ __all__ = [
     "KbsClient",
     "KbsHttpError",
     "Pin",
+    "WorkloadPlatform",
     "default_pin_path",
+    "default_tee",
     "pinned_tls_context",
+    "primary_evidence",
     "verify_kbs",
 ]
+
+#: What :class:`KbsClient` attests with: a quote producer (``EmulatedSgx``, ``EmulatedTdx``,
+#: :class:`~teeflow.kbs.self_attestation.Attester`), an :class:`EmulatedSnp`, or a platform
+#: :class:`~teeflow.platform.base.Attester` (``tee`` + ``evidence()``, e.g. configfs-tsm).
+WorkloadPlatform = Attester | PlatformAttester | EmulatedSnp
 
 _SESSION_COOKIE = "kbs-session-id"
 _LOG = logging.getLogger(__name__)
@@ -196,6 +209,62 @@ def verify_kbs(
     )
 
 
+def default_tee(platform: object) -> str:
+    """The RCAR ``tee`` a platform's evidence is: ``emulated-sgx`` / ``emulated-tdx`` /
+    ``emulated-snp`` for the emulated platforms, a platform attester's own ``tee``, else
+    ``sgx``."""
+    if isinstance(platform, EmulatedSgx):
+        return "emulated-sgx"
+    if isinstance(platform, EmulatedTdx):
+        return "emulated-tdx"
+    if isinstance(platform, EmulatedSnp):
+        return "emulated-snp"
+    tee = getattr(platform, "tee", None)
+    return tee if isinstance(tee, str) else "sgx"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def primary_evidence(platform: WorkloadPlatform, tee: str, report_data: bytes) -> dict[str, Any]:
+    """Trustee ``primary_evidence`` of ``platform`` binding ``report_data`` (64 bytes); the
+    shape follows the platform's evidence, not the declared ``tee`` (the KBS refuses a
+    mismatch).
+
+    SGX and TDX: ``{"quote": base64}``. SNP: ``{"attestation_report": base64, "cert_chain":
+    [...]}`` — an :class:`EmulatedSnp` adds its VCEK, ASK and ARK as ``sev`` crate
+    ``CertTableEntry`` objects (``data`` a byte array); other SNP attesters send no chain
+    (the KBS then fetches the VCEK).
+
+    Raises:
+        PlatformError: the platform could not produce evidence.
+        KbsError: the platform cannot produce evidence.
+    """
+    if isinstance(platform, EmulatedSnp):
+        chain = [
+            ("VCEK", platform.vcek_certificate),
+            ("ASK", platform.ask_certificate),
+            ("ARK", platform.ark_certificate),
+        ]
+        return {
+            "attestation_report": _b64(platform.report(report_data)),
+            "cert_chain": [
+                {"cert_type": kind, "data": list(cert.public_bytes(serialization.Encoding.DER))}
+                for kind, cert in chain
+            ],
+        }
+    if hasattr(platform, "quote"):
+        raw = platform.quote(report_data)
+    elif isinstance(platform, PlatformAttester):
+        raw = platform.evidence(report_data)
+    else:
+        raise KbsError("the platform produces no evidence")
+    if default_tee(platform).endswith("snp"):  # the shape follows what the platform makes
+        return {"attestation_report": _b64(raw)}
+    return {"quote": _b64(raw)}
+
+
 # -- the client ----------------------------------------------------------------------------------
 
 
@@ -212,10 +281,10 @@ class KbsClient:
     Args:
         url: base URL (``https://...``); None uses ``pin.url``.
         pin: the :class:`Pin` (or a pin file path) from :func:`verify_kbs`.
-        platform: the workload's attester (``quote(report_data) -> bytes``, e.g.
-            :class:`~teeflow.platform.emulated.EmulatedSgx`); only needed for :meth:`attest`.
-        tee: the TEE type declared in ``/kbs/v0/auth`` (default ``emulated-sgx`` for
-            :class:`EmulatedSgx`, else ``sgx``).
+        platform: the workload's attester (:data:`WorkloadPlatform`: ``EmulatedSgx``,
+            ``EmulatedTdx``, ``EmulatedSnp``, a Gramine or configfs-tsm attester); only
+            needed for :meth:`attest`.
+        tee: the TEE type declared in ``/kbs/v0/auth`` (default :func:`default_tee`).
         timeout: per-request timeout (seconds).
         clock: time source for checking issued certificates (default: the wall clock).
 
@@ -226,7 +295,7 @@ class KbsClient:
         self,
         url: str | None,
         pin: Pin | Path | str,
-        platform: Attester | None = None,
+        platform: WorkloadPlatform | None = None,
         *,
         tee: str | None = None,
         timeout: float = 10.0,
@@ -235,7 +304,7 @@ class KbsClient:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
-        self._tee = tee or ("emulated-sgx" if isinstance(platform, EmulatedSgx) else "sgx")
+        self._tee = tee or default_tee(platform)
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
         self._http = http_client(
             self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout
@@ -274,7 +343,7 @@ class KbsClient:
         Raises:
             KbsError: no platform, or ``claims`` names another role.
             AttestationFailed, ProtocolVersion, UnsupportedTee: refused by the KBS.
-            PlatformError: the platform could not produce a quote.
+            PlatformError: the platform could not produce evidence.
         """
         if self._platform is None:
             raise KbsError("attest needs a platform (the workload's attester)")
@@ -295,11 +364,10 @@ class KbsClient:
         report_data = runtime_data_digest(
             tee_pubkey=jwk, nonce=nonce, teeflow=teeflow, additional_evidence=""
         )
-        quote = self._platform.quote(report_data)
         request = {
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk, "teeflow": teeflow},
             "tee-evidence": {
-                "primary_evidence": {"quote": base64.b64encode(quote).decode("ascii")},
+                "primary_evidence": primary_evidence(self._platform, self._tee, report_data),
                 "additional_evidence": "",
             },
         }

@@ -1,4 +1,5 @@
-"""Where the KBS gets Intel DCAP collateral (Endorsements) for a quote it verifies.
+"""Where the KBS gets Endorsements: Intel DCAP collateral for SGX/TDX quotes, AMD VCEK/VLEK
+chains for SEV-SNP reports.
 
 The verifier never fetches anything itself (DESIGN "Evidence pipeline": network and time are
 injected). The KBS asks a :class:`CollateralProvider` for the collateral set matching a
@@ -14,31 +15,55 @@ Providers:
 * :class:`EmulatedCollateralProvider` — the collateral of a teeflow emulation authority,
   regenerated for ``now`` (development and CI only);
 * :class:`CompositeCollateralProvider` — the first provider that has a set wins.
+
+SGX and TDX quotes share FMSPCs but not collateral (TCB Info ``id`` "SGX" vs "TDX", QE
+Identity "QE" vs "TD_QE"): every provider keys its sets by (FMSPC, TEE) with the TEE from
+the quote header (``tee_type`` 0 = SGX, 0x81 = TDX).
+
+SEV-SNP (:class:`SnpEndorsementProvider`): when an attester sends no ``cert_chain``, the KBS
+asks for the VCEK of the report's chip and reported TCB, the ASK/ARK chain and the CRL —
+:class:`KdsSnpEndorsementProvider` reads them through the cached AMD KDS client
+(:class:`teeflow.attestation.collateral.CachingAmdKdsClient`; AMD "VCEK Certificate and
+KDS Interface Specification" #57230).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from cryptography import x509
+
+from teeflow.attestation.collateral import CachingAmdKdsClient
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.attestation.dcap.pck import parse_pck_extensions
-from teeflow.attestation.dcap.quote import Quote
+from teeflow.attestation.dcap.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote
 from teeflow.attestation.sgx.verify import decode_pck_chain
+from teeflow.attestation.snp.abi import AttestationReport, SigningKey
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import CollateralError, Error
 from teeflow.platform.emulated import EmulationAuthority
+from teeflow.platform.emulated_collateral import CollateralFiles
+from teeflow.platform.emulated_tdx import make_tdx_collateral_files
 
 __all__ = [
     "CollateralProvider",
     "CompositeCollateralProvider",
     "DirectoryCollateralProvider",
     "EmulatedCollateralProvider",
+    "KdsSnpEndorsementProvider",
+    "SnpEndorsementProvider",
+    "SnpEndorsements",
     "quote_fmspc",
+    "quote_tee",
 ]
+
+#: Quote header ``tee_type`` -> TCB Info ``id``.
+_TEE_IDS = {TEE_TYPE_SGX: "SGX", TEE_TYPE_TDX: "TDX"}
 
 #: Most collateral directories a :class:`DirectoryCollateralProvider` loads.
 MAX_DIRECTORIES = 1024
@@ -78,13 +103,20 @@ def quote_fmspc(quote: Quote) -> bytes | None:
         return None
 
 
+def quote_tee(quote: Quote) -> str | None:
+    """``"SGX"`` or ``"TDX"`` from the quote header's ``tee_type`` (the TCB Info ``id`` its
+    collateral must carry), or None for another value."""
+    return _TEE_IDS.get(quote.tee_type)
+
+
 class DirectoryCollateralProvider:
-    """Collateral sets read from directories, keyed by the FMSPC of their TCB Info.
+    """Collateral sets read from directories, keyed by FMSPC and TEE of their TCB Info.
 
     Each path is either a collateral directory (it contains ``tcb_info.json``; the layout of
     :meth:`IntelCollateral.from_dir`) or a directory whose immediate subdirectories are
-    collateral directories. When several sets have the same FMSPC, the one whose TCB Info
-    was issued last wins. :meth:`reload` re-reads everything (e.g. after a refresh job).
+    collateral directories. When several sets have the same FMSPC and TEE (``id`` "SGX" or
+    "TDX"), the one whose TCB Info was issued last wins. :meth:`reload` re-reads
+    everything (e.g. after a refresh job).
 
     Raises (constructor and :meth:`reload`):
         CollateralError: a path does not exist, more than :data:`MAX_DIRECTORIES` sets, or a
@@ -94,7 +126,7 @@ class DirectoryCollateralProvider:
     def __init__(self, dirs: Iterable[Path | str]) -> None:
         self._dirs = tuple(Path(d) for d in dirs)
         self._lock = threading.Lock()
-        self._by_fmspc: dict[bytes, IntelCollateral] = {}
+        self._by_fmspc: dict[tuple[bytes, str], IntelCollateral] = {}
         self.reload()
 
     def _collateral_dirs(self) -> list[Path]:
@@ -112,13 +144,13 @@ class DirectoryCollateralProvider:
 
     def reload(self) -> None:
         """Re-read every collateral directory (atomically replaces the index)."""
-        index: dict[bytes, IntelCollateral] = {}
+        index: dict[tuple[bytes, str], IntelCollateral] = {}
         for d in self._collateral_dirs():
             coll = IntelCollateral.from_dir(d)
-            fmspc = coll.tcb_info.fmspc
-            old = index.get(fmspc)
+            key = (coll.tcb_info.fmspc, coll.tcb_info.id.upper())
+            old = index.get(key)
             if old is None or coll.tcb_info.issue_date > old.tcb_info.issue_date:
-                index[fmspc] = coll
+                index[key] = coll
         with self._lock:
             self._by_fmspc = index
 
@@ -126,43 +158,65 @@ class DirectoryCollateralProvider:
     def fmspcs(self) -> tuple[bytes, ...]:
         """FMSPCs with a collateral set, sorted."""
         with self._lock:
-            return tuple(sorted(self._by_fmspc))
+            return tuple(sorted({fmspc for fmspc, _ in self._by_fmspc}))
 
     def for_quote(
         self, quote: Quote, *, now: datetime, anchor: TrustAnchor | None = None
     ) -> IntelCollateral | None:
         """See :meth:`CollateralProvider.for_quote` (``now`` and ``anchor`` unused: the
         verifier checks validity windows and chains)."""
-        fmspc = quote_fmspc(quote)
-        if fmspc is None:
+        fmspc, tee = quote_fmspc(quote), quote_tee(quote)
+        if fmspc is None or tee is None:
             return None
         with self._lock:
-            return self._by_fmspc.get(fmspc)
+            return self._by_fmspc.get((fmspc, tee))
 
 
 class EmulatedCollateralProvider:
     """Collateral of a teeflow :class:`EmulationAuthority`, fresh at each ``now``.
 
-    Only quotes whose PCK chain carries the authority's FMSPC get a set; anything else gets
-    None. Emulated evidence is still refused unless the agreement sets ``allow_emulated``.
+    SGX quotes get the authority's SGX set; TDX quotes a TDX set (TCB Info "TDX" v3,
+    TD_QE Identity; :func:`teeflow.platform.emulated_tdx.make_tdx_collateral_files` with
+    the default emulated TEE_TCB_SVN), generated once and regenerated when stale. Only
+    quotes whose PCK chain carries the authority's FMSPC get a set; anything else gets None.
+    Emulated evidence is still refused unless the agreement sets ``allow_emulated``.
     """
 
     def __init__(self, authority: EmulationAuthority) -> None:
         self._authority = authority
+        self._lock = threading.Lock()
+        self._tdx: tuple[CollateralFiles, IntelCollateral] | None = None
+
+    def _tdx_collateral(self, now: datetime) -> IntelCollateral:
+        with self._lock:
+            if self._tdx is None or not self._tdx[0].fresh_at(now):
+                files = make_tdx_collateral_files(self._authority.keys, now)
+                f = files.files
+                coll = IntelCollateral.from_bytes(
+                    tcb_info=f["tcb_info.json"],
+                    qe_identity=f["qe_identity.json"],
+                    pck_crl=f["pck_crl.der"],
+                    root_ca_crl=f["root_ca_crl.der"],
+                    pck_crl_issuer_chain=f["pck_crl_issuer_chain.pem"],
+                    tcb_info_issuer_chain=f["tcb_info_issuer_chain.pem"],
+                    source="emulated-tdx",
+                )
+                self._tdx = (files, coll)
+            return self._tdx[1]
 
     def for_quote(
         self, quote: Quote, *, now: datetime, anchor: TrustAnchor | None = None
     ) -> IntelCollateral | None:
         """See :meth:`CollateralProvider.for_quote`. Returns None when ``anchor`` is given
-        and is not emulated, when the FMSPC differs, or when ``now`` is outside the
-        authority's validity."""
+        and is not emulated, when the FMSPC differs, for a TEE other than SGX/TDX, or when
+        ``now`` is outside the authority's validity."""
         if anchor is not None and not anchor.emulated:
             return None
-        fmspc = quote_fmspc(quote)
-        if fmspc is None:
+        fmspc, tee = quote_fmspc(quote), quote_tee(quote)
+        if fmspc is None or tee is None:
             return None
         try:
-            coll = self._authority.collateral(now)
+            coll = self._authority.collateral(now) if tee == "SGX" else self._tdx_collateral(now)
         except Error:
             return None
         return coll if coll.tcb_info.fmspc == fmspc else None
@@ -183,3 +237,73 @@ class CompositeCollateralProvider:
             if coll is not None:
                 return coll
         return None
+
+
+# -- AMD SEV-SNP ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnpEndorsements:
+    """What :func:`teeflow.attestation.snp.verify` needs besides the report.
+
+    Attributes:
+        endorsement_cert: the VCEK or VLEK certificate.
+        intermediates: ASK / ASVK (optionally followed by the ARK), leaf first; empty =
+            AMD's shipped certificate of the product.
+        crl: the product's KDS CRL, or None.
+    """
+
+    endorsement_cert: x509.Certificate
+    intermediates: tuple[x509.Certificate, ...] = ()
+    crl: x509.CertificateRevocationList | None = None
+
+
+@runtime_checkable
+class SnpEndorsementProvider(Protocol):
+    """Supplies the VCEK/VLEK chain for an SEV-SNP report sent without ``cert_chain``."""
+
+    def for_report(self, report: AttestationReport, *, now: datetime) -> SnpEndorsements | None:
+        """The endorsements for ``report`` (parsed, not yet verified), or None.
+
+        Raises:
+            CollateralError: a fetch failed or returned malformed data (callers fail closed).
+        """
+        ...
+
+
+class KdsSnpEndorsementProvider:
+    """VCEKs (by CHIP_ID and REPORTED_TCB), ASK/ARK chains and CRLs from AMD KDS through a
+    :class:`~teeflow.attestation.collateral.CachingAmdKdsClient` (cache, offline mode).
+
+    Only VCEK-signed reports of a known product (CPUID in report v3+) are served: a VLEK
+    is issued to a cloud provider and must come in the evidence's ``cert_chain``.
+    """
+
+    def __init__(self, kds: CachingAmdKdsClient) -> None:
+        self._kds = kds
+
+    def for_report(self, report: AttestationReport, *, now: datetime) -> SnpEndorsements | None:
+        """See :meth:`SnpEndorsementProvider.for_report`; None for a VLEK-signed report or
+        an unknown product.
+
+        Raises:
+            CollateralError: KDS or cache failure, malformed certificates or CRL.
+        """
+        product = report.product
+        if product is None or report.signing_key is not SigningKey.VCEK:
+            return None
+        spl = report.reported_tcb.for_product(product).components()
+        tcb = {"bl": spl["bootloader"], "tee": spl["tee"], "snp": spl["snp"],
+               "ucode": spl["microcode"]}  # fmt: skip
+        if "fmc" in spl:
+            tcb["fmc"] = spl["fmc"]
+        name = str(product)
+        try:
+            vcek = x509.load_der_x509_certificate(
+                self._kds.vcek(name, report.chip_id, tcb, now=now)
+            )
+            ask, _ark = self._kds.cert_chain(name, "vcek", now=now)
+            crl = x509.load_der_x509_crl(self._kds.crl(name, "vcek", now=now))
+            return SnpEndorsements(vcek, (x509.load_pem_x509_certificate(ask),), crl)
+        except ValueError:
+            raise CollateralError("AMD KDS returned a malformed certificate or CRL") from None

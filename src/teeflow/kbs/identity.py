@@ -47,13 +47,10 @@ its nonce, and compares them with the REPORT_DATA of the verified evidence.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import json
 import os
-import stat
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -70,6 +67,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
+from teeflow._fs import atomic_write, ensure_private_dir, fsync_dir
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.errors import KbsError, ParseError, SealingError
 from teeflow.kbs.ca import CLOCK_SKEW, FederationCA
@@ -407,48 +405,21 @@ def _deserialise(data: bytes, measurement: bytes) -> KbsKeys:
 # -- storage ------------------------------------------------------------------------------
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_state(path: Path, data: bytes, *, replace: bool) -> bool:
     """Write ``data`` to ``path`` (0600) atomically. With ``replace=False`` the file is only
     created: returns False (and writes nothing) if it already exists."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            if replace:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        written = atomic_write(path, data, replace=replace)
     except OSError as exc:
         raise KbsError(f"cannot write {path}: {exc.strerror or exc}") from None
-    _fsync_dir(path.parent)
-    return True
+    if written:
+        fsync_dir(path.parent)
+    return written
 
 
 def _prepare_dir(state_dir: Path) -> None:
     try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        mode = stat.S_IMODE(state_dir.stat().st_mode)
-        if mode != 0o700:
-            os.chmod(state_dir, 0o700)
+        ensure_private_dir(state_dir)
     except OSError as exc:
         raise KbsError(f"cannot prepare KBS state directory {state_dir}: {exc.strerror}") from None
 

@@ -22,12 +22,10 @@ Names are DNS labels (RFC 1123 §2.1, lower case): 1–63 characters of ``a-z``,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
+from teeflow._fs import atomic_write, ensure_private_dir
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.canonical import b64url_decode, b64url_encode, validate_document
 
@@ -251,11 +250,10 @@ class PartyKeys:
             serialization.NoEncryption(),
         )
         try:
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
-            _atomic_write(targets[0], self.sign_key.private_bytes(*pkcs8), 0o600)
-            _atomic_write(targets[1], self.recipient_key.private_bytes(*pkcs8), 0o600)
-            _atomic_write(pub_path, self.public().to_json().encode(), 0o644)
+            ensure_private_dir(d)
+            atomic_write(targets[0], self.sign_key.private_bytes(*pkcs8))
+            atomic_write(targets[1], self.recipient_key.private_bytes(*pkcs8))
+            atomic_write(pub_path, self.public().to_json().encode(), mode=0o644)
         except OSError as exc:
             raise KbsError(f"cannot write party keys to {d}: {exc.strerror or exc}") from None
         return pub_path
@@ -317,18 +315,3 @@ def _load_private(path: Path) -> object:
         raise ParseError(f"{path.name} is not an unencrypted PKCS#8 PEM private key") from None
     except Exception:  # cryptography may raise UnsupportedAlgorithm
         raise ParseError(f"{path.name} is not a supported private key") from None
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

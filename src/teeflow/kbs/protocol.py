@@ -110,10 +110,11 @@ M = TypeVar("M", bound=BaseModel)
 PROTOCOL_VERSION = "0.4.0"
 #: Challenge nonce size before base64 (Trustee ``NONCE_SIZE_BYTES``).
 NONCE_BYTES = 32
-#: TEE types this KBS attests (``Request.tee``); anything else is refused.
-SUPPORTED_TEES = frozenset({"sgx", "emulated-sgx"})
+#: TEE types this KBS attests (``Request.tee``); anything else is refused. Evidence shapes
+#: per type: :mod:`teeflow.kbs.evidence_types`.
+SUPPORTED_TEES = frozenset({"sgx", "emulated-sgx", "tdx", "emulated-tdx", "snp", "emulated-snp"})
 #: TEE types whose evidence must chain to an emulation root.
-EMULATED_TEES = frozenset({"emulated-sgx"})
+EMULATED_TEES = frozenset({"emulated-sgx", "emulated-tdx", "emulated-snp"})
 #: Largest decoded DCAP quote (bytes); real SGX quotes with a PCK chain are ~5 KiB.
 MAX_QUOTE_BYTES = 64 * 1024
 #: Largest ``additional_evidence`` string (characters).
@@ -298,7 +299,8 @@ class CompositeEvidence(_Wire):
     """Trustee ``CompositeEvidence``: primary TEE evidence + additional evidence JSON text.
 
     ``primary_evidence`` is a JSON object whose shape depends on the TEE (SGX:
-    :class:`SgxEvidence`); ``additional_evidence`` is ``""`` when there is none.
+    :class:`SgxEvidence`; TDX and SNP: :mod:`teeflow.kbs.evidence_types`);
+    ``additional_evidence`` is ``""`` when there is none.
     """
 
     primary_evidence: dict[str, JsonValue]
@@ -479,9 +481,9 @@ class AttestedSession(BaseModel):
     Attributes:
         session_id: the RCAR session (None for a bearer token without a session).
         token_digest: SHA-256 of the EAR token (hex).
-        tee: ``sgx`` or ``emulated-sgx``.
+        tee: ``sgx``, ``tdx``, ``snp`` or their ``emulated-`` variants.
         emulated: the evidence chained to an emulation root.
-        measurement: MRENCLAVE (hex).
+        measurement: MRENCLAVE (SGX, 32 bytes), MRTD (TDX) or MEASUREMENT (SNP, 48) in hex.
         agreement_digest: digest (hex) of the agreement the evidence was appraised under.
         tee_pubkey: the attested ephemeral key (JWK as received).
         claims: the teeflow runtime-data claims, or None (plain Trustee attester under

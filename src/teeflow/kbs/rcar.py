@@ -1,17 +1,20 @@
 """RCAR attestation checks used by :class:`teeflow.kbs.service.KbsService` (pure functions).
 
 * :func:`appraise_attestation` — an ``Attestation`` message against the active agreement:
-  evidence shape (Trustee SGX ``{"quote": base64}``), parse → verify (anchors, collateral,
-  ``now``) → appraise with the role's reference values and REPORT_DATA pinned to the
-  runtime-data binding; returns every reason instead of raising.
+  the declared ``tee`` selects the evidence type (:mod:`teeflow.kbs.evidence_types`: SGX,
+  TDX, SEV-SNP, hardware or emulated), then evidence shape, parse → verify (anchors,
+  collateral, ``now``) → appraise with the role's reference values for that platform and
+  REPORT_DATA pinned to the runtime-data binding; returns every reason instead of raising.
 * :func:`claim_problems` — runtime-data ``teeflow`` claims the agreement does not allow.
 * :func:`session_from_ear` — rebuild an :class:`AttestedSession` from a verified EAR.
+* :class:`TokenCache` — bearer tokens already verified by this process, until they expire.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,25 +22,25 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from teeflow.attestation import sgx
 from teeflow.attestation.appraisal import AttestationResult
 from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.ear import Ear
 from teeflow.attestation.trust import TrustAnchor
-from teeflow.errors import ParseError, VerificationError
-from teeflow.kbs.agreement import FederationAgreement, WorkloadRole
-from teeflow.kbs.collateral_provider import CollateralProvider
+from teeflow.errors import ParseError, PolicyViolation, VerificationError
+from teeflow.kbs.agreement import FederationAgreement
+from teeflow.kbs.collateral_provider import CollateralProvider, SnpEndorsementProvider
+from teeflow.kbs.evidence_types import VerifyInputs, evidence_platform, evidence_type
 from teeflow.kbs.problems import TokenVerifierError
 from teeflow.kbs.protocol import (
     AttestedSession,
     AttestRequest,
-    SgxEvidence,
     TeeflowClaims,
 )
 
 __all__ = [
     "ATTESTED_CLAIM",
     "Appraisal",
+    "TokenCache",
     "appraise_attestation",
     "claim_problems",
     "session_from_ear",
@@ -53,27 +56,32 @@ class Appraisal:
 
     Attributes:
         reasons: every reason to deny (empty: accepted).
-        result: the SGX appraisal (None when the evidence did not get that far).
-        measurement: MRENCLAVE hex of verified evidence, else None.
+        result: the appraisal (None when the evidence did not get that far).
+        measurement: MRENCLAVE / MRTD / MEASUREMENT hex of verified evidence, else None.
+        warnings: verification notes (e.g. a TDX event log that was not replayed).
     """
 
     reasons: tuple[str, ...]
     result: AttestationResult | None
     measurement: str | None
+    warnings: tuple[str, ...] = ()
 
 
 def claim_problems(
-    claims: TeeflowClaims | None, role: str | None, agreement: FederationAgreement
+    claims: TeeflowClaims | None,
+    role: str | None,
+    agreement: FederationAgreement,
+    platform: str = "sgx",
 ) -> list[str]:
     """Every way the role and runtime-data claims are not allowed by ``agreement``: no role,
-    a role without SGX reference values, an unknown party, a package not in the agreement, a
-    function not in the claimed package, a recipient not named in ``outputs``."""
+    a role without reference values for ``platform`` (``sgx``, ``tdx``, ``snp``), an unknown
+    party, a package not in the agreement, a function not in the claimed package, a
+    recipient not named in ``outputs``."""
     if role is None:
         return ["no teeflow role claimed and no default role configured"]
     out: list[str] = []
-    spec = agreement.workloads.get(WorkloadRole(role)) if role in set(WorkloadRole) else None
-    if spec is None or spec.sgx is None:
-        out.append(f"agreement has no SGX reference values for role {role}")
+    if agreement.reference_values(role, platform) is None:
+        out.append(f"agreement has no {platform.upper()} reference values for role {role}")
     if claims is None:
         return out
     if claims.party is not None and claims.party not in agreement.parties:
@@ -93,17 +101,13 @@ def claim_problems(
     return out
 
 
-def _quote(request: AttestRequest) -> tuple[bytes | None, list[str]]:
+def _primary(request: AttestRequest) -> tuple[dict[str, Any] | None, list[str]]:
     if request.init_data is not None:
         return None, ["init-data is not supported"]
     composite = request.composite()
     if composite.additional_evidence:
         return None, ["additional evidence is not supported"]
-    try:
-        evidence = SgxEvidence.model_validate(composite.primary_evidence)
-        return evidence.quote_bytes(), []
-    except (ValidationError, ValueError):
-        return None, ['primary_evidence is not SGX evidence {"quote": "<base64>"}']
+    return dict(composite.primary_evidence), []
 
 
 def appraise_attestation(
@@ -116,17 +120,20 @@ def appraise_attestation(
     collateral: CollateralProvider,
     now: datetime,
     logger: logging.Logger | None = None,
+    snp_endorsements: SnpEndorsementProvider | None = None,
 ) -> Appraisal:
     """Verify and appraise the evidence of an ``Attestation`` message.
 
-    Steps (each failure is a reason; later steps run only when earlier ones passed):
-    no init-data and no additional evidence (not supported: fail closed); SGX evidence
-    shape; :func:`teeflow.attestation.sgx.parse_quote`; collateral for the quote;
-    :func:`teeflow.attestation.sgx.verify`; agreement in force at ``now``; role and claims
-    (:func:`claim_problems`); :func:`teeflow.attestation.sgx.appraise` with the role's
-    reference values (``allow_emulated`` from the agreement) and REPORT_DATA equal to
-    :func:`runtime_data_digest` of the runtime data as sent; the declared TEE type equals the
-    evidence type (``sgx`` for hardware, ``emulated-sgx`` for an emulation root).
+    Steps (each failure is a reason; later steps run only when earlier ones passed): the
+    declared TEE has an evidence type (:func:`teeflow.kbs.evidence_types.evidence_type`);
+    no init-data and no additional evidence (not supported: fail closed); evidence that
+    recognisably belongs to another platform (an SGX quote declared as ``tdx``, an SNP
+    report declared as ``sgx`` …) is refused as such; the type's evidence shape, parse,
+    collateral/endorsements and verify; agreement in force at ``now``; role and claims
+    (:func:`claim_problems` for that platform); appraisal with the role's reference values
+    for the platform (``allow_emulated`` from the agreement) and REPORT_DATA equal to
+    :func:`runtime_data_digest` of the runtime data as sent; the declared TEE equals the
+    appraised one (``tdx`` for hardware, ``emulated-tdx`` for an emulation root, …).
 
     Args:
         request: the message (nonce already checked by the caller).
@@ -135,33 +142,49 @@ def appraise_attestation(
         role: the role to appraise (claims or the service's default), or None.
         anchors, collateral, now: verification inputs.
         logger: for the emulated-evidence warning.
+        snp_endorsements: VCEK/VLEK source for SNP evidence sent without ``cert_chain``.
     """
-    raw, reasons = _quote(request)
-    if raw is None:
+    kind = evidence_type(declared_tee)
+    if kind is None:
+        return Appraisal((f"TEE type {declared_tee} is not supported",), None, None)
+    primary, reasons = _primary(request)
+    if primary is None:
         return Appraisal(tuple(reasons), None, None)
+    found = evidence_platform(primary)
+    if found is not None and found != kind.platform:
+        reason = f"declared tee {declared_tee} but the evidence is {found.upper()} evidence"
+        return Appraisal((reason,), None, None)
+    inputs = VerifyInputs(anchors, collateral, snp_endorsements, now)
     try:
-        quote = sgx.parse_quote(raw)
-        coll = collateral.for_quote(quote, now=now)
-        verified = sgx.verify(quote, anchors=anchors, collateral=coll, now=now)
-    except (ParseError, VerificationError) as exc:
+        verified = kind.verify(primary, inputs)
+    except ParseError as exc:
+        reason = str(exc)
+        if reason.startswith("primary_evidence is not"):
+            return Appraisal((reason,), None, None)
+        return Appraisal((f"evidence rejected: {reason}",), None, None)
+    except VerificationError as exc:
         return Appraisal((f"evidence rejected: {exc}",), None, None)
-    measurement = verified.report.mr_enclave.hex()
+    measurement = verified.measurement
     runtime = request.runtime_data
-    reasons = agreement.time_violations(now) + claim_problems(runtime.teeflow, role, agreement)
+    reasons = agreement.time_violations(now) + claim_problems(
+        runtime.teeflow, role, agreement, kind.platform
+    )
     if reasons or role is None:
-        return Appraisal(tuple(reasons), None, measurement)
+        return Appraisal(tuple(reasons), None, measurement, verified.warnings)
     binding = runtime_data_digest(
         tee_pubkey=runtime.tee_pubkey.as_jwk(),
         nonce=runtime.nonce,
         teeflow=runtime.teeflow_members(),
         additional_evidence=request.composite().additional_evidence,
     )
-    policy = agreement.sgx_policy(role).with_report_data(binding)
-    result = sgx.appraise(verified, policy, logger=logger)
+    try:
+        result = kind.appraise(verified, agreement, role, binding, logger=logger)
+    except PolicyViolation as exc:  # pragma: no cover - claim_problems checked the values
+        return Appraisal((str(exc),), None, measurement, verified.warnings)
     reasons = list(result.violations)
     if declared_tee != result.tee:
         reasons.append(f"declared tee {declared_tee} but the evidence is {result.tee}")
-    return Appraisal(tuple(reasons), result, measurement)
+    return Appraisal(tuple(reasons), result, measurement, verified.warnings)
 
 
 def attested_claims(
@@ -213,3 +236,44 @@ def session_from_ear(ear: Ear, token: str) -> AttestedSession:
         )
     except (ValidationError, TypeError, UnicodeEncodeError):
         raise TokenVerifierError("token claims are malformed") from None
+
+
+class TokenCache:
+    """Bearer tokens this process has verified, each with its :class:`AttestedSession`,
+    until the token expires (so a cached-token resource fetch skips the ES256 verification
+    and claim parsing).
+
+    Keys are SHA-256 digests of the exact token text: a hit is the same token, whose
+    signature, profile and claims were already checked by
+    :func:`teeflow.attestation.ear.verify_ear` and :func:`session_from_ear`. Expiry is
+    re-checked on every hit (``now >= expires_at`` is a miss, and the caller's full
+    verification then refuses the token). Whether the token's agreement is still the active
+    one is *not* cached: the caller checks it on every request. At most ``max_entries``
+    tokens are kept; when full, expired entries are dropped, and if none expired, all.
+    Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[bytes, AttestedSession] = {}
+
+    @staticmethod
+    def _key(token: str) -> bytes:
+        return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+    def get(self, token: str, now: datetime) -> AttestedSession | None:
+        """The cached session of ``token`` if it has not expired at ``now``, else None."""
+        found = self._entries.get(self._key(token))
+        if found is None or now >= found.expires_at:
+            return None
+        return found
+
+    def put(self, token: str, session: AttestedSession, now: datetime) -> None:
+        """Remember a token that just verified (``session`` from :func:`session_from_ear`)."""
+        key = self._key(token)
+        with self._lock:
+            if len(self._entries) >= self._max:
+                live = {k: v for k, v in self._entries.items() if now < v.expires_at}
+                self._entries = live if len(live) < self._max else {}
+            self._entries[key] = session

@@ -32,6 +32,7 @@ tag check.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -61,6 +62,7 @@ from teeflow.kbs.storage.interface import ResourceRecord
 
 __all__ = [
     "MAX_RESOURCE_BYTES",
+    "GrantCache",
     "ReleaseDecision",
     "check_upload",
     "decide",
@@ -150,6 +152,34 @@ def stored_grant(record: ResourceRecord) -> SignedGrant | None:
         return SignedGrant.model_validate_json(record.grant)
     except ValueError:
         return None
+
+
+class GrantCache:
+    """:func:`stored_grant` memoised on the stored grant bytes (a per-process cache of parsed
+    grants, so a release does not re-validate the same signed document each time).
+
+    The key is the exact stored bytes, so a replaced grant is a different entry; a document
+    that does not parse is not cached. At most ``max_entries`` are kept (all dropped when
+    full). Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[bytes, SignedGrant] = {}
+
+    def get(self, record: ResourceRecord) -> SignedGrant | None:
+        """The record's parsed signed grant (None if it does not parse)."""
+        hit = self._entries.get(record.grant)
+        if hit is not None:
+            return hit
+        parsed = stored_grant(record)
+        if parsed is not None:
+            with self._lock:
+                if len(self._entries) >= self._max:
+                    self._entries = {}
+                self._entries[bytes(record.grant)] = parsed
+        return parsed
 
 
 def resource_info(record: ResourceRecord, grant_id: str) -> ResourceInfo:

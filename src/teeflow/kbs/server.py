@@ -12,9 +12,11 @@ Start-up (:func:`build_kbs`):
    (:func:`teeflow.kbs.identity.load_or_create_kbs_keys`). The federation name is recorded in
    ``state_dir/federation`` at the first start, so later starts need no ``--federation``;
 3. the store (:func:`teeflow.kbs.storage.open_store`: SQLite or PostgreSQL, migrated);
-4. :class:`KbsService` with the Intel SGX Root CA and the emulation root as trust anchors
-   (the agreement's ``allow_emulated`` still decides), emulated collateral plus any
-   collateral directories, the wall clock;
+4. :class:`KbsService` with the Intel SGX Root CA, the emulation root (SGX and TDX) and the
+   emulated AMD ARK (``$TEEFLOW_HOME/emulation/snp``, created at the first start) as trust
+   anchors (the agreement's ``allow_emulated`` still decides; AMD's pinned ARKs are always
+   trusted for SNP), emulated SGX/TDX collateral plus any collateral directories, the wall
+   clock;
 5. :func:`teeflow.kbs.api.create_app` with the KBS's own evidence source.
 
 TLS (:func:`tls_context`): TLS 1.3 only, the KBS's TLS certificate and key (the key reaches
@@ -27,6 +29,7 @@ closes the store and returns normally (exit status 0).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -61,10 +64,12 @@ from teeflow.kbs.self_attestation import KbsEvidenceSource, kbs_measurement
 from teeflow.kbs.service import KbsService
 from teeflow.kbs.storage import KbsStore, open_store
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.sealing import EmulatedSealer
 
 __all__ = [
     "FEDERATION_FILE",
+    "KEEP_ALIVE_SECONDS",
     "PLATFORMS",
     "BackgroundServer",
     "KbsRuntime",
@@ -76,6 +81,8 @@ __all__ = [
     "tls_context",
 ]
 
+#: Seconds an idle keep-alive connection is kept open (workloads reuse their connection).
+KEEP_ALIVE_SECONDS = 30
 #: Platforms ``kbs serve`` can run on.
 PLATFORMS = ("emulated",)
 #: File in the state directory recording the federation name (public).
@@ -183,6 +190,7 @@ def build_kbs(
     fed = _federation(directory, federation)
     now = now_fn()
     authority = EmulationAuthority.load_or_create(home, now=now)
+    snp_anchor = EmulatedSnp.load_or_create(home, now=now).trust_anchor()
     mr = measurement if measurement is not None else kbs_measurement()
     keys = load_or_create_kbs_keys(
         directory,
@@ -205,7 +213,7 @@ def build_kbs(
             store,
             keys,
             clock=now_fn,
-            anchors=[intel_sgx_root_ca(), authority.trust_anchor()],
+            anchors=[intel_sgx_root_ca(), authority.trust_anchor(), snp_anchor],
             collateral=CompositeCollateralProvider(providers),
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,
@@ -264,6 +272,11 @@ def tls_context(keys: KbsKeys) -> ssl.SSLContext:
     return ctx
 
 
+def _installed(module: str, fallback: str) -> str:
+    """``module`` when it can be imported, else ``fallback``."""
+    return module if importlib.util.find_spec(module) is not None else fallback
+
+
 def make_server(
     runtime: KbsRuntime,
     host: str = "127.0.0.1",
@@ -271,18 +284,36 @@ def make_server(
     *,
     log_level: str = "warning",
     graceful_timeout: int = 10,
+    http: str | None = None,
+    loop: str | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for ``runtime.app`` with TLS (not started).
 
     ``proxy_headers`` are off (no forwarded-address trust), no ``Server`` header, access
     log off unless ``log_level`` is ``debug``; graceful shutdown waits up to
-    ``graceful_timeout`` seconds for in-flight requests.
+    ``graceful_timeout`` seconds for in-flight requests; idle keep-alive connections are
+    kept :data:`KEEP_ALIVE_SECONDS`.
+
+    Args:
+        http: ``"httptools"`` (C parser, llhttp: headers bounded at 80 KiB) or ``"h11"``
+            (pure Python, incomplete events bounded at 64 KiB); default: the environment
+            variable ``TEEFLOW_KBS_HTTP``, else ``httptools`` when installed.
+        loop: ``"uvloop"`` or ``"asyncio"``; default: ``TEEFLOW_KBS_LOOP``, else
+            ``uvloop`` when installed. uvloop and httptools are optional dependencies
+            (extra ``kbs-fast``); they roughly halve the HTTP/TLS cost per request.
     """
     context = tls_context(runtime.keys)
+    http = http or os.environ.get("TEEFLOW_KBS_HTTP") or _installed("httptools", "h11")
+    loop = loop or os.environ.get("TEEFLOW_KBS_LOOP") or _installed("uvloop", "asyncio")
+    if http not in ("httptools", "h11") or loop not in ("uvloop", "asyncio"):
+        raise KbsError("http must be httptools or h11, loop uvloop or asyncio")
     config = uvicorn.Config(
         runtime.app,
         host=host,
         port=port,
+        http=http,
+        loop=loop,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=log_level,
         access_log=log_level == "debug",
         proxy_headers=False,

@@ -13,11 +13,15 @@ RCAR, as in Trustee KBS 0.4.0:
   32 random bytes, single use, expires after ``nonce_ttl``);
 * :meth:`~KbsService.attest` — session id + ``Attestation`` → ``{"token": EAR}``. Order: the
   session must exist and ``runtime-data.nonce`` equal its nonce (a mismatch consumes
-  nothing); then the nonce is consumed (single use, also when the evidence is later
-  refused — one piece of evidence per nonce); then parse → verify (anchors, collateral
-  provider, ``now``) → appraise against the active agreement's reference values for the
-  claimed role with REPORT_DATA pinned to :func:`~teeflow.attestation.binding.runtime_data_digest`
-  of the runtime data as sent. Every accept or deny, with all reasons, is audited;
+  nothing), and the nonce must be unused and unexpired; then parse → verify (anchors,
+  collateral provider, ``now``) → appraise against the active agreement's reference values
+  for the claimed role with REPORT_DATA pinned to
+  :func:`~teeflow.attestation.binding.runtime_data_digest` of the runtime data as sent; then
+  *one* store transaction consumes the nonce, binds the token (accept) and appends the
+  audit entry of the decision (:meth:`KbsStore.consume_nonce_and_audit`). The nonce is used
+  up by a refused attestation too (one piece of evidence per nonce), and of concurrent
+  attestations with the same nonce exactly one gets past the store (the others are denied
+  as replays). Every accept or deny, with all reasons, is audited;
 * :meth:`~KbsService.authorize` — a session id (cookie) and/or bearer token →
   :class:`~teeflow.kbs.protocol.AttestedSession`; tokens carry the agreement digest and are
   refused once another agreement is active.
@@ -38,6 +42,8 @@ import hashlib
 import hmac
 import logging
 import os
+import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -54,10 +60,10 @@ from teeflow.attestation.ear import issue_ear, verify_ear
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import KbsError, PolicyViolation, SealingError, VerificationError
 from teeflow.kbs.agreement import SignedAgreement, verify_initial, verify_update
-from teeflow.kbs.audit import AuditError, AuditLog
+from teeflow.kbs.audit import AuditBuilder, AuditError, AuditLog
 from teeflow.kbs.ca import FederationCA, WorkloadIdentity
 from teeflow.kbs.canonical import b64url_encode, canonical_json
-from teeflow.kbs.collateral_provider import CollateralProvider
+from teeflow.kbs.collateral_provider import CollateralProvider, SnpEndorsementProvider
 from teeflow.kbs.grants import grant_digest
 from teeflow.kbs.problems import (
     AgreementRejected,
@@ -92,8 +98,15 @@ from teeflow.kbs.protocol import (
     is_resource_path,
     resource_wrap_aad,
 )
-from teeflow.kbs.rcar import ATTESTED_CLAIM, appraise_attestation, attested_claims, session_from_ear
+from teeflow.kbs.rcar import (
+    ATTESTED_CLAIM,
+    TokenCache,
+    appraise_attestation,
+    attested_claims,
+    session_from_ear,
+)
 from teeflow.kbs.release import (
+    GrantCache,
     check_upload,
     decide,
     replacement_problems,
@@ -105,19 +118,24 @@ from teeflow.kbs.storage.interface import (
     AgreementRecord,
     AuditEntry,
     KbsStore,
+    SessionRecord,
     StorageConflict,
     StorageError,
     StorageExpired,
     StorageInputError,
     StorageNotFound,
+    TokenBinding,
 )
 from teeflow.sealing.hpke import unwrap_key
 
-__all__ = ["AGGREGATOR_COUNTER_PREFIX", "KbsKeyMaterial", "KbsService"]
+__all__ = ["AGGREGATOR_COUNTER_PREFIX", "RELEASE_ATTEMPTS", "KbsKeyMaterial", "KbsService"]
 
 #: Counter names under this prefix may be stepped only by aggregator workloads.
 AGGREGATOR_COUNTER_PREFIX = "session/"
 _MAX_ID = 256
+#: Attempts of a release's compare-and-increment before answering 503 (concurrent releases of
+#: one resource make the count stale; each attempt re-reads it and re-decides).
+RELEASE_ATTEMPTS = 64
 
 
 class KbsKeyMaterial(Protocol):
@@ -145,14 +163,24 @@ class KbsService:
         keys: the KBS keys (:class:`KbsKeyMaterial`).
         clock: returns the current time, timezone-aware.
         rng: ``rng(n) -> n random bytes`` (session ids, nonces); default ``os.urandom``.
-        anchors: trust anchors for evidence (Intel SGX Root CA; an emulation root only when
-            emulated evidence may be verified at all — the agreement still decides).
-        collateral: collateral provider for quotes.
+        anchors: trust anchors for evidence (Intel SGX Root CA; emulation roots — the SGX/TDX
+            authority, the emulated AMD ARK — only when emulated evidence may be verified at
+            all: the agreement still decides). AMD's pinned ARKs are always trusted for SNP.
+        collateral: collateral provider for SGX and TDX quotes.
+        snp_endorsements: VCEK/VLEK source for SNP reports sent without ``cert_chain``
+            (e.g. :class:`~teeflow.kbs.collateral_provider.KdsSnpEndorsementProvider`);
+            None refuses such reports.
         nonce_ttl: challenge lifetime (default 60 s).
         token_ttl: EAR lifetime (default 5 min).
         logger: where decisions are logged (no secrets); default this module's logger.
         default_role: role appraised for attesters that send no ``teeflow`` claims (plain
             Trustee attesters); None (default) refuses them.
+        agreement_refresh: how long the RCAR hot paths (attest, authorize, release) may use
+            this process's copy of the active agreement before reading it again (default
+            1 s; 0 reads it every time). Agreements accepted by this process take effect at
+            once; one accepted by another KBS process sharing the database is seen within
+            this time - and never allows a release or token binding under a superseded
+            agreement, which the store re-checks in the same transaction.
     """
 
     def __init__(
@@ -168,22 +196,30 @@ class KbsService:
         token_ttl: timedelta = timedelta(minutes=5),
         logger: logging.Logger | None = None,
         default_role: str | None = None,
+        snp_endorsements: SnpEndorsementProvider | None = None,
+        agreement_refresh: timedelta = timedelta(seconds=1),
     ) -> None:
         if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
             raise KbsError("nonce_ttl and token_ttl must be positive")
+        if agreement_refresh < timedelta(0):
+            raise KbsError("agreement_refresh must not be negative")
         self._store = store
         self._keys = keys
         self._clock = clock
         self._rng = rng
         self._anchors = tuple(anchors)
         self._collateral = collateral
+        self._snp_endorsements = snp_endorsements
         self._nonce_ttl = nonce_ttl
         self._token_ttl = token_ttl
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._default_role = default_role
         self._audit = AuditLog(store, keys.audit, self._now)
         self._ear_public = ECKey.import_key(keys.ear.as_dict(private=False))
-        self._agreement_cache: tuple[bytes, SignedAgreement] | None = None
+        self._agreement_cache: tuple[bytes, SignedAgreement, float] | None = None
+        self._agreement_max_age = agreement_refresh.total_seconds()
+        self._tokens = TokenCache()
+        self._grants = GrantCache()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -203,7 +239,7 @@ class KbsService:
             raise
         except StorageInputError as exc:
             raise InvalidRequest(str(exc)) from None
-        except StorageError as exc:
+        except (StorageError, AuditError) as exc:
             self._log.error("KBS store failure: %s", type(exc).__name__)
             raise ServiceUnavailable() from None
 
@@ -215,12 +251,28 @@ class KbsService:
         reasons: Sequence[str] = (),
         data: dict[str, Any] | None = None,
     ) -> AuditEntry:
+        build = self._builder(kind, subject, decision, reasons, data)
+        try:
+            return self._store.append_audit_built(build)
+        except (StorageError, AuditError) as exc:
+            self._log.error("audit append failed: %s", type(exc).__name__)
+            raise ServiceUnavailable() from None
+
+    def _builder(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        reasons: Sequence[str] = (),
+        data: dict[str, Any] | None = None,
+    ) -> AuditBuilder:
+        """An audit entry builder (validated now) for the store's audited writes."""
         subject = subject[:_MAX_ID] or "-"
         reasons = [r[:1024] for r in list(reasons)[:64]]
         try:
-            return self._audit.append(kind, subject, decision, reasons, data)
-        except (AuditError, StorageError) as exc:
-            self._log.error("audit append failed: %s", type(exc).__name__)
+            return self._audit.builder(kind, subject, decision, reasons, data)
+        except AuditError as exc:
+            self._log.error("audit entry refused: %s", type(exc).__name__)
             raise ServiceUnavailable() from None
 
     def _deny(
@@ -239,20 +291,28 @@ class KbsService:
 
     # -- agreements -------------------------------------------------------------------------
 
-    def _current(self) -> tuple[SignedAgreement, bytes] | None:
+    def _current(self, max_age: float = 0.0) -> tuple[SignedAgreement, bytes] | None:
+        """The active agreement and its digest: read from the store, or - on the hot paths,
+        ``max_age > 0`` - the copy this process read (or accepted) less than ``max_age``
+        seconds ago. Releases and token bindings re-check the digest inside their store
+        transaction, so a stale copy can only make them fail, never succeed."""
+        cached = self._agreement_cache
+        if cached is not None and max_age > 0 and time.monotonic() - cached[2] < max_age:
+            return cached[1], cached[0]
         with self._storage():
             record = self._store.current_agreement()
         if record is None:
             return None
-        cached = self._agreement_cache
+        fetched = time.monotonic()
         if cached is not None and cached[0] == record.digest:
+            self._agreement_cache = (record.digest, cached[1], fetched)
             return cached[1], record.digest
         try:
             signed = SignedAgreement.model_validate_json(record.document)
         except ValidationError:
             self._log.error("stored agreement version %d does not parse", record.version)
             raise ServiceUnavailable() from None
-        self._agreement_cache = (record.digest, signed)
+        self._agreement_cache = (record.digest, signed, fetched)
         return signed, record.digest
 
     def current_agreement(self) -> SignedAgreement | None:
@@ -314,6 +374,8 @@ class KbsService:
                 )
         except StorageConflict:
             raise Conflict("another agreement version was accepted concurrently") from None
+        finally:
+            self._agreement_cache = None  # the hot paths re-read the (possibly new) agreement
         self._record(
             "agreement",
             subject,
@@ -336,7 +398,8 @@ class KbsService:
 
         Raises:
             ProtocolVersion: ``version`` is not ``0.4.0``.
-            UnsupportedTee: ``tee`` is not ``sgx`` or ``emulated-sgx``.
+            UnsupportedTee: ``tee`` is not one of ``sgx``, ``tdx``, ``snp`` or their
+                ``emulated-`` variants (:data:`~teeflow.kbs.protocol.SUPPORTED_TEES`).
         """
         if request.version != PROTOCOL_VERSION:
             raise ProtocolVersion(
@@ -384,18 +447,47 @@ class KbsService:
         expected_nonce = base64.b64encode(session.nonce).decode("ascii")
         if not hmac.compare_digest(runtime.nonce.encode(), expected_nonce.encode()):
             deny(["runtime-data nonce does not match the session nonce"])
-        try:
-            with self._storage(StorageExpired, StorageConflict, StorageNotFound):
-                self._store.consume_nonce(session_id, now)
-        except StorageExpired:
-            deny(["nonce expired"])
-        except StorageConflict:
+        if session.consumed:  # cheap early refusal; the store re-checks atomically below
             deny(["nonce already used (replay)"])
-        except StorageNotFound:
-            deny(["unknown session"])
-        current = self._current()
+        if now >= session.expires_at:
+            deny(["nonce expired"])
+
+        def conclude(
+            decision: str,
+            reasons: Sequence[str],
+            data: dict[str, Any] | None,
+            token: TokenBinding | None = None,
+            agreement_digest: bytes | None = None,
+        ) -> None:
+            """Consume the nonce, bind ``token`` and audit the decision in one transaction;
+            a nonce that another request consumed (or that expired) meanwhile is denied, as
+            is a token whose agreement was superseded meanwhile."""
+            build = self._builder("attestation", subject, decision, reasons, data)
+            try:
+                with self._storage(StorageExpired, StorageConflict, StorageNotFound):
+                    self._store.consume_nonce_and_audit(
+                        session_id, now, build, token=token, agreement_digest=agreement_digest
+                    )
+            except StorageExpired:
+                deny(["nonce expired"])
+            except StorageConflict:
+                latest = self._current()
+                changed = latest is None or latest[1] != agreement_digest
+                if agreement_digest is not None and changed:
+                    refuse(["the federation agreement changed during the attestation"])
+                deny(["nonce already used (replay)"])
+            except StorageNotFound:
+                deny(["unknown session"])
+
+        def refuse(reasons: Sequence[str], data: dict[str, Any] | None = None) -> NoReturn:
+            conclude("deny", reasons, data)
+            self._log.info("attestation %s denied: %s", subject, "; ".join(reasons)[:512])
+            detail = "attestation denied: " + "; ".join(reasons)
+            raise AttestationFailed(detail, list(reasons))
+
+        current = self._current(self._agreement_max_age)
         if current is None:
-            deny(["no federation agreement"])
+            refuse(["no federation agreement"])
         signed, agreement_digest = current
         claims = runtime.teeflow
         role = claims.role if claims is not None else self._default_role
@@ -414,11 +506,12 @@ class KbsService:
             collateral=self._collateral,
             now=now,
             logger=self._log,
+            snp_endorsements=self._snp_endorsements,
         )
         data["measurement"] = appraisal.measurement
         result, measurement = appraisal.result, appraisal.measurement
         if appraisal.reasons or result is None or measurement is None or role is None:
-            deny(list(appraisal.reasons) or ["evidence not appraised"], data)
+            refuse(list(appraisal.reasons) or ["evidence not appraised"], data)
         attested = attested_claims(
             session_id=session_id,
             result=result,
@@ -449,14 +542,11 @@ class KbsService:
             role=role,
             expires_at=expires,
         )
-        try:
-            with self._storage(StorageConflict, StorageNotFound):
-                self._store.bind_token(session_id, token_digest, record.model_dump_json(), expires)
-        except (StorageConflict, StorageNotFound):
-            deny(["session already holds a token"], data)
         data.update(token_digest=token_digest.hex(), emulated=result.emulated)
         data["status"] = str(result.status)
-        self._record("attestation", subject, "accept", list(result.warnings), data)
+        warnings = [*appraisal.warnings, *result.warnings]
+        binding = TokenBinding(token_digest, record.model_dump_json(), expires)
+        conclude("accept", warnings, data, binding, agreement_digest)
         return AttestResponse(token=token)
 
     def authorize(
@@ -474,36 +564,60 @@ class KbsService:
         now = self._now()
         if session_id is None and token is None:
             raise TokenNotFound()
-        record = None
-        if session_id is not None:
-            if not isinstance(session_id, str) or not 0 < len(session_id) <= _MAX_ID:
-                raise TokenNotFound("unknown session")
-            with self._storage():
-                record = self._store.get_session(session_id)
-            if record is None or record.token_digest is None or record.claims_json is None:
-                raise TokenNotFound("session has no attestation token")
+        if session_id is not None and (
+            not isinstance(session_id, str) or not 0 < len(session_id) <= _MAX_ID
+        ):
+            raise TokenNotFound("unknown session")
+        session: AttestedSession | None = None
         if token is not None:
-            try:
-                ear = verify_ear(token, self._ear_public, now=now, nonce=None)
-            except VerificationError as exc:
-                raise TokenVerifierError(f"token rejected: {exc}") from None
-            session = session_from_ear(ear, token)
-            if record is not None and (
-                record.token_digest is None
-                or not hmac.compare_digest(record.token_digest.hex(), session.token_digest)
+            session = self._verified_token(token, now)
+            if session_id is not None and not hmac.compare_digest(
+                (session.session_id or "").encode(), session_id.encode()
             ):
+                # the token names another session: refuse exactly as the stored session
+                # (absent, token-less, or holding another token) makes us
+                self._session_record(session_id)
                 raise TokenVerifierError("token does not belong to this session")
+            # (a token of this very session is the one bound to it: one token per session,
+            # bound when its single-use nonce was consumed - no store read needed)
         else:
-            assert record is not None and record.claims_json is not None
+            assert session_id is not None
+            record = self._session_record(session_id)
             if record.token_expires_at is None or now >= record.token_expires_at:
                 raise TokenVerifierError("attestation token expired")
             try:
-                session = AttestedSession.model_validate_json(record.claims_json)
+                session = AttestedSession.model_validate_json(record.claims_json or "")
             except ValidationError:
                 raise TokenVerifierError("session record is invalid") from None
-        current = self._current()
+        current = self._current(self._agreement_max_age)
         if current is None or session.agreement_digest != current[1].hex():
             raise TokenVerifierError("token was issued under an agreement that is not active")
+        return session
+
+    def _session_record(self, session_id: str) -> SessionRecord:
+        """The stored session holding a token.
+
+        Raises:
+            TokenNotFound: no such session, or it holds no token.
+        """
+        with self._storage():
+            record = self._store.get_session(session_id)
+        if record is None or record.token_digest is None or record.claims_json is None:
+            raise TokenNotFound("session has no attestation token")
+        return record
+
+    def _verified_token(self, token: str, now: datetime) -> AttestedSession:
+        """The session of a bearer EAR: from :class:`TokenCache` while it is unexpired, else
+        :func:`verify_ear` (signature, profile, lifetime) + :func:`session_from_ear`."""
+        cached = self._tokens.get(token, now)
+        if cached is not None:
+            return cached
+        try:
+            ear = verify_ear(token, self._ear_public, now=now, nonce=None)
+        except VerificationError as exc:
+            raise TokenVerifierError(f"token rejected: {exc}") from None
+        session = session_from_ear(ear, token)
+        self._tokens.put(token, session, now)
         return session
 
     # -- resources -----------------------------------------------------------------------------
@@ -580,10 +694,17 @@ class KbsService:
         """Release resource ``path`` to an authorised session as a flattened JWE (JSON text)
         sealed to its attested ``tee-pubkey`` (see :mod:`teeflow.kbs.release`).
 
+        The release count is a compare-and-increment committed together with the release's
+        audit entry. When concurrent releases of the same resource make the count stale,
+        the count is re-read and the decision re-made (up to :data:`RELEASE_ATTEMPTS` times,
+        with a short random back-off): concurrent requests never exceed ``max_releases``,
+        and none is refused unless the budget is really used up.
+
         Raises:
             InvalidRequestPath: ``path`` is not ``<repository>/<type>/<tag>``.
             PolicyDeny: not allowed, *or the resource does not exist* (same body); the
                 reasons are in the audit log.
+            ServiceUnavailable: still contended after :data:`RELEASE_ATTEMPTS` attempts.
         """
         now = self._now()
         if not isinstance(path, str) or not is_resource_path(path):
@@ -593,42 +714,62 @@ class KbsService:
             "measurement": session.measurement,
             "token_digest": session.token_digest,
         }
-        current = self._current()
-        if current is None:
-            self._deny(PolicyDeny, "release", path, ["no federation agreement"], data)
-        with self._storage():
-            record = self._store.get_resource(path)
-        signed_grant = stored_grant(record) if record is not None else None
-        decision = decide(
-            session=session,
-            path=path,
-            record=record,
-            grant=None if signed_grant is None else signed_grant.grant,
-            agreement_digest=current[1],
-            now=now,
-        )
-        if not decision.allowed or record is None or decision.releases_so_far is None:
-            self._deny(PolicyDeny, "release", path, decision.reasons or ["denied"], data)
-        try:
-            secret = unwrap_key(
-                record.wrapped_key,
-                self._keys.hpke,
-                info=RESOURCE_WRAP_INFO,
-                aad=resource_wrap_aad(path),
+        sealed: tuple[bytes, str] | None = None  # (wrapped key, JWE) of the last attempt
+        for attempt in range(RELEASE_ATTEMPTS):
+            current = self._current(self._agreement_max_age if attempt == 0 else 0.0)
+            if current is None:
+                self._deny(PolicyDeny, "release", path, ["no federation agreement"], data)
+            with self._storage():
+                record = self._store.get_resource(path)
+            signed_grant = self._grants.get(record) if record is not None else None
+            decision = decide(
+                session=session,
+                path=path,
+                record=record,
+                grant=None if signed_grant is None else signed_grant.grant,
+                agreement_digest=current[1],
+                now=now,
             )
-            body = seal_for_tee(secret, session.tee_pubkey)
-        except (SealingError, KbsError):
-            self._deny(PolicyDeny, "release", path, ["stored key cannot be released"], data)
-        try:
-            with self._storage(StorageConflict, StorageNotFound):
-                count = self._store.record_release(
-                    path, decision.releases_so_far, generation=record.generation
-                )
-        except (StorageConflict, StorageNotFound):
-            self._deny(PolicyDeny, "release", path, ["release budget used or raced"], data)
-        data.update(release_count=count, generation=record.generation)
-        self._record("release", path, "accept", data=data)
-        return body
+            if not decision.allowed or record is None or decision.releases_so_far is None:
+                self._deny(PolicyDeny, "release", path, decision.reasons or ["denied"], data)
+            if sealed is None or sealed[0] != record.wrapped_key:
+                try:
+                    secret = unwrap_key(
+                        record.wrapped_key,
+                        self._keys.hpke,
+                        info=RESOURCE_WRAP_INFO,
+                        aad=resource_wrap_aad(path),
+                    )
+                    sealed = (record.wrapped_key, seal_for_tee(secret, session.tee_pubkey))
+                except (SealingError, KbsError):
+                    reason = "stored key cannot be released"
+                    self._deny(PolicyDeny, "release", path, [reason], data)
+            count = decision.releases_so_far + 1
+            build = self._builder(
+                "release",
+                path,
+                "accept",
+                data={**data, "release_count": count, "generation": record.generation},
+            )
+            try:
+                with self._storage(StorageConflict, StorageNotFound):
+                    self._store.record_release_and_audit(
+                        path,
+                        decision.releases_so_far,
+                        build,
+                        generation=record.generation,
+                        agreement_digest=current[1],
+                    )
+                return sealed[1]
+            except (StorageConflict, StorageNotFound):
+                # another release (or a replacement, or a new agreement) committed since the
+                # read: re-read the count and the agreement and decide again; only a real
+                # refusal (budget used up, grant replaced by one that denies, resource gone,
+                # agreement superseded) denies
+                if attempt >= 2:
+                    time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))  # noqa: S311
+        reason = f"release count still contended after {RELEASE_ATTEMPTS} attempts"
+        self._deny(ServiceUnavailable, "release", path, [reason], data)
 
     # -- certificates ----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ __all__ = [
     "Attester",
     "PlatformProbe",
     "detect_platform",
+    "pad_report_data",
     "probe_platform",
     "read_small",
 ]
@@ -68,6 +69,21 @@ class Attester(Protocol):
             PlatformError: ``report_data`` longer than 64 bytes, or the platform failed.
         """
         ...
+
+
+def pad_report_data(report_data: object) -> bytes:
+    """The 64-byte REPORT_DATA an Attester binds: ``report_data`` (at most 64 bytes)
+    zero-padded on the right (SGX REPORTDATA, TDX REPORTDATA, SEV-SNP REPORT_DATA).
+
+    Raises:
+        PlatformError: not bytes-like, or longer than 64 bytes.
+    """
+    if not isinstance(report_data, bytes | bytearray | memoryview):
+        raise PlatformError("report_data must be bytes")
+    rd = bytes(report_data)
+    if len(rd) > 64:
+        raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
+    return rd.ljust(64, b"\x00")
 
 
 def read_small(path: Path, limit: int, what: str) -> bytes:

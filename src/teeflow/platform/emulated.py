@@ -22,58 +22,53 @@ PCK CA, root).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.attestation.dcap.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
     BODY_TYPE_SGX,
-    CERT_TYPE_PCK_CHAIN,
     INTEL_QE_VENDOR_ID,
     TEE_TYPE_SGX,
-    CertificationData,
-    EnclaveReport,
-    QeReportCertificationData,
     Quote,
     QuoteHeader,
     QuoteSignatureData,
 )
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import PlatformError
-from teeflow.hazmat.ecdsa import der_to_raw_signature, p256_public_key_to_raw
+from teeflow.platform.base import pad_report_data
 from teeflow.platform.emulated_authority import (
     EMULATED_PCESVN,
     EMULATED_QE_ISVPRODID,
     EMULATED_QE_ISVSVN,
     EMULATED_QE_MRENCLAVE,
-    EMULATED_QE_MRSIGNER,
-    EMULATED_TCB_COMPONENTS,
     ROOT_CN,
     AuthorityKeys,
     create_dir_atomically,
     generate_keys,
     load_keys,
+    resolve_now,
     save_keys,
+    sign_p256_raw,
     signer_mrsigner,
     teeflow_home,
 )
 from teeflow.platform.emulated_collateral import (
-    QE_ATTRIBUTES,
     CollateralFiles,
+    collateral_from_files,
     make_collateral_files,
     read_collateral_dir,
     write_collateral_files,
 )
+from teeflow.platform.emulated_qe import enclave_report, qe_certification
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
 __all__ = [
@@ -88,18 +83,6 @@ WORKLOAD_MANIFEST_ENV = "TEEFLOW_WORKLOAD_MANIFEST"
 #: Workload enclave ATTRIBUTES: flags INIT|MODE64BIT (0x05, DEBUG clear), XFRM 0xe7.
 ENCLAVE_ATTRIBUTES = (0x05).to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
 _COLLATERAL_SUBDIR = "collateral"
-
-
-def _utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise PlatformError("'now' must be a timezone-aware datetime")
-    return now.astimezone(UTC)
-
-
-def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    return der_to_raw_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 class EmulationAuthority:
@@ -123,7 +106,7 @@ class EmulationAuthority:
         cls, now: datetime | None = None, *, rng: Callable[[int], bytes] = os.urandom
     ) -> EmulationAuthority:
         """A fresh in-memory authority; certificates valid from ``now`` - 1 day, 20 years."""
-        return cls(generate_keys(_utc(now), rng))
+        return cls(generate_keys(resolve_now(now), rng))
 
     @classmethod
     def load_or_create(
@@ -144,7 +127,7 @@ class EmulationAuthority:
         Raises:
             PlatformError: the directory cannot be created/read or holds something else.
         """
-        t = _utc(now)
+        t = resolve_now(now)
         directory = teeflow_home(home) / "emulation"
         if not (directory / "authority.json").is_file():
             keys = generate_keys(t, rng)
@@ -251,7 +234,7 @@ class EmulationAuthority:
             PlatformError: ``now`` is outside the authority's certificate validity, or the
                 emulation directory cannot be written.
         """
-        t = _utc(now)
+        t = resolve_now(now)
         with self._lock:
             files = self._files
             if files is None and self._directory is not None:
@@ -274,7 +257,7 @@ class EmulationAuthority:
         files = self.collateral_files(now)
         with self._lock:
             if self._collateral is None or self._files is not files:
-                self._collateral = _to_intel_collateral(files)
+                self._collateral = collateral_from_files(files, source="emulated")
             return self._collateral
 
     def write_collateral_dir(self, path: Path, now: datetime | None = None) -> Path:
@@ -282,51 +265,6 @@ class EmulationAuthority:
         / ``teeflow quote verify --collateral`` layout). Returns ``path``."""
         write_collateral_files(self.collateral_files(now), Path(path), private=False)
         return Path(path)
-
-
-def _to_intel_collateral(files: CollateralFiles) -> IntelCollateral:
-    """Parse collateral bytes with the shared parsers (``IntelCollateral.from_bytes``)."""
-    from teeflow.attestation.dcap.collateral import IntelCollateral
-
-    f = files.files
-    return IntelCollateral.from_bytes(
-        tcb_info=f["tcb_info.json"],
-        qe_identity=f["qe_identity.json"],
-        pck_crl=f["pck_crl.der"],
-        root_ca_crl=f["root_ca_crl.der"],
-        pck_crl_issuer_chain=f["pck_crl_issuer_chain.pem"],
-        tcb_info_issuer_chain=f["tcb_info_issuer_chain.pem"],
-        source="emulated",
-    )
-
-
-def _report(
-    *,
-    attributes: bytes,
-    mr_enclave: bytes,
-    mr_signer: bytes,
-    isv_prod_id: int,
-    isv_svn: int,
-    report_data: bytes,
-) -> EnclaveReport:
-    return EnclaveReport(
-        cpu_svn=bytes(EMULATED_TCB_COMPONENTS),
-        misc_select=0,
-        reserved1=bytes(12),
-        isv_ext_prod_id=bytes(16),
-        attributes=attributes,
-        mr_enclave=mr_enclave,
-        reserved2=bytes(32),
-        mr_signer=mr_signer,
-        reserved3=bytes(32),
-        config_id=bytes(64),
-        isv_prod_id=isv_prod_id,
-        isv_svn=isv_svn,
-        config_svn=0,
-        reserved4=bytes(42),
-        isv_family_id=bytes(16),
-        report_data=report_data,
-    )
 
 
 class EmulatedSgx:
@@ -376,11 +314,7 @@ class EmulatedSgx:
         Raises:
             PlatformError: ``report_data`` is longer than 64 bytes or not bytes.
         """
-        if not isinstance(report_data, bytes | bytearray | memoryview):
-            raise PlatformError("report_data must be bytes")
-        rd = bytes(report_data)
-        if len(rd) > 64:
-            raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
+        rd = pad_report_data(report_data)
         keys = self.authority.keys
         header = QuoteHeader(
             version=3,
@@ -391,33 +325,22 @@ class EmulatedSgx:
             qe_vendor_id=INTEL_QE_VENDOR_ID,
             user_data=bytes(20),
         )
-        body = _report(
+        body = enclave_report(
             attributes=ENCLAVE_ATTRIBUTES,
             mr_enclave=self.measurement,
             mr_signer=self.authority.mrsigner,
             isv_prod_id=self.isv_prod_id,
             isv_svn=self.isv_svn,
-            report_data=rd.ljust(64, b"\x00"),
+            report_data=rd,
         )
-        att_pub = p256_public_key_to_raw(keys.attestation_key.public_key())
-        qe_auth = self._rng(32)
-        qe_report = _report(
-            attributes=QE_ATTRIBUTES,
-            mr_enclave=EMULATED_QE_MRENCLAVE,
-            mr_signer=EMULATED_QE_MRSIGNER,
-            isv_prod_id=EMULATED_QE_ISVPRODID,
-            isv_svn=EMULATED_QE_ISVSVN,
-            report_data=hashlib.sha256(att_pub + qe_auth).digest() + bytes(32),
+        att_pub, qe_data = qe_certification(
+            keys,
+            self.authority.pck_chain_pem(),
+            qe_mrenclave=EMULATED_QE_MRENCLAVE,
+            qe_isv_prod_id=EMULATED_QE_ISVPRODID,
+            rng=self._rng,
         )
-        qe_data = QeReportCertificationData(
-            qe_report=qe_report,
-            qe_report_signature=_sign_raw(keys.pck_key, qe_report.to_bytes()),
-            qe_auth_data=qe_auth,
-            certification_data=CertificationData(
-                CERT_TYPE_PCK_CHAIN, self.authority.pck_chain_pem()
-            ),
-        )
-        signature = _sign_raw(keys.attestation_key, header.to_bytes() + body.to_bytes())
+        signature = sign_p256_raw(keys.attestation_key, header.to_bytes() + body.to_bytes())
         quote = Quote(
             header=header,
             body=body,

@@ -21,7 +21,6 @@ regenerated (keys kept) once it has expired at the ``now`` passed in.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -39,8 +38,9 @@ from cryptography.x509.oid import NameOID
 from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.type import base, namedtype, univ
 
+from teeflow import _fs
 from teeflow.errors import PlatformError
-from teeflow.hazmat.ecdsa import p256_public_key_to_raw
+from teeflow.hazmat.ecdsa import der_to_raw_signature, p256_public_key_to_raw
 
 __all__ = [
     "EMULATED_FMSPC",
@@ -60,7 +60,9 @@ __all__ = [
     "encode_sgx_extension",
     "generate_keys",
     "load_keys",
+    "resolve_now",
     "save_keys",
+    "sign_p256_raw",
     "signer_mrsigner",
     "teeflow_home",
 ]
@@ -102,6 +104,25 @@ def teeflow_home(home: Path | None = None) -> Path:
         return Path(home)
     env = os.environ.get("TEEFLOW_HOME")
     return Path(env) if env else Path.home() / ".teeflow"
+
+
+def resolve_now(now: datetime | None) -> datetime:
+    """``now`` in UTC, or the wall clock when None (emulators only; verifiers take ``now``).
+
+    Raises:
+        PlatformError: ``now`` is naive.
+    """
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise PlatformError("'now' must be a timezone-aware datetime")
+    return now.astimezone(UTC)
+
+
+def sign_p256_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    """ECDSA P-256 SHA-256 signature of ``data`` as 64 raw bytes ``r || s`` (the DCAP quote
+    and PCS document signature format)."""
+    return der_to_raw_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
 
 
 def signer_mrsigner(key: ec.EllipticCurvePublicKey) -> bytes:
@@ -333,21 +354,14 @@ def generate_keys(now: datetime, rng: Callable[[int], bytes] = os.urandom) -> Au
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync,
-    ``os.replace``) with permissions ``mode``. Raises ``PlatformError`` on I/O errors."""
+    """Write ``data`` to ``path`` atomically (:func:`teeflow._fs.atomic_write`: temp file in
+    the same directory, fsync, ``os.replace``) with permissions ``mode``.
+
+    Raises:
+        PlatformError: on I/O errors.
+    """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        _fs.atomic_write(path, data, mode=mode)
     except OSError as exc:
         raise PlatformError(f"cannot write {path}: {exc.strerror}") from None
 

@@ -17,6 +17,10 @@ v2 for the QE; Intel "PCK Certificate and CRL Profile Specification" for CRLs):
   (PCK CA, root) — the layout of ``../shared/testdata/attestation/sgx/collateral/*``.
 
 Every document is valid from its issue time for :data:`COLLATERAL_VALIDITY` (30 days).
+
+Shared with the TDX emulator (:mod:`teeflow.platform.emulated_tdx`): :func:`pcs_timestamp`,
+:func:`sign_pcs_document`, :func:`tcb_info_document`, :func:`qe_identity_document` and
+:func:`collateral_from_files`.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from teeflow.attestation.dcap.collateral import COLLATERAL_FILES as DCAP_COLLATERAL_FILES
+from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.errors import PlatformError
-from teeflow.hazmat.ecdsa import der_to_raw_signature
 from teeflow.platform.emulated_authority import (
     EMULATED_FMSPC,
     EMULATED_PCE_ID,
@@ -43,6 +48,7 @@ from teeflow.platform.emulated_authority import (
     EMULATED_TCB_COMPONENTS,
     AuthorityKeys,
     atomic_write,
+    sign_p256_raw,
 )
 
 __all__ = [
@@ -52,8 +58,13 @@ __all__ = [
     "QE_ATTRIBUTES_MASK",
     "TCB_EVALUATION_DATA_NUMBER",
     "CollateralFiles",
+    "collateral_from_files",
     "make_collateral_files",
+    "pcs_timestamp",
+    "qe_identity_document",
     "read_collateral_dir",
+    "sign_pcs_document",
+    "tcb_info_document",
     "write_collateral_files",
 ]
 
@@ -66,15 +77,9 @@ TCB_EVALUATION_DATA_NUMBER = 17
 QE_ATTRIBUTES = (0x11).to_bytes(8, "little") + (0xE7).to_bytes(8, "little")
 QE_ATTRIBUTES_MASK = bytes.fromhex("FBFFFFFFFFFFFFFF0000000000000000")
 QE_MISCSELECT = 0
-#: File names of a collateral directory (``IntelCollateral.from_dir`` layout).
-COLLATERAL_FILES = (
-    "tcb_info.json",
-    "qe_identity.json",
-    "pck_crl.der",
-    "root_ca_crl.der",
-    "tcb_info_issuer_chain.pem",
-    "pck_crl_issuer_chain.pem",
-)
+#: File names of a collateral directory: the ``IntelCollateral.from_dir`` layout without the
+#: optional QE Identity issuer chain (the TCB Info chain also covers the QE Identity).
+COLLATERAL_FILES = tuple(n for n in DCAP_COLLATERAL_FILES if n != "qe_identity_issuer_chain.pem")
 
 
 @dataclass(frozen=True)
@@ -90,25 +95,38 @@ class CollateralFiles:
         return self.issue_date <= now and now + REFRESH_MARGIN < self.next_update
 
 
-def _ts(t: datetime) -> str:
+def pcs_timestamp(t: datetime) -> str:
+    """``YYYY-MM-DDThh:mm:ssZ`` (UTC, seconds), the date format of Intel PCS documents."""
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _sign_document(
-    outer_key: str, inner: dict[str, object], key: ec.EllipticCurvePrivateKey
+def sign_pcs_document(
+    outer: str, inner: dict[str, object], key: ec.EllipticCurvePrivateKey
 ) -> bytes:
-    """``{"<outer_key>":<inner>,"signature":"<hex r||s>"}`` signed over the inner bytes."""
+    """``{"<outer>":<inner>,"signature":"<hex r||s>"}`` signed (ECDSA P-256 SHA-256) over the
+    exact bytes of ``<inner>`` as written (compact JSON), as Intel PCS signs TCB Info and
+    Enclave Identity."""
     inner_bytes = json.dumps(inner, separators=(",", ":")).encode()
-    der = key.sign(inner_bytes, ec.ECDSA(hashes.SHA256()))
-    sig_hex = der_to_raw_signature(der).hex()
-    return (
-        b'{"'
-        + outer_key.encode()
-        + b'":'
-        + inner_bytes
-        + b',"signature":"'
-        + sig_hex.encode()
-        + b'"}'
+    sig = sign_p256_raw(key, inner_bytes).hex()
+    return b'{"' + outer.encode() + b'":' + inner_bytes + b',"signature":"' + sig.encode() + b'"}'
+
+
+def collateral_from_files(collateral: CollateralFiles, *, source: str) -> IntelCollateral:
+    """Parse an emulated collateral set with the shared parsers
+    (:meth:`~teeflow.attestation.dcap.collateral.IntelCollateral.from_bytes`).
+
+    Raises:
+        ParseError: a document is malformed (never for sets made here).
+    """
+    f = collateral.files
+    return IntelCollateral.from_bytes(
+        tcb_info=f["tcb_info.json"],
+        qe_identity=f["qe_identity.json"],
+        pck_crl=f["pck_crl.der"],
+        root_ca_crl=f["root_ca_crl.der"],
+        pck_crl_issuer_chain=f["pck_crl_issuer_chain.pem"],
+        tcb_info_issuer_chain=f["tcb_info_issuer_chain.pem"],
+        source=source,
     )
 
 
@@ -133,6 +151,62 @@ def _pem(*certs: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
+def tcb_info_document(
+    tee_id: str,
+    issue: datetime,
+    nxt: datetime,
+    tcb_date: str,
+    *,
+    status: str = "UpToDate",
+    extra_tcb: Mapping[str, object] | None = None,
+    extra_fields: Mapping[str, object] | None = None,
+) -> dict[str, object]:
+    """The inner ``tcbInfo`` object (TCB Info v3) of the emulated platform, with one TCB
+    level: the emulated SGX components and PCESVN (plus ``extra_tcb``, e.g. TDX's
+    ``tdxtcbcomponents``) at ``status``, dated ``tcb_date``; ``extra_fields`` (e.g.
+    ``tdxModule``) go before ``tcbLevels``."""
+    tcb: dict[str, object] = {
+        "sgxtcbcomponents": [{"svn": c} for c in EMULATED_TCB_COMPONENTS],
+        "pcesvn": EMULATED_PCESVN,
+        **(extra_tcb or {}),
+    }
+    return {
+        "id": tee_id,
+        "version": 3,
+        "issueDate": pcs_timestamp(issue),
+        "nextUpdate": pcs_timestamp(nxt),
+        "fmspc": EMULATED_FMSPC.hex().upper(),
+        "pceId": EMULATED_PCE_ID.hex().upper(),
+        "tcbType": 0,
+        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
+        **(extra_fields or {}),
+        "tcbLevels": [{"tcb": tcb, "tcbDate": tcb_date, "tcbStatus": status}],
+    }
+
+
+def qe_identity_document(
+    qe_id: str, isvprodid: int, issue: datetime, nxt: datetime, tcb_date: str
+) -> dict[str, object]:
+    """The inner ``enclaveIdentity`` object (Enclave Identity v2) of the emulated QE
+    (``qe_id`` ``"QE"`` or ``"TD_QE"``): one ``UpToDate`` level at its ISVSVN."""
+    return {
+        "id": qe_id,
+        "version": 2,
+        "issueDate": pcs_timestamp(issue),
+        "nextUpdate": pcs_timestamp(nxt),
+        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
+        "miscselect": QE_MISCSELECT.to_bytes(4, "big").hex().upper(),
+        "miscselectMask": "FFFFFFFF",
+        "attributes": QE_ATTRIBUTES.hex().upper(),
+        "attributesMask": QE_ATTRIBUTES_MASK.hex().upper(),
+        "mrsigner": EMULATED_QE_MRSIGNER.hex().upper(),
+        "isvprodid": isvprodid,
+        "tcbLevels": [
+            {"tcb": {"isvsvn": EMULATED_QE_ISVSVN}, "tcbDate": tcb_date, "tcbStatus": "UpToDate"}
+        ],
+    }
+
+
 def make_collateral_files(keys: AuthorityKeys, now: datetime) -> CollateralFiles:
     """Generate and sign a collateral set issued at ``now`` (seconds precision).
 
@@ -150,46 +224,12 @@ def make_collateral_files(keys: AuthorityKeys, now: datetime) -> CollateralFiles
                 f"{issue.isoformat()}"
             )
     # A level is valid from the date the emulated TCB was "released": the root's start.
-    tcb_date = _ts(keys.root_ca.not_valid_before_utc)
-    tcb_info = {
-        "id": "SGX",
-        "version": 3,
-        "issueDate": _ts(issue),
-        "nextUpdate": _ts(nxt),
-        "fmspc": EMULATED_FMSPC.hex().upper(),
-        "pceId": EMULATED_PCE_ID.hex().upper(),
-        "tcbType": 0,
-        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
-        "tcbLevels": [
-            {
-                "tcb": {
-                    "sgxtcbcomponents": [{"svn": c} for c in EMULATED_TCB_COMPONENTS],
-                    "pcesvn": EMULATED_PCESVN,
-                },
-                "tcbDate": tcb_date,
-                "tcbStatus": "UpToDate",
-            }
-        ],
-    }
-    qe_identity = {
-        "id": "QE",
-        "version": 2,
-        "issueDate": _ts(issue),
-        "nextUpdate": _ts(nxt),
-        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
-        "miscselect": QE_MISCSELECT.to_bytes(4, "big").hex().upper(),
-        "miscselectMask": "FFFFFFFF",
-        "attributes": QE_ATTRIBUTES.hex().upper(),
-        "attributesMask": QE_ATTRIBUTES_MASK.hex().upper(),
-        "mrsigner": EMULATED_QE_MRSIGNER.hex().upper(),
-        "isvprodid": EMULATED_QE_ISVPRODID,
-        "tcbLevels": [
-            {"tcb": {"isvsvn": EMULATED_QE_ISVSVN}, "tcbDate": tcb_date, "tcbStatus": "UpToDate"}
-        ],
-    }
+    tcb_date = pcs_timestamp(keys.root_ca.not_valid_before_utc)
+    tcb_info = tcb_info_document("SGX", issue, nxt, tcb_date)
+    qe_identity = qe_identity_document("QE", EMULATED_QE_ISVPRODID, issue, nxt, tcb_date)
     files = {
-        "tcb_info.json": _sign_document("tcbInfo", tcb_info, keys.tcb_signing_key),
-        "qe_identity.json": _sign_document("enclaveIdentity", qe_identity, keys.tcb_signing_key),
+        "tcb_info.json": sign_pcs_document("tcbInfo", tcb_info, keys.tcb_signing_key),
+        "qe_identity.json": sign_pcs_document("enclaveIdentity", qe_identity, keys.tcb_signing_key),
         "pck_crl.der": _crl(keys.pck_ca, keys.pck_ca_key, issue, nxt),
         "root_ca_crl.der": _crl(keys.root_ca, keys.root_ca_key, issue, nxt),
         "tcb_info_issuer_chain.pem": _pem(keys.tcb_signing, keys.root_ca),

@@ -23,7 +23,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -44,9 +44,11 @@ from teeflow.attestation.snp.abi import (
 from teeflow.attestation.snp.certs import encode_amd_extensions
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import ParseError, PlatformError
+from teeflow.platform.base import pad_report_data
 from teeflow.platform.emulated_authority import (
     atomic_write,
     create_dir_atomically,
+    resolve_now,
     teeflow_home,
 )
 
@@ -110,14 +112,6 @@ def _name(cn: str) -> x509.Name:
             x509.NameAttribute(NameOID.COMMON_NAME, cn),
         ]
     )
-
-
-def _utc(now: datetime | None) -> datetime:
-    if now is None:
-        return datetime.now(UTC)
-    if now.tzinfo is None or now.utcoffset() is None:
-        raise PlatformError("'now' must be a timezone-aware datetime")
-    return now.astimezone(UTC)
 
 
 def _serial(rng: Callable[[int], bytes]) -> int:
@@ -325,7 +319,7 @@ class EmulatedSnp:
         Raises:
             PlatformError: ``tcb`` not in ``product``'s layout or invalid guest fields.
         """
-        keys = _generate(product, tcb or EMULATED_TCB[product], _utc(now), rng)
+        keys = _generate(product, tcb or EMULATED_TCB[product], resolve_now(now), rng)
         return cls(keys, rng=rng, **guest)  # type: ignore[arg-type]
 
     @classmethod
@@ -350,7 +344,7 @@ class EmulatedSnp:
         """
         directory = teeflow_home(home) / "emulation" / "snp"
         if not (directory / "authority.json").is_file():
-            t = _utc(now)
+            t = resolve_now(now)
             keys = _generate(product, EMULATED_TCB[product], t, os.urandom)
             create_dir_atomically(directory, lambda tmp: _save(keys, tmp, t))
         return cls(_load(directory), directory=directory, **guest)  # type: ignore[arg-type]
@@ -416,18 +410,14 @@ class EmulatedSnp:
         Raises:
             PlatformError: ``report_data`` is not bytes or longer than 64 bytes.
         """
-        if not isinstance(report_data, bytes | bytearray | memoryview):
-            raise PlatformError("report_data must be bytes")
-        rd = bytes(report_data)
-        if len(rd) > 64:
-            raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
+        rd = pad_report_data(report_data)
         k = self.keys
         family, model, stepping = EMULATED_CPUID[k.product]
         return AttestationReport(
             version=3, guest_svn=self.guest_svn, policy=self.guest_policy,
             family_id=self.family_id, image_id=self.image_id, vmpl=self.vmpl,
             signature_algo=SIGNATURE_ALGO_ECDSA_P384_SHA384, current_tcb=k.tcb,
-            platform_info=PlatformInfo(0x1), signer_info=0, report_data=rd.ljust(64, b"\0"),
+            platform_info=PlatformInfo(0x1), signer_info=0, report_data=rd,
             measurement=self.measurement, host_data=self.host_data,
             id_key_digest=self.id_key_digest, author_key_digest=self.author_key_digest,
             report_id=self._rng(32), report_id_ma=b"\xff" * 32, reported_tcb=k.tcb,

@@ -35,27 +35,19 @@ authority's TCB Signing key; regenerated in memory when stale (not persisted).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from datetime import datetime
 
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.attestation.dcap.quote import (
     ATT_KEY_TYPE_ECDSA_P256,
     BODY_TYPE_TD10,
     BODY_TYPE_TD15,
-    CERT_TYPE_PCK_CHAIN,
     CERT_TYPE_QE_REPORT,
     INTEL_QE_VENDOR_ID,
     TEE_TYPE_TDX,
-    CertificationData,
-    EnclaveReport,
-    QeReportCertificationData,
     Quote,
     QuoteHeader,
     QuoteSignatureData,
@@ -63,24 +55,23 @@ from teeflow.attestation.dcap.quote import (
     TdReport15,
 )
 from teeflow.errors import PlatformError
-from teeflow.hazmat.ecdsa import der_to_raw_signature, p256_public_key_to_raw
+from teeflow.platform.base import pad_report_data
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.emulated_authority import (
-    EMULATED_FMSPC,
-    EMULATED_PCE_ID,
-    EMULATED_PCESVN,
-    EMULATED_QE_ISVSVN,
-    EMULATED_QE_MRSIGNER,
-    EMULATED_TCB_COMPONENTS,
     AuthorityKeys,
+    resolve_now,
+    sign_p256_raw,
 )
 from teeflow.platform.emulated_collateral import (
-    QE_ATTRIBUTES,
-    QE_ATTRIBUTES_MASK,
-    TCB_EVALUATION_DATA_NUMBER,
     CollateralFiles,
+    collateral_from_files,
     make_collateral_files,
+    pcs_timestamp,
+    qe_identity_document,
+    sign_pcs_document,
+    tcb_info_document,
 )
+from teeflow.platform.emulated_qe import qe_certification
 
 __all__ = [
     "DEFAULT_TD_ATTRIBUTES",
@@ -110,21 +101,6 @@ EMULATED_TD_QE_ISVPRODID = 2
 _ModuleLevels = Sequence[tuple[int, str]]
 
 
-def _ts(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
-    return der_to_raw_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
-
-
-def _signed_body(outer: str, inner: dict[str, object], key: ec.EllipticCurvePrivateKey) -> bytes:
-    """``{"<outer>":<inner>,"signature":"<hex r||s>"}``, signed over the inner bytes as written."""
-    inner_bytes = json.dumps(inner, separators=(",", ":")).encode()
-    sig = _sign_raw(key, inner_bytes).hex()
-    return b'{"' + outer.encode() + b'":' + inner_bytes + b',"signature":"' + sig.encode() + b'"}'
-
-
 def make_tdx_collateral_files(
     keys: AuthorityKeys,
     now: datetime,
@@ -152,64 +128,39 @@ def make_tdx_collateral_files(
         raise PlatformError("tee_tcb_svn must be 16 bytes")
     base = make_collateral_files(keys, now)
     issue, nxt = base.issue_date, base.next_update
-    tcb_date = _ts(keys.root_ca.not_valid_before_utc)
+    tcb_date = pcs_timestamp(keys.root_ca.not_valid_before_utc)
     levels = module_levels if module_levels is not None else ((tee_tcb_svn[0], "UpToDate"),)
     module = {
         "mrsigner": EMULATED_MRSIGNERSEAM.hex().upper(),
         "attributes": "0000000000000000",
         "attributesMask": "FFFFFFFFFFFFFFFF",
     }
-    tcb_info = {
-        "id": "TDX",
-        "version": 3,
-        "issueDate": _ts(issue),
-        "nextUpdate": _ts(nxt),
-        "fmspc": EMULATED_FMSPC.hex().upper(),
-        "pceId": EMULATED_PCE_ID.hex().upper(),
-        "tcbType": 0,
-        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
-        "tdxModule": module,
-        "tdxModuleIdentities": [
-            {
-                "id": f"TDX_{tee_tcb_svn[1]:02X}",
-                **module,
-                "tcbLevels": [
-                    {"tcb": {"isvsvn": isvsvn}, "tcbDate": tcb_date, "tcbStatus": status}
-                    for isvsvn, status in levels
-                ],
-            }
-        ],
-        "tcbLevels": [
-            {
-                "tcb": {
-                    "sgxtcbcomponents": [{"svn": c} for c in EMULATED_TCB_COMPONENTS],
-                    "pcesvn": EMULATED_PCESVN,
-                    "tdxtcbcomponents": [{"svn": c} for c in tee_tcb_svn],
-                },
-                "tcbDate": tcb_date,
-                "tcbStatus": platform_status,
-            }
-        ],
-    }
-    qe_identity = {
-        "id": "TD_QE",
-        "version": 2,
-        "issueDate": _ts(issue),
-        "nextUpdate": _ts(nxt),
-        "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
-        "miscselect": "00000000",
-        "miscselectMask": "FFFFFFFF",
-        "attributes": QE_ATTRIBUTES.hex().upper(),
-        "attributesMask": QE_ATTRIBUTES_MASK.hex().upper(),
-        "mrsigner": EMULATED_QE_MRSIGNER.hex().upper(),
-        "isvprodid": EMULATED_TD_QE_ISVPRODID,
-        "tcbLevels": [
-            {"tcb": {"isvsvn": EMULATED_QE_ISVSVN}, "tcbDate": tcb_date, "tcbStatus": "UpToDate"}
-        ],
-    }
+    tcb_info = tcb_info_document(
+        "TDX",
+        issue,
+        nxt,
+        tcb_date,
+        status=platform_status,
+        extra_tcb={"tdxtcbcomponents": [{"svn": c} for c in tee_tcb_svn]},
+        extra_fields={
+            "tdxModule": module,
+            "tdxModuleIdentities": [
+                {
+                    "id": f"TDX_{tee_tcb_svn[1]:02X}",
+                    **module,
+                    "tcbLevels": [
+                        {"tcb": {"isvsvn": isvsvn}, "tcbDate": tcb_date, "tcbStatus": status}
+                        for isvsvn, status in levels
+                    ],
+                }
+            ],
+        },
+    )
+    qe_identity = qe_identity_document("TD_QE", EMULATED_TD_QE_ISVPRODID, issue, nxt, tcb_date)
     files = dict(base.files)
-    files["tcb_info.json"] = _signed_body("tcbInfo", tcb_info, keys.tcb_signing_key)
-    files["qe_identity.json"] = _signed_body("enclaveIdentity", qe_identity, keys.tcb_signing_key)
+    signing_key = keys.tcb_signing_key
+    files["tcb_info.json"] = sign_pcs_document("tcbInfo", tcb_info, signing_key)
+    files["qe_identity.json"] = sign_pcs_document("enclaveIdentity", qe_identity, signing_key)
     return CollateralFiles(files=files, issue_date=issue, next_update=nxt)
 
 
@@ -284,9 +235,7 @@ class EmulatedTdx:
         Raises:
             PlatformError: ``now`` is naive or outside the authority's certificate validity.
         """
-        t = datetime.now(UTC) if now is None else now
-        if t.tzinfo is None or t.utcoffset() is None:
-            raise PlatformError("'now' must be a timezone-aware datetime")
+        t = resolve_now(now)
         with self._lock:
             if self._cache is None or not self._cache[0].fresh_at(t):
                 files = make_tdx_collateral_files(
@@ -295,17 +244,7 @@ class EmulatedTdx:
                     tee_tcb_svn=self.tee_tcb_svn,
                     module_levels=self.module_levels,
                 )
-                f = files.files
-                coll = IntelCollateral.from_bytes(
-                    tcb_info=f["tcb_info.json"],
-                    qe_identity=f["qe_identity.json"],
-                    pck_crl=f["pck_crl.der"],
-                    root_ca_crl=f["root_ca_crl.der"],
-                    pck_crl_issuer_chain=f["pck_crl_issuer_chain.pem"],
-                    tcb_info_issuer_chain=f["tcb_info_issuer_chain.pem"],
-                    source="emulated-tdx",
-                )
-                self._cache = (files, coll)
+                self._cache = (files, collateral_from_files(files, source="emulated-tdx"))
             return self._cache[1]
 
     def _td_report(self, report_data: bytes) -> TdReport10:
@@ -336,11 +275,7 @@ class EmulatedTdx:
         Raises:
             PlatformError: ``report_data`` is longer than 64 bytes or not bytes.
         """
-        if not isinstance(report_data, bytes | bytearray | memoryview):
-            raise PlatformError("report_data must be bytes")
-        rd = bytes(report_data)
-        if len(rd) > 64:
-            raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
+        rd = pad_report_data(report_data)
         keys = self.authority.keys
         v5 = self.tee_tcb_svn2 is not None
         header = QuoteHeader(
@@ -352,34 +287,13 @@ class EmulatedTdx:
             qe_vendor_id=INTEL_QE_VENDOR_ID,
             user_data=bytes(20),
         )
-        body = self._td_report(rd.ljust(64, b"\x00"))
-        att_pub = p256_public_key_to_raw(keys.attestation_key.public_key())
-        qe_auth = self._rng(32)
-        qe_report = EnclaveReport(
-            cpu_svn=bytes(EMULATED_TCB_COMPONENTS),
-            misc_select=0,
-            reserved1=bytes(12),
-            isv_ext_prod_id=bytes(16),
-            attributes=QE_ATTRIBUTES,
-            mr_enclave=EMULATED_TD_QE_MRENCLAVE,
-            reserved2=bytes(32),
-            mr_signer=EMULATED_QE_MRSIGNER,
-            reserved3=bytes(32),
-            config_id=bytes(64),
-            isv_prod_id=EMULATED_TD_QE_ISVPRODID,
-            isv_svn=EMULATED_QE_ISVSVN,
-            config_svn=0,
-            reserved4=bytes(42),
-            isv_family_id=bytes(16),
-            report_data=hashlib.sha256(att_pub + qe_auth).digest() + bytes(32),
-        )
-        qe_data = QeReportCertificationData(
-            qe_report=qe_report,
-            qe_report_signature=_sign_raw(keys.pck_key, qe_report.to_bytes()),
-            qe_auth_data=qe_auth,
-            certification_data=CertificationData(
-                CERT_TYPE_PCK_CHAIN, self.authority.pck_chain_pem()
-            ),
+        body = self._td_report(rd)
+        att_pub, qe_data = qe_certification(
+            keys,
+            self.authority.pck_chain_pem(),
+            qe_mrenclave=EMULATED_TD_QE_MRENCLAVE,
+            qe_isv_prod_id=EMULATED_TD_QE_ISVPRODID,
+            rng=self._rng,
         )
         unsigned = Quote(
             header=header,
@@ -387,7 +301,7 @@ class EmulatedTdx:
             signature_data=QuoteSignatureData(bytes(64), att_pub, qe_data, CERT_TYPE_QE_REPORT),
             body_type=BODY_TYPE_TD15 if v5 else BODY_TYPE_TD10,
         )
-        signature = _sign_raw(keys.attestation_key, unsigned.signed_bytes)
+        signature = sign_p256_raw(keys.attestation_key, unsigned.signed_bytes)
         quote = Quote(
             header=header,
             body=body,

@@ -22,22 +22,13 @@ from pathlib import Path
 
 from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.errors import ParseError, PlatformError
-from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, read_small
+from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, pad_report_data, read_small
 
 __all__ = ["MAX_QUOTE_BYTES", "GramineAttester"]
 
 #: Largest quote read (bytes); DCAP quotes with their PCK chain are ~5 KiB.
 MAX_QUOTE_BYTES = 64 * 1024
 _LOCK = threading.Lock()
-
-
-def _pad(report_data: bytes) -> bytes:
-    if not isinstance(report_data, bytes | bytearray | memoryview):
-        raise PlatformError("report_data must be bytes")
-    rd = bytes(report_data)
-    if len(rd) > 64:
-        raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
-    return rd.ljust(64, b"\x00")
 
 
 class GramineAttester:
@@ -73,7 +64,7 @@ class GramineAttester:
                 a file cannot be written/read; the quote is malformed, oversized, or
                 does not carry the requested REPORT_DATA.
         """
-        rd = _pad(report_data)
+        rd = pad_report_data(report_data)
         kind = self.attestation_type()
         if kind != "dcap":
             raise PlatformError(f"Gramine attestation type is {kind!r}; teeflow needs 'dcap'")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.errors import ParseError, PlatformError
-from teeflow.platform.base import DEFAULT_TSM_ROOT, TSM_PROVIDERS, read_small
+from teeflow.platform.base import DEFAULT_TSM_ROOT, TSM_PROVIDERS, pad_report_data, read_small
 
 __all__ = [
     "MAX_AUXBLOB_BYTES",
@@ -97,15 +97,6 @@ class TsmReport:
     def tee(self) -> str:
         """RCAR tee name (``tdx`` / ``snp``)."""
         return TSM_PROVIDERS[self.provider][1]
-
-
-def _pad(report_data: bytes) -> bytes:
-    if not isinstance(report_data, bytes | bytearray | memoryview):
-        raise PlatformError("report_data must be bytes")
-    rd = bytes(report_data)
-    if len(rd) > 64:
-        raise PlatformError(f"report_data must be at most 64 bytes, got {len(rd)}")
-    return rd.ljust(64, b"\x00")
 
 
 _SNP_REPORT_DATA = slice(0x50, 0x90)
@@ -240,7 +231,7 @@ class TsmAttester:
                 "concurrent writer" when ``generation`` moved by more than our writes;
                 evidence not carrying ``report_data``.
         """
-        rd = _pad(report_data)
+        rd = pad_report_data(report_data)
         entry = self._new_entry()
         try:
             g0 = self._generation(entry)

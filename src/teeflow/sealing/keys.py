@@ -14,13 +14,13 @@ import base64
 import binascii
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from teeflow._fs import atomic_write
 from teeflow.errors import ParseError, SealingError
 
 __all__ = [
@@ -165,17 +165,7 @@ def write_key_file(path: str | os.PathLike[str], key: bytes, *, force: bool = Fa
             target.unlink(missing_ok=True)
             raise SealingError(f"cannot write key file {target}: {exc.strerror}") from exc
         return
-    tmp_name: str | None = None
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-        tmp_name = None
+        atomic_write(target, text)
     except OSError as exc:
         raise SealingError(f"cannot write key file {target}: {exc.strerror}") from exc
-    finally:
-        if tmp_name is not None:
-            Path(tmp_name).unlink(missing_ok=True)

@@ -38,6 +38,7 @@ import rfc8785
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from teeflow._yaml import safe_load_unique
 from teeflow.errors import WorkloadError
 
 __all__ = [
@@ -94,35 +95,6 @@ class TrustedFile(BaseModel):
         if len(v) != 64 or not set(v) <= _HEX:
             raise ValueError("sha256 must be 64 hexadecimal characters")
         return v
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML safe loader that rejects duplicate mapping keys (ambiguous manifests)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    out: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in out
-        except TypeError as exc:
-            raise yaml.constructor.ConstructorError(
-                None, None, "unhashable mapping key", key_node.start_mark
-            ) from exc
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -200,7 +172,7 @@ class WorkloadManifest(BaseModel):
         if len(raw) > MAX_MANIFEST_BYTES:
             raise WorkloadError(f"workload manifest larger than {MAX_MANIFEST_BYTES} bytes")
         try:
-            doc = yaml.load(raw.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+            doc = safe_load_unique(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise WorkloadError("workload manifest is not UTF-8") from None
         except yaml.YAMLError as exc:

@@ -28,9 +28,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from datetime import datetime
-from types import TracebackType
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
@@ -45,9 +43,9 @@ from teeflow.attestation.collateral.cache import (
     crl_next_update,
     make_item,
 )
-from teeflow.attestation.collateral.intel_pcs import (
+from teeflow.attestation.collateral.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
-    BoundedHttp,
+    VendorHttpClient,
     crl_to_der,
 )
 from teeflow.attestation.dcap.chain import load_pem_chain
@@ -166,7 +164,7 @@ def _key_type(key: str) -> KeyType:
     raise CollateralError(f"unknown AMD key type {key!r} (expected 'vcek' or 'vlek')")
 
 
-class AmdKdsClient:
+class AmdKdsClient(VendorHttpClient):
     """AMD KDS client (see module docstring for routes).
 
     Args:
@@ -188,30 +186,14 @@ class AmdKdsClient:
         timeout: float = 10.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise CollateralError(
-                f"KDS base URL must be http(s)://host[:port][/prefix]: {base_url!r}"
-            )
-        self.base_url = base_url.rstrip("/")
-        self._http = BoundedHttp(
-            "AMD KDS", transport=transport, timeout=timeout, max_bytes=max_response_bytes
+        super().__init__(
+            "AMD KDS",
+            base_url,
+            url_label="KDS",
+            transport=transport,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
         )
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def __enter__(self) -> AmdKdsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def vcek(self, product: str, hwid_hex: bytes | str, tcb: Mapping[str, int]) -> bytes:
         """The VCEK certificate (DER) of chip ``hwid_hex`` at TCB ``tcb``.

@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from teeflow._fs import atomic_write
 from teeflow.attestation.collateral.intel_pcs import (
     IntelPcsClient,
     PcsResponse,
@@ -192,16 +192,7 @@ class CollateralCache:
         data = json.dumps(doc, indent=1, sort_keys=True).encode()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(path, data)
         except OSError as exc:
             raise CollateralError(
                 f"cannot write cache entry {_describe(key)}: {exc.strerror}"

@@ -30,17 +30,18 @@ through an injectable :class:`httpx.BaseTransport` (tests use :class:`httpx.Mock
 
 from __future__ import annotations
 
-import binascii
 import re
-from collections.abc import Mapping
-from types import TracebackType
 from typing import Literal, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
+from teeflow.attestation.collateral.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BoundedHttp,
+    VendorHttpClient,
+    crl_to_der,
+)
 from teeflow.attestation.dcap.chain import load_pem_chain
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.errors import CollateralError, ParseError
@@ -62,14 +63,10 @@ __all__ = [
 DEFAULT_PCS_URL = "https://api.trustedservices.intel.com"
 #: CRL distribution point of the Intel SGX Root CA certificate.
 INTEL_ROOT_CA_CRL_URL = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
-#: Largest response body accepted (bytes); Intel collateral is a few KiB.
-DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
 #: Largest issuer-chain header accepted (bytes, before URL-decoding).
 MAX_HEADER_BYTES = 64 * 1024
 
 _PCS_HOSTS = frozenset({"api.trustedservices.intel.com"})
-_HEX_TEXT = re.compile(rb"\s*([0-9a-fA-F]{2})+\s*")
-_ERROR_DETAIL = re.compile(r"[^A-Za-z0-9 ._:-]")
 
 Tee = Literal["sgx", "tdx"]
 CaType = Literal["processor", "platform"]
@@ -81,97 +78,6 @@ class PcsResponse(NamedTuple):
 
     body: bytes
     issuer_chain: bytes | None
-
-
-def _sanitise(text: str, limit: int = 120) -> str:
-    return _ERROR_DETAIL.sub("?", text[:limit])
-
-
-class BoundedHttp:
-    """A synchronous ``GET`` with a response-size bound, mapping every failure to
-    :class:`CollateralError`.
-
-    ``Accept-Encoding: identity`` is requested and any other ``Content-Encoding`` refused,
-    so the byte bound applies to what is stored (no decompression bombs). Redirects are
-    not followed (a redirect is an error: collateral URLs are fixed).
-
-    Args:
-        what: a label for error messages (``"Intel PCS"``, ``"AMD KDS"``).
-        transport: injected transport (None: httpx's default network transport).
-        timeout: seconds for connect/read/write/pool each.
-        max_bytes: default body bound (bytes).
-    """
-
-    def __init__(
-        self,
-        what: str,
-        *,
-        transport: httpx.BaseTransport | None,
-        timeout: float,
-        max_bytes: int,
-    ) -> None:
-        if max_bytes <= 0:
-            raise CollateralError("max_bytes must be positive")
-        self.what = what
-        self.max_bytes = max_bytes
-        self._client = httpx.Client(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"Accept-Encoding": "identity", "User-Agent": "teeflow"},
-        )
-
-    def close(self) -> None:
-        """Close the underlying connection pool."""
-        self._client.close()
-
-    def get(
-        self,
-        url: str,
-        params: Mapping[str, str] | None = None,
-        *,
-        max_bytes: int | None = None,
-    ) -> tuple[bytes, httpx.Headers]:
-        """``GET url`` and return ``(body, headers)`` for a 200 answer.
-
-        Raises:
-            CollateralError: transport failure or timeout, a status other than 200 (the
-                message carries the status and, for Intel, the ``Error-Code`` header),
-                an encoded body, or a body larger than ``max_bytes``.
-        """
-        limit = self.max_bytes if max_bytes is None else max_bytes
-        label = f"{self.what}: GET {urlsplit(url).path}"
-        try:
-            with self._client.stream("GET", url, params=params) as resp:
-                if resp.status_code != 200:
-                    raise CollateralError(_status_message(label, resp))
-                encoding = resp.headers.get("content-encoding", "identity").strip().lower()
-                if encoding not in ("", "identity"):
-                    raise CollateralError(f"{label}: unexpected Content-Encoding {encoding!r}")
-                declared = resp.headers.get("content-length")
-                if declared is not None and declared.strip().isdigit() and int(declared) > limit:
-                    raise CollateralError(f"{label}: response larger than {limit} bytes")
-                buf = bytearray()
-                for chunk in resp.iter_bytes():  # identity: raw bytes
-                    buf += chunk
-                    if len(buf) > limit:
-                        raise CollateralError(f"{label}: response larger than {limit} bytes")
-                return bytes(buf), resp.headers
-        except httpx.HTTPError as exc:
-            raise CollateralError(f"{label} failed: {type(exc).__name__}") from None
-
-
-def _status_message(label: str, resp: httpx.Response) -> str:
-    msg = f"{label}: HTTP {resp.status_code}"
-    if resp.status_code == 404:
-        msg += " (not found)"
-    elif resp.status_code == 429:
-        retry = resp.headers.get("retry-after")
-        msg += " (rate limited" + (f", retry after {_sanitise(retry, 16)}s)" if retry else ")")
-    code = resp.headers.get("error-code")
-    if code:
-        msg += f" Error-Code {_sanitise(code, 64)}"
-    return msg
 
 
 def normalise_fmspc(fmspc: bytes | str) -> str:
@@ -231,29 +137,7 @@ def decode_issuer_chain(headers: httpx.Headers, names: tuple[str, ...], what: st
     return pem
 
 
-def crl_to_der(body: bytes, what: str) -> bytes:
-    """A CRL body (DER, PEM, or hex text as some PCCS versions serve it) as DER.
-
-    DER input is returned unchanged; PEM and hex are decoded. The CRL is parsed once to
-    check its form (signatures and dates are checked by the verifier).
-
-    Raises:
-        CollateralError: none of the three forms, or a malformed CRL.
-    """
-    try:
-        if _HEX_TEXT.fullmatch(body):
-            der = binascii.unhexlify(body.strip())
-        elif body.lstrip().startswith(b"-----BEGIN"):
-            der = x509.load_pem_x509_crl(body.strip()).public_bytes(Encoding.DER)
-        else:
-            der = body
-        x509.load_der_x509_crl(der)
-    except (ValueError, binascii.Error):
-        raise CollateralError(f"{what}: body is not a CRL (DER, PEM or hex)") from None
-    return der
-
-
-class IntelPcsClient:
+class IntelPcsClient(VendorHttpClient):
     """Intel PCS / PCCS v4 client for DCAP collateral.
 
     Args:
@@ -280,37 +164,21 @@ class IntelPcsClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         root_ca_crl_url: str | None = None,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise CollateralError(
-                f"PCS base URL must be http(s)://host[:port][/prefix]: {base_url!r}"
-            )
-        self.base_url = base_url.rstrip("/")
+        super().__init__(
+            "Intel PCS",
+            base_url,
+            url_label="PCS",
+            transport=transport,
+            timeout=timeout,
+            max_response_bytes=max_response_bytes,
+        )
         if root_ca_crl_url is None:
             root_ca_crl_url = (
                 INTEL_ROOT_CA_CRL_URL
-                if parts.hostname in _PCS_HOSTS
+                if urlsplit(base_url).hostname in _PCS_HOSTS
                 else f"{self.base_url}/sgx/certification/v4/rootcacrl"
             )
         self.root_ca_crl_url = root_ca_crl_url
-        self._http = BoundedHttp(
-            "Intel PCS", transport=transport, timeout=timeout, max_bytes=max_response_bytes
-        )
-
-    def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
-
-    def __enter__(self) -> IntelPcsClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _url(self, tee: str, route: str) -> str:
         return f"{self.base_url}/{tee}/certification/v4/{route}"

@@ -109,7 +109,7 @@ class _Entries(univ.SequenceOf):
 def _decode(der: bytes, spec: Asn1Type, what: str) -> Any:
     try:
         value, rest = decoder.decode(der, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, OverflowError) as exc:
         raise ParseError(f"PCK SGX extension: malformed {what}: {type(exc).__name__}") from None
     if rest:
         raise ParseError(f"PCK SGX extension: {len(rest)} trailing bytes after {what}")

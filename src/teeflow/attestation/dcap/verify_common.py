@@ -17,7 +17,11 @@ API, Appendix A; Intel TDX DCAP Quoting Library API, Appendix A; Intel QVL
 * :func:`check_quote_signature` — ECDSA P-256 SHA-256 by the attestation key over
   ``header || [v5 body descriptor] || body``;
 * :func:`check_qe_report` — QE report signed by the PCK leaf key, QE report_data =
-  SHA-256(attestation key || QE auth data) || 32 zero bytes.
+  SHA-256(attestation key || QE auth data) || 32 zero bytes;
+* :func:`check_verify_inputs`, :func:`check_quote_type`, :func:`verify_quote_signatures`
+  and :func:`check_tcb_info_pck` — the preamble, the header check, the signature steps
+  above in order, and the TCB Info FMSPC / PCE-ID match, as both ``verify`` functions use
+  them.
 
 Every failure is a :class:`~teeflow.errors.VerificationError` (a bad CRL:
 :class:`~teeflow.errors.CollateralError`).
@@ -45,6 +49,7 @@ from teeflow.attestation.dcap.chain import (
 from teeflow.attestation.dcap.collateral import IntelCollateral
 from teeflow.attestation.dcap.pck import PckExtensions, parse_pck_extensions
 from teeflow.attestation.dcap.quote import ATT_KEY_TYPE_ECDSA_P256, INTEL_QE_VENDOR_ID, Quote
+from teeflow.attestation.dcap.tcb_info import SignedTcbInfo
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import CollateralError, ParseError, VerificationError
 from teeflow.hazmat.ecdsa import p256_public_key_from_raw, verify_p256_sha256
@@ -54,15 +59,20 @@ __all__ = [
     "check_now",
     "check_qe_report",
     "check_quote_signature",
+    "check_quote_type",
+    "check_tcb_info_pck",
+    "check_verify_inputs",
     "decode_pck_chain",
     "load_pck_chain",
     "pck_chain_crls",
     "quote_pck_chain_pem",
     "verify_pck_chain",
+    "verify_quote_signatures",
 ]
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_B = TypeVar("_B")
 _MAX_CHAIN_CERTS = 8
 _CACHE_LIMIT = 256
 _PEM_CHAIN = re.compile(
@@ -315,3 +325,84 @@ def check_qe_report(quote: Quote, pck_cert: x509.Certificate) -> None:
     report_data = qe.qe_report.report_data
     if report_data[:32] != expected or any(report_data[32:]):
         raise VerificationError("QE report_data does not bind the attestation key and QE auth data")
+
+
+def check_verify_inputs(
+    now: object,
+    anchors: Sequence[TrustAnchor],
+    collateral: IntelCollateral | None,
+    *,
+    signatures_only: bool,
+) -> None:
+    """The arguments every DCAP ``verify`` checks first.
+
+    Raises:
+        VerificationError: ``now`` is not timezone-aware, or ``anchors`` is empty.
+        CollateralError: no collateral without ``signatures_only`` ("TCB status unknown").
+    """
+    check_now(now)
+    if collateral is None and not signatures_only:
+        raise CollateralError("no collateral: TCB status unknown")
+    if not anchors:
+        raise VerificationError("no trust anchors given")
+
+
+def check_quote_type(quote: Quote, *, tee_type: int, body_type: type[_B], name: str) -> _B:
+    """:func:`check_ecdsa_header`, then the quote's TEE type and body class.
+
+    Args:
+        tee_type: expected header TEE type (0 SGX, 0x81 TDX); body_type: expected body
+            class; name: for the message (``"an SGX"``, ``"a TDX"``).
+
+    Returns:
+        The quote body.
+
+    Raises:
+        VerificationError: key type, vendor ID, or ``"not <name> quote (tee_type …)"``.
+    """
+    check_ecdsa_header(quote)
+    body = quote.body
+    if quote.header.tee_type != tee_type or not isinstance(body, body_type):
+        raise VerificationError(f"not {name} quote (tee_type {quote.header.tee_type:#x})")
+    return body
+
+
+def verify_quote_signatures(
+    quote: Quote,
+    anchors: Sequence[TrustAnchor],
+    now: datetime,
+    collateral: IntelCollateral | None,
+    crls: Sequence[x509.CertificateRevocationList] = (),
+) -> tuple[x509.Certificate, PckExtensions, TrustAnchor]:
+    """DCAP steps 2-4: PCK chain (with :func:`pck_chain_crls`), quote signature, QE report.
+
+    Returns:
+        ``(pck leaf certificate, its SGX extension, the anchor the chain ends in)``.
+
+    Raises:
+        VerificationError: see :func:`load_pck_chain`, :func:`verify_pck_chain`,
+            :func:`check_quote_signature`, :func:`check_qe_report`.
+        CollateralError: see :func:`pck_chain_crls` and :func:`verify_pck_chain`.
+    """
+    pem = quote_pck_chain_pem(quote)
+    certs, pck = load_pck_chain(pem)
+    pck_cert = certs[0]
+    all_crls = pck_chain_crls(pck_cert, collateral, crls)
+    anchor = verify_pck_chain(pem, certs, anchors, now, all_crls)
+    check_quote_signature(quote)
+    check_qe_report(quote, pck_cert)
+    return pck_cert, pck, anchor
+
+
+def check_tcb_info_pck(info: SignedTcbInfo, pck: PckExtensions) -> None:
+    """TCB Info FMSPC and PCE-ID equal to the PCK certificate's.
+
+    Raises:
+        CollateralError: naming the mismatch.
+    """
+    if info.fmspc != pck.fmspc:
+        raise CollateralError(f"TCB Info FMSPC {info.fmspc.hex()} != PCK FMSPC {pck.fmspc.hex()}")
+    if info.pce_id != pck.pce_id:
+        raise CollateralError(
+            f"TCB Info PCE-ID {info.pce_id.hex()} != PCK PCE-ID {pck.pce_id.hex()}"
+        )

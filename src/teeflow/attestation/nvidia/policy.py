@@ -25,20 +25,14 @@ violation (``allow_missing_rim: false``). The GPU result's status is therefore a
 from __future__ import annotations
 
 import hmac
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BeforeValidator, field_validator
+from pydantic import field_validator
 
-from teeflow.attestation.appraisal import (
-    AttestationResult,
-    ExecutablesClaim,
-    HardwareClaim,
-    InstanceIdentityClaim,
-    TrustworthinessVector,
-    tier_of,
-)
+from teeflow.attestation.appraisal import AttestationResult, HardwareClaim, InstanceIdentityClaim
+from teeflow.attestation.appraise_common import Findings, check_emulation, rate_executables
 from teeflow.attestation.nvidia.verify import VerifiedGpuEvidence
-from teeflow.attestation.policy import Hex32, PolicyModel, normalize_hex
+from teeflow.attestation.policy import Hex32, Hex48, PolicyModel
 
 __all__ = ["RIM_WARNING", "TEE_NAME", "GpuPolicy", "Hex48", "appraise_gpu"]
 
@@ -46,14 +40,6 @@ __all__ = ["RIM_WARNING", "TEE_NAME", "GpuPolicy", "Hex48", "appraise_gpu"]
 TEE_NAME = "nvidia-gpu"
 #: Warning (or violation text) when no reference comparison of the measurements was done.
 RIM_WARNING = "RIM measurement comparison not performed (needs NVIDIA RIM service)"
-
-
-def _hex48(value: object) -> str:
-    return normalize_hex(value, length=48)
-
-
-#: 48 bytes as 96 hex digits (SHA-384 FWIDs and digests), normalised to lower case.
-Hex48 = Annotated[str, BeforeValidator(_hex48)]
 
 
 class GpuPolicy(PolicyModel):
@@ -127,21 +113,6 @@ class GpuPolicy(PolicyModel):
         return self.model_copy(update={"nonce": nonce.hex()})
 
 
-class _Vector:
-    """Per-claim accumulation; the most severe tier wins."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, int] = {}
-
-    def put(self, name: str, value: int) -> None:
-        old = self._values.get(name)
-        if old is None or (tier_of(value).severity, value) > (tier_of(old).severity, old):
-            self._values[name] = int(value)
-
-    def build(self) -> TrustworthinessVector:
-        return TrustworthinessVector(**self._values)
-
-
 def _pinned(
     name: str, actual: str | None, allowed: tuple[str, ...] | None, violations: list[str]
 ) -> bool | None:
@@ -170,32 +141,26 @@ def appraise_gpu(verified: VerifiedGpuEvidence, policy: GpuPolicy) -> Attestatio
         ``measurement_blocks``, ``nonce``, ``evidence_digest``, ``driver_version``,
         ``vbios_version`` (None when not in the opaque data), ``measurements_matched``.
     """
-    violations: list[str] = []
-    warnings: list[str] = []
-    vec = _Vector()
+    f = Findings()
+    violations = f.violations
     nonce = verified.nonce
 
     if verified.emulated:
-        if policy.allow_emulated:
-            warnings.append("emulated GPU evidence accepted by policy (not hardware)")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-        else:
-            violations.append("emulated GPU evidence not allowed")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
+        check_emulation(f, allowed=policy.allow_emulated, what="GPU evidence")
     else:
-        vec.put("hardware", HardwareClaim.GENUINE)
+        f.put("hardware", HardwareClaim.GENUINE)
     if verified.arch is None or verified.arch not in policy.allowed_architectures:
         violations.append(f"GPU architecture {verified.arch} not allowed")
-        vec.put("hardware", HardwareClaim.CONTRAINDICATED)
+        f.put("hardware", HardwareClaim.CONTRAINDICATED)
 
     if policy.nonce is not None:
         if hmac.compare_digest(nonce.hex(), policy.nonce):
-            vec.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
+            f.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
         else:
             violations.append("GPU evidence nonce does not match the expected nonce")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
+            f.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
     elif policy.allow_any_nonce:
-        warnings.append("GPU evidence freshness not checked (no expected nonce)")
+        f.warnings.append("GPU evidence freshness not checked (no expected nonce)")
     else:
         violations.append("no expected GPU nonce in the policy (freshness unchecked)")
 
@@ -211,18 +176,17 @@ def appraise_gpu(verified: VerifiedGpuEvidence, policy: GpuPolicy) -> Attestatio
             "measurements digest", measurements, policy.allowed_measurements_digests, violations
         ),
     ]
-    if False in checks:
-        vec.put("executables", ExecutablesClaim.CONTRAINDICATED_RUNTIME)
-    elif True in checks:
-        vec.put("executables", ExecutablesClaim.APPROVED_RUNTIME)
-    else:
-        warnings.append("policy pins no GPU firmware or driver reference value")
-        vec.put("executables", ExecutablesClaim.UNRECOGNIZED_RUNTIME)
+    rate_executables(
+        f,
+        ok=False not in checks,
+        pinned=True in checks,
+        unpinned_warning="policy pins no GPU firmware or driver reference value",
+    )
 
     measurements_matched = checks[3] is True
     if not measurements_matched:
         if policy.allow_missing_rim:
-            warnings.append(RIM_WARNING)
+            f.warnings.append(RIM_WARNING)
         else:
             violations.append(RIM_WARNING)
 
@@ -240,11 +204,8 @@ def appraise_gpu(verified: VerifiedGpuEvidence, policy: GpuPolicy) -> Attestatio
     }
     if verified.emulated:
         claims["teeflow.emulated"] = True
-    return AttestationResult(
+    return f.result(
         tee=TEE_NAME,
-        violations=tuple(violations),
-        warnings=tuple(warnings),
-        trust_vector=vec.build(),
         claims=claims,
         policy_id=policy.identifier(),
         verified_at=verified.verified_at,

@@ -167,7 +167,7 @@ def parse_fwid_extension_value(der: bytes) -> DiceFwid:
     """
     if len(der) > 4096:
         raise ParseError("FWID extension too large")
-    errors = (PyAsn1Error, ValueError, TypeError, IndexError, KeyError)
+    errors = (PyAsn1Error, ValueError, TypeError, IndexError, KeyError, OverflowError)
     for spec in (_CompositeDeviceId(), _DiceTcbInfo()):
         try:
             value, rest = decoder.decode(der, asn1Spec=spec)

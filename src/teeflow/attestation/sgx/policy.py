@@ -41,23 +41,36 @@ on every call, so the result's status is at best ``warning``.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
-from pydantic import Field, field_serializer, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from teeflow.attestation.appraisal import (
     AttestationResult,
     ConfigurationClaim,
-    ExecutablesClaim,
     HardwareClaim,
-    InstanceIdentityClaim,
     RuntimeOpaqueClaim,
-    TrustworthinessVector,
-    tier_of,
+)
+from teeflow.attestation.appraise_common import (
+    EMULATED_WARNING,
+    DcapEvidenceLike,
+    Findings,
+    check_dcap_tcb,
+    check_emulation,
+    check_report_data,
+    rate_executables,
+    svn_below,
 )
 from teeflow.attestation.evidence import TcbStatus
-from teeflow.attestation.policy import Hex16, Hex32, Hex64, HexPrefix64, PolicyModel
+from teeflow.attestation.policy import (
+    AcceptedAdvisories,
+    AcceptedTcbStatuses,
+    Hex16,
+    Hex32,
+    Hex64,
+    HexPrefix64,
+    ReportDataPolicy,
+)
 
 __all__ = [
     "EMULATED_WARNING",
@@ -68,9 +81,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-
-#: Log message (WARNING level) emitted every time emulated evidence is accepted.
-EMULATED_WARNING = "accepting EMULATED evidence — not hardware"
 
 
 class EnclaveReportLike(Protocol):
@@ -92,24 +102,16 @@ class EnclaveReportLike(Protocol):
     def debug(self) -> bool: ...
 
 
-class SgxEvidenceLike(Protocol):
-    """What :func:`appraise` needs from ``VerifiedSgxEvidence`` (duck-typed)."""
+class SgxEvidenceLike(DcapEvidenceLike, Protocol):
+    """What :func:`appraise` needs from ``VerifiedSgxEvidence`` (duck-typed): the report
+    plus ``emulated``, ``verified_at``, ``tcb_status``, ``advisory_ids``,
+    ``collateral_verified``."""
 
     @property
     def report(self) -> EnclaveReportLike: ...
-    @property
-    def emulated(self) -> bool: ...
-    @property
-    def verified_at(self) -> datetime: ...
-    @property
-    def tcb_status(self) -> TcbStatus | None: ...
-    @property
-    def advisory_ids(self) -> tuple[str, ...]: ...
-    @property
-    def collateral_verified(self) -> bool: ...
 
 
-class SgxPolicy(PolicyModel):
+class SgxPolicy(ReportDataPolicy):
     """Appraisal Policy for SGX DCAP evidence. Data, not code: load it with
     :meth:`~teeflow.attestation.policy.PolicyModel.from_file` (YAML/JSON) or ``from_mapping``.
 
@@ -143,8 +145,8 @@ class SgxPolicy(PolicyModel):
     min_isv_svn: int | None = Field(default=None, ge=0, le=0xFFFF)
     min_cpu_svn: Hex16 | None = None
     allow_debug: bool = False
-    accepted_tcb_statuses: frozenset[TcbStatus] = frozenset({TcbStatus.UP_TO_DATE})
-    accepted_advisories: frozenset[str] | None = None
+    accepted_tcb_statuses: AcceptedTcbStatuses = frozenset({TcbStatus.UP_TO_DATE})
+    accepted_advisories: AcceptedAdvisories = None
     report_data: Hex64 | None = None
     report_data_prefix: HexPrefix64 | None = None
     allow_emulated: bool = False
@@ -154,66 +156,6 @@ class SgxPolicy(PolicyModel):
     @classmethod
     def _dedupe_mrenclaves(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(value))
-
-    @field_validator("accepted_advisories", mode="before")
-    @classmethod
-    def _normalise_advisories(cls, value: object) -> object:
-        if isinstance(value, list | tuple | set | frozenset):
-            out = []
-            for item in value:
-                if not isinstance(item, str) or not item.strip():
-                    raise ValueError("advisory IDs must be non-empty strings")
-                out.append(item.strip().upper())
-            return frozenset(out)
-        return value
-
-    @field_validator("accepted_tcb_statuses", mode="after")
-    @classmethod
-    def _never_revoked(cls, value: frozenset[TcbStatus]) -> frozenset[TcbStatus]:
-        if TcbStatus.REVOKED in value:
-            raise ValueError("Revoked can never be an accepted TCB status")
-        return value
-
-    @model_validator(mode="after")
-    def _one_report_data_rule(self) -> Self:
-        if self.report_data is not None and self.report_data_prefix is not None:
-            raise ValueError("set report_data or report_data_prefix, not both")
-        return self
-
-    @field_serializer("accepted_tcb_statuses", "accepted_advisories")
-    def _sorted(self, value: frozenset[str] | None) -> list[str] | None:
-        return None if value is None else sorted(str(v) for v in value)
-
-    def with_report_data(self, report_data: bytes) -> SgxPolicy:
-        """A copy requiring exactly ``report_data`` (64 bytes), e.g. a per-session nonce
-        binding; clears ``report_data_prefix``.
-
-        Raises:
-            ValueError: ``report_data`` is not 64 bytes.
-        """
-        if len(report_data) != 64:
-            raise ValueError("report_data must be 64 bytes")
-        update = {"report_data": report_data.hex(), "report_data_prefix": None}
-        return self.model_copy(update=update)
-
-
-class _Vector:
-    """Accumulates per-claim contributions; the most severe tier wins (ties: larger value)."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, int] = {}
-
-    def put(self, name: str, value: int) -> None:
-        old = self._values.get(name)
-        if old is None or (tier_of(value).severity, value) > (tier_of(old).severity, old):
-            self._values[name] = int(value)
-
-    def build(self) -> TrustworthinessVector:
-        return TrustworthinessVector(**self._values)
-
-
-def _cpu_svn_below(actual: bytes, minimum: bytes) -> bool:
-    return len(actual) != len(minimum) or any(a < m for a, m in zip(actual, minimum, strict=True))
 
 
 def appraise(
@@ -236,11 +178,8 @@ def appraise(
         lists every failed check when the policy is not met. Call ``raise_for_status()`` to
         turn a rejection into :class:`~teeflow.errors.PolicyViolation`.
     """
-    log = logger if logger is not None else _LOG
     report = verified.report
-    violations: list[str] = []
-    warnings: list[str] = []
-    vec = _Vector()
+    f = Findings()
     emulated = bool(verified.emulated)
 
     mrenclave = bytes(report.mr_enclave).hex()
@@ -253,15 +192,15 @@ def appraise(
 
     # 1. Emulation: nothing emulated passes for hardware.
     if emulated:
-        if policy.allow_emulated:
-            warnings.append("emulated evidence accepted by policy (not hardware)")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-            log.warning("%s (mrenclave %s)", EMULATED_WARNING, mrenclave)
-        else:
-            violations.append("emulated evidence not allowed")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
+        check_emulation(
+            f,
+            allowed=policy.allow_emulated,
+            logger=logger if logger is not None else _LOG,
+            subject=("mrenclave", mrenclave),
+        )
 
     # 2. Enclave identity (Reference Values).
+    violations = f.violations
     identity_ok = True
     if policy.mrenclaves and mrenclave not in policy.mrenclaves:
         violations.append(f"mrenclave {mrenclave} not in allowed list")
@@ -277,72 +216,38 @@ def appraise(
     if policy.min_isv_svn is not None and report.isv_svn < policy.min_isv_svn:
         violations.append(f"isv_svn {report.isv_svn} below minimum {policy.min_isv_svn}")
         identity_ok = False
-    if not identity_ok:
-        vec.put("executables", ExecutablesClaim.CONTRAINDICATED_RUNTIME)
-    elif policy.mrenclaves or policy.mrsigner is not None:
-        vec.put("executables", ExecutablesClaim.APPROVED_RUNTIME)
-    else:
-        warnings.append("policy constrains no enclave identity (any enclave accepted)")
-        vec.put("executables", ExecutablesClaim.UNRECOGNIZED_RUNTIME)
+    rate_executables(
+        f,
+        ok=identity_ok,
+        pinned=bool(policy.mrenclaves) or policy.mrsigner is not None,
+        unpinned_warning="policy constrains no enclave identity (any enclave accepted)",
+    )
 
     # 3. Debug attribute.
     if debug:
         if policy.allow_debug:
-            warnings.append("debug enclave accepted by policy (memory readable by a debugger)")
-            vec.put("configuration", ConfigurationClaim.UNSAFE)
-            vec.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
+            f.warnings.append("debug enclave accepted by policy (memory readable by a debugger)")
+            f.put("configuration", ConfigurationClaim.UNSAFE)
+            f.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
         else:
             violations.append("debug enclave not allowed")
-            vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
-            vec.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
+            f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+            f.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
     else:
-        vec.put("configuration", ConfigurationClaim.APPROVED)
+        f.put("configuration", ConfigurationClaim.APPROVED)
         if not emulated:
-            vec.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
+            f.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
 
     # 4. REPORT_DATA binding.
-    if policy.report_data is not None:
-        if report_data.hex() != policy.report_data:
-            violations.append("report_data does not match expected value")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
-        else:
-            vec.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
-    elif policy.report_data_prefix is not None:
-        if not report_data.hex().startswith(policy.report_data_prefix):
-            violations.append("report_data does not start with expected prefix")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
-        else:
-            vec.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
+    check_report_data(f, report_data, exact=policy.report_data, prefix=policy.report_data_prefix)
 
     # 5. Platform TCB (from verified collateral).
-    if tcb_status is None:
-        if policy.require_collateral:
-            violations.append("TCB status unknown (no collateral)")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
-        else:
-            warnings.append("TCB status unknown (no collateral); accepted by policy")
-    elif tcb_status not in policy.accepted_tcb_statuses:
-        violations.append(f"tcb status {tcb_status} not accepted")
-        vec.put("hardware", HardwareClaim.CONTRAINDICATED)
-    elif tcb_status is not TcbStatus.UP_TO_DATE:
-        warnings.append(f"tcb status {tcb_status} accepted by policy")
-        vec.put("hardware", HardwareClaim.UNSAFE)
-    else:
-        vec.put("hardware", HardwareClaim.GENUINE if not emulated else HardwareClaim.UNSAFE)
-
-    for advisory in advisories:
-        if policy.accepted_advisories is None or advisory.upper() in policy.accepted_advisories:
-            warnings.append(f"advisory {advisory} accepted by policy")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-        else:
-            violations.append(f"advisory {advisory} not accepted")
-            vec.put("hardware", HardwareClaim.CONTRAINDICATED)
-
+    check_dcap_tcb(f, tcb_status, advisories, policy=policy, emulated=emulated)
     if policy.min_cpu_svn is not None:
         minimum = bytes.fromhex(policy.min_cpu_svn)
-        if _cpu_svn_below(cpu_svn, minimum):
+        if svn_below(cpu_svn, minimum):
             violations.append(f"cpu_svn {cpu_svn.hex()} below minimum {policy.min_cpu_svn}")
-            vec.put("hardware", HardwareClaim.CONTRAINDICATED)
+            f.put("hardware", HardwareClaim.CONTRAINDICATED)
 
     claims: dict[str, Any] = {
         "mrenclave": mrenclave,
@@ -358,11 +263,8 @@ def appraise(
     if emulated:
         claims["teeflow.emulated"] = True
 
-    return AttestationResult(
+    return f.result(
         tee="emulated-sgx" if emulated else "sgx",
-        violations=tuple(violations),
-        warnings=tuple(warnings),
-        trust_vector=vec.build(),
         claims=claims,
         policy_id=policy.identifier(),
         verified_at=verified.verified_at,

@@ -45,19 +45,15 @@ from teeflow.attestation.dcap.qe_identity import match_qe_report
 from teeflow.attestation.dcap.quote import TEE_TYPE_SGX, EnclaveReport, Quote
 from teeflow.attestation.dcap.tcb_info import select_platform_tcb
 from teeflow.attestation.dcap.verify_common import (
-    check_ecdsa_header,
-    check_now,
-    check_qe_report,
-    check_quote_signature,
+    check_quote_type,
+    check_tcb_info_pck,
+    check_verify_inputs,
     decode_pck_chain,
-    load_pck_chain,
-    pck_chain_crls,
-    quote_pck_chain_pem,
-    verify_pck_chain,
+    verify_quote_signatures,
 )
 from teeflow.attestation.evidence import TcbEvaluation, TcbStatus
 from teeflow.attestation.trust import TrustAnchor
-from teeflow.errors import CollateralError, VerificationError
+from teeflow.errors import CollateralError
 
 # decode_pck_chain is re-exported for existing callers (it lives in dcap.verify_common).
 __all__ = ["VerifiedSgxEvidence", "decode_pck_chain", "verify"]
@@ -104,14 +100,6 @@ class VerifiedSgxEvidence:
         return body
 
 
-def _check_header(quote: Quote) -> EnclaveReport:
-    check_ecdsa_header(quote)
-    header = quote.header
-    if header.tee_type != TEE_TYPE_SGX or not isinstance(quote.body, EnclaveReport):
-        raise VerificationError(f"not an SGX quote (tee_type {header.tee_type:#x})")
-    return quote.body
-
-
 def _check_collateral(
     collateral: IntelCollateral,
     pck: PckExtensions,
@@ -123,14 +111,7 @@ def _check_collateral(
     tcb_info = collateral.tcb_info
     if tcb_info.id != "SGX":
         raise CollateralError(f"TCB Info is for {tcb_info.id!r}, not SGX")
-    if tcb_info.fmspc != pck.fmspc:
-        raise CollateralError(
-            f"TCB Info FMSPC {tcb_info.fmspc.hex()} != PCK FMSPC {pck.fmspc.hex()}"
-        )
-    if tcb_info.pce_id != pck.pce_id:
-        raise CollateralError(
-            f"TCB Info PCE-ID {tcb_info.pce_id.hex()} != PCK PCE-ID {pck.pce_id.hex()}"
-        )
+    check_tcb_info_pck(tcb_info, pck)
     identity = collateral.qe_identity
     if identity.id != "QE":
         raise CollateralError(f"QE Identity is for {identity.id!r}, not the SGX QE")
@@ -171,19 +152,9 @@ def verify(
         CollateralError: no collateral without ``signatures_only`` ("TCB status
             unknown"); collateral or CRLs badly signed, expired or for another platform.
     """
-    check_now(now)
-    if collateral is None and not signatures_only:
-        raise CollateralError("no collateral: TCB status unknown")
-    if not anchors:
-        raise VerificationError("no trust anchors given")
-    _check_header(quote)
-    pem = quote_pck_chain_pem(quote)
-    certs, pck = load_pck_chain(pem)
-    pck_cert = certs[0]
-    all_crls = pck_chain_crls(pck_cert, collateral, crls)
-    anchor = verify_pck_chain(pem, certs, anchors, now, all_crls)
-    check_quote_signature(quote)
-    check_qe_report(quote, pck_cert)
+    check_verify_inputs(now, anchors, collateral, signatures_only=signatures_only)
+    check_quote_type(quote, tee_type=TEE_TYPE_SGX, body_type=EnclaveReport, name="an SGX")
+    pck_cert, pck, anchor = verify_quote_signatures(quote, anchors, now, collateral, crls)
 
     platform = qe_tcb = None
     status: TcbStatus | None = None

@@ -144,7 +144,7 @@ class AmdExtensions:
 def _decode(value: bytes, spec: Any, what: str) -> Any:
     try:
         decoded, rest = der_decoder.decode(value, asn1Spec=spec)
-    except (PyAsn1Error, ValueError, TypeError, LookupError) as exc:
+    except (PyAsn1Error, ValueError, TypeError, LookupError, OverflowError) as exc:
         raise ParseError(f"AMD extension {what}: malformed DER ({type(exc).__name__})") from None
     if rest:
         raise ParseError(f"AMD extension {what}: trailing bytes")

@@ -22,29 +22,31 @@ and Guest Policy). AR4SI trustworthiness vector (draft-ietf-rats-ar4si-09 §2.3)
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Annotated, Any, Protocol, Self
+from typing import Annotated, Any, Protocol
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from teeflow.attestation.appraisal import (
     AttestationResult,
     ConfigurationClaim,
-    ExecutablesClaim,
     HardwareClaim,
-    InstanceIdentityClaim,
     RuntimeOpaqueClaim,
-    TrustworthinessVector,
-    tier_of,
 )
-from teeflow.attestation.policy import Hex32, Hex64, HexPrefix64, PolicyModel, normalize_hex
+from teeflow.attestation.appraise_common import (
+    EvidenceLike,
+    Findings,
+    check_emulation,
+    check_report_data,
+    rate_executables,
+)
+from teeflow.attestation.policy import (
+    Hex16,
+    Hex32,
+    Hex48,
+    Hex64,
+    HexPrefix64,
+    ReportDataPolicy,
+)
 from teeflow.attestation.snp.abi import AttestationReport, SigningKey, SnpProduct, TcbVersion
 
 __all__ = [
@@ -61,15 +63,12 @@ _LOG = logging.getLogger(__name__)
 #: Log message (WARNING level) emitted every time emulated evidence is accepted.
 EMULATED_WARNING = "accepting EMULATED SEV-SNP evidence — not hardware"
 
-#: 48 bytes as 96 hex digits (MEASUREMENT, ID/AUTHOR key digests), lower-cased.
-Hex48 = Annotated[str, BeforeValidator(lambda v: normalize_hex(v, length=48))]
-#: 16 bytes as 32 hex digits (FAMILY_ID, IMAGE_ID), lower-cased.
-_Hex16 = Annotated[str, BeforeValidator(lambda v: normalize_hex(v, length=16))]
 _Spl = Annotated[int, Field(ge=0, le=0xFF)]
 
 
-class SnpEvidenceLike(Protocol):
-    """What :func:`appraise` needs from ``VerifiedSnpEvidence`` (duck-typed)."""
+class SnpEvidenceLike(EvidenceLike, Protocol):
+    """What :func:`appraise` needs from ``VerifiedSnpEvidence`` (duck-typed): the report,
+    ``product``, ``signing_key`` plus ``emulated`` and ``verified_at``."""
 
     @property
     def report(self) -> AttestationReport: ...
@@ -77,10 +76,6 @@ class SnpEvidenceLike(Protocol):
     def product(self) -> SnpProduct: ...
     @property
     def signing_key(self) -> SigningKey: ...
-    @property
-    def emulated(self) -> bool: ...
-    @property
-    def verified_at(self) -> datetime: ...
 
 
 class TcbMinimum(BaseModel):
@@ -107,7 +102,7 @@ class TcbMinimum(BaseModel):
         return out
 
 
-class SnpPolicy(PolicyModel):
+class SnpPolicy(ReportDataPolicy):
     """Appraisal Policy for SEV-SNP evidence (data; load with ``from_file`` / ``from_mapping``).
 
     Attributes:
@@ -133,8 +128,8 @@ class SnpPolicy(PolicyModel):
     host_data: Hex32 | None = None
     id_key_digest: Hex48 | None = None
     author_key_digest: Hex48 | None = None
-    family_id: _Hex16 | None = None
-    image_id: _Hex16 | None = None
+    family_id: Hex16 | None = None
+    image_id: Hex16 | None = None
     min_guest_svn: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
     min_tcb: TcbMinimum | None = None
     min_launch_tcb: TcbMinimum | None = None
@@ -149,42 +144,9 @@ class SnpPolicy(PolicyModel):
     report_data_prefix: HexPrefix64 | None = None
     allow_emulated: bool = False
 
-    @model_validator(mode="after")
-    def _one_report_data_rule(self) -> Self:
-        if self.report_data is not None and self.report_data_prefix is not None:
-            raise ValueError("set report_data or report_data_prefix, not both")
-        return self
-
     @field_serializer("allowed_products")
     def _sorted(self, value: frozenset[SnpProduct]) -> list[str]:
         return sorted(str(v) for v in value)
-
-    def with_report_data(self, report_data: bytes) -> SnpPolicy:
-        """A copy requiring exactly ``report_data`` (64 bytes); clears the prefix rule.
-
-        Raises:
-            ValueError: ``report_data`` is not 64 bytes.
-        """
-        if len(report_data) != 64:
-            raise ValueError("report_data must be 64 bytes")
-        return self.model_copy(
-            update={"report_data": report_data.hex(), "report_data_prefix": None}
-        )
-
-
-class _Vector:
-    """Per-claim contributions; the most severe tier wins (ties: larger value)."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, int] = {}
-
-    def put(self, name: str, value: int) -> None:
-        old = self._values.get(name)
-        if old is None or (tier_of(value).severity, value) > (tier_of(old).severity, old):
-            self._values[name] = int(value)
-
-    def build(self) -> TrustworthinessVector:
-        return TrustworthinessVector(**self._values)
 
 
 def _identity(report: AttestationReport, policy: SnpPolicy, violations: list[str]) -> bool:
@@ -211,55 +173,51 @@ def _identity(report: AttestationReport, policy: SnpPolicy, violations: list[str
 
 
 def _configuration(
-    report: AttestationReport, policy: SnpPolicy, vec: _Vector, *, violations: list[str],
-    warnings: list[str], emulated: bool,
-) -> None:  # fmt: skip
+    report: AttestationReport, policy: SnpPolicy, f: Findings, *, emulated: bool
+) -> None:
     gp = report.policy
-    vec.put("configuration", ConfigurationClaim.APPROVED)
+    f.put("configuration", ConfigurationClaim.APPROVED)
     if gp.debug_allowed:
         if policy.allow_debug:
-            warnings.append("guest policy allows debugging; accepted by policy")
-            vec.put("configuration", ConfigurationClaim.UNSAFE)
-            vec.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
+            f.warnings.append("guest policy allows debugging; accepted by policy")
+            f.put("configuration", ConfigurationClaim.UNSAFE)
+            f.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
         else:
-            violations.append("guest policy allows debugging (DEBUG)")
-            vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
-            vec.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
+            f.violations.append("guest policy allows debugging (DEBUG)")
+            f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+            f.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
     elif not emulated:
-        vec.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
+        f.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
     if gp.migrate_ma:
         if policy.allow_migration_agent:
-            warnings.append("guest policy allows a migration agent; accepted by policy")
-            vec.put("configuration", ConfigurationClaim.UNSAFE)
+            f.warnings.append("guest policy allows a migration agent; accepted by policy")
+            f.put("configuration", ConfigurationClaim.UNSAFE)
         else:
-            violations.append("guest policy allows a migration agent (MIGRATE_MA)")
-            vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+            f.violations.append("guest policy allows a migration agent (MIGRATE_MA)")
+            f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
     if not policy.allow_smt and report.platform_info.smt_enabled:
-        violations.append("SMT is enabled on the platform")
-        vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+        f.violations.append("SMT is enabled on the platform")
+        f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
     vmpl_bad = (policy.vmpl is not None and report.vmpl != policy.vmpl) or (
         policy.max_vmpl is not None and report.vmpl > policy.max_vmpl
     )
     if vmpl_bad:
         want = f"== {policy.vmpl}" if policy.vmpl is not None else f"<= {policy.max_vmpl}"
-        violations.append(f"vmpl {report.vmpl} not allowed (need {want})")
-        vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+        f.violations.append(f"vmpl {report.vmpl} not allowed (need {want})")
+        f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
 
 
-def _hardware(
-    verified: SnpEvidenceLike, policy: SnpPolicy, vec: _Vector, *, violations: list[str],
-    warnings: list[str],
-) -> None:  # fmt: skip
+def _hardware(verified: SnpEvidenceLike, policy: SnpPolicy, f: Findings) -> None:
     report, product = verified.report, verified.product
     bad = False
     if policy.allowed_products and product not in policy.allowed_products:
-        violations.append(f"product {product} not allowed")
+        f.violations.append(f"product {product} not allowed")
         bad = True
     if verified.signing_key is SigningKey.VLEK and not policy.allow_vlek:
-        violations.append("VLEK-signed report not allowed")
+        f.violations.append("VLEK-signed report not allowed")
         bad = True
     if policy.min_tcb is None:
-        warnings.append("policy sets no minimum TCB (firmware versions unchecked)")
+        f.warnings.append("policy sets no minimum TCB (firmware versions unchecked)")
     else:
         for name, tcb in (
             ("reported_tcb", report.reported_tcb),
@@ -267,16 +225,16 @@ def _hardware(
             ("current_tcb", report.current_tcb),
         ):
             for shortfall in policy.min_tcb.shortfalls(tcb.for_product(product)):
-                violations.append(f"{name} below minimum: {shortfall}")
+                f.violations.append(f"{name} below minimum: {shortfall}")
                 bad = True
     if policy.min_launch_tcb is not None:
         for shortfall in policy.min_launch_tcb.shortfalls(report.launch_tcb.for_product(product)):
-            violations.append(f"launch_tcb below minimum: {shortfall}")
+            f.violations.append(f"launch_tcb below minimum: {shortfall}")
             bad = True
     if bad:
-        vec.put("hardware", HardwareClaim.CONTRAINDICATED)
+        f.put("hardware", HardwareClaim.CONTRAINDICATED)
     else:
-        vec.put("hardware", HardwareClaim.UNSAFE if verified.emulated else HardwareClaim.GENUINE)
+        f.put("hardware", HardwareClaim.UNSAFE if verified.emulated else HardwareClaim.GENUINE)
 
 
 def appraise(
@@ -296,54 +254,37 @@ def appraise(
         :class:`~teeflow.attestation.appraisal.AttestationResult` with ``tee`` ``"snp"``
         (``"emulated-snp"`` for emulated evidence); ``violations`` lists every failed check.
     """
-    log = logger if logger is not None else _LOG
     report = verified.report
     emulated = bool(verified.emulated)
-    violations: list[str] = []
-    warnings: list[str] = []
-    vec = _Vector()
+    f = Findings()
     measurement = report.measurement.hex()
 
     if emulated:
-        if policy.allow_emulated:
-            warnings.append("emulated evidence accepted by policy (not hardware)")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-            log.warning("%s (measurement %s)", EMULATED_WARNING, measurement)
-        else:
-            violations.append("emulated evidence not allowed")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
+        check_emulation(
+            f,
+            allowed=policy.allow_emulated,
+            logger=logger if logger is not None else _LOG,
+            log_message=EMULATED_WARNING,
+            subject=("measurement", measurement),
+        )
 
-    if not _identity(report, policy, violations):
-        vec.put("executables", ExecutablesClaim.CONTRAINDICATED_RUNTIME)
-    elif policy.measurements:
-        vec.put("executables", ExecutablesClaim.APPROVED_RUNTIME)
-    else:
-        warnings.append("policy constrains no measurement (any guest image accepted)")
-        vec.put("executables", ExecutablesClaim.UNRECOGNIZED_RUNTIME)
-
-    _configuration(report, policy, vec, violations=violations, warnings=warnings, emulated=emulated)
-
-    report_data = report.report_data.hex()
-    expected = policy.report_data
-    if expected is not None or policy.report_data_prefix is not None:
-        if expected is not None:
-            ok = report_data == expected
-        else:
-            ok = report_data.startswith(policy.report_data_prefix or "")
-        if ok:
-            vec.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
-        else:
-            what = "match expected value" if expected is not None else "start with expected prefix"
-            violations.append(f"report_data does not {what}")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
-
-    _hardware(verified, policy, vec, violations=violations, warnings=warnings)
+    rate_executables(
+        f,
+        ok=_identity(report, policy, f.violations),
+        pinned=bool(policy.measurements),
+        unpinned_warning="policy constrains no measurement (any guest image accepted)",
+    )
+    _configuration(report, policy, f, emulated=emulated)
+    check_report_data(
+        f, report.report_data, exact=policy.report_data, prefix=policy.report_data_prefix
+    )
+    _hardware(verified, policy, f)
 
     product = verified.product
     claims: dict[str, Any] = {
         "measurement": measurement,
         "host_data": report.host_data.hex(),
-        "report_data": report_data,
+        "report_data": report.report_data.hex(),
         "guest_svn": report.guest_svn,
         "vmpl": report.vmpl,
         "policy": report.policy.raw,
@@ -359,11 +300,8 @@ def appraise(
     }
     if emulated:
         claims["teeflow.emulated"] = True
-    return AttestationResult(
+    return f.result(
         tee="emulated-snp" if emulated else "snp",
-        violations=tuple(violations),
-        warnings=tuple(warnings),
-        trust_vector=vec.build(),
         claims=claims,
         policy_id=policy.identifier(),
         verified_at=verified.verified_at,

@@ -34,24 +34,38 @@ TD); runtime-opaque 2 unless debug or emulated. Emulated evidence accepted by
 from __future__ import annotations
 
 import logging
-from datetime import datetime
-from typing import Annotated, Any, Protocol, Self
+from typing import Any, Protocol
 
-from pydantic import BeforeValidator, field_serializer, field_validator, model_validator
+from pydantic import field_validator
 
 from teeflow.attestation.appraisal import (
     AttestationResult,
     ConfigurationClaim,
-    ExecutablesClaim,
     HardwareClaim,
-    InstanceIdentityClaim,
     RuntimeOpaqueClaim,
-    TrustworthinessVector,
-    tier_of,
+)
+from teeflow.attestation.appraise_common import (
+    EMULATED_WARNING,
+    DcapEvidenceLike,
+    Findings,
+    check_dcap_tcb,
+    check_emulation,
+    check_report_data,
+    rate_executables,
+    svn_below,
 )
 from teeflow.attestation.dcap.quote import TdReport10, TdReport15
 from teeflow.attestation.evidence import TcbStatus
-from teeflow.attestation.policy import Hex16, Hex64, HexPrefix64, PolicyModel, normalize_hex
+from teeflow.attestation.policy import (
+    AcceptedAdvisories,
+    AcceptedTcbStatuses,
+    Hex8,
+    Hex16,
+    Hex48,
+    Hex64,
+    HexPrefix64,
+    ReportDataPolicy,
+)
 from teeflow.attestation.tdx.abi import is_debug
 
 __all__ = [
@@ -65,35 +79,19 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-#: Log message (WARNING level) emitted every time emulated evidence is accepted.
-EMULATED_WARNING = "accepting EMULATED evidence — not hardware"
 
-#: 48 bytes as 96 hex digits (MRTD, RTMRs, MRSEAM, MRCONFIGID …), normalised to lower case.
-Hex48 = Annotated[str, BeforeValidator(lambda v: normalize_hex(v, length=48))]
-#: 8 bytes as 16 hex digits, in the byte order stored in the TD report (TD_ATTRIBUTES, XFAM).
-Hex8 = Annotated[str, BeforeValidator(lambda v: normalize_hex(v, length=8))]
-
-
-class TdxEvidenceLike(Protocol):
-    """What :func:`appraise` needs from ``VerifiedTdxEvidence`` (duck-typed)."""
+class TdxEvidenceLike(DcapEvidenceLike, Protocol):
+    """What :func:`appraise` needs from ``VerifiedTdxEvidence`` (duck-typed): the report,
+    ``relaunch_advised`` plus ``emulated``, ``verified_at``, ``tcb_status``,
+    ``advisory_ids``, ``collateral_verified``."""
 
     @property
     def report(self) -> TdReport10: ...
     @property
-    def emulated(self) -> bool: ...
-    @property
-    def verified_at(self) -> datetime: ...
-    @property
-    def tcb_status(self) -> TcbStatus | None: ...
-    @property
-    def advisory_ids(self) -> tuple[str, ...]: ...
-    @property
     def relaunch_advised(self) -> bool: ...
-    @property
-    def collateral_verified(self) -> bool: ...
 
 
-class TdxPolicy(PolicyModel):
+class TdxPolicy(ReportDataPolicy):
     """Appraisal Policy for TDX DCAP evidence (data: load with ``from_file`` / ``from_mapping``).
 
     Attributes:
@@ -136,8 +134,8 @@ class TdxPolicy(PolicyModel):
     allow_debug: bool = False
     xfam: Hex8 | None = None
     min_tee_tcb_svn: Hex16 | None = None
-    accepted_tcb_statuses: frozenset[TcbStatus] = frozenset({TcbStatus.UP_TO_DATE})
-    accepted_advisories: frozenset[str] | None = None
+    accepted_tcb_statuses: AcceptedTcbStatuses = frozenset({TcbStatus.UP_TO_DATE})
+    accepted_advisories: AcceptedAdvisories = None
     report_data: Hex64 | None = None
     report_data_prefix: HexPrefix64 | None = None
     allow_emulated: bool = False
@@ -148,68 +146,9 @@ class TdxPolicy(PolicyModel):
     def _dedupe(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(value))
 
-    @field_validator("accepted_advisories", mode="before")
-    @classmethod
-    def _normalise_advisories(cls, value: object) -> object:
-        if isinstance(value, list | tuple | set | frozenset):
-            out = []
-            for item in value:
-                if not isinstance(item, str) or not item.strip():
-                    raise ValueError("advisory IDs must be non-empty strings")
-                out.append(item.strip().upper())
-            return frozenset(out)
-        return value
-
-    @field_validator("accepted_tcb_statuses", mode="after")
-    @classmethod
-    def _never_revoked(cls, value: frozenset[TcbStatus]) -> frozenset[TcbStatus]:
-        if TcbStatus.REVOKED in value:
-            raise ValueError("Revoked can never be an accepted TCB status")
-        return value
-
-    @model_validator(mode="after")
-    def _one_report_data_rule(self) -> Self:
-        if self.report_data is not None and self.report_data_prefix is not None:
-            raise ValueError("set report_data or report_data_prefix, not both")
-        return self
-
-    @field_serializer("accepted_tcb_statuses", "accepted_advisories")
-    def _sorted(self, value: frozenset[str] | None) -> list[str] | None:
-        return None if value is None else sorted(str(v) for v in value)
-
     def rtmrs(self) -> tuple[str | None, str | None, str | None, str | None]:
         """The four RTMR expectations (None = any)."""
         return (self.rtmr0, self.rtmr1, self.rtmr2, self.rtmr3)
-
-    def with_report_data(self, report_data: bytes) -> TdxPolicy:
-        """A copy requiring exactly ``report_data`` (64 bytes); clears ``report_data_prefix``.
-
-        Raises:
-            ValueError: ``report_data`` is not 64 bytes.
-        """
-        if len(report_data) != 64:
-            raise ValueError("report_data must be 64 bytes")
-        update = {"report_data": report_data.hex(), "report_data_prefix": None}
-        return self.model_copy(update=update)
-
-
-class _Vector:
-    """Accumulates per-claim contributions; the most severe tier wins (ties: larger value)."""
-
-    def __init__(self) -> None:
-        self._values: dict[str, int] = {}
-
-    def put(self, name: str, value: int) -> None:
-        old = self._values.get(name)
-        if old is None or (tier_of(value).severity, value) > (tier_of(old).severity, old):
-            self._values[name] = int(value)
-
-    def build(self) -> TrustworthinessVector:
-        return TrustworthinessVector(**self._values)
-
-
-def _svn_below(actual: bytes, minimum: bytes) -> bool:
-    return len(actual) != len(minimum) or any(a < m for a, m in zip(actual, minimum, strict=True))
 
 
 def _identity(report: TdReport10, policy: TdxPolicy, violations: list[str]) -> bool:
@@ -295,104 +234,70 @@ def appraise(
         ``tee_tcb_svn`` (+ ``tee_tcb_svn2``, ``mrservicetd`` for TD 1.5), ``tcb_status``,
         ``advisories``, ``relaunch_advised``, ``report_data`` (hex), ``teeflow.emulated``.
     """
-    log = logger if logger is not None else _LOG
     report = verified.report
-    violations: list[str] = []
-    warnings: list[str] = []
-    vec = _Vector()
+    f = Findings()
     emulated = bool(verified.emulated)
     debug = is_debug(report)
     tcb_status = verified.tcb_status if verified.collateral_verified else None
 
     # 1. Emulation: nothing emulated passes for hardware.
     if emulated:
-        if policy.allow_emulated:
-            warnings.append("emulated evidence accepted by policy (not hardware)")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-            log.warning("%s (mrtd %s)", EMULATED_WARNING, report.mr_td.hex())
-        else:
-            violations.append("emulated evidence not allowed")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
+        check_emulation(
+            f,
+            allowed=policy.allow_emulated,
+            logger=logger if logger is not None else _LOG,
+            subject=("mrtd", report.mr_td.hex()),
+        )
 
     # 2. TD identity (Reference Values): MRTD, RTMRs, MRSEAM.
-    if not _identity(report, policy, violations):
-        vec.put("executables", ExecutablesClaim.CONTRAINDICATED_RUNTIME)
-    elif policy.mrtds or any(r is not None for r in policy.rtmrs()):
-        vec.put("executables", ExecutablesClaim.APPROVED_RUNTIME)
-    else:
-        warnings.append("policy constrains no TD measurement (any TD accepted)")
-        vec.put("executables", ExecutablesClaim.UNRECOGNIZED_RUNTIME)
+    rate_executables(
+        f,
+        ok=_identity(report, policy, f.violations),
+        pinned=bool(policy.mrtds) or any(r is not None for r in policy.rtmrs()),
+        unpinned_warning="policy constrains no TD measurement (any TD accepted)",
+    )
 
     # 3. Configuration: owner/config ids, attributes, XFAM, debug.
-    config_ok = _configuration(report, policy, violations)
+    config_ok = _configuration(report, policy, f.violations)
     if debug and not policy.allow_debug:
-        violations.append("debug TD not allowed")
-        vec.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
+        f.violations.append("debug TD not allowed")
+        f.put("runtime_opaque", RuntimeOpaqueClaim.VISIBLE)
         config_ok = False
     if not config_ok:
-        vec.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
+        f.put("configuration", ConfigurationClaim.UNSUPPORTABLE)
     elif debug:
-        warnings.append("debug TD accepted by policy (memory readable by the host)")
-        vec.put("configuration", ConfigurationClaim.UNSAFE)
-        vec.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
+        f.warnings.append("debug TD accepted by policy (memory readable by the host)")
+        f.put("configuration", ConfigurationClaim.UNSAFE)
+        f.put("runtime_opaque", RuntimeOpaqueClaim.ISOLATED)
     else:
-        vec.put("configuration", ConfigurationClaim.APPROVED)
+        f.put("configuration", ConfigurationClaim.APPROVED)
     if not debug and not emulated:
-        vec.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
+        f.put("runtime_opaque", RuntimeOpaqueClaim.ENCRYPTED)
 
     # 4. REPORT_DATA binding.
-    rd = report.report_data.hex()
-    expected_rd = policy.report_data
-    if expected_rd is not None or policy.report_data_prefix is not None:
-        if expected_rd is not None and rd != expected_rd:
-            violations.append("report_data does not match expected value")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
-        elif policy.report_data_prefix is not None and not rd.startswith(policy.report_data_prefix):
-            violations.append("report_data does not start with expected prefix")
-            vec.put("instance_identity", InstanceIdentityClaim.UNRECOGNIZED)
-        else:
-            vec.put("instance_identity", InstanceIdentityClaim.RECOGNIZED)
+    check_report_data(
+        f, report.report_data, exact=policy.report_data, prefix=policy.report_data_prefix
+    )
 
     # 5. Platform + TDX module + QE TCB (from verified collateral).
-    if tcb_status is None:
-        if policy.require_collateral:
-            violations.append("TCB status unknown (no collateral)")
-            vec.put("hardware", HardwareClaim.UNRECOGNIZED)
-        else:
-            warnings.append("TCB status unknown (no collateral); accepted by policy")
-    elif tcb_status not in policy.accepted_tcb_statuses:
-        violations.append(f"tcb status {tcb_status} not accepted")
-        vec.put("hardware", HardwareClaim.CONTRAINDICATED)
-    elif tcb_status is not TcbStatus.UP_TO_DATE:
-        warnings.append(f"tcb status {tcb_status} accepted by policy")
-        vec.put("hardware", HardwareClaim.UNSAFE)
-    else:
-        vec.put("hardware", HardwareClaim.GENUINE if not emulated else HardwareClaim.UNSAFE)
-    if tcb_status is not None and verified.relaunch_advised:
-        warnings.append("TD relaunch advised: the TDX module was updated after launch")
-        vec.put("hardware", HardwareClaim.UNSAFE)
-
-    for advisory in verified.advisory_ids:
-        if policy.accepted_advisories is None or advisory.upper() in policy.accepted_advisories:
-            warnings.append(f"advisory {advisory} accepted by policy")
-            vec.put("hardware", HardwareClaim.UNSAFE)
-        else:
-            violations.append(f"advisory {advisory} not accepted")
-            vec.put("hardware", HardwareClaim.CONTRAINDICATED)
-
+    check_dcap_tcb(
+        f,
+        tcb_status,
+        verified.advisory_ids,
+        policy=policy,
+        emulated=emulated,
+        relaunch_advised=bool(verified.relaunch_advised),
+    )
     if policy.min_tee_tcb_svn is not None:
         minimum = bytes.fromhex(policy.min_tee_tcb_svn)
-        if _svn_below(report.tee_tcb_svn, minimum):
-            violations.append(
+        if svn_below(report.tee_tcb_svn, minimum):
+            f.violations.append(
                 f"tee_tcb_svn {report.tee_tcb_svn.hex()} below minimum {policy.min_tee_tcb_svn}"
             )
-            vec.put("hardware", HardwareClaim.CONTRAINDICATED)
+            f.put("hardware", HardwareClaim.CONTRAINDICATED)
 
-    return AttestationResult(
+    return f.result(
         tee="emulated-tdx" if emulated else "tdx",
-        violations=tuple(violations),
-        warnings=tuple(warnings),
-        trust_vector=vec.build(),
         claims=_claims(verified, tcb_status),
         policy_id=policy.identifier(),
         verified_at=verified.verified_at,

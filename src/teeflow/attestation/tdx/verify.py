@@ -47,14 +47,11 @@ from teeflow.attestation.dcap.qe_identity import (
 from teeflow.attestation.dcap.quote import TEE_TYPE_TDX, Quote, TdReport10, TdReport15
 from teeflow.attestation.dcap.tcb_info import SignedTcbInfo, verify_tcb_info_signature
 from teeflow.attestation.dcap.verify_common import (
-    check_ecdsa_header,
     check_now,
-    check_qe_report,
-    check_quote_signature,
-    load_pck_chain,
-    pck_chain_crls,
-    quote_pck_chain_pem,
-    verify_pck_chain,
+    check_quote_type,
+    check_tcb_info_pck,
+    check_verify_inputs,
+    verify_quote_signatures,
 )
 from teeflow.attestation.evidence import TcbEvaluation, TcbStatus
 from teeflow.attestation.tdx.tcb import TdxTcbResult, evaluate_tdx_tcb
@@ -124,14 +121,6 @@ class VerifiedTdxEvidence:
         return body.tee_tcb_svn2 if isinstance(body, TdReport15) else None
 
 
-def _check_header(quote: Quote) -> TdReport10:
-    check_ecdsa_header(quote)
-    header = quote.header
-    if header.tee_type != TEE_TYPE_TDX or not isinstance(quote.body, TdReport10):
-        raise VerificationError(f"not a TDX quote (tee_type {header.tee_type:#x})")
-    return quote.body
-
-
 def check_tcb_info_platform(info: SignedTcbInfo, pck: PckExtensions) -> None:
     """TCB Info id "TDX", version 3, FMSPC and PCE-ID equal to the PCK certificate's.
 
@@ -140,12 +129,7 @@ def check_tcb_info_platform(info: SignedTcbInfo, pck: PckExtensions) -> None:
     """
     if info.id != "TDX" or info.version < 3:
         raise CollateralError(f"TCB Info is {info.id!r} v{info.version}, not TDX v3")
-    if info.fmspc != pck.fmspc:
-        raise CollateralError(f"TCB Info FMSPC {info.fmspc.hex()} != PCK FMSPC {pck.fmspc.hex()}")
-    if info.pce_id != pck.pce_id:
-        raise CollateralError(
-            f"TCB Info PCE-ID {info.pce_id.hex()} != PCK PCE-ID {pck.pce_id.hex()}"
-        )
+    check_tcb_info_pck(info, pck)
 
 
 def _check_collateral_tee(collateral: IntelCollateral) -> None:
@@ -253,22 +237,12 @@ def verify(
             unknown"); collateral or CRLs badly signed, expired (at 2026-11-21 every
             shipped Intel set is) or for another platform / TEE.
     """
-    check_now(now)
-    if collateral is None and not signatures_only:
-        raise CollateralError("no collateral: TCB status unknown")
-    if not anchors:
-        raise VerificationError("no trust anchors given")
-    report = _check_header(quote)
+    check_verify_inputs(now, anchors, collateral, signatures_only=signatures_only)
+    report = check_quote_type(quote, tee_type=TEE_TYPE_TDX, body_type=TdReport10, name="a TDX")
     if collateral is not None:  # first: stale or wrong-TEE collateral is reported as such
         verify_collateral(collateral, anchors, now)
         _check_collateral_tee(collateral)
-    pem = quote_pck_chain_pem(quote)
-    certs, pck = load_pck_chain(pem)
-    pck_cert = certs[0]
-    all_crls = pck_chain_crls(pck_cert, collateral, crls)
-    anchor = verify_pck_chain(pem, certs, anchors, now, all_crls)
-    check_quote_signature(quote)
-    check_qe_report(quote, pck_cert)
+    pck_cert, pck, anchor = verify_quote_signatures(quote, anchors, now, collateral, crls)
 
     result: TdxTcbResult | None = None
     if collateral is not None:

@@ -3,7 +3,9 @@
 ``open_store(url)`` picks the backend from the URL scheme:
 
 * ``memory://`` - :class:`MemoryStore` (volatile; tests and demos),
-* ``sqlite:///path.db`` - SQLite file in WAL mode with ``synchronous=FULL`` (the default),
+* ``sqlite:///path.db[?synchronous=normal|full]`` - SQLite file in WAL mode; ``normal`` (the
+  default) fsyncs agreements, grants and counter steps and survives process crashes for
+  everything else, ``full`` fsyncs every commit (:mod:`teeflow.kbs.storage.sql`),
 * ``postgresql+psycopg://user@host:5432/db`` - PostgreSQL via psycopg 3.
 
 SQL stores run the packaged Alembic migrations to head when opened (idempotent; concurrent
@@ -28,6 +30,7 @@ from teeflow.kbs.storage.interface import (
     MAX_WRAPPED_KEY_BYTES,
     MIN_DIGEST_BYTES,
     AgreementRecord,
+    AuditBuilder,
     AuditEntry,
     KbsStore,
     ResourceRecord,
@@ -37,6 +40,7 @@ from teeflow.kbs.storage.interface import (
     StorageExpired,
     StorageInputError,
     StorageNotFound,
+    TokenBinding,
 )
 from teeflow.kbs.storage.memory import MemoryStore
 
@@ -55,6 +59,7 @@ __all__ = [
     "MAX_WRAPPED_KEY_BYTES",
     "MIN_DIGEST_BYTES",
     "AgreementRecord",
+    "AuditBuilder",
     "AuditEntry",
     "KbsStore",
     "MemoryStore",
@@ -65,6 +70,7 @@ __all__ = [
     "StorageExpired",
     "StorageInputError",
     "StorageNotFound",
+    "TokenBinding",
     "open_store",
 ]
 

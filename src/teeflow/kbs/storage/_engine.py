@@ -42,6 +42,8 @@ from teeflow.kbs.storage.interface import StorageError, StorageInputError
 __all__ = [
     "MIGRATIONS_DIR",
     "SQLITE_BEGIN_OPTION",
+    "SQLITE_SYNC_MODES",
+    "SQLITE_SYNC_OPTION",
     "VERSION_TABLE",
     "UtcDateTime",
     "agreements",
@@ -63,6 +65,12 @@ _SQLITE_LOCK_WAIT_SECONDS = 30.0
 #: PostgreSQL advisory lock key serialising migrations (ASCII "teeflowK").
 _PG_MIGRATION_LOCK = 0x746565666C6F774B
 SQLITE_BEGIN_OPTION = "teeflow_sqlite_begin"
+#: Engine execution option holding the SQLite ``synchronous`` mode (``normal`` or ``full``).
+SQLITE_SYNC_OPTION = "teeflow_sqlite_synchronous"
+#: Accepted values of the ``?synchronous=`` URL parameter -> PRAGMA value.
+SQLITE_SYNC_MODES = {"normal": "NORMAL", "full": "FULL"}
+#: Default SQLite durability (see :mod:`teeflow.kbs.storage.sql`).
+_DEFAULT_SYNC = "normal"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -173,7 +181,9 @@ def _enable_wal(cur: Any) -> None:
         raise StorageError("SQLite database could not be switched to WAL mode")
 
 
-def _install_sqlite_listeners(engine: Engine) -> None:
+def _install_sqlite_listeners(engine: Engine, synchronous: str) -> None:
+    pragma = f"PRAGMA synchronous={SQLITE_SYNC_MODES[synchronous]}"
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # the driver must not BEGIN by itself: see _on_begin
@@ -181,7 +191,7 @@ def _install_sqlite_listeners(engine: Engine) -> None:
         try:
             cur.execute("PRAGMA busy_timeout=30000")
             _enable_wal(cur)
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(pragma)
             cur.execute("PRAGMA foreign_keys=ON")
         finally:
             cur.close()
@@ -193,13 +203,17 @@ def _install_sqlite_listeners(engine: Engine) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """A SQLAlchemy engine for ``sqlite:///file`` or ``postgresql[+psycopg]://...``.
+    """A SQLAlchemy engine for ``sqlite:///file[?synchronous=normal|full]`` or
+    ``postgresql[+psycopg]://...``.
 
-    SQLite engines get the WAL / ``synchronous=FULL`` / ``BEGIN IMMEDIATE`` listeners; every
-    engine hides bound parameters from error messages. No connection is made yet.
+    SQLite engines get the WAL / ``synchronous`` / ``BEGIN IMMEDIATE`` listeners and carry
+    the mode (``normal``, the default, or ``full``) in the execution option
+    :data:`SQLITE_SYNC_OPTION`; every engine hides bound parameters from error messages.
+    No connection is made yet.
 
     Raises:
-        StorageInputError: malformed URL, in-memory SQLite, or another dialect/driver.
+        StorageInputError: malformed URL, in-memory SQLite, an unknown ``synchronous``
+            value (or ``synchronous`` on PostgreSQL), or another dialect/driver.
     """
     try:
         parsed = make_url(url)
@@ -209,13 +223,20 @@ def make_engine(url: str) -> Engine:
         if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
             if parsed.database in (None, "", ":memory:"):
                 raise StorageInputError("SQLite needs a file: sqlite:///path.db (or memory://)")
+            mode = parsed.query.get("synchronous", _DEFAULT_SYNC)
+            if not isinstance(mode, str) or mode.lower() not in SQLITE_SYNC_MODES:
+                raise StorageInputError("SQLite synchronous must be normal or full")
+            mode = mode.lower()
             engine = create_engine(
-                parsed,
+                parsed.difference_update_query(["synchronous"]),
                 hide_parameters=True,
                 connect_args={"check_same_thread": False, "timeout": 30},
+                execution_options={SQLITE_SYNC_OPTION: mode},
             )
-            _install_sqlite_listeners(engine)
+            _install_sqlite_listeners(engine, mode)
             return engine
+        if "synchronous" in parsed.query:
+            raise StorageInputError("synchronous= applies to SQLite URLs only")
         if parsed.drivername in ("postgresql", "postgresql+psycopg"):
             parsed = parsed.set(drivername="postgresql+psycopg")
             return create_engine(parsed, hide_parameters=True, pool_pre_ping=True)

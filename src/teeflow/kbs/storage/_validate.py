@@ -32,10 +32,13 @@ from teeflow.kbs.storage.interface import (
     SessionRecord,
     StorageError,
     StorageInputError,
+    TokenBinding,
 )
 
 __all__ = [
     "agreement",
+    "builder",
+    "built_entry",
     "check_audit_entry",
     "check_bytes",
     "check_digest",
@@ -47,12 +50,14 @@ __all__ = [
     "counter_step",
     "decode_audit_json",
     "name",
+    "optional_digest",
     "path",
     "release",
     "resource",
     "session",
     "time",
     "token",
+    "token_binding",
 ]
 
 
@@ -152,6 +157,30 @@ def check_audit_entry(entry: object) -> tuple[AuditEntry, str, str]:
         reasons=list(entry.reasons),
     )
     return normalised, reasons_text, data_text
+
+
+def optional_digest(name: str, value: object) -> bytes | None:
+    """None, or :func:`check_digest`."""
+    return None if value is None else check_digest(name, value)
+
+
+def builder(build: object) -> None:
+    """An :data:`~teeflow.kbs.storage.interface.AuditBuilder` must be callable."""
+    if not callable(build):
+        raise StorageInputError("build must be callable")
+
+
+def built_entry(entry: object, seq: int, prev_hash: bytes) -> tuple[AuditEntry, str, str]:
+    """:func:`check_audit_entry` of an entry built for ``(seq, prev_hash)``, which it must
+    carry.
+
+    Raises:
+        StorageInputError: bounds, or another ``seq`` / ``prev_hash``.
+    """
+    checked = check_audit_entry(entry)
+    if checked[0].seq != seq or checked[0].prev_hash != prev_hash:
+        raise StorageInputError("built audit entry does not extend the chain head")
+    return checked
 
 
 def _json_text(value: object) -> str:
@@ -278,3 +307,14 @@ def token(
     if len(claims.encode()) > MAX_CLAIMS_BYTES:
         raise StorageInputError(f"claims_json larger than {MAX_CLAIMS_BYTES} bytes")
     return digest, check_time("expires_at", expires_at)
+
+
+def token_binding(session_id: object, binding: object) -> TokenBinding | None:
+    """Optional ``token`` of ``consume_nonce_and_audit``: normalised, or None."""
+    if binding is None:
+        return None
+    if not isinstance(binding, TokenBinding):
+        raise StorageInputError("token must be a TokenBinding")
+    digest, expires = token(session_id, binding.token_digest, binding.claims_json,
+                            binding.expires_at)
+    return TokenBinding(digest, binding.claims_json, expires)

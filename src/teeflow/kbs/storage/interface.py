@@ -3,9 +3,21 @@
 Every backend (:mod:`.memory`, :mod:`.sql` for SQLite and PostgreSQL) implements
 :class:`KbsStore` with the same observable behaviour; ``tests/storage/test_store_contract.py``
 runs one suite against all of them. All methods are synchronous and thread-safe (the service
-calls them from a thread pool). A method that returns normally has made its write durable
-(DESIGN, security invariant 5: SQLite WAL with ``synchronous=FULL``, PostgreSQL default
-``synchronous_commit``); a method that raises has written nothing.
+calls them from a thread pool). A method that returns normally has committed its write; a
+method that raises has written nothing. Durability of a committed write (DESIGN, security
+invariant 5) is the backend's: every committed write survives a crash of the KBS process
+(SIGKILL) on every SQL backend; on SQLite with the default ``synchronous=normal`` only the
+*durable* operations (agreements, resources/grants, counters - and with them everything
+committed before) are also fsync'ed to disk before they return, while sessions, tokens,
+releases and their audit entries can lose their last commits on an OS crash or power loss
+(see :mod:`teeflow.kbs.storage.sql`); ``synchronous=full`` and PostgreSQL fsync every commit.
+
+Audited writes: :meth:`KbsStore.append_audit_built`, :meth:`KbsStore.consume_nonce_and_audit`
+and :meth:`KbsStore.record_release_and_audit` append an audit entry in the *same* transaction
+as the state change (one commit, both or neither). The entry is made by an
+:data:`AuditBuilder` called inside the transaction with the next ``seq`` and the head's hash,
+so it always extends the chain; a store may call the builder again when a concurrent writer
+forced a retry.
 
 Times are timezone-aware :class:`datetime.datetime` values; stores keep them in UTC with
 microsecond precision and return them in UTC. Naive datetimes are rejected.
@@ -27,6 +39,7 @@ Messages never contain SQL text, bound parameters, key material or connection pa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -49,6 +62,7 @@ __all__ = [
     "MAX_WRAPPED_KEY_BYTES",
     "MIN_DIGEST_BYTES",
     "AgreementRecord",
+    "AuditBuilder",
     "AuditEntry",
     "KbsStore",
     "ResourceRecord",
@@ -58,6 +72,7 @@ __all__ = [
     "StorageExpired",
     "StorageInputError",
     "StorageNotFound",
+    "TokenBinding",
 ]
 
 #: Largest canonical signed agreement envelope (bytes).
@@ -219,6 +234,28 @@ class AuditEntry:
     signature: bytes
 
 
+#: ``build(seq, prev_hash) -> AuditEntry``: the signed audit entry to append as number ``seq``
+#: after the entry whose hash is ``prev_hash`` (:data:`GENESIS_HASH` for seq 1). Called by the
+#: store inside the write transaction (see :meth:`teeflow.kbs.audit.AuditLog.builder`); must
+#: not touch the store; may be called more than once.
+AuditBuilder = Callable[[int, bytes], AuditEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBinding:
+    """A token to bind to a session together with the consumption of its nonce.
+
+    Attributes:
+        token_digest: digest of the issued EAR (16..64 bytes).
+        claims_json: JSON text of the attested session (at most :data:`MAX_CLAIMS_BYTES`).
+        expires_at: token expiry (timezone-aware).
+    """
+
+    token_digest: bytes
+    claims_json: str
+    expires_at: datetime
+
+
 @runtime_checkable
 class KbsStore(Protocol):
     """Persistent state of the Key Broker Service. See the module docstring for the contract."""
@@ -284,6 +321,29 @@ class KbsStore(Protocol):
         """
         ...
 
+    def record_release_and_audit(
+        self,
+        path: str,
+        expected_count: int,
+        build: AuditBuilder,
+        *,
+        generation: int | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[int, AuditEntry]:
+        """:meth:`record_release` and :meth:`append_audit_built` in one transaction: both
+        or neither. Returns ``(new count, appended entry)``.
+
+        Args:
+            agreement_digest: when given, the newest agreement must have this digest
+                (checked in the same transaction: no release under a superseded agreement).
+
+        Raises:
+            StorageNotFound, StorageConflict: as :meth:`record_release` (nothing written);
+                also StorageConflict when ``agreement_digest`` is not the newest agreement's.
+            StorageInputError: bounds, or a built entry that does not extend the chain.
+        """
+        ...
+
     # -- monotonic counters --------------------------------------------------------------
     def get_counter(self, name: str) -> tuple[int, bytes] | None:
         """``(value, digest)`` of the counter, or None if it was never incremented."""
@@ -320,6 +380,34 @@ class KbsStore(Protocol):
         """
         ...
 
+    def consume_nonce_and_audit(
+        self,
+        session_id: str,
+        now: datetime,
+        build: AuditBuilder,
+        *,
+        token: TokenBinding | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[SessionRecord, AuditEntry]:
+        """In one transaction: consume the session's nonce (as :meth:`consume_nonce`), bind
+        ``token`` when given (as :meth:`bind_token`) and append the audit entry ``build``
+        makes (as :meth:`append_audit_built`). All or nothing.
+
+        Args:
+            agreement_digest: when given, the newest agreement must have this digest.
+
+        Returns:
+            ``(session after the change, appended entry)``.
+
+        Raises:
+            StorageNotFound, StorageExpired, StorageConflict: as :meth:`consume_nonce`
+                (nothing written); also StorageConflict when ``agreement_digest`` is not
+                the newest agreement's.
+            StorageInputError: bounds of ``token``, or a built entry that does not extend
+                the chain.
+        """
+        ...
+
     def bind_token(
         self, session_id: str, token_digest: bytes, claims_json: str, expires_at: datetime
     ) -> SessionRecord:
@@ -349,6 +437,18 @@ class KbsStore(Protocol):
         Raises:
             StorageConflict: wrong seq or prev_hash (another writer appended first).
             StorageInputError: bounds.
+        """
+        ...
+
+    def append_audit_built(self, build: AuditBuilder) -> AuditEntry:
+        """Append ``build(seq, prev_hash)`` for the current head in one transaction (no
+        separate read of the head, no conflict with other writers: a store that detects a
+        concurrent append retries with the new head and calls ``build`` again).
+
+        Raises:
+            StorageInputError: the built entry is out of bounds or does not carry the
+                ``seq`` / ``prev_hash`` it was built for.
+            StorageConflict: still conflicting after the store's bounded retries.
         """
         ...
 

@@ -16,6 +16,7 @@ from teeflow.kbs.storage import _validate as validate
 from teeflow.kbs.storage.interface import (
     GENESIS_HASH,
     AgreementRecord,
+    AuditBuilder,
     AuditEntry,
     ResourceRecord,
     SessionRecord,
@@ -23,6 +24,7 @@ from teeflow.kbs.storage.interface import (
     StorageError,
     StorageExpired,
     StorageNotFound,
+    TokenBinding,
 )
 
 __all__ = ["MemoryStore"]
@@ -46,6 +48,10 @@ class MemoryStore:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("store is closed")
+
+    def _check_agreement(self, digest: bytes | None) -> None:
+        if digest is not None and (not self._agreements or self._agreements[-1].digest != digest):
+            raise StorageConflict("the active agreement changed")
 
     # -- agreements ---------------------------------------------------------------------
     def append_agreement(
@@ -123,18 +129,44 @@ class MemoryStore:
         validate.release(path, expected_count, generation)
         with self._lock:
             self._check_open()
-            old = self._resources.get(path)
-            if old is None:
-                raise StorageNotFound("no such resource")
-            if generation is not None and old.generation != generation:
-                raise StorageConflict("resource was replaced")
-            if old.max_releases is not None and old.release_count >= old.max_releases:
-                raise StorageConflict("release budget used up")
-            if old.release_count != expected_count:
-                raise StorageConflict("stale release count")
-            new = replace(old, release_count=old.release_count + 1)
+            new = self._released(path, expected_count, generation)
             self._resources[path] = new
             return new.release_count
+
+    def record_release_and_audit(
+        self,
+        path: str,
+        expected_count: int,
+        build: AuditBuilder,
+        *,
+        generation: int | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[int, AuditEntry]:
+        """See :meth:`KbsStore.record_release_and_audit`."""
+        validate.release(path, expected_count, generation)
+        validate.builder(build)
+        required = validate.optional_digest("agreement_digest", agreement_digest)
+        with self._lock:
+            self._check_open()
+            self._check_agreement(required)
+            new = self._released(path, expected_count, generation)
+            row = self._build_audit(build)
+            self._resources[path] = new
+            self._audit.append(row)
+            return new.release_count, row[0]
+
+    def _released(self, path: str, expected_count: int, generation: int | None) -> ResourceRecord:
+        """The resource after one more release (caller holds the lock; nothing changed)."""
+        old = self._resources.get(path)
+        if old is None:
+            raise StorageNotFound("no such resource")
+        if generation is not None and old.generation != generation:
+            raise StorageConflict("resource was replaced")
+        if old.max_releases is not None and old.release_count >= old.max_releases:
+            raise StorageConflict("release budget used up")
+        if old.release_count != expected_count:
+            raise StorageConflict("stale release count")
+        return replace(old, release_count=old.release_count + 1)
 
     # -- counters -----------------------------------------------------------------------
     def get_counter(self, name: str) -> tuple[int, bytes] | None:
@@ -173,16 +205,53 @@ class MemoryStore:
         now = validate.consume(session_id, now)
         with self._lock:
             self._check_open()
-            old = self._sessions.get(session_id)
-            if old is None:
-                raise StorageNotFound("no such session")
-            if old.consumed:
-                raise StorageConflict("nonce already consumed")
-            if now >= old.expires_at:
-                raise StorageExpired("nonce expired")
-            new = replace(old, consumed=True)
+            new = self._consumed(session_id, now, None)
             self._sessions[session_id] = new
             return new
+
+    def consume_nonce_and_audit(
+        self,
+        session_id: str,
+        now: datetime,
+        build: AuditBuilder,
+        *,
+        token: TokenBinding | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[SessionRecord, AuditEntry]:
+        """See :meth:`KbsStore.consume_nonce_and_audit`."""
+        now = validate.consume(session_id, now)
+        binding = validate.token_binding(session_id, token)
+        validate.builder(build)
+        required = validate.optional_digest("agreement_digest", agreement_digest)
+        with self._lock:
+            self._check_open()
+            new = self._consumed(session_id, now, binding)
+            self._check_agreement(required)
+            row = self._build_audit(build)
+            self._sessions[session_id] = new
+            self._audit.append(row)
+            return new, row[0]
+
+    def _consumed(
+        self, session_id: str, now: datetime, binding: TokenBinding | None
+    ) -> SessionRecord:
+        """The session with its nonce consumed (and ``binding`` bound); nothing changed."""
+        old = self._sessions.get(session_id)
+        if old is None:
+            raise StorageNotFound("no such session")
+        if old.consumed:
+            raise StorageConflict("nonce already consumed")
+        if now >= old.expires_at:
+            raise StorageExpired("nonce expired")
+        if binding is None:
+            return replace(old, consumed=True)
+        return replace(
+            old,
+            consumed=True,
+            token_digest=binding.token_digest,
+            claims_json=binding.claims_json,
+            token_expires_at=binding.expires_at,
+        )
 
     def bind_token(
         self, session_id: str, token_digest: bytes, claims_json: str, expires_at: datetime
@@ -239,6 +308,24 @@ class MemoryStore:
             if normalised.prev_hash != expected_prev:
                 raise StorageConflict("audit prev_hash does not match the last entry")
             self._audit.append((normalised, reasons_text, data_text))
+
+    def append_audit_built(self, build: AuditBuilder) -> AuditEntry:
+        """See :meth:`KbsStore.append_audit_built`."""
+        validate.builder(build)
+        with self._lock:
+            self._check_open()
+            row = self._build_audit(build)
+            self._audit.append(row)
+            return row[0]
+
+    def _build_audit(self, build: AuditBuilder) -> tuple[AuditEntry, str, str]:
+        """Build and check the entry after the head (caller holds the lock; not appended)."""
+        last = self._audit[-1][0] if self._audit else None
+        seq = 1 if last is None else last.seq + 1
+        prev = GENESIS_HASH if last is None else last.hash
+        entry, reasons_text, data_text = validate.built_entry(build(seq, prev), seq, prev)
+        reasons, data = validate.decode_audit_json(reasons_text, data_text)
+        return replace(entry, reasons=reasons, data=data), reasons_text, data_text
 
     def _entry(self, row: tuple[AuditEntry, str, str]) -> AuditEntry:
         reasons, data = validate.decode_audit_json(row[1], row[2])

@@ -5,10 +5,31 @@ URLs: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` and
 psycopg 3). A PostgreSQL schema other than the default is chosen with libpq options, e.g.
 ``...?options=-csearch_path%3Dkbs``.
 
-Durability (DESIGN, security invariant 5): every SQLite connection is put in WAL mode with
-``synchronous=FULL`` (each commit is fsync'ed to the WAL before it returns), ``foreign_keys=ON``
-and a 30 s busy timeout by a connect-event listener; PostgreSQL keeps its default durable
-commit. A method returns only after its transaction committed.
+Durability (DESIGN, security invariant 5). A method returns only after its transaction
+committed. Every SQLite connection is put in WAL mode with ``foreign_keys=ON`` and a 30 s busy
+timeout by a connect-event listener; its ``synchronous`` level comes from the URL,
+``sqlite:///kbs.db?synchronous=normal`` (the default) or ``?synchronous=full``:
+
+* ``full`` - every commit is fsync'ed to the WAL before it returns: each acknowledged write
+  survives a process crash, an OS crash and a power loss. Costs one fsync per write
+  transaction (about 3 ms on the reference machine: at most ~300 writes/s, one at a time).
+* ``normal`` (default) - a commit is written to the WAL (in the OS page cache) before it
+  returns, so it survives a crash or SIGKILL of the KBS process; the WAL is fsync'ed before
+  each checkpoint (about every 1000 pages) and by every *durable* operation: agreements
+  (:meth:`SqlStore.append_agreement`), resource uploads with their grants
+  (:meth:`SqlStore.put_resource`) and counter steps (:meth:`SqlStore.compare_and_increment`)
+  still commit with ``synchronous=FULL``, which also makes every earlier commit durable. An
+  OS crash or power loss can therefore lose only the newest *non-durable* commits - RCAR
+  sessions, nonce consumptions, tokens, release counts and the audit entries written with
+  them - never a grant, an agreement, a counter step, nor the audit entry committed with it;
+  the database stays consistent (SQLite rolls the WAL back to its last valid commit) and
+  the audit chain stays valid, only shorter. A lost release count can let a grant's
+  ``max_releases`` be exceeded by the releases lost in that window. (The untrusted host can
+  roll the whole file back anyway: rollback protection of the store needs a TEE monotonic
+  counter, which fsync does not give.)
+
+PostgreSQL keeps its default durable commit (``synchronous_commit=on``, ``fsync=on``): every
+acknowledged write survives a power loss; concurrent commits share fsyncs (group commit).
 
 Atomicity: preconditions are checked inside one transaction. SQLite write transactions start
 with ``BEGIN IMMEDIATE`` (one writer at a time; no lock upgrade deadlocks); on PostgreSQL
@@ -29,18 +50,21 @@ never SQL text, bound values or the connection URL.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from teeflow.kbs.storage import _statements as q
 from teeflow.kbs.storage import _validate as validate
 from teeflow.kbs.storage._engine import (
     MIGRATIONS_DIR,
     SQLITE_BEGIN_OPTION,
+    SQLITE_SYNC_OPTION,
     VERSION_TABLE,
     agreements,
     audit,
@@ -54,6 +78,7 @@ from teeflow.kbs.storage._engine import (
 from teeflow.kbs.storage.interface import (
     GENESIS_HASH,
     AgreementRecord,
+    AuditBuilder,
     AuditEntry,
     ResourceRecord,
     SessionRecord,
@@ -61,9 +86,20 @@ from teeflow.kbs.storage.interface import (
     StorageError,
     StorageExpired,
     StorageNotFound,
+    TokenBinding,
 )
 
 __all__ = ["MIGRATIONS_DIR", "VERSION_TABLE", "SqlStore", "metadata", "open_sql_store"]
+
+T = TypeVar("T")
+#: PostgreSQL transaction-scoped advisory lock serialising audit appends ("teeflowA").
+_PG_AUDIT_LOCK = 0x746565666C6F7741
+#: How often an audited write is retried when its audit insert lost a race.
+_AUDIT_ATTEMPTS = 16
+
+
+class _AuditRace(StorageError):
+    """The audit insert of an audited write lost a race (retried by :meth:`SqlStore._audited`)."""
 
 
 def open_sql_store(url: str) -> SqlStore:
@@ -98,15 +134,46 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        name = engine.dialect.name
+        self._postgres = name == "postgresql"
+        #: SQLite in ``synchronous=normal``: durable operations switch to FULL for their commit
+        self.relaxed_sync = (
+            name == "sqlite" and engine.get_execution_options().get(SQLITE_SYNC_OPTION) == "normal"
+        )
+        self._write_lock = threading.Lock() if name == "sqlite" else None
 
     @contextmanager
-    def _tx(self, *, write: bool = True) -> Iterator[Connection]:
+    def _tx(self, *, write: bool = True, durable: bool = False) -> Iterator[Connection]:
+        """One transaction; ``durable`` commits with ``synchronous=FULL`` on a relaxed SQLite.
+
+        SQLite admits one writer at a time; a writer that finds the database locked polls
+        with sleeps of up to 100 ms (the busy handler). Writers of this process therefore
+        queue on a lock first, so only other processes ever meet the busy handler.
+        """
+        if write and self._write_lock is not None:
+            with self._write_lock, self._tx_unlocked(write=True, durable=durable) as conn:
+                yield conn
+            return
+        with self._tx_unlocked(write=write, durable=durable) as conn:
+            yield conn
+
+    @contextmanager
+    def _tx_unlocked(self, *, write: bool, durable: bool) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 if not write:
                     conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
-                with conn.begin():
-                    yield conn
+                raw = conn.connection.dbapi_connection if durable and self.relaxed_sync else None
+                if raw is None:
+                    with conn.begin():
+                        yield conn
+                    return
+                raw.execute("PRAGMA synchronous=FULL")  # isolation_level None: no implicit BEGIN
+                try:
+                    with conn.begin():
+                        yield conn
+                finally:
+                    raw.execute("PRAGMA synchronous=NORMAL")
         except StorageError:
             raise
         except IntegrityError:
@@ -114,13 +181,44 @@ class SqlStore:
         except SQLAlchemyError as exc:
             raise StorageError(f"database error ({type(exc).__name__})") from None
 
+    def _audited(
+        self, work: Callable[[Connection], T], build: AuditBuilder
+    ) -> tuple[T, AuditEntry]:
+        """``work(conn)`` then the audit entry ``build`` makes, in one write transaction;
+        the whole transaction is retried (bounded) when the audit insert lost a race."""
+        for _ in range(_AUDIT_ATTEMPTS):
+            try:
+                with self._tx() as c:
+                    result = work(c)
+                    entry = self._append_built(c, build)
+                return result, entry
+            except _AuditRace:
+                continue
+        raise StorageConflict("audit append kept conflicting with other writers")
+
+    def _append_built(self, c: Connection, build: AuditBuilder) -> AuditEntry:
+        """Insert ``build(next seq, head hash)`` inside the caller's transaction. SQLite holds
+        the write lock (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped advisory lock,
+        so audit writers queue instead of conflicting."""
+        if self._postgres:
+            c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
+        last = c.execute(q.AUDIT_HEAD).first()
+        seq = 1 if last is None else int(last.seq) + 1
+        prev = GENESIS_HASH if last is None else bytes(last.hash)
+        e, reasons_text, data_text = validate.built_entry(build(seq, prev), seq, prev)
+        try:
+            c.execute(q.AUDIT_INSERT, q.audit_values(e, reasons_text, data_text))
+        except IntegrityError:
+            raise _AuditRace("audit head moved") from None
+        return self._audit(q.AuditRow(e, reasons_text, data_text))
+
     # -- agreements ---------------------------------------------------------------------
     def append_agreement(
         self, version: int, digest: bytes, document: bytes, created_at: datetime
     ) -> AgreementRecord:
         """See :meth:`KbsStore.append_agreement`."""
         rec = validate.agreement(version, digest, document, created_at)
-        with self._tx() as c:
+        with self._tx(durable=True) as c:
             last = c.execute(select(func.max(agreements.c.version))).scalar()
             expected = int(last or 0) + 1
             if rec.version != expected:
@@ -146,9 +244,8 @@ class SqlStore:
 
     def current_agreement(self) -> AgreementRecord | None:
         """See :meth:`KbsStore.current_agreement`."""
-        q = select(agreements).order_by(agreements.c.version.desc()).limit(1)
         with self._tx(write=False) as c:
-            row = c.execute(q).first()
+            row = c.execute(q.CURRENT_AGREEMENT).first()
         return None if row is None else self._agreement(row)
 
     def agreement_history(self) -> list[AgreementRecord]:
@@ -191,7 +288,7 @@ class SqlStore:
             "release_count": 0,
             "created_at": rec.created_at,
         }
-        with self._tx() as c:
+        with self._tx(durable=True) as c:
             q = select(resources.c.owner, resources.c.generation).where(
                 resources.c.path == rec.path
             )
@@ -215,7 +312,7 @@ class SqlStore:
         """See :meth:`KbsStore.get_resource`."""
         validate.path(path)
         with self._tx(write=False) as c:
-            row = c.execute(select(resources).where(resources.c.path == path)).first()
+            row = c.execute(q.GET_RESOURCE, {"b_path": path}).first()
         if row is None:
             return None
         return ResourceRecord(
@@ -236,21 +333,40 @@ class SqlStore:
     ) -> int:
         """See :meth:`KbsStore.record_release`."""
         validate.release(path, expected_count, generation)
-        r = resources.c
-        cond = and_(
-            r.path == path,
-            r.release_count == expected_count,
-            or_(r.max_releases.is_(None), r.release_count < r.max_releases),
-        )
-        if generation is not None:
-            cond = and_(cond, r.generation == generation)
         with self._tx() as c:
-            res = c.execute(update(resources).where(cond).values(release_count=r.release_count + 1))
-            if res.rowcount == 1:
-                return expected_count + 1
-            row = c.execute(
-                select(r.generation, r.max_releases, r.release_count).where(r.path == path)
-            ).first()
+            return self._release(c, path, expected_count, generation)
+
+    def record_release_and_audit(
+        self,
+        path: str,
+        expected_count: int,
+        build: AuditBuilder,
+        *,
+        generation: int | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[int, AuditEntry]:
+        """See :meth:`KbsStore.record_release_and_audit`."""
+        validate.release(path, expected_count, generation)
+        validate.builder(build)
+        required = validate.optional_digest("agreement_digest", agreement_digest)
+
+        def work(c: Connection) -> int:
+            _check_agreement(c, required)
+            return self._release(c, path, expected_count, generation)
+
+        return self._audited(work, build)
+
+    @staticmethod
+    def _release(c: Connection, path: str, expected_count: int, generation: int | None) -> int:
+        """Compare-and-increment inside ``c``; raises (the caller rolls back) on failure."""
+        params: dict[str, Any] = {"b_path": path, "b_expected": expected_count}
+        if generation is None:
+            res = c.execute(q.RELEASE, params)
+        else:
+            res = c.execute(q.RELEASE_AT_GENERATION, {**params, "b_generation": generation})
+        if res.rowcount == 1:
+            return expected_count + 1
+        row = c.execute(q.RELEASE_STATE, {"b_path": path}).first()
         if row is None:
             raise StorageNotFound("no such resource")
         if generation is not None and row.generation != generation:
@@ -270,7 +386,7 @@ class SqlStore:
     def compare_and_increment(self, name: str, expected: int, new_digest: bytes) -> int:
         """See :meth:`KbsStore.compare_and_increment`."""
         digest = validate.counter_step(name, expected, new_digest)
-        with self._tx() as c:
+        with self._tx(durable=True) as c:
             if expected == 0:
                 exists = c.execute(select(counters.c.value).where(counters.c.name == name))
                 if exists.first() is None:
@@ -292,18 +408,16 @@ class SqlStore:
     ) -> SessionRecord:
         """See :meth:`KbsStore.create_session`."""
         rec = validate.session(session_id, nonce, tee, expires_at)
-        with self._tx() as c:
-            dup = c.execute(select(sessions.c.tee).where(sessions.c.session_id == session_id))
-            if dup.first() is not None:
-                raise StorageConflict("session id already exists")
+        with self._tx() as c:  # a duplicate id violates the primary key: StorageConflict
             c.execute(
-                insert(sessions).values(
-                    session_id=rec.session_id,
-                    nonce=rec.nonce,
-                    tee=rec.tee,
-                    expires_at=rec.expires_at,
-                    consumed=False,
-                )
+                q.SESSION_INSERT,
+                {
+                    "session_id": rec.session_id,
+                    "nonce": rec.nonce,
+                    "tee": rec.tee,
+                    "expires_at": rec.expires_at,
+                    "consumed": False,
+                },
             )
         return rec
 
@@ -321,20 +435,52 @@ class SqlStore:
         )
 
     def _get_session(self, c: Connection, session_id: str) -> SessionRecord | None:
-        row = c.execute(select(sessions).where(sessions.c.session_id == session_id)).first()
+        row = c.execute(q.GET_SESSION, {"b_sid": session_id}).first()
         return None if row is None else self._session(row)
 
     def consume_nonce(self, session_id: str, now: datetime) -> SessionRecord:
         """See :meth:`KbsStore.consume_nonce`."""
         now = validate.consume(session_id, now)
-        s = sessions.c
         with self._tx() as c:
-            res = c.execute(
-                update(sessions)
-                .where(s.session_id == session_id, s.consumed.is_(False), s.expires_at > now)
-                .values(consumed=True)
+            return self._consume(c, session_id, now, None)
+
+    def consume_nonce_and_audit(
+        self,
+        session_id: str,
+        now: datetime,
+        build: AuditBuilder,
+        *,
+        token: TokenBinding | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[SessionRecord, AuditEntry]:
+        """See :meth:`KbsStore.consume_nonce_and_audit`."""
+        now = validate.consume(session_id, now)
+        binding = validate.token_binding(session_id, token)
+        validate.builder(build)
+        required = validate.optional_digest("agreement_digest", agreement_digest)
+
+        def work(c: Connection) -> SessionRecord:
+            session = self._consume(c, session_id, now, binding)
+            _check_agreement(c, required)
+            return session
+
+        return self._audited(work, build)
+
+    def _consume(
+        self, c: Connection, session_id: str, now: datetime, binding: TokenBinding | None
+    ) -> SessionRecord:
+        """Consume the nonce (and bind ``binding``) inside ``c``; raises on failure."""
+        params: dict[str, Any] = {"b_sid": session_id, "b_now": now}
+        if binding is None:
+            res = c.execute(q.CONSUME_NONCE, params)
+        else:
+            params.update(
+                b_digest=binding.token_digest,
+                b_claims=binding.claims_json,
+                b_expires=binding.expires_at,
             )
-            rec = self._get_session(c, session_id)
+            res = c.execute(q.CONSUME_NONCE_BIND, params)
+        rec = self._get_session(c, session_id)
         if rec is None:
             raise StorageNotFound("no such session")
         if res.rowcount == 1:
@@ -388,29 +534,21 @@ class SqlStore:
         """See :meth:`KbsStore.append_audit`."""
         e, reasons_text, data_text = validate.check_audit_entry(entry)
         with self._tx() as c:
-            last = c.execute(
-                select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)
-            ).first()
+            if self._postgres:
+                c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
+            last = c.execute(q.AUDIT_HEAD).first()
             expected_seq = 1 if last is None else int(last.seq) + 1
             expected_prev = GENESIS_HASH if last is None else bytes(last.hash)
             if e.seq != expected_seq:
                 raise StorageConflict(f"audit seq must be {expected_seq}")
             if e.prev_hash != expected_prev:
                 raise StorageConflict("audit prev_hash does not match the last entry")
-            c.execute(
-                insert(audit).values(
-                    seq=e.seq,
-                    time=e.time,
-                    kind=e.kind,
-                    subject=e.subject,
-                    decision=e.decision,
-                    reasons=reasons_text,
-                    data=data_text,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                    signature=e.signature,
-                )
-            )
+            c.execute(q.AUDIT_INSERT, q.audit_values(e, reasons_text, data_text))
+
+    def append_audit_built(self, build: AuditBuilder) -> AuditEntry:
+        """See :meth:`KbsStore.append_audit_built`."""
+        validate.builder(build)
+        return self._audited(lambda _c: None, build)[1]
 
     @staticmethod
     def _audit(row: Any) -> AuditEntry:
@@ -446,6 +584,15 @@ class SqlStore:
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
+
+
+def _check_agreement(c: Connection, digest: bytes | None) -> None:
+    """Inside ``c``: the newest agreement has ``digest`` (no check when None)."""
+    if digest is None:
+        return
+    row = c.execute(q.AGREEMENT_HEAD).first()
+    if row is None or bytes(row.digest) != digest:
+        raise StorageConflict("the active agreement changed")
 
 
 def _fields(rec: ResourceRecord) -> dict[str, Any]:

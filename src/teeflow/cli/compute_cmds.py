@@ -1,0 +1,230 @@
+"""CLI commands: ``teeflow compute serve | seal | run | open | lineage`` (authorised compute).
+
+Mirrors :mod:`teeflow.compute` for users who script rather than import:
+
+* ``serve --kbs URL --pin FILE --package PKG [--listen HOST:PORT] [--store DIR]
+  [--timeout S] [--max-memory BYTES] [--isolation thread|fork]`` — the compute worker
+  (emulated SGX, measurement :func:`teeflow.compute.worker.compute_measurement`);
+* ``seal FILE --party P --worker URL --allow PKG:FN… --recipient R… [--pin PIN] -o REF`` —
+  ``FILE`` by suffix: ``.npy`` (array, no pickle), ``.npz`` (arrays), ``.arrow``
+  (Arrow IPC stream or file → table), ``.json``, anything else raw bytes; writes the input
+  reference (JSON);
+* ``run PKG:FN REF… --party P [--recipient R…] -o RESULT`` — writes the result reference;
+* ``open RESULT --party P -o OUT`` — verifies, opens and writes the value (``.npy``, ``.npz``,
+  ``.arrow``, ``.json`` or raw bytes by its kind);
+* ``lineage RESULT --party P`` — verifies the record and the KBS audit log and shows which
+  inputs, owners, grants, function and worker produced the result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from teeflow.errors import ParseError
+
+__all__ = ["read_value_file", "register", "write_value_file"]
+
+_MAX_FILE = 4 << 30
+_PinOpt = Annotated[
+    Path | None, typer.Option("--pin", help="KBS pin file (default: $TEEFLOW_HOME/kbs.pin.json).")
+]
+_PartyOpt = Annotated[str, typer.Option("--party", help="Acting party (its keys).")]
+
+
+def read_value_file(path: Path) -> Any:
+    """A value from ``path`` by suffix (module docstring).
+
+    Raises:
+        ParseError: unreadable or malformed.
+    """
+    import numpy as np
+
+    try:
+        if path.stat().st_size > _MAX_FILE:
+            raise ParseError(f"{path} is larger than 4 GiB")
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False)
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        if path.suffix == ".arrow":
+            import pyarrow as pa  # type: ignore[import-untyped]
+            import pyarrow.ipc  # type: ignore[import-untyped]
+
+            data = pa.py_buffer(path.read_bytes())
+            try:
+                return pa.ipc.open_stream(data).read_all()
+            except pa.ArrowInvalid:
+                return pa.ipc.open_file(data).read_all()
+        return path.read_bytes()
+    except ImportError:
+        raise ParseError(".arrow files need pyarrow (pip install 'teeflow[tables]')") from None
+    except (OSError, ValueError) as exc:
+        raise ParseError(f"cannot read {path}: {type(exc).__name__}") from None
+
+
+def write_value_file(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path``: ndarray → ``.npy``, dict of arrays → ``.npz``, table →
+    Arrow IPC stream, bytes → raw, other → JSON."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        with path.open("wb") as fh:
+            np.save(fh, value, allow_pickle=False)
+    elif isinstance(value, dict) and value and all(
+        isinstance(v, np.ndarray) for v in value.values()
+    ):
+        with path.open("wb") as fh:
+            np.savez(fh, **value)
+    elif isinstance(value, bytes):
+        path.write_bytes(value)
+    elif type(value).__module__.startswith("pyarrow"):
+        import pyarrow as pa
+        import pyarrow.ipc
+
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, value.schema) as w:
+            w.write_table(value)
+    else:
+        path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+
+
+def _party(name: str, pin: Path | None) -> Any:
+    from teeflow.compute import Party
+    from teeflow.kbs.pinning import default_pin_path
+
+    return Party.load(name, pin=pin or default_pin_path())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``compute`` command group to the root app."""
+    grp = typer.Typer(name="compute", help="Authorised confidential compute (TEEU).",
+                      no_args_is_help=True)
+    out = Console()
+
+    @grp.command("serve")
+    def serve(
+        kbs: Annotated[str | None, typer.Option("--kbs", help="KBS URL (default: pin's).")] = None,
+        pin: _PinOpt = None,
+        package: Annotated[Path, typer.Option("--package", help="Package .tar or folder.")] = Path(
+            "package"),
+        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT.")] = "127.0.0.1:9443",
+        store: Annotated[Path | None, typer.Option("--store", help="Sealed-input folder.")] = None,
+        timeout: Annotated[float, typer.Option("--timeout", help="Seconds per call.")] = 300.0,
+        max_memory: Annotated[int | None, typer.Option("--max-memory", help="Bytes.")] = None,
+        isolation: Annotated[str, typer.Option("--isolation", help="thread or fork.")] = "thread",
+        log_level: Annotated[str, typer.Option("--log-level")] = "info",
+    ) -> None:
+        """Run the compute worker (role compute) until interrupted."""
+        from teeflow.compute.jobs import ExecutionLimits
+        from teeflow.compute.worker import serve as run
+        from teeflow.kbs.pinning import default_pin_path
+
+        if isolation not in ("thread", "fork"):
+            raise ParseError("--isolation must be thread or fork")
+        if max_memory is not None and isolation == "thread":
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
+        limits = ExecutionLimits(timeout=timeout, max_memory=max_memory,
+                                 isolation=isolation)  # type: ignore[arg-type]
+
+        def ready(worker: Any) -> None:
+            out.print(f"measurement {worker.info()['measurement']}")
+            out.print(f"compute worker for package {worker.package_name} "
+                      f"({', '.join(worker.functions)}) on https://{listen}")
+
+        run(kbs, pin or default_pin_path(), package, listen=listen, store_dir=store,
+            limits=limits, on_ready=ready, log_level=log_level)
+
+    @grp.command("seal")
+    def seal(
+        file: Annotated[Path, typer.Argument(help="Value file (.npy .npz .arrow .json raw).")],
+        party: _PartyOpt,
+        worker: Annotated[str, typer.Option("--worker", help="Worker URL.")],
+        allow: Annotated[list[str], typer.Option("--allow", help="PKG:FN allowed.")],
+        recipient: Annotated[list[str], typer.Option("--recipient", help="Result recipient.")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Input reference file.")],
+        pin: _PinOpt = None,
+        max_releases: Annotated[int, typer.Option("--max-releases")] = 16,
+    ) -> None:
+        """Seal FILE for the worker and grant it to the allowed functions."""
+        with _party(party, pin) as p:
+            ref = p.seal(read_value_file(file), allow=allow, recipients=recipient,
+                         to=p.teeu(worker), max_releases=max_releases)
+        output.write_text(ref.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        out.print(f"sealed {file} as {ref.id} ({ref.size} bytes) -> {output}")
+
+    @grp.command("run")
+    def run_job(
+        function: Annotated[str, typer.Argument(help="PKG:FN.")],
+        refs: Annotated[list[Path], typer.Argument(help="Input reference files, in order.")],
+        party: _PartyOpt,
+        output: Annotated[Path, typer.Option("-o", "--output", help="Result reference file.")],
+        recipient: Annotated[list[str] | None, typer.Option("--recipient")] = None,
+        pin: _PinOpt = None,
+    ) -> None:
+        """Run FUNCTION over the sealed inputs; the result stays sealed."""
+        from teeflow.compute import SealedInput
+
+        inputs = [SealedInput.model_validate_json(r.read_text(encoding="utf-8")) for r in refs]
+        workers = {i.worker for i in inputs}
+        if len(workers) != 1:
+            raise ParseError("all inputs must be sealed at the same worker")
+        with _party(party, pin) as p:
+            result = p.teeu(workers.pop()).run(function, *inputs, recipients=recipient or None)
+        output.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        out.print(f"result {result.result_id} sealed to {', '.join(result.recipients)} "
+                  f"-> {output}")
+
+    @grp.command("open")
+    def open_result(
+        result: Annotated[Path, typer.Argument(help="Result reference file.")],
+        party: _PartyOpt,
+        output: Annotated[Path, typer.Option("-o", "--output", help="Where to write it.")],
+        pin: _PinOpt = None,
+    ) -> None:
+        """Verify and open a result this party is a recipient of."""
+        from teeflow.compute import ResultRef
+
+        ref = ResultRef.from_json(result.read_bytes())
+        with _party(party, pin) as p:
+            value = p.open(ref)
+        write_value_file(output, value)
+        out.print(f"opened result {ref.result_id} ({ref.lineage.record.result.kind}) -> {output}")
+
+    @grp.command("lineage")
+    def lineage(
+        result: Annotated[Path, typer.Argument(help="Result reference file.")],
+        party: _PartyOpt,
+        pin: _PinOpt = None,
+    ) -> None:
+        """Show (and verify) which inputs, function and worker produced a result."""
+        from teeflow.compute import ResultRef
+
+        ref = ResultRef.from_json(result.read_bytes())
+        with _party(party, pin) as p:
+            audit = p.audit_lineage(ref)
+        rec = ref.lineage.record
+        out.print(f"result {rec.result_id}: {rec.package.name}:{rec.function} "
+                  f"(package {rec.package.digest[:16]}…) -> {rec.result.kind}, sealed to "
+                  f"{', '.join(rec.recipients)}")
+        emulated = " EMULATED" if rec.worker.emulated else ""
+        out.print(f"worker {rec.worker.tee}{emulated} measurement {rec.worker.measurement}")
+        out.print(f"recorded in the KBS audit log at seq {audit.counter_seq} "
+                  f"({audit.recorded_at.isoformat()})")
+        table = Table("input", "owner", "grant", "release seq")
+        for input_id, seq in audit.releases:
+            owner, grant = audit.grants.get(input_id, ("?", "?"))
+            table.add_row(input_id, owner, grant[:16] + "…", str(seq))
+        out.print(table)
+        out.print("lineage verified")
+
+    app.add_typer(grp)

@@ -1,0 +1,303 @@
+"""CLI of the FL runtime: ``aggregator``, ``client``, ``package`` and ``model`` groups.
+
+``register(app)`` adds::
+
+    teeflow aggregator run --kbs URL --pin FILE --session NAME --rounds N --min-clients K
+        [--fraction-fit F] [--strategy fedavg] [--listen HOST:PORT] [--state-dir DIR] ...
+    teeflow aggregator measurement [--manifest FILE]
+    teeflow client run --party NAME --kbs URL --pin FILE --aggregator HOST:PORT --data SPEC ...
+    teeflow client measurement [--manifest FILE]
+    teeflow package build DIR -o pkg.tar
+    teeflow package publish pkg.tar --kbs URL --pin FILE --party NAME [-o pkg.tar.sealed]
+    teeflow model verify MODEL PROVENANCE --ca CA.pem
+    teeflow model open MODEL --party NAME [-o out.safetensors]
+
+``aggregator run`` and ``client run`` print one JSON object per line on stdout (``{"event":
+..., ...}``; the last is ``done`` or ``error``) — :mod:`teeflow.fl.session` reads them. The
+module also runs standalone (``python -m teeflow.cli.fl_cmds aggregator run ...``), which is
+how :mod:`teeflow.fl.session` starts workloads: the aggregator process then loads only what
+it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from teeflow.errors import Error, ParseError
+
+__all__ = ["main", "register"]
+
+
+def _emit(event: str, fields: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _quiet_grpc() -> None:
+    # gRPC logs an ERROR line per handshake because workload certificates carry no DNS name
+    # for SNI (see teeflow.fl.transport.tls); keep stderr for real problems.
+    if not os.environ.get("TEEFLOW_DEBUG"):
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+
+def _json_config(text: str | None, what: str) -> dict[str, Any]:
+    if not text:
+        return {}
+    from teeflow.fl.transport.framing import decode_config
+
+    try:
+        return dict(decode_config(text))
+    except ParseError as exc:
+        raise ParseError(f"{what}: {exc}") from None
+
+
+def _fail(exc: Error) -> None:
+    _emit("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``aggregator``, ``client``, ``package`` and ``model`` groups to ``app``."""
+    agg = typer.Typer(help="The attested FL aggregator workload.", no_args_is_help=True)
+    cli = typer.Typer(help="The attested FL client workload.", no_args_is_help=True)
+    pkg = typer.Typer(help="Compute packages: build and publish.", no_args_is_help=True)
+    model = typer.Typer(help="Final models: verify provenance, open.", no_args_is_help=True)
+    app.add_typer(agg, name="aggregator")
+    app.add_typer(cli, name="client")
+    app.add_typer(pkg, name="package")
+    app.add_typer(model, name="model")
+
+    @agg.command("run")
+    def aggregator_run(
+        pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
+        session: Annotated[str, typer.Option("--session", help="Session name.")],
+        rounds: Annotated[int, typer.Option("--rounds", help="Rounds to run (in all).")],
+        min_clients: Annotated[int, typer.Option("--min-clients", help="K: fewest updates.")],
+        kbs: Annotated[str | None, typer.Option("--kbs", help="KBS URL (default: pin).")] = None,
+        fraction_fit: Annotated[float, typer.Option("--fraction-fit")] = 1.0,
+        strategy: Annotated[str, typer.Option("--strategy")] = "fedavg",
+        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (0: any).")] = (
+            "127.0.0.1:8450"
+        ),
+        state_dir: Annotated[Path, typer.Option("--state-dir")] = Path("aggregator-state"),
+        checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Model output folder.")] = None,
+        package: Annotated[
+            Path | None, typer.Option("--package", help="Sealed package to hand to clients.")
+        ] = None,
+        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
+        wait_clients: Annotated[int | None, typer.Option("--wait-clients")] = None,
+        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 120.0,
+        round_timeout: Annotated[float, typer.Option("--round-timeout")] = 300.0,
+        train_config: Annotated[str | None, typer.Option("--train-config", help="JSON")] = None,
+        evaluate_config: Annotated[str | None, typer.Option("--evaluate-config")] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+    ) -> None:
+        """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
+        _quiet_grpc()
+        from teeflow.fl.aggregator import Aggregator, AggregatorOptions
+
+        try:
+            options = AggregatorOptions(
+                pin=pin,
+                session=session,
+                rounds=rounds,
+                min_clients=min_clients,
+                kbs_url=kbs,
+                fraction_fit=fraction_fit,
+                strategy=strategy,
+                listen=listen,
+                state_dir=state_dir,
+                checkpoint=checkpoint,
+                out_dir=out,
+                package=package,
+                package_ref=package_ref,
+                wait_clients=wait_clients,
+                connect_timeout=connect_timeout,
+                round_timeout=round_timeout,
+                train_config=_json_config(train_config, "--train-config"),
+                evaluate_config=_json_config(evaluate_config, "--evaluate-config"),
+                seed=seed,
+                manifest=manifest,
+            )
+            Aggregator(options, _emit).run()
+        except Error as exc:
+            _fail(exc)
+            raise
+
+    @agg.command("measurement")
+    def aggregator_measurement(
+        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+    ) -> None:
+        """Print the aggregator measurement (hex) for the agreement's workloads.aggregator."""
+        from teeflow.fl.workload import fl_measurement
+
+        typer.echo(fl_measurement("aggregator", manifest).hex())
+
+    @cli.command("run")
+    def client_run(
+        party: Annotated[str, typer.Option("--party")],
+        pin: Annotated[Path, typer.Option("--pin")],
+        aggregator: Annotated[str, typer.Option("--aggregator", help="HOST:PORT")],
+        data: Annotated[str, typer.Option("--data", help="Data spec (teeflow.datasets).")],
+        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
+        package_file: Annotated[Path | None, typer.Option("--package-file")] = None,
+        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
+        workdir: Annotated[Path | None, typer.Option("--workdir")] = None,
+        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 60.0,
+        threads: Annotated[int, typer.Option("--threads")] = 0,
+        session: Annotated[str | None, typer.Option("--session")] = None,
+    ) -> None:
+        """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
+        _quiet_grpc()
+        from teeflow.fl.client import Client, ClientOptions
+
+        try:
+            Client(
+                ClientOptions(
+                    party=party,
+                    pin=pin,
+                    aggregator=aggregator,
+                    data=data,
+                    kbs_url=kbs,
+                    package_file=package_file,
+                    package_ref=package_ref,
+                    workdir=workdir,
+                    manifest=manifest,
+                    connect_timeout=connect_timeout,
+                    threads=threads,
+                    session=session,
+                ),
+                _emit,
+            ).run()
+        except Error as exc:
+            _fail(exc)
+            raise
+
+    @cli.command("measurement")
+    def client_measurement(
+        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+    ) -> None:
+        """Print the client measurement (hex) for the agreement's workloads.client."""
+        from teeflow.fl.workload import fl_measurement
+
+        typer.echo(fl_measurement("client", manifest).hex())
+
+    @pkg.command("build")
+    def package_build(
+        directory: Annotated[Path, typer.Argument(help="Package folder (teeflow.yaml).")],
+        output: Annotated[Path, typer.Option("-o", "--output")],
+    ) -> None:
+        """Pack a folder deterministically; print the SHA-256 digest for the agreement."""
+        from teeflow.fl.package import build_package
+
+        archive, d = build_package(directory)
+        try:
+            output.write_bytes(archive)
+        except OSError as exc:
+            raise ParseError(f"cannot write {output}: {exc.strerror or exc}") from None
+        typer.echo(f"{d.hex()}  {output}")
+
+    @pkg.command("publish")
+    def package_publish(
+        archive: Annotated[Path, typer.Argument(help="Package archive (package build).")],
+        pin: Annotated[Path, typer.Option("--pin")],
+        party: Annotated[str, typer.Option("--party", help="Publishing party (its keys).")],
+        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
+        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
+    ) -> None:
+        """Seal the package; upload its key (clients) and the checkpoint key (aggregator)."""
+        from teeflow.fl.publish import publish_package
+        from teeflow.kbs.client import KbsClient
+        from teeflow.kbs.parties import PartyKeys
+
+        keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
+        with KbsClient(kbs, pin) as client:
+            done = publish_package(archive, client, keys, sealed_path=output)
+        typer.echo(f"package {done.name} {done.digest} sealed to {done.sealed_path}")
+        typer.echo(f"resource {done.package_key_path} stored (role client)")
+        typer.echo(f"resource {done.checkpoint_key_path} stored (role aggregator)")
+
+    @model.command("verify")
+    def model_verify(
+        model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
+        provenance: Annotated[Path, typer.Argument(help="Provenance log (JSON lines).")],
+        ca: Annotated[Path, typer.Option("--ca", help="Federation CA (PEM) or a KBS pin.")],
+    ) -> None:
+        """Re-check the provenance chain, signatures, certificate and final digest."""
+        from teeflow.fl.outputs import verify_model
+
+        checked = verify_model(model_file, provenance, _load_ca(ca))
+        typer.echo(
+            f"verified: session {checked.header.session}, {checked.rounds} rounds, model "
+            f"{checked.header.arrays_digest}, aggregator {checked.aggregator.measurement}"
+            + (" (EMULATED TEE)" if checked.aggregator.emulated else "")
+        )
+
+    @model.command("open")
+    def model_open(
+        model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
+        party: Annotated[str, typer.Option("--party")],
+        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
+    ) -> None:
+        """Decrypt the model for an authorised recipient; write safetensors."""
+        from teeflow.fl.arrays import encode_arrays
+        from teeflow.fl.outputs import open_model
+        from teeflow.kbs.parties import PartyKeys
+
+        keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
+        arrays = open_model(model_file, keys)
+        target = output or model_file.with_suffix(".safetensors")
+        try:
+            target.write_bytes(encode_arrays(arrays))
+        except OSError as exc:
+            raise ParseError(f"cannot write {target}: {exc.strerror or exc}") from None
+        typer.echo(f"{len(arrays)} arrays written to {target}")
+
+
+def _load_ca(path: Path) -> Any:
+    from cryptography import x509
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if raw.lstrip().startswith(b"{"):
+        from teeflow.kbs.pinning import Pin
+
+        return Pin.load(path).ca()
+    try:
+        return x509.load_pem_x509_certificate(raw)
+    except ValueError:
+        raise ParseError(f"{path} is not a PEM certificate") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone entry point (``python -m teeflow.cli.fl_cmds``): these groups only."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+
+    @app.callback()
+    def _root() -> None:
+        """teeflow FL workloads."""
+
+    register(app)
+    try:
+        app(argv if argv is not None else sys.argv[1:], standalone_mode=True)
+    except Error as exc:
+        if os.environ.get("TEEFLOW_DEBUG"):
+            raise
+        sys.stderr.write(f"error ({exc.code}): {exc}\n")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

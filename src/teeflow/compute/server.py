@@ -1,0 +1,186 @@
+"""The compute worker's HTTPS layer: FastAPI app, TLS context, uvicorn server, ``serve``.
+
+Routes and the job flow are documented in :mod:`teeflow.compute.worker`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI, Request, Response
+
+from teeflow.compute.jobs import ComputeError, ExecutionLimits, InvalidJob, JobRequest
+from teeflow.compute.worker import ComputeWorker, compute_measurement
+from teeflow.errors import Error, KbsError
+from teeflow.kbs.problems import KbsProblem
+from teeflow.kbs.self_attestation import Attester
+
+__all__ = ["make_worker_server", "serve", "worker_tls_context"]
+
+_MAX_INPUT_BYTES = 4 << 30
+
+
+
+
+def _problem(exc: ComputeError) -> Response:
+    return Response(json.dumps(exc.to_problem()), status_code=exc.status,
+                    media_type="application/problem+json")
+
+
+def _create_app(worker: ComputeWorker) -> FastAPI:
+    from fastapi.concurrency import run_in_threadpool
+
+    app = FastAPI(title="teeflow compute worker", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+
+    @app.exception_handler(ComputeError)
+    async def _compute_error(_: Request, exc: ComputeError) -> Response:
+        return _problem(exc)
+
+    @app.exception_handler(Error)
+    async def _other_error(_: Request, exc: Error) -> Response:
+        status = exc.status if isinstance(exc, KbsProblem) else 500
+        return _problem(ComputeError(f"{type(exc).__name__} (HTTP {status} upstream)"))
+
+    @app.get("/v1/compute/info")
+    async def info() -> dict[str, Any]:
+        return worker.info()
+
+    @app.put("/v1/compute/inputs/{owner}/teeu-input/{digest_hex}")
+    async def put_input(owner: str, digest_hex: str, request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > _MAX_INPUT_BYTES:
+            raise InvalidJob("a sealed input needs a Content-Length up to 4 GiB")
+        buf = bytearray(int(declared))
+        pos = 0
+        async for chunk in request.stream():
+            if pos + len(chunk) > len(buf):
+                raise InvalidJob("body longer than its Content-Length")
+            buf[pos:pos + len(chunk)] = chunk
+            pos += len(chunk)
+        if pos != len(buf):
+            raise InvalidJob("body shorter than its Content-Length")
+        input_id = f"{owner}/teeu-input/{digest_hex}"
+        blob = bytes(buf)
+        del buf
+        await run_in_threadpool(worker.put_input, input_id, blob)
+        return {"id": input_id, "size": len(blob)}
+
+    @app.post("/v1/compute/jobs")
+    async def run_job(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 64 * 1024:
+            raise InvalidJob("job request larger than 64 KiB")
+        try:
+            job = JobRequest.model_validate_json(body)
+        except ValueError:
+            raise InvalidJob("malformed job request") from None
+        timings: dict[str, float] = {}
+        ref = await run_in_threadpool(worker.run_job, job, timings=timings)
+        server_timing = ", ".join(f"{k};dur={v * 1e3:.3f}" for k, v in timings.items())
+        return Response(ref.model_dump_json(), media_type="application/json",
+                        headers={"Server-Timing": server_timing})
+
+    @app.get("/v1/compute/results/{result_id}")
+    async def get_result(result_id: str) -> Response:
+        blob, _ = worker.get_result(result_id)
+        return Response(blob, media_type="application/octet-stream")
+
+    @app.get("/v1/compute/results/{result_id}/ref")
+    async def get_ref(result_id: str) -> Response:
+        _, ref = worker.get_result(result_id)
+        return Response(ref.model_dump_json(), media_type="application/json")
+
+    return app
+
+
+def worker_tls_context(worker: ComputeWorker) -> ssl.SSLContext:
+    """Server TLS 1.3 context with the worker's federation certificate (no client
+    certificates: inputs are sealed, results sealed to recipients). The key reaches OpenSSL
+    encrypted under a one-time password through an anonymous memory file where available.
+
+    Raises:
+        KbsError: not started, or OpenSSL refuses the credential.
+    """
+    if worker.certificate is None or worker._tls_key is None:
+        raise KbsError("start the worker first")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    password = os.urandom(32).hex().encode()
+    key_pem = worker._tls_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password))
+    pem = worker.certificate.public_bytes(serialization.Encoding.PEM) + key_pem
+    memfd = getattr(os, "memfd_create", None)
+    try:
+        if memfd is not None and Path("/proc/self/fd").is_dir():
+            fd = memfd("teeflow-compute-tls", 0)
+            try:
+                os.write(fd, pem)
+                ctx.load_cert_chain(f"/proc/self/fd/{fd}", password=password)
+            finally:
+                os.close(fd)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "chain.pem"
+                path.write_bytes(pem)
+                path.chmod(0o600)
+                ctx.load_cert_chain(str(path), password=password)
+    except (ssl.SSLError, OSError) as exc:
+        raise KbsError(f"cannot load the worker TLS credential: {type(exc).__name__}") from None
+    return ctx
+
+
+def make_worker_server(
+    worker: ComputeWorker, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning"
+) -> uvicorn.Server:
+    """A uvicorn server for a started worker (not started; TLS from
+    :func:`worker_tls_context`)."""
+    config = uvicorn.Config(_create_app(worker), host=host, port=port, log_level=log_level,
+                            access_log=log_level == "debug", proxy_headers=False,
+                            server_header=False, lifespan="off", timeout_graceful_shutdown=5)
+    config.load()
+    config.ssl = worker_tls_context(worker)
+    return uvicorn.Server(config)
+
+
+def serve(
+    kbs_url: str | None, pin: Path, package: Path, *, listen: str = "127.0.0.1:9443",
+    platform: Attester | None = None, store_dir: Path | None = None,
+    limits: ExecutionLimits | None = None, on_ready: Callable[[ComputeWorker], None] | None = None,
+    log_level: str = "info",
+) -> None:
+    """Run a worker until interrupted (``teeflow compute serve``; blocking).
+
+    ``platform`` defaults to the emulated SGX platform with :func:`compute_measurement`.
+
+    Raises:
+        KbsError, AttestationFailed, PackageError: as :meth:`ComputeWorker.start`.
+    """
+    from teeflow.kbs.server import parse_listen
+    from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+
+    host, port = parse_listen(listen)
+    if platform is None:
+        platform = EmulatedSgx(EmulationAuthority.load_or_create(),
+                               measurement=compute_measurement())
+    worker = ComputeWorker(pin, platform, package, kbs_url=kbs_url, store_dir=store_dir,
+                           limits=limits)
+    try:
+        worker.start()
+        worker.url = f"https://{host}:{port}"
+        server = make_worker_server(worker, host, port, log_level=log_level)
+        if on_ready is not None:
+            on_ready(worker)
+        server.run()
+    finally:
+        worker.close()

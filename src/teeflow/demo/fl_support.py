@@ -1,0 +1,384 @@
+"""Pieces of the federated-learning demo (:mod:`teeflow.demo.fl_demo`): the work directory, the
+agreement, following the workloads' progress events, and the by-hand commands.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from teeflow.errors import FLError
+
+if TYPE_CHECKING:
+    from teeflow.demo.fl_demo import DemoOptions
+    from teeflow.fl.session import AggregatorProcess, WorkloadProcess
+    from teeflow.kbs.parties import PartyKeys
+
+__all__ = [
+    "DEMO_MARKER",
+    "RoundProgress",
+    "RoundTracker",
+    "manual_commands",
+    "prepare_workdir",
+    "teeflow_command",
+    "write_agreement",
+]
+
+#: File that marks a folder as a demo work directory (which the next demo may replace).
+DEMO_MARKER = ".teeflow-demo"
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """Make ``workdir`` a fresh, empty demo folder.
+
+    A previous demo's folder (it holds :data:`DEMO_MARKER`) is deleted; an empty or absent
+    folder is used as is.
+
+    Raises:
+        FLError: ``workdir`` is a file, or a non-empty folder that is not a demo folder.
+    """
+    if workdir.exists():
+        if not workdir.is_dir():
+            raise FLError(f"{workdir} is not a folder")
+        if (workdir / DEMO_MARKER).is_file():
+            shutil.rmtree(workdir)
+        elif any(workdir.iterdir()):
+            raise FLError(
+                f"{workdir} exists and is not a teeflow demo folder: choose another --workdir"
+            )
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / DEMO_MARKER).write_text(
+            "teeflow demo work directory: the next `teeflow demo` here replaces it\n"
+        )
+    except OSError as exc:
+        raise FLError(f"cannot create {workdir}: {exc.strerror or exc}") from None
+
+
+def write_agreement(
+    path: Path,
+    *,
+    federation: str,
+    keys: Sequence[PartyKeys],
+    kbs_measurement: str,
+    package_digest: str,
+) -> str:
+    """Write the demo agreement to ``path`` and every party's signature to
+    ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
+
+    The first party is data- and model-owner and the model's only recipient; the others are
+    data owners. ``allow_emulated: true``; workloads: the KBS measurement given and the
+    built-in aggregator/client measurements of the installed teeflow; one package ``mnist``.
+
+    Returns:
+        The agreement digest (64 hex).
+
+    Raises:
+        ParseError: invalid agreement (cannot happen for valid keys and digests).
+    """
+    from teeflow.cli.agreement_cmds import SignatureFile, signature_path
+    from teeflow.fl.workload import fl_measurement
+    from teeflow.kbs.agreement import FederationAgreement, digest, sign_agreement
+
+    names = [k.name for k in keys]
+    agreement = FederationAgreement.from_mapping(
+        {
+            "federation": federation,
+            "version": 1,
+            "previous": None,
+            "parties": {
+                k.name: {
+                    "sign_key": k.public().sign_key,
+                    "recipient_key": k.public().recipient_key,
+                    "roles": ["data-owner", "model-owner"] if i == 0 else ["data-owner"],
+                }
+                for i, k in enumerate(keys)
+            },
+            "workloads": {
+                "kbs": {"sgx": {"mrenclave": [kbs_measurement]}},
+                "aggregator": {"sgx": {"mrenclave": [fl_measurement("aggregator").hex()]}},
+                "client": {"sgx": {"mrenclave": [fl_measurement("client").hex()]}},
+            },
+            "packages": {
+                "mnist": {
+                    "digest": package_digest,
+                    "entrypoints": ["train", "validate"],
+                    "functions": ["init"],
+                    "readers": names,
+                }
+            },
+            "outputs": {"model": names[:1]},
+            "allow_emulated": True,
+            "update_quorum": {"k": len(names) // 2 + 1},
+        }
+    )
+    header = (
+        "# teeflow demo agreement. allow_emulated: true — EMULATED TEE, development only:\n"
+        "# software TEEs give NO hardware protection. Signatures: agreement.yaml.sigs.json\n"
+    )
+    path.write_text(header + agreement.to_yaml())
+    d = digest(agreement).hex()
+    sigs = SignatureFile(
+        federation=federation,
+        version=1,
+        digest=d,
+        signatures={k.name: sign_agreement(agreement, k) for k in keys},
+    )
+    signature_path(path).write_text(
+        json.dumps(sigs.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+    )
+    return d
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """Progress of one round (round 0: the initial model's evaluation).
+
+    Attributes:
+        round: round number.
+        phase: ``initial model``, ``training``, ``evaluating``, ``committed`` or ``done``.
+        done: steps finished (a client's training, a client's evaluation, the commit).
+        total: steps of the round (``2 x selected + 1``; round 0: ``clients + 1``).
+        selected: parties selected for the round.
+        result: the aggregator's ``round`` event once the round is over (``clients``,
+            ``seconds``, ``train_loss``, ``eval_accuracy``, ...), else None.
+    """
+
+    round: int
+    phase: str
+    done: int
+    total: int
+    selected: tuple[str, ...] = ()
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class _Round:
+    progress: RoundProgress
+    trained: set[str] = field(default_factory=set)
+    evaluating: set[str] = field(default_factory=set)
+
+
+class RoundTracker:
+    """Follows the aggregator's and the clients' JSON events and reports round progress.
+
+    Args:
+        aggregator: the aggregator process.
+        clients: party → client process.
+        on_progress: called with every new :class:`RoundProgress`.
+    """
+
+    def __init__(
+        self,
+        aggregator: AggregatorProcess,
+        clients: Mapping[str, WorkloadProcess],
+        on_progress: Callable[[RoundProgress], None],
+    ) -> None:
+        self.agg, self.clients, self.on_progress = aggregator, dict(clients), on_progress
+        self.rounds: dict[int, _Round] = {}
+        self.results: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+
+    def _update(self, r: int, **changes: Any) -> None:
+        state = self.rounds[r]
+        state.progress = replace(state.progress, **changes)
+        self.on_progress(state.progress)
+
+    def _start(self, r: int, selected: Sequence[str]) -> None:
+        n = len(selected)
+        phase, total = ("initial model", n + 1) if r == 0 else ("training", 2 * n + 1)
+        if r in self.rounds:  # a client's event came first: keep what it recorded
+            self._update(r, selected=tuple(selected), total=total)
+            return
+        self.rounds[r] = _Round(RoundProgress(r, phase, 0, total, tuple(selected)))
+        self.on_progress(self.rounds[r].progress)
+
+    def _client_event(self, party: str, e: dict[str, Any]) -> None:
+        kind, r = e.get("event"), e.get("round")
+        if kind == "task-failed":
+            self.warnings.append(f"{party}: {e.get('kind')} task of round {r} failed")
+        elif kind == "error":
+            self.warnings.append(f"client {party} failed: {e.get('message')}")
+        if kind != "task" or not isinstance(r, int):
+            return
+        if r not in self.rounds and e.get("kind") in ("init", "evaluate"):
+            self._start(r, sorted(self.clients))
+        if e.get("kind") != "evaluate" or r not in self.rounds:
+            return
+        state = self.rounds[r]
+        if r > 0 and party in state.progress.selected:
+            state.trained.add(party)
+        state.evaluating.add(party)
+        phase = "evaluating" if r > 0 else "initial model"
+        self._update(r, phase=phase, done=len(state.trained))
+
+    def _agg_event(self, e: dict[str, Any]) -> dict[str, Any] | None:
+        kind = e["event"]
+        if kind == "round-start":
+            self._start(int(e["round"]), list(e.get("selected", [])))
+        elif kind == "client-dropped":
+            self.warnings.append(f"round {e.get('round')}: {e.get('party')} dropped")
+        elif kind == "round-retry":
+            self.warnings.append(f"round {e.get('round')} retried: {e.get('reason')}")
+        elif kind == "committed" and int(e["round"]) in self.rounds:
+            r = int(e["round"])
+            self._update(r, phase="committed", done=self.rounds[r].progress.total)
+        elif kind == "round":
+            r = int(e["round"])
+            if r not in self.rounds:
+                self._start(r, list(e.get("clients", [])))
+            result = {k: v for k, v in e.items() if k not in ("event", "_time")}
+            self.results.append(result)
+            self._update(r, phase="done", done=self.rounds[r].progress.total, result=result)
+        elif kind == "error":
+            raise FLError(f"the aggregator failed: {e.get('message')}")
+        elif kind == "done":
+            return e
+        return None
+
+    def follow(self, timeout: float, poll: float = 0.1) -> dict[str, Any]:
+        """Process events until the aggregator reports ``done`` and return that event.
+
+        Raises:
+            FLError: the aggregator reported an error or exited first, or ``timeout``
+                seconds passed.
+        """
+        end = time.monotonic() + timeout
+        seen_agg = 0
+        seen = dict.fromkeys(self.clients, 0)
+        while True:
+            for party, proc in self.clients.items():
+                events = proc.events[seen[party] :]
+                seen[party] += len(events)
+                for e in events:
+                    self._client_event(party, e)
+            events = self.agg.events[seen_agg:]
+            seen_agg += len(events)
+            for e in events:
+                done = self._agg_event(e)
+                if done is not None:
+                    return done
+            if self.agg.returncode is not None and seen_agg == len(self.agg.events):
+                time.sleep(poll)  # let the reader thread drain the last lines
+                if seen_agg == len(self.agg.events):
+                    raise FLError(
+                        f"the aggregator exited ({self.agg.returncode}) before finishing; "
+                        f"log:\n{self.agg.log_tail()}"
+                    )
+            if time.monotonic() > end:
+                raise FLError(f"the federation did not finish in {timeout:g} s")
+            time.sleep(poll)
+
+    def table(self) -> list[dict[str, Any]]:
+        """The ``round`` events (oldest first), without the event name."""
+        return list(self.results)
+
+
+def teeflow_command() -> str:
+    """How to call this teeflow from a shell: ``teeflow`` when that is on PATH, else the
+    console script next to this interpreter, else ``python -m teeflow``."""
+    script = Path(sys.executable).parent / "teeflow"
+    if script.is_file():
+        on_path = shutil.which("teeflow")
+        return "teeflow" if on_path and Path(on_path).resolve() == script.resolve() else str(script)
+    return f"{shlex.quote(sys.executable)} -m teeflow"
+
+
+def manual_commands(
+    *,
+    workdir: Path,
+    kbs_url: str,
+    parties: Sequence[str],
+    options: DemoOptions,
+    session: str,
+    federation: str,
+    min_clients: int,
+) -> list[tuple[str, str]]:
+    """The shell commands that run each piece of the demo by hand, on the demo's files:
+    ``[(what, command)]``, in order (restart the KBS on its pinned address, inspect, a new
+    session with aggregator and clients, verify/open the model, audit; then how the setup
+    was made, for a federation of your own)."""
+    q = shlex.quote
+    tf = teeflow_command()
+    w = workdir
+    pin = q(str(w / "pin.json"))
+    port = kbs_url.rsplit(":", 1)[-1]
+    model = q(str(w / "aggregator" / f"{session}.model"))
+    prov = q(str(w / "aggregator" / f"{session}.provenance.jsonl"))
+    train = json.dumps(options.train_config(), sort_keys=True)
+    owner = parties[0]
+    new_session = f"{session}-2"
+    db = q("sqlite:///" + str(w / "kbs.db"))
+    home = q(str(w / "home"))
+    state = q(str(w / "kbs-state"))
+    agreement = q(str(w / "agreement.yaml"))
+    sealed = q(str(w / "mnist.tar.sealed"))
+    agg_state = q(str(w / "aggregator"))
+    out = q(str(w / "model.safetensors"))
+    cmds: list[tuple[str, str]] = [
+        (
+            "point teeflow at the demo's keys (emulation root, parties)",
+            f"export TEEFLOW_HOME={home}",
+        ),
+        (
+            "restart the KBS on its pinned address (own terminal)",
+            f"{tf} kbs serve --db {db} --listen 127.0.0.1:{port} "
+            f"--state-dir {state} --federation {federation}",
+        ),
+        ("inspect the signed agreement", f"{tf} agreement show {agreement}"),
+        (
+            "verify the KBS again and rewrite its pin",
+            f"{tf} kbs verify {kbs_url} --reference-values {agreement} --allow-emulated -o {pin}",
+        ),
+        (
+            f"a new session: the aggregator (own terminal; outputs {new_session}.*)",
+            f"{tf} aggregator run --pin {pin} --session {new_session} --rounds {options.rounds} "
+            f"--min-clients {min_clients} --wait-clients {len(parties)} --listen 127.0.0.1:8450 "
+            f"--package {sealed} --train-config {q(train)} --state-dir {agg_state}",
+        ),
+    ]
+    for i, p in enumerate(parties):
+        cmds.append(
+            (
+                f"… and the client of {p} (own terminal)",
+                f"{tf} client run --party {p} --pin {pin} --aggregator 127.0.0.1:8450 "
+                f"--data {q(options.data_spec(i))} --threads 1",
+            )
+        )
+    cmds += [
+        (
+            "verify the model's provenance (no key needed)",
+            f"{tf} model verify {model} {prov} --ca {pin}",
+        ),
+        (f"open the model as {owner}", f"{tf} model open {model} --party {owner} -o {out}"),
+        ("verify the KBS audit log", f"{tf} kbs audit verify --pin {pin}"),
+        (
+            "setup of a federation of your own: party keys (each party)",
+            f"{tf} party keygen {owner}",
+        ),
+        (
+            "… the package and its digest (the agreement lists it)",
+            f"{tf} package build examples/mnist -o mnist.tar",
+        ),
+        (
+            "… the workload measurements (the agreement's reference values)",
+            f"{tf} kbs measurement; {tf} aggregator measurement; {tf} client measurement",
+        ),
+        (
+            "… sign (each party) and submit the agreement",
+            f"{tf} agreement sign agreement.yaml --party {owner}; "
+            f"{tf} agreement submit agreement.yaml --pin pin.json",
+        ),
+        (
+            "… seal and publish the package (a model owner)",
+            f"{tf} package publish mnist.tar --pin pin.json --party {owner}",
+        ),
+    ]
+    return cmds

@@ -1,0 +1,548 @@
+"""The aggregator workload (``teeflow aggregator run``): attested, torch-free, rollback-safe.
+
+Start-up (:meth:`Aggregator.run`):
+
+1. measurement: the ``--manifest`` workload manifest (trusted files re-hashed first) or the
+   built-in one of the installed teeflow (:func:`fl_manifest`); the emulated platform quotes it;
+2. the agreement from the pinned KBS; the session package (:func:`teeflow.fl.publish.
+   choose_package`); RCAR attestation as role ``aggregator`` claiming the package, the
+   checkpoint key resource and the ``outputs.model`` recipients; a workload certificate for the
+   attested key; the checkpoint key;
+3. the KBS counter ``session/<name>`` and the checkpoint decide fresh start, resume or refusal
+   (:mod:`teeflow.fl.checkpoint`; an older checkpoint raises :class:`~teeflow.fl.checkpoint.
+   RollbackError`);
+4. the gRPC server (mutual TLS, :mod:`teeflow.fl.transport.server`); wait (bounded) for
+   ``wait_clients`` clients.
+
+**Initial model.** The aggregator has no torch, so on a fresh session it asks one attested
+client (the first connected party in name order; the next one if that fails) to run the
+package's ``init`` function with the training config; the result's digest starts the
+provenance log (``session-start``) and is evaluated as round 0.
+
+**Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
+gets the global model and config; updates are decoded, checked and folded into the strategy *as
+they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
+fails or misses the round deadline is dropped from the round. Fewer than ``min_clients`` updates:
+the round is retried once, then the session fails with :class:`~teeflow.errors.FLError`. Then
+federated evaluation (best effort), then the commit: provenance ``round`` entry, sealed checkpoint,
+KBS counter compare-and-increment to ``r`` bound to the model digest. After the last round the
+``final`` entry is appended and the model is sealed to the recipients (:mod:`teeflow.fl.outputs`).
+
+Progress goes to ``emit(event, fields)`` (the CLI prints JSON lines; :mod:`teeflow.fl.session`
+reads them). This module never imports torch (``tests`` check ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from teeflow.errors import Error, FLError, ParseError
+from teeflow.fl.arrays import (
+    ArrayDict,
+    arrays_digest,
+    check_compatible,
+    decode_arrays,
+    encode_arrays,
+)
+from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
+from teeflow.fl.outputs import model_recipients, seal_model
+from teeflow.fl.proto import teeflow_fl_pb2 as pb
+from teeflow.fl.provenance import ClientRecord, ProvenanceLog, save_provenance
+from teeflow.fl.publish import checkpoint_key_path, choose_package, fetch_resource
+from teeflow.fl.strategy import EvaluateResult, FitResult, make_strategy, validate_fit_result
+from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
+from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
+from teeflow.fl.workload import (
+    AggregatorResult,
+    RoundReport,
+    fl_manifest,
+    fl_measurement,
+    parse_listen,
+)
+from teeflow.kbs.agreement import FederationAgreement, digest
+from teeflow.kbs.client import KbsClient
+from teeflow.kbs.problems import Conflict, TokenNotFound, TokenVerifierError
+from teeflow.platform.emulated import EmulatedSgx
+
+__all__ = [
+    "Aggregator",
+    "AggregatorOptions",
+    "AggregatorResult",
+    "RoundReport",
+    "fl_manifest",
+    "fl_measurement",
+    "parse_listen",
+]
+
+_LOG = logging.getLogger("teeflow.fl.aggregator")
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class AggregatorOptions:
+    """Options of ``teeflow aggregator run`` (see ``docs/fl.md``).
+
+    Times are seconds. ``wait_clients`` defaults to ``min_clients``.
+    """
+
+    pin: Path
+    session: str
+    rounds: int
+    min_clients: int
+    kbs_url: str | None = None
+    fraction_fit: float = 1.0
+    strategy: str = "fedavg"
+    listen: str = "127.0.0.1:0"
+    state_dir: Path = Path(".")
+    checkpoint: Path | None = None
+    out_dir: Path | None = None
+    package: Path | None = None
+    package_ref: str | None = None
+    wait_clients: int | None = None
+    connect_timeout: float = 120.0
+    round_timeout: float = 300.0
+    train_config: Config = field(default_factory=dict)
+    evaluate_config: Config = field(default_factory=dict)
+    seed: int = 0
+    manifest: Path | None = None
+    max_clients: int = 64
+
+
+class Aggregator:
+    """One aggregator run (module docstring)."""
+
+    def __init__(self, options: AggregatorOptions, emit: Emit | None = None) -> None:
+        o = options
+        if o.rounds < 1 or o.min_clients < 1 or o.round_timeout <= 0 or o.connect_timeout <= 0:
+            raise FLError("rounds and min_clients must be >= 1, timeouts > 0")
+        counter_name(o.session)
+        self.o = options
+        self._emit_fn = emit or (lambda event, fields: None)
+        self._reports: list[RoundReport] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Report progress."""
+        self._emit_fn(event, fields)
+
+    # -- KBS -----------------------------------------------------------------------------
+
+    def _attest(self) -> None:
+        self.kbs.attest("aggregator", self._claims)
+
+    def _kbs_call(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (TokenVerifierError, TokenNotFound):  # token expired: attest again once
+            self._attest()
+            return fn()
+
+    def _setup(self) -> None:
+        o = self.o
+        mr = fl_measurement("aggregator", o.manifest)
+        platform = EmulatedSgx(measurement=mr)
+        self.kbs = KbsClient(o.kbs_url, o.pin, platform)
+        signed = self.kbs.current_agreement()
+        if signed is None:
+            raise FLError("the KBS has no agreement")
+        self.agreement: FederationAgreement = signed.agreement
+        self.agreement_digest = digest(self.agreement)
+        name, pkg_hex = choose_package(self.agreement, o.package_ref)
+        self.package_digest = bytes.fromhex(pkg_hex)
+        self.recipients = model_recipients(self.agreement)
+        path = checkpoint_key_path(pkg_hex)
+        self._claims = {
+            "package_digest": pkg_hex,
+            "resources": [path],
+            "recipients": sorted(self.recipients),
+        }
+        self._attest()
+        cert_pem, key = self.kbs.get_certificate()
+        self.identity = self.kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+        if self.identity.agreement_digest != self.agreement_digest.hex():
+            raise FLError("the certificate was issued under another agreement (agreement changed?)")
+        self.cert_pem, self.key = cert_pem, key
+        self.emit(
+            "attested",
+            role="aggregator",
+            measurement=self.identity.measurement,
+            package=name,
+            package_digest=pkg_hex,
+            agreement_digest=self.agreement_digest.hex(),
+            emulated=self.identity.emulated,
+        )
+        self.store = CheckpointStore(
+            o.checkpoint or (o.state_dir / f"{o.session}.checkpoint"),
+            fetch_resource(self.kbs, path),
+            o.session,
+        )
+
+    # -- the session ----------------------------------------------------------------------
+
+    def run(self) -> AggregatorResult:
+        """Run the session (module docstring).
+
+        Raises:
+            RollbackError, CheckpointError: the checkpoint does not match the KBS counter.
+            FLError: too few clients, a round failed twice, or another runtime failure.
+            KbsError subclasses: the KBS refused attestation, certificate or key.
+        """
+        o = self.o
+        o.state_dir.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        try:
+            return self._serve()
+        finally:
+            self.kbs.close()
+
+    def _serve(self) -> AggregatorResult:
+        o = self.o
+        counter = self.kbs.get_counter(counter_name(o.session))
+        ckpt = self.store.load(counter)
+        self.strategy = make_strategy(
+            o.strategy,
+            fraction_fit=o.fraction_fit,
+            min_fit_clients=o.min_clients,
+            min_evaluate_clients=1,
+            min_available_clients=o.min_clients,
+            seed=o.seed,
+            train_config=dict(o.train_config),
+            evaluate_config=dict(o.evaluate_config or o.train_config),
+        )
+        start_round = 0
+        if ckpt is not None:
+            start_round = self._resume(ckpt)
+        try:
+            sealed_package = o.package.read_bytes() if o.package is not None else None
+        except OSError as exc:
+            raise FLError(f"cannot read {o.package}: {exc.strerror or exc}") from None
+        self.hub = ClientHub(
+            session=o.session,
+            agreement_digest=self.agreement_digest,
+            package_digest=self.package_digest,
+            ca=self.kbs.pin.ca(),
+            certificate_pem=self.cert_pem,
+            key=self.key,
+            sealed_package=sealed_package,
+            on_event=lambda event, fields: self.emit(event, **fields),
+        )
+        host, port = parse_listen(o.listen)
+        server = TransportServer(self.hub, host, port, max_clients=o.max_clients).start()
+        self.emit(
+            "listening", host=host, port=server.port, session=o.session, resumed_from=start_round
+        )
+        ok, reason = False, "aborted"
+        try:
+            result = self._session(start_round)
+            ok, reason = True, "session complete"
+            return result
+        except Error as exc:
+            reason = str(exc)
+            raise
+        finally:
+            self.hub.shutdown(ok=ok, reason=reason[:500], rounds=self.hub.round)
+            server.stop(grace=2.0)
+
+    def _resume(self, ckpt: Checkpoint) -> int:
+        if ckpt.agreement_digest != self.agreement_digest.hex():
+            raise CheckpointError(
+                "the checkpoint was made under another agreement: start a new session"
+            )
+        if ckpt.package_digest != self.package_digest.hex():
+            raise CheckpointError("the checkpoint was made with another package")
+        key = serialization.load_pem_private_key(ckpt.signing_key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CheckpointError("the checkpoint's provenance key is not ECDSA P-256")
+        self.log = ProvenanceLog(key, ckpt.provenance)
+        self._signing_key = key
+        self.global_arrays = decode_arrays(ckpt.arrays)
+        self.strategy.load_state_arrays(decode_arrays(ckpt.strategy_state))
+        self._history = [dict(m) for m in ckpt.metrics]
+        self.emit("resumed", round=ckpt.round, digest=ckpt.arrays_digest.hex())
+        return ckpt.round
+
+    def _session(self, start_round: int) -> AggregatorResult:
+        o = self.o
+        want = o.wait_clients or o.min_clients
+        n = self.hub.wait_for(want, o.connect_timeout)
+        if n < o.min_clients:
+            raise FLError(
+                f"only {n} clients connected within {o.connect_timeout:g} s, "
+                f"{o.min_clients} needed (--min-clients)"
+            )
+        if start_round == 0:
+            self._initial_model()
+        for r in range(start_round + 1, o.rounds + 1):
+            self._round(r)
+        last = self._history[-1] if self._history else {}
+        self.log.finish(metrics={k: v for k, v in last.items() if k.startswith("eval_")})
+        return self._write_outputs(start_round)
+
+    # -- initial model ----------------------------------------------------------------------
+
+    def _initial_model(self) -> None:
+        t0 = time.monotonic()
+        config: Config = {**self.o.train_config, "round": 0, "seed": self.o.seed}
+        arrays: ArrayDict | None = None
+        for party in self.hub.connected():
+            handle = self.hub.submit(
+                party, pb.TASK_KIND_INIT, 0, config, None, deadline_seconds=self.o.round_timeout
+            )
+            done = list(self.hub.as_completed([handle], time.monotonic() + self.o.round_timeout))
+            try:
+                out = done[0].outcome() if done else handle.outcome()
+                assert out.arrays is not None
+                arrays = decode_arrays(out.arrays)
+                check_compatible(arrays, arrays, who=f"initial model from {party}")
+            except (FLError, ParseError, AssertionError) as exc:
+                self.emit("init-failed", party=party, reason=str(exc)[:300])
+                continue
+            self.emit("initial-model", party=party, digest=arrays_digest(arrays).hex())
+            break
+        if arrays is None:
+            raise FLError("no client produced an initial model (package init function)")
+        self.global_arrays = arrays
+        self._signing_key = self.key
+        self.log = ProvenanceLog(self.key)
+        self.log.start(
+            session=self.o.session,
+            agreement_digest=self.agreement_digest,
+            aggregator_measurement=self.identity.measurement,
+            aggregator_certificate=self.cert_pem.decode("ascii"),
+            package_digest=self.package_digest,
+            initial_digest=arrays_digest(arrays),
+        )
+        self._history = []
+        metrics = self._evaluate(0, arrays)
+        self._report(0, (), metrics, time.monotonic() - t0, arrays_digest(arrays).hex())
+
+    # -- rounds ---------------------------------------------------------------------------------
+
+    def _round(self, r: int) -> None:
+        o = self.o
+        t0 = time.monotonic()
+        self.hub.round = r
+        global_bytes = encode_arrays(self.global_arrays)
+        for attempt in (1, 2):
+            try:
+                instructions = self.strategy.configure_train(
+                    r, self.global_arrays, self.hub.connected()
+                )
+            except FLError as exc:
+                if attempt == 2:
+                    raise FLError(f"round {r} failed after a retry: {exc}") from None
+                self.emit("round-retry", round=r, reason=str(exc)[:300])
+                self.hub.wait_for(o.min_clients, o.round_timeout)
+                continue
+            handles: list[TaskHandle] = []
+            measurements: dict[str, str] = {}
+            for ins in instructions:
+                ident = self.hub.identity(ins.client)
+                try:
+                    handles.append(
+                        self.hub.submit(
+                            ins.client,
+                            pb.TASK_KIND_TRAIN,
+                            r,
+                            ins.config,
+                            global_bytes,
+                            deadline_seconds=o.round_timeout,
+                        )
+                    )
+                except FLError as exc:
+                    self.emit("client-dropped", round=r, party=ins.client, reason=str(exc))
+                    continue
+                if ident is not None:
+                    measurements[ins.client] = ident.measurement
+            self.emit("round-start", round=r, attempt=attempt, selected=[h.party for h in handles])
+            deadline = time.monotonic() + o.round_timeout
+            digests: dict[str, bytes] = {}
+            try:
+                new_global, fit_metrics = self.strategy.aggregate_train(
+                    r, self._updates(r, handles, deadline, digests)
+                )
+            except FLError as exc:
+                for h in handles:
+                    if not h.done():
+                        self.hub.abandon(h, "round aborted")
+                if attempt == 2:
+                    raise FLError(
+                        f"round {r} failed after a retry: {exc} — session stopped"
+                    ) from None
+                self.emit("round-retry", round=r, reason=str(exc)[:300])
+                continue
+            break
+        self.global_arrays = new_global
+        eval_metrics = self._evaluate(r, new_global)
+        metrics: Metrics = {
+            (k if k.startswith("train_") else f"train_{k}"): v for k, v in fit_metrics.items()
+        }
+        metrics.update(eval_metrics)
+        clients = sorted(digests)
+        new_digest = arrays_digest(new_global)
+        self.log.record_round(
+            r,
+            clients=[ClientRecord(party=p, measurement=measurements[p]) for p in clients],
+            update_digests=digests,
+            aggregate_digest=new_digest,
+            metrics=metrics,
+        )
+        self._history.append(dict(metrics))
+        self._commit(r, new_global)
+        self._report(r, tuple(clients), metrics, time.monotonic() - t0, new_digest.hex())
+
+    def _updates(
+        self, r: int, handles: list[TaskHandle], deadline: float, digests: dict[str, bytes]
+    ) -> Iterator[FitResult]:
+        reported: set[str] = set()
+        for handle in self.hub.as_completed(handles, deadline):
+            try:
+                out = handle.outcome()
+                assert out.arrays is not None and out.arrays_sha256 is not None
+                result = FitResult(
+                    out.party, decode_arrays(out.arrays), out.num_examples, out.metrics
+                )
+                validate_fit_result(result, self.global_arrays)
+            except (FLError, ParseError, AssertionError) as exc:
+                reported.add(handle.party)
+                self.emit("client-dropped", round=r, party=handle.party, reason=str(exc)[:300])
+                continue
+            digests[out.party] = out.arrays_sha256
+            yield result
+        for h in handles:  # abandoned at the deadline
+            if h.party not in digests and h.party not in reported:
+                self.emit("client-dropped", round=r, party=h.party, reason="missed the deadline")
+
+    def _evaluate(self, r: int, arrays: ArrayDict) -> Metrics:
+        clients = self.hub.connected()
+        try:
+            if r == 0:
+                parties = clients
+                config: Config = {**(self.o.evaluate_config or self.o.train_config), "round": 0}
+                configs = {p: config for p in parties}
+            else:
+                ins = self.strategy.configure_evaluate(r, arrays, clients)
+                configs = {i.client: i.config for i in ins}
+        except FLError as exc:
+            self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
+            return {}
+        data = encode_arrays(arrays)
+        handles = []
+        for party, cfg in configs.items():
+            try:
+                handles.append(
+                    self.hub.submit(
+                        party,
+                        pb.TASK_KIND_EVALUATE,
+                        r,
+                        cfg,
+                        data,
+                        deadline_seconds=self.o.round_timeout,
+                    )
+                )
+            except FLError:
+                continue
+        results = []
+        for h in self.hub.as_completed(handles, time.monotonic() + self.o.round_timeout):
+            try:
+                out = h.outcome()
+            except FLError as exc:
+                self.emit("client-dropped", round=r, party=h.party, reason=str(exc)[:300])
+                continue
+            results.append(EvaluateResult(out.party, out.num_examples, out.metrics))
+        try:
+            agg = (
+                weighted_metrics((e.num_examples, e.metrics) for e in results)
+                if r == 0
+                else self.strategy.aggregate_evaluate(r, results)
+            )
+        except FLError as exc:
+            self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
+            return {}
+        return {f"eval_{k}": v for k, v in agg.items()}
+
+    def _commit(self, r: int, arrays: ArrayDict) -> None:
+        key_pem = self._signing_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        ckpt = Checkpoint(
+            session=self.o.session,
+            round=r,
+            arrays=encode_arrays(arrays),
+            strategy_state=encode_arrays(self.strategy.state_arrays()),
+            provenance=self.log.entries,
+            signing_key_pem=key_pem,
+            agreement_digest=self.agreement_digest.hex(),
+            package_digest=self.package_digest.hex(),
+            metrics=tuple(self._history),
+        )
+        name = counter_name(self.o.session)
+
+        def increment(expected: int, model_digest: bytes) -> None:
+            try:
+                self._kbs_call(lambda: self.kbs.increment_counter(name, expected, model_digest))
+            except Conflict:
+                raise CheckpointError(
+                    f"{name} is no longer at round {expected}: another aggregator instance "
+                    "committed this session — stopping"
+                ) from None
+
+        self.store.commit(ckpt, increment)
+        self.emit("committed", round=r, digest=ckpt.arrays_digest.hex(), counter=name)
+
+    def _report(
+        self, r: int, clients: tuple[str, ...], metrics: Metrics, secs: float, d: str
+    ) -> None:
+        report = RoundReport(r, clients, metrics, secs, d)
+        self._reports.append(report)
+        self.emit(
+            "round", round=r, clients=list(clients), seconds=round(secs, 4), digest=d, **metrics
+        )
+
+    # -- outputs ----------------------------------------------------------------------------------
+
+    def _write_outputs(self, start_round: int) -> AggregatorResult:
+        o = self.o
+        out = o.out_dir or o.state_dir
+        out.mkdir(parents=True, exist_ok=True)
+        model_path = out / f"{o.session}.model"
+        prov_path = out / f"{o.session}.provenance.jsonl"
+        data = encode_arrays(self.global_arrays)
+        sealed = seal_model(
+            data,
+            self.recipients,
+            session=o.session,
+            federation=self.agreement.federation,
+            agreement_digest=self.agreement_digest.hex(),
+        )
+        try:
+            model_path.write_bytes(sealed)
+        except OSError as exc:
+            raise FLError(f"cannot write {model_path}: {exc.strerror or exc}") from None
+        save_provenance(self.log.entries, prov_path)
+        self.emit(
+            "done",
+            session=o.session,
+            rounds=o.rounds,
+            model=str(model_path),
+            provenance=str(prov_path),
+            recipients=sorted(self.recipients),
+            digest=arrays_digest(self.global_arrays).hex(),
+            torch_imported="torch" in sys.modules,
+            max_rss_bytes=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        )
+        return AggregatorResult(
+            o.session, o.rounds, start_round, model_path, prov_path, tuple(self._reports)
+        )

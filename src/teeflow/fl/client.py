@@ -1,0 +1,229 @@
+"""The client workload (``teeflow client run``): attest, unseal the package, train in-process.
+
+:meth:`Client.run`:
+
+1. measurement: ``--manifest`` (trusted files re-hashed) or :func:`~teeflow.fl.workload.
+   fl_manifest` ``("client")``; the emulated platform quotes it;
+2. the agreement from the pinned KBS; the session package (:func:`~teeflow.fl.publish.
+   choose_package`); RCAR attestation as role ``client`` for ``party`` with claims binding the
+   package digest, the function ``train`` and the package-key resource; a workload certificate;
+   the package key (released only under the publisher's grant: role client, this digest);
+3. the sealed package — a local file (``--package-file``) or sent by the aggregator after its
+   Welcome — is unsealed and its SHA-256 checked against the attested digest
+   (:func:`~teeflow.fl.publish.open_package`: a different archive is refused with
+   :class:`~teeflow.errors.VerificationError` before any of its code exists on disk), then
+   unpacked (:func:`~teeflow.fl.package.unpack_package`, which checks the digest again);
+4. dial out to the aggregator (:class:`~teeflow.fl.transport.client.AggregatorStream`: mutual
+   TLS, aggregator identity verified) and run tasks until Goodbye: ``init`` → the package's
+   ``init(config)``; ``train`` → ``train(arrays, config) -> (arrays, num_examples, metrics)``;
+   ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``. The client's data
+   spec is put into every config as ``config["data"]`` (overriding the aggregator's). A task
+   whose code raises is reported as failed (type and message, ≤ 300 characters) and the client
+   keeps serving.
+
+The client never opens a port. Progress goes to ``emit(event, fields)``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from teeflow.errors import FLError, ParseError
+from teeflow.fl.arrays import decode_arrays, encode_arrays
+from teeflow.fl.package import load_entrypoint, unpack_package
+from teeflow.fl.publish import (
+    CLIENT_FUNCTION,
+    choose_package,
+    fetch_resource,
+    open_package,
+    package_key_path,
+)
+from teeflow.fl.transport.client import AggregatorStream, IncomingTask
+from teeflow.fl.workload import fl_measurement
+from teeflow.kbs.agreement import digest
+from teeflow.kbs.client import KbsClient
+from teeflow.platform.emulated import EmulatedSgx
+
+__all__ = ["Client", "ClientOptions", "ClientResult"]
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class ClientOptions:
+    """Options of ``teeflow client run`` (times in seconds; see ``docs/fl.md``)."""
+
+    party: str
+    pin: Path
+    aggregator: str
+    data: str
+    kbs_url: str | None = None
+    package_file: Path | None = None
+    package_ref: str | None = None
+    workdir: Path | None = None
+    manifest: Path | None = None
+    connect_timeout: float = 60.0
+    threads: int = 0
+    session: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """What the client did."""
+
+    party: str
+    session: str
+    tasks: int
+    failed: int
+    ok: bool
+    reason: str
+
+
+class Client:
+    """One client run (module docstring)."""
+
+    def __init__(self, options: ClientOptions, emit: Emit | None = None) -> None:
+        self.o = options
+        self._emit_fn = emit or (lambda event, fields: None)
+        self._entry: dict[str, Callable[..., Any]] = {}
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Report progress."""
+        self._emit_fn(event, fields)
+
+    def run(self) -> ClientResult:
+        """Run until the aggregator says Goodbye (module docstring).
+
+        Raises:
+            AttestationFailed, PolicyDeny (KbsError): the KBS refused attestation or the key.
+            VerificationError: the package's digest differs from the attested one, or the
+                aggregator could not prove its identity.
+            SealingError: the sealed package does not open with the released key.
+            TransportError (FLError): no connection, refusal, or protocol violation.
+        """
+        o = self.o
+        mr = fl_measurement("client", o.manifest)
+        kbs = KbsClient(o.kbs_url, o.pin, EmulatedSgx(measurement=mr))
+        try:
+            signed = kbs.current_agreement()
+            if signed is None:
+                raise FLError("the KBS has no agreement")
+            agreement_digest = digest(signed.agreement)
+            _, pkg_hex = choose_package(signed.agreement, o.package_ref)
+            pkg = bytes.fromhex(pkg_hex)
+            key_path = package_key_path(pkg_hex)
+            kbs.attest(
+                "client",
+                {
+                    "party": o.party,
+                    "package_digest": pkg_hex,
+                    "function": CLIENT_FUNCTION,
+                    "resources": [key_path],
+                },
+            )
+            cert_pem, key = kbs.get_certificate()
+            identity = kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+            package_key = fetch_resource(kbs, key_path)
+            ca = kbs.pin.ca()
+        finally:
+            kbs.close()
+        self.emit(
+            "attested",
+            role="client",
+            party=identity.party,
+            measurement=identity.measurement,
+            emulated=identity.emulated,
+        )
+        archive = None
+        if o.package_file is not None:
+            try:
+                sealed = o.package_file.read_bytes()
+            except OSError as exc:
+                raise FLError(f"cannot read {o.package_file}: {exc.strerror or exc}") from None
+            archive = open_package(sealed, package_key, pkg)
+        stream = AggregatorStream(
+            o.aggregator,
+            certificate_pem=cert_pem,
+            key=key,
+            ca=ca,
+            party=o.party,
+            package_digest=pkg,
+            agreement_digest=agreement_digest,
+            session=o.session,
+            want_package=archive is None,
+        )
+        workdir = o.workdir or Path(tempfile.mkdtemp(prefix="teeflow-client-"))
+        try:
+            welcome = stream.open(o.connect_timeout)
+            if archive is None:
+                assert stream.sealed_package is not None
+                archive = open_package(stream.sealed_package, package_key, pkg)
+            unpacked = workdir / f"package-{pkg_hex[:16]}"
+            if unpacked.exists():
+                shutil.rmtree(unpacked)
+            manifest = unpack_package(archive, unpacked, pkg)
+            self.emit(
+                "connected",
+                session=welcome.session,
+                package=manifest.name,
+                aggregator_measurement=welcome.identity.measurement,
+            )
+            for name in ("train", "validate"):  # import the package code (torch) up front
+                self._fn(unpacked, name)
+            return self._serve(stream, unpacked, welcome.session)
+        finally:
+            stream.close()
+            if o.workdir is None:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _fn(self, root: Path, name: str) -> Callable[..., Any]:
+        if name not in self._entry:
+            self._entry[name] = load_entrypoint(root, name)
+        return self._entry[name]
+
+    def _serve(self, stream: AggregatorStream, root: Path, session: str) -> ClientResult:
+        done = failed = 0
+        for task in stream.tasks():
+            self.emit("task", kind=task.kind, round=task.round)
+            try:
+                self._run_task(stream, root, task)
+                done += 1
+            except Exception as exc:  # package code: report and keep serving
+                failed += 1
+                reason = f"{type(exc).__name__}: {exc}"[:300]
+                stream.send_failure(task.task_id, reason)
+                self.emit("task-failed", kind=task.kind, round=task.round, reason=reason)
+        bye = stream.goodbye
+        if bye is None:
+            raise FLError("the aggregator closed the connection without Goodbye")
+        self.emit("done", ok=bool(bye.ok), reason=bye.reason, tasks=done, failed=failed)
+        return ClientResult(self.o.party, session, done, failed, bool(bye.ok), bye.reason)
+
+    def _run_task(self, stream: AggregatorStream, root: Path, task: IncomingTask) -> None:
+        config: dict[str, Any] = {**task.config, "data": self.o.data}
+        if self.o.threads > 0:
+            config["threads"] = self.o.threads
+        if task.kind == "init":
+            arrays = self._fn(root, "init")(config)
+            stream.send_result(
+                task.task_id, num_examples=0, metrics={}, arrays=encode_arrays(arrays)
+            )
+            return
+        if task.arrays is None:
+            raise ParseError(f"{task.kind} task without arrays")
+        model = decode_arrays(task.arrays)
+        if task.kind == "train":
+            new, n, metrics = self._fn(root, "train")(model, config)
+            stream.send_result(
+                task.task_id, num_examples=int(n), metrics=dict(metrics), arrays=encode_arrays(new)
+            )
+        else:
+            n, metrics = self._fn(root, "validate")(model, config)
+            stream.send_result(task.task_id, num_examples=int(n), metrics=dict(metrics))

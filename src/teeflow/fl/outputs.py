@@ -1,0 +1,292 @@
+"""The final model, sealed to the agreement's output recipients; verifying and opening it.
+
+**Model file** (``teeflow-model/1``, :func:`seal_model`)::
+
+    "TFMODEL\\x00\\x01" (9 bytes) | u32 big-endian header length | header (JSON, ≤ 64 KiB)
+    | sealed blob (teeflow.sealing) of the model's canonical safetensors bytes
+
+Header: ``format``, ``session``, ``federation``, ``agreement_digest``, ``arrays_digest`` (the
+model digest, = the provenance log's final ``aggregate_digest``), ``arrays_size`` and
+``recipients``: party → base64url wrapped data key. The data key is fresh and random (32
+bytes); each copy is HPKE-wrapped (RFC 9180, :func:`teeflow.sealing.wrap_key`) to the
+recipient's X25519 ``recipient_key`` from the agreement, with ``info =
+b"teeflow/fl-model/v1"`` and ``aad = binding || party``. ``binding`` is the canonical JSON of
+the header without ``recipients`` (RFC 8785 via :func:`teeflow.kbs.canonical.canonical_json`);
+it is also the sealed blob's associated data. So the digest, session and agreement in the
+header cannot be changed without every opening failing.
+
+:func:`open_model` unwraps the party's copy, unseals, checks the plaintext digest against the
+header and returns the arrays. :func:`verify_model` needs no key: it checks the provenance log
+(chain, signatures, the aggregator certificate under the federation CA) and that the log's
+final digest is the header's digest — which the opening in turn binds to the plaintext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from teeflow.errors import FLError, ParseError, SealingError, VerificationError
+from teeflow.fl.arrays import ArrayDict, decode_arrays
+from teeflow.fl.provenance import (
+    ProvenanceEntry,
+    ProvenanceError,
+    embedded_certificate,
+    load_provenance,
+    verify_provenance,
+)
+from teeflow.kbs.agreement import FederationAgreement, OutputKind
+from teeflow.kbs.ca import CLOCK_SKEW, WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.canonical import b64url_decode, b64url_encode, canonical_json
+from teeflow.kbs.parties import PartyKeys
+from teeflow.sealing import generate_key, seal, unseal, unwrap_key, wrap_key
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_WRAP_INFO",
+    "ModelHeader",
+    "VerifiedModel",
+    "model_recipients",
+    "open_model",
+    "read_model_header",
+    "seal_model",
+    "verify_model",
+]
+
+MODEL_FORMAT = "teeflow-model/1"
+MODEL_WRAP_INFO = b"teeflow/fl-model/v1"
+_MAGIC = b"TFMODEL\x00\x01"
+_MAX_HEADER = 64 * 1024
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ModelHeader:
+    """The public header of a model file (module docstring)."""
+
+    session: str
+    federation: str
+    agreement_digest: str
+    arrays_digest: str
+    arrays_size: int
+    recipients: dict[str, str]
+    binding: bytes
+    body_offset: int
+
+
+def model_recipients(agreement: FederationAgreement) -> dict[str, X25519PublicKey]:
+    """``outputs.model`` parties of the agreement → their X25519 recipient keys.
+
+    Raises:
+        FLError: the agreement names no model recipient.
+    """
+    names = agreement.outputs.get(OutputKind.MODEL) or ()
+    if not names:
+        raise FLError("the agreement names no model recipient (outputs.model)")
+    return {
+        n: X25519PublicKey.from_public_bytes(
+            b64url_decode(agreement.parties[n].recipient_key, length=32)
+        )
+        for n in names
+    }
+
+
+def _binding(session: str, federation: str, agreement_digest: str, digest: str, size: int) -> bytes:
+    return canonical_json(
+        {
+            "format": MODEL_FORMAT,
+            "session": session,
+            "federation": federation,
+            "agreement_digest": agreement_digest,
+            "arrays_digest": digest,
+            "arrays_size": size,
+        }
+    )
+
+
+def seal_model(
+    arrays: bytes,
+    recipients: Mapping[str, X25519PublicKey],
+    *,
+    session: str,
+    federation: str,
+    agreement_digest: str,
+) -> bytes:
+    """A model file for ``arrays`` (canonical safetensors bytes) sealed to ``recipients``.
+
+    Raises:
+        FLError: no recipients, or ``arrays`` are not canonical safetensors.
+        SealingError: a recipient key is invalid.
+    """
+    if not recipients:
+        raise FLError("a model needs at least one recipient")
+    try:
+        decode_arrays(arrays)
+    except ParseError as exc:
+        raise FLError(f"the model is not canonical safetensors: {exc}") from None
+    digest = hashlib.sha256(arrays).hexdigest()
+    binding = _binding(session, federation, agreement_digest.lower(), digest, len(arrays))
+    key = generate_key()
+    wrapped = {
+        party: b64url_encode(
+            wrap_key(key, pub, info=MODEL_WRAP_INFO, aad=binding + b"\0" + party.encode())
+        )
+        for party, pub in sorted(recipients.items())
+    }
+    header = {**json.loads(binding), "recipients": wrapped}
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if len(raw) > _MAX_HEADER:
+        raise FLError("too many recipients for one model header")
+    return b"".join([_MAGIC, len(raw).to_bytes(4, "big"), raw, seal(arrays, key, aad=binding)])
+
+
+def read_model_header(data: bytes) -> ModelHeader:
+    """Parse a model file's header (bounded, total; nothing is authenticated yet).
+
+    Raises:
+        ParseError: bad magic, length, JSON or fields.
+    """
+    m = len(_MAGIC)
+    if len(data) < m + 4 or data[:m] != _MAGIC:
+        raise ParseError("not a teeflow model file (bad magic)")
+    n = int.from_bytes(data[m : m + 4], "big")
+    if n > _MAX_HEADER or m + 4 + n > len(data):
+        raise ParseError("model header length out of range")
+    try:
+        doc = json.loads(data[m + 4 : m + 4 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ParseError("model header is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ParseError(f"model header: format must be {MODEL_FORMAT}")
+    fields = {k: doc.get(k) for k in ("session", "federation", "agreement_digest", "arrays_digest")}
+    if not all(isinstance(v, str) and 0 < len(v) <= 128 for v in fields.values()):
+        raise ParseError("model header: session, federation and digests must be strings")
+    size = doc.get("arrays_size")
+    recipients = doc.get("recipients")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ParseError("model header: arrays_size must be a non-negative integer")
+    if (
+        not isinstance(recipients, dict)
+        or not recipients
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in recipients.items())
+    ):
+        raise ParseError("model header: recipients must map parties to wrapped keys")
+    for name in ("agreement_digest", "arrays_digest"):
+        if not _HEX32.fullmatch(str(fields[name])):
+            raise ParseError(f"model header: {name} must be 64 lower-case hex digits")
+    if set(doc) != {"format", "arrays_size", "recipients", *fields}:
+        raise ParseError("model header: unknown or missing fields")
+    s, f, a, d = (
+        str(fields[k]) for k in ("session", "federation", "agreement_digest", "arrays_digest")
+    )
+    return ModelHeader(s, f, a, d, size, dict(recipients), _binding(s, f, a, d, size), m + 4 + n)
+
+
+def open_model(model_file: Path | str | bytes, party_keys: PartyKeys) -> ArrayDict:
+    """Decrypt a model file for ``party_keys`` (an authorised recipient) → named arrays.
+
+    Raises:
+        FLError: the party is not a recipient of this model.
+        SealingError: the wrapped key or the sealed body does not open (tampered file, wrong
+            party keys, changed header).
+        VerificationError: the plaintext's digest differs from the header's.
+        ParseError: malformed file or arrays.
+    """
+    data = model_file if isinstance(model_file, bytes) else _read(Path(model_file))
+    header = read_model_header(data)
+    wrapped = header.recipients.get(party_keys.name)
+    if wrapped is None:
+        raise FLError(f"party {party_keys.name} is not a recipient of this model")
+    try:
+        raw_wrapped = b64url_decode(wrapped)
+    except ParseError:
+        raise SealingError("the wrapped model key is not base64url") from None
+    key = unwrap_key(
+        raw_wrapped,
+        party_keys.recipient_key,
+        info=MODEL_WRAP_INFO,
+        aad=header.binding + b"\0" + party_keys.name.encode(),
+    )
+    arrays = unseal(data[header.body_offset :], key, aad=header.binding)
+    if (
+        hashlib.sha256(arrays).hexdigest() != header.arrays_digest
+        or len(arrays) != header.arrays_size
+    ):
+        raise VerificationError("the model's content does not match its digest")
+    return decode_arrays(arrays)
+
+
+def _read(path: Path, limit: int = 8 << 30) -> bytes:
+    try:
+        if path.stat().st_size > limit:
+            raise ParseError(f"{path} is larger than {limit} bytes")
+        return path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """What :func:`verify_model` established."""
+
+    header: ModelHeader
+    entries: tuple[ProvenanceEntry, ...]
+    aggregator: WorkloadIdentity
+    rounds: int
+
+
+def verify_model(
+    model_file: Path | str | bytes,
+    provenance: Path | str | list[ProvenanceEntry],
+    ca: x509.Certificate,
+    *,
+    expected_agreement_digest: str | None = None,
+) -> VerifiedModel:
+    """Check a model file against its provenance log (no key needed).
+
+    Checks: the log's session-start certificate was issued by the federation CA ``ca`` to a
+    workload of role ``aggregator`` under the log's agreement digest, with the log's
+    aggregator measurement (checked at the certificate's issue time: certificates are short
+    lived, the log outlives them); :func:`~teeflow.fl.provenance.verify_provenance` (chain,
+    signatures with that certificate, final entry = the model header's digest); the header's
+    session and agreement digest equal the log's; ``expected_agreement_digest`` if given.
+
+    Raises:
+        ProvenanceError (VerificationError): the log does not verify.
+        VerificationError: certificate or header mismatch.
+        ParseError: malformed model file or log.
+    """
+    data = model_file if isinstance(model_file, bytes) else _read(Path(model_file))
+    header = read_model_header(data)
+    entries = load_provenance(provenance) if not isinstance(provenance, list) else provenance
+    cert = embedded_certificate(entries)
+    first = entries[0]
+    issued_at = cert.not_valid_before_utc + CLOCK_SKEW
+    try:
+        identity = verify_workload_certificate(
+            cert,
+            ca,
+            now=issued_at,
+            expected_agreement_digest=first.agreement_digest,
+            required_role="aggregator",
+        )
+    except VerificationError as exc:
+        raise ProvenanceError(1, f"aggregator certificate: {exc}") from None
+    if identity.measurement != first.aggregator_measurement:
+        raise ProvenanceError(1, "the certificate's measurement is not the logged measurement")
+    verify_provenance(entries, cert, expected_final_digest=header.arrays_digest)
+    if header.session != first.session or header.agreement_digest != first.agreement_digest:
+        raise VerificationError("the model file names another session or agreement than the log")
+    if expected_agreement_digest is not None and (
+        first.agreement_digest != expected_agreement_digest.lower()
+    ):
+        raise VerificationError("the model was produced under another agreement")
+    rounds = sum(1 for e in entries if e.kind == "round")
+    return VerifiedModel(header, tuple(entries), identity, rounds)

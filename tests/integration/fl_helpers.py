@@ -1,0 +1,148 @@
+"""Helpers of the FL end-to-end tests: a federation of three parties around an in-process KBS.
+
+:func:`federation` yields a :class:`Fed`: parties alice/bob/carol (keys under
+``$TEEFLOW_HOME/parties``), workload manifests for the aggregator and the clients (small
+folders under ``tmp``: stable measurements while the source tree is being edited), the MNIST
+example package built and published by alice, an agreement signed by all three
+(``allow_emulated: true``; outputs.model = alice) submitted to a KBS (SQLite, emulated TEE)
+served on 127.0.0.1 in this process, and a pin file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from teeflow.fl.package import build_package
+from teeflow.fl.publish import PublishedPackage, publish_package
+from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement, digest
+from teeflow.kbs.client import KbsClient, Pin, verify_kbs
+from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.self_attestation import kbs_measurement
+from teeflow.kbs.server import BackgroundServer, build_kbs, make_server
+from teeflow.workload.manifest import WorkloadManifest, measurement
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "mnist"
+PARTIES = ("alice", "bob", "carol")
+#: digits needs a larger step than the MNIST defaults to learn in a few rounds
+TRAIN_CONFIG = {"lr": 0.1, "epochs": 3, "model": "mlp", "threads": 1}
+
+
+@dataclass
+class Fed:
+    home: Path
+    tmp: Path
+    url: str
+    pin_path: Path
+    pin: Pin
+    keys: dict[str, PartyKeys]
+    agreement: FederationAgreement
+    agreement_digest: bytes
+    aggregator_manifest: Path
+    client_manifest: Path
+    client_measurement: str
+    archive: Path
+    published: PublishedPackage
+
+    def data(self, index: int, clients: int = 3) -> str:
+        return f"digits?clients={clients}&index={index}&seed=7"
+
+
+def write_manifest(folder: Path, name: str, entry: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "main.py").write_text(f"# {name}\n")
+    manifest = WorkloadManifest.build(folder, entry, files=["main.py"], name=name)
+    path = folder / "manifest.yaml"
+    path.write_text(manifest.to_yaml())
+    return path
+
+
+@contextmanager
+def federation(home: Path, tmp: Path) -> Iterator[Fed]:
+    keys = {}
+    for p in PARTIES:
+        keys[p] = PartyKeys.generate(p)
+        keys[p].save(home / "parties" / p)
+    agg_manifest = write_manifest(tmp / "agg-workload", "fl-aggregator", ["teeflow", "aggregator"])
+    cli_manifest = write_manifest(tmp / "client-workload", "fl-client", ["teeflow", "client"])
+    agg_mr = measurement(WorkloadManifest.load(agg_manifest)).hex()
+    cli_mr = measurement(WorkloadManifest.load(cli_manifest)).hex()
+    archive_bytes, pkg_digest = build_package(EXAMPLE)
+    archive = tmp / "mnist.tar"
+    archive.write_bytes(archive_bytes)
+    kbs_mr = kbs_measurement()
+    agreement = FederationAgreement.from_mapping(
+        {
+            "federation": "study",
+            "version": 1,
+            "previous": None,
+            "parties": {
+                p: {
+                    "sign_key": keys[p].public().sign_key,
+                    "recipient_key": keys[p].public().recipient_key,
+                    "roles": ["data-owner", "model-owner"] if p == "alice" else ["data-owner"],
+                }
+                for p in PARTIES
+            },
+            "workloads": {
+                "kbs": {"sgx": {"mrenclave": [kbs_mr.hex()]}},
+                "aggregator": {"sgx": {"mrenclave": [agg_mr]}},
+                "client": {"sgx": {"mrenclave": [cli_mr]}},
+            },
+            "packages": {
+                "mnist": {
+                    "digest": pkg_digest.hex(),
+                    "entrypoints": ["train", "validate"],
+                    "functions": ["init"],
+                    "readers": list(PARTIES),
+                }
+            },
+            "outputs": {"model": ["alice"]},
+            "allow_emulated": True,
+            "update_quorum": {"k": 2},
+        }
+    )
+    signed = SignedAgreement(agreement=agreement)
+    for p in PARTIES:
+        signed = signed.signed_by(keys[p])
+    runtime = build_kbs(
+        f"sqlite:///{tmp / 'kbs.db'}",
+        state_dir=tmp / "kbs-state",
+        federation="study",
+        home=home,
+        measurement=kbs_mr,
+        purge_interval=None,
+    )
+    try:
+        with BackgroundServer(make_server(runtime, graceful_timeout=2)) as server:
+            pin = verify_kbs(
+                server.url,
+                SgxReferenceValues(mrenclave=(kbs_mr.hex(),)),
+                allow_emulated=True,
+                home=home,
+            )
+            pin_path = tmp / "pin.json"
+            pin.save(pin_path)
+            with KbsClient(None, pin) as owner:
+                owner.submit_agreement(signed)
+                published = publish_package(archive, owner, keys["alice"])
+            yield Fed(
+                home,
+                tmp,
+                server.url,
+                pin_path,
+                pin,
+                keys,
+                agreement,
+                digest(agreement),
+                agg_manifest,
+                cli_manifest,
+                cli_mr,
+                archive,
+                published,
+            )
+    finally:
+        runtime.close()
