@@ -34,10 +34,8 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -48,8 +46,12 @@ from teeflow.demo.attestation_roundtrip import DemoStep
 from teeflow.demo.fl_support import (
     RoundProgress,
     RoundTracker,
+    Steps,
     manual_commands,
     prepare_workdir,
+    restore_sigint,
+    shield_stop,
+    teeflow_home_env,
     write_agreement,
 )
 from teeflow.errors import FLError
@@ -233,64 +235,6 @@ def package_source(package_dir: Path | None = None) -> tuple[str, bytes]:
     raise FLError("no compute package found: pass --package DIR (e.g. examples/mnist)")
 
 
-@contextlib.contextmanager
-def _teeflow_home(home: Path) -> Iterator[None]:
-    old = os.environ.get("TEEFLOW_HOME")
-    os.environ["TEEFLOW_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TEEFLOW_HOME", None)
-        else:
-            os.environ["TEEFLOW_HOME"] = old
-
-
-@contextlib.contextmanager
-def _shield_stop() -> Iterator[None]:
-    """While the children are being stopped (leaving the ``with`` block), ignore further
-    Ctrl-C so that a second one cannot cut :meth:`LocalFederation.stop_all` short."""
-    try:
-        yield
-    finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _restore_sigint() -> Iterator[None]:
-    previous = (
-        signal.getsignal(signal.SIGINT)
-        if threading.current_thread() is threading.main_thread()
-        else None
-    )
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-class _Steps:
-    def __init__(self, summary: FlDemoSummary, on_step: Callable[[DemoStep], None]) -> None:
-        self.summary, self.on_step = summary, on_step
-
-    @contextlib.contextmanager
-    def __call__(self, title: str) -> Iterator[list[str]]:
-        detail: list[str] = []
-        t0 = time.monotonic()
-        try:
-            yield detail
-        except BaseException as exc:
-            step = DemoStep(title, False, time.monotonic() - t0, str(exc).splitlines()[0][:200])
-            self.summary.steps.append(step)
-            self.on_step(step)
-            raise
-        step = DemoStep(title, True, time.monotonic() - t0, "; ".join(detail))
-        self.summary.steps.append(step)
-        self.on_step(step)
-
-
 def run_fl_demo(
     options: DemoOptions,
     *,
@@ -330,10 +274,10 @@ def run_fl_demo(
             "train_config": options.train_config(),
         },
     )
-    step = _Steps(summary, on_step or (lambda s: None))
+    step = Steps(summary, on_step or (lambda s: None))
     prepare_workdir(workdir)
     home = workdir / "home"
-    with _teeflow_home(home):
+    with teeflow_home_env(home):
         _run(
             options,
             workdir=workdir,
@@ -360,7 +304,7 @@ def _run(
     workdir: Path,
     home: Path,
     summary: FlDemoSummary,
-    step: _Steps,
+    step: Steps,
     on_progress: Callable[[RoundProgress], None],
 ) -> None:
     from teeflow.fl.session import LocalFederation
@@ -369,9 +313,9 @@ def _run(
     parties = o.parties()
     files = summary.files
     with contextlib.ExitStack() as stack:  # exits in reverse: shield, stop children, restore
-        stack.enter_context(_restore_sigint())
+        stack.enter_context(restore_sigint())
         lf = stack.enter_context(LocalFederation(workdir, home=home, handle_signals=True))
-        stack.enter_context(_shield_stop())
+        stack.enter_context(shield_stop())
         with step("KBS started (emulated TEE, SQLite)") as d:
             kbs = lf.start_kbs(federation=FEDERATION)
             d += [kbs.url, f"measurement {kbs.measurement[:16]}…"]
@@ -511,7 +455,7 @@ def _outputs(
     *,
     workdir: Path,
     summary: FlDemoSummary,
-    step: _Steps,
+    step: Steps,
     owner: PartyKeys,
     pin_path: Path,
     archive: bytes,

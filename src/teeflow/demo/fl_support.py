@@ -4,20 +4,25 @@ agreement, following the workloads' progress events, and the by-hand commands.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from teeflow.demo.attestation_roundtrip import DemoStep
 from teeflow.errors import FLError
 
 if TYPE_CHECKING:
-    from teeflow.demo.fl_demo import DemoOptions
+    from teeflow.demo.fl_demo import DemoOptions, FlDemoSummary
     from teeflow.fl.session import AggregatorProcess, WorkloadProcess
     from teeflow.kbs.parties import PartyKeys
 
@@ -25,14 +30,81 @@ __all__ = [
     "DEMO_MARKER",
     "RoundProgress",
     "RoundTracker",
+    "Steps",
     "manual_commands",
     "prepare_workdir",
+    "restore_sigint",
+    "shield_stop",
     "teeflow_command",
+    "teeflow_home_env",
     "write_agreement",
 ]
 
 #: File that marks a folder as a demo work directory (which the next demo may replace).
 DEMO_MARKER = ".teeflow-demo"
+
+
+@contextlib.contextmanager
+def teeflow_home_env(home: Path) -> Iterator[None]:
+    """Set ``$TEEFLOW_HOME`` to ``home`` while in the block."""
+    old = os.environ.get("TEEFLOW_HOME")
+    os.environ["TEEFLOW_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TEEFLOW_HOME", None)
+        else:
+            os.environ["TEEFLOW_HOME"] = old
+
+
+@contextlib.contextmanager
+def shield_stop() -> Iterator[None]:
+    """While the children are being stopped (leaving the ``with`` block), ignore further
+    Ctrl-C so that a second one cannot cut :meth:`LocalFederation.stop_all` short."""
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def restore_sigint() -> Iterator[None]:
+    """Restore the SIGINT handler on leaving (main thread only)."""
+    previous = (
+        signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class Steps:
+    """Context manager per demo step: records a :class:`DemoStep` (ok or failed, seconds,
+    detail lines) in the summary and reports it."""
+
+    def __init__(self, summary: FlDemoSummary, on_step: Callable[[DemoStep], None]) -> None:
+        self.summary, self.on_step = summary, on_step
+
+    @contextlib.contextmanager
+    def __call__(self, title: str) -> Iterator[list[str]]:
+        detail: list[str] = []
+        t0 = time.monotonic()
+        try:
+            yield detail
+        except BaseException as exc:
+            step = DemoStep(title, False, time.monotonic() - t0, str(exc).splitlines()[0][:200])
+            self.summary.steps.append(step)
+            self.on_step(step)
+            raise
+        step = DemoStep(title, True, time.monotonic() - t0, "; ".join(detail))
+        self.summary.steps.append(step)
+        self.on_step(step)
 
 
 def prepare_workdir(workdir: Path) -> None:

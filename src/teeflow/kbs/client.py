@@ -31,13 +31,13 @@ import base64
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -45,19 +45,10 @@ from cryptography.x509.oid import NameOID
 from joserfc.jwk import ECKey
 
 from teeflow.attestation.binding import runtime_data_digest
-from teeflow.attestation.trust import TrustAnchor, intel_sgx_root_ca
 from teeflow.errors import KbsError, ParseError, VerificationError
-from teeflow.kbs.agreement import SgxReferenceValues, SignedAgreement
-from teeflow.kbs.audit import AuditEntry, audit_entry_from_json, verify_audit_chain
+from teeflow.kbs.agreement import SignedAgreement
 from teeflow.kbs.ca import WorkloadIdentity, verify_workload_certificate
 from teeflow.kbs.canonical import b64url_encode
-from teeflow.kbs.collateral_provider import (
-    CollateralProvider,
-    CompositeCollateralProvider,
-    EmulatedCollateralProvider,
-)
-from teeflow.kbs.grants import SignedGrant
-from teeflow.kbs.parties import PartyKeys
 from teeflow.kbs.pinning import (
     MAX_RESPONSE_BYTES,
     PIN_FORMAT,
@@ -84,12 +75,23 @@ from teeflow.kbs.protocol import (
     sign_resource_upload,
 )
 from teeflow.kbs.release import open_jwe
-from teeflow.kbs.self_attestation import MAX_EVIDENCE_BYTES, Attester, verify_kbs_evidence
-from teeflow.platform.base import Attester as PlatformAttester
-from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
-from teeflow.platform.emulated_snp import EmulatedSnp
-from teeflow.platform.emulated_tdx import EmulatedTdx
-from teeflow.sealing.hpke import wrap_key
+
+# Party-side and other-platform pieces (KBS evidence verification, collateral, audit chain,
+# HPKE wrapping, the emulated TDX/SNP platforms) are imported where they are used, so that a
+# workload (aggregator, client) loads only what attesting and fetching need (memory: the
+# aggregator's enclave budget).
+if TYPE_CHECKING:
+    import httpx
+
+    from teeflow.attestation.trust import TrustAnchor
+    from teeflow.kbs.agreement import SgxReferenceValues
+    from teeflow.kbs.audit import AuditEntry
+    from teeflow.kbs.collateral_provider import CollateralProvider
+    from teeflow.kbs.grants import SignedGrant
+    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.self_attestation import Attester
+    from teeflow.platform.base import Attester as PlatformAttester
+    from teeflow.platform.emulated_snp import EmulatedSnp
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -108,7 +110,7 @@ __all__ = [
 #: What :class:`KbsClient` attests with: a quote producer (``EmulatedSgx``, ``EmulatedTdx``,
 #: :class:`~teeflow.kbs.self_attestation.Attester`), an :class:`EmulatedSnp`, or a platform
 #: :class:`~teeflow.platform.base.Attester` (``tee`` + ``evidence()``, e.g. configfs-tsm).
-WorkloadPlatform = Attester | PlatformAttester | EmulatedSnp
+WorkloadPlatform: TypeAlias = "Attester | PlatformAttester | EmulatedSnp"
 
 _SESSION_COOKIE = "kbs-session-id"
 _LOG = logging.getLogger(__name__)
@@ -151,6 +153,14 @@ def verify_kbs(
         ParseError, VerificationError, PolicyViolation: as
             :func:`teeflow.kbs.self_attestation.verify_kbs_evidence`.
     """
+    from teeflow.attestation.trust import intel_sgx_root_ca
+    from teeflow.kbs.collateral_provider import (
+        CompositeCollateralProvider,
+        EmulatedCollateralProvider,
+    )
+    from teeflow.kbs.self_attestation import MAX_EVIDENCE_BYTES, verify_kbs_evidence
+    from teeflow.platform.emulated import EmulationAuthority
+
     when = now if now is not None else datetime.now(UTC)
     base = url.rstrip("/")
     trusted = list(anchors) if anchors is not None else [intel_sgx_root_ca()]
@@ -209,15 +219,23 @@ def verify_kbs(
     )
 
 
+def _is(obj: object, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing ``module``: an object cannot be an
+    instance of a class whose module was never imported."""
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
 def default_tee(platform: object) -> str:
     """The RCAR ``tee`` a platform's evidence is: ``emulated-sgx`` / ``emulated-tdx`` /
     ``emulated-snp`` for the emulated platforms, a platform attester's own ``tee``, else
     ``sgx``."""
-    if isinstance(platform, EmulatedSgx):
+    if _is(platform, "teeflow.platform.emulated", "EmulatedSgx"):
         return "emulated-sgx"
-    if isinstance(platform, EmulatedTdx):
+    if _is(platform, "teeflow.platform.emulated_tdx", "EmulatedTdx"):
         return "emulated-tdx"
-    if isinstance(platform, EmulatedSnp):
+    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
         return "emulated-snp"
     tee = getattr(platform, "tee", None)
     return tee if isinstance(tee, str) else "sgx"
@@ -241,19 +259,22 @@ def primary_evidence(platform: WorkloadPlatform, tee: str, report_data: bytes) -
         PlatformError: the platform could not produce evidence.
         KbsError: the platform cannot produce evidence.
     """
-    if isinstance(platform, EmulatedSnp):
+    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
+        snp = cast("EmulatedSnp", platform)
         chain = [
-            ("VCEK", platform.vcek_certificate),
-            ("ASK", platform.ask_certificate),
-            ("ARK", platform.ark_certificate),
+            ("VCEK", snp.vcek_certificate),
+            ("ASK", snp.ask_certificate),
+            ("ARK", snp.ark_certificate),
         ]
         return {
-            "attestation_report": _b64(platform.report(report_data)),
+            "attestation_report": _b64(snp.report(report_data)),
             "cert_chain": [
                 {"cert_type": kind, "data": list(cert.public_bytes(serialization.Encoding.DER))}
                 for kind, cert in chain
             ],
         }
+    from teeflow.platform.base import Attester as PlatformAttester
+
     if hasattr(platform, "quote"):
         raw = platform.quote(report_data)
     elif isinstance(platform, PlatformAttester):
@@ -491,6 +512,8 @@ class KbsClient:
         Raises:
             SealingError: bad key; GrantRejected, Conflict, NoAgreement: refused by the KBS.
         """
+        from teeflow.sealing.hpke import wrap_key
+
         wrapped = wrap_key(
             data_key, self.pin.hpke_public(), info=RESOURCE_WRAP_INFO, aad=resource_wrap_aad(path)
         )
@@ -520,6 +543,8 @@ class KbsClient:
             AuditChainError (VerificationError): the chain does not verify.
             ParseError: a malformed entry.
         """
+        from teeflow.kbs.audit import audit_entry_from_json, verify_audit_chain
+
         entries: list[AuditEntry] = []
         after = 0
         while True:
