@@ -3,8 +3,8 @@
 #               confidential federated learning on the emulated TEE, offline)
 #   make test   installs teeflow + PyTorch + dev tools in .venv and runs lint, type check and
 #               the whole test suite (the FL end-to-end tests and the demo need PyTorch)
-# PIP_ARGS: extra pip options, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
-# to get the CPU-only torch wheel where pip would otherwise pick the CUDA build.
+# PIP_ARGS: extra pip options (e.g. an extra index that serves the CPU-only torch wheel on
+# machines where pip would otherwise pick the CUDA build).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 PIP_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test lint typecheck unit venv install-dev bench clean
+.PHONY: demo test lint typecheck unit venv install-dev bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,9 @@ test: lint typecheck unit
 bench: install-dev
 	$(BIN)/python bench/sealing.py
 	$(BIN)/python bench/quote_verify.py
+
+docs: install-dev
+	$(BIN)/typer teeflow.cli.main utils docs --name teeflow --output docs/cli.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist src/*.egg-info
