@@ -78,13 +78,36 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _start_server(home: Path, tmp: Path, db_dir: Path, sync: str) -> tuple[
-        subprocess.Popen[bytes], str, str]:
+# What-if (not the shipped code): the server with quote_fmspc served from the PCK-chain cache
+# that verify already keeps (teeflow.attestation.dcap.verify_common.load_pck_chain), i.e. the
+# one-line change proposed for teeflow/kbs/collateral_provider.py.
+_WHAT_IF_FMSPC = """
+import sys
+import teeflow.kbs.collateral_provider as cp
+from teeflow.attestation.dcap.verify_common import load_pck_chain
+from teeflow.errors import Error
+def quote_fmspc(quote):
+    pem = quote.pck_chain_pem
+    if pem is None:
+        return None
+    try:
+        return load_pck_chain(pem)[1].fmspc
+    except Error:
+        return None
+cp.quote_fmspc = quote_fmspc
+from teeflow.cli.main import main
+main()
+"""
+
+
+def _start_server(home: Path, tmp: Path, db_dir: Path, sync: str | None,
+                  what_if_fmspc: bool = False) -> tuple[subprocess.Popen[bytes], str, str]:
     port = _free_port()
     log = tmp / "serve.log"
     env = {**os.environ, "TEEFLOW_HOME": str(home)}
-    db = f"sqlite:///{db_dir / 'kbs.db'}?synchronous={sync}"
-    cmd = [sys.executable, "-m", "teeflow", "kbs", "serve", "--db", db,
+    db = f"sqlite:///{db_dir / 'kbs.db'}" + (f"?synchronous={sync}" if sync else "")
+    launcher = ["-m", "teeflow"] if not what_if_fmspc else ["-c", _WHAT_IF_FMSPC]
+    cmd = [sys.executable, *launcher, "kbs", "serve", "--db", db,
            "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
            "--federation", "bench", "--log-level", "warning"]
     with log.open("wb") as out:
@@ -206,11 +229,12 @@ def _proc_main(mode: str, pin_path: str, tee: str, home: str, index: int, thread
         mode, Path(pin_path), tee, Path(home),
         PATHS[0] if shared else PATHS[(index * threads + i) % N_KEYS],
         start, stop, lat, errors)) for i in range(threads)]
+    cpu0 = time.process_time()
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    queue.put((lat, errors))
+    queue.put((lat, errors, time.process_time() - cpu0))
 
 
 def _phase(mode: str, pin_path: Path, tee: str, home: Path, procs: int, threads: int,
@@ -233,8 +257,10 @@ def _phase(mode: str, pin_path: Path, tee: str, home: Path, procs: int, threads:
         p.start()
     lat: list[float] = []
     errors: list[str] = []
+    client_cpu = 0.0
     for i, _ in enumerate(ps):
-        got_lat, got_err = queue.get(timeout=duration + 120)
+        got_lat, got_err, got_cpu = queue.get(timeout=duration + 120)
+        client_cpu += got_cpu
         if i == 0:
             load_end = _loadavg()
             cpu_end = _cpu_seconds(server_pid) if server_pid else None
@@ -264,6 +290,8 @@ def _phase(mode: str, pin_path: Path, tee: str, home: Path, procs: int, threads:
             (cpu_end - cpu_start) * 1e3 / len(ms)
             if cpu_start is not None and cpu_end is not None and ms else None
         ),
+        # load-generator CPU per operation (includes its set-up attestation in fetch mode)
+        "client_cpu_ms_per_op": client_cpu * 1e3 / len(ms) if ms else None,
     }
 
 
@@ -275,11 +303,15 @@ def main() -> None:
     ap.add_argument("--tee", default="emulated-sgx",
                     choices=("emulated-sgx", "emulated-tdx", "emulated-snp"))
     ap.add_argument("--phase", choices=("both", "flow", "fetch"), default="both")
-    ap.add_argument("--sync", choices=("normal", "full"), default="normal",
-                    help="SQLite ?synchronous= of the store (default: normal, the KBS default)")
+    ap.add_argument("--sync", choices=("normal", "full"), default=None,
+                    help="SQLite ?synchronous= of the store (default: the store's default, "
+                         "normal)")
     ap.add_argument("--shared-resource", action="store_true",
                     help="every thread fetches the same resource (concurrent releases race "
                          "on its release counter and are retried)")
+    ap.add_argument("--what-if-fmspc-cache", action="store_true",
+                    help="measure the proposed collateral_provider change (FMSPC from the "
+                         "cached PCK chain) by patching it into the server process")
     ap.add_argument("--db-dir", type=Path, default=None,
                     help="directory of the SQLite file (default: a temporary directory on "
                          "the same disk; /dev/shm shows the CPU-bound ceiling without fsync)")
@@ -291,7 +323,7 @@ def main() -> None:
         home = tmp / "home"
         os.environ["TEEFLOW_HOME"] = str(home)
         db_dir = Path(tempfile.mkdtemp(dir=args.db_dir)) if args.db_dir else tmp
-        proc, url, mr = _start_server(home, tmp, db_dir, args.sync)
+        proc, url, mr = _start_server(home, tmp, db_dir, args.sync, args.what_if_fmspc_cache)
         try:
             pin_path = _setup(url, mr, home, tmp)
             _platform(args.tee, home)  # create emulation keys once, before the workers
@@ -319,9 +351,12 @@ def main() -> None:
         "machine": machine(),
         "config": {"duration_s": args.duration, "procs": args.procs, "threads": args.threads,
                    "tee": args.tee, "server": "kbs serve (1 process)",
-                   "db": f"sqlite (WAL, synchronous={args.sync}) in "
+                   "db": f"sqlite (WAL, synchronous={args.sync or 'default'}) in "
                          f"{args.db_dir or 'a temp dir'}",
                    "shared_resource": args.shared_resource,
+                   "what_if_fmspc_cache": args.what_if_fmspc_cache,
+                   "http": os.environ.get("TEEFLOW_KBS_HTTP", "default"),
+                   "loop": os.environ.get("TEEFLOW_KBS_LOOP", "default"),
                    "transport": "HTTPS TLS 1.3 loopback, keep-alive, pinned"},
         "targets": {"flows_per_s": 150, "flow_p99_ms": 100, "cached_fetches_per_s": 1000},
         **results,

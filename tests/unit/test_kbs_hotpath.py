@@ -197,3 +197,30 @@ def test_grant_cache_follows_the_stored_bytes(h: Harness) -> None:
     assert second is not None and second.generation == 2
     g2 = cache.get(second)
     assert g2 is not None and g2.grant.id != g1.grant.id
+
+
+def test_stale_resource_views_of_two_processes_respect_the_budget(h: Harness) -> None:
+    """Each process decides on its own (possibly stale) view of the release count; the
+    store's compare-and-increment keeps the total at max_releases."""
+    key = os.urandom(32)
+    h.service.put_resource(h.upload(key, grant=h.grant(max_releases=3)))
+    other = _second_process(h, refresh=timedelta(0))
+    services = [h.service, other, h.service, other, other, h.service]
+    results: list[str] = []
+    for svc in services:
+        w = h.attest()
+        try:
+            body = svc.get_resource(svc.authorize(token=w.token), PATH)
+        except PolicyDeny:
+            results.append("deny")
+        else:
+            assert open_jwe(body, w.key) == key
+            results.append("ok")
+    assert results == ["ok", "ok", "ok", "deny", "deny", "deny"]
+    assert h.service.resource_info(PATH).release_count == 3  # type: ignore[union-attr]
+    # a replacement by the owner (through the first process) is seen by the second one
+    h.clock.now = NOW + timedelta(seconds=1)
+    h.service.put_resource(h.upload(key2 := os.urandom(32), grant=h.grant(created_at=NOW)))
+    w = h.attest()
+    assert open_jwe(other.get_resource(other.authorize(token=w.token), PATH), w.key) == key2
+    h.verify_audit()

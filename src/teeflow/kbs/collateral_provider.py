@@ -40,9 +40,8 @@ from cryptography import x509
 
 from teeflow.attestation.collateral import CachingAmdKdsClient
 from teeflow.attestation.dcap.collateral import IntelCollateral
-from teeflow.attestation.dcap.pck import parse_pck_extensions
 from teeflow.attestation.dcap.quote import TEE_TYPE_SGX, TEE_TYPE_TDX, Quote
-from teeflow.attestation.sgx.verify import decode_pck_chain
+from teeflow.attestation.dcap.verify_common import load_pck_chain
 from teeflow.attestation.snp.abi import AttestationReport, SigningKey
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import CollateralError, Error
@@ -97,8 +96,7 @@ def quote_fmspc(quote: Quote) -> bytes | None:
     if pem is None:
         return None
     try:
-        certs = decode_pck_chain(pem)
-        return parse_pck_extensions(certs[0]).fmspc
+        return load_pck_chain(pem)[1].fmspc  # cached: the verifier reuses the same parse
     except Error:
         return None
 

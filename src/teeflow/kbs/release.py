@@ -64,6 +64,7 @@ __all__ = [
     "MAX_RESOURCE_BYTES",
     "GrantCache",
     "ReleaseDecision",
+    "ResourceViews",
     "check_upload",
     "decide",
     "open_jwe",
@@ -180,6 +181,43 @@ class GrantCache:
                     self._entries = {}
                 self._entries[bytes(record.grant)] = parsed
         return parsed
+
+
+class ResourceViews:
+    """This process's last view of each resource (path -> :class:`ResourceRecord`), so a
+    release in the steady state needs no read: :meth:`KbsService.get_resource` decides on
+    the view and the store's release transaction re-checks the generation (same grant,
+    same wrapped key) and the count; a stale view fails that check and is re-read, and a
+    refusal is only ever decided on a fresh read. Wrapped keys only (never plaintext). At
+    most ``max_entries`` paths (all dropped when full). Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[str, ResourceRecord] = {}
+
+    def get(self, path: str) -> ResourceRecord | None:
+        """The last view of ``path``, or None."""
+        return self._entries.get(path)
+
+    def put(self, record: ResourceRecord) -> None:
+        """Remember ``record`` (a newer generation or count than the held one wins)."""
+        with self._lock:
+            old = self._entries.get(record.path)
+            if old is not None and (old.generation, old.release_count) > (
+                record.generation,
+                record.release_count,
+            ):
+                return
+            if old is None and len(self._entries) >= self._max:
+                self._entries = {}
+            self._entries[record.path] = record
+
+    def drop(self, path: str) -> None:
+        """Forget ``path`` (after a conflict, a replacement or a missing resource)."""
+        with self._lock:
+            self._entries.pop(path, None)
 
 
 def resource_info(record: ResourceRecord, grant_id: str) -> ResourceInfo:

@@ -300,7 +300,8 @@ def make_server(
             variable ``TEEFLOW_KBS_HTTP``, else ``httptools`` when installed.
         loop: ``"uvloop"`` or ``"asyncio"``; default: ``TEEFLOW_KBS_LOOP``, else
             ``uvloop`` when installed. uvloop and httptools are optional dependencies
-            (extra ``kbs-fast``); they roughly halve the HTTP/TLS cost per request.
+            (extra ``kbs-fast``): about 10 % less server CPU per RCAR flow in
+            ``bench/kbs_load.py`` (little difference for cached-token fetches).
     """
     context = tls_context(runtime.keys)
     http = http or os.environ.get("TEEFLOW_KBS_HTTP") or _installed("httptools", "h11")

@@ -46,6 +46,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, Protocol
 
@@ -107,6 +108,8 @@ from teeflow.kbs.rcar import (
 )
 from teeflow.kbs.release import (
     GrantCache,
+    ReleaseDecision,
+    ResourceViews,
     check_upload,
     decide,
     replacement_problems,
@@ -118,6 +121,7 @@ from teeflow.kbs.storage.interface import (
     AgreementRecord,
     AuditEntry,
     KbsStore,
+    ResourceRecord,
     SessionRecord,
     StorageConflict,
     StorageError,
@@ -220,6 +224,7 @@ class KbsService:
         self._agreement_max_age = agreement_refresh.total_seconds()
         self._tokens = TokenCache()
         self._grants = GrantCache()
+        self._known = ResourceViews()
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -677,6 +682,7 @@ class KbsService:
                 )
         except StorageConflict:
             self._deny(Conflict, "resource", subject, ["concurrent upload"], data)
+        self._known.drop(upload.path)
         data.update(generation=stored.generation, wrapped_key_sha256=_sha256_hex(wrapped))
         self._record("resource", subject, "accept", data=data)
         return resource_info(stored, grant.id)
@@ -719,17 +725,13 @@ class KbsService:
             current = self._current(self._agreement_max_age if attempt == 0 else 0.0)
             if current is None:
                 self._deny(PolicyDeny, "release", path, ["no federation agreement"], data)
-            with self._storage():
-                record = self._store.get_resource(path)
-            signed_grant = self._grants.get(record) if record is not None else None
-            decision = decide(
-                session=session,
-                path=path,
-                record=record,
-                grant=None if signed_grant is None else signed_grant.grant,
-                agreement_digest=current[1],
-                now=now,
-            )
+            # this process's last view of the resource (steady state: no read at all); the
+            # store re-checks generation and count in the release transaction, and a
+            # refusal is only ever decided on a fresh read
+            view = self._known.get(path) if attempt == 0 else None
+            record, decision = self._decide(session, path, view, current[1], now)
+            if view is not None and not decision.allowed:
+                record, decision = self._decide(session, path, None, current[1], now)
             if not decision.allowed or record is None or decision.releases_so_far is None:
                 self._deny(PolicyDeny, "release", path, decision.reasons or ["denied"], data)
             if sealed is None or sealed[0] != record.wrapped_key:
@@ -760,8 +762,10 @@ class KbsService:
                         generation=record.generation,
                         agreement_digest=current[1],
                     )
+                self._known.put(replace(record, release_count=count))
                 return sealed[1]
             except (StorageConflict, StorageNotFound):
+                self._known.drop(path)
                 # another release (or a replacement, or a new agreement) committed since the
                 # read: re-read the count and the agreement and decide again; only a real
                 # refusal (budget used up, grant replaced by one that denies, resource gone,
@@ -770,6 +774,33 @@ class KbsService:
                     time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))  # noqa: S311
         reason = f"release count still contended after {RELEASE_ATTEMPTS} attempts"
         self._deny(ServiceUnavailable, "release", path, [reason], data)
+
+    def _decide(
+        self,
+        session: AttestedSession,
+        path: str,
+        record: ResourceRecord | None,
+        agreement_digest: bytes,
+        now: datetime,
+    ) -> tuple[ResourceRecord | None, ReleaseDecision]:
+        """:func:`decide` on ``record``, or on a fresh read of ``path`` when None (which then
+        becomes this process's view of the resource); returns the record decided on."""
+        if record is None:
+            with self._storage():
+                record = self._store.get_resource(path)
+            if record is None:
+                self._known.drop(path)
+            else:
+                self._known.put(record)
+        signed_grant = self._grants.get(record) if record is not None else None
+        return record, decide(
+            session=session,
+            path=path,
+            record=record,
+            grant=None if signed_grant is None else signed_grant.grant,
+            agreement_digest=agreement_digest,
+            now=now,
+        )
 
     # -- certificates ----------------------------------------------------------------------------
 

@@ -357,8 +357,13 @@ def create_app(
         openapi_extra=_doc(ok=JweResponse, errors=(401, 403, 404)),
     )
     async def get_resource(path: str, request: Request) -> Response:
-        session = await authorized(request)
-        jwe_text = await call(service.get_resource, session, path)
+        session_id, token = request.cookies.get(SESSION_COOKIE), _bearer(request)
+
+        def release() -> str:  # authorise and release in one worker-thread hop
+            session = service.authorize(session_id=session_id, token=token)
+            return service.get_resource(session, path)
+
+        jwe_text = await call(release)
         return Response(
             jwe_text, media_type="application/json", headers={"Cache-Control": "no-store"}
         )

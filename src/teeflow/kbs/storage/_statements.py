@@ -1,4 +1,5 @@
-"""Prepared SQLAlchemy Core statements of the KBS store's hot paths (private).
+"""Prepared SQLAlchemy Core statements of the KBS store's hot paths, and row -> record
+conversions (private).
 
 Built once at import with named bind parameters (``b_*``), so each call only binds values
 and hits SQLAlchemy's compiled-statement cache instead of constructing, and computing the
@@ -11,8 +12,14 @@ from typing import Any
 
 from sqlalchemy import bindparam, insert, or_, select, update
 
+from teeflow.kbs.storage import _validate as validate
 from teeflow.kbs.storage._engine import agreements, audit, resources, sessions
-from teeflow.kbs.storage.interface import AuditEntry
+from teeflow.kbs.storage.interface import (
+    AgreementRecord,
+    AuditEntry,
+    ResourceRecord,
+    SessionRecord,
+)
 
 __all__ = [
     "AGREEMENT_HEAD",
@@ -28,7 +35,11 @@ __all__ = [
     "RELEASE_STATE",
     "SESSION_INSERT",
     "AuditRow",
+    "agreement_record",
+    "audit_entry",
     "audit_values",
+    "resource_record",
+    "session_record",
 ]
 
 _s, _r, _a = sessions.c, resources.c, audit.c
@@ -110,3 +121,55 @@ class AuditRow:
         self.seq, self.time, self.kind, self.subject = e.seq, e.time, e.kind, e.subject
         self.decision, self.reasons, self.data = e.decision, reasons, data
         self.prev_hash, self.hash, self.signature = e.prev_hash, e.hash, e.signature
+
+
+def agreement_record(row: Any) -> AgreementRecord:
+    """A selected agreement row as a record."""
+    return AgreementRecord(int(row.version), bytes(row.digest), bytes(row.document), row.created_at)
+
+
+def session_record(row: Any) -> SessionRecord:
+    """A selected session row as a record."""
+    return SessionRecord(
+        session_id=row.session_id,
+        nonce=bytes(row.nonce),
+        tee=row.tee,
+        expires_at=row.expires_at,
+        consumed=bool(row.consumed),
+        token_digest=None if row.token_digest is None else bytes(row.token_digest),
+        claims_json=row.claims_json,
+        token_expires_at=row.token_expires_at,
+    )
+
+
+def audit_entry(row: Any) -> AuditEntry:
+    """A selected audit row (reasons and data as JSON texts) as an entry."""
+    reasons, data = validate.decode_audit_json(row.reasons, row.data)
+    return AuditEntry(
+        seq=int(row.seq),
+        time=row.time,
+        kind=row.kind,
+        subject=row.subject,
+        decision=row.decision,
+        reasons=reasons,
+        data=data,
+        prev_hash=bytes(row.prev_hash),
+        hash=bytes(row.hash),
+        signature=bytes(row.signature),
+    )
+
+
+def resource_record(row: Any) -> ResourceRecord:
+    """A selected resource row as a record."""
+    return ResourceRecord(
+        path=row.path,
+        owner=row.owner,
+        wrapped_key=bytes(row.wrapped_key),
+        grant=bytes(row.grant_doc),
+        grant_digest=bytes(row.grant_digest),
+        not_after=row.not_after,
+        max_releases=None if row.max_releases is None else int(row.max_releases),
+        release_count=int(row.release_count),
+        generation=int(row.generation),
+        created_at=row.created_at,
+    )

@@ -315,6 +315,7 @@ def token_binding(session_id: object, binding: object) -> TokenBinding | None:
         return None
     if not isinstance(binding, TokenBinding):
         raise StorageInputError("token must be a TokenBinding")
-    digest, expires = token(session_id, binding.token_digest, binding.claims_json,
-                            binding.expires_at)
+    digest, expires = token(
+        session_id, binding.token_digest, binding.claims_json, binding.expires_at
+    )
     return TokenBinding(digest, binding.claims_json, expires)

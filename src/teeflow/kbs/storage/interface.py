@@ -2,15 +2,17 @@
 
 Every backend (:mod:`.memory`, :mod:`.sql` for SQLite and PostgreSQL) implements
 :class:`KbsStore` with the same observable behaviour; ``tests/storage/test_store_contract.py``
-runs one suite against all of them. All methods are synchronous and thread-safe (the service
-calls them from a thread pool). A method that returns normally has committed its write; a
-method that raises has written nothing. Durability of a committed write (DESIGN, security
-invariant 5) is the backend's: every committed write survives a crash of the KBS process
-(SIGKILL) on every SQL backend; on SQLite with the default ``synchronous=normal`` only the
-*durable* operations (agreements, resources/grants, counters - and with them everything
-committed before) are also fsync'ed to disk before they return, while sessions, tokens,
-releases and their audit entries can lose their last commits on an OS crash or power loss
-(see :mod:`teeflow.kbs.storage.sql`); ``synchronous=full`` and PostgreSQL fsync every commit.
+and ``tests/storage/test_store_audited.py`` run one suite against all of them. All methods
+are synchronous and thread-safe (the service calls them from a thread pool). A method that
+returns normally has committed its write; a method that raises has written nothing.
+
+Durability of a committed write (DESIGN, security invariant 5) is the backend's: every
+committed write survives a crash of the KBS process (SIGKILL) on every SQL backend; on SQLite
+with the default ``synchronous=normal`` only the *durable* operations (agreements,
+resources/grants, counters - and with them everything committed before) are also fsync'ed
+before they return, while sessions, tokens, releases and their audit entries can lose their
+last commits on an OS crash or power loss (see :mod:`teeflow.kbs.storage.sql`);
+``synchronous=full`` and PostgreSQL fsync every commit.
 
 Audited writes: :meth:`KbsStore.append_audit_built`, :meth:`KbsStore.consume_nonce_and_audit`
 and :meth:`KbsStore.record_release_and_audit` append an audit entry in the *same* transaction

@@ -1,9 +1,10 @@
 """In-memory :class:`~teeflow.kbs.storage.interface.KbsStore` (tests, demos; not durable).
 
 One :class:`threading.Lock` serialises every method, which makes each one atomic. Behaviour
-(validation, errors, ordering) matches the SQL backends exactly; the contract suite
-``tests/storage/test_store_contract.py`` checks that. Nothing survives the process: use
-``sqlite:///...`` for anything that must be durable (DESIGN, security invariant 5).
+(validation, errors, ordering) matches the SQL backends exactly; the contract suites
+``tests/storage/test_store_contract.py`` and ``test_store_audited.py`` check that. Nothing
+survives the process: use ``sqlite:///...`` for anything that must be durable (DESIGN,
+security invariant 5).
 """
 
 from __future__ import annotations

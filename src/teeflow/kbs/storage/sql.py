@@ -36,7 +36,11 @@ with ``BEGIN IMMEDIATE`` (one writer at a time; no lock upgrade deadlocks); on P
 (READ COMMITTED) compare-and-set steps are single conditional ``UPDATE ... WHERE`` statements
 whose row count decides success, rows read before a write are locked ``FOR UPDATE``, and
 append-only tables rely on their primary key (a concurrent append of the same version / seq
-fails with a unique violation, reported as :class:`StorageConflict`).
+fails with a unique violation, reported as :class:`StorageConflict`). Audit appends take a
+transaction-scoped advisory lock on PostgreSQL (SQLite's writer lock already serialises them),
+and the audited writes (``*_and_audit``, ``append_audit_built``) read the chain head and insert
+the entry inside the same transaction as their state change (retried as a whole, bounded, if
+the insert still loses a race).
 
 Schema: created and upgraded by the Alembic migrations in ``migrations/`` (version table
 ``kbs_alembic_version``), run to head by :func:`open_sql_store`. Migrations are serialised
@@ -50,6 +54,7 @@ never SQL text, bound values or the connection URL.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -178,7 +183,7 @@ class SqlStore:
             raise
         except IntegrityError:
             raise StorageConflict("a concurrent write won (unique constraint)") from None
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
             raise StorageError(f"database error ({type(exc).__name__})") from None
 
     def _audited(
@@ -210,7 +215,7 @@ class SqlStore:
             c.execute(q.AUDIT_INSERT, q.audit_values(e, reasons_text, data_text))
         except IntegrityError:
             raise _AuditRace("audit head moved") from None
-        return self._audit(q.AuditRow(e, reasons_text, data_text))
+        return q.audit_entry(q.AuditRow(e, reasons_text, data_text))
 
     # -- agreements ---------------------------------------------------------------------
     def append_agreement(
@@ -236,23 +241,17 @@ class SqlStore:
             )
         return rec
 
-    @staticmethod
-    def _agreement(row: Any) -> AgreementRecord:
-        return AgreementRecord(
-            int(row.version), bytes(row.digest), bytes(row.document), row.created_at
-        )
-
     def current_agreement(self) -> AgreementRecord | None:
         """See :meth:`KbsStore.current_agreement`."""
         with self._tx(write=False) as c:
             row = c.execute(q.CURRENT_AGREEMENT).first()
-        return None if row is None else self._agreement(row)
+        return None if row is None else q.agreement_record(row)
 
     def agreement_history(self) -> list[AgreementRecord]:
         """See :meth:`KbsStore.agreement_history`."""
         with self._tx(write=False) as c:
             rows = c.execute(select(agreements).order_by(agreements.c.version)).all()
-        return [self._agreement(r) for r in rows]
+        return [q.agreement_record(r) for r in rows]
 
     # -- resources ----------------------------------------------------------------------
     def put_resource(
@@ -313,20 +312,7 @@ class SqlStore:
         validate.path(path)
         with self._tx(write=False) as c:
             row = c.execute(q.GET_RESOURCE, {"b_path": path}).first()
-        if row is None:
-            return None
-        return ResourceRecord(
-            path=row.path,
-            owner=row.owner,
-            wrapped_key=bytes(row.wrapped_key),
-            grant=bytes(row.grant_doc),
-            grant_digest=bytes(row.grant_digest),
-            not_after=row.not_after,
-            max_releases=None if row.max_releases is None else int(row.max_releases),
-            release_count=int(row.release_count),
-            generation=int(row.generation),
-            created_at=row.created_at,
-        )
+        return None if row is None else q.resource_record(row)
 
     def record_release(
         self, path: str, expected_count: int, *, generation: int | None = None
@@ -421,22 +407,9 @@ class SqlStore:
             )
         return rec
 
-    @staticmethod
-    def _session(row: Any) -> SessionRecord:
-        return SessionRecord(
-            session_id=row.session_id,
-            nonce=bytes(row.nonce),
-            tee=row.tee,
-            expires_at=row.expires_at,
-            consumed=bool(row.consumed),
-            token_digest=None if row.token_digest is None else bytes(row.token_digest),
-            claims_json=row.claims_json,
-            token_expires_at=row.token_expires_at,
-        )
-
     def _get_session(self, c: Connection, session_id: str) -> SessionRecord | None:
         row = c.execute(q.GET_SESSION, {"b_sid": session_id}).first()
-        return None if row is None else self._session(row)
+        return None if row is None else q.session_record(row)
 
     def consume_nonce(self, session_id: str, now: datetime) -> SessionRecord:
         """See :meth:`KbsStore.consume_nonce`."""
@@ -550,40 +523,28 @@ class SqlStore:
         validate.builder(build)
         return self._audited(lambda _c: None, build)[1]
 
-    @staticmethod
-    def _audit(row: Any) -> AuditEntry:
-        reasons, data = validate.decode_audit_json(row.reasons, row.data)
-        return AuditEntry(
-            seq=int(row.seq),
-            time=row.time,
-            kind=row.kind,
-            subject=row.subject,
-            decision=row.decision,
-            reasons=reasons,
-            data=data,
-            prev_hash=bytes(row.prev_hash),
-            hash=bytes(row.hash),
-            signature=bytes(row.signature),
-        )
-
     def audit_entries(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """See :meth:`KbsStore.audit_entries`."""
         after_seq, limit = validate.check_page(after_seq, limit)
-        q = select(audit).where(audit.c.seq > after_seq).order_by(audit.c.seq).limit(limit)
+        page = select(audit).where(audit.c.seq > after_seq).order_by(audit.c.seq).limit(limit)
         with self._tx(write=False) as c:
-            rows = c.execute(q).all()
-        return [self._audit(r) for r in rows]
+            rows = c.execute(page).all()
+        return [q.audit_entry(r) for r in rows]
 
     def last_audit(self) -> AuditEntry | None:
         """See :meth:`KbsStore.last_audit`."""
-        q = select(audit).order_by(audit.c.seq.desc()).limit(1)
+        last = select(audit).order_by(audit.c.seq.desc()).limit(1)
         with self._tx(write=False) as c:
-            row = c.execute(q).first()
-        return None if row is None else self._audit(row)
+            row = c.execute(last).first()
+        return None if row is None else q.audit_entry(row)
 
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
+
+
+def _fields(rec: ResourceRecord) -> dict[str, Any]:
+    return {name: getattr(rec, name) for name in ResourceRecord.__dataclass_fields__}
 
 
 def _check_agreement(c: Connection, digest: bytes | None) -> None:
@@ -593,7 +554,3 @@ def _check_agreement(c: Connection, digest: bytes | None) -> None:
     row = c.execute(q.AGREEMENT_HEAD).first()
     if row is None or bytes(row.digest) != digest:
         raise StorageConflict("the active agreement changed")
-
-
-def _fields(rec: ResourceRecord) -> dict[str, Any]:
-    return {name: getattr(rec, name) for name in ResourceRecord.__dataclass_fields__}
