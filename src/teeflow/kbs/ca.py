@@ -48,16 +48,11 @@ with the active agreement digest and the role they expect.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
 import re
-import ssl
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -620,99 +615,5 @@ def verify_workload_certificate(
     return identity
 
 
-def peer_identity(
-    sock: ssl.SSLSocket | ssl.SSLObject,
-    ca_certificate: x509.Certificate,
-    *,
-    now: datetime,
-    expected_agreement_digest: str | None = None,
-    required_role: str | None = None,
-) -> WorkloadIdentity:
-    """:func:`verify_workload_certificate` on the peer certificate of a TLS connection.
-
-    Raises:
-        VerificationError: no peer certificate, or as :func:`verify_workload_certificate`.
-    """
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        raise VerificationError("the TLS peer presented no certificate")
-    try:
-        cert = x509.load_der_x509_certificate(der)
-    except ValueError:
-        raise VerificationError("the TLS peer certificate is malformed") from None
-    return verify_workload_certificate(
-        cert,
-        ca_certificate,
-        now=now,
-        expected_agreement_digest=expected_agreement_digest,
-        required_role=required_role,
-    )
-
-
-# -- mutual TLS ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _scratch_file(data: bytes) -> Iterator[str]:
-    """A path holding ``data`` for OpenSSL to read: an anonymous memory file (Linux
-    ``memfd_create``) when available, else a 0600 file in a private temporary directory."""
-    memfd = getattr(os, "memfd_create", None)
-    if memfd is not None and Path("/proc/self/fd").is_dir():
-        fd = memfd("teeflow-tls", 0)
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="teeflow-tls-") as tmp:
-        path = Path(tmp) / "chain.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        yield str(path)
-
-
-def ssl_context_for(
-    cert: x509.Certificate,
-    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
-    ca_certificate: x509.Certificate,
-    *,
-    server: bool,
-    check_hostname: bool = True,
-) -> ssl.SSLContext:
-    """An :class:`ssl.SSLContext` for mutual TLS inside the federation.
-
-    TLS 1.3 only, ``CERT_REQUIRED`` on both sides, the federation CA as the *only* trust
-    root (no system roots), ``cert``/``key`` as this side's credential. Clients check the
-    server's host name against its SAN (DNS/IP) unless ``check_hostname=False``. The key
-    reaches OpenSSL only encrypted under a one-time random password (through a memory file
-    where the OS has one).
-
-    After the handshake, call :func:`peer_identity` with the active agreement digest and
-    the expected role: the handshake does not check the teeflow identity extension.
-
-    Raises:
-        KbsError: the key does not match ``cert`` or OpenSSL refuses the credential.
-    """
-    if _spki(cert.public_key()) != _spki(key.public_key()):
-        raise KbsError("TLS key does not match its certificate")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = bool(check_hostname) and not server
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    password = os.urandom(32).hex().encode()
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    try:
-        ctx.load_verify_locations(
-            cadata=ca_certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        )
-        with _scratch_file(cert.public_bytes(serialization.Encoding.PEM) + key_pem) as path:
-            ctx.load_cert_chain(path, password=password)
-    except (ssl.SSLError, OSError) as exc:
-        raise KbsError(f"cannot load the TLS credential: {exc.__class__.__name__}") from None
-    return ctx
+# Mutual-TLS helpers live in ca_tls.py (re-exported here for existing callers).
+from teeflow.kbs.ca_tls import peer_identity, ssl_context_for  # noqa: E402

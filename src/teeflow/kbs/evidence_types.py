@@ -44,6 +44,7 @@ import base64
 import binascii
 import functools
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -200,7 +201,7 @@ def evidence_platform(primary: Mapping[str, JsonValue]) -> Platform | None:
     return {0: "sgx", 0x81: "tdx"}.get(tee_type)  # type: ignore[return-value]
 
 
-class EvidenceType:
+class EvidenceType(ABC):
     """One platform's adapter (base class; see :data:`EVIDENCE_TYPES`).
 
     Attributes:
@@ -213,6 +214,7 @@ class EvidenceType:
     label: str
     shape: str
 
+    @abstractmethod
     def verify(self, primary: Mapping[str, JsonValue], inputs: VerifyInputs) -> VerifiedEvidence:
         """Decode, parse and verify ``primary_evidence``.
 
@@ -220,8 +222,8 @@ class EvidenceType:
             ParseError: wrong shape, bad base64, malformed quote/report/certificate.
             VerificationError: signatures, chains, collateral (``CollateralError``).
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def policy(self, agreement: FederationAgreement, role: str) -> Any:
         """The role's Appraisal Policy for this platform.
 
@@ -229,7 +231,6 @@ class EvidenceType:
             PolicyViolation: the agreement has no reference values of this platform for
                 the role.
         """
-        raise NotImplementedError
 
     def appraise(
         self,

@@ -28,7 +28,6 @@ closes the store and returns normally (exit status 0).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import ipaddress
 import logging
@@ -36,10 +35,9 @@ import os
 import signal
 import socket
 import ssl
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,6 +50,7 @@ from fastapi import FastAPI
 from teeflow.attestation.trust import intel_sgx_root_ca
 from teeflow.errors import KbsError
 from teeflow.kbs.api import create_app
+from teeflow.kbs.ca_tls import scratch_file
 from teeflow.kbs.collateral_provider import (
     CollateralProvider,
     CompositeCollateralProvider,
@@ -228,27 +227,6 @@ def build_kbs(
     return KbsRuntime(service, keys, store, app, mr, authority, fed, directory)
 
 
-@contextlib.contextmanager
-def _scratch_file(data: bytes) -> Iterator[str]:
-    """A path holding ``data`` for OpenSSL: an anonymous memory file where the OS has one,
-    else a 0600 file in a private temporary directory (removed afterwards)."""
-    memfd = getattr(os, "memfd_create", None)
-    if memfd is not None and Path("/proc/self/fd").is_dir():
-        fd = memfd("teeflow-kbs-tls", 0)
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="teeflow-kbs-tls-") as tmp:
-        path = Path(tmp) / "chain.pem"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        yield str(path)
-
-
 def tls_context(keys: KbsKeys) -> ssl.SSLContext:
     """Server TLS context: TLS 1.3, ALPN ``http/1.1``, the KBS TLS certificate and key.
 
@@ -265,7 +243,7 @@ def tls_context(keys: KbsKeys) -> ssl.SSLContext:
         serialization.BestAvailableEncryption(password),
     )
     try:
-        with _scratch_file(keys.tls_certificate_pem() + key_pem) as path:
+        with scratch_file(keys.tls_certificate_pem() + key_pem) as path:
             ctx.load_cert_chain(path, password=password)
     except (ssl.SSLError, OSError) as exc:
         raise KbsError(f"cannot load the KBS TLS credential: {exc.__class__.__name__}") from None
