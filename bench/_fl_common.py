@@ -14,9 +14,10 @@ Imported by three different processes, so it depends only on the standard librar
 
 :func:`train_client` is the arithmetic of ``examples/mnist/task.py::train`` (the compute
 package teeflow's clients run) on data held in memory: same model class (``models.py``, loaded
-by path), same normalisation (pixels to [-1, 1]), same SGD, same per-round shuffling generator
-``seed * 1_000_003 + round``. So the three runs train the same model on the same data in the
-same order and their accuracies are comparable.
+by path), same normalisation (pixels to [-1, 1]), same SGD (the hand-written step of
+``task.py``, bit-identical to ``torch.optim.SGD`` without importing ``torch._dynamo``), same
+per-round shuffling generator ``seed * 1_000_003 + round``. So the three runs train the same
+model on the same data in the same order and their accuracies are comparable.
 
 Memory: :class:`TreeSampler` polls ``/proc`` every ``interval`` seconds for every process of the
 child's session (``start_new_session=True``) or descended from it, and records the peak of the
@@ -210,7 +211,9 @@ def train_client(
     models.load_arrays(model, arrays)
     x, y = data.x_train, data.y_train
     n = int(y.shape[0])
-    opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=0.0)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = None
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(hp.seed * 1_000_003 + server_round)
     total_loss, correct, seen = 0.0, 0, 0
@@ -219,11 +222,14 @@ def train_client(
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, hp.batch_size):
             idx = perm[start : start + hp.batch_size]
-            opt.zero_grad()
             out = model(x[idx])
             loss = loss_fn(out, y[idx])
             loss.backward()
-            opt.step()
+            with torch.no_grad():  # task.py::sgd_step, momentum 0: torch.optim.SGD's arithmetic
+                for p in params:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-hp.lr)
+                        p.grad = None
             total_loss += loss.item() * len(idx)
             correct += int((out.argmax(1) == y[idx]).sum())
             seen += len(idx)

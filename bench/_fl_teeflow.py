@@ -321,7 +321,9 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
         "history": history,
         "provenance_verified": checked.rounds == hp.rounds,
         "aggregator_torch_imported": done.get("torch_imported"),
-        "aggregator_ru_maxrss_mb": round(int(done.get("max_rss_bytes", 0)) / 2**20, 1),
+        # the aggregator's own peak (VmHWM of /proc/self/status; ru_maxrss would carry the
+        # launching process's peak over fork/exec)
+        "aggregator_vmhwm_mb": round(int(done.get("max_rss_bytes", 0)) / 2**20, 1),
         "security_probe": probe,
         "pids": pids,
         "kbs_pid": fed["kbs_pid"],

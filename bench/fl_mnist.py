@@ -311,7 +311,7 @@ def run_teeflow(args: argparse.Namespace) -> dict[str, Any]:
         sampled = run["memory"]["peak_rss_mb_by_pid"].get(str(agg_pid))
         summary["aggregator_peak_rss_mb_sampled"] = sampled
         summary["aggregator_peak_rss_mb"] = max(
-            filter(None, [sampled, res.get("aggregator_ru_maxrss_mb")]), default=None
+            filter(None, [sampled, res.get("aggregator_vmhwm_mb")]), default=None
         )
         summary["startup_to_round1_seconds"] = res.get("startup_to_round1_seconds")
         summary["stop_seconds"] = res.get("stop_seconds")

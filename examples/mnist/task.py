@@ -4,7 +4,14 @@
 ``validate(arrays, config) -> (num_examples, metrics)``, as ``teeflow.yaml`` declares, plus the
 function ``init(config) -> arrays`` that makes the initial global model (the aggregator has no
 torch). Data arrives as ``config["data"]``, a :mod:`teeflow.datasets.spec` string such as
-``"digits?clients=3&index=0&seed=7"`` or ``"mnist:/data/mnist?clients=10&index=4"``.
+``"digits?clients=3&index=0&seed=7"`` or ``"mnist:/data/mnist?clients=10&index=4"``; MNIST is
+read through the machine's shared, verified cache of decoded arrays
+(:mod:`teeflow.fl.datacache`), so ten clients do not decompress the same files ten times.
+
+The optimiser is plain minibatch SGD written out (:func:`sgd_step`): the same arithmetic as
+``torch.optim.SGD(lr, momentum)`` (no dampening, weight decay or Nesterov) — a unit test checks
+the parameters are bit-identical — without constructing ``torch.optim``, whose first use
+imports ``torch._dynamo`` (seconds of CPU per client process).
 """
 
 from __future__ import annotations
@@ -16,12 +23,13 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from teeflow.datasets import Dataset, Split, load_client_data
+from teeflow.datasets import Dataset, Split
 from teeflow.errors import FLError
+from teeflow.fl.datacache import load_client_data
 
 from .models import build_model, load_arrays, to_arrays
 
-__all__ = ["init_arrays", "train", "validate"]
+__all__ = ["init_arrays", "sgd_step", "train", "validate"]
 
 Arrays = dict[str, NDArray[np.float32]]
 
@@ -70,6 +78,34 @@ def _model(arrays: Arrays | None, config: dict[str, Any], data: Dataset) -> nn.M
     return model
 
 
+@torch.no_grad()
+def sgd_step(
+    params: list[torch.Tensor],
+    lr: float,
+    momentum: float = 0.0,
+    buffers: list[torch.Tensor | None] | None = None,
+) -> None:
+    """One SGD step in place, as ``torch.optim.SGD(params, lr, momentum).step()`` computes it
+    on CPU (``param -= lr * g`` with ``g`` the gradient, or with momentum the buffer
+    ``b = momentum * b + grad``, ``b = grad`` on the first step); then the gradients are reset
+    to None (``zero_grad()``). ``buffers``: the momentum buffers, one per parameter (updated in
+    place); parameters without a gradient are skipped."""
+    for i, p in enumerate(params):
+        g = p.grad
+        if g is None:
+            continue
+        if momentum != 0.0:
+            assert buffers is not None
+            buf = buffers[i]
+            if buf is None:
+                buf = buffers[i] = torch.clone(g).detach()
+            else:
+                buf.mul_(momentum).add_(g)
+            g = buf
+        p.add_(g, alpha=-lr)
+        p.grad = None
+
+
 def init_arrays(config: dict[str, Any]) -> Arrays:
     """Initial global model for ``config["model"]`` and the data's input shape (seeded by
     ``config["seed"]``; PyTorch's default initialisation)."""
@@ -94,9 +130,11 @@ def train(arrays: Arrays, config: dict[str, Any]) -> tuple[Arrays, int, dict[str
     n = int(y.shape[0])
     if n == 0:
         raise FLError("no training data")
-    opt = torch.optim.SGD(
-        model.parameters(), lr=float(_cfg(config, "lr")), momentum=float(_cfg(config, "momentum"))
-    )
+    params = list(model.parameters())
+    lr, momentum = float(_cfg(config, "lr")), float(_cfg(config, "momentum"))
+    buffers: list[torch.Tensor | None] = [None] * len(params)
+    for p in params:
+        p.grad = None
     loss_fn = nn.CrossEntropyLoss()
     batch = int(_cfg(config, "batch_size"))
     gen = torch.Generator().manual_seed(
@@ -108,11 +146,10 @@ def train(arrays: Arrays, config: dict[str, Any]) -> tuple[Arrays, int, dict[str
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, batch):
             idx = perm[start : start + batch]
-            opt.zero_grad()
             out = model(x[idx])
             loss = loss_fn(out, y[idx])
             loss.backward()
-            opt.step()
+            sgd_step(params, lr, momentum, buffers)
             total_loss += loss.item() * len(idx)
             correct += int((out.argmax(1) == y[idx]).sum())
             seen += len(idx)

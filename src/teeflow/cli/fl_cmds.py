@@ -14,9 +14,9 @@
 
 ``aggregator run`` and ``client run`` print one JSON object per line on stdout (``{"event":
 ..., ...}``; the last is ``done`` or ``error``) — :mod:`teeflow.fl.session` reads them. The
-module also runs standalone (``python -m teeflow.cli.fl_cmds aggregator run ...``), which is
-how :mod:`teeflow.fl.session` starts workloads: the aggregator process then loads only what
-it needs.
+module also runs standalone (``python -m teeflow.cli.fl_cmds aggregator run ...``);
+:mod:`teeflow.fl.session` starts workloads through the leaner :mod:`teeflow.fl.entry` (same
+options, no typer/rich), so the aggregator process loads only what it needs.
 """
 
 from __future__ import annotations
@@ -152,7 +152,9 @@ def register(app: typer.Typer) -> None:
         workdir: Annotated[Path | None, typer.Option("--workdir")] = None,
         manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
         connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 60.0,
-        threads: Annotated[int, typer.Option("--threads")] = 0,
+        threads: Annotated[
+            int, typer.Option("--threads", help="torch threads (0: the library default).")
+        ] = 1,
         session: Annotated[str | None, typer.Option("--session")] = None,
     ) -> None:
         """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""

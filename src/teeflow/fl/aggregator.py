@@ -11,13 +11,17 @@ Start-up (:meth:`Aggregator.run`):
 3. the KBS counter ``session/<name>`` and the checkpoint decide fresh start, resume or refusal
    (:mod:`teeflow.fl.checkpoint`; an older checkpoint raises :class:`~teeflow.fl.checkpoint.
    RollbackError`);
-4. the gRPC server (mutual TLS, :mod:`teeflow.fl.transport.server`); wait (bounded) for
-   ``wait_clients`` clients.
+4. the gRPC server (mutual TLS, :mod:`teeflow.fl.transport.server`; a new stream must send its
+   Hello within ``connect_timeout``, keepalive pings tolerate ``round_timeout / 5`` seconds
+   of silence, at least 30); wait (bounded by ``connect_timeout``) for ``wait_clients``
+   clients.
 
 **Initial model.** The aggregator has no torch, so on a fresh session it asks one attested
-client (the first connected party in name order; the next one if that fails) to run the
-package's ``init`` function with the training config; the result's digest starts the
-provenance log (``session-start``) and is evaluated as round 0.
+client to run the package's ``init`` function with the training config — the first to connect
+(party-name order among those connected; the next one if that fails), *while* the others are
+still attesting and connecting; the result's digest starts the provenance log
+(``session-start``) and, once ``wait_clients`` clients are connected, it is evaluated as
+round 0.
 
 **Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
@@ -35,7 +39,6 @@ reads them). This module never imports torch (``tests`` check ``sys.modules``).
 from __future__ import annotations
 
 import logging
-import resource
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +59,7 @@ from teeflow.fl.arrays import (
     encode_arrays,
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
+from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.outputs import model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import ClientRecord, ProvenanceLog, save_provenance
@@ -181,6 +185,7 @@ class Aggregator:
             agreement_digest=self.agreement_digest.hex(),
             emulated=self.identity.emulated,
         )
+        trim_heap()  # attestation's transient allocations
         self.store = CheckpointStore(
             o.checkpoint or (o.state_dir / f"{o.session}.checkpoint"),
             fetch_resource(self.kbs, path),
@@ -237,7 +242,15 @@ class Aggregator:
             on_event=lambda event, fields: self.emit(event, **fields),
         )
         host, port = parse_listen(o.listen)
-        server = TransportServer(self.hub, host, port, max_clients=o.max_clients).start()
+        server = TransportServer(
+            self.hub,
+            host,
+            port,
+            max_clients=o.max_clients,
+            hello_timeout=o.connect_timeout,
+            keepalive_time=max(60.0, o.round_timeout / 5),
+            keepalive_timeout=min(max(30.0, o.round_timeout / 5), 300.0),
+        ).start()
         self.emit(
             "listening", host=host, port=server.port, session=o.session, resumed_from=start_round
         )
@@ -250,8 +263,9 @@ class Aggregator:
             reason = str(exc)
             raise
         finally:
+            # Goodbye ends every stream; clients close theirs on it, so the grace is rarely used
             self.hub.shutdown(ok=ok, reason=reason[:500], rounds=self.hub.round)
-            server.stop(grace=2.0)
+            server.stop(grace=1.0)
 
     def _resume(self, ckpt: Checkpoint) -> int:
         if ckpt.agreement_digest != self.agreement_digest.hex():
@@ -274,14 +288,20 @@ class Aggregator:
     def _session(self, start_round: int) -> AggregatorResult:
         o = self.o
         want = o.wait_clients or o.min_clients
-        n = self.hub.wait_for(want, o.connect_timeout)
+        deadline = time.monotonic() + o.connect_timeout
+        if start_round == 0:
+            # the initial model needs one client: ask the first that connects while the
+            # others are still attesting and connecting
+            t0 = time.monotonic()
+            self._initial_model(deadline, want)
+        n = self.hub.wait_for(want, max(deadline - time.monotonic(), 0.0))
         if n < o.min_clients:
             raise FLError(
                 f"only {n} clients connected within {o.connect_timeout:g} s, "
                 f"{o.min_clients} needed (--min-clients)"
             )
         if start_round == 0:
-            self._initial_model()
+            self._evaluate_initial(t0)
         for r in range(start_round + 1, o.rounds + 1):
             self._round(r)
         last = self._history[-1] if self._history else {}
@@ -290,14 +310,29 @@ class Aggregator:
 
     # -- initial model ----------------------------------------------------------------------
 
-    def _initial_model(self) -> None:
-        t0 = time.monotonic()
+    def _initial_model(self, deadline: float, want: int) -> None:
+        """Ask connected clients, in party-name order as they come, for the package's initial
+        model until one succeeds (bounded by ``deadline``, monotonic seconds)."""
         config: Config = {**self.o.train_config, "round": 0, "seed": self.o.seed}
         arrays: ArrayDict | None = None
-        for party in self.hub.connected():
-            handle = self.hub.submit(
-                party, pb.TASK_KIND_INIT, 0, config, None, deadline_seconds=self.o.round_timeout
-            )
+        tried: set[str] = set()
+        while arrays is None:
+            candidates = [p for p in self.hub.connected() if p not in tried]
+            if not candidates:
+                left = deadline - time.monotonic()
+                if left <= 0 or len(tried) >= want:
+                    break
+                self.hub.wait_for(len(self.hub.connected()) + 1, min(left, 1.0))
+                continue
+            party = candidates[0]
+            tried.add(party)
+            try:
+                handle = self.hub.submit(
+                    party, pb.TASK_KIND_INIT, 0, config, None, deadline_seconds=self.o.round_timeout
+                )
+            except FLError as exc:  # disconnected meanwhile
+                self.emit("init-failed", party=party, reason=str(exc)[:300])
+                continue
             done = list(self.hub.as_completed([handle], time.monotonic() + self.o.round_timeout))
             try:
                 out = done[0].outcome() if done else handle.outcome()
@@ -305,10 +340,10 @@ class Aggregator:
                 arrays = decode_arrays(out.arrays)
                 check_compatible(arrays, arrays, who=f"initial model from {party}")
             except (FLError, ParseError, AssertionError) as exc:
+                arrays = None
                 self.emit("init-failed", party=party, reason=str(exc)[:300])
                 continue
             self.emit("initial-model", party=party, digest=arrays_digest(arrays).hex())
-            break
         if arrays is None:
             raise FLError("no client produced an initial model (package init function)")
         self.global_arrays = arrays
@@ -323,6 +358,10 @@ class Aggregator:
             initial_digest=arrays_digest(arrays),
         )
         self._history = []
+
+    def _evaluate_initial(self, t0: float) -> None:
+        """Round 0: every connected client evaluates the initial model."""
+        arrays = self.global_arrays
         metrics = self._evaluate(0, arrays)
         self._report(0, (), metrics, time.monotonic() - t0, arrays_digest(arrays).hex())
 
@@ -400,6 +439,8 @@ class Aggregator:
         self._history.append(dict(metrics))
         self._commit(r, new_global)
         self._report(r, tuple(clients), metrics, time.monotonic() - t0, new_digest.hex())
+        del global_bytes, new_global, fit_metrics
+        trim_heap()  # the round's models, updates and messages are garbage now
 
     def _updates(
         self, r: int, handles: list[TaskHandle], deadline: float, digests: dict[str, bytes]
@@ -541,7 +582,7 @@ class Aggregator:
             recipients=sorted(self.recipients),
             digest=arrays_digest(self.global_arrays).hex(),
             torch_imported="torch" in sys.modules,
-            max_rss_bytes=int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+            max_rss_bytes=peak_rss_bytes(),
         )
         return AggregatorResult(
             o.session, o.rounds, start_round, model_path, prov_path, tuple(self._reports)

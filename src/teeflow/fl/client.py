@@ -58,7 +58,12 @@ Emit = Callable[[str, dict[str, Any]], None]
 
 @dataclass
 class ClientOptions:
-    """Options of ``teeflow client run`` (times in seconds; see ``docs/fl.md``)."""
+    """Options of ``teeflow client run`` (times in seconds; see ``docs/fl.md``).
+
+    ``threads``: torch threads for the package's tasks (``config["threads"]``); default 1 —
+    several clients on one small machine train much faster with one thread each; 0 leaves the
+    package's/torch's default.
+    """
 
     party: str
     pin: Path
@@ -70,7 +75,7 @@ class ClientOptions:
     workdir: Path | None = None
     manifest: Path | None = None
     connect_timeout: float = 60.0
-    threads: int = 0
+    threads: int = 1
     session: str | None = None
 
 

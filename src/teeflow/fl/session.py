@@ -7,10 +7,12 @@ it exits — normally, on an exception, or on Ctrl-C (``KeyboardInterrupt``) —
 - :meth:`LocalFederation.start_kbs` — ``teeflow kbs serve`` (SQLite, emulated TEE) on a free
   loopback port; returns once it accepts connections (:class:`KbsProcess`, with its URL and
   measurement);
-- :meth:`LocalFederation.start_aggregator` — ``teeflow aggregator run`` (standalone entry point
-  :mod:`teeflow.cli.fl_cmds`, so the aggregator loads only what it needs); returns once it
-  listens (:class:`AggregatorProcess`, with its address);
-- :meth:`LocalFederation.start_client` — ``teeflow client run``.
+- :meth:`LocalFederation.start_aggregator` — ``teeflow aggregator run`` through the lean entry
+  point :mod:`teeflow.fl.aggregator_main` (no CLI stack: the aggregator loads only what it
+  needs) with ``MALLOC_ARENA_MAX=2`` (fewer glibc arenas for its gRPC threads: lower peak
+  RSS); returns once it listens (:class:`AggregatorProcess`, with its address);
+- :meth:`LocalFederation.start_client` — ``teeflow client run`` through
+  :mod:`teeflow.fl.client_main`.
 
 Each :class:`WorkloadProcess` reads the child's JSON progress lines (stdout) in a thread into
 :attr:`~WorkloadProcess.events`; stderr goes to a log file (``<workdir>/logs/<name>.log``).
@@ -40,6 +42,9 @@ from typing import Any
 from teeflow.errors import FLError
 
 __all__ = [
+    "AGGREGATOR_COMMAND",
+    "AGGREGATOR_ENV",
+    "CLIENT_COMMAND",
     "FL_COMMAND",
     "TEEFLOW_COMMAND",
     "AggregatorProcess",
@@ -49,8 +54,14 @@ __all__ = [
     "free_port",
 ]
 
-#: argv prefix of the FL workloads (standalone CLI entry point).
+#: argv prefix of the FL workloads through the CLI (``aggregator run`` / ``client run`` follow).
 FL_COMMAND: tuple[str, ...] = (sys.executable, "-m", "teeflow.cli.fl_cmds")
+#: argv prefix of the aggregator (lean entry point; the options follow).
+AGGREGATOR_COMMAND: tuple[str, ...] = (sys.executable, "-m", "teeflow.fl.aggregator_main")
+#: argv prefix of a client (lean entry point; the options follow).
+CLIENT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "teeflow.fl.client_main")
+#: environment defaults of the aggregator process (overridable through ``env``)
+AGGREGATOR_ENV: dict[str, str] = {"MALLOC_ARENA_MAX": "2", "OPENBLAS_NUM_THREADS": "1"}
 #: argv prefix of the full CLI (``kbs serve``).
 TEEFLOW_COMMAND: tuple[str, ...] = (sys.executable, "-m", "teeflow")
 
@@ -298,8 +309,15 @@ class LocalFederation:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
-    def _start(self, cls: type[WorkloadProcess], name: str, argv: Sequence[str]) -> Any:
-        proc = cls(name, argv, env=self.env, logs=self.logs, cwd=self.workdir)
+    def _start(
+        self,
+        cls: type[WorkloadProcess],
+        name: str,
+        argv: Sequence[str],
+        defaults: Mapping[str, str] | None = None,
+    ) -> Any:
+        env = {**(defaults or {}), **self.env}
+        proc = cls(name, argv, env=env, logs=self.logs, cwd=self.workdir)
         self.processes.append(proc)
         return proc
 
@@ -377,9 +395,7 @@ class LocalFederation:
         options.setdefault("listen", "127.0.0.1:0")
         options.setdefault("state_dir", self.workdir / "aggregator")
         argv = [
-            *FL_COMMAND,
-            "aggregator",
-            "run",
+            *AGGREGATOR_COMMAND,
             "--pin",
             str(pin),
             "--session",
@@ -391,7 +407,7 @@ class LocalFederation:
             *_options(options),
             *extra,
         ]
-        agg: AggregatorProcess = self._start(AggregatorProcess, name, argv)
+        agg: AggregatorProcess = self._start(AggregatorProcess, name, argv, AGGREGATOR_ENV)
         if wait_listening:
             agg.port = int(agg.wait_event("listening", timeout)["port"])
         return agg
@@ -409,9 +425,7 @@ class LocalFederation:
     ) -> WorkloadProcess:
         """Start ``teeflow client run`` (``options`` as in :meth:`start_aggregator`)."""
         argv = [
-            *FL_COMMAND,
-            "client",
-            "run",
+            *CLIENT_COMMAND,
             "--party",
             party,
             "--pin",

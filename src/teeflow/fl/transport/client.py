@@ -7,7 +7,9 @@ attested for). It then requires a Welcome whose aggregator certificate and signa
 (:func:`~teeflow.fl.transport.tls.verify_welcome`), for the expected session (if given),
 agreement and package. Afterwards :meth:`AggregatorStream.tasks` yields :class:`IncomingTask`
 (arrays reassembled and SHA-256-checked, config parsed) until Goodbye. The client never opens
-a port.
+a port. :meth:`AggregatorStream.open` retries transient failures (the stream breaks or ends
+before the Welcome, ``UNAVAILABLE``...) with exponential backoff until its overall deadline;
+refusals and identity failures are final.
 
 Errors: :class:`~teeflow.fl.transport.framing.TransportError` for refusals (with the gRPC
 status the aggregator gave) and protocol violations; :class:`~teeflow.errors.VerificationError`
@@ -16,8 +18,11 @@ when the aggregator does not prove its identity.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,6 +50,8 @@ from teeflow.kbs.ca import WorkloadIdentity
 pb_grpc: Any = _pb_grpc  # generated code is untyped
 
 __all__ = ["AggregatorStream", "IncomingTask", "RefusedByAggregator", "Welcome"]
+
+_LOG = logging.getLogger("teeflow.fl.transport")
 
 _KINDS: dict[int, str] = {
     pb.TASK_KIND_INIT: "init",
@@ -97,6 +104,7 @@ class AggregatorStream:
         want_package: ask for the sealed package after Welcome.
         max_arrays_bytes: bound on a received model or package (bytes).
         clock: time source for certificate checks.
+        backoff: ``(first, most)`` seconds to wait between connection attempts (doubling).
     """
 
     def __init__(
@@ -114,6 +122,7 @@ class AggregatorStream:
         max_arrays_bytes: int = DEFAULT_MAX_ARRAYS_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         clock: Callable[[], datetime] | None = None,
+        backoff: tuple[float, float] = (0.25, 5.0),
     ) -> None:
         import grpc
         from cryptography.hazmat.primitives import serialization
@@ -137,13 +146,16 @@ class AggregatorStream:
         )
         self._outbox: queue.Queue[Any] = queue.Queue()
         self._responses: Any = None
+        self._backoff = backoff
+        self.attempts = 0
         self.sealed_package: bytes | None = None
         self.welcome: Welcome | None = None
         self.goodbye: Any = None
 
-    def _requests(self) -> Iterator[Any]:
+    @staticmethod
+    def _requests(outbox: queue.Queue[Any]) -> Iterator[Any]:
         while True:
-            item = self._outbox.get()
+            item = outbox.get()
             if item is None:
                 return
             yield item
@@ -154,26 +166,70 @@ class AggregatorStream:
         except self._grpc.RpcError as exc:
             raise _rpc_error(exc) from None
 
-    def open(self, connect_timeout: float = 30.0) -> Welcome:
-        """Connect (waiting at most ``connect_timeout`` seconds for a TLS connection), send
-        Hello, check Welcome, receive the sealed package when asked.
+    def open(self, connect_timeout: float = 60.0) -> Welcome:
+        """Connect, send Hello, check Welcome, receive the sealed package when asked — retried
+        with exponential backoff (``backoff``) until ``connect_timeout`` seconds have passed in
+        all, while the failure is transient: no connection yet, the stream broke or ended
+        before the Welcome (and package) arrived, or the aggregator answered ``UNAVAILABLE``,
+        ``CANCELLED``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED`` or ``ABORTED`` (or
+        ``ALREADY_EXISTS`` after a broken attempt: the aggregator may still hold the old
+        stream). Every attempt uses a fresh nonce; retries are logged (``teeflow.fl.transport``).
 
         Raises:
-            TransportError: no connection in time (e.g. the TLS handshake is refused), the
-                aggregator refused the Hello, or a protocol violation.
+            TransportError: no connection within ``connect_timeout`` (e.g. the TLS handshake
+                is refused), or the last transient failure at the deadline.
+            RefusedByAggregator: the aggregator refused the Hello (``PERMISSION_DENIED``,
+                ``ALREADY_EXISTS``, ``FAILED_PRECONDITION``, ``INVALID_ARGUMENT``...).
             VerificationError: the aggregator's certificate or signature does not verify, or
                 it serves another session/agreement/package.
         """
+        end = time.monotonic() + connect_timeout
+        delay, most = self._backoff
+        while True:
+            self.attempts += 1
+            try:
+                return self._attempt(end, connect_timeout)
+            except _Transient as exc:
+                self._abandon_stream()
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise exc.error from None
+                wait = min(delay, left)
+                _LOG.warning(
+                    "connecting to the aggregator at %s (attempt %d): %s; again in %.1f s",
+                    self.address,
+                    self.attempts,
+                    exc.error,
+                    wait,
+                )
+                time.sleep(wait)
+                delay = min(delay * 2, most)
+
+    def _abandon_stream(self) -> None:
+        self._outbox.put(None)
+        if self._responses is not None:
+            self._responses.cancel()
+        self._responses = None
+        self._outbox = queue.Queue()
+        self.sealed_package = None
+        self.welcome = None
+
+    def _attempt(self, end: float, connect_timeout: float) -> Welcome:
         grpc = self._grpc
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise TransportError(
-                f"cannot connect to the aggregator at {self.address} within {connect_timeout:g} s "
-                "(not listening, or the mutual TLS handshake was refused)"
-            ) from None
+        if self.attempts == 1:  # later attempts: the call waits for the channel (below)
+            ready = grpc.channel_ready_future(self._channel)
+            try:
+                ready.result(timeout=max(end - time.monotonic(), 0))
+            except grpc.FutureTimeoutError:
+                ready.cancel()  # stop its connectivity polling (the channel is closed next)
+                raise TransportError(
+                    f"cannot connect to the aggregator at {self.address} within "
+                    f"{connect_timeout:g} s (not listening, or the mutual TLS handshake was "
+                    "refused)"
+                ) from None
         nonce = os.urandom(32)
-        self._outbox.put(
+        outbox = self._outbox
+        outbox.put(
             pb.ClientMessage(
                 hello=pb.Hello(
                     protocol=PROTOCOL,
@@ -185,9 +241,44 @@ class AggregatorStream:
             )
         )
         stub = pb_grpc.FederatedLearningStub(self._channel)
-        self._responses = stub.Connect(self._requests())
-        first = self._next()
-        if first is None or first.WhichOneof("body") != "welcome":
+        self._responses = call = stub.Connect(self._requests(outbox), wait_for_ready=True)
+        # bound the wait for Welcome (and package) by the overall deadline
+        fired = threading.Event()
+
+        def expire() -> None:
+            fired.set()
+            call.cancel()
+
+        timer = threading.Timer(max(end - time.monotonic(), 0.0), expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._handshake(nonce)
+        except RefusedByAggregator as exc:
+            if fired.is_set():
+                raise _Transient(
+                    TransportError(
+                        f"no Welcome from the aggregator at {self.address} within "
+                        f"{connect_timeout:g} s"
+                    )
+                ) from None
+            # ALREADY_EXISTS after a broken attempt: the aggregator may not have noticed yet
+            # that the previous stream of this client is gone
+            if exc.status in _TRANSIENT or (exc.status == "ALREADY_EXISTS" and self.attempts > 1):
+                raise _Transient(exc) from None
+            raise
+        finally:
+            timer.cancel()
+
+    def _first(self, what: str) -> Any:
+        msg = self._next()
+        if msg is None:
+            raise _Transient(TransportError(f"the stream ended before the aggregator sent {what}"))
+        return msg
+
+    def _handshake(self, nonce: bytes) -> Welcome:
+        first = self._first("its Welcome")
+        if first.WhichOneof("body") != "welcome":
             raise TransportError("the aggregator did not answer with Welcome")
         w = first.welcome
         identity = verify_welcome(
@@ -210,21 +301,27 @@ class AggregatorStream:
             )
         if not 1 <= w.chunk_size <= (64 << 20):
             raise TransportError("the aggregator announced an invalid chunk size")
-        self.welcome = Welcome(w.session, identity, int(w.chunk_size))
+        welcome = Welcome(w.session, identity, int(w.chunk_size))
         if self._want_package:
-            header = self._next()
-            if header is None or header.WhichOneof("body") != "package":
+            header = self._first("the package")
+            if header.WhichOneof("body") != "package":
                 raise TransportError("the aggregator has no sealed package to send")
-            self.sealed_package = self._read_payload(
-                0, int(header.package.size), bytes(header.package.sha256)
-            )
-        return self.welcome
+            try:
+                self.sealed_package = self._read_payload(
+                    0, int(header.package.size), bytes(header.package.sha256)
+                )
+            except _StreamEnded as exc:
+                raise _Transient(exc) from None
+        self.welcome = welcome
+        return welcome
 
     def _read_payload(self, task_id: int, size: int, sha256: bytes) -> bytes:
         assembler = Reassembler(size, sha256, max_bytes=self._max, chunk_size=64 << 20)
         while not assembler.complete:
             msg = self._next()
-            if msg is None or msg.WhichOneof("body") != "chunk" or msg.chunk.task_id != task_id:
+            if msg is None:
+                raise _StreamEnded("payload interrupted: the stream ended")
+            if msg.WhichOneof("body") != "chunk" or msg.chunk.task_id != task_id:
                 raise TransportError("payload interrupted")
             assembler.add(bytes(msg.chunk.data))
         return assembler.result()
@@ -314,7 +411,8 @@ class AggregatorStream:
             raise _rpc_error(exc) from None
 
     def close(self) -> None:
-        """End the stream and close the channel."""
+        """End the stream (half-close: the aggregator sees a clean end) and close the channel
+        (which cancels whatever is still in flight). Prompt: nothing here waits on the peer."""
         self._outbox.put(None)
         self._channel.close()
 
@@ -323,6 +421,25 @@ class AggregatorStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StreamEnded(TransportError):
+    """The stream ended in the middle of a payload."""
+
+
+class _Transient(Exception):
+    """A connection attempt failed in a way worth retrying (``error``: what to report)."""
+
+    def __init__(self, error: TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: gRPC statuses of a Hello that are worth another attempt (the aggregator was busy, the
+#: connection broke, or the stream was cancelled by the attempt's deadline).
+_TRANSIENT = frozenset(
+    {"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED"}
+)
 
 
 class RefusedByAggregator(TransportError):

@@ -321,14 +321,11 @@ class ClientHub:
         if bytes(hello.package_digest) != self.package_digest:
             raise Refusal("FAILED_PRECONDITION", "the client attested for another package")
         with self._cond:
-            if self.closed:
-                raise Refusal("UNAVAILABLE", "the session is over")
-            old = self._conns.get(identity.party)
-            if old is not None and old.alive:
-                raise Refusal("ALREADY_EXISTS", f"party {identity.party} is already connected")
-            conn = ClientConnection(identity.party, identity, cert)
-            self._conns[identity.party] = conn
-            self._cond.notify_all()
+            self._check_open(identity.party)
+        # Everything the stream must start with (Welcome, then the package) is queued
+        # *before* the connection becomes visible to the session: a task submitted the moment
+        # the party is registered can never overtake its Welcome.
+        conn = ClientConnection(identity.party, identity, cert)
         message = welcome_message(
             nonce=bytes(hello.nonce),
             client_cert_sha256=certificate_digest(cert),
@@ -357,10 +354,22 @@ class ClientHub:
             )
             for piece in iter_chunks(data):
                 conn.outbox.put(pb.ServerMessage(chunk=pb.Chunk(task_id=0, data=piece)))
+        with self._cond:
+            self._check_open(identity.party)
+            self._conns[identity.party] = conn
+            self._cond.notify_all()
         self._on_event(
             "client-connected", {"party": identity.party, "measurement": identity.measurement}
         )
         return conn
+
+    def _check_open(self, party: str) -> None:
+        """Refuse a new stream when the session is over or ``party`` is connected (lock held)."""
+        if self.closed:
+            raise Refusal("FAILED_PRECONDITION", "the session is over")
+        old = self._conns.get(party)
+        if old is not None and old.alive:
+            raise Refusal("ALREADY_EXISTS", f"party {party} is already connected")
 
     def disconnect(self, conn: ClientConnection, reason: str) -> None:
         """Mark a stream dead and fail its pending tasks."""

@@ -3,20 +3,26 @@
 Per stream (:meth:`FlServicer.Connect`): the peer certificate is checked first
 (:func:`teeflow.fl.transport.tls.peer_identity_from_context`: federation CA, current agreement
 digest, role ``client``) — a failure aborts with ``PERMISSION_DENIED`` before any message is
-read. The first message must be a Hello, which :meth:`teeflow.fl.transport.hub.ClientHub.
-register` checks; a reader thread then feeds the client's messages to the hub while the
-handler streams the connection's outbox (Welcome, package, tasks, Goodbye). ``Status``
-answers any federation certificate with the session, round, connected parties, the top-level
-modules loaded in this process (tests check that torch is absent) and the peak RSS.
+read. The first message must be a Hello (else ``INVALID_ARGUMENT``), sent within
+``hello_timeout`` seconds: a stream that breaks or stays silent before its Hello is cancelled
+and ends with ``UNAVAILABLE`` (clients retry that), never silently. :meth:`teeflow.fl.
+transport.hub.ClientHub.register` checks the Hello and queues Welcome (+ package) before the
+party becomes visible to the session; a reader thread then feeds the client's messages to the
+hub while the handler streams the connection's outbox (Welcome, package, tasks, Goodbye).
+Every refusal or drop is logged (logger ``teeflow.fl.transport.server``, WARNING) with the
+party and peer address. ``Status`` answers any federation certificate with the session, round,
+connected parties, the top-level modules loaded in this process (tests check that torch is
+absent) and the peak RSS (``VmHWM``, :func:`teeflow.fl.memory.peak_rss_bytes`).
 
 :class:`TransportServer` runs the servicer on ``grpc.server`` with explicit message bounds
-(:data:`~teeflow.fl.transport.framing.MAX_MESSAGE_BYTES`), server keepalive, and one worker
-thread per stream (``max_clients`` streams plus a few for ``Status``).
+(:data:`~teeflow.fl.transport.framing.MAX_MESSAGE_BYTES`), server keepalive (generous: a client
+busy training on a loaded machine answers pings late), and one worker thread per stream
+(``max_clients`` streams plus a few for ``Status``).
 """
 
 from __future__ import annotations
 
-import resource
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,6 +32,7 @@ from typing import Any
 from cryptography import x509
 
 from teeflow.errors import Error, FLError, VerificationError
+from teeflow.fl.memory import peak_rss_bytes
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.proto import teeflow_fl_pb2_grpc as _pb_grpc
 from teeflow.fl.transport.framing import MAX_MESSAGE_BYTES, TransportError
@@ -39,6 +46,7 @@ from teeflow.fl.transport.hub import (
 )
 from teeflow.fl.transport.tls import peer_identity_from_context, server_credentials
 
+_LOG = logging.getLogger("teeflow.fl.transport.server")
 pb_grpc: Any = _pb_grpc  # generated code is untyped
 
 __all__ = [
@@ -52,38 +60,66 @@ __all__ = [
 ]
 
 
-def _max_rss_bytes() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+#: Seconds a new stream may take to send its Hello (the aggregator passes its connect timeout).
+DEFAULT_HELLO_TIMEOUT = 60.0
+#: Seconds between server keepalive pings, and how long an unanswered ping is tolerated: a
+#: client busy training on a loaded machine must not be dropped for a late ping ack.
+KEEPALIVE_TIME = 60.0
+KEEPALIVE_TIMEOUT = 60.0
 
 
 class FlServicer(pb_grpc.FederatedLearningServicer):  # type: ignore[misc]
     """gRPC servicer over a :class:`ClientHub` (module docstring)."""
 
-    def __init__(self, hub: ClientHub, *, agreement_digest_hex: str) -> None:
+    def __init__(
+        self,
+        hub: ClientHub,
+        *,
+        agreement_digest_hex: str,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+    ) -> None:
         self.hub = hub
         self._agreement = agreement_digest_hex
+        self._hello_timeout = hello_timeout
 
     def Connect(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         import grpc
 
         hub = self.hub
+        peer = str(context.peer())[:80]
         try:
             identity, cert = peer_identity_from_context(
                 context, hub.ca, now=hub._clock(), agreement_digest=self._agreement
             )
         except (VerificationError, Error) as exc:
+            _LOG.warning("stream from %s refused: client certificate: %s", peer, exc)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client certificate refused: {exc}")
             return
+        # a client that never sends its Hello must not hold a worker thread forever
+        timer = threading.Timer(self._hello_timeout, context.cancel)
+        timer.daemon = True
+        timer.start()
         try:
             first = next(request_iterator, None)
-        except Exception:  # the client went away during the Hello
+        except Exception as exc:  # RpcError: cancelled (Hello timeout) or connection lost
+            timer.cancel()
+            why = (
+                f"no Hello within {self._hello_timeout:g} s"
+                if not context.is_active()
+                else f"the stream broke before its Hello ({type(exc).__name__})"
+            )
+            _LOG.warning("stream of %s from %s dropped: %s", identity.party, peer, why)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{why}; connect again")
             return
+        timer.cancel()
         if first is None or first.WhichOneof("body") != "hello":
+            _LOG.warning("stream of %s from %s refused: no Hello first", identity.party, peer)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
             return
         try:
             conn = hub.register(identity, cert, first.hello)
         except Refusal as exc:
+            _LOG.warning("Hello of %s from %s refused: %s", identity.party, peer, exc)
             context.abort(getattr(grpc.StatusCode, exc.status), str(exc))
             return
         context.add_callback(lambda: hub.disconnect(conn, "stream closed"))
@@ -128,7 +164,7 @@ class FlServicer(pb_grpc.FederatedLearningServicer):  # type: ignore[misc]
             round=self.hub.round,
             clients=self.hub.connected(),
             modules=modules,
-            max_rss_bytes=_max_rss_bytes(),
+            max_rss_bytes=peak_rss_bytes(),
         )
 
 
@@ -138,8 +174,12 @@ class TransportServer:
     Args:
         hub: the client hub.
         host, port: where to listen (port 0: ephemeral).
-        max_clients: most simultaneous client streams (one worker thread each).
+        max_clients: most simultaneous client streams (one worker thread each, plus 4 for
+            ``Status`` calls and streams being refused).
         max_message_bytes: gRPC max send/receive message length.
+        hello_timeout: seconds a new stream may take to send its Hello (then ``UNAVAILABLE``).
+        keepalive_time, keepalive_timeout: seconds between server pings on an idle
+            connection, and before an unanswered ping drops it.
 
     Raises:
         FLError: the address cannot be bound.
@@ -153,6 +193,9 @@ class TransportServer:
         *,
         max_clients: int = 64,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        keepalive_time: float = KEEPALIVE_TIME,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     ) -> None:
         import grpc
 
@@ -160,18 +203,24 @@ class TransportServer:
         options = [
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
+            ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.so_reuseport", 0),
         ]
+        workers = max_clients + 4
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_clients + 4, thread_name_prefix="fl-rpc"),
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fl-rpc"),
             options=options,
-            maximum_concurrent_rpcs=max_clients + 4,
+            maximum_concurrent_rpcs=workers,
         )
         pb_grpc.add_FederatedLearningServicer_to_server(
-            FlServicer(hub, agreement_digest_hex=hub.agreement_digest.hex()), self._server
+            FlServicer(
+                hub,
+                agreement_digest_hex=hub.agreement_digest.hex(),
+                hello_timeout=hello_timeout,
+            ),
+            self._server,
         )
         creds = server_credentials(hub.certificate_pem, hub._key, _ca_pem(hub.ca))
         shown = f"[{host}]" if ":" in host else host
@@ -188,9 +237,11 @@ class TransportServer:
         self._server.start()
         return self
 
-    def stop(self, grace: float = 2.0) -> None:
-        """Stop (in-flight streams get ``grace`` seconds)."""
-        self._server.stop(grace).wait(grace + 1)
+    def stop(self, grace: float = 1.0) -> bool:
+        """Stop: no new streams; in-flight streams get ``grace`` seconds to finish (the
+        clients close theirs on Goodbye), then are cancelled. Returns whether the server shut
+        down within ``grace`` + 1 seconds."""
+        return bool(self._server.stop(grace).wait(grace + 1.0))
 
 
 def _ca_pem(ca: x509.Certificate) -> bytes:
