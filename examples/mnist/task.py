@@ -58,11 +58,25 @@ def _data(config: dict[str, Any]) -> Dataset:
     return load_client_data(spec)
 
 
+_TENSORS: dict[tuple[int, bool], tuple[Split, torch.Tensor, torch.Tensor]] = {}
+
+
 def _tensors(split: Split, config: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split as float32 features (normalised if asked) and int64 labels; memoised per
+    split (a client's share is the same object every round), never modified by the callers."""
+    normalize = bool(_cfg(config, "normalize"))
+    hit = _TENSORS.get((id(split), normalize))
+    if hit is not None and hit[0] is split:
+        return hit[1], hit[2]
     x = split.features()
-    if _cfg(config, "normalize"):
+    if normalize:
         x = (x - np.float32(0.5)) / np.float32(0.5)  # [0, 1] -> [-1, 1]
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(split.y)
+    tx = torch.from_numpy(np.ascontiguousarray(x))
+    ty = torch.from_numpy(np.array(split.y, dtype=np.int64))
+    if len(_TENSORS) >= 4:
+        _TENSORS.clear()
+    _TENSORS[(id(split), normalize)] = (split, tx, ty)
+    return tx, ty
 
 
 def _setup(config: dict[str, Any]) -> None:

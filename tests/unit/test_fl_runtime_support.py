@@ -24,6 +24,11 @@ MNIST_DIR = (
 )
 
 
+def _forget() -> None:
+    datacache._MEMO.clear()
+    datacache._SHARES.clear()
+
+
 def _arrays() -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     return {
@@ -84,10 +89,10 @@ def test_non_mnist_data_is_loaded_as_before(tmp_path: Path) -> None:
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"MNIST files not at {MNIST_DIR}")
 def test_mnist_through_the_cache_gives_the_same_shares(tmp_path: Path) -> None:
     spec = f"mnist:{MNIST_DIR}?clients=10&index=3&seed=0"
-    datacache._MEMO.clear()
+    _forget()
     first = datacache.load_client_data(spec, cache=tmp_path)
     (entry,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    datacache._MEMO.clear()
+    _forget()
     second = datacache.load_client_data(spec, cache=tmp_path)  # from the entry
     ref = reference(spec)
     for ds in (first, second):
@@ -99,11 +104,11 @@ def test_mnist_through_the_cache_gives_the_same_shares(tmp_path: Path) -> None:
     raw = bytearray((entry / "y_test.npy").read_bytes())
     raw[-1] = (raw[-1] + 1) % 10
     (entry / "y_test.npy").write_bytes(bytes(raw))
-    datacache._MEMO.clear()
+    _forget()
     third = datacache.load_client_data(spec, cache=tmp_path)
     assert np.array_equal(third.test.y, ref.test.y)
     datacache.read_entry(entry, {})  # rebuilt: verifies again
-    datacache._MEMO.clear()
+    _forget()
 
 
 def test_peak_rss_reads_vmhwm(tmp_path: Path) -> None:

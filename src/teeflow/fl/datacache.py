@@ -188,6 +188,7 @@ def _source_digests(directory: Path) -> dict[str, str]:
 
 
 _MEMO: dict[tuple[str, str], Dataset] = {}
+_SHARES: dict[tuple[str, str], Dataset] = {}
 
 
 def load_mnist_cached(directory: str | os.PathLike[str], cache: Path | None) -> Dataset:
@@ -204,7 +205,10 @@ def load_mnist_cached(directory: str | os.PathLike[str], cache: Path | None) -> 
     root = Path(directory)
     if cache is None:
         return load_mnist(root)
-    sources = _source_digests(root)  # every client checks the source files
+    checked = _MEMO.get((str(cache), str(root.resolve())))
+    if checked is not None:  # this process checked and mapped it already
+        return checked
+    sources = _source_digests(root)  # every client process checks the source files
     key = hashlib.sha256("".join(sources[k] for k in sorted(sources)).encode()).hexdigest()[:32]
     memo = _MEMO.get((str(cache), key))
     if memo is not None:
@@ -221,6 +225,7 @@ def load_mnist_cached(directory: str | os.PathLike[str], cache: Path | None) -> 
         Split(arrays["x_test"], arrays["y_test"], 1.0 / 255.0),
     )
     _MEMO[(str(cache), key)] = ds
+    _MEMO[(str(cache), str(root.resolve()))] = ds
     return ds
 
 
@@ -282,16 +287,30 @@ def load_client_data(spec: DataSpec | str, *, cache: Path | bool | None = True) 
     folder = cache_dir() if cache is True else (cache or None)
     if s.dataset != "mnist" or folder is None or s.download:
         return _load_uncached(s)
+    memo_key = (str(folder), s.to_string())
+    share = _SHARES.get(memo_key)
+    if share is not None:  # a client runs two tasks per round on the same share
+        return share
     full = load_mnist_cached(os.fspath(s.path or ""), folder)
     if s.clients == 1:
-        return full
-    train_parts = partition(
-        full.train.y, s.clients, scheme=s.partition, alpha=s.alpha, seed=s.seed, min_size=s.min_size
-    )
-    test_parts = iid_partition(len(full.test), s.clients, seed=s.seed, min_size=0)
-    return Dataset(
-        full.name,
-        full.train.subset(train_parts[s.index]),
-        full.test.subset(test_parts[s.index]),
-        full.num_classes,
-    )
+        share = full
+    else:
+        train_parts = partition(
+            full.train.y,
+            s.clients,
+            scheme=s.partition,
+            alpha=s.alpha,
+            seed=s.seed,
+            min_size=s.min_size,
+        )
+        test_parts = iid_partition(len(full.test), s.clients, seed=s.seed, min_size=0)
+        share = Dataset(
+            full.name,
+            full.train.subset(train_parts[s.index]),
+            full.test.subset(test_parts[s.index]),
+            full.num_classes,
+        )
+    if len(_SHARES) >= 8:
+        _SHARES.clear()
+    _SHARES[memo_key] = share
+    return share

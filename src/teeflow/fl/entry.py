@@ -22,6 +22,7 @@ invalid options (argparse). ``TEEFLOW_DEBUG=1`` lets errors propagate with a tra
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -117,6 +118,7 @@ def client_parser() -> argparse.ArgumentParser:
 
 def _finish(code: int) -> NoReturn:
     try:
+        atexit._run_exitfuncs()  # registered exit hooks still run (profilers, probes)
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

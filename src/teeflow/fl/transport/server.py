@@ -96,7 +96,13 @@ class FlServicer(pb_grpc.FederatedLearningServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"client certificate refused: {exc}")
             return
         # a client that never sends its Hello must not hold a worker thread forever
-        timer = threading.Timer(self._hello_timeout, context.cancel)
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            context.cancel()
+
+        timer = threading.Timer(self._hello_timeout, expire)
         timer.daemon = True
         timer.start()
         try:
@@ -105,13 +111,18 @@ class FlServicer(pb_grpc.FederatedLearningServicer):  # type: ignore[misc]
             timer.cancel()
             why = (
                 f"no Hello within {self._hello_timeout:g} s"
-                if not context.is_active()
+                if expired.is_set()
                 else f"the stream broke before its Hello ({type(exc).__name__})"
             )
             _LOG.warning("stream of %s from %s dropped: %s", identity.party, peer, why)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"{why}; connect again")
             return
         timer.cancel()
+        if first is None and expired.is_set():  # the cancel ended the stream without an error
+            why = f"no Hello within {self._hello_timeout:g} s"
+            _LOG.warning("stream of %s from %s dropped: %s", identity.party, peer, why)
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{why}; connect again")
+            return
         if first is None or first.WhichOneof("body") != "hello":
             _LOG.warning("stream of %s from %s refused: no Hello first", identity.party, peer)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
