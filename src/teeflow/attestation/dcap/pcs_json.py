@@ -82,7 +82,8 @@ def _scan_string(body: bytes, pos: int) -> int:
     pos += 1
     while True:
         c = _byte(body, pos)
-        if c == 0x5C:  # backslash: skip the escaped byte (\uXXXX digits are plain bytes)
+        # backslash: skip the escaped byte (the hex digits of a \u escape are plain bytes)
+        if c == 0x5C:
             pos += 2
         elif c == 0x22:
             return pos + 1
