@@ -72,10 +72,16 @@ def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
     from teeflow.fl.aggregator import fl_measurement
     from teeflow.fl.package import build_package
     from teeflow.fl.publish import publish_package
-    from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement
-    from teeflow.kbs.agreement import digest as agreement_digest
-    from teeflow.kbs.client import KbsClient, verify_kbs
-    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+    from teeflow.kbs.policy.agreement import (
+        FederationAgreement,
+        SgxReferenceValues,
+    )
+    from teeflow.kbs.policy.agreement import digest as agreement_digest
+    from teeflow.kbs.policy.parties import PartyKeys
+    from teeflow.kbs.policy.signing import (
+        SignedAgreement,
+    )
 
     home = Path(os.environ["TEEFLOW_HOME"])
     parties = [_party(i) for i in range(hp.clients)]

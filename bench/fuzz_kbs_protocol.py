@@ -26,7 +26,7 @@ def make() -> Harness:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from teeflow.errors import ParseError
-    from teeflow.kbs.problems import InvalidRequest, PayloadTooLarge
+    from teeflow.kbs.api.problems import InvalidRequest, PayloadTooLarge
     from teeflow.kbs.protocol import (
         AttestRequest,
         AuthRequest,

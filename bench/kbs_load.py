@@ -80,10 +80,10 @@ def _cpu_seconds(pid: int) -> float | None:
 
 # What-if (not the shipped code): the server with quote_fmspc served from the PCK-chain cache
 # that verify already keeps (teeflow.attestation.dcap.verify_common.load_pck_chain), i.e. the
-# one-line change proposed for teeflow/kbs/collateral_provider.py.
+# one-line change proposed for teeflow/kbs/service/collateral.py.
 _WHAT_IF_FMSPC = """
 import sys
-import teeflow.kbs.collateral_provider as cp
+import teeflow.kbs.service.collateral as cp
 from teeflow.attestation.dcap.verify_common import load_pck_chain
 from teeflow.errors import Error
 def quote_fmspc(quote):
@@ -132,15 +132,17 @@ def _start_server(home: Path, tmp: Path, db_dir: Path, sync: str | None,
 
 
 def _setup(url: str, measurement: str, home: Path, tmp: Path) -> Path:
-    from teeflow.kbs.agreement import (
+    from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+    from teeflow.kbs.policy.agreement import (
         FederationAgreement,
         SgxReferenceValues,
-        SignedAgreement,
         digest,
     )
-    from teeflow.kbs.client import KbsClient, verify_kbs
-    from teeflow.kbs.grants import Grant, sign_grant
-    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.policy.grants import Grant, sign_grant
+    from teeflow.kbs.policy.parties import PartyKeys
+    from teeflow.kbs.policy.signing import (
+        SignedAgreement,
+    )
 
     pin = verify_kbs(url, SgxReferenceValues(mrenclave=(measurement,)), allow_emulated=True,
                      home=home)
@@ -189,7 +191,7 @@ def _platform(tee: str, home: Path) -> Any:
 
 def _thread_loop(mode: str, pin_path: Path, tee: str, home: Path, path: str, start: float,
                  stop: float, out: list[float], errors: list[str]) -> None:
-    from teeflow.kbs.client import KbsClient
+    from teeflow.kbs.client.sdk import KbsClient
 
     client = KbsClient(None, pin_path, _platform(tee, home), timeout=30)
     try:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write_json
 from teeflow.compute.party import Party
 from teeflow.compute.sandbox import local_federation
-from teeflow.kbs.server import BackgroundServer, KbsRuntime, make_server
+from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, make_server
 
 _PACKAGE = {
     "teeflow.yaml": "name: stats\nversion: 1.0.0\nfunctions:\n  average: funcs:average\n",

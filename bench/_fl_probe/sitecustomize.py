@@ -29,7 +29,7 @@ _DIR = os.environ.get("FLBENCH_PROBE_DIR")
 
 # module -> [(qualified attribute, category)]
 _TARGETS: dict[str, list[tuple[str, str]]] = {
-    "teeflow.kbs.client": [
+    "teeflow.kbs.client.sdk": [
         ("KbsClient.attest", "attestation"),
         ("KbsClient.get_certificate", "attestation"),
         ("KbsClient.check_certificate", "attestation"),

@@ -42,7 +42,7 @@ def _fwid(data: bytes) -> Any:
 
 
 def _identity(data: bytes) -> Any:
-    from teeflow.kbs.ca import parse_identity_extension
+    from teeflow.kbs.ca.authority import parse_identity_extension
 
     return parse_identity_extension(data)
 

@@ -17,11 +17,24 @@ from pathlib import Path
 
 from teeflow.fl.package import build_package
 from teeflow.fl.publish import PublishedPackage, publish_package
-from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement, digest
-from teeflow.kbs.client import KbsClient, Pin, verify_kbs
-from teeflow.kbs.parties import PartyKeys
-from teeflow.kbs.self_attestation import kbs_measurement
-from teeflow.kbs.server import BackgroundServer, build_kbs, make_server
+from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
+from teeflow.kbs.client.pinning import (
+    Pin,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+    verify_kbs,
+)
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    SgxReferenceValues,
+    digest,
+)
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
 REPO = Path(__file__).resolve().parents[2]

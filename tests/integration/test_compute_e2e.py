@@ -33,10 +33,10 @@ from teeflow.compute import (
 from teeflow.compute.lineage import lineage_digest
 from teeflow.compute.sandbox import LocalFederation, local_federation
 from teeflow.errors import VerificationError
-from teeflow.kbs.audit import verify_audit_chain
-from teeflow.kbs.client import KbsClient
-from teeflow.kbs.pinning import pinned_tls_context, send
-from teeflow.kbs.problems import AttestationFailed
+from teeflow.kbs.api.problems import AttestationFailed
+from teeflow.kbs.client.pinning import pinned_tls_context, send
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.platform.emulated import EmulatedSgx
 
 PACKAGE = {

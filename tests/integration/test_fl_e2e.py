@@ -41,7 +41,7 @@ from teeflow.fl.publish import PACKAGE_AAD_PREFIX, package_key_path
 from teeflow.fl.session import LocalFederation
 from teeflow.fl.transport.client import AggregatorStream, RefusedByAggregator
 from teeflow.fl.transport.framing import TransportError
-from teeflow.kbs.client import KbsClient
+from teeflow.kbs.client.sdk import KbsClient
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.sealing import seal
 from teeflow.workload.manifest import WorkloadManifest, measurement

@@ -45,13 +45,19 @@ from teeflow.cli import (
     party_cmds,
     resource_cmds,
 )
-from teeflow.kbs.agreement import FederationAgreement, digest
-from teeflow.kbs.audit import verify_audit_chain
-from teeflow.kbs.ca import verify_workload_certificate
-from teeflow.kbs.client import KbsClient, Pin, pinned_tls_context
-from teeflow.kbs.problems import AttestationFailed, PolicyDeny, TokenVerifierError
-from teeflow.kbs.self_attestation import kbs_measurement
-from teeflow.kbs.server import BackgroundServer, build_kbs, make_server
+from teeflow.kbs.api.problems import AttestationFailed, PolicyDeny, TokenVerifierError
+from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
+from teeflow.kbs.ca.authority import verify_workload_certificate
+from teeflow.kbs.client.pinning import (
+    Pin,
+    pinned_tls_context,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+)
+from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.service.audit import verify_audit_chain
+from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 from teeflow.sealing.keys import write_key_file
 from teeflow.workload.manifest import WorkloadManifest, measurement
@@ -310,7 +316,7 @@ def test_kbs_measurement_cli_matches_manifest() -> None:
     shown = WorkloadManifest.loads(run("kbs", "measurement", "--manifest"))
     assert shown.name == "teeflow-kbs" and shown.entrypoint == ("teeflow", "kbs", "serve")
     paths = {f.path for f in shown.trusted_files}
-    expected = {"kbs/server.py", "kbs/self_attestation.py",
+    expected = {"kbs/api/server.py", "kbs/service/self_attestation.py",
                 "attestation/trust/intel_sgx_root_ca.pem"}
     assert expected <= paths
     assert not any("__pycache__" in p for p in paths)
@@ -374,10 +380,12 @@ def test_sigkill_during_upload_burst_keeps_acknowledged_writes(
     present and the audit chain is intact (DESIGN invariant 5); SIGTERM then stops it
     gracefully (exit status 0)."""
     from teeflow.errors import KbsError
-    from teeflow.kbs.agreement import SignedAgreement
-    from teeflow.kbs.grants import Grant, sign_grant
-    from teeflow.kbs.parties import PartyKeys
-    from teeflow.kbs.storage import open_store
+    from teeflow.kbs.policy.grants import Grant, sign_grant
+    from teeflow.kbs.policy.parties import PartyKeys
+    from teeflow.kbs.policy.signing import (
+        SignedAgreement,
+    )
+    from teeflow.kbs.store import open_store
 
     db = f"sqlite:///{tmp_path / 'kbs.db'}"
     log = tmp_path / "serve.log"

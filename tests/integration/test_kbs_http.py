@@ -30,13 +30,29 @@ from joserfc.jwk import ECKey
 
 from teeflow.attestation.binding import runtime_data_digest
 from teeflow.errors import KbsError, VerificationError
-from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement, digest
-from teeflow.kbs.api import create_app
-from teeflow.kbs.client import KbsClient, Pin, pinned_tls_context, verify_kbs
-from teeflow.kbs.grants import Grant, sign_grant
-from teeflow.kbs.parties import PartyKeys
-from teeflow.kbs.problems import Conflict, PolicyDeny, TokenVerifierError
-from teeflow.kbs.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.api.app import (
+    create_app,
+)
+from teeflow.kbs.api.problems import Conflict, PolicyDeny, TokenVerifierError
+from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.client.pinning import (
+    Pin,
+    pinned_tls_context,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+    verify_kbs,
+)
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    SgxReferenceValues,
+    digest,
+)
+from teeflow.kbs.policy.grants import Grant, sign_grant
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 
 KBS_MR = hashlib.sha256(b"teeflow http-test kbs").digest()

@@ -21,13 +21,26 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement, digest
-from teeflow.kbs.audit import verify_audit_chain
-from teeflow.kbs.client import KbsClient, Pin, verify_kbs
-from teeflow.kbs.grants import Grant, sign_grant
-from teeflow.kbs.parties import PartyKeys
-from teeflow.kbs.problems import AttestationFailed
-from teeflow.kbs.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.api.problems import AttestationFailed
+from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.client.pinning import (
+    Pin,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+    verify_kbs,
+)
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    SgxReferenceValues,
+    digest,
+)
+from teeflow.kbs.policy.grants import Grant, sign_grant
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx

@@ -20,10 +20,12 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis (dev ext
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from teeflow.kbs.agreement import FederationAgreement, SignedAgreement  # noqa: E402
-from teeflow.kbs.client import KbsClient, Pin  # noqa: E402
-from teeflow.kbs.parties import PartyKeys  # noqa: E402
-from teeflow.kbs.server import BackgroundServer, build_kbs, make_server  # noqa: E402
+from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server  # noqa: E402
+from teeflow.kbs.client.pinning import Pin  # noqa: E402
+from teeflow.kbs.client.sdk import KbsClient  # noqa: E402
+from teeflow.kbs.policy.agreement import FederationAgreement  # noqa: E402
+from teeflow.kbs.policy.parties import PartyKeys  # noqa: E402
+from teeflow.kbs.policy.signing import SignedAgreement  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 from store_helpers import Backend
 
-from teeflow.kbs.storage import KbsStore
+from teeflow.kbs.store.interface import (
+    KbsStore,
+)
 
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 

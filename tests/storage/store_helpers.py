@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from teeflow.kbs.storage import AuditEntry, KbsStore, open_store
+from teeflow.kbs.store import (
+    open_store,
+)
+from teeflow.kbs.store.interface import (
+    AuditEntry,
+    KbsStore,
+)
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
 D1, D2, D3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32

@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from store_helpers import D1, D2, T0, Backend, clock, put, race
 
-from teeflow.kbs.audit import AuditError, AuditLog, verify_audit_chain
-from teeflow.kbs.storage import (
+from teeflow.kbs.service.audit import AuditError, AuditLog, verify_audit_chain
+from teeflow.kbs.store.interface import (
     AuditEntry,
     KbsStore,
     StorageConflict,

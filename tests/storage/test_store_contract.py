@@ -25,8 +25,11 @@ from store_helpers import put as _put
 from store_helpers import race as _race
 
 from teeflow.errors import KbsError
-from teeflow.kbs.audit import AuditLog, verify_audit_chain
-from teeflow.kbs.storage import (
+from teeflow.kbs.service.audit import AuditLog, verify_audit_chain
+from teeflow.kbs.store import (
+    open_store,
+)
+from teeflow.kbs.store.interface import (
     GENESIS_HASH,
     MAX_AGREEMENT_BYTES,
     MAX_AUDIT_DATA_BYTES,
@@ -35,13 +38,14 @@ from teeflow.kbs.storage import (
     MAX_PATH_CHARS,
     MAX_WRAPPED_KEY_BYTES,
     KbsStore,
-    MemoryStore,
     StorageConflict,
     StorageError,
     StorageExpired,
     StorageInputError,
     StorageNotFound,
-    open_store,
+)
+from teeflow.kbs.store.memory import (
+    MemoryStore,
 )
 
 
@@ -332,8 +336,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from teeflow.kbs.audit import AuditLog
-from teeflow.kbs.storage import open_store
+from teeflow.kbs.service.audit import AuditLog
+from teeflow.kbs.store import open_store
 key = load_pem_private_key(sys.stdin.buffer.read(), None)
 store = open_store(sys.argv[1])
 log = AuditLog(store, key, lambda: datetime.now(UTC))
@@ -451,7 +455,7 @@ def test_errors_are_kbs_errors(store: KbsStore) -> None:
     ("query", "level"), [("", 1), ("?synchronous=normal", 1), ("?synchronous=FULL", 2)]
 )
 def test_sqlite_is_wal_with_configured_sync(tmp_path: Path, query: str, level: int) -> None:
-    from teeflow.kbs.storage.sql import SqlStore
+    from teeflow.kbs.store.sql import SqlStore
 
     s = open_store(f"sqlite:///{tmp_path / 'k.db'}{query}")
     assert isinstance(s, SqlStore) and s.relaxed_sync == (level == 1)
@@ -467,7 +471,7 @@ def test_sqlite_durable_operations_commit_with_full_sync(tmp_path: Path, sync: s
     sessions, releases and audit entries commit at the configured level."""
     from sqlalchemy import event
 
-    from teeflow.kbs.storage.sql import SqlStore
+    from teeflow.kbs.store.sql import SqlStore
 
     s = open_store(f"sqlite:///{tmp_path / 'k.db'}?synchronous={sync}")
     assert isinstance(s, SqlStore)
@@ -508,7 +512,13 @@ def test_migrations_match_tables(sql_backend: Backend) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    from teeflow.kbs.storage.sql import VERSION_TABLE, SqlStore, metadata
+    from teeflow.kbs.store._engine import (
+        metadata,
+    )
+    from teeflow.kbs.store.sql import (
+        VERSION_TABLE,
+        SqlStore,
+    )
 
     s = sql_backend.open()
     assert isinstance(s, SqlStore)

@@ -14,17 +14,19 @@ import yaml
 
 from teeflow.attestation.evidence import TcbStatus
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
-from teeflow.kbs.agreement import (
-    AgreementHistory,
+from teeflow.kbs.policy.agreement import (
     FederationAgreement,
-    SignedAgreement,
     digest,
+)
+from teeflow.kbs.policy.canonical import GRANT_DOMAIN, b64url_encode, signing_input
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    AgreementHistory,
+    SignedAgreement,
     sign_agreement,
     verify_initial,
     verify_update,
 )
-from teeflow.kbs.canonical import GRANT_DOMAIN, b64url_encode, signing_input
-from teeflow.kbs.parties import PartyKeys
 
 MR1 = "11" * 32
 MR2 = "22" * 32

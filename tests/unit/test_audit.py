@@ -15,11 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from teeflow.errors import ParseError, VerificationError
-from teeflow.kbs.audit import (
+from teeflow.kbs.service.audit import (
     AUDIT_DOMAIN,
-    GENESIS_HASH,
     AuditChainError,
-    AuditEntry,
     AuditError,
     AuditLog,
     audit_entry_from_json,
@@ -28,7 +26,14 @@ from teeflow.kbs.audit import (
     audit_hash_input,
     verify_audit_chain,
 )
-from teeflow.kbs.storage import MemoryStore, StorageConflict
+from teeflow.kbs.store.interface import (
+    GENESIS_HASH,
+    AuditEntry,
+    StorageConflict,
+)
+from teeflow.kbs.store.memory import (
+    MemoryStore,
+)
 
 T0 = datetime(2026, 3, 1, 8, 30, 0, 250000, tzinfo=UTC)
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -12,8 +12,15 @@ from typer.testing import CliRunner
 
 from teeflow.cli import agreement_cmds, party_cmds
 from teeflow.errors import KbsError, ParseError, VerificationError
-from teeflow.kbs.agreement import FederationAgreement, digest, verify_initial, verify_update
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    digest,
+)
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    verify_initial,
+    verify_update,
+)
 
 PARTIES = ("alice", "bob", "carol")
 

@@ -41,7 +41,7 @@ from teeflow.compute.lineage import (
 )
 from teeflow.compute.values import decode_value, encode_value
 from teeflow.errors import Error, SealingError, VerificationError
-from teeflow.kbs.storage.interface import AuditEntry
+from teeflow.kbs.store.interface import AuditEntry
 
 
 @pytest.mark.parametrize("cls", list(ERROR_TYPES.values()))

@@ -18,8 +18,8 @@ from teeflow.errors import FLError, ParseError, SealingError, VerificationError
 from teeflow.fl.arrays import arrays_digest, encode_arrays
 from teeflow.fl.outputs import open_model, read_model_header, seal_model, verify_model
 from teeflow.fl.provenance import ProvenanceError, ProvenanceLog, save_provenance
-from teeflow.kbs.ca import FederationCA, WorkloadIdentity
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.ca.authority import FederationCA, WorkloadIdentity
+from teeflow.kbs.policy.parties import PartyKeys
 
 AGREEMENT = "cd" * 32
 MEASUREMENT = "ab" * 32

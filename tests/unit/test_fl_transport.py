@@ -22,7 +22,7 @@ from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.transport.client import AggregatorStream, RefusedByAggregator
 from teeflow.fl.transport.framing import CHUNK_SIZE, TransportError
 from teeflow.fl.transport.server import ClientHub, TransportServer
-from teeflow.kbs.ca import FederationCA, WorkloadIdentity
+from teeflow.kbs.ca.authority import FederationCA, WorkloadIdentity
 
 AGREEMENT = bytes.fromhex("cd" * 32)
 PACKAGE = bytes.fromhex("ef" * 32)

@@ -26,7 +26,7 @@ from teeflow.fl.transport.client import RefusedByAggregator
 from teeflow.fl.transport.framing import TransportError
 from teeflow.fl.transport.server import ClientHub, TransportServer
 from teeflow.fl.transport.tls import channel_credentials, channel_options
-from teeflow.kbs.ca import FederationCA
+from teeflow.kbs.ca.authority import FederationCA
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import rfc8785
 import yaml
 
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
-from teeflow.kbs.agreement import FederationAgreement, digest
-from teeflow.kbs.grants import (
+from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.grants import (
     Grant,
     SignedGrant,
     grant_allows,
@@ -22,7 +22,7 @@ from teeflow.kbs.grants import (
     sign_grant,
     verify_grant,
 )
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.policy.parties import PartyKeys
 
 MR1, MR2, MR3 = "11" * 32, "22" * 32, "33" * 32
 PKG_A, PKG_B, PKG_X = "a1" * 32, "b2" * 32, "ee" * 32

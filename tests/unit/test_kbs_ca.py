@@ -21,7 +21,7 @@ from pyasn1.codec.der import encoder as der_encoder
 from pyasn1.type import univ
 
 from teeflow.errors import KbsError, ParseError, VerificationError
-from teeflow.kbs.ca import (
+from teeflow.kbs.ca.authority import (
     CLOCK_SKEW,
     TEEFLOW_IDENTITY_OID,
     FederationCA,
@@ -29,9 +29,11 @@ from teeflow.kbs.ca import (
     _IdentityAsn1,
     encode_identity_extension,
     parse_identity_extension,
+    verify_workload_certificate,
+)
+from teeflow.kbs.ca.tls import (
     peer_identity,
     ssl_context_for,
-    verify_workload_certificate,
 )
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -22,11 +22,11 @@ import pytest
 from joserfc.jwk import ECKey
 from test_kbs_service import NOW, PATH, Harness, agreement_doc, signed_agreement
 
-from teeflow.kbs.problems import AttestationFailed, PolicyDeny, TokenVerifierError
-from teeflow.kbs.rcar import TokenCache
-from teeflow.kbs.release import GrantCache, open_jwe
-from teeflow.kbs.service import KbsService
-from teeflow.kbs.storage import open_store
+from teeflow.kbs.api.problems import AttestationFailed, PolicyDeny, TokenVerifierError
+from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.rcar import TokenCache
+from teeflow.kbs.service.release import GrantCache, open_jwe
+from teeflow.kbs.store import open_store
 
 
 def _v2(h: Harness) -> Any:
@@ -39,7 +39,7 @@ def _v2(h: Harness) -> Any:
 def _second_process(h: Harness, refresh: timedelta = timedelta(hours=1)) -> KbsService:
     """Another KBS process (same keys and store) whose agreement copy stays cached."""
     from teeflow.attestation.trust import intel_sgx_root_ca
-    from teeflow.kbs.collateral_provider import EmulatedCollateralProvider
+    from teeflow.kbs.service.collateral import EmulatedCollateralProvider
     from teeflow.testing.evidence import emulated_authority
 
     authority = emulated_authority()

@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.errors import KbsError, ParseError, PlatformError, SealingError
-from teeflow.kbs.ca import FederationCA, WorkloadIdentity, verify_workload_certificate
-from teeflow.kbs.canonical import b64url_decode
-from teeflow.kbs.identity import (
+from teeflow.kbs.ca.authority import FederationCA, WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.policy.canonical import b64url_decode
+from teeflow.kbs.service.identity import (
     KEYS_AAD,
     KEYS_FILE,
     SEALING_PURPOSE,

@@ -25,26 +25,33 @@ from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.attestation.ear import generate_ear_signing_key, verify_ear
 from teeflow.attestation.trust import intel_sgx_root_ca
 from teeflow.errors import CollateralError, ParseError, PolicyViolation
-from teeflow.kbs.agreement import (
+from teeflow.kbs.api.problems import AttestationFailed, UnsupportedTee
+from teeflow.kbs.ca.authority import FederationCA
+from teeflow.kbs.client.sdk import default_tee, primary_evidence
+from teeflow.kbs.policy.agreement import (
     FederationAgreement,
-    SignedAgreement,
     SnpReferenceValues,
     TdxReferenceValues,
 )
-from teeflow.kbs.ca import FederationCA
-from teeflow.kbs.client import default_tee, primary_evidence
-from teeflow.kbs.collateral_provider import (
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.protocol import SUPPORTED_TEES, AttestRequest, AuthRequest
+from teeflow.kbs.service.collateral import (
     DirectoryCollateralProvider,
     EmulatedCollateralProvider,
     KdsSnpEndorsementProvider,
     SnpEndorsements,
 )
-from teeflow.kbs.evidence_types import EVIDENCE_TYPES, evidence_platform, evidence_type
-from teeflow.kbs.parties import PartyKeys
-from teeflow.kbs.problems import AttestationFailed, UnsupportedTee
-from teeflow.kbs.protocol import SUPPORTED_TEES, AttestRequest, AuthRequest
-from teeflow.kbs.service import KbsService
-from teeflow.kbs.storage import KbsStore, open_store
+from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.evidence import EVIDENCE_TYPES, evidence_platform, evidence_type
+from teeflow.kbs.store import (
+    open_store,
+)
+from teeflow.kbs.store.interface import (
+    KbsStore,
+)
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx, make_tdx_collateral_files

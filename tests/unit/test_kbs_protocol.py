@@ -16,14 +16,7 @@ from pydantic import ValidationError
 
 from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.dcap.quote import parse_quote
-from teeflow.kbs import problems
-from teeflow.kbs.collateral_provider import (
-    CollateralProvider,
-    CompositeCollateralProvider,
-    DirectoryCollateralProvider,
-    EmulatedCollateralProvider,
-    quote_fmspc,
-)
+from teeflow.kbs.api import problems
 from teeflow.kbs.protocol import (
     MAX_ATTEST_BODY_BYTES,
     MAX_AUTH_BODY_BYTES,
@@ -36,6 +29,13 @@ from teeflow.kbs.protocol import (
     decode_json,
     is_counter_name,
     is_resource_path,
+)
+from teeflow.kbs.service.collateral import (
+    CollateralProvider,
+    CompositeCollateralProvider,
+    DirectoryCollateralProvider,
+    EmulatedCollateralProvider,
+    quote_fmspc,
 )
 from teeflow.testing.evidence import DEFAULT_NOW, emulated_authority, make_emulated_quote
 

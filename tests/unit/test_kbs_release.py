@@ -15,7 +15,7 @@ from joserfc.jwk import ECKey
 from test_kbs_service import CLAIMS, NOW, PARTIES, PATH, PKG, PKG_OTHER, Harness
 
 from teeflow.errors import KbsError
-from teeflow.kbs.problems import (
+from teeflow.kbs.api.problems import (
     Conflict,
     GrantRejected,
     InvalidRequest,
@@ -24,8 +24,8 @@ from teeflow.kbs.problems import (
     PolicyDeny,
 )
 from teeflow.kbs.protocol import TeePubKey, sign_resource_upload
-from teeflow.kbs.release import decide, open_jwe, seal_for_tee
-from teeflow.kbs.storage import open_store
+from teeflow.kbs.service.release import decide, open_jwe, seal_for_tee
+from teeflow.kbs.store import open_store
 
 
 @pytest.fixture()
@@ -170,7 +170,7 @@ def test_replacement_rules(h: Harness) -> None:
 
 def test_upload_without_agreement() -> None:
     h = Harness(open_store("memory://"))
-    from teeflow.kbs.service import KbsService
+    from teeflow.kbs.service.core import KbsService
 
     svc = KbsService(open_store("memory://"), h.keys, clock=h.clock, anchors=[],
                      collateral=h.service._collateral)
@@ -185,7 +185,7 @@ def test_decide_is_pure_and_lists_every_reason(h: Harness) -> None:
     h.service.put_resource(h.upload(os.urandom(32), grant=h.grant(max_releases=1)))
     record = h.store.get_resource(PATH)
     assert record is not None
-    from teeflow.kbs.release import stored_grant
+    from teeflow.kbs.service.release import stored_grant
 
     grant = stored_grant(record).grant  # type: ignore[union-attr]
     session = h.session(h.attest(claims={**CLAIMS, "function": "validate",

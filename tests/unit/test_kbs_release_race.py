@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from test_kbs_service import PATH, Harness, Workload
 
-from teeflow.kbs.problems import PolicyDeny
-from teeflow.kbs.release import open_jwe
-from teeflow.kbs.storage import open_store
+from teeflow.kbs.api.problems import PolicyDeny
+from teeflow.kbs.service.release import open_jwe
+from teeflow.kbs.store import open_store
 
 THREADS = 12
 PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -28,13 +28,7 @@ from joserfc.jwk import ECKey
 from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.attestation.trust import intel_sgx_root_ca
-from teeflow.kbs.agreement import FederationAgreement, SignedAgreement, digest
-from teeflow.kbs.audit import verify_audit_chain
-from teeflow.kbs.ca import FederationCA, verify_workload_certificate
-from teeflow.kbs.collateral_provider import EmulatedCollateralProvider
-from teeflow.kbs.grants import Grant, sign_grant
-from teeflow.kbs.parties import PartyKeys
-from teeflow.kbs.problems import (
+from teeflow.kbs.api.problems import (
     AgreementRejected,
     AttestationFailed,
     Conflict,
@@ -45,6 +39,16 @@ from teeflow.kbs.problems import (
     TokenVerifierError,
     UnsupportedTee,
 )
+from teeflow.kbs.ca.authority import FederationCA, verify_workload_certificate
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    digest,
+)
+from teeflow.kbs.policy.grants import Grant, sign_grant
+from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
 from teeflow.kbs.protocol import (
     RESOURCE_WRAP_INFO,
     AttestedSession,
@@ -53,9 +57,16 @@ from teeflow.kbs.protocol import (
     resource_wrap_aad,
     sign_resource_upload,
 )
-from teeflow.kbs.release import open_jwe
-from teeflow.kbs.service import KbsService
-from teeflow.kbs.storage import KbsStore, open_store
+from teeflow.kbs.service.audit import verify_audit_chain
+from teeflow.kbs.service.collateral import EmulatedCollateralProvider
+from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.release import open_jwe
+from teeflow.kbs.store import (
+    open_store,
+)
+from teeflow.kbs.store.interface import (
+    KbsStore,
+)
 from teeflow.sealing.hpke import wrap_key
 from teeflow.testing.evidence import (
     DEFAULT_NOW,

@@ -1,4 +1,5 @@
-"""Party keys (teeflow.kbs.parties) and the encoding helpers (teeflow.kbs.canonical)."""
+"""Party keys (teeflow.kbs.policy.parties) and the encoding helpers
+(teeflow.kbs.policy.canonical)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import rfc8785
 from cryptography.hazmat.primitives import serialization
 
 from teeflow.errors import KbsError, ParseError, VerificationError
-from teeflow.kbs.canonical import (
+from teeflow.kbs.policy.canonical import (
     AGREEMENT_DOMAIN,
     GRANT_DOMAIN,
     b64url_decode,
@@ -21,7 +22,13 @@ from teeflow.kbs.canonical import (
     sha256_digest,
     signing_input,
 )
-from teeflow.kbs.parties import PartyKeys, PartyPublic, party_dir, teeflow_home, verify_ed25519
+from teeflow.kbs.policy.parties import (
+    PartyKeys,
+    PartyPublic,
+    party_dir,
+    teeflow_home,
+    verify_ed25519,
+)
 
 
 def _mode(p: Path) -> int:

@@ -1,4 +1,4 @@
-"""CLI commands: ``teeflow agreement init|sign|show|diff`` (:mod:`teeflow.kbs.agreement`).
+"""CLI commands: ``teeflow agreement init|sign|show|diff`` (:mod:`teeflow.kbs.policy.agreement`).
 
 Signatures live next to the agreement in a **signature file** ``FILE.sigs.json`` (so the YAML
 stays human-edited and diffable)::
@@ -24,22 +24,31 @@ from pydantic import Field
 from teeflow._fs import atomic_write
 from teeflow.attestation.policy import Hex32, load_policy_document
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
-from teeflow.kbs.agreement import (
+from teeflow.kbs.policy.agreement import (
     MAX_ITEMS,
     FederationAgreement,
-    SignedAgreement,
     digest,
-    sign_agreement,
-    verify_initial,
-    verify_update,
 )
-from teeflow.kbs.canonical import (
+from teeflow.kbs.policy.canonical import (
     AGREEMENT_DOMAIN,
     DocumentModel,
     signing_input,
     validate_document,
 )
-from teeflow.kbs.parties import B64Sig64, Name, PartyKeys, PartyPublic, party_dir, verify_ed25519
+from teeflow.kbs.policy.parties import (
+    B64Sig64,
+    Name,
+    PartyKeys,
+    PartyPublic,
+    party_dir,
+    verify_ed25519,
+)
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+    sign_agreement,
+    verify_initial,
+    verify_update,
+)
 
 __all__ = [
     "SIGNATURES_FORMAT",

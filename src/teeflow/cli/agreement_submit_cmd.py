@@ -52,7 +52,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Submit FILE with its signatures to the verified KBS."""
         from teeflow.cli.agreement_cmds import load_signed
-        from teeflow.kbs.client import KbsClient, default_pin_path
+        from teeflow.kbs.client.pinning import (
+            default_pin_path,
+        )
+        from teeflow.kbs.client.sdk import (
+            KbsClient,
+        )
 
         pin_path = pin if pin is not None else default_pin_path()
         if not pin_path.is_file():

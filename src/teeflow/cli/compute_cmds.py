@@ -98,7 +98,7 @@ def write_value_file(path: Path, value: Any) -> None:
 
 def _party(name: str, pin: Path | None) -> Any:
     from teeflow.compute import Party
-    from teeflow.kbs.pinning import default_pin_path
+    from teeflow.kbs.client.pinning import default_pin_path
 
     return Party.load(name, pin=pin or default_pin_path())
 
@@ -124,8 +124,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the compute worker (role compute) until interrupted."""
         from teeflow.compute.jobs import ExecutionLimits
-        from teeflow.compute.worker import serve as run
-        from teeflow.kbs.pinning import default_pin_path
+        from teeflow.compute.server import serve as run
+        from teeflow.kbs.client.pinning import default_pin_path
 
         if isolation not in ("thread", "fork"):
             raise ParseError("--isolation must be thread or fork")

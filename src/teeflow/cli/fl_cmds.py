@@ -218,8 +218,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Seal the package; upload its key (clients) and the checkpoint key (aggregator)."""
         from teeflow.fl.publish import publish_package
-        from teeflow.kbs.client import KbsClient
-        from teeflow.kbs.parties import PartyKeys
+        from teeflow.kbs.client.sdk import KbsClient
+        from teeflow.kbs.policy.parties import PartyKeys
 
         keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
         with KbsClient(kbs, pin) as client:
@@ -254,7 +254,7 @@ def register(app: typer.Typer) -> None:
         """Decrypt the model for an authorised recipient; write safetensors."""
         from teeflow.fl.arrays import encode_arrays
         from teeflow.fl.outputs import open_model
-        from teeflow.kbs.parties import PartyKeys
+        from teeflow.kbs.policy.parties import PartyKeys
 
         keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
         arrays = open_model(model_file, keys)
@@ -274,7 +274,7 @@ def _load_ca(path: Path) -> Any:
     except OSError as exc:
         raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
     if raw.lstrip().startswith(b"{"):
-        from teeflow.kbs.pinning import Pin
+        from teeflow.kbs.client.pinning import Pin
 
         return Pin.load(path).ca()
     try:

@@ -2,14 +2,14 @@
 
 * ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform emulated]
   [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]`` — run the KBS
-  (:func:`teeflow.kbs.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
+  (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
   the first start in a state directory only.
 * ``teeflow kbs verify URL --reference-values FILE [--allow-emulated] [-o PIN]
   [--expect-agreement HEX]`` — verify the KBS's evidence as a party and write the pin file
   (default ``$TEEFLOW_HOME/kbs.pin.json``) that every later party command uses. FILE holds
   SGX reference values, ``{sgx: ...}``, or is the agreement (``workloads.kbs``).
 * ``teeflow kbs measurement [--manifest]`` — the KBS measurement of the installed teeflow
-  (:func:`teeflow.kbs.self_attestation.kbs_measurement`), to put into reference values.
+  (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`), to put into reference values.
 * ``teeflow kbs audit verify [--pin PIN] [--expect-head HEX]`` — fetch the whole audit log
   and verify its hash chain and signatures with the pinned audit key.
 """
@@ -32,7 +32,9 @@ _PinOption = Annotated[
 
 
 def _pin_path(pin: Path | None) -> Path:
-    from teeflow.kbs.client import default_pin_path
+    from teeflow.kbs.client.pinning import (
+        default_pin_path,
+    )
 
     path = pin if pin is not None else default_pin_path()
     if not path.is_file():
@@ -67,7 +69,7 @@ def register(app: typer.Typer) -> None:
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
     ) -> None:
         """Run the KBS with TLS until interrupted."""
-        from teeflow.kbs.server import KbsRuntime, serve
+        from teeflow.kbs.api.server import KbsRuntime, serve
 
         def ready(runtime: KbsRuntime, url: str) -> None:
             typer.echo(f"teeflow KBS for federation {runtime.federation} at {url}")
@@ -111,8 +113,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Verify the KBS's evidence and write its pin file."""
-        from teeflow.kbs.client import default_pin_path, verify_kbs
-        from teeflow.kbs.self_attestation import load_reference_values
+        from teeflow.kbs.client.pinning import (
+            default_pin_path,
+        )
+        from teeflow.kbs.client.sdk import (
+            verify_kbs,
+        )
+        from teeflow.kbs.service.self_attestation import load_reference_values
 
         expected = None
         if expect_agreement is not None:
@@ -146,7 +153,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Print the KBS measurement of the installed teeflow (emulated MRENCLAVE)."""
-        from teeflow.kbs.self_attestation import kbs_manifest
+        from teeflow.kbs.service.self_attestation import kbs_manifest
         from teeflow.workload.manifest import measurement
 
         doc = kbs_manifest()
@@ -166,8 +173,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Fetch the audit log and verify its chain with the pinned audit key."""
-        from teeflow.kbs.audit import verify_audit_chain
-        from teeflow.kbs.client import KbsClient
+        from teeflow.kbs.client.sdk import KbsClient
+        from teeflow.kbs.service.audit import verify_audit_chain
 
         with KbsClient(None, _pin_path(pin)) as client:
             entries = client.audit()

@@ -1,4 +1,4 @@
-"""CLI commands: ``teeflow party keygen|show`` (party keys, :mod:`teeflow.kbs.parties`).
+"""CLI commands: ``teeflow party keygen|show`` (party keys, :mod:`teeflow.kbs.policy.parties`).
 
 ``teeflow party keygen NAME [--dir DIR] [--force]`` creates an Ed25519 signing key and an
 X25519 recipient key in ``DIR`` (default ``$TEEFLOW_HOME/parties/NAME/``) and prints the
@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from teeflow.kbs.parties import PartyKeys, party_dir
+from teeflow.kbs.policy.parties import PartyKeys, party_dir
 
 __all__ = ["register"]
 

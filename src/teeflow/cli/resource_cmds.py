@@ -4,12 +4,12 @@
 [--pin PIN] [--dir DIR] [--agreement AGREEMENT.yaml]``:
 
 1. reads the data key (``teeflow-key:v1:`` key file, :mod:`teeflow.sealing.keys`);
-2. reads the grant YAML (:class:`teeflow.kbs.grants.Grant`) and fills what it may omit:
+2. reads the grant YAML (:class:`teeflow.kbs.policy.grants.Grant`) and fills what it may omit:
    ``resource`` (= NAME), ``owner`` (= P), ``id`` (fresh random), ``created_at`` (now),
    ``agreement`` (digest of ``--agreement FILE``, else the pinned agreement digest); given
    values must agree with NAME and P;
 3. signs the grant with P's key, wraps the key with HPKE to the *pinned* KBS HPKE key, signs
-   the upload and sends it (:meth:`teeflow.kbs.client.KbsClient.put_resource`).
+   the upload and sends it (:meth:`teeflow.kbs.client.sdk.KbsClient.put_resource`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def complete_grant(
         ParseError: not a mapping, or ``resource``/``owner`` disagree with NAME/P, or no
             agreement digest is known.
     """
-    from teeflow.kbs.grants import new_grant_id
+    from teeflow.kbs.policy.grants import new_grant_id
 
     if not isinstance(doc, dict):
         raise ParseError("grant file must be a mapping")
@@ -79,10 +79,16 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Wrap KEY to the pinned KBS, sign GRANT and upload both."""
         from teeflow.attestation.policy import load_policy_document
-        from teeflow.kbs.agreement import FederationAgreement, digest
-        from teeflow.kbs.client import KbsClient, Pin, default_pin_path
-        from teeflow.kbs.grants import Grant, sign_grant
-        from teeflow.kbs.parties import PartyKeys, party_dir
+        from teeflow.kbs.client.pinning import (
+            Pin,
+            default_pin_path,
+        )
+        from teeflow.kbs.client.sdk import (
+            KbsClient,
+        )
+        from teeflow.kbs.policy.agreement import FederationAgreement, digest
+        from teeflow.kbs.policy.grants import Grant, sign_grant
+        from teeflow.kbs.policy.parties import PartyKeys, party_dir
         from teeflow.sealing.keys import read_key_file
 
         pin_path = pin if pin is not None else default_pin_path()

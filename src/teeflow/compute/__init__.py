@@ -46,8 +46,9 @@ from teeflow.compute.lineage import (
     verify_lineage,
 )
 from teeflow.compute.party import Party, SealedInput, Teeu
+from teeflow.compute.server import make_worker_server
 from teeflow.compute.values import decode_value, encode_value
-from teeflow.compute.worker import ComputeWorker, compute_measurement, make_worker_server
+from teeflow.compute.worker import ComputeWorker, compute_measurement
 
 __all__ = [
     "AttestationRefused",

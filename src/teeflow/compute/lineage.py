@@ -51,10 +51,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 from teeflow.attestation.ear import verify_ear
 from teeflow.compute.jobs import InputId, ResultId
 from teeflow.errors import ParseError, VerificationError
-from teeflow.kbs.audit import AuditEntry
-from teeflow.kbs.ca import verify_workload_certificate
-from teeflow.kbs.canonical import b64url_decode, b64url_encode, sha256_digest
-from teeflow.kbs.pinning import Pin
+from teeflow.kbs.ca.authority import verify_workload_certificate
+from teeflow.kbs.client.pinning import Pin
+from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, sha256_digest
+from teeflow.kbs.store.interface import (
+    AuditEntry,
+)
 
 __all__ = [
     "LINEAGE_DOMAIN",

@@ -11,7 +11,8 @@ The shape SecretFlow users know (PYU devices, ``a.to(teeu, allow_funcs=...)``)::
 **Verifying the worker** (:meth:`Party.teeu`): the HTTPS connection to the worker accepts
 only a server certificate issued by the federation CA of the pinned KBS; inside the TLS
 handshake (before any byte is sent) the certificate's teeflow identity must name role
-``compute`` and the active agreement (:func:`teeflow.kbs.ca.verify_workload_certificate`) —
+``compute`` and the active agreement (:func:`teeflow.kbs.ca.authority.verify_workload_certificate`)
+—
 the KBS issues such a certificate only to a workload whose evidence matched the agreement's
 ``compute`` reference values. Anything else: :class:`WorkerUnverified`.
 
@@ -56,12 +57,17 @@ from teeflow.compute.lineage import ResultRef, verify_lineage
 from teeflow.compute.values import decode_value, encode_value
 from teeflow.compute.worker import RESULT_WRAP_INFO, input_aad, result_aad
 from teeflow.errors import Error, KbsError, SealingError, VerificationError
-from teeflow.kbs.agreement import FederationAgreement, digest
-from teeflow.kbs.ca import verify_workload_certificate
-from teeflow.kbs.canonical import b64url_decode
-from teeflow.kbs.client import KbsClient, Pin
-from teeflow.kbs.grants import Grant, grant_digest, new_grant_id, sign_grant
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.ca.authority import verify_workload_certificate
+from teeflow.kbs.client.pinning import (
+    Pin,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+)
+from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.canonical import b64url_decode
+from teeflow.kbs.policy.grants import Grant, grant_digest, new_grant_id, sign_grant
+from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.sealing import generate_key, seal, unseal, unwrap_key
 
 __all__ = ["Party", "SealedInput", "Teeu", "worker_tls_context"]

@@ -21,13 +21,26 @@ from pathlib import Path
 
 from teeflow.compute.jobs import ExecutionLimits
 from teeflow.compute.party import Party
-from teeflow.compute.worker import ComputeWorker, compute_measurement, make_worker_server
+from teeflow.compute.server import make_worker_server
+from teeflow.compute.worker import ComputeWorker, compute_measurement
 from teeflow.fl.package import build_package, load_manifest
-from teeflow.kbs.agreement import FederationAgreement, SgxReferenceValues, SignedAgreement
-from teeflow.kbs.client import KbsClient, Pin, verify_kbs
-from teeflow.kbs.parties import PartyKeys, party_dir
-from teeflow.kbs.self_attestation import kbs_measurement
-from teeflow.kbs.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
+from teeflow.kbs.client.pinning import (
+    Pin,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+    verify_kbs,
+)
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    SgxReferenceValues,
+)
+from teeflow.kbs.policy.parties import PartyKeys, party_dir
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 
 __all__ = ["LocalFederation", "local_federation"]

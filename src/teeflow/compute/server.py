@@ -20,8 +20,8 @@ from fastapi import FastAPI, Request, Response
 from teeflow.compute.jobs import ComputeError, ExecutionLimits, InvalidJob, JobRequest
 from teeflow.compute.worker import ComputeWorker, compute_measurement
 from teeflow.errors import Error, KbsError
-from teeflow.kbs.problems import KbsProblem
-from teeflow.kbs.self_attestation import Attester
+from teeflow.kbs.api.problems import KbsProblem
+from teeflow.kbs.service.self_attestation import Attester
 
 __all__ = ["make_worker_server", "serve", "worker_tls_context"]
 
@@ -166,7 +166,7 @@ def serve(
     Raises:
         KbsError, AttestationFailed, PackageError: as :meth:`ComputeWorker.start`.
     """
-    from teeflow.kbs.server import parse_listen
+    from teeflow.kbs.api.server import parse_listen
     from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 
     host, port = parse_listen(listen)

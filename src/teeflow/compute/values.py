@@ -43,7 +43,7 @@ import numpy as np
 
 from teeflow.errors import ParseError
 from teeflow.fl.arrays import DTYPES, ArrayLimits, read_header
-from teeflow.kbs.canonical import canonical_json
+from teeflow.kbs.policy.canonical import canonical_json
 
 __all__ = [
     "KIND_ARRAY",

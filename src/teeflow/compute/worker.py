@@ -2,7 +2,7 @@
 
 ``teeflow compute serve --kbs URL --pin FILE --package PKG [--listen HOST:PORT]`` runs
 :func:`serve`; tests and benchmarks use :class:`ComputeWorker` with
-:func:`make_worker_server` and :class:`teeflow.kbs.server.BackgroundServer`. The HTTPS
+:func:`make_worker_server` and :class:`teeflow.kbs.api.server.BackgroundServer`. The HTTPS
 layer (FastAPI app, TLS context, uvicorn server, :func:`serve`) is in
 :mod:`teeflow.compute.server` and re-exported here.
 
@@ -93,11 +93,16 @@ from teeflow.compute.lineage import (
 from teeflow.compute.values import decode_value, encode_value, encoded_kind
 from teeflow.errors import Error, KbsError, PolicyViolation
 from teeflow.fl.package import build_package, package_digest, unpack_package
-from teeflow.kbs.agreement import FederationAgreement, digest
-from teeflow.kbs.canonical import b64url_decode, b64url_encode, sha256_digest
-from teeflow.kbs.client import KbsClient, Pin
-from teeflow.kbs.problems import AttestationFailed, PolicyDeny, TokenVerifierError
-from teeflow.kbs.self_attestation import Attester
+from teeflow.kbs.api.problems import AttestationFailed, PolicyDeny, TokenVerifierError
+from teeflow.kbs.client.pinning import (
+    Pin,
+)
+from teeflow.kbs.client.sdk import (
+    KbsClient,
+)
+from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, sha256_digest
+from teeflow.kbs.service.self_attestation import Attester
 from teeflow.sealing import generate_key, seal, unseal, wrap_key
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
@@ -110,10 +115,7 @@ __all__ = [
     "compute_manifest",
     "compute_measurement",
     "input_aad",
-    "make_worker_server",
     "result_aad",
-    "serve",
-    "worker_tls_context",
 ]
 
 COMPUTE_ENTRYPOINT = ("teeflow", "compute", "serve")
@@ -441,10 +443,3 @@ class ComputeWorker:
         except (KbsError, PolicyViolation) as err:
             _LOG.error("cannot record refused job %s: %s", job_id, type(err).__name__)
 
-
-# The HTTPS layer; imported last because teeflow.compute.server imports ComputeWorker.
-from teeflow.compute.server import (  # noqa: E402
-    make_worker_server,
-    serve,
-    worker_tls_context,
-)

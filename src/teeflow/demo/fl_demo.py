@@ -57,7 +57,7 @@ from teeflow.demo.fl_support import (
 from teeflow.errors import FLError
 
 if TYPE_CHECKING:
-    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.policy.parties import PartyKeys
 
 __all__ = [
     "DIGITS_TRAIN_CONFIG",
@@ -308,7 +308,7 @@ def _run(
     on_progress: Callable[[RoundProgress], None],
 ) -> None:
     from teeflow.fl.session import LocalFederation
-    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.policy.parties import PartyKeys
 
     parties = o.parties()
     files = summary.files
@@ -359,8 +359,8 @@ def _run(
             files["agreement"] = str(agreement_path)
         pin_path = workdir / "pin.json"
         with step("KBS verified (emulated SGX evidence) and pinned") as d:
-            from teeflow.kbs.client import KbsClient, verify_kbs
-            from teeflow.kbs.self_attestation import load_reference_values
+            from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+            from teeflow.kbs.service.self_attestation import load_reference_values
 
             pin = verify_kbs(
                 kbs.url, load_reference_values(agreement_path), allow_emulated=True, home=home
@@ -464,7 +464,7 @@ def _outputs(
     from teeflow.fl.arrays import encode_arrays
     from teeflow.fl.outputs import open_model, verify_model
     from teeflow.fl.package import load_entrypoint, unpack_package
-    from teeflow.kbs.pinning import Pin
+    from teeflow.kbs.client.pinning import Pin
 
     files = summary.files
     model_path = Path(files["sealed model"])

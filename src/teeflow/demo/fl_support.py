@@ -24,7 +24,7 @@ from teeflow.errors import FLError
 if TYPE_CHECKING:
     from teeflow.demo.fl_demo import DemoOptions, FlDemoSummary
     from teeflow.fl.session import AggregatorProcess, WorkloadProcess
-    from teeflow.kbs.parties import PartyKeys
+    from teeflow.kbs.policy.parties import PartyKeys
 
 __all__ = [
     "DEMO_MARKER",
@@ -157,7 +157,13 @@ def write_agreement(
     """
     from teeflow.cli.agreement_cmds import SignatureFile, signature_path
     from teeflow.fl.workload import fl_measurement
-    from teeflow.kbs.agreement import FederationAgreement, digest, sign_agreement
+    from teeflow.kbs.policy.agreement import (
+        FederationAgreement,
+        digest,
+    )
+    from teeflow.kbs.policy.signing import (
+        sign_agreement,
+    )
 
     names = [k.name for k in keys]
     agreement = FederationAgreement.from_mapping(

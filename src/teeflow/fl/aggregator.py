@@ -74,9 +74,9 @@ from teeflow.fl.workload import (
     fl_measurement,
     parse_listen,
 )
-from teeflow.kbs.agreement import FederationAgreement, digest
-from teeflow.kbs.client import KbsClient
-from teeflow.kbs.problems import Conflict, TokenNotFound, TokenVerifierError
+from teeflow.kbs.api.problems import Conflict, TokenNotFound, TokenVerifierError
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.platform.emulated import EmulatedSgx
 
 __all__ = [

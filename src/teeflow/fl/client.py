@@ -47,8 +47,8 @@ from teeflow.fl.publish import (
 )
 from teeflow.fl.transport.client import AggregatorStream, IncomingTask
 from teeflow.fl.workload import fl_measurement
-from teeflow.kbs.agreement import digest
-from teeflow.kbs.client import KbsClient
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.policy.agreement import digest
 from teeflow.platform.emulated import EmulatedSgx
 
 __all__ = ["Client", "ClientOptions", "ClientResult"]

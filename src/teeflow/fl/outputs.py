@@ -11,7 +11,8 @@ model digest, = the provenance log's final ``aggregate_digest``), ``arrays_size`
 bytes); each copy is HPKE-wrapped (RFC 9180, :func:`teeflow.sealing.wrap_key`) to the
 recipient's X25519 ``recipient_key`` from the agreement, with ``info =
 b"teeflow/fl-model/v1"`` and ``aad = binding || party``. ``binding`` is the canonical JSON of
-the header without ``recipients`` (RFC 8785 via :func:`teeflow.kbs.canonical.canonical_json`);
+the header without ``recipients`` (RFC 8785 via
+:func:`teeflow.kbs.policy.canonical.canonical_json`);
 it is also the sealed blob's associated data. So the digest, session and agreement in the
 header cannot be changed without every opening failing.
 
@@ -42,10 +43,10 @@ from teeflow.fl.provenance import (
     load_provenance,
     verify_provenance,
 )
-from teeflow.kbs.agreement import FederationAgreement, OutputKind
-from teeflow.kbs.ca import CLOCK_SKEW, WorkloadIdentity, verify_workload_certificate
-from teeflow.kbs.canonical import b64url_decode, b64url_encode, canonical_json
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.ca.authority import CLOCK_SKEW, WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind
+from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, canonical_json
+from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.sealing import generate_key, seal, unseal, unwrap_key, wrap_key
 
 __all__ = [

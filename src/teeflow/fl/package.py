@@ -50,7 +50,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from teeflow.errors import FLError, ParseError, VerificationError
-from teeflow.kbs.canonical import validate_document
+from teeflow.kbs.policy.canonical import validate_document
 
 __all__ = [
     "MANIFEST_NAME",

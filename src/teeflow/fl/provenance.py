@@ -45,8 +45,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from teeflow.attestation.policy import Hex32, normalize_hex
 from teeflow.errors import FLError, ParseError, VerificationError
 from teeflow.hazmat.ecdsa import der_to_raw_signature, verify_p256_sha256
-from teeflow.kbs.canonical import canonical_json, format_validation_error
-from teeflow.kbs.parties import Name
+from teeflow.kbs.policy.canonical import canonical_json, format_validation_error
+from teeflow.kbs.policy.parties import Name
 
 __all__ = [
     "GENESIS_HASH",

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from teeflow.errors import FLError, VerificationError
 from teeflow.fl.package import package_digest
-from teeflow.kbs.agreement import FederationAgreement, OutputKind, digest
-from teeflow.kbs.client import KbsClient
-from teeflow.kbs.grants import Grant, new_grant_id, sign_grant
-from teeflow.kbs.parties import PartyKeys
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind, digest
+from teeflow.kbs.policy.grants import Grant, new_grant_id, sign_grant
+from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.sealing import generate_key, seal, unseal
 
 __all__ = [
@@ -64,7 +64,7 @@ def checkpoint_key_path(digest_hex: str) -> str:
 
 
 def fetch_resource(kbs: KbsClient, path: str, *, attempts: int = 5) -> bytes:
-    """``kbs.get_resource(path)``, retried on :class:`~teeflow.kbs.problems.PolicyDeny` up to
+    """``kbs.get_resource(path)``, retried on :class:`~teeflow.kbs.api.problems.PolicyDeny` up to
     ``attempts`` times with a short random back-off (0.05..0.5 s): the KBS answers a release
     that lost a race on the release counter (several workloads fetching the same key at
     once) with the same PolicyDeny as a real refusal, which then persists.
@@ -75,7 +75,7 @@ def fetch_resource(kbs: KbsClient, path: str, *, attempts: int = 5) -> bytes:
     import random
     import time
 
-    from teeflow.kbs.problems import PolicyDeny
+    from teeflow.kbs.api.problems import PolicyDeny
 
     for attempt in range(1, attempts + 1):
         try:

@@ -3,7 +3,7 @@ records an aggregator run produces.
 
 :func:`fl_manifest` is the built-in workload manifest of the ``aggregator`` and ``client``
 roles — every source file of the installed teeflow package (as the KBS manifest,
-:func:`teeflow.kbs.self_attestation.kbs_manifest`) with entrypoint ``teeflow <role> run`` —
+:func:`teeflow.kbs.service.self_attestation.kbs_manifest`) with entrypoint ``teeflow <role> run`` —
 whose measurement the emulated platform quotes unless a ``--manifest`` is given
 (:func:`fl_measurement`). ``teeflow aggregator measurement`` / ``teeflow client measurement``
 print the values the agreement lists under ``workloads``.
@@ -34,7 +34,7 @@ def fl_manifest(role: str) -> WorkloadManifest:
     """
     if role not in ("aggregator", "client"):
         raise FLError(f"no built-in manifest for role {role!r}")
-    from teeflow.kbs.self_attestation import kbs_manifest
+    from teeflow.kbs.service.self_attestation import kbs_manifest
 
     root = Path(teeflow.__file__).parent
     files = [f.path for f in kbs_manifest(root).trusted_files]

@@ -51,15 +51,15 @@ from pydantic import (
     model_validator,
 )
 
-from teeflow.kbs.canonical import (
+from teeflow.kbs.api.problems import InvalidRequest, PayloadTooLarge
+from teeflow.kbs.policy.canonical import (
     b64url_decode,
     b64url_encode,
     canonical_json,
     format_validation_error,
 )
-from teeflow.kbs.grants import SignedGrant
-from teeflow.kbs.parties import B64Sig64, Name, PartyKeys
-from teeflow.kbs.problems import InvalidRequest, PayloadTooLarge
+from teeflow.kbs.policy.grants import SignedGrant
+from teeflow.kbs.policy.parties import B64Sig64, Name, PartyKeys
 
 __all__ = [
     "EMULATED_TEES",
@@ -111,7 +111,7 @@ PROTOCOL_VERSION = "0.4.0"
 #: Challenge nonce size before base64 (Trustee ``NONCE_SIZE_BYTES``).
 NONCE_BYTES = 32
 #: TEE types this KBS attests (``Request.tee``); anything else is refused. Evidence shapes
-#: per type: :mod:`teeflow.kbs.evidence_types`.
+#: per type: :mod:`teeflow.kbs.service.evidence`.
 SUPPORTED_TEES = frozenset({"sgx", "emulated-sgx", "tdx", "emulated-tdx", "snp", "emulated-snp"})
 #: TEE types whose evidence must chain to an emulation root.
 EMULATED_TEES = frozenset({"emulated-sgx", "emulated-tdx", "emulated-snp"})
@@ -299,7 +299,7 @@ class CompositeEvidence(_Wire):
     """Trustee ``CompositeEvidence``: primary TEE evidence + additional evidence JSON text.
 
     ``primary_evidence`` is a JSON object whose shape depends on the TEE (SGX:
-    :class:`SgxEvidence`; TDX and SNP: :mod:`teeflow.kbs.evidence_types`);
+    :class:`SgxEvidence`; TDX and SNP: :mod:`teeflow.kbs.service.evidence`);
     ``additional_evidence`` is ``""`` when there is none.
     """
 
@@ -390,7 +390,7 @@ def sign_resource_upload(
         signed_grant: the owner's signed grant for ``path``.
         owner_keys: the owner's party keys.
     """
-    from teeflow.kbs.grants import grant_digest  # local: keep the import surface small
+    from teeflow.kbs.policy.grants import grant_digest  # local: keep the import surface small
 
     digest = resource_upload_digest(
         path, owner_keys.name, wrapped_key, grant_digest(signed_grant.grant)

@@ -5,7 +5,7 @@ SGX derives it with ``EGETKEY`` from a fused CPU secret and (policy ``MRENCLAVE`
 enclave measurement, so a different enclave — or the same enclave on another CPU — gets a
 different key (Intel SDM Vol. 3D §38 "EGETKEY"; Gramine exposes it as
 ``/dev/attestation/keys/_sgx_mrenclave``). The KBS seals its private keys under such a key
-(:mod:`teeflow.kbs.identity`).
+(:mod:`teeflow.kbs.service.identity`).
 
 Providers (:class:`PlatformSealer`):
 

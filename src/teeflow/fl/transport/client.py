@@ -45,7 +45,7 @@ from teeflow.fl.transport.framing import (
 )
 from teeflow.fl.transport.server import PROTOCOL
 from teeflow.fl.transport.tls import channel_credentials, channel_options, verify_welcome
-from teeflow.kbs.ca import WorkloadIdentity
+from teeflow.kbs.ca.authority import WorkloadIdentity
 
 pb_grpc: Any = _pb_grpc  # generated code is untyped
 

@@ -43,7 +43,7 @@ from teeflow.fl.transport.framing import (
     iter_chunks,
 )
 from teeflow.fl.transport.tls import certificate_digest, sign_welcome, welcome_message
-from teeflow.kbs.ca import WorkloadIdentity
+from teeflow.kbs.ca.authority import WorkloadIdentity
 
 __all__ = [
     "PROTOCOL",

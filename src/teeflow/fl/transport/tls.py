@@ -1,13 +1,14 @@
 """Mutual TLS for the FL transport: gRPC credentials from attested workload certificates.
 
-Both sides hold a workload certificate from the federation CA (:mod:`teeflow.kbs.ca`) for
+Both sides hold a workload certificate from the federation CA (:mod:`teeflow.kbs.ca.authority`) for
 their attested key. gRPC (BoringSSL) does the TLS 1.2+/1.3 handshake with the federation CA
 as the *only* trust root on both sides, and the aggregator requires a client certificate.
 
 **Who the peer is.** The handshake only proves "a certificate of this CA". Then:
 
 - the aggregator calls :func:`peer_identity_from_context` on every stream:
-  :func:`teeflow.kbs.ca.verify_workload_certificate` with the *current* agreement digest and
+  :func:`teeflow.kbs.ca.authority.verify_workload_certificate` with the *current* agreement digest
+  and
   role ``client``. The party of the connection is the certificate's party — never a message
   field;
 - the client checks the aggregator twice. (1) In the handshake, by name: workload
@@ -42,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from teeflow.errors import ParseError, VerificationError
 from teeflow.hazmat.ecdsa import der_to_raw_signature, verify_p256_sha256
-from teeflow.kbs.ca import WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
 
 __all__ = [
     "AGGREGATOR_AUTHORITY",
@@ -146,7 +147,7 @@ def peer_identity_from_context(
 
     Raises:
         VerificationError: no peer certificate, or
-            :func:`~teeflow.kbs.ca.verify_workload_certificate` fails (other CA, expired,
+            :func:`~teeflow.kbs.ca.authority.verify_workload_certificate` fails (other CA, expired,
             another agreement, wrong role, malformed identity).
     """
     auth = context.auth_context() or {}

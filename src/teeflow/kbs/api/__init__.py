@@ -1,11 +1,10 @@
-"""HTTP adapter of the KBS (FastAPI): :func:`create_app` and the RFC 7807 error mapping.
+"""HTTP adapter of the KBS: :mod:`.app` (FastAPI routes, :func:`~teeflow.kbs.api.app.create_app`),
+:mod:`.errors` (RFC 7807 mapping), :mod:`.problems` (the problem catalog) and :mod:`.server`
+(uvicorn with TLS; ``teeflow kbs serve``).
 
-See :mod:`teeflow.kbs.api.app` for the routes and ``docs/kbs.md`` for the error catalog.
+See ``docs/kbs.md`` for the routes and the error catalog. This package re-exports nothing.
 """
 
 from __future__ import annotations
 
-from teeflow.kbs.api.app import SESSION_COOKIE, create_app
-from teeflow.kbs.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers
-
-__all__ = ["PROBLEM_MEDIA_TYPE", "SESSION_COOKIE", "create_app", "install_error_handlers"]
+__all__: list[str] = []

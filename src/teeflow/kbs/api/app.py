@@ -1,4 +1,4 @@
-"""FastAPI adapter of :class:`teeflow.kbs.service.KbsService` (issue 3; ``docs/kbs.md``).
+"""FastAPI adapter of :class:`teeflow.kbs.service.core.KbsService` (issue 3; ``docs/kbs.md``).
 
 Routes (Trustee KBS protocol 0.4.0 under ``/kbs/v0``, teeflow extensions under ``/v1``)::
 
@@ -43,17 +43,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import teeflow
 from teeflow.errors import ParseError
-from teeflow.kbs.agreement import SignedAgreement, digest
 from teeflow.kbs.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_response
-from teeflow.kbs.audit import audit_entry_to_json
-from teeflow.kbs.ca import FederationCA
-from teeflow.kbs.problems import (
+from teeflow.kbs.api.problems import (
     InvalidRequest,
     NoAgreement,
     PayloadTooLarge,
     ResourceNotFound,
     ServiceUnavailable,
     TokenVerifierError,
+)
+from teeflow.kbs.ca.authority import FederationCA
+from teeflow.kbs.policy.agreement import (
+    digest,
+)
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
 )
 from teeflow.kbs.protocol import (
     MAX_ATTEST_BODY_BYTES,
@@ -74,9 +78,10 @@ from teeflow.kbs.protocol import (
     ResourceUpload,
     decode_json,
 )
-from teeflow.kbs.self_attestation import KbsEvidenceSource, decode_nonce
-from teeflow.kbs.service import KbsService
-from teeflow.kbs.storage.interface import MAX_AGREEMENT_BYTES, MAX_AUDIT_PAGE
+from teeflow.kbs.service.audit import audit_entry_to_json
+from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.self_attestation import KbsEvidenceSource, decode_nonce
+from teeflow.kbs.store.interface import MAX_AGREEMENT_BYTES, MAX_AUDIT_PAGE
 
 __all__ = [
     "MAX_COUNTER_BODY_BYTES",
@@ -275,14 +280,14 @@ def create_app(
 
     Args:
         service: the KBS core.
-        keys: the KBS keys (:class:`teeflow.kbs.identity.KbsKeys`; ``ca`` is served by
+        keys: the KBS keys (:class:`teeflow.kbs.service.identity.KbsKeys`; ``ca`` is served by
             ``GET /v1/ca``).
         evidence: the KBS's own evidence source; None answers ``/v1/kbs/evidence`` with 503.
         purge_interval: seconds between :meth:`KbsService.purge_expired` runs while the app
             is served (its lifespan); None disables the purge task.
 
     Returns:
-        The FastAPI application (no TLS here: :mod:`teeflow.kbs.server` serves it).
+        The FastAPI application (no TLS here: :mod:`teeflow.kbs.api.server` serves it).
     """
     if purge_interval is not None and not purge_interval > 0:
         raise ValueError("purge_interval must be positive")

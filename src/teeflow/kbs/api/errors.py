@@ -6,11 +6,11 @@ Every error response of the KBS is ``application/problem+json``::
 
 Mapping (see ``docs/kbs.md`` "Error catalog"):
 
-* :class:`teeflow.kbs.problems.KbsProblem` → its own :meth:`~KbsProblem.to_dict` and status
+* :class:`teeflow.kbs.api.problems.KbsProblem` → its own :meth:`~KbsProblem.to_dict` and status
   (the ``reasons`` list is never rendered; it goes to the audit log);
 * FastAPI / pydantic request validation errors (query and path parameters; bodies are
   decoded by :func:`teeflow.kbs.protocol.decode_json`, which raises ``InvalidRequest``
-  itself) → 400 :class:`~teeflow.kbs.problems.InvalidRequest` naming the invalid fields,
+  itself) → 400 :class:`~teeflow.kbs.api.problems.InvalidRequest` naming the invalid fields,
   never their values;
 * Starlette HTTP errors: an unknown route → 404 ``InvalidRequestPath`` (as Trustee answers
   bad paths); a known route with another method → 405 ``MethodNotAllowed``; anything else
@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from teeflow.kbs.problems import (
+from teeflow.kbs.api.problems import (
     TEEFLOW_PREFIX,
     InvalidRequest,
     InvalidRequestPath,

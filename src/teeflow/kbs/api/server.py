@@ -1,0 +1,419 @@
+"""Run the KBS: store + sealed keys + service + FastAPI app on uvicorn with TLS.
+
+``teeflow kbs serve`` calls :func:`serve`; tests and benchmarks use :func:`build_kbs`,
+:func:`make_server` and :class:`BackgroundServer`.
+
+Start-up (:func:`build_kbs`):
+
+1. the platform (only ``emulated`` so far): the emulation authority of ``$TEEFLOW_HOME``
+   (:meth:`EmulationAuthority.load_or_create`), its sealer, and the KBS measurement
+   (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`);
+2. the KBS keys, sealed to (platform, measurement) in ``state_dir``
+   (:func:`teeflow.kbs.service.identity.load_or_create_kbs_keys`). The federation name is recorded
+   in
+   ``state_dir/federation`` at the first start, so later starts need no ``--federation``;
+3. the store (:func:`teeflow.kbs.store.open_store`: SQLite or PostgreSQL, migrated);
+4. :class:`KbsService` with the Intel SGX Root CA, the emulation root (SGX and TDX) and the
+   emulated AMD ARK (``$TEEFLOW_HOME/emulation/snp``, created at the first start) as trust
+   anchors (the agreement's ``allow_emulated`` still decides; AMD's pinned ARKs are always
+   trusted for SNP), emulated SGX/TDX collateral plus any collateral directories, the wall
+   clock;
+5. :func:`teeflow.kbs.api.create_app` with the KBS's own evidence source.
+
+TLS (:func:`tls_context`): TLS 1.3 only, the KBS's TLS certificate and key (the key reaches
+OpenSSL encrypted under a one-time password through an anonymous memory file, never as a
+plain file). Shutdown on SIGINT/SIGTERM is graceful (in-flight requests finish, up to 10 s);
+expired sessions are purged periodically (``purge_interval``); after a signal :func:`serve`
+closes the store and returns normally (exit status 0).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI
+
+from teeflow.attestation.trust import intel_sgx_root_ca
+from teeflow.errors import KbsError
+from teeflow.kbs.api.app import (
+    create_app,
+)
+from teeflow.kbs.ca.tls import scratch_file
+from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
+from teeflow.kbs.service.collateral import (
+    CollateralProvider,
+    CompositeCollateralProvider,
+    DirectoryCollateralProvider,
+    EmulatedCollateralProvider,
+)
+from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.identity import KbsKeys, load_or_create_kbs_keys
+from teeflow.kbs.service.self_attestation import KbsEvidenceSource, kbs_measurement
+from teeflow.kbs.store import (
+    open_store,
+)
+from teeflow.kbs.store.interface import (
+    KbsStore,
+)
+from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated_snp import EmulatedSnp
+from teeflow.platform.sealing import EmulatedSealer
+
+__all__ = [
+    "FEDERATION_FILE",
+    "KEEP_ALIVE_SECONDS",
+    "PLATFORMS",
+    "BackgroundServer",
+    "KbsRuntime",
+    "build_kbs",
+    "default_state_dir",
+    "make_server",
+    "parse_listen",
+    "serve",
+    "tls_context",
+]
+
+#: Seconds an idle keep-alive connection is kept open (workloads reuse their connection).
+KEEP_ALIVE_SECONDS = 30
+#: Platforms ``kbs serve`` can run on.
+PLATFORMS = ("emulated",)
+#: File in the state directory recording the federation name (public).
+FEDERATION_FILE = "federation"
+_LOG = logging.getLogger("teeflow.kbs.api.server")
+
+
+def default_state_dir(home: Path | None = None) -> Path:
+    """``$TEEFLOW_HOME/kbs`` (``~/.teeflow/kbs``)."""
+    return teeflow_home(home) / "kbs"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) → ``(host, port)``; port 0 = ephemeral.
+
+    Raises:
+        KbsError: malformed address or port outside 0..65535.
+    """
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise KbsError(f"--listen expects HOST:PORT, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        if host != "localhost":
+            raise KbsError(f"--listen host must be an IP address or localhost: {host!r}") from None
+    return host, int(port_text)
+
+
+@dataclass
+class KbsRuntime:
+    """Everything a running KBS holds (:func:`build_kbs`). ``close()`` closes the store."""
+
+    service: KbsService
+    keys: KbsKeys
+    store: KbsStore
+    app: FastAPI
+    measurement: bytes
+    authority: EmulationAuthority
+    federation: str
+    state_dir: Path
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+
+def _federation(state_dir: Path, federation: str | None) -> str:
+    path = state_dir / FEDERATION_FILE
+    recorded = None
+    if path.is_file():
+        recorded = path.read_text(encoding="utf-8").strip()[:64]
+    if federation is None:
+        if recorded is None:
+            raise KbsError(f"first start in {state_dir}: give --federation NAME")
+        federation = recorded
+    if not NAME_PATTERN.fullmatch(federation):
+        raise KbsError("federation must be a DNS-label name")
+    if recorded is not None and recorded != federation:
+        raise KbsError(f"{state_dir} belongs to federation {recorded!r}, not {federation!r}")
+    return federation
+
+
+def build_kbs(
+    db_url: str,
+    *,
+    state_dir: Path | None = None,
+    federation: str | None = None,
+    platform: str = "emulated",
+    home: Path | None = None,
+    measurement: bytes | None = None,
+    tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    collateral_dirs: Sequence[Path] = (),
+    clock: Callable[[], datetime] | None = None,
+    purge_interval: float | None = 60.0,
+    nonce_ttl: timedelta = timedelta(seconds=60),
+    token_ttl: timedelta = timedelta(minutes=5),
+) -> KbsRuntime:
+    """Assemble a KBS (module docstring) without serving it.
+
+    Args:
+        db_url: store URL (``sqlite:///...``, ``postgresql+psycopg://...``, ``memory://``).
+        state_dir: sealed key directory (default :func:`default_state_dir`).
+        federation: federation name (required at the first start in ``state_dir``).
+        platform: ``emulated`` (the only one so far).
+        home: teeflow home of the emulation authority (default ``$TEEFLOW_HOME``).
+        measurement: override of the KBS measurement (tests); default
+            :func:`kbs_measurement`.
+        tls_hosts: names/IPs in the TLS certificate.
+        collateral_dirs: Intel collateral directories for hardware quotes of workloads.
+        clock: time source (default: the wall clock, UTC).
+        purge_interval, nonce_ttl, token_ttl: as in :func:`create_app` / :class:`KbsService`.
+
+    Raises:
+        KbsError: unsupported platform, federation mismatch, unreadable state.
+        SealingError: the sealed keys belong to another measurement or platform.
+        StorageError: the database cannot be opened.
+    """
+    if platform not in PLATFORMS:
+        raise KbsError(f"platform {platform!r} is not supported by kbs serve (use emulated)")
+    now_fn = clock if clock is not None else (lambda: datetime.now(UTC))
+    directory = Path(state_dir) if state_dir is not None else default_state_dir(home)
+    fed = _federation(directory, federation)
+    now = now_fn()
+    authority = EmulationAuthority.load_or_create(home, now=now)
+    snp_anchor = EmulatedSnp.load_or_create(home, now=now).trust_anchor()
+    mr = measurement if measurement is not None else kbs_measurement()
+    keys = load_or_create_kbs_keys(
+        directory,
+        sealer=EmulatedSealer(authority),
+        measurement=mr,
+        federation=fed,
+        now=now,
+        tls_hosts=tls_hosts,
+    )
+    fed_path = directory / FEDERATION_FILE
+    if not fed_path.is_file():
+        fed_path.write_text(fed + "\n", encoding="utf-8")
+    providers: list[CollateralProvider] = []
+    if collateral_dirs:
+        providers.append(DirectoryCollateralProvider(collateral_dirs))
+    providers.append(EmulatedCollateralProvider(authority))
+    store = open_store(db_url)
+    try:
+        service = KbsService(
+            store,
+            keys,
+            clock=now_fn,
+            anchors=[intel_sgx_root_ca(), authority.trust_anchor(), snp_anchor],
+            collateral=CompositeCollateralProvider(providers),
+            nonce_ttl=nonce_ttl,
+            token_ttl=token_ttl,
+        )
+        evidence = KbsEvidenceSource(
+            keys, EmulatedSgx(authority, measurement=mr), tee="emulated-sgx"
+        )
+        app = create_app(service, keys, evidence=evidence, purge_interval=purge_interval)
+    except BaseException:
+        store.close()
+        raise
+    return KbsRuntime(service, keys, store, app, mr, authority, fed, directory)
+
+
+def tls_context(keys: KbsKeys) -> ssl.SSLContext:
+    """Server TLS context: TLS 1.3, ALPN ``http/1.1``, the KBS TLS certificate and key.
+
+    Raises:
+        KbsError: OpenSSL refuses the credential.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(["http/1.1"])
+    password = os.urandom(32).hex().encode("ascii")
+    key_pem = keys.tls_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    try:
+        with scratch_file(keys.tls_certificate_pem() + key_pem) as path:
+            ctx.load_cert_chain(path, password=password)
+    except (ssl.SSLError, OSError) as exc:
+        raise KbsError(f"cannot load the KBS TLS credential: {exc.__class__.__name__}") from None
+    return ctx
+
+
+def _installed(module: str, fallback: str) -> str:
+    """``module`` when it can be imported, else ``fallback``."""
+    return module if importlib.util.find_spec(module) is not None else fallback
+
+
+def make_server(
+    runtime: KbsRuntime,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    log_level: str = "warning",
+    graceful_timeout: int = 10,
+    http: str | None = None,
+    loop: str | None = None,
+) -> uvicorn.Server:
+    """A uvicorn server for ``runtime.app`` with TLS (not started).
+
+    ``proxy_headers`` are off (no forwarded-address trust), no ``Server`` header, access
+    log off unless ``log_level`` is ``debug``; graceful shutdown waits up to
+    ``graceful_timeout`` seconds for in-flight requests; idle keep-alive connections are
+    kept :data:`KEEP_ALIVE_SECONDS`.
+
+    Args:
+        http: ``"httptools"`` (C parser, llhttp: headers bounded at 80 KiB) or ``"h11"``
+            (pure Python, incomplete events bounded at 64 KiB); default: the environment
+            variable ``TEEFLOW_KBS_HTTP``, else ``httptools`` when installed.
+        loop: ``"uvloop"`` or ``"asyncio"``; default: ``TEEFLOW_KBS_LOOP``, else
+            ``uvloop`` when installed. uvloop and httptools are optional dependencies
+            (extra ``kbs-fast``): about 10 % less server CPU per RCAR flow in
+            ``bench/kbs_load.py`` (little difference for cached-token fetches).
+    """
+    context = tls_context(runtime.keys)
+    http = http or os.environ.get("TEEFLOW_KBS_HTTP") or _installed("httptools", "h11")
+    loop = loop or os.environ.get("TEEFLOW_KBS_LOOP") or _installed("uvloop", "asyncio")
+    if http not in ("httptools", "h11") or loop not in ("uvloop", "asyncio"):
+        raise KbsError("http must be httptools or h11, loop uvloop or asyncio")
+    config = uvicorn.Config(
+        runtime.app,
+        host=host,
+        port=port,
+        http=http,
+        loop=loop,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        log_level=log_level,
+        access_log=log_level == "debug",
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=graceful_timeout,
+        lifespan="on",
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    config.load()
+    config.ssl = context  # set after load(): no key file path is ever handed to uvicorn
+    return uvicorn.Server(config)
+
+
+class BackgroundServer:
+    """Serve a uvicorn server on a pre-bound loopback socket in a daemon thread.
+
+    Use as a context manager; :attr:`url` is ``https://127.0.0.1:<port>``.
+    """
+
+    def __init__(self, server: uvicorn.Server, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = server
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host = host
+        self.port: int = self._sock.getsockname()[1]
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        """The base URL."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> BackgroundServer:
+        """Start serving; wait (at most ``timeout`` s) until it accepts connections.
+
+        Raises:
+            KbsError: it did not start in time (or exited).
+        """
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise KbsError("the KBS server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask for a graceful shutdown and wait for the thread (at most ``timeout`` s)."""
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    db_url: str,
+    *,
+    listen: str = "127.0.0.1:8443",
+    platform: str = "emulated",
+    state_dir: Path | None = None,
+    federation: str | None = None,
+    collateral_dirs: Sequence[Path] = (),
+    log_level: str = "info",
+    on_ready: Callable[[KbsRuntime, str], None] | None = None,
+) -> None:
+    """Run the KBS until SIGINT/SIGTERM (blocking; ``teeflow kbs serve``).
+
+    Args:
+        db_url, platform, state_dir, federation, collateral_dirs: see :func:`build_kbs`.
+        listen: ``HOST:PORT`` (:func:`parse_listen`), default ``127.0.0.1:8443``.
+        log_level: uvicorn log level.
+        on_ready: called with the runtime and the base URL before serving starts.
+
+    Raises:
+        KbsError, SealingError, StorageError: as :func:`build_kbs`.
+    """
+    host, port = parse_listen(listen)
+    hosts = ["localhost", "127.0.0.1"] if host in ("127.0.0.1", "localhost") else [host]
+    runtime = build_kbs(
+        db_url,
+        state_dir=state_dir,
+        federation=federation,
+        platform=platform,
+        tls_hosts=hosts,
+        collateral_dirs=collateral_dirs,
+    )
+    previous: dict[signal.Signals, Any] = {}
+    try:
+        server = make_server(runtime, host, port, log_level=log_level)
+        if on_ready is not None:
+            shown = f"[{host}]" if ":" in host else host
+            on_ready(runtime, f"https://{shown}:{port}")
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts down gracefully, restores these handlers and re-raises the
+            # signal: turn it into a normal exit so the store is closed below
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, _exit_cleanly)
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runtime.close()
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -1,0 +1,122 @@
+"""Mutual TLS inside the federation: SSL contexts and peer identities.
+
+Peers hold workload certificates from the federation CA (:mod:`teeflow.kbs.ca.authority`); a
+certificate from that CA proves an attestation that satisfied the agreement (the passport
+model). :func:`ssl_context_for` builds TLS 1.3 contexts that trust only the CA;
+:func:`peer_identity` checks the teeflow identity extension of the peer certificate after
+the handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from teeflow.errors import KbsError, VerificationError
+from teeflow.kbs.ca.authority import WorkloadIdentity, _spki, verify_workload_certificate
+
+__all__ = ["peer_identity", "scratch_file", "ssl_context_for"]
+
+
+def peer_identity(
+    sock: ssl.SSLSocket | ssl.SSLObject,
+    ca_certificate: x509.Certificate,
+    *,
+    now: datetime,
+    expected_agreement_digest: str | None = None,
+    required_role: str | None = None,
+) -> WorkloadIdentity:
+    """:func:`verify_workload_certificate` on the peer certificate of a TLS connection.
+
+    Raises:
+        VerificationError: no peer certificate, or as :func:`verify_workload_certificate`.
+    """
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        raise VerificationError("the TLS peer presented no certificate")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise VerificationError("the TLS peer certificate is malformed") from None
+    return verify_workload_certificate(
+        cert,
+        ca_certificate,
+        now=now,
+        expected_agreement_digest=expected_agreement_digest,
+        required_role=required_role,
+    )
+
+
+@contextlib.contextmanager
+def scratch_file(data: bytes) -> Iterator[str]:
+    """A path holding ``data`` for OpenSSL to read: an anonymous memory file (Linux
+    ``memfd_create``) when available, else a 0600 file in a private temporary directory."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None and Path("/proc/self/fd").is_dir():
+        fd = memfd("teeflow-tls", 0)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="teeflow-tls-") as tmp:
+        path = Path(tmp) / "chain.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        yield str(path)
+
+
+def ssl_context_for(
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
+    ca_certificate: x509.Certificate,
+    *,
+    server: bool,
+    check_hostname: bool = True,
+) -> ssl.SSLContext:
+    """An :class:`ssl.SSLContext` for mutual TLS inside the federation.
+
+    TLS 1.3 only, ``CERT_REQUIRED`` on both sides, the federation CA as the *only* trust
+    root (no system roots), ``cert``/``key`` as this side's credential. Clients check the
+    server's host name against its SAN (DNS/IP) unless ``check_hostname=False``. The key
+    reaches OpenSSL only encrypted under a one-time random password (through a memory file
+    where the OS has one).
+
+    After the handshake, call :func:`peer_identity` with the active agreement digest and
+    the expected role: the handshake does not check the teeflow identity extension.
+
+    Raises:
+        KbsError: the key does not match ``cert`` or OpenSSL refuses the credential.
+    """
+    if _spki(cert.public_key()) != _spki(key.public_key()):
+        raise KbsError("TLS key does not match its certificate")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = bool(check_hostname) and not server
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    password = os.urandom(32).hex().encode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    try:
+        ctx.load_verify_locations(
+            cadata=ca_certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        )
+        with scratch_file(cert.public_bytes(serialization.Encoding.PEM) + key_pem) as path:
+            ctx.load_cert_chain(path, password=password)
+    except (ssl.SSLError, OSError) as exc:
+        raise KbsError(f"cannot load the TLS credential: {exc.__class__.__name__}") from None
+    return ctx

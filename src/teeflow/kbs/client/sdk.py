@@ -1,0 +1,568 @@
+"""KBS client SDK over HTTPS (httpx): workloads attest and fetch; parties verify and upload.
+
+**Transport.** Every connection is pinned to the KBS's TLS key (SPKI SHA-256), checked
+inside the TLS handshake before any request byte is sent; see :mod:`teeflow.kbs.client.pinning`
+(:class:`Pin`, :func:`pinned_tls_context`, :class:`KbsHttpError` are re-exported here).
+
+**Parties.** :func:`verify_kbs` fetches ``/v1/kbs/evidence`` with a fresh 32-byte nonce,
+records the TLS key the connection saw, verifies the evidence
+(:func:`teeflow.kbs.service.self_attestation.verify_kbs_evidence`) and returns a :class:`Pin`,
+saved as the pin file (``teeflow kbs verify``; format in :mod:`teeflow.kbs.client.pinning`).
+:class:`KbsClient` then talks only to that key: ``submit_agreement``, ``put_resource`` (the
+data key HPKE-wrapped to the pinned HPKE key and the upload signed by the owner),
+``audit`` (chain verified with the pinned audit key).
+
+**Workloads.** :meth:`KbsClient.attest` runs RCAR: ``/kbs/v0/auth`` → nonce; a fresh P-256
+key; evidence for ``runtime_data_digest(tee-pubkey, nonce, "", teeflow=claims)`` from the
+platform in Trustee's shape for its TEE (:func:`primary_evidence`: SGX/TDX
+``{"quote"}``, SNP ``{"attestation_report", "cert_chain"}``); ``/kbs/v0/attest`` → EAR
+token. Then ``get_resource`` (JWE opened with the ephemeral key),
+``get_certificate`` (CSR with the attested key; the certificate is checked against the
+pinned CA), ``increment_counter`` / ``get_counter``.
+
+Errors: a KBS problem response raises the matching :mod:`teeflow.kbs.api.problems` class (by
+its ``type``), any other HTTP error :class:`KbsHttpError`, transport failures
+:class:`~teeflow.errors.KbsError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from joserfc.jwk import ECKey
+
+from teeflow.attestation.binding import runtime_data_digest
+from teeflow.errors import KbsError, ParseError, VerificationError
+from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
+from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.client.pinning import (
+    MAX_RESPONSE_BYTES,
+    PIN_FORMAT,
+    KbsHttpError,
+    Pin,
+    default_pin_path,
+    http_client,
+    observing_tls_context,
+    pinned_tls_context,
+    send,
+)
+from teeflow.kbs.policy.canonical import b64url_encode
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.protocol import (
+    PROTOCOL_VERSION,
+    RESOURCE_WRAP_INFO,
+    AttestResponse,
+    CertificateResponse,
+    Challenge,
+    CounterState,
+    ResourceInfo,
+    is_counter_name,
+    is_resource_path,
+    resource_wrap_aad,
+    sign_resource_upload,
+)
+from teeflow.kbs.service.release import open_jwe
+
+# Party-side and other-platform pieces (KBS evidence verification, collateral, audit chain,
+# HPKE wrapping, the emulated TDX/SNP platforms) are imported where they are used, so that a
+# workload (aggregator, client) loads only what attesting and fetching need (memory: the
+# aggregator's enclave budget).
+if TYPE_CHECKING:
+    import httpx
+
+    from teeflow.attestation.trust import TrustAnchor
+    from teeflow.kbs.policy.agreement import SgxReferenceValues
+    from teeflow.kbs.policy.grants import SignedGrant
+    from teeflow.kbs.policy.parties import PartyKeys
+    from teeflow.kbs.service.collateral import CollateralProvider
+    from teeflow.kbs.service.self_attestation import Attester
+    from teeflow.kbs.store.interface import (
+        AuditEntry,
+    )
+    from teeflow.platform.base import Attester as PlatformAttester
+    from teeflow.platform.emulated_snp import EmulatedSnp
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "PIN_FORMAT",
+    "KbsClient",
+    "KbsHttpError",
+    "Pin",
+    "WorkloadPlatform",
+    "default_pin_path",
+    "default_tee",
+    "pinned_tls_context",
+    "primary_evidence",
+    "verify_kbs",
+]
+
+#: What :class:`KbsClient` attests with: a quote producer (``EmulatedSgx``, ``EmulatedTdx``,
+#: :class:`~teeflow.kbs.service.self_attestation.Attester`), an :class:`EmulatedSnp`, or a platform
+#: :class:`~teeflow.platform.base.Attester` (``tee`` + ``evidence()``, e.g. configfs-tsm).
+WorkloadPlatform: TypeAlias = "Attester | PlatformAttester | EmulatedSnp"
+
+_SESSION_COOKIE = "kbs-session-id"
+_LOG = logging.getLogger(__name__)
+
+
+# -- party side: verify the KBS ------------------------------------------------------------------
+
+
+def verify_kbs(
+    url: str,
+    reference_values: SgxReferenceValues,
+    allow_emulated: bool = False,
+    *,
+    anchors: list[TrustAnchor] | None = None,
+    collateral: CollateralProvider | None = None,
+    home: Path | None = None,
+    expected_agreement_digest: bytes | None = None,
+    now: datetime | None = None,
+    rng: Callable[[int], bytes] = os.urandom,
+    timeout: float = 10.0,
+) -> Pin:
+    """Verify the KBS at ``url`` and return its :class:`Pin` (module docstring).
+
+    Args:
+        url: ``https://host:port``.
+        reference_values: the KBS reference values.
+        allow_emulated: accept an emulated KBS (its root must be this machine's emulation
+            authority, ``$TEEFLOW_HOME/emulation``, unless ``anchors``/``collateral`` given).
+        anchors, collateral: override the trust anchors (default Intel SGX Root CA, plus the
+            emulation root when allowed) and the collateral provider (default: emulated
+            collateral when allowed, else none — hardware needs collateral).
+        home: teeflow home of the emulation authority.
+        expected_agreement_digest: require the KBS to enforce this agreement.
+        now: verification time (default: the wall clock).
+        rng: nonce source (32 bytes).
+        timeout: per-request timeout (seconds).
+
+    Raises:
+        KbsError: transport failure, or no emulation authority for ``allow_emulated``.
+        ParseError, VerificationError, PolicyViolation: as
+            :func:`teeflow.kbs.service.self_attestation.verify_kbs_evidence`.
+    """
+    from teeflow.attestation.trust import intel_sgx_root_ca
+    from teeflow.kbs.service.collateral import (
+        CompositeCollateralProvider,
+        EmulatedCollateralProvider,
+    )
+    from teeflow.kbs.service.self_attestation import MAX_EVIDENCE_BYTES, verify_kbs_evidence
+    from teeflow.platform.emulated import EmulationAuthority
+
+    when = now if now is not None else datetime.now(UTC)
+    base = url.rstrip("/")
+    trusted = list(anchors) if anchors is not None else [intel_sgx_root_ca()]
+    provider = collateral
+    if allow_emulated and (anchors is None or collateral is None):
+        if EmulationAuthority.existing_trust_anchor(home) is None:
+            raise KbsError("no emulation authority in $TEEFLOW_HOME to verify an emulated KBS")
+        authority = EmulationAuthority.load_or_create(home, now=when)
+        if anchors is None:
+            trusted.append(authority.trust_anchor())
+        if provider is None:
+            provider = EmulatedCollateralProvider(authority)
+    if provider is None:
+        provider = CompositeCollateralProvider([])
+    nonce = rng(32)
+    observed: list[str] = []
+    with http_client(base, observing_tls_context(observed.append), timeout) as http:
+        _, body = send(
+            http,
+            "GET",
+            "/v1/kbs/evidence",
+            params={"nonce": b64url_encode(nonce)},
+            limit=MAX_EVIDENCE_BYTES,
+        )
+    if not observed:
+        raise VerificationError("no TLS certificate was observed from the KBS")
+    verified = verify_kbs_evidence(
+        body,
+        nonce=nonce,
+        reference_values=reference_values,
+        allow_emulated=allow_emulated,
+        anchors=trusted,
+        collateral=provider,
+        now=when,
+        observed_tls_spki=observed,
+        expected_agreement_digest=expected_agreement_digest,
+    )
+    if verified.emulated:
+        _LOG.warning("the KBS at %s runs on an EMULATED TEE (no hardware protection)", base)
+    b = verified.bundle
+    return Pin(
+        url=base,
+        federation=b["federation"],
+        tls_spki_sha256=b["tls_spki_sha256"],
+        hpke_public_key=b["hpke_public_key"],
+        ca_certificate=b["ca_certificate"],
+        ear_public_jwk=b["ear_public_jwk"],
+        audit_public_key=b["audit_public_key"],
+        agreement_digest=None
+        if verified.agreement_digest is None
+        else verified.agreement_digest.hex(),
+        measurement=verified.measurement,
+        tee=verified.tee,
+        emulated=verified.emulated,
+        verified_at=when.astimezone(UTC),
+    )
+
+
+def _is(obj: object, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing ``module``: an object cannot be an
+    instance of a class whose module was never imported."""
+    mod = sys.modules.get(module)
+    cls = getattr(mod, name, None) if mod is not None else None
+    return isinstance(cls, type) and isinstance(obj, cls)
+
+
+def default_tee(platform: object) -> str:
+    """The RCAR ``tee`` a platform's evidence is: ``emulated-sgx`` / ``emulated-tdx`` /
+    ``emulated-snp`` for the emulated platforms, a platform attester's own ``tee``, else
+    ``sgx``."""
+    if _is(platform, "teeflow.platform.emulated", "EmulatedSgx"):
+        return "emulated-sgx"
+    if _is(platform, "teeflow.platform.emulated_tdx", "EmulatedTdx"):
+        return "emulated-tdx"
+    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
+        return "emulated-snp"
+    tee = getattr(platform, "tee", None)
+    return tee if isinstance(tee, str) else "sgx"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def primary_evidence(platform: WorkloadPlatform, tee: str, report_data: bytes) -> dict[str, Any]:
+    """Trustee ``primary_evidence`` of ``platform`` binding ``report_data`` (64 bytes); the
+    shape follows the platform's evidence, not the declared ``tee`` (the KBS refuses a
+    mismatch).
+
+    SGX and TDX: ``{"quote": base64}``. SNP: ``{"attestation_report": base64, "cert_chain":
+    [...]}`` — an :class:`EmulatedSnp` adds its VCEK, ASK and ARK as ``sev`` crate
+    ``CertTableEntry`` objects (``data`` a byte array); other SNP attesters send no chain
+    (the KBS then fetches the VCEK).
+
+    Raises:
+        PlatformError: the platform could not produce evidence.
+        KbsError: the platform cannot produce evidence.
+    """
+    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
+        snp = cast("EmulatedSnp", platform)
+        chain = [
+            ("VCEK", snp.vcek_certificate),
+            ("ASK", snp.ask_certificate),
+            ("ARK", snp.ark_certificate),
+        ]
+        return {
+            "attestation_report": _b64(snp.report(report_data)),
+            "cert_chain": [
+                {"cert_type": kind, "data": list(cert.public_bytes(serialization.Encoding.DER))}
+                for kind, cert in chain
+            ],
+        }
+    from teeflow.platform.base import Attester as PlatformAttester
+
+    if hasattr(platform, "quote"):
+        raw = platform.quote(report_data)
+    elif isinstance(platform, PlatformAttester):
+        raw = platform.evidence(report_data)
+    else:
+        raise KbsError("the platform produces no evidence")
+    if default_tee(platform).endswith("snp"):  # the shape follows what the platform makes
+        return {"attestation_report": _b64(raw)}
+    return {"quote": _b64(raw)}
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Attested:
+    session_id: str
+    key: ECKey
+    token: str
+
+
+class KbsClient:
+    """A client of one verified KBS (module docstring).
+
+    Args:
+        url: base URL (``https://...``); None uses ``pin.url``.
+        pin: the :class:`Pin` (or a pin file path) from :func:`verify_kbs`.
+        platform: the workload's attester (:data:`WorkloadPlatform`: ``EmulatedSgx``,
+            ``EmulatedTdx``, ``EmulatedSnp``, a Gramine or configfs-tsm attester); only
+            needed for :meth:`attest`.
+        tee: the TEE type declared in ``/kbs/v0/auth`` (default :func:`default_tee`).
+        timeout: per-request timeout (seconds).
+        clock: time source for checking issued certificates (default: the wall clock).
+
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        pin: Pin | Path | str,
+        platform: WorkloadPlatform | None = None,
+        *,
+        tee: str | None = None,
+        timeout: float = 10.0,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self.url = (url or self.pin.url).rstrip("/")
+        self._platform = platform
+        self._tee = tee or default_tee(platform)
+        self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
+        self._http = http_client(
+            self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout
+        )
+        self._attested: _Attested | None = None
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> KbsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, bytes]:
+        return send(self._http, method, path, **kw)
+
+    # -- workload side -----------------------------------------------------------------------
+
+    @property
+    def token(self) -> str | None:
+        """The EAR token of the last successful :meth:`attest`, or None."""
+        return None if self._attested is None else self._attested.token
+
+    @property
+    def session_id(self) -> str | None:
+        """The RCAR session id (the ``kbs-session-id`` cookie value) of the last attest."""
+        return None if self._attested is None else self._attested.session_id
+
+    def attest(self, role: str, claims: Mapping[str, Any] | None = None) -> str:
+        """RCAR attestation as ``role`` with teeflow runtime-data ``claims`` (``party``,
+        ``package_digest``, ``function``, ``resources``, ``recipients``); returns the token.
+
+        Raises:
+            KbsError: no platform, or ``claims`` names another role.
+            AttestationFailed, ProtocolVersion, UnsupportedTee: refused by the KBS.
+            PlatformError: the platform could not produce evidence.
+        """
+        if self._platform is None:
+            raise KbsError("attest needs a platform (the workload's attester)")
+        extra = dict(claims or {})
+        if extra.get("role", role) != role:
+            raise KbsError("claims name another role than the one attested")
+        teeflow = json.loads(json.dumps({**extra, "role": role}))
+        resp, body = self._request(
+            "POST", "/kbs/v0/auth", json={"version": PROTOCOL_VERSION, "tee": self._tee}
+        )
+        session_id = resp.cookies.get(_SESSION_COOKIE)
+        self._http.cookies.clear()  # sent explicitly below
+        if not session_id:
+            raise KbsError("the KBS set no session cookie")
+        nonce = Challenge.model_validate_json(body).nonce
+        key = ECKey.generate_key("P-256", private=True)
+        jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
+        report_data = runtime_data_digest(
+            tee_pubkey=jwk, nonce=nonce, teeflow=teeflow, additional_evidence=""
+        )
+        request = {
+            "runtime-data": {"nonce": nonce, "tee-pubkey": jwk, "teeflow": teeflow},
+            "tee-evidence": {
+                "primary_evidence": primary_evidence(self._platform, self._tee, report_data),
+                "additional_evidence": "",
+            },
+        }
+        _, body = self._request(
+            "POST",
+            "/kbs/v0/attest",
+            json=request,
+            headers={"Cookie": f"{_SESSION_COOKIE}={session_id}"},
+        )
+        token = AttestResponse.model_validate_json(body).token
+        self._attested = _Attested(session_id, key, token)
+        return token
+
+    def _auth_headers(self) -> dict[str, str]:
+        if self._attested is None:
+            raise KbsError("attest first")
+        return {"Authorization": f"Bearer {self._attested.token}"}
+
+    def get_resource(self, path: str) -> bytes:
+        """Fetch resource ``path`` (``repo/type/tag``) and decrypt it with the attested key.
+
+        Raises:
+            KbsError: not attested, bad path, or the response does not decrypt.
+            PolicyDeny, TokenVerifierError, TokenNotFound: refused by the KBS.
+        """
+        if not is_resource_path(path):
+            raise KbsError("resource path must be <repository>/<type>/<tag>")
+        headers = self._auth_headers()
+        assert self._attested is not None
+        _, body = self._request("GET", f"/kbs/v0/resource/{path}", headers=headers)
+        return open_jwe(body, self._attested.key)
+
+    def get_certificate(self) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+        """A workload certificate for the attested key: ``(certificate PEM, private key)``.
+
+        The certificate is checked against the pinned federation CA before it is returned.
+
+        Raises:
+            KbsError: not attested.
+            VerificationError: the certificate does not verify under the pinned CA.
+            PolicyDeny, TokenVerifierError: refused by the KBS.
+        """
+        headers = self._auth_headers()
+        assert self._attested is not None
+        private = self._attested.key.private_key
+        if not isinstance(private, ec.EllipticCurvePrivateKey):  # pragma: no cover
+            raise KbsError("the attested key is not a P-256 private key")
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "teeflow workload")]))
+            .sign(private, hashes.SHA256())
+        )
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        _, body = self._request("POST", "/v1/certificates", json={"csr": pem}, headers=headers)
+        issued = CertificateResponse.model_validate_json(body)
+        try:
+            cert = x509.load_pem_x509_certificate(issued.certificate.encode("ascii"))
+        except ValueError:
+            raise VerificationError("the KBS returned a malformed certificate") from None
+        self.check_certificate(cert)
+        return issued.certificate.encode("ascii"), private
+
+    def check_certificate(self, cert: x509.Certificate) -> WorkloadIdentity:
+        """:func:`verify_workload_certificate` under the pinned CA at the client's time."""
+        return verify_workload_certificate(cert, self.pin.ca(), now=self._clock())
+
+    def increment_counter(self, name: str, expected: int, digest: bytes) -> CounterState:
+        """Compare-and-increment counter ``name`` from ``expected``, bound to ``digest``.
+
+        Raises:
+            KbsError: not attested or bad name.
+            Conflict: the counter is not at ``expected``; PolicyDeny: role not allowed.
+        """
+        if not is_counter_name(name):
+            raise KbsError("invalid counter name")
+        _, body = self._request(
+            "POST",
+            f"/v1/counters/{name}",
+            json={"expected": expected, "digest": digest.hex()},
+            headers=self._auth_headers(),
+        )
+        return CounterState.model_validate_json(body)
+
+    def get_counter(self, name: str) -> CounterState | None:
+        """The counter's value and digest, or None when never stepped."""
+        if not is_counter_name(name):
+            raise KbsError("invalid counter name")
+        try:
+            _, body = self._request("GET", f"/v1/counters/{name}")
+        except ResourceNotFound:
+            return None
+        return CounterState.model_validate_json(body)
+
+    # -- party side ----------------------------------------------------------------------------
+
+    def submit_agreement(self, signed: SignedAgreement) -> dict[str, Any]:
+        """Submit a signed agreement; returns ``{"version", "digest", "created_at"}``.
+
+        Raises:
+            AgreementRejected: signatures or update rules fail; Conflict: raced.
+        """
+        _, body = self._request("POST", "/v1/agreement", json=signed.model_dump(mode="json"))
+        result: dict[str, Any] = json.loads(body)
+        return result
+
+    def current_agreement(self) -> SignedAgreement | None:
+        """The active signed agreement, or None before the first one."""
+        try:
+            _, body = self._request("GET", "/v1/agreement")
+        except NoAgreement:
+            return None
+        return SignedAgreement.from_mapping(json.loads(body)["signed"])
+
+    def put_resource(
+        self, path: str, data_key: bytes, signed_grant: SignedGrant, owner_keys: PartyKeys
+    ) -> ResourceInfo:
+        """Upload a data key for ``path`` under the owner's signed grant: the key is
+        HPKE-wrapped to the pinned KBS key (``info=RESOURCE_WRAP_INFO``, ``aad=path``) and the
+        upload signed by ``owner_keys``.
+
+        Raises:
+            SealingError: bad key; GrantRejected, Conflict, NoAgreement: refused by the KBS.
+        """
+        from teeflow.sealing.hpke import wrap_key
+
+        wrapped = wrap_key(
+            data_key, self.pin.hpke_public(), info=RESOURCE_WRAP_INFO, aad=resource_wrap_aad(path)
+        )
+        upload = sign_resource_upload(path, wrapped, signed_grant, owner_keys)
+        _, body = self._request("POST", "/v1/resources", json=upload.to_wire())
+        return ResourceInfo.model_validate_json(body)
+
+    def ca_certificate(self) -> x509.Certificate:
+        """The served federation CA; must equal the pinned one.
+
+        Raises:
+            VerificationError: it differs from the pin.
+        """
+        _, body = self._request("GET", "/v1/ca")
+        try:
+            served = x509.load_pem_x509_certificate(body)
+        except ValueError:
+            raise VerificationError("the KBS served a malformed CA certificate") from None
+        if served.public_key() != self.pin.ca().public_key():
+            raise VerificationError("the served CA key differs from the pinned CA key")
+        return served
+
+    def audit(self, *, page: int = 1000, verify: bool = True) -> list[AuditEntry]:
+        """Every audit entry (paged), chain and signatures verified with the pinned key.
+
+        Raises:
+            AuditChainError (VerificationError): the chain does not verify.
+            ParseError: a malformed entry.
+        """
+        from teeflow.kbs.service.audit import audit_entry_from_json, verify_audit_chain
+
+        entries: list[AuditEntry] = []
+        after = 0
+        while True:
+            _, body = self._request("GET", "/v1/audit", params={"after": after, "limit": page})
+            doc = json.loads(body)
+            raw = doc.get("entries") if isinstance(doc, dict) else None
+            if not isinstance(raw, list):
+                raise ParseError("audit response has no entries list")
+            batch = [audit_entry_from_json(e) for e in raw]
+            if verify:
+                verify_audit_chain(
+                    batch, self.pin.audit_public(), after=entries[-1] if entries else None
+                )
+            entries += batch
+            if len(batch) < page:
+                return entries
+            after = batch[-1].seq

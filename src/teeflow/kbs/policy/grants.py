@@ -1,0 +1,331 @@
+"""Grants: a data owner's signed consent to release one resource (DESIGN.md Glossary "grant").
+
+A grant says: *this resource (a data or model key held by the KBS) may be released to
+workloads of these roles, optionally only with these measurements, running one of these
+packages and functions, with outputs sealed only to these recipients, until ``not_after``,
+at most ``max_releases`` times — under this federation agreement.* It follows SecretFlow
+AuthManager's authorisation (function hash + data ids bound to the attested key), extended
+with output recipients.
+
+Document (YAML or JSON; :class:`Grant`, pydantic v2, frozen, unknown keys refused)::
+
+    id: 3q2-7wAAAAAAAAAAAAAAAA          # random nonce (8..64 base64url chars), unique per grant
+    resource: hospital-a/dataset-key/v1 # Trustee KBS resource path <repository>/<type>/<tag>
+    owner: hospital-a                   # the consenting party (its key signs)
+    agreement: <64 hex>                 # digest of the agreement the grant was made under
+    roles: [client]                     # workload roles that may receive the resource
+    mrenclave: []                       # optional narrowing of the agreement's MRENCLAVEs
+    packages: [<64 hex>]                # allowed package digests ([] = no package may be claimed)
+    functions: [train]                  # allowed functions/entrypoints ([] = none may be claimed)
+    recipients: [hospital-a]            # parties outputs may be sealed to
+    created_at: 2025-06-01T00:00:00Z
+    not_after: 2025-12-31T23:59:59Z
+    max_releases: 10
+
+Empty ``packages``/``functions`` are *not* wildcards: they mean the request must claim no
+package/function (e.g. a model server, identified by its measurement alone). Set-like lists are
+sorted and de-duplicated, datetimes normalised to UTC.
+
+Digest: ``SHA-256(RFC 8785 canonical JSON of grant.model_dump(mode="json"))``; signature:
+Ed25519 by the owner over ``b"teeflow-grant-v1\\0" || digest``, base64url (:class:`SignedGrant`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from teeflow.attestation.policy import Hex32, load_policy_document, normalize_hex
+from teeflow.errors import KbsError, PolicyViolation, VerificationError
+from teeflow.kbs.policy.agreement import (
+    FederationAgreement,
+    Ident,
+    PartyRole,
+    UtcDatetime,
+    WorkloadRole,
+    digest,
+)
+from teeflow.kbs.policy.canonical import (
+    GRANT_DOMAIN,
+    DocumentModel,
+    b64url_encode,
+    sha256_digest,
+    signing_input,
+    sorted_unique,
+    validate_document,
+)
+from teeflow.kbs.policy.parties import B64Sig64, Name, PartyKeys, verify_ed25519
+
+__all__ = [
+    "MAX_GRANT_ITEMS",
+    "Grant",
+    "ResourcePath",
+    "SignedGrant",
+    "grant_allows",
+    "grant_digest",
+    "new_grant_id",
+    "sign_grant",
+    "verify_grant",
+]
+
+#: Upper bound on each list in a grant.
+MAX_GRANT_ITEMS = 256
+_SEGMENT = r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}"
+
+#: ``<repository>/<type>/<tag>`` (Trustee KBS resource URI path); segments 1..128 of
+#: ``A-Za-z0-9._-``, not starting with ``.``.
+ResourcePath = Annotated[str, StringConstraints(pattern=rf"^{_SEGMENT}/{_SEGMENT}/{_SEGMENT}$")]
+GrantId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{8,64}$")]
+
+
+def new_grant_id() -> str:
+    """A fresh random grant id: 16 bytes from ``os.urandom``, base64url (22 characters)."""
+    return b64url_encode(os.urandom(16))
+
+
+class Grant(DocumentModel):
+    """A data owner's consent (see the module docstring for fields and semantics)."""
+
+    id: GrantId
+    resource: ResourcePath
+    owner: Name
+    agreement: Hex32
+    roles: tuple[WorkloadRole, ...] = Field(min_length=1, max_length=len(WorkloadRole))
+    mrenclave: tuple[Hex32, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    packages: tuple[Hex32, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    functions: tuple[Ident, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    recipients: tuple[Name, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    created_at: UtcDatetime
+    not_after: UtcDatetime
+    max_releases: int = Field(ge=1, le=2**31 - 1)
+
+    @field_validator("roles", "mrenclave", "packages", "functions", "recipients", mode="after")
+    @classmethod
+    def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        return sorted_unique(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.created_at >= self.not_after:
+            raise ValueError("created_at must be before not_after")
+        if self.functions and not self.packages:
+            raise ValueError("functions need at least one package")
+        return self
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Grant:
+        """Validate a parsed grant document.
+
+        Raises:
+            ParseError: every schema problem, in one message.
+        """
+        return validate_document(cls, data, "grant")
+
+    @classmethod
+    def load(cls, path: Path | str) -> Grant:
+        """Read a YAML/JSON grant file (≤ 1 MiB, duplicate keys refused).
+
+        Raises:
+            ParseError: unreadable, malformed or invalid.
+        """
+        return cls.from_mapping(load_policy_document(path))
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON value that is digested (``model_dump(mode="json")``)."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """YAML text of :meth:`to_document`."""
+        return yaml.safe_dump(self.to_document(), sort_keys=False)
+
+
+class SignedGrant(DocumentModel):
+    """A grant with its owner's signature (base64url Ed25519, 64 bytes)."""
+
+    grant: Grant
+    signature: B64Sig64
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> SignedGrant:
+        """Validate a parsed ``{grant, signature}`` document.
+
+        Raises:
+            ParseError: invalid document.
+        """
+        return validate_document(cls, data, "signed grant")
+
+    @classmethod
+    def load(cls, path: Path | str) -> SignedGrant:
+        """Read a YAML/JSON signed grant file.
+
+        Raises:
+            ParseError: unreadable, malformed or invalid.
+        """
+        return cls.from_mapping(load_policy_document(path))
+
+
+def grant_digest(grant: Grant) -> bytes:
+    """SHA-256 (32 bytes) of the RFC 8785 canonical JSON of ``grant.model_dump(mode="json")``."""
+    return sha256_digest(grant.to_document())
+
+
+def sign_grant(grant: Grant, owner_keys: PartyKeys) -> SignedGrant:
+    """Sign ``grant`` with its owner's Ed25519 key (over ``GRANT_DOMAIN || grant_digest``).
+
+    Raises:
+        KbsError: ``owner_keys`` belong to another party than ``grant.owner``.
+    """
+    if owner_keys.name != grant.owner:
+        raise KbsError(f"grant owner is {grant.owner}, keys belong to {owner_keys.name}")
+    sig = owner_keys.sign(signing_input(GRANT_DOMAIN, grant_digest(grant)))
+    return SignedGrant(grant=grant, signature=b64url_encode(sig))
+
+
+def _policy_problems(grant: Grant, agreement: FederationAgreement) -> list[str]:
+    """Every way ``grant`` names something ``agreement`` does not allow."""
+    problems: list[str] = []
+    if grant.agreement != digest(agreement).hex():
+        problems.append("grant was made under another agreement (digest mismatch)")
+    owner = agreement.parties.get(grant.owner)
+    if owner is None:
+        problems.append(f"owner {grant.owner} is not a party of the agreement")
+    elif not {PartyRole.DATA_OWNER, PartyRole.MODEL_OWNER} & set(owner.roles):
+        problems.append(f"owner {grant.owner} has neither role data-owner nor model-owner")
+    for role in grant.roles:
+        if role not in agreement.workloads:
+            problems.append(f"role {role} has no workload in the agreement")
+    for mr in grant.mrenclave:
+        sgx_specs = [
+            agreement.workloads[r].sgx
+            for r in grant.roles
+            if r in agreement.workloads and agreement.workloads[r].sgx is not None
+        ]
+        if not any(s is not None and (not s.mrenclave or mr in s.mrenclave) for s in sgx_specs):
+            problems.append(f"mrenclave {mr} is not allowed by the agreement for granted roles")
+    callables: set[str] = set()
+    for pkg_digest in grant.packages:
+        found = agreement.package_by_digest(pkg_digest)
+        if found is None:
+            problems.append(f"package {pkg_digest} is not in the agreement")
+            continue
+        name, spec = found
+        callables |= spec.callables
+        if grant.owner not in spec.readers:
+            problems.append(f"package {name} may not read data of {grant.owner}")
+    for fn in grant.functions:
+        if fn not in callables:
+            problems.append(f"function {fn} is not an entrypoint or function of a granted package")
+    allowed_recipients = agreement.output_recipients()
+    for r in grant.recipients:
+        if r not in agreement.parties:
+            problems.append(f"recipient {r} is not a party of the agreement")
+        elif r not in allowed_recipients:
+            problems.append(f"recipient {r} may not receive outputs under the agreement")
+    return problems
+
+
+def verify_grant(signed_grant: SignedGrant, agreement: FederationAgreement) -> Grant:
+    """Check a signed grant against the (active, accepted) agreement.
+
+    The signature is checked first with the owner's ``sign_key`` from ``agreement``; then every
+    policy rule (:func:`_policy_problems`): same agreement digest, owner is a party with role
+    ``data-owner`` or ``model-owner``, granted roles have workloads, ``mrenclave`` only narrows
+    the agreement's reference values, packages exist and list the owner among their readers,
+    functions belong to granted packages, recipients are parties named in ``outputs``.
+
+    Returns:
+        The verified :class:`Grant`.
+
+    Raises:
+        VerificationError: the signature does not verify with the owner's key.
+        PolicyViolation: the owner is unknown, or any rule is broken (every reason listed).
+    """
+    grant = signed_grant.grant
+    owner = agreement.parties.get(grant.owner)
+    if owner is not None:
+        message = signing_input(GRANT_DOMAIN, grant_digest(grant))
+        try:
+            verify_ed25519(owner.sign_key, signed_grant.signature, message)
+        except VerificationError:
+            raise VerificationError(f"grant signature of {grant.owner} does not verify") from None
+    problems = _policy_problems(grant, agreement)
+    if problems:
+        raise PolicyViolation("grant refused: " + "; ".join(problems), problems)
+    return grant
+
+
+def _norm_hex32(value: str) -> str | None:
+    try:
+        return normalize_hex(value, length=32)
+    except ValueError:
+        return None
+
+
+def grant_allows(
+    grant: Grant,
+    *,
+    role: str,
+    measurement_hex: str,
+    package_digest: str | None,
+    function: str | None,
+    recipients: Iterable[str],
+    now: datetime,
+    releases_so_far: int,
+    agreement_digest: bytes | None = None,
+) -> list[str]:
+    """Every reason ``grant`` does not allow this release; ``[]`` means allowed.
+
+    The KBS release decision calls this after appraising evidence against the agreement
+    (the agreement's reference values are enforced there, not here) and after
+    :func:`verify_grant` accepted the grant.
+
+    Args:
+        grant: a verified grant.
+        role: the workload's attested role claim.
+        measurement_hex: the workload's MRENCLAVE (64 hex digits).
+        package_digest: claimed package digest (64 hex digits) or None.
+        function: claimed function/entrypoint or None.
+        recipients: parties the workload will seal outputs to (each must be granted).
+        now: timezone-aware current time (injected).
+        releases_so_far: how many times this grant already released the resource.
+        agreement_digest: the active agreement's digest (32 bytes); when given, a grant
+            made under another agreement is refused.
+    """
+    out: list[str] = []
+    if agreement_digest is not None and grant.agreement != agreement_digest.hex():
+        out.append("grant was made under another agreement")
+    if role not in grant.roles:
+        out.append(f"role {role} not granted")
+    if grant.mrenclave:
+        mr = _norm_hex32(measurement_hex)
+        if mr is None or mr not in grant.mrenclave:
+            out.append(f"measurement {measurement_hex[:64]} not granted")
+    if package_digest is None:
+        if grant.packages:
+            out.append("no package claimed, the grant requires one")
+    elif _norm_hex32(package_digest) not in grant.packages:
+        out.append(f"package {package_digest[:64]} not granted")
+    if function is None:
+        if grant.functions:
+            out.append("no function claimed, the grant requires one")
+    elif function not in grant.functions:
+        out.append(f"function {function[:128]} not granted")
+    out += [f"recipient {r[:63]} not granted" for r in recipients if r not in grant.recipients]
+    if now.tzinfo is None:
+        out.append("now must be timezone-aware")
+    else:
+        if now > grant.not_after:
+            out.append(f"grant expired at {grant.not_after.isoformat()}")
+        if now < grant.created_at:
+            out.append(f"grant not valid before {grant.created_at.isoformat()}")
+    if releases_so_far < 0:
+        out.append("invalid release count")
+    elif releases_so_far >= grant.max_releases:
+        out.append(f"release limit reached ({releases_so_far} of {grant.max_releases})")
+    return out

@@ -1,0 +1,380 @@
+"""Resource release: the decision (:func:`decide`) and the sealed response (:func:`seal_for_tee`).
+
+A resource (a data key an owner uploaded with a grant) is released only when **all** hold
+(issue 3 "Grants and resources"; DESIGN security invariant 2):
+
+1. the caller holds a valid EAR for this session, issued under the *active* agreement
+   (checked by :meth:`teeflow.kbs.service.core.KbsService.authorize` before this runs) — so its
+   role and measurement were appraised against the agreement's reference values;
+2. the resource exists and its grant is for this path;
+3. the workload's runtime-data claims list the path among their ``resources`` (when it sent
+   teeflow claims at all);
+4. :func:`teeflow.kbs.policy.grants.grant_allows` returns no reason: role, measurement, package
+   digest, function and every output recipient granted, grant made under the active
+   agreement and within its validity, release count below ``max_releases``;
+5. afterwards the store's compare-and-increment of the release count succeeds (done by the
+   service, so concurrent requests cannot exceed the budget).
+
+:func:`decide` is pure: it returns every reason, and never raises for a denial. A missing
+resource is one more reason; callers must answer it exactly like any other denial
+(:class:`teeflow.kbs.api.problems.PolicyDeny`) so that existence is not revealed.
+
+The response is a JWE in the flattened JSON serialisation (RFC 7516 §7.2.2), as Trustee's KBS
+returns (``kbs_types::Response``): ``alg`` ``ECDH-ES+A256KW`` (RFC 7518 §4.6, Concat KDF with
+empty ``apu``/``apv``), ``enc`` ``A256GCM``, every header parameter in ``protected``, no
+``aad`` member. The protected header is exactly
+``{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"crv":"P-256","kty":"EC","x":"…","y":"…"}}``
+(no whitespace, ``epk`` members sorted): Trustee's client recomputes the AEAD additional data
+by re-serialising the header it parsed, so any other member order or member would fail its
+tag check.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from joserfc import jwe
+from joserfc.errors import JoseError
+from joserfc.jwa import ECDHESAlgKeyAgreement, JWEAlgModel
+from joserfc.jwe import JWERegistry, Recipient
+from joserfc.jwk import ECKey
+
+from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
+from teeflow.kbs.policy.agreement import FederationAgreement
+from teeflow.kbs.policy.grants import Grant, SignedGrant, grant_allows, grant_digest, verify_grant
+from teeflow.kbs.policy.parties import verify_ed25519
+from teeflow.kbs.protocol import (
+    JWE_ALG,
+    JWE_ENC,
+    RESOURCE_UPLOAD_DOMAIN,
+    AttestedSession,
+    JweResponse,
+    ResourceInfo,
+    ResourceUpload,
+    TeePubKey,
+    resource_upload_digest,
+)
+from teeflow.kbs.store.interface import ResourceRecord
+
+__all__ = [
+    "MAX_RESOURCE_BYTES",
+    "GrantCache",
+    "ReleaseDecision",
+    "ResourceViews",
+    "check_upload",
+    "decide",
+    "open_jwe",
+    "replacement_problems",
+    "resource_info",
+    "seal_for_tee",
+    "stored_grant",
+]
+
+#: Largest secret released in one response (bytes).
+MAX_RESOURCE_BYTES = 64 * 1024
+
+#: The single reason recorded for a missing resource (audit only; never sent to clients).
+MISSING_REASON = "resource does not exist"
+
+
+@dataclass(frozen=True)
+class ReleaseDecision:
+    """Outcome of :func:`decide`.
+
+    Attributes:
+        allowed: True iff ``reasons`` is empty.
+        reasons: every reason for a denial (for the audit log; never for the client).
+        releases_so_far: the release count the decision was based on (the expected value
+            for the store's compare-and-increment), or None without a resource.
+    """
+
+    reasons: tuple[str, ...]
+    releases_so_far: int | None
+
+    @property
+    def allowed(self) -> bool:
+        """True iff there is no reason to deny."""
+        return not self.reasons
+
+
+def decide(
+    *,
+    session: AttestedSession,
+    path: str,
+    record: ResourceRecord | None,
+    grant: Grant | None,
+    agreement_digest: bytes,
+    now: datetime,
+) -> ReleaseDecision:
+    """Decide whether ``session`` may receive resource ``path`` (module docstring, 2-4).
+
+    Args:
+        session: the authorised session (EAR already verified, agreement still active).
+        path: the requested resource path.
+        record: the stored resource, or None when it does not exist.
+        grant: the record's grant (parsed), or None when the record is None.
+        agreement_digest: the active agreement's digest (32 bytes).
+        now: timezone-aware current time.
+
+    Returns:
+        A :class:`ReleaseDecision` listing every reason (empty when allowed).
+    """
+    if record is None or grant is None:
+        return ReleaseDecision((MISSING_REASON,), None)
+    reasons: list[str] = []
+    if grant.resource != path or record.path != path:
+        reasons.append("grant is for another resource")
+    if session.agreement_digest != agreement_digest.hex():
+        reasons.append("session was appraised under another agreement")
+    claims = session.claims
+    if claims is not None and path not in claims.resources:
+        reasons.append("resource not claimed in the attested runtime data")
+    reasons += grant_allows(
+        grant,
+        role=session.role,
+        measurement_hex=session.measurement,
+        package_digest=None if claims is None else claims.package_digest,
+        function=None if claims is None else claims.function,
+        recipients=() if claims is None else claims.recipients,
+        now=now,
+        releases_so_far=record.release_count,
+        agreement_digest=agreement_digest,
+    )
+    return ReleaseDecision(tuple(reasons), record.release_count)
+
+
+def stored_grant(record: ResourceRecord) -> SignedGrant | None:
+    """The signed grant stored with ``record`` (None if the stored bytes do not parse)."""
+    try:
+        return SignedGrant.model_validate_json(record.grant)
+    except ValueError:
+        return None
+
+
+class GrantCache:
+    """:func:`stored_grant` memoised on the stored grant bytes (a per-process cache of parsed
+    grants, so a release does not re-validate the same signed document each time).
+
+    The key is the exact stored bytes, so a replaced grant is a different entry; a document
+    that does not parse is not cached. At most ``max_entries`` are kept (all dropped when
+    full). Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[bytes, SignedGrant] = {}
+
+    def get(self, record: ResourceRecord) -> SignedGrant | None:
+        """The record's parsed signed grant (None if it does not parse)."""
+        hit = self._entries.get(record.grant)
+        if hit is not None:
+            return hit
+        parsed = stored_grant(record)
+        if parsed is not None:
+            with self._lock:
+                if len(self._entries) >= self._max:
+                    self._entries = {}
+                self._entries[bytes(record.grant)] = parsed
+        return parsed
+
+
+class ResourceViews:
+    """This process's last view of each resource (path -> :class:`ResourceRecord`), so a
+    release in the steady state needs no read: :meth:`KbsService.get_resource` decides on
+    the view and the store's release transaction re-checks the generation (same grant,
+    same wrapped key) and the count; a stale view fails that check and is re-read, and a
+    refusal is only ever decided on a fresh read. Wrapped keys only (never plaintext). At
+    most ``max_entries`` paths (all dropped when full). Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[str, ResourceRecord] = {}
+
+    def get(self, path: str) -> ResourceRecord | None:
+        """The last view of ``path``, or None."""
+        return self._entries.get(path)
+
+    def put(self, record: ResourceRecord) -> None:
+        """Remember ``record`` (a newer generation or count than the held one wins)."""
+        with self._lock:
+            old = self._entries.get(record.path)
+            if old is not None and (old.generation, old.release_count) > (
+                record.generation,
+                record.release_count,
+            ):
+                return
+            if old is None and len(self._entries) >= self._max:
+                self._entries = {}
+            self._entries[record.path] = record
+
+    def drop(self, path: str) -> None:
+        """Forget ``path`` (after a conflict, a replacement or a missing resource)."""
+        with self._lock:
+            self._entries.pop(path, None)
+
+
+def resource_info(record: ResourceRecord, grant_id: str) -> ResourceInfo:
+    """Public facts about ``record`` (never the wrapped key)."""
+    return ResourceInfo(
+        path=record.path,
+        owner=record.owner,
+        generation=record.generation,
+        grant_id=grant_id,
+        grant_digest=record.grant_digest.hex(),
+        not_after=record.not_after,
+        max_releases=record.max_releases,
+        release_count=record.release_count,
+    )
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+def check_upload(
+    upload: ResourceUpload, agreement: FederationAgreement, now: datetime
+) -> tuple[Grant | None, bytes | None, list[str]]:
+    """Every reason to refuse a resource upload under the active ``agreement``.
+
+    Checks: the wrapped key decodes; the grant is for ``upload.path`` and by
+    ``upload.owner``; :func:`teeflow.kbs.policy.grants.verify_grant` (owner signature, agreement
+    digest, parties, packages, roles, recipients — every reason); the upload signature
+    (:func:`teeflow.kbs.protocol.resource_upload_digest`) by the owner's agreement key; the
+    grant has not expired at ``now``. The unwrap test and the owner/replacement rules need
+    the KBS key and the store and are done by the service.
+
+    Returns:
+        ``(grant, wrapped_key, reasons)``; ``reasons`` is empty when acceptable.
+    """
+    reasons: list[str] = []
+    grant = upload.signed_grant.grant
+    try:
+        wrapped: bytes | None = upload.wrapped_key_bytes()
+    except ParseError:
+        wrapped = None
+        reasons.append("wrapped_key is not base64url")
+    if grant.resource != upload.path:
+        reasons.append(f"grant is for resource {grant.resource}, not {upload.path}")
+    if grant.owner != upload.owner:
+        reasons.append(f"grant owner is {grant.owner}, not the uploader {upload.owner}")
+    try:
+        verify_grant(upload.signed_grant, agreement)
+    except PolicyViolation as exc:
+        reasons += exc.violations
+    except VerificationError as exc:
+        reasons.append(str(exc))
+    owner = agreement.parties.get(upload.owner)
+    if owner is None:
+        reasons.append(f"uploader {upload.owner} is not a party of the agreement")
+    elif wrapped is not None:
+        digest = resource_upload_digest(upload.path, upload.owner, wrapped, grant_digest(grant))
+        try:
+            verify_ed25519(owner.sign_key, upload.signature, RESOURCE_UPLOAD_DOMAIN + digest)
+        except VerificationError:
+            reasons.append(f"upload signature of {upload.owner} does not verify")
+    if now > grant.not_after:
+        reasons.append(f"grant expired at {grant.not_after.isoformat()}")
+    return (grant if not reasons else None), wrapped, list(dict.fromkeys(reasons))
+
+
+def replacement_problems(old_grant: Grant | None, old_owner: str, new: Grant) -> list[str]:
+    """Why ``new`` may not replace a stored resource (owner ``old_owner``, grant
+    ``old_grant``): another owner, or a grant that is not strictly newer (``created_at``)
+    — which stops replays of an old upload from resetting the release budget."""
+    if old_owner != new.owner:
+        return ["resource belongs to another party"]
+    if old_grant is not None and (new.created_at <= old_grant.created_at or new.id == old_grant.id):
+        return ["a replacement needs a newer grant (later created_at, new id)"]
+    return []
+
+
+# -- JWE to the attested tee-pubkey -----------------------------------------------------------
+
+
+class _TrusteeEcdhEs(ECDHESAlgKeyAgreement):
+    """ECDH-ES key agreement whose ``epk`` header lists its members in sorted order
+    (``crv``, ``kty``, ``x``, ``y``), as Trustee's client re-serialises it."""
+
+    def prepare_ephemeral_key(self, recipient: Recipient[ECKey]) -> None:
+        super().prepare_ephemeral_key(recipient)
+        epk = recipient.headers().get("epk")
+        if isinstance(epk, dict):
+            recipient.add_header("epk", {k: epk[k] for k in sorted(epk)})
+
+
+def _make_registry() -> JWERegistry:
+    wrapping = JWERegistry.algorithms["alg"]["A256KW"]
+    alg: JWEAlgModel = _TrusteeEcdhEs(wrapping)  # type: ignore[arg-type]
+
+    class _TrusteeRegistry(JWERegistry):
+        """Allows only ECDH-ES+A256KW (with :class:`_TrusteeEcdhEs`) and A256GCM; a private
+        algorithm table, so joserfc's global registry is left untouched."""
+
+        algorithms: Any = {  # noqa: RUF012 - joserfc reads the table from the class
+            "alg": {JWE_ALG: alg},
+            "enc": dict(JWERegistry.algorithms["enc"]),
+            "zip": dict(JWERegistry.algorithms["zip"]),
+        }
+
+    return _TrusteeRegistry(algorithms=[JWE_ALG, JWE_ENC])
+
+
+_REGISTRY = _make_registry()
+_READ_REGISTRY = JWERegistry(algorithms=[JWE_ALG, JWE_ENC])
+
+
+def seal_for_tee(plaintext: bytes, tee_pubkey: TeePubKey) -> str:
+    """Encrypt ``plaintext`` to the attested key as a flattened JWE JSON text (module doc).
+
+    Args:
+        plaintext: the secret (at most :data:`MAX_RESOURCE_BYTES`).
+        tee_pubkey: the attested EC P-256 JWK.
+
+    Returns:
+        JSON text ``{"protected","encrypted_key","iv","ciphertext","tag"}`` (base64url).
+
+    Raises:
+        KbsError: the plaintext is too large or the key is unusable.
+    """
+    if len(plaintext) > MAX_RESOURCE_BYTES:
+        raise KbsError(f"resource larger than {MAX_RESOURCE_BYTES} bytes")
+    try:
+        key = ECKey.import_key({"kty": "EC", "crv": "P-256", "x": tee_pubkey.x, "y": tee_pubkey.y})
+        compact = jwe.encrypt_compact(
+            {"alg": JWE_ALG, "enc": JWE_ENC}, plaintext, key, registry=_REGISTRY
+        )
+    except (JoseError, ValueError, TypeError):
+        raise KbsError("cannot encrypt to the attested key") from None
+    protected, encrypted_key, iv, ciphertext, tag = compact.split(".")
+    body = JweResponse(
+        protected=protected, encrypted_key=encrypted_key, iv=iv, ciphertext=ciphertext, tag=tag
+    )
+    return json.dumps(body.model_dump(exclude_none=True), separators=(",", ":"))
+
+
+def open_jwe(text: str | bytes, private_key: ECKey) -> bytes:
+    """Decrypt a :func:`seal_for_tee` response (workload side; also used by tests).
+
+    Only ``ECDH-ES+A256KW`` / ``A256GCM`` are accepted.
+
+    Raises:
+        KbsError: malformed response, other algorithms, wrong key or tampering.
+    """
+    try:
+        body = JweResponse.model_validate_json(text)
+    except ValueError:
+        raise KbsError("resource response is not a flattened JWE") from None
+    if body.aad is not None:
+        raise KbsError("resource response must not carry an aad member")
+    compact = ".".join((body.protected, body.encrypted_key, body.iv, body.ciphertext, body.tag))
+    try:
+        obj = jwe.decrypt_compact(compact, private_key, registry=_READ_REGISTRY)
+        return bytes(obj.plaintext or b"")
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise KbsError("resource response does not decrypt") from None

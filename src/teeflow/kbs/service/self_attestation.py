@@ -1,0 +1,386 @@
+"""The KBS as a workload: its measurement, its evidence, and the parties' check of it.
+
+DESIGN trust flow step 2: every party verifies the KBS's evidence before uploading anything.
+
+**Measurement.** The KBS's code identity is the measurement (:func:`teeflow.workload.measurement`)
+of the workload manifest :func:`kbs_manifest`:
+
+* ``name: teeflow-kbs``, ``version``: ``teeflow.__version__``,
+  ``entrypoint: [teeflow, kbs, serve]``, no arguments, no environment;
+* ``trusted_files``: every regular file of the *installed* ``teeflow`` package directory
+  whose name ends in ``.py`` (all code), ``.pem`` or ``.der`` (the packaged trust anchors,
+  which decide what the KBS trusts), paths relative to the package directory, ``__pycache__``
+  and symlinks skipped.
+
+Runtime configuration (database URL, listen address, state directory) is not part of it: it
+decides where the KBS stores data, not what code handles keys. On the emulated platform this
+is the MRENCLAVE of the KBS's quotes and the measurement its sealing key is bound to, so an
+upgraded teeflow is a *different* KBS (new keys unless migrated). ``teeflow kbs
+measurement`` prints it; parties put it into their reference values (``workloads.kbs`` of
+the agreement, or a reference-values file).
+
+**Evidence** (``GET /v1/kbs/evidence?nonce=B64``, :meth:`KbsEvidenceSource.evidence`)::
+
+    {"format": "teeflow-kbs-evidence/1", "tee": "emulated-sgx" | "sgx",
+     "quote": "<standard base64 DCAP quote>",
+     "kbs": <KbsKeys.public_bundle()>,
+     "agreement_digest": "<hex of the active agreement digest>" | null}
+
+with the quote's REPORT_DATA = :func:`teeflow.kbs.service.identity.kbs_report_data` (bundle,
+agreement digest, nonce).
+
+**Party check** (:func:`verify_kbs_evidence`): parse → verify (Intel root; the emulation root
+only when ``allow_emulated``) → appraise against the reference values with REPORT_DATA pinned to
+``kbs_report_data(bundle, agreement_digest, nonce)``; the bundle's ``tls_spki_sha256`` must be
+the SPKI hash of its own TLS certificate and of the certificate the party's TLS connection saw.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+import teeflow
+from teeflow.attestation import sgx
+from teeflow.attestation.appraisal import AttestationResult
+from teeflow.attestation.policy import load_policy_document
+from teeflow.attestation.trust import TrustAnchor
+from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
+from teeflow.kbs.policy.agreement import SgxReferenceValues
+from teeflow.kbs.policy.canonical import format_validation_error
+from teeflow.kbs.protocol import MAX_QUOTE_BYTES
+from teeflow.kbs.service.collateral import CollateralProvider
+from teeflow.kbs.service.identity import PUBLIC_FORMAT, KbsKeys, kbs_report_data
+from teeflow.workload.manifest import WorkloadManifest, measurement
+
+__all__ = [
+    "EVIDENCE_FORMAT",
+    "KBS_ENTRYPOINT",
+    "KBS_WORKLOAD_NAME",
+    "MAX_EVIDENCE_BYTES",
+    "Attester",
+    "KbsEvidence",
+    "KbsEvidenceSource",
+    "KbsPublicBundle",
+    "VerifiedKbs",
+    "decode_nonce",
+    "kbs_manifest",
+    "kbs_measurement",
+    "load_reference_values",
+    "spki_sha256",
+    "verify_kbs_evidence",
+]
+
+EVIDENCE_FORMAT = "teeflow-kbs-evidence/1"
+KBS_WORKLOAD_NAME = "teeflow-kbs"
+KBS_ENTRYPOINT = ("teeflow", "kbs", "serve")
+#: Largest evidence document a party accepts (bytes).
+MAX_EVIDENCE_BYTES = 256 * 1024
+_MEASURED_SUFFIXES = (".py", ".pem", ".der")
+_MAX_NONCE = 1024
+_LOG = logging.getLogger(__name__)
+
+
+# -- measurement --------------------------------------------------------------------------
+
+
+def kbs_manifest(package_dir: Path | None = None) -> WorkloadManifest:
+    """The KBS workload manifest (module docstring) of the teeflow package at
+    ``package_dir`` (default: the installed package).
+
+    Raises:
+        WorkloadError: a file cannot be read.
+    """
+    root = Path(package_dir) if package_dir is not None else Path(teeflow.__file__).parent
+    files = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix in _MEASURED_SUFFIXES
+        and "__pycache__" not in p.parts
+        and p.is_file()
+        and not p.is_symlink()
+    )
+    return WorkloadManifest.build(
+        root,
+        entrypoint=list(KBS_ENTRYPOINT),
+        files=files,
+        name=KBS_WORKLOAD_NAME,
+        version=teeflow.__version__,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def kbs_measurement(package_dir: Path | None = None) -> bytes:
+    """SHA-256 measurement (32 bytes) of :func:`kbs_manifest`; computed once per process.
+
+    Raises:
+        WorkloadError: as :func:`kbs_manifest`.
+    """
+    return measurement(kbs_manifest(package_dir))
+
+
+# -- evidence (KBS side) --------------------------------------------------------------------
+
+
+class Attester(Protocol):
+    """Produces a DCAP quote binding 64 bytes of report data
+    (:class:`teeflow.platform.emulated.EmulatedSgx` fits)."""
+
+    def quote(self, report_data: bytes) -> bytes: ...
+
+
+def decode_nonce(text: str) -> bytes:
+    """A party nonce from a query parameter: standard or URL-safe base64, padding optional,
+    1..1024 bytes.
+
+    Raises:
+        ParseError: not base64 or out of bounds.
+    """
+    if not isinstance(text, str) or not 0 < len(text) <= 2 * _MAX_NONCE:
+        raise ParseError("nonce must be base64 of 1..1024 bytes")
+    std = text.replace("-", "+").replace("_", "/")
+    std += "=" * (-len(std) % 4)
+    try:
+        raw = base64.b64decode(std, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("nonce is not base64") from None
+    if not 0 < len(raw) <= _MAX_NONCE:
+        raise ParseError("nonce must be base64 of 1..1024 bytes")
+    return raw
+
+
+class KbsEvidenceSource:
+    """Makes the KBS's own evidence (module docstring).
+
+    Args:
+        keys: the KBS key set whose public bundle is bound.
+        attester: the KBS's platform attester (its measurement is the KBS measurement).
+        tee: the evidence type the attester produces (``emulated-sgx`` or ``sgx``).
+    """
+
+    def __init__(self, keys: KbsKeys, attester: Attester, tee: str) -> None:
+        if tee not in ("sgx", "emulated-sgx"):
+            raise KbsError(f"unsupported KBS evidence type {tee!r}")
+        self._keys = keys
+        self._attester = attester
+        self._tee = tee
+        self._bundle = keys.public_bundle()
+
+    def evidence(self, nonce: bytes, agreement_digest: bytes | None) -> dict[str, Any]:
+        """The evidence document for ``nonce`` (1..1024 bytes) and the active agreement.
+
+        Raises:
+            KbsError: bad nonce or agreement digest.
+            PlatformError: the attester failed.
+        """
+        report_data = kbs_report_data(self._bundle, agreement_digest, nonce)
+        quote = self._attester.quote(report_data)
+        return {
+            "format": EVIDENCE_FORMAT,
+            "tee": self._tee,
+            "quote": base64.b64encode(quote).decode("ascii"),
+            "kbs": self._bundle,
+            "agreement_digest": None if agreement_digest is None else agreement_digest.hex(),
+        }
+
+
+# -- party side ------------------------------------------------------------------------------
+
+
+class KbsPublicBundle(BaseModel):
+    """:meth:`teeflow.kbs.service.identity.KbsKeys.public_bundle`, validated strictly."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    format: Literal["teeflow-kbs-public/1"]
+    federation: str = Field(min_length=1, max_length=63)
+    hpke_public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+    ca_certificate: str = Field(min_length=1, max_length=16 * 1024)
+    ear_public_jwk: dict[str, JsonValue]
+    tls_certificate: str = Field(min_length=1, max_length=16 * 1024)
+    tls_spki_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    audit_public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
+
+
+class KbsEvidence(BaseModel):
+    """The evidence document of ``GET /v1/kbs/evidence`` (module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    format: Literal["teeflow-kbs-evidence/1"]
+    tee: Literal["sgx", "emulated-sgx"]
+    quote: str = Field(min_length=1, max_length=(MAX_QUOTE_BYTES + 2) // 3 * 4)
+    kbs: KbsPublicBundle
+    agreement_digest: str | None = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class VerifiedKbs:
+    """A KBS whose evidence verified.
+
+    Attributes:
+        bundle: its public keys (the bundle as served, as a plain dict).
+        agreement_digest: the agreement digest its evidence binds (None: no agreement yet).
+        measurement: its MRENCLAVE (hex).
+        tee: ``sgx`` or ``emulated-sgx``.
+        emulated: evidence chained to an emulation root.
+        result: the appraisal result (warnings for emulated evidence).
+    """
+
+    bundle: dict[str, Any]
+    agreement_digest: bytes | None
+    measurement: str
+    tee: str
+    emulated: bool
+    result: AttestationResult
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the certificate's SubjectPublicKeyInfo DER."""
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(spki).hexdigest()
+
+
+def load_reference_values(path: Path | str) -> SgxReferenceValues:
+    """Read the KBS reference values from a YAML/JSON file, which is one of: SGX reference
+    values (``{mrenclave: [...], mrsigner: ..., ...}``), a workload spec (``{sgx: {...}}``),
+    or a federation agreement (its ``workloads.kbs.sgx``).
+
+    Raises:
+        ParseError: unreadable, malformed, or no KBS SGX reference values in it.
+    """
+    doc: object = load_policy_document(path)
+    if isinstance(doc, Mapping) and "workloads" in doc:
+        workloads = doc.get("workloads")
+        kbs = workloads.get("kbs") if isinstance(workloads, Mapping) else None
+        doc = kbs if isinstance(kbs, Mapping) else None
+        if doc is None:
+            raise ParseError(f"{path}: the agreement has no reference values for role kbs")
+    if isinstance(doc, Mapping) and "sgx" in doc:
+        doc = doc["sgx"]
+    if not isinstance(doc, Mapping):
+        raise ParseError(f"{path}: expected SGX reference values")
+    try:
+        return SgxReferenceValues.model_validate(dict(doc))
+    except ValidationError as exc:
+        raise ParseError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def _parse_evidence(document: bytes | str | Mapping[str, Any]) -> KbsEvidence:
+    try:
+        if isinstance(document, Mapping):
+            return KbsEvidence.model_validate(dict(document))
+        raw = document.encode("utf-8") if isinstance(document, str) else bytes(document)
+        if len(raw) > MAX_EVIDENCE_BYTES:
+            raise ParseError(f"KBS evidence larger than {MAX_EVIDENCE_BYTES} bytes")
+        return KbsEvidence.model_validate(json.loads(raw))
+    except (ValidationError, ValueError, RecursionError) as exc:
+        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else "not JSON"
+        raise ParseError(f"KBS evidence is malformed: {detail}") from None
+
+
+def _bundle_tls_spki(bundle: KbsPublicBundle) -> str:
+    try:
+        cert = x509.load_pem_x509_certificate(bundle.tls_certificate.encode("ascii"))
+        x509.load_pem_x509_certificate(bundle.ca_certificate.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise ParseError("KBS public bundle holds a malformed certificate") from None
+    return spki_sha256(cert)
+
+
+def verify_kbs_evidence(
+    document: bytes | str | Mapping[str, Any],
+    *,
+    nonce: bytes,
+    reference_values: SgxReferenceValues,
+    allow_emulated: bool,
+    anchors: Sequence[TrustAnchor],
+    collateral: CollateralProvider,
+    now: datetime,
+    observed_tls_spki: Sequence[str] = (),
+    expected_agreement_digest: bytes | None = None,
+) -> VerifiedKbs:
+    """Verify the KBS's evidence as a party (module docstring).
+
+    Args:
+        document: the evidence JSON (bytes/str) or its parsed mapping.
+        nonce: the nonce the party chose for this request (raw bytes).
+        reference_values: the KBS reference values (:func:`load_reference_values`).
+        allow_emulated: accept evidence chaining to an emulation root (development only).
+        anchors: trust anchors (the Intel SGX Root CA; an emulation root is used only when
+            ``allow_emulated``).
+        collateral: collateral for the quote's platform.
+        now: verification time (timezone-aware).
+        observed_tls_spki: SPKI hashes (hex) of every TLS certificate the party's connections
+            to the KBS saw; each must equal the bundle's ``tls_spki_sha256``.
+        expected_agreement_digest: when given, the evidence must bind exactly this agreement.
+
+    Raises:
+        ParseError: the document is malformed.
+        VerificationError: the quote does not verify, or the TLS key / agreement binding
+            differs.
+        PolicyViolation: the appraisal against the reference values failed (every reason).
+    """
+    ev = _parse_evidence(document)
+    if ev.tee == "emulated-sgx" and not allow_emulated:
+        raise PolicyViolation(
+            "the KBS runs on an EMULATED TEE and emulation is not allowed",
+            ["emulated evidence refused (allow_emulated is false)"],
+        )
+    try:
+        raw = base64.b64decode(ev.quote, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError("KBS evidence quote is not base64") from None
+    spki = _bundle_tls_spki(ev.kbs)
+    if not hmac.compare_digest(spki, ev.kbs.tls_spki_sha256):
+        raise VerificationError("KBS bundle: tls_spki_sha256 does not match its TLS certificate")
+    for seen in observed_tls_spki:
+        if not hmac.compare_digest(seen, ev.kbs.tls_spki_sha256):
+            raise VerificationError(
+                "the TLS key the KBS served is not the key its evidence binds (interception?)"
+            )
+    trusted = [a for a in anchors if allow_emulated or not a.emulated]
+    quote = sgx.parse_quote(raw)
+    verified = sgx.verify(
+        quote, anchors=trusted, collateral=collateral.for_quote(quote, now=now), now=now
+    )
+    agreement_digest = None if ev.agreement_digest is None else bytes.fromhex(ev.agreement_digest)
+    bundle = ev.kbs.model_dump(mode="json")
+    if bundle.get("format") != PUBLIC_FORMAT:  # pragma: no cover - Literal guards it
+        raise ParseError("KBS public bundle has an unknown format")
+    expected_rd = kbs_report_data(bundle, agreement_digest, nonce)
+    policy = reference_values.to_policy(allow_emulated=allow_emulated).with_report_data(
+        expected_rd
+    )
+    result = sgx.appraise(verified, policy, logger=_LOG)
+    violations = list(result.violations)
+    if result.tee != ev.tee:
+        violations.append(f"declared tee {ev.tee} but the evidence is {result.tee}")
+    if violations:
+        raise PolicyViolation("KBS evidence rejected: " + "; ".join(violations), violations)
+    if expected_agreement_digest is not None and agreement_digest != expected_agreement_digest:
+        raise VerificationError("the KBS does not enforce the expected agreement")
+    return VerifiedKbs(
+        bundle=bundle,
+        agreement_digest=agreement_digest,
+        measurement=verified.report.mr_enclave.hex(),
+        tee=result.tee,
+        emulated=result.emulated,
+        result=result,
+    )

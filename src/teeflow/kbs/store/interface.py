@@ -1,0 +1,467 @@
+"""The KBS storage contract: the :class:`KbsStore` protocol, its records, errors and limits.
+
+Every backend (:mod:`.memory`, :mod:`.sql` for SQLite and PostgreSQL) implements
+:class:`KbsStore` with the same observable behaviour; ``tests/storage/test_store_contract.py``
+and ``tests/storage/test_store_audited.py`` run one suite against all of them. All methods
+are synchronous and thread-safe (the service calls them from a thread pool). A method that
+returns normally has committed its write; a method that raises has written nothing.
+
+Durability of a committed write (DESIGN, security invariant 5) is the backend's: every
+committed write survives a crash of the KBS process (SIGKILL) on every SQL backend; on SQLite
+with the default ``synchronous=normal`` only the *durable* operations (agreements,
+resources/grants, counters - and with them everything committed before) are also fsync'ed
+before they return, while sessions, tokens, releases and their audit entries can lose their
+last commits on an OS crash or power loss (see :mod:`teeflow.kbs.store.sql`);
+``synchronous=full`` and PostgreSQL fsync every commit.
+
+Audited writes: :meth:`KbsStore.append_audit_built`, :meth:`KbsStore.consume_nonce_and_audit`
+and :meth:`KbsStore.record_release_and_audit` append an audit entry in the *same* transaction
+as the state change (one commit, both or neither). The entry is made by an
+:data:`AuditBuilder` called inside the transaction with the next ``seq`` and the head's hash,
+so it always extends the chain; a store may call the builder again when a concurrent writer
+forced a retry.
+
+Times are timezone-aware :class:`datetime.datetime` values; stores keep them in UTC with
+microsecond precision and return them in UTC. Naive datetimes are rejected.
+
+Every input is bounded (the ``MAX_*`` constants below); an input out of bounds or of the wrong
+type raises :class:`StorageInputError` before anything is written.
+
+Errors (all :class:`StorageError`, a :class:`teeflow.errors.KbsError`):
+
+* :class:`StorageConflict` - an atomic precondition failed: append-only order (version,
+  sequence number, previous hash), duplicate key, stale expected value, release budget used up,
+  nonce already consumed, resource owned by another party. Retrying with fresh state may work.
+* :class:`StorageNotFound` - the named session or resource does not exist.
+* :class:`StorageExpired` - the session's nonce has expired.
+* :class:`StorageInputError` - an argument is out of bounds or malformed.
+
+Messages never contain SQL text, bound parameters, key material or connection passwords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from teeflow.errors import KbsError
+
+__all__ = [
+    "GENESIS_HASH",
+    "MAX_AGREEMENT_BYTES",
+    "MAX_AUDIT_DATA_BYTES",
+    "MAX_AUDIT_PAGE",
+    "MAX_CLAIMS_BYTES",
+    "MAX_COUNTER_VALUE",
+    "MAX_DIGEST_BYTES",
+    "MAX_GRANT_BYTES",
+    "MAX_NAME_CHARS",
+    "MAX_NONCE_BYTES",
+    "MAX_PATH_CHARS",
+    "MAX_SIGNATURE_BYTES",
+    "MAX_WRAPPED_KEY_BYTES",
+    "MIN_DIGEST_BYTES",
+    "AgreementRecord",
+    "AuditBuilder",
+    "AuditEntry",
+    "KbsStore",
+    "ResourceRecord",
+    "SessionRecord",
+    "StorageConflict",
+    "StorageError",
+    "StorageExpired",
+    "StorageInputError",
+    "StorageNotFound",
+    "TokenBinding",
+]
+
+#: Largest canonical signed agreement envelope (bytes).
+MAX_AGREEMENT_BYTES = 1 << 20
+#: Largest signed grant document (bytes).
+MAX_GRANT_BYTES = 64 << 10
+#: Largest wrapped (HPKE-sealed) data key (bytes).
+MAX_WRAPPED_KEY_BYTES = 8 << 10
+#: Digests (agreement, grant, counter-bound, token) are 16..64 bytes (SHA-256 is 32).
+MIN_DIGEST_BYTES = 16
+MAX_DIGEST_BYTES = 64
+#: Session nonces are 16..64 bytes (RCAR uses 32).
+MAX_NONCE_BYTES = 64
+#: Resource paths (``repo/type/tag``), in characters.
+MAX_PATH_CHARS = 512
+#: Owner names, counter names, session ids, TEE names, audit kinds/subjects, in characters.
+MAX_NAME_CHARS = 256
+#: Largest JSON text of token claims bound to a session (UTF-8 bytes).
+MAX_CLAIMS_BYTES = 64 << 10
+#: Largest canonical JSON of an audit entry's ``reasons`` plus ``data`` (bytes).
+MAX_AUDIT_DATA_BYTES = 64 << 10
+#: Largest audit signature (bytes; Ed25519 uses 64).
+MAX_SIGNATURE_BYTES = 512
+#: Largest ``limit`` of one :meth:`KbsStore.audit_entries` page.
+MAX_AUDIT_PAGE = 10_000
+#: Counters and release counts fit a signed 64-bit column.
+MAX_COUNTER_VALUE = (1 << 63) - 1
+#: ``prev_hash`` of the first audit entry (seq 1): 32 zero bytes.
+GENESIS_HASH = bytes(32)
+
+
+class StorageError(KbsError):
+    """The KBS store failed (database unavailable, corrupt row, or a subclass below)."""
+
+    code = "kbs-storage"
+
+
+class StorageConflict(StorageError):
+    """An atomic precondition failed (order, uniqueness, stale expected value, used up)."""
+
+    code = "kbs-storage-conflict"
+
+
+class StorageNotFound(StorageError):
+    """The named row (session, resource) does not exist."""
+
+    code = "kbs-storage-not-found"
+
+
+class StorageExpired(StorageError):
+    """The session's nonce expired before it was consumed."""
+
+    code = "kbs-storage-expired"
+
+
+class StorageInputError(StorageError):
+    """An argument is out of bounds (size, range) or has the wrong type; nothing was written."""
+
+    code = "kbs-storage-input"
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementRecord:
+    """One accepted federation agreement version.
+
+    Attributes:
+        version: 1, 2, ... (each append is the previous version + 1).
+        digest: canonical digest of the agreement (SHA-256, 32 bytes; unique across history).
+        document: the canonical signed envelope, at most :data:`MAX_AGREEMENT_BYTES`.
+        created_at: acceptance time (UTC).
+    """
+
+    version: int
+    digest: bytes
+    document: bytes
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRecord:
+    """A wrapped data key with the owner-signed grant that governs its release.
+
+    Attributes:
+        path: resource path ``repo/type/tag`` (at most :data:`MAX_PATH_CHARS`).
+        owner: party name that uploaded it; only the same owner may replace it.
+        wrapped_key: the data key HPKE-sealed to the KBS key (never plaintext).
+        grant: the signed grant document; ``grant_digest`` its digest.
+        not_after: grant expiry (UTC) or None; enforced by the service, stored here.
+        max_releases: release budget, or None for unlimited.
+        release_count: releases recorded so far under this generation.
+        generation: 1 on first upload, +1 on every replacement (count restarts at 0).
+        created_at: time of the upload that produced this generation (UTC).
+    """
+
+    path: str
+    owner: str
+    wrapped_key: bytes
+    grant: bytes
+    grant_digest: bytes
+    not_after: datetime | None
+    max_releases: int | None
+    release_count: int
+    generation: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """An RCAR session (``kbs-session-id`` cookie): its nonce and, after attestation, its token.
+
+    Attributes:
+        session_id: opaque session identifier (at most :data:`MAX_NAME_CHARS`).
+        nonce: the challenge nonce (16..64 bytes).
+        tee: the TEE type the client declared (``sgx``, ``emulated-sgx``, ...).
+        expires_at: nonce expiry (UTC); the nonce cannot be consumed at or after it.
+        consumed: the nonce has been used by an attestation (single use).
+        token_digest: digest of the issued EAR token, once bound.
+        claims_json: JSON text of the token's claims, once bound.
+        token_expires_at: token expiry (UTC), once bound.
+    """
+
+    session_id: str
+    nonce: bytes
+    tee: str
+    expires_at: datetime
+    consumed: bool = False
+    token_digest: bytes | None = None
+    claims_json: str | None = None
+    token_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One entry of the hash-chained, signed audit log (see :mod:`teeflow.kbs.service.audit`).
+
+    Attributes:
+        seq: 1, 2, ... without gaps.
+        time: time of the event (UTC, microsecond precision).
+        kind: event class: ``agreement``, ``attestation``, ``release``, ``certificate``,
+            ``counter``, ... (lower-case token).
+        subject: what the event is about (resource path, party, session id, counter name).
+        decision: ``accept``, ``deny`` or ``info``.
+        reasons: every reason for the decision (short strings).
+        data: JSON object with public facts only (digests, measurements; never secrets).
+        prev_hash: ``hash`` of entry ``seq - 1``, or :data:`GENESIS_HASH` for seq 1.
+        hash: SHA-256 over the canonical JSON of the other fields (32 bytes).
+        signature: the KBS audit key's signature over ``hash``.
+    """
+
+    seq: int
+    time: datetime
+    kind: str
+    subject: str
+    decision: str
+    reasons: list[str]
+    data: dict[str, Any]
+    prev_hash: bytes
+    hash: bytes
+    signature: bytes
+
+
+#: ``build(seq, prev_hash) -> AuditEntry``: the signed audit entry to append as number ``seq``
+#: after the entry whose hash is ``prev_hash`` (:data:`GENESIS_HASH` for seq 1). Called by the
+#: store inside the write transaction (see :meth:`teeflow.kbs.service.audit.AuditLog.builder`); must
+#: not touch the store; may be called more than once.
+AuditBuilder = Callable[[int, bytes], AuditEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBinding:
+    """A token to bind to a session together with the consumption of its nonce.
+
+    Attributes:
+        token_digest: digest of the issued EAR (16..64 bytes).
+        claims_json: JSON text of the attested session (at most :data:`MAX_CLAIMS_BYTES`).
+        expires_at: token expiry (timezone-aware).
+    """
+
+    token_digest: bytes
+    claims_json: str
+    expires_at: datetime
+
+
+@runtime_checkable
+class KbsStore(Protocol):
+    """Persistent state of the Key Broker Service. See the module docstring for the contract."""
+
+    # -- agreements (append-only) ------------------------------------------------------
+    def append_agreement(
+        self, version: int, digest: bytes, document: bytes, created_at: datetime
+    ) -> AgreementRecord:
+        """Append agreement ``version`` (must be the current version + 1, or 1 when empty).
+
+        Raises:
+            StorageConflict: wrong version or ``digest`` already in the history.
+            StorageInputError: bounds (document size, digest length, naive time).
+        """
+        ...
+
+    def current_agreement(self) -> AgreementRecord | None:
+        """The highest version, or None when no agreement was accepted yet."""
+        ...
+
+    def agreement_history(self) -> list[AgreementRecord]:
+        """Every version, ascending."""
+        ...
+
+    # -- resources -----------------------------------------------------------------------
+    def put_resource(
+        self,
+        path: str,
+        owner: str,
+        *,
+        wrapped_key: bytes,
+        grant: bytes,
+        grant_digest: bytes,
+        not_after: datetime | None,
+        max_releases: int | None,
+        created_at: datetime,
+    ) -> ResourceRecord:
+        """Create or replace a resource; a replacement bumps ``generation`` and resets the count.
+
+        Raises:
+            StorageConflict: the path exists with another owner (or a concurrent replace won).
+            StorageInputError: bounds.
+        """
+        ...
+
+    def get_resource(self, path: str) -> ResourceRecord | None:
+        """The resource at ``path`` or None."""
+        ...
+
+    def record_release(
+        self, path: str, expected_count: int, *, generation: int | None = None
+    ) -> int:
+        """Atomically increment the release count from ``expected_count``; return the new count.
+
+        Args:
+            generation: when given, the resource must still be at this generation (the grant
+                the caller checked has not been replaced meanwhile).
+
+        Raises:
+            StorageNotFound: no such resource.
+            StorageConflict: stale ``expected_count`` or generation, or budget used up
+                (``release_count >= max_releases``).
+        """
+        ...
+
+    def record_release_and_audit(
+        self,
+        path: str,
+        expected_count: int,
+        build: AuditBuilder,
+        *,
+        generation: int | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[int, AuditEntry]:
+        """:meth:`record_release` and :meth:`append_audit_built` in one transaction: both
+        or neither. Returns ``(new count, appended entry)``.
+
+        Args:
+            agreement_digest: when given, the newest agreement must have this digest
+                (checked in the same transaction: no release under a superseded agreement).
+
+        Raises:
+            StorageNotFound, StorageConflict: as :meth:`record_release` (nothing written);
+                also StorageConflict when ``agreement_digest`` is not the newest agreement's.
+            StorageInputError: bounds, or a built entry that does not extend the chain.
+        """
+        ...
+
+    # -- monotonic counters --------------------------------------------------------------
+    def get_counter(self, name: str) -> tuple[int, bytes] | None:
+        """``(value, digest)`` of the counter, or None if it was never incremented."""
+        ...
+
+    def compare_and_increment(self, name: str, expected: int, new_digest: bytes) -> int:
+        """If the counter equals ``expected`` (0 for a new counter), set it to ``expected + 1``
+        bound to ``new_digest``; return the new value. Atomic: of concurrent calls with the
+        same ``expected`` exactly one succeeds.
+
+        Raises:
+            StorageConflict: the counter is not at ``expected``.
+        """
+        ...
+
+    # -- RCAR sessions and nonces ---------------------------------------------------------
+    def create_session(
+        self, session_id: str, nonce: bytes, tee: str, expires_at: datetime
+    ) -> SessionRecord:
+        """Create a session with an unconsumed nonce.
+
+        Raises:
+            StorageConflict: the session id exists.
+        """
+        ...
+
+    def consume_nonce(self, session_id: str, now: datetime) -> SessionRecord:
+        """Mark the session's nonce used (once) and return the session.
+
+        Raises:
+            StorageNotFound: unknown session.
+            StorageExpired: ``now >= expires_at``.
+            StorageConflict: already consumed.
+        """
+        ...
+
+    def consume_nonce_and_audit(
+        self,
+        session_id: str,
+        now: datetime,
+        build: AuditBuilder,
+        *,
+        token: TokenBinding | None = None,
+        agreement_digest: bytes | None = None,
+    ) -> tuple[SessionRecord, AuditEntry]:
+        """In one transaction: consume the session's nonce (as :meth:`consume_nonce`), bind
+        ``token`` when given (as :meth:`bind_token`) and append the audit entry ``build``
+        makes (as :meth:`append_audit_built`). All or nothing.
+
+        Args:
+            agreement_digest: when given, the newest agreement must have this digest.
+
+        Returns:
+            ``(session after the change, appended entry)``.
+
+        Raises:
+            StorageNotFound, StorageExpired, StorageConflict: as :meth:`consume_nonce`
+                (nothing written); also StorageConflict when ``agreement_digest`` is not
+                the newest agreement's.
+            StorageInputError: bounds of ``token``, or a built entry that does not extend
+                the chain.
+        """
+        ...
+
+    def bind_token(
+        self, session_id: str, token_digest: bytes, claims_json: str, expires_at: datetime
+    ) -> SessionRecord:
+        """Bind an issued token to a session whose nonce was consumed (once).
+
+        Raises:
+            StorageNotFound: unknown session.
+            StorageConflict: nonce not consumed yet, or a token is already bound.
+        """
+        ...
+
+    def get_session(self, session_id: str) -> SessionRecord | None:
+        """The session or None."""
+        ...
+
+    def purge_sessions(self, now: datetime) -> int:
+        """Delete sessions whose nonce and token (if any) both expired before ``now``;
+        return how many were deleted."""
+        ...
+
+    # -- audit log ----------------------------------------------------------------------
+    def append_audit(self, entry: AuditEntry) -> None:
+        """Append ``entry``: ``entry.seq`` must be last seq + 1 (1 when empty) and
+        ``entry.prev_hash`` the last entry's hash (:data:`GENESIS_HASH` when empty).
+        The store does not check hashes or signatures (see ``verify_audit_chain``).
+
+        Raises:
+            StorageConflict: wrong seq or prev_hash (another writer appended first).
+            StorageInputError: bounds.
+        """
+        ...
+
+    def append_audit_built(self, build: AuditBuilder) -> AuditEntry:
+        """Append ``build(seq, prev_hash)`` for the current head in one transaction (no
+        separate read of the head, no conflict with other writers: a store that detects a
+        concurrent append retries with the new head and calls ``build`` again).
+
+        Raises:
+            StorageInputError: the built entry is out of bounds or does not carry the
+                ``seq`` / ``prev_hash`` it was built for.
+            StorageConflict: still conflicting after the store's bounded retries.
+        """
+        ...
+
+    def audit_entries(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        """Entries with ``seq > after_seq``, ascending, at most ``limit`` (1..MAX_AUDIT_PAGE)."""
+        ...
+
+    def last_audit(self) -> AuditEntry | None:
+        """The entry with the highest seq, or None."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store must not be used afterwards."""
+        ...

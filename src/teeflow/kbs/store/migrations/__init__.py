@@ -1,0 +1,1 @@
+"""Alembic environment of the KBS schema (run by ``teeflow.kbs.store.sql.open_sql_store``)."""
