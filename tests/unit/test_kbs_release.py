@@ -173,7 +173,7 @@ def test_upload_without_agreement() -> None:
     from teeflow.kbs.service.core import KbsService
 
     svc = KbsService(open_store("memory://"), h.keys, clock=h.clock, anchors=[],
-                     collateral=h.service._collateral)
+                     collateral=h.service._ctx.collateral)
     with pytest.raises(NoAgreement):
         svc.put_resource(h.upload(os.urandom(32)))
 

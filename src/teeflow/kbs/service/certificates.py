@@ -1,0 +1,84 @@
+"""Workload certificates from the federation CA for attested sessions.
+
+Part of the KBS core behind :class:`teeflow.kbs.service.core.KbsService` (see that module for
+the protocol and the order of checks); state and plumbing are shared through
+:class:`teeflow.kbs.service.context.ServiceContext`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from teeflow.errors import KbsError, VerificationError
+from teeflow.kbs.api.problems import (
+    InvalidRequest,
+    PolicyDeny,
+)
+from teeflow.kbs.ca.authority import WorkloadIdentity
+from teeflow.kbs.protocol import (
+    MAX_CSR_BODY_BYTES,
+    AttestedSession,
+)
+from teeflow.kbs.service.context import ServiceContext
+
+__all__ = ["CertificateService"]
+
+
+class CertificateService:
+    """Workload certificates from the federation CA for attested sessions.
+
+    Thread-safe as far as the store is.
+
+    Args:
+        ctx: the shared service context.
+    """
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    def issue_certificate(self, session: AttestedSession, csr_pem: bytes | str) -> bytes:
+        """Issue a workload certificate (PEM) for a CSR whose key is the attested tee-pubkey.
+
+        The identity (role, party, measurement, agreement digest, tee, emulated) comes from
+        the session, never from the CSR.
+
+        Raises:
+            InvalidRequest: not one PEM CSR, or larger than 16 KiB.
+            PolicyDeny: bad CSR signature, or the CSR key is not the attested key.
+        """
+        now = self._ctx.now()
+        raw = csr_pem.encode("ascii", "replace") if isinstance(csr_pem, str) else bytes(csr_pem)
+        if len(raw) > MAX_CSR_BODY_BYTES:
+            raise InvalidRequest("CSR larger than 16 KiB")
+        try:
+            csr = x509.load_pem_x509_csr(raw)
+        except (ValueError, TypeError):
+            raise InvalidRequest("not a PEM certificate signing request") from None
+        subject = f"certificate:{session.role}:{session.party or '-'}"
+        data: dict[str, Any] = {"role": session.role, "measurement": session.measurement}
+        try:
+            identity = WorkloadIdentity(
+                role=session.role,
+                party=session.party,
+                measurement=session.measurement,
+                agreement_digest=session.agreement_digest,
+                tee=session.tee,
+                emulated=session.emulated,
+            )
+            cert = self._ctx.keys.ca.issue_from_csr(
+                csr, identity, now=now, expected_public_key=session.tee_pubkey.public_key()
+            )
+        except VerificationError as exc:
+            self._ctx.deny(PolicyDeny, "certificate", subject, [str(exc)], data, detail=str(exc))
+        except KbsError as exc:
+            self._ctx.deny(PolicyDeny, "certificate", subject, [str(exc)], data)
+        data.update(
+            serial=format(cert.serial_number, "x"),
+            not_after=cert.not_valid_after_utc.isoformat(),
+            party=session.party,
+        )
+        self._ctx.record("certificate", subject, "accept", data=data)
+        return cert.public_bytes(serialization.Encoding.PEM)

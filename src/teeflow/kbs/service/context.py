@@ -1,0 +1,226 @@
+"""State and plumbing shared by the parts of the KBS core: the store, the keys, the clock,
+the audit recorder, the caches and this process's copy of the agreement in force.
+
+:class:`ServiceContext` is constructed by :class:`teeflow.kbs.service.core.KbsService`; its
+arguments are documented there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from joserfc.jwk import ECKey
+from pydantic import ValidationError
+
+from teeflow.attestation.trust import TrustAnchor
+from teeflow.errors import KbsError
+from teeflow.kbs.api.problems import (
+    InvalidRequest,
+    KbsProblem,
+    ServiceUnavailable,
+)
+from teeflow.kbs.ca.authority import FederationCA
+from teeflow.kbs.policy.signing import (
+    SignedAgreement,
+)
+from teeflow.kbs.service.audit import (
+    AuditError,
+    AuditLog,
+)
+from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
+from teeflow.kbs.service.rcar import (
+    TokenCache,
+)
+from teeflow.kbs.service.release import (
+    GrantCache,
+    ResourceViews,
+)
+from teeflow.kbs.store.interface import (
+    AuditBuilder,
+    AuditEntry,
+    KbsStore,
+    StorageError,
+    StorageInputError,
+)
+
+__all__ = ["MAX_ID", "KbsKeyMaterial", "ServiceContext", "sha256_hex"]
+
+#: Longest session id, audit subject or other identifier the core accepts (characters).
+MAX_ID = 256
+
+
+class KbsKeyMaterial(Protocol):
+    """The KBS keys the service uses (:class:`teeflow.kbs.service.identity.KbsKeys` fits)."""
+
+    @property
+    def hpke(self) -> X25519PrivateKey: ...  # data keys are wrapped to it
+    @property
+    def ca(self) -> FederationCA: ...  # issues workload certificates
+    @property
+    def ear(self) -> ECKey: ...  # signs EAR tokens (P-256)
+    @property
+    def audit(self) -> Ed25519PrivateKey: ...  # signs audit entries
+
+
+def sha256_hex(data: bytes) -> str:
+    """Lower-case hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class ServiceContext:
+    """What every part of the KBS core shares.
+
+    The arguments are :class:`~teeflow.kbs.service.core.KbsService`'s.
+
+    Raises:
+        KbsError: non-positive ``nonce_ttl``/``token_ttl`` or a negative ``agreement_refresh``.
+    """
+
+    def __init__(
+        self,
+        store: KbsStore,
+        keys: KbsKeyMaterial,
+        *,
+        clock: Callable[[], datetime],
+        rng: Callable[[int], bytes] = os.urandom,
+        anchors: Sequence[TrustAnchor],
+        collateral: CollateralProvider,
+        nonce_ttl: timedelta = timedelta(seconds=60),
+        token_ttl: timedelta = timedelta(minutes=5),
+        logger: logging.Logger | None = None,
+        default_role: str | None = None,
+        snp_endorsements: SnpEndorsementProvider | None = None,
+        agreement_refresh: timedelta = timedelta(seconds=1),
+    ) -> None:
+        if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
+            raise KbsError("nonce_ttl and token_ttl must be positive")
+        if agreement_refresh < timedelta(0):
+            raise KbsError("agreement_refresh must not be negative")
+        self.store = store
+        self.keys = keys
+        self.clock = clock
+        self.rng = rng
+        self.anchors = tuple(anchors)
+        self.collateral = collateral
+        self.snp_endorsements = snp_endorsements
+        self.nonce_ttl = nonce_ttl
+        self.token_ttl = token_ttl
+        self.log = logger if logger is not None else logging.getLogger("teeflow.kbs.service")
+        self.default_role = default_role
+        self.audit = AuditLog(store, keys.audit, self.now)
+        self.ear_public = ECKey.import_key(keys.ear.as_dict(private=False))
+        self._agreement_cache: tuple[bytes, SignedAgreement, float] | None = None
+        self.agreement_max_age = agreement_refresh.total_seconds()
+        self.tokens = TokenCache()
+        self.grants = GrantCache()
+        self.known = ResourceViews()
+
+    def forget_agreement(self) -> None:
+        """Drop this process's copy of the agreement (the next hot-path read re-reads it)."""
+        self._agreement_cache = None
+
+    def now(self) -> datetime:
+        """The injected clock's time in UTC.
+
+        Raises:
+            KbsError: the clock returned a naive datetime.
+        """
+        now = self.clock()
+        if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
+            raise KbsError("the KBS clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def storage(self, *expected: type[StorageError]) -> Iterator[None]:
+        """Map storage failures to problems, except the ``expected`` ones the caller handles."""
+        passthrough: tuple[type[BaseException], ...] = (KbsProblem, *expected)
+        try:
+            yield
+        except passthrough:
+            raise
+        except StorageInputError as exc:
+            raise InvalidRequest(str(exc)) from None
+        except (StorageError, AuditError) as exc:
+            self.log.error("KBS store failure: %s", type(exc).__name__)
+            raise ServiceUnavailable() from None
+
+    def record(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        reasons: Sequence[str] = (),
+        data: dict[str, Any] | None = None,
+    ) -> AuditEntry:
+        build = self.builder(kind, subject, decision, reasons, data)
+        try:
+            return self.store.append_audit_built(build)
+        except (StorageError, AuditError) as exc:
+            self.log.error("audit append failed: %s", type(exc).__name__)
+            raise ServiceUnavailable() from None
+
+    def builder(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        reasons: Sequence[str] = (),
+        data: dict[str, Any] | None = None,
+    ) -> AuditBuilder:
+        """An audit entry builder (validated now) for the store's audited writes."""
+        subject = subject[:MAX_ID] or "-"
+        reasons = [r[:1024] for r in list(reasons)[:64]]
+        try:
+            return self.audit.builder(kind, subject, decision, reasons, data)
+        except AuditError as exc:
+            self.log.error("audit entry refused: %s", type(exc).__name__)
+            raise ServiceUnavailable() from None
+
+    def deny(
+        self,
+        problem: type[KbsProblem],
+        kind: str,
+        subject: str,
+        reasons: Sequence[str],
+        data: dict[str, Any] | None = None,
+        *,
+        detail: str | None = None,
+    ) -> NoReturn:
+        self.record(kind, subject, "deny", reasons, data)
+        self.log.info("%s %s denied: %s", kind, subject[:64], "; ".join(reasons)[:512])
+        raise problem(detail, list(reasons))
+
+    # -- agreements -------------------------------------------------------------------------
+
+    def current(self, max_age: float = 0.0) -> tuple[SignedAgreement, bytes] | None:
+        """The active agreement and its digest: read from the store, or - on the hot paths,
+        ``max_age > 0`` - the copy this process read (or accepted) less than ``max_age``
+        seconds ago. Releases and token bindings re-check the digest inside their store
+        transaction, so a stale copy can only make them fail, never succeed."""
+        cached = self._agreement_cache
+        if cached is not None and max_age > 0 and time.monotonic() - cached[2] < max_age:
+            return cached[1], cached[0]
+        with self.storage():
+            record = self.store.current_agreement()
+        if record is None:
+            return None
+        fetched = time.monotonic()
+        if cached is not None and cached[0] == record.digest:
+            self._agreement_cache = (record.digest, cached[1], fetched)
+            return cached[1], record.digest
+        try:
+            signed = SignedAgreement.model_validate_json(record.document)
+        except ValidationError:
+            self.log.error("stored agreement version %d does not parse", record.version)
+            raise ServiceUnavailable() from None
+        self._agreement_cache = (record.digest, signed, fetched)
+        return signed, record.digest
