@@ -35,6 +35,7 @@ demo: $(VENV)/.installed
 
 lint: install-dev
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: install-dev
 	$(BIN)/mypy

@@ -17,6 +17,7 @@ from teeflow.kbs.policy.agreement import (
     digest,
 )
 from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.signature_files import load_signed
 from teeflow.kbs.policy.signing import (
     verify_initial,
     verify_update,
@@ -136,7 +137,7 @@ def test_sign_show_happy_path(federation: Path) -> None:
     assert digest(a).hex() in out
     assert "complete: acceptable as signed" in out
     assert "allow_emulated  false" in out
-    assert verify_initial(agreement_cmds.load_signed(federation)) == digest(a)
+    assert verify_initial(load_signed(federation)) == digest(a)
 
 
 def test_show_allow_emulated_loudly(federation: Path) -> None:
@@ -167,7 +168,7 @@ def test_stale_signatures_dropped(federation: Path) -> None:
     federation.write_text(yaml.safe_dump(doc))
     assert "STALE" in run("agreement", "show", federation)
     with pytest.raises(VerificationError):
-        agreement_cmds.load_signed(federation)
+        load_signed(federation)
     out = run("agreement", "sign", federation, "--party", "bob")
     assert "1 of 3 signed" in out
     sigs = json.loads(federation.with_name("agreement.yaml.sigs.json").read_text())
@@ -217,7 +218,7 @@ def test_update_diff_and_previous(federation: Path, tmp_path: Path) -> None:
     assert "INCOMPLETE" in run("agreement", "show", new, "--previous", federation)
     run("agreement", "sign", new, "--party", "carol")
     assert "complete" in run("agreement", "show", new, "--previous", federation)
-    verify_update(agreement_cmds.load_signed(new), agreement_cmds.load_signed(federation))
+    verify_update(load_signed(new), load_signed(federation))
 
 
 def test_diff_agreements_function(federation: Path) -> None:

@@ -51,13 +51,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Submit FILE with its signatures to the verified KBS."""
-        from teeflow.cli.agreement_cmds import load_signed
         from teeflow.kbs.client.pinning import (
             default_pin_path,
         )
         from teeflow.kbs.client.sdk import (
             KbsClient,
         )
+        from teeflow.kbs.policy.signature_files import load_signed
 
         pin_path = pin if pin is not None else default_pin_path()
         if not pin_path.is_file():

@@ -369,8 +369,8 @@ def _run(
             d.append(f"TLS key sha256 {pin.tls_spki_sha256[:16]}…")
             files["KBS pin"] = str(pin_path)
         with step(f"agreement submitted; package sealed and published by {parties[0]}") as d:
-            from teeflow.cli.agreement_cmds import load_signed
             from teeflow.fl.publish import publish_package
+            from teeflow.kbs.policy.signature_files import load_signed
 
             with KbsClient(None, pin) as owner:
                 owner.submit_agreement(load_signed(agreement_path))

@@ -155,12 +155,12 @@ def write_agreement(
     Raises:
         ParseError: invalid agreement (cannot happen for valid keys and digests).
     """
-    from teeflow.cli.agreement_cmds import SignatureFile, signature_path
     from teeflow.fl.workload import fl_measurement
     from teeflow.kbs.policy.agreement import (
         FederationAgreement,
         digest,
     )
+    from teeflow.kbs.policy.signature_files import SignatureFile, signature_path
     from teeflow.kbs.policy.signing import (
         sign_agreement,
     )
