@@ -49,11 +49,9 @@ __all__ = [
     "SealedHeader",
     "parse_header",
     "seal",
-    "seal_file",
     "seal_into",
     "sealed_size",
     "unseal",
-    "unseal_file",
     "unseal_into",
     "unsealed_size",
 ]
@@ -319,7 +317,3 @@ def unseal(blob: bytes | bytearray | memoryview, key: bytes, *, aad: bytes = b""
         unseal_into(blob, key, view, aad=aad)
     return buf.getvalue()
 
-
-# Re-export of the streaming functions. Imported last because teeflow.sealing.stream
-# imports the header helpers above from this module.
-from teeflow.sealing.stream import seal_file, unseal_file  # noqa: E402
