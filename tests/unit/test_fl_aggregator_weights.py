@@ -1,7 +1,8 @@
 """The aggregator's update weights and federated evaluation against a lying client (P).
 
-The aggregator runs here without network: a fake hub hands it finished tasks, as the gRPC
-transport would. Attacks:
+:class:`~teeflow.fl.collect.ResultCollector` (and the aggregator's evaluation around it) run
+here without network: a fake hub hands them finished tasks, as the gRPC transport would.
+Attacks:
 
 * a client reports ``num_examples = 10**9`` to dominate FedAvg: its weight is clipped to the
   agreement's cap (``fl.max_examples_per_party`` / ``fl.max_examples``), the clipping is
@@ -22,8 +23,9 @@ import numpy as np
 import pytest
 
 from teeflow.errors import FLError
-from teeflow.fl.aggregator import Aggregator, AggregatorOptions, _Tally
+from teeflow.fl.aggregator import Aggregator, AggregatorOptions
 from teeflow.fl.arrays import encode_arrays
+from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.strategy import EvaluateResult, make_strategy
 from teeflow.fl.strategy.base import validate_evaluate_result
 from teeflow.fl.transport.hub import TaskOutcome
@@ -86,9 +88,18 @@ def aggregator(tmp_path: Path, fl: dict[str, Any], outcomes: dict[str, TaskOutco
     )
     agg.agreement = agreement(fl)
     agg.hub = FakeHub(outcomes)  # type: ignore[assignment]
+    agg.collect = ResultCollector(agg.hub, agg.agreement.fl, lambda e, f: events.append((e, f)))
     agg.global_arrays = GLOBAL
     agg.strategy = make_strategy("fedavg", min_fit_clients=2, min_evaluate_clients=1)
     return agg, events
+
+
+def fold(agg: Aggregator, tally: RoundTally) -> Any:
+    """One FedAvg round over every connected client's outcome."""
+    agg.strategy.configure_train(1, GLOBAL, agg.hub.connected())
+    handles = [agg.hub.submit(p) for p in agg.hub.connected()]
+    updates = agg.collect.updates(1, handles, 0.0, GLOBAL, tally)
+    return agg.strategy.aggregate_train(1, updates)[0]
 
 
 def train(party: str, value: float, n: int) -> TaskOutcome:
@@ -101,10 +112,8 @@ def test_inflated_num_examples_is_clipped_to_the_agreed_cap(tmp_path: Path) -> N
     train on 100 examples each) the aggregate is the plain mean, not mallory's model."""
     outcomes = {"alice": train("alice", 0.0, 100), "mallory": train("mallory", 1.0, 10**9)}
     agg, events = aggregator(tmp_path, {"max_examples": 100}, outcomes)
-    agg.strategy.configure_train(1, GLOBAL, agg.hub.connected())
-    tally = _Tally()
-    handles = [agg.hub.submit(p) for p in agg.hub.connected()]
-    new_global, _ = agg.strategy.aggregate_train(1, agg._updates(1, handles, 0.0, tally))
+    tally = RoundTally()
+    new_global = fold(agg, tally)
     np.testing.assert_allclose(new_global["w"], 0.5)  # unclipped: 1 - 1e-7
     assert tally.weights == {"alice": 100, "mallory": 100}
     assert tally.clipped == {"mallory"}
@@ -118,9 +127,8 @@ def test_per_party_cap_overrides_the_global_cap(tmp_path: Path) -> None:
     outcomes = {"alice": train("alice", 0.0, 300), "mallory": train("mallory", 1.0, 10**9)}
     fl = {"max_examples": 10, "max_examples_per_party": {"alice": 300, "mallory": 100}}
     agg, _ = aggregator(tmp_path, fl, outcomes)
-    tally = _Tally()
-    handles = [agg.hub.submit(p) for p in agg.hub.connected()]
-    new_global, _ = agg.strategy.aggregate_train(1, agg._updates(1, handles, 0.0, tally))
+    tally = RoundTally()
+    new_global = fold(agg, tally)
     np.testing.assert_allclose(new_global["w"], 0.25)  # 100 / (300 + 100)
     assert tally.weights == {"alice": 300, "mallory": 100} and tally.clipped == {"mallory"}
 
@@ -128,9 +136,8 @@ def test_per_party_cap_overrides_the_global_cap(tmp_path: Path) -> None:
 def test_without_a_cap_weights_are_as_reported(tmp_path: Path) -> None:
     outcomes = {"alice": train("alice", 0.0, 100), "bob": train("bob", 1.0, 300)}
     agg, events = aggregator(tmp_path, {}, outcomes)
-    tally = _Tally()
-    handles = [agg.hub.submit(p) for p in agg.hub.connected()]
-    new_global, _ = agg.strategy.aggregate_train(1, agg._updates(1, handles, 0.0, tally))
+    tally = RoundTally()
+    new_global = fold(agg, tally)
     np.testing.assert_allclose(new_global["w"], 0.75)
     assert not tally.clipped and not [e for e, _ in events if e == "weight-clipped"]
 

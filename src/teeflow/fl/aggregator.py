@@ -30,16 +30,14 @@ round 0.
 **Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
-fails or misses the round deadline is dropped from the round. Each update weighs its client's
-``num_examples`` *clipped* to the agreement's cap (``fl.max_examples_per_party`` /
-``fl.max_examples``): a clipped update still counts, at the cap, and the clipping is reported
-(``weight-clipped``) and recorded in the round's provenance entry (``weights``, ``clipped``).
-Fewer than ``min_clients`` updates: the round is retried once, then the session fails with
-:class:`~teeflow.errors.FLError`. Then federated evaluation (best effort: a malformed result
-is dropped alone, the others are aggregated, counts clipped the same way), then the commit:
-provenance ``round`` entry, sealed checkpoint, KBS counter compare-and-increment to ``r``
-bound to the model digest. After the last round the
-``final`` entry is appended and the model is sealed to the recipients (:mod:`teeflow.fl.outputs`).
+fails or misses the round deadline is dropped from the round; each update weighs its
+client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
+in the round's provenance entry). Fewer than ``min_clients`` updates: the round is retried
+once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated evaluation
+(best effort, each result checked alone), then the commit: provenance ``round`` entry, sealed
+checkpoint, KBS counter compare-and-increment to ``r`` bound to the model digest. After the
+last round the ``final`` entry is appended and the model is sealed to the recipients
+(:mod:`teeflow.fl.outputs`).
 
 Progress goes to ``emit(event, fields)`` (the CLI prints JSON lines; :mod:`teeflow.fl.session`
 reads them). This module never imports torch (``tests`` check ``sys.modules``).
@@ -50,7 +48,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,19 +64,15 @@ from teeflow.fl.arrays import (
     encode_arrays,
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
+from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import ClientRecord, save_provenance
 from teeflow.fl.provenance_log import ProvenanceLog
 from teeflow.fl.publish import choose_package, fetch_resource
-from teeflow.fl.strategy import EvaluateResult, FitResult, make_strategy, validate_fit_result
-from teeflow.fl.strategy.base import (
-    Config,
-    Metrics,
-    validate_evaluate_result,
-    weighted_metrics,
-)
+from teeflow.fl.strategy import EvaluateResult, make_strategy
+from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
 from teeflow.fl.workload import (
     AggregatorResult,
@@ -135,15 +129,6 @@ class AggregatorOptions:
     seed: int = 0
     manifest: Path | None = None
     max_clients: int = 64
-
-
-@dataclass
-class _Tally:
-    """What a round's accepted updates contributed: digest, FedAvg weight, clipped parties."""
-
-    digests: dict[str, bytes] = field(default_factory=dict)
-    weights: dict[str, int] = field(default_factory=dict)
-    clipped: set[str] = field(default_factory=set)
 
 
 class Aggregator:
@@ -265,6 +250,7 @@ class Aggregator:
             sealed_package=sealed_package,
             on_event=lambda event, fields: self.emit(event, **fields),
         )
+        self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
         host, port = parse_listen(o.listen)
         server = TransportServer(
             self.hub,
@@ -431,10 +417,10 @@ class Aggregator:
                     measurements[ins.client] = ident.measurement
             self.emit("round-start", round=r, attempt=attempt, selected=[h.party for h in handles])
             deadline = time.monotonic() + o.round_timeout
-            tally = _Tally()
+            tally = RoundTally()
             try:
                 new_global, fit_metrics = self.strategy.aggregate_train(
-                    r, self._updates(r, handles, deadline, tally)
+                    r, self.collect.updates(r, handles, deadline, self.global_arrays, tally)
                 )
             except FLError as exc:
                 for h in handles:
@@ -470,95 +456,27 @@ class Aggregator:
         del global_bytes, new_global, fit_metrics
         trim_heap()  # the round's models, updates and messages are garbage now
 
-    def _weight(self, r: int, party: str, reported: int, stage: str) -> tuple[int, bool]:
-        """``(weight, clipped)``: ``reported`` clipped to the agreement's cap for ``party``
-        (``fl.max_examples_per_party`` / ``fl.max_examples``); a clipping is reported."""
-        cap = self.agreement.fl.cap(party)
-        if cap is None or reported <= cap:
-            return reported, False
-        self.emit("weight-clipped", round=r, party=party, stage=stage, reported=reported, cap=cap)
-        return cap, True
-
-    def _updates(
-        self, r: int, handles: list[TaskHandle], deadline: float, tally: _Tally
-    ) -> Iterator[FitResult]:
-        """The round's valid updates as they arrive, each weighted by its client's
-        ``num_examples`` clipped to the agreement's cap (recorded in ``tally``)."""
-        reported: set[str] = set()
-        for handle in self.hub.as_completed(handles, deadline):
-            try:
-                out = handle.outcome()
-                assert out.arrays is not None and out.arrays_sha256 is not None
-                result = FitResult(
-                    out.party, decode_arrays(out.arrays), out.num_examples, out.metrics
-                )
-                validate_fit_result(result, self.global_arrays)
-            except (FLError, ParseError, AssertionError) as exc:
-                reported.add(handle.party)
-                self.emit("client-dropped", round=r, party=handle.party, reason=str(exc)[:300])
-                continue
-            weight, was_clipped = self._weight(r, out.party, result.num_examples, "train")
-            if was_clipped:
-                tally.clipped.add(out.party)
-                result = FitResult(out.party, result.arrays, weight, result.metrics)
-            tally.digests[out.party] = out.arrays_sha256
-            tally.weights[out.party] = weight
-            yield result
-        for h in handles:  # abandoned at the deadline
-            if h.party not in tally.digests and h.party not in reported:
-                self.emit("client-dropped", round=r, party=h.party, reason="missed the deadline")
-
     def _evaluate(self, r: int, arrays: ArrayDict) -> Metrics:
+        """Federated evaluation of ``arrays`` (best effort; :meth:`ResultCollector.evaluate`):
+        round 0 by every connected client, later rounds by the strategy's choice."""
         clients = self.hub.connected()
         try:
             if r == 0:
-                parties = clients
                 config: Config = {**(self.o.evaluate_config or self.o.train_config), "round": 0}
-                configs = {p: config for p in parties}
+                configs = {p: config for p in clients}
             else:
                 ins = self.strategy.configure_evaluate(r, arrays, clients)
                 configs = {i.client: i.config for i in ins}
         except FLError as exc:
             self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
             return {}
-        data = encode_arrays(arrays)
-        handles = []
-        for party, cfg in configs.items():
-            try:
-                handles.append(
-                    self.hub.submit(
-                        party,
-                        pb.TASK_KIND_EVALUATE,
-                        r,
-                        cfg,
-                        data,
-                        deadline_seconds=self.o.round_timeout,
-                    )
-                )
-            except FLError:
-                continue
-        results = []
-        for h in self.hub.as_completed(handles, time.monotonic() + self.o.round_timeout):
-            try:
-                out = h.outcome()
-                result = EvaluateResult(out.party, out.num_examples, out.metrics)
-                validate_evaluate_result(result)
-            except FLError as exc:
-                # one bad result drops that result only: evaluation goes on with the others
-                self.emit("client-dropped", round=r, party=h.party, reason=str(exc)[:300])
-                continue
-            weight, _ = self._weight(r, out.party, result.num_examples, "evaluate")
-            results.append(EvaluateResult(out.party, weight, result.metrics))
-        try:
-            agg = (
-                weighted_metrics((e.num_examples, e.metrics) for e in results)
-                if r == 0
-                else self.strategy.aggregate_evaluate(r, results)
-            )
-        except FLError as exc:
-            self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
-            return {}
-        return {f"eval_{k}": v for k, v in agg.items()}
+
+        def aggregate(results: list[EvaluateResult]) -> Metrics:
+            if r == 0:
+                return weighted_metrics((e.num_examples, e.metrics) for e in results)
+            return self.strategy.aggregate_evaluate(r, results)
+
+        return self.collect.evaluate(r, arrays, configs, self.o.round_timeout, aggregate)
 
     def _commit(self, r: int, arrays: ArrayDict) -> None:
         ckpt = Checkpoint(
