@@ -50,7 +50,7 @@ _TARGETS: dict[str, list[tuple[str, str]]] = {
         ("unpack_package", "sealing"),  # digest check of the opened archive
     ],
     "teeflow.fl.checkpoint": [("CheckpointStore.load", "sealing")],
-    "teeflow.fl.provenance": [
+    "teeflow.fl.provenance_log": [
         ("ProvenanceLog.start", "provenance"),
         ("ProvenanceLog.record_round", "provenance"),
         ("ProvenanceLog.finish", "provenance"),

@@ -144,6 +144,8 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     assert s["kbs_audit"]["counter_increments"] == 2
     for key in ("agreement", "KBS pin", "sealed model", "provenance log", "opened model"):
         assert Path(s["files"][key]).is_file(), key
+    opened = Path(s["files"]["opened model"])
+    assert opened.stat().st_mode & 0o777 == 0o600  # plaintext model: owner only
     agreement = Path(s["files"]["agreement"]).read_text()
     assert "allow_emulated: true" in agreement and "EMULATED TEE" in agreement
     commands = " ".join(c["command"] for c in s["commands"])

@@ -8,10 +8,13 @@ the tests below assert one property each:
    against the listening aggregator (a certificate for alice that says "bob", a self-signed
    certificate, the Status RPC); meanwhile a client with a tampered package and a client with
    the wrong measurement fail;
-2. run 2: ``--rounds 2`` resumes from the round-1 checkpoint; carol is frozen once connected
-   and killed when round 2 starts — the round completes with alice and bob;
+2. run 2: ``--rounds 2`` resumes from the round-1 checkpoint (a new aggregator instance: new
+   attested key, hand-over entry in the provenance log); carol is frozen once connected and
+   killed when round 2 starts — the round completes with alice and bob;
 3. run 3: ``--rounds 3`` on a copy of the round-1 checkpoint — refused (rollback);
-4. the model and provenance of run 2 verify; alice opens the model.
+4. the model and provenance of run 2 verify (both aggregator instances' certificates); alice
+   opens the model; the checkpoint files hold no private key (opened with the key an attested
+   aggregator obtains - the only way to open them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from fl_helpers import EXAMPLE, TRAIN_CONFIG, Fed, federation, write_manifest
 
 from teeflow.errors import FLError, VerificationError
 from teeflow.fl.arrays import arrays_digest
+from teeflow.fl.checkpoint import checkpoint_aad, decode_checkpoint
 from teeflow.fl.outputs import open_model, verify_model
 from teeflow.fl.package import build_package
 from teeflow.fl.provenance import load_provenance
@@ -42,14 +46,21 @@ from teeflow.fl.session import LocalFederation
 from teeflow.fl.transport.client import AggregatorStream, RefusedByAggregator
 from teeflow.fl.transport.framing import TransportError
 from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.policy.generated import checkpoint_key_path
 from teeflow.platform.emulated import EmulatedSgx
-from teeflow.sealing import seal
+from teeflow.sealing import seal, unseal
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow
 
 PARTIES = ("alice", "bob", "carol")
+#: PEM labels and the DER prefixes of PKCS#8 / SEC1 EC private keys (RFC 5208, RFC 5915)
+PRIVATE_KEY_MARKERS = (
+    b"PRIVATE KEY",
+    bytes.fromhex("020100301306072a8648ce3d0201"),  # PKCS#8: version 0, id-ecPublicKey
+    bytes.fromhex("30770201010420"),  # SEC1 ECPrivateKey for P-256
+)
 WAIT = 120.0  # bound on every wait (seconds): never reached on a healthy run
 
 
@@ -293,10 +304,15 @@ def test_provenance_verifies_and_the_model_opens(runs: Runs) -> None:
     )
     assert checked.rounds == 2 and checked.header.arrays_digest == done["digest"]
     entries = load_provenance(prov)
-    assert [e.kind for e in entries] == ["session-start", "round", "round", "final"]
+    assert [e.kind for e in entries] == ["session-start", "round", "handover", "round", "final"]
     assert {c.party for c in entries[1].clients} == set(PARTIES)
-    assert {c.party for c in entries[2].clients} == {"alice", "bob"}
-    assert all(c.measurement == runs.fed.client_measurement for c in entries[2].clients)
+    assert {c.party for c in entries[3].clients} == {"alice", "bob"}
+    assert all(c.measurement == runs.fed.client_measurement for c in entries[3].clients)
+    # the restart: a new instance, its own certificate; both certified by the federation CA
+    assert checked.handovers == 1 and entries[2].round == 1
+    assert entries[2].aggregator_certificate != entries[0].aggregator_certificate
+    resumed = [(e["round"], e["entry"]) for e in runs.run2_events if e["event"] == "handover"]
+    assert resumed == [(1, 3)]
     arrays = open_model(model, runs.fed.keys["alice"])
     assert arrays_digest(arrays).hex() == done["digest"]
     with pytest.raises(FLError, match="not a recipient"):
@@ -306,6 +322,28 @@ def test_provenance_verifies_and_the_model_opens(runs: Runs) -> None:
     short.write_text("".join(line + "\n" for line in prov.read_text().splitlines()[:-1]))
     with pytest.raises(VerificationError):
         verify_model(model, short, runs.fed.pin.ca())
+
+
+def test_checkpoints_hold_no_private_key(runs: Runs) -> None:
+    """Attack (P/H): a checkpoint used to carry the aggregator's provenance key. Open both
+    checkpoint files (round 1 and round 2) with the key an attested aggregator gets and scan
+    the plaintext for any private key encoding."""
+    fed = runs.fed
+    platform = EmulatedSgx(manifest=WorkloadManifest.load(fed.aggregator_manifest))
+    path = checkpoint_key_path("study-1")
+    with KbsClient(None, fed.pin, platform) as kbs:
+        kbs.attest(
+            "aggregator",
+            {"package_digest": fed.published.digest, "resources": [path], "recipients": ["alice"]},
+        )
+        key = kbs.get_resource(path)
+    for name in ("round1.checkpoint", "agg-state/study-1.checkpoint"):
+        blob = (fed.tmp / name).read_bytes()
+        plain = unseal(blob, key, aad=checkpoint_aad("study-1"))
+        ckpt = decode_checkpoint(plain)
+        assert ckpt.round in (1, 2)
+        for marker in PRIVATE_KEY_MARKERS:
+            assert marker not in plain, (name, marker)
 
 
 def test_kbs_audit_shows_each_workload_attestation(runs: Runs) -> None:

@@ -214,6 +214,11 @@ def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
         (("parties",), {}, "parties"),
         (("workloads", "client", "tdx"), {"xfam": "00" * 8}, "set mrtd and/or an rtmr"),
         (("workloads", "client", "snp"), {"measurement": []}, "measurement"),
+        (("fl",), {"max_examples_per_party": {"zed": 5}}, "fl.max_examples_per_party: zed"),
+        (("fl",), {"max_examples": 0}, "max_examples"),
+        (("fl",), {"max_examples": 2**53}, "max_examples"),
+        (("fl",), {"max_examples_per_party": {"alice": -1}}, "max_examples_per_party"),
+        (("fl",), {"max_weight": 5}, "max_weight"),
     ],
 )
 def test_validation_errors(
@@ -225,6 +230,16 @@ def test_validation_errors(
     with pytest.raises(ParseError) as exc:
         FederationAgreement.from_mapping(doc)
     assert needle in str(exc.value)
+
+
+def test_fl_example_caps(keys: dict[str, PartyKeys]) -> None:
+    default = make(keys)
+    assert default.fl.cap("alice") is None
+    doc = make_doc(keys)
+    doc["fl"] = {"max_examples": 1000, "max_examples_per_party": {"bob": 50}}
+    capped = FederationAgreement.from_mapping(doc)
+    assert (capped.fl.cap("alice"), capped.fl.cap("bob")) == (1000, 50)
+    assert digest(capped) != digest(default)  # the caps are part of what the parties sign
 
 
 def test_every_problem_reported_at_once(keys: dict[str, PartyKeys]) -> None:

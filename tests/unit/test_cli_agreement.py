@@ -147,6 +147,15 @@ def test_show_allow_emulated_loudly(federation: Path) -> None:
     assert "!!! allow_emulated: TRUE" in run("agreement", "show", federation)
 
 
+def test_show_fl_weight_caps(federation: Path) -> None:
+    assert "fl weights  unbounded" in run("agreement", "show", federation)
+    doc = yaml.safe_load(federation.read_text())
+    doc["fl"] = {"max_examples": 600, "max_examples_per_party": {PARTIES[0]: 50}}
+    federation.write_text(yaml.safe_dump(doc))
+    out = run("agreement", "show", federation)
+    assert f"num_examples clipped to 600 (per party: {PARTIES[0]}=50)" in out
+
+
 def test_sign_refusals(federation: Path, tmp_path: Path, teeflow_home: Path) -> None:
     run("party", "keygen", "dave")
     assert isinstance(invoke_error("agreement", "sign", federation, "--party", "dave"), KbsError)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from teeflow.errors import FLError, ParseError, SealingError
 from teeflow.fl.arrays import encode_arrays
@@ -30,18 +29,12 @@ KEY = generate_key()
 
 
 def ckpt(round: int, session: str = "s1", value: float = 0.0) -> Checkpoint:
-    key = ec.generate_private_key(ec.SECP256R1())
     return Checkpoint(
         session=session,
         round=round,
         arrays=encode_arrays({"w": np.full((3, 2), value + round, np.float32)}),
         strategy_state=encode_arrays({}),
         provenance=(),
-        signing_key_pem=key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
         agreement_digest="ab" * 32,
         package_digest="cd" * 32,
         metrics=({"eval_accuracy": 0.5},),
@@ -81,6 +74,30 @@ def test_malformed_plaintext_is_a_parse_error(cut: int) -> None:
     raw = encode_checkpoint(ckpt(1))
     with pytest.raises(ParseError):
         decode_checkpoint(raw[:cut] if cut >= 0 else raw + b"x")
+
+
+def _with_header(raw: bytes, change: dict, magic: bytes | None = None) -> bytes:
+    n = int.from_bytes(raw[8:12], "big")
+    header = json.loads(raw[12 : 12 + n])
+    header.update(change)
+    new = json.dumps(header).encode()
+    return (magic or raw[:8]) + len(new).to_bytes(4, "big") + new + raw[12 + n :]
+
+
+def test_a_checkpoint_holds_no_key_section() -> None:
+    """Attack (P/H): version-1 checkpoints carried the provenance signing key; a key section,
+    or a version-1 file, is refused now."""
+    raw = encode_checkpoint(ckpt(1))
+    assert b"PRIVATE KEY" not in raw
+    n = int.from_bytes(raw[8:12], "big")
+    assert set(json.loads(raw[12 : 12 + n])["sizes"]) == {"arrays", "state", "provenance"}
+    pem = b"-----BEGIN PRIVATE KEY-----\nMIGHAgEA\n-----END PRIVATE KEY-----\n"
+    sizes = json.loads(raw[12 : 12 + n])["sizes"]
+    with pytest.raises(ParseError, match="exactly arrays, state, provenance"):
+        decode_checkpoint(_with_header(raw, {"sizes": {**sizes, "key": len(pem)}}) + pem)
+    old = _with_header(raw, {"format": "teeflow-checkpoint/1"}, magic=b"TFCKPT\x00\x01")
+    with pytest.raises(ParseError, match="magic"):
+        decode_checkpoint(old)
 
 
 def test_arrays_digest_is_checked() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from teeflow.cli import fl_cmds
 from teeflow.errors import FLError, ParseError, SealingError, VerificationError
 from teeflow.fl.arrays import arrays_digest, encode_arrays
 from teeflow.fl.outputs import open_model, read_model_header, seal_model, verify_model
-from teeflow.fl.provenance import ProvenanceError, ProvenanceLog, save_provenance
+from teeflow.fl.provenance import ProvenanceError, save_provenance
+from teeflow.fl.provenance_log import ProvenanceLog
 from teeflow.kbs.ca.authority import FederationCA, WorkloadIdentity
 from teeflow.kbs.policy.parties import PartyKeys
 
@@ -157,6 +159,11 @@ def test_cli_verify_and_open(
     from teeflow.fl.arrays import decode_arrays
 
     assert arrays_digest(decode_arrays(target.read_bytes())) == arrays_digest(ARRAYS)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600  # plaintext: owner only
+    target.chmod(0o644)  # an existing world-readable file is replaced by a 0600 one
+    out = runner.invoke(app, ["model", "open", str(model), "--party", "alice", "-o", str(target)])
+    assert out.exit_code == 0, out.output
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
     prov.write_text(prov.read_text().replace('"eval_accuracy":0.9', '"eval_accuracy":0.99'))
     out = runner.invoke(app, ["model", "verify", str(model), str(prov), "--ca", str(ca_pem)])
     assert out.exit_code != 0 and isinstance(out.exception, VerificationError)
@@ -181,3 +188,128 @@ def test_package_build_is_deterministic(tmp_path: Path) -> None:
         outs.append(result.output.split()[0])
     assert outs[0] == outs[1] and len(outs[0]) == 64
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
+# -- forged provenance and aggregator restarts ------------------------------------------------
+
+
+def _cert(
+    ca: FederationCA,
+    key: ec.EllipticCurvePrivateKey,
+    role: str = "aggregator",
+    measurement: str = MEASUREMENT,
+) -> str:
+    ident = WorkloadIdentity(
+        role=role,
+        party="bob" if role == "client" else None,
+        measurement=measurement,
+        agreement_digest=AGREEMENT,
+        tee="emulated-sgx",
+        emulated=True,
+    )
+    cert = ca.issue(key.public_key(), ident, now=datetime.now(UTC))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _signed_log(key: ec.EllipticCurvePrivateKey, cert_pem: str, final: dict) -> list:
+    """A complete one-round log for ``final`` signed by ``key`` under ``cert_pem``."""
+    log = ProvenanceLog(key)
+    log.start(
+        session="s1",
+        agreement_digest=AGREEMENT,
+        aggregator_measurement=MEASUREMENT,
+        aggregator_certificate=cert_pem,
+        package_digest="ef" * 32,
+        initial_digest=arrays_digest({k: np.zeros_like(v) for k, v in ARRAYS.items()}),
+    )
+    log.record_round(
+        1,
+        clients=[{"party": "alice", "measurement": "12" * 32}],
+        update_digests={"alice": "34" * 32},
+        aggregate_digest=arrays_digest(final),
+    )
+    log.finish()
+    return list(log.entries)
+
+
+def _rechain(entries: list, key: ec.EllipticCurvePrivateKey, cert_pem: str) -> list:
+    """The log with ``cert_pem`` in its session-start entry, every entry re-hashed, re-chained
+    and signed by ``key`` (what a forger holding only ``key`` can produce)."""
+    from cryptography.hazmat.primitives import hashes
+
+    from teeflow.fl.provenance import PROVENANCE_DOMAIN, entry_hash
+    from teeflow.hazmat.ecdsa import der_to_raw_signature
+
+    out: list = []
+    for i, old in enumerate(entries):
+        change = {"prev_hash": out[-1].hash if out else old.prev_hash}
+        if i == 0:
+            change["aggregator_certificate"] = cert_pem
+        e = old.model_copy(update=change)
+        h = entry_hash(e)
+        sig = key.sign(PROVENANCE_DOMAIN + bytes.fromhex(h), ec.ECDSA(hashes.SHA256()))
+        out.append(e.model_copy(update={"hash": h, "signature": der_to_raw_signature(sig).hex()}))
+    return out
+
+
+def test_forged_provenance_signed_by_an_uncertified_key_fails(
+    parties: dict[str, PartyKeys],
+) -> None:
+    """Attack (P): a party forges a model and a provenance log. Whatever key signs it - its own
+    (self-signed or another CA's certificate), a federation *client* certificate it obtained
+    for its own client - ``model verify`` refuses it with the exact reason."""
+    ca = FederationCA.generate("study", now=datetime.now(UTC))
+    evil = {k: v * 0 + 7 for k, v in ARRAYS.items()}
+    forged_model = model_bytes(parties, "alice", arrays=evil)
+    forger = ec.generate_private_key(ec.SECP256R1())
+    other_ca = FederationCA.generate("study", now=datetime.now(UTC))
+    cases = {
+        "another CA": _cert(other_ca, forger),
+        "client role": _cert(ca, forger, role="client"),
+        "unlogged measurement": _cert(ca, forger, measurement="99" * 32),
+    }
+    for label, cert_pem in cases.items():
+        entries = _signed_log(forger, cert_pem, evil)
+        with pytest.raises(
+            ProvenanceError, match=r"^provenance entry 1: aggregator certificate: "
+        ) as info:
+            verify_model(forged_model, entries, ca.certificate)
+        assert info.value.seq == 1, label
+    # the genuine session-start certificate, but entries signed by the forger's key
+    genuine = ec.generate_private_key(ec.SECP256R1())
+    entries = _rechain(_signed_log(forger, _cert(ca, forger), evil), forger, _cert(ca, genuine))
+    with pytest.raises(ProvenanceError, match=r"^provenance entry 1: signature is invalid$"):
+        verify_model(forged_model, entries, ca.certificate)
+
+
+def test_restart_handover_verifies_and_forged_handover_fails(
+    parties: dict[str, PartyKeys],
+) -> None:
+    """An aggregator restart: the new instance's CA-issued certificate takes over the log
+    (hand-over entry) and ``verify_model`` checks each segment's certificate; a hand-over to
+    an uncertified key, or to a federation client certificate, fails at that entry."""
+    ca = FederationCA.generate("study", now=datetime.now(UTC))
+    key1, key2 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    first = _signed_log(key1, _cert(ca, key1), ARRAYS)[:2]  # session-start, round 1
+    final = {k: v + 1 for k, v in ARRAYS.items()}
+    data = model_bytes(parties, "alice", arrays=final)
+
+    def resumed(key: ec.EllipticCurvePrivateKey, cert_pem: str) -> list:
+        log = ProvenanceLog(key, first, certify=lambda c, e: None)
+        log.handover(aggregator_certificate=cert_pem, aggregator_measurement=MEASUREMENT)
+        log.record_round(
+            2,
+            clients=[{"party": "alice", "measurement": "12" * 32}],
+            update_digests={"alice": "56" * 32},
+            aggregate_digest=arrays_digest(final),
+        )
+        log.finish()
+        return list(log.entries)
+
+    checked = verify_model(data, resumed(key2, _cert(ca, key2)), ca.certificate)
+    assert checked.rounds == 2 and checked.handovers == 1 and len(checked.aggregators) == 2
+    forger = ec.generate_private_key(ec.SECP256R1())
+    other_ca = FederationCA.generate("study", now=datetime.now(UTC))
+    for cert_pem in (_cert(other_ca, forger), _cert(ca, forger, role="client")):
+        with pytest.raises(ProvenanceError, match=r"^provenance entry 3: hand-over certificate: "):
+            verify_model(data, resumed(forger, cert_pem), ca.certificate)

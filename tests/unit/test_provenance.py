@@ -19,12 +19,12 @@ from teeflow.fl.provenance import (
     ClientRecord,
     ProvenanceEntry,
     ProvenanceError,
-    ProvenanceLog,
     embedded_certificate,
     entry_hash,
     load_provenance,
     verify_provenance,
 )
+from teeflow.fl.provenance_log import ProvenanceLog
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -116,6 +116,7 @@ def test_valid_log_verifies_with_key_or_certificate(tmp_path: Path) -> None:
 def test_resume_continues_the_chain() -> None:
     partial = build(1, final=False)
     resumed = ProvenanceLog(KEY, partial.entries)
+    assert not resumed.needs_handover  # same key (e.g. a test harness): no hand-over needed
     resumed.record_round(
         2,
         clients=[{"party": "hospital-a", "measurement": "ab" * 32}],
@@ -124,9 +125,12 @@ def test_resume_continues_the_chain() -> None:
     )
     resumed.finish()
     verify_provenance(resumed.entries, CERT, expected_final_digest=d("m2"))
+    # another key (a restarted instance) must hand over before it may append
     other = ec.generate_private_key(ec.SECP256R1())
-    with pytest.raises(ProvenanceError):
-        ProvenanceLog(other, partial.entries)
+    continued = ProvenanceLog(other, partial.entries)
+    assert continued.needs_handover
+    with pytest.raises(FLError, match="append a handover first"):
+        continued.finish()
 
 
 def expect(
@@ -285,3 +289,124 @@ def test_load_is_strict(tmp_path: Path) -> None:
             load_provenance(bad)
     with pytest.raises(ParseError, match="cannot read"):
         load_provenance(tmp_path / "missing.jsonl")
+
+
+# -- hand-overs (an aggregator restart) ----------------------------------------------------
+
+KEY2 = ec.generate_private_key(ec.SECP256R1())
+CERT2 = make_cert(KEY2, "aggregator-2")
+M2 = d("aggregator-v2").hex()
+
+
+def certify_only(*good: x509.Certificate) -> Any:
+    """A stand-in for the federation CA check: accept exactly ``good``."""
+
+    def check(cert: x509.Certificate, entry: ProvenanceEntry) -> None:
+        if cert not in good:
+            raise VerificationError("not issued by the federation CA")
+
+    return check
+
+
+def handed_over(certify: Any = None) -> ProvenanceLog:
+    """Rounds 1 by KEY; restart: hand-over to KEY2 (measurement M2); round 2; final."""
+    first = build(1, final=False)
+    log = ProvenanceLog(KEY2, first.entries, certify=certify or certify_only(CERT2))
+    log.handover(aggregator_certificate=pem(CERT2), aggregator_measurement=M2)
+    log.record_round(
+        2,
+        clients=[{"party": "hospital-a", "measurement": d("client").hex()}],
+        update_digests={"hospital-a": d("u2a")},
+        weights={"hospital-a": 500},
+        aggregate_digest=d("model-2"),
+    )
+    log.finish()
+    return log
+
+
+def test_handover_opens_a_segment_signed_by_the_new_key() -> None:
+    entries = list(handed_over().entries)
+    assert [e.kind for e in entries] == ["session-start", "round", "handover", "round", "final"]
+    h = entries[2]
+    assert h.round == 1 and h.aggregate_digest == d("model-1").hex()
+    assert h.aggregator_measurement == M2 and entries[3].aggregator_measurement == M2
+    certs = verify_provenance(
+        entries, CERT, expected_final_digest=d("model-2"), certify=certify_only(CERT2)
+    )
+    assert certs == (CERT, CERT2)
+    assert entries[3].weights == {"hospital-a": 500}
+
+
+def test_handover_certificates_must_pass_the_ca_check() -> None:
+    """Attack (P): a hand-over to a key the federation CA never certified is refused."""
+    entries = list(handed_over().entries)
+    expect(entries, 3, "hand-over certificate not checked", key=CERT)
+    expect(entries, 3, "hand-over certificate: not issued", key=CERT, certify=certify_only())
+    # a forger appends its own hand-over (self-signed certificate) and a round to a real log
+    forger = ec.generate_private_key(ec.SECP256R1())
+    fake = make_cert(forger, "aggregator")
+    base = list(build(1, final=False).entries)
+    log = ProvenanceLog(forger, base, certify=lambda c, e: None)  # the forger's own checker
+    log.handover(aggregator_certificate=pem(fake), aggregator_measurement=d("aggregator").hex())
+    log.record_round(
+        2,
+        clients=[{"party": "hospital-a", "measurement": d("client").hex()}],
+        update_digests={"hospital-a": d("evil")},
+        aggregate_digest=d("evil-model"),
+    )
+    log.finish()
+    expect(
+        list(log.entries),
+        3,
+        "hand-over certificate: not issued",
+        key=CERT,
+        certify=certify_only(CERT2),
+    )
+
+
+def test_handover_rules() -> None:
+    base = list(handed_over().entries)
+    ok = certify_only(CERT2)
+    # the old key keeps signing after the hand-over
+    forged = [*base[:3], resign(base[3], KEY), *[resign(e, KEY2) for e in base[4:]]]
+    expect(forged, 4, "signature", key=CERT, certify=ok)
+    # hand-over signed by the old key (the new key did not sign it)
+    expect([*base[:2], resign(base[2], KEY), *base[3:]], 3, "signature", key=CERT, certify=ok)
+    bad = {
+        "does not name the certificate": {"handover_from": "00" * 32},
+        "hand-over names round 2": {"round": 2},
+        "last round's aggregate": {"aggregate_digest": d("other").hex()},
+        "needs the aggregator certificate": {"aggregator_certificate": None},
+        "carries no clients": {"clients": (ClientRecord(party="x", measurement="aa" * 32),)},
+        "same key": {"aggregator_certificate": pem(CERT), "handover_from": base[2].handover_from},
+    }
+    for match, change in bad.items():
+        entries = [*base[:2], resign(base[2], KEY2, **change), *base[3:]]
+        expect(entries, 3, match, key=CERT, certify=certify_only(CERT, CERT2))
+    # a measurement change outside a hand-over
+    forged = [*base[:3], resign(base[3], KEY2, aggregator_measurement="22" * 32), *base[4:]]
+    expect(forged, 4, "measurement changed without a hand-over", key=CERT, certify=ok)
+    # no hand-over before any round, none after the final
+    log = ProvenanceLog(KEY2, list(build(0, final=False).entries), certify=ok)
+    with pytest.raises(FLError, match="committed round"):
+        log.handover(aggregator_certificate=pem(CERT2), aggregator_measurement=M2)
+    log = ProvenanceLog(KEY, list(build(1, final=True).entries), certify=ok)
+    with pytest.raises(FLError, match="committed round"):
+        log.handover(aggregator_certificate=pem(CERT2), aggregator_measurement=M2)
+    # the hand-over certificate must be the signing key's
+    log = ProvenanceLog(KEY2, list(build(1, final=False).entries), certify=ok)
+    with pytest.raises(FLError, match="signing key"):
+        log.handover(aggregator_certificate=pem(CERT), aggregator_measurement=M2)
+
+
+def test_round_weight_fields() -> None:
+    base = list(build(1).entries)
+    cases = {
+        "weights must be of aggregated updates": {"weights": {"intruder": 5}},
+        "clipped parties": {"clipped": ("hospital-a",)},
+    }
+    for match, change in cases.items():
+        expect([base[0], resign(base[1], **change), *base[2:]], 2, match)
+    ok = resign(base[1], weights={"hospital-a": 7, "hospital-b": 9}, clipped=("hospital-b",))
+    entries = [base[0], ok, resign(base[2], prev_hash=ok.hash)]
+    verify_provenance(entries, CERT)

@@ -268,6 +268,16 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"package     {name} {pkg.digest} readers={','.join(pkg.readers)}")
         for kind, names in sorted(agreement.outputs.items()):
             typer.echo(f"outputs     {kind}: {', '.join(names) or '-'}")
+        caps = agreement.fl
+        if caps.max_examples is None and not caps.max_examples_per_party:
+            typer.echo("fl weights  unbounded (no fl.max_examples: num_examples used as reported)")
+        else:
+            per = sorted(caps.max_examples_per_party.items())
+            per_party = ", ".join(f"{n}={c}" for n, c in per)
+            typer.echo(
+                f"fl weights  num_examples clipped to {caps.max_examples or '-'}"
+                + (f" (per party: {per_party})" if per_party else "")
+            )
         try:
             if previous is not None:
                 verify_update(signed, load_signed(previous))

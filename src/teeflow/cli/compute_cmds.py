@@ -72,28 +72,46 @@ def read_value_file(path: Path) -> Any:
 
 
 def write_value_file(path: Path, value: Any) -> None:
-    """Write ``value`` to ``path``: ndarray → ``.npy``, dict of arrays → ``.npz``, table →
-    Arrow IPC stream, bytes → raw, other → JSON."""
+    """Write ``value`` to ``path`` with mode 0600 (a decrypted result is plaintext: readable
+    by its owner only), atomically: ndarray → ``.npy``, dict of arrays → ``.npz``, table →
+    Arrow IPC stream, bytes → raw, other → JSON.
+
+    Raises:
+        ParseError: the file cannot be written.
+    """
+    import io
+
     import numpy as np
 
+    from teeflow._fs import atomic_write
+
+    data: bytes
     if isinstance(value, np.ndarray):
-        with path.open("wb") as fh:
-            np.save(fh, value, allow_pickle=False)
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        data = buf.getvalue()
     elif isinstance(value, dict) and value and all(
         isinstance(v, np.ndarray) for v in value.values()
     ):
-        with path.open("wb") as fh:
-            np.savez(fh, **value)
+        buf = io.BytesIO()
+        np.savez(buf, **value)
+        data = buf.getvalue()
     elif isinstance(value, bytes):
-        path.write_bytes(value)
+        data = value
     elif type(value).__module__.startswith("pyarrow"):
         import pyarrow as pa
         import pyarrow.ipc
 
-        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, value.schema) as w:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, value.schema) as w:
             w.write_table(value)
+        data = sink.getvalue().to_pybytes()
     else:
-        path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+        data = (json.dumps(value, indent=2) + "\n").encode("utf-8")
+    try:
+        atomic_write(path, data, mode=0o600)
+    except OSError as exc:
+        raise ParseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _party(name: str, pin: Path | None) -> Any:
@@ -191,7 +209,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("-o", "--output", help="Where to write it.")],
         pin: _PinOpt = None,
     ) -> None:
-        """Verify and open a result this party is a recipient of."""
+        """Verify and open a result this party is a recipient of (written with mode 0600)."""
         from teeflow.compute import ResultRef
 
         ref = ResultRef.from_json(result.read_bytes())

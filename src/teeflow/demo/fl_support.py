@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEMO_MARKER",
+    "DEMO_MAX_EXAMPLES",
     "RoundProgress",
     "RoundTracker",
     "Steps",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: File that marks a folder as a demo work directory (which the next demo may replace).
 DEMO_MARKER = ".teeflow-demo"
+#: The demo agreement's ``fl.max_examples``: MNIST's training split (60,000 images).
+DEMO_MAX_EXAMPLES = 60_000
 
 
 @contextlib.contextmanager
@@ -147,7 +150,8 @@ def write_agreement(
 
     The first party is data- and model-owner and the model's only recipient; the others are
     data owners. ``allow_emulated: true``; workloads: the KBS measurement given and the
-    built-in aggregator/client measurements of the installed teeflow; one package ``mnist``.
+    built-in aggregator/client measurements of the installed teeflow; one package ``mnist``;
+    ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it).
 
     Returns:
         The agreement digest (64 hex).
@@ -193,6 +197,8 @@ def write_agreement(
                 }
             },
             "outputs": {"model": names[:1]},
+            # no client update weighs more than MNIST's whole training split
+            "fl": {"max_examples": DEMO_MAX_EXAMPLES},
             "allow_emulated": True,
             "update_quorum": {"k": len(names) // 2 + 1},
         }

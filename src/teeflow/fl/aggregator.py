@@ -6,11 +6,15 @@ Start-up (:meth:`Aggregator.run`):
    built-in one of the installed teeflow (:func:`fl_manifest`); the emulated platform quotes it;
 2. the agreement from the pinned KBS; the session package (:func:`teeflow.fl.publish.
    choose_package`); RCAR attestation as role ``aggregator`` claiming the package, the
-   checkpoint key resource and the ``outputs.model`` recipients; a workload certificate for the
-   attested key; the checkpoint key;
+   session's checkpoint key ``fl/checkpoint-key/<session>`` and the ``outputs.model``
+   recipients; a workload certificate for the attested key (that key signs the provenance
+   log and never leaves this process); the checkpoint key, which the KBS generates and
+   releases only to attested aggregators (:mod:`teeflow.kbs.policy.generated`);
 3. the KBS counter ``session/<name>`` and the checkpoint decide fresh start, resume or refusal
    (:mod:`teeflow.fl.checkpoint`; an older checkpoint raises :class:`~teeflow.fl.checkpoint.
-   RollbackError`);
+   RollbackError`); on resume the log of the checkpoint gets a ``handover`` entry naming this
+   instance's certificate (:meth:`~teeflow.fl.provenance_log.ProvenanceLog.handover`), after
+   the hand-over certificates already in it passed the federation CA check;
 4. the gRPC server (mutual TLS, :mod:`teeflow.fl.transport.server`; a new stream must send its
    Hello within ``connect_timeout``, keepalive pings tolerate ``round_timeout / 5`` seconds
    of silence, at least 30); wait (bounded by ``connect_timeout``) for ``wait_clients``
@@ -26,11 +30,14 @@ round 0.
 **Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
-fails or misses the round deadline is dropped from the round. Fewer than ``min_clients`` updates:
-the round is retried once, then the session fails with :class:`~teeflow.errors.FLError`. Then
-federated evaluation (best effort), then the commit: provenance ``round`` entry, sealed checkpoint,
-KBS counter compare-and-increment to ``r`` bound to the model digest. After the last round the
-``final`` entry is appended and the model is sealed to the recipients (:mod:`teeflow.fl.outputs`).
+fails or misses the round deadline is dropped from the round; each update weighs its
+client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
+in the round's provenance entry). Fewer than ``min_clients`` updates: the round is retried
+once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated evaluation
+(best effort, each result checked alone), then the commit: provenance ``round`` entry, sealed
+checkpoint, KBS counter compare-and-increment to ``r`` bound to the model digest. After the
+last round the ``final`` entry is appended and the model is sealed to the recipients
+(:mod:`teeflow.fl.outputs`).
 
 Progress goes to ``emit(event, fields)`` (the CLI prints JSON lines; :mod:`teeflow.fl.session`
 reads them). This module never imports torch (``tests`` check ``sys.modules``).
@@ -41,14 +48,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from teeflow.errors import Error, FLError, ParseError
 from teeflow.fl.arrays import (
@@ -59,12 +64,14 @@ from teeflow.fl.arrays import (
     encode_arrays,
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
+from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
-from teeflow.fl.outputs import model_recipients, seal_model
+from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
-from teeflow.fl.provenance import ClientRecord, ProvenanceLog, save_provenance
-from teeflow.fl.publish import checkpoint_key_path, choose_package, fetch_resource
-from teeflow.fl.strategy import EvaluateResult, FitResult, make_strategy, validate_fit_result
+from teeflow.fl.provenance import ClientRecord, save_provenance
+from teeflow.fl.provenance_log import ProvenanceLog
+from teeflow.fl.publish import choose_package, fetch_resource
+from teeflow.fl.strategy import EvaluateResult, make_strategy
 from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
 from teeflow.fl.workload import (
@@ -77,6 +84,7 @@ from teeflow.fl.workload import (
 from teeflow.kbs.api.problems import Conflict, TokenNotFound, TokenVerifierError
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.generated import checkpoint_key_path
 from teeflow.platform.emulated import EmulatedSgx
 
 __all__ = [
@@ -164,7 +172,7 @@ class Aggregator:
         name, pkg_hex = choose_package(self.agreement, o.package_ref)
         self.package_digest = bytes.fromhex(pkg_hex)
         self.recipients = model_recipients(self.agreement)
-        path = checkpoint_key_path(pkg_hex)
+        path = checkpoint_key_path(o.session)  # generated by the KBS, aggregators only
         self._claims = {
             "package_digest": pkg_hex,
             "resources": [path],
@@ -175,7 +183,8 @@ class Aggregator:
         self.identity = self.kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
         if self.identity.agreement_digest != self.agreement_digest.hex():
             raise FLError("the certificate was issued under another agreement (agreement changed?)")
-        self.cert_pem, self.key = cert_pem, key
+        self.cert_pem, self.key = cert_pem, key  # the key never leaves this process
+        self._certify = aggregator_certificate_check(self.kbs.pin.ca())
         self.emit(
             "attested",
             role="aggregator",
@@ -241,6 +250,7 @@ class Aggregator:
             sealed_package=sealed_package,
             on_event=lambda event, fields: self.emit(event, **fields),
         )
+        self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
         host, port = parse_listen(o.listen)
         server = TransportServer(
             self.hub,
@@ -274,11 +284,14 @@ class Aggregator:
             )
         if ckpt.package_digest != self.package_digest.hex():
             raise CheckpointError("the checkpoint was made with another package")
-        key = serialization.load_pem_private_key(ckpt.signing_key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CheckpointError("the checkpoint's provenance key is not ECDSA P-256")
-        self.log = ProvenanceLog(key, ckpt.provenance)
-        self._signing_key = key
+        # the log of the checkpoint was signed by the previous instance(s); this instance
+        # signs with its own attested key from a hand-over entry on
+        self.log = ProvenanceLog(self.key, ckpt.provenance, certify=self._certify)
+        handover = self.log.handover(
+            aggregator_certificate=self.cert_pem.decode("ascii"),
+            aggregator_measurement=self.identity.measurement,
+        )
+        self.emit("handover", round=ckpt.round, entry=handover.seq)
         self.global_arrays = decode_arrays(ckpt.arrays)
         self.strategy.load_state_arrays(decode_arrays(ckpt.strategy_state))
         self._history = [dict(m) for m in ckpt.metrics]
@@ -347,8 +360,7 @@ class Aggregator:
         if arrays is None:
             raise FLError("no client produced an initial model (package init function)")
         self.global_arrays = arrays
-        self._signing_key = self.key
-        self.log = ProvenanceLog(self.key)
+        self.log = ProvenanceLog(self.key, certify=self._certify)
         self.log.start(
             session=self.o.session,
             agreement_digest=self.agreement_digest,
@@ -405,10 +417,10 @@ class Aggregator:
                     measurements[ins.client] = ident.measurement
             self.emit("round-start", round=r, attempt=attempt, selected=[h.party for h in handles])
             deadline = time.monotonic() + o.round_timeout
-            digests: dict[str, bytes] = {}
+            tally = RoundTally()
             try:
                 new_global, fit_metrics = self.strategy.aggregate_train(
-                    r, self._updates(r, handles, deadline, digests)
+                    r, self.collect.updates(r, handles, deadline, self.global_arrays, tally)
                 )
             except FLError as exc:
                 for h in handles:
@@ -427,12 +439,14 @@ class Aggregator:
             (k if k.startswith("train_") else f"train_{k}"): v for k, v in fit_metrics.items()
         }
         metrics.update(eval_metrics)
-        clients = sorted(digests)
+        clients = sorted(tally.digests)
         new_digest = arrays_digest(new_global)
         self.log.record_round(
             r,
             clients=[ClientRecord(party=p, measurement=measurements[p]) for p in clients],
-            update_digests=digests,
+            update_digests=tally.digests,
+            weights=tally.weights,
+            clipped=tally.clipped,
             aggregate_digest=new_digest,
             metrics=metrics,
         )
@@ -442,89 +456,35 @@ class Aggregator:
         del global_bytes, new_global, fit_metrics
         trim_heap()  # the round's models, updates and messages are garbage now
 
-    def _updates(
-        self, r: int, handles: list[TaskHandle], deadline: float, digests: dict[str, bytes]
-    ) -> Iterator[FitResult]:
-        reported: set[str] = set()
-        for handle in self.hub.as_completed(handles, deadline):
-            try:
-                out = handle.outcome()
-                assert out.arrays is not None and out.arrays_sha256 is not None
-                result = FitResult(
-                    out.party, decode_arrays(out.arrays), out.num_examples, out.metrics
-                )
-                validate_fit_result(result, self.global_arrays)
-            except (FLError, ParseError, AssertionError) as exc:
-                reported.add(handle.party)
-                self.emit("client-dropped", round=r, party=handle.party, reason=str(exc)[:300])
-                continue
-            digests[out.party] = out.arrays_sha256
-            yield result
-        for h in handles:  # abandoned at the deadline
-            if h.party not in digests and h.party not in reported:
-                self.emit("client-dropped", round=r, party=h.party, reason="missed the deadline")
-
     def _evaluate(self, r: int, arrays: ArrayDict) -> Metrics:
+        """Federated evaluation of ``arrays`` (best effort; :meth:`ResultCollector.evaluate`):
+        round 0 by every connected client, later rounds by the strategy's choice."""
         clients = self.hub.connected()
         try:
             if r == 0:
-                parties = clients
                 config: Config = {**(self.o.evaluate_config or self.o.train_config), "round": 0}
-                configs = {p: config for p in parties}
+                configs = {p: config for p in clients}
             else:
                 ins = self.strategy.configure_evaluate(r, arrays, clients)
                 configs = {i.client: i.config for i in ins}
         except FLError as exc:
             self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
             return {}
-        data = encode_arrays(arrays)
-        handles = []
-        for party, cfg in configs.items():
-            try:
-                handles.append(
-                    self.hub.submit(
-                        party,
-                        pb.TASK_KIND_EVALUATE,
-                        r,
-                        cfg,
-                        data,
-                        deadline_seconds=self.o.round_timeout,
-                    )
-                )
-            except FLError:
-                continue
-        results = []
-        for h in self.hub.as_completed(handles, time.monotonic() + self.o.round_timeout):
-            try:
-                out = h.outcome()
-            except FLError as exc:
-                self.emit("client-dropped", round=r, party=h.party, reason=str(exc)[:300])
-                continue
-            results.append(EvaluateResult(out.party, out.num_examples, out.metrics))
-        try:
-            agg = (
-                weighted_metrics((e.num_examples, e.metrics) for e in results)
-                if r == 0
-                else self.strategy.aggregate_evaluate(r, results)
-            )
-        except FLError as exc:
-            self.emit("evaluate-skipped", round=r, reason=str(exc)[:300])
-            return {}
-        return {f"eval_{k}": v for k, v in agg.items()}
+
+        def aggregate(results: list[EvaluateResult]) -> Metrics:
+            if r == 0:
+                return weighted_metrics((e.num_examples, e.metrics) for e in results)
+            return self.strategy.aggregate_evaluate(r, results)
+
+        return self.collect.evaluate(r, arrays, configs, self.o.round_timeout, aggregate)
 
     def _commit(self, r: int, arrays: ArrayDict) -> None:
-        key_pem = self._signing_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
         ckpt = Checkpoint(
             session=self.o.session,
             round=r,
             arrays=encode_arrays(arrays),
             strategy_state=encode_arrays(self.strategy.state_arrays()),
             provenance=self.log.entries,
-            signing_key_pem=key_pem,
             agreement_digest=self.agreement_digest.hex(),
             package_digest=self.package_digest.hex(),
             metrics=tuple(self._history),

@@ -3,24 +3,27 @@ freshness).
 
 **Content** (:class:`Checkpoint`): session, round ``r`` (≥ 1), the global model after round
 ``r`` (canonical safetensors bytes) and its digest, the strategy state (safetensors), the
-provenance entries so far (without the ``final`` entry), the provenance signing key (the
-aggregator's attested key of the session start: the log must stay signed by one key), the
-agreement and package digests, and the per-round metrics.
+provenance entries so far (without the ``final`` entry), the agreement and package digests,
+and the per-round metrics. **No private key**: the provenance signing key never leaves the
+aggregator process; a restarted aggregator signs with its own attested key and records a
+hand-over in the log (:mod:`teeflow.fl.provenance`).
 
 **Plaintext layout** (:func:`encode_checkpoint`)::
 
-    "TFCKPT\\x00\\x01" (8 bytes) | u32 big-endian header length | header (JSON, ≤ 1 MiB)
-    | arrays | strategy state | provenance (JSON lines) | signing key (PKCS#8 PEM)
+    "TFCKPT\\x00\\x02" (8 bytes) | u32 big-endian header length | header (JSON, ≤ 1 MiB)
+    | arrays | strategy state | provenance (JSON lines)
 
-The header names the format ``teeflow-checkpoint/1``, session, round, digests, metrics and the
-four section sizes; the sections follow in that order and must cover the rest exactly.
-:func:`decode_checkpoint` is bounded and total (:class:`~teeflow.errors.ParseError`), and
-re-checks the arrays digest.
+The header names the format ``teeflow-checkpoint/2``, session, round, digests, metrics and the
+three section sizes (exactly these keys); the sections follow in that order and must cover the
+rest exactly. :func:`decode_checkpoint` is bounded and total (:class:`~teeflow.errors.
+ParseError`), and re-checks the arrays digest. Version-1 checkpoints (which carried the
+signing key) are refused.
 
 **Sealing** (:func:`seal_checkpoint`): a teeflow sealed blob (:mod:`teeflow.sealing`) under the
-checkpoint key the KBS releases to attested aggregators (grant: role ``aggregator``, this
-package), with associated data ``b"teeflow-checkpoint/1\\0" || session`` — a checkpoint of
-another session does not open.
+session's checkpoint key ``fl/checkpoint-key/<session>``, which the KBS generates itself and
+releases only to attested aggregators with an agreed measurement (:mod:`teeflow.kbs.policy.
+generated`) — no party ever holds it — with associated data ``b"teeflow-checkpoint/2\\0" ||
+session``: a checkpoint of another session does not open.
 
 **Commit of round r** (:meth:`CheckpointStore.commit`): (1) write the sealed checkpoint to
 ``PATH.next`` (atomic rename, fsync); (2) compare-and-increment the KBS counter
@@ -72,12 +75,12 @@ __all__ = [
     "seal_checkpoint",
 ]
 
-CHECKPOINT_FORMAT = "teeflow-checkpoint/1"
-_MAGIC = b"TFCKPT\x00\x01"
+CHECKPOINT_FORMAT = "teeflow-checkpoint/2"
+_MAGIC = b"TFCKPT\x00\x02"
 #: Largest checkpoint header (bytes).
 MAX_CHECKPOINT_HEADER = 1 << 20
 _SESSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_SECTIONS = ("arrays", "state", "provenance", "key")
+_SECTIONS = ("arrays", "state", "provenance")
 
 
 class CheckpointError(FLError):
@@ -104,7 +107,7 @@ def counter_name(session: str) -> str:
 
 
 def checkpoint_aad(session: str) -> bytes:
-    """Associated data of a sealed checkpoint: ``b"teeflow-checkpoint/1\\0" || session``."""
+    """Associated data of a sealed checkpoint: ``b"teeflow-checkpoint/2\\0" || session``."""
     return CHECKPOINT_FORMAT.encode("ascii") + b"\0" + session.encode("utf-8")
 
 
@@ -117,8 +120,7 @@ class Checkpoint:
         round: last committed round (≥ 1).
         arrays: canonical safetensors bytes of the global model.
         strategy_state: canonical safetensors bytes of the strategy state.
-        provenance: provenance entries so far (session-start and rounds).
-        signing_key_pem: PKCS#8 PEM of the provenance signing key (secret).
+        provenance: provenance entries so far (session-start, rounds, hand-overs).
         agreement_digest, package_digest: lower-case hex SHA-256.
         metrics: per-round metrics, oldest first.
     """
@@ -128,7 +130,6 @@ class Checkpoint:
     arrays: bytes
     strategy_state: bytes
     provenance: tuple[ProvenanceEntry, ...]
-    signing_key_pem: bytes
     agreement_digest: str
     package_digest: str
     metrics: tuple[dict[str, float], ...] = field(default=())
@@ -151,7 +152,7 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
     provenance = "".join(
         json.dumps(e.model_dump(mode="json"), separators=(",", ":")) + "\n" for e in ckpt.provenance
     ).encode("utf-8")
-    sections = [ckpt.arrays, ckpt.strategy_state, provenance, ckpt.signing_key_pem]
+    sections = [ckpt.arrays, ckpt.strategy_state, provenance]
     header = {
         "format": CHECKPOINT_FORMAT,
         "session": ckpt.session,
@@ -222,6 +223,8 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
     if not 1 <= rnd <= 2**31 - 1:
         raise ParseError("checkpoint header: round out of range")
     sizes = _field(doc, "sizes", dict)
+    if set(sizes) != set(_SECTIONS):
+        raise ParseError(f"checkpoint header: sizes must name exactly {', '.join(_SECTIONS)}")
     offset = 12 + n
     parts: list[bytes] = []
     for name in _SECTIONS:
@@ -234,7 +237,7 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         offset += size
     if offset != len(data):
         raise ParseError("checkpoint has trailing bytes")
-    arrays, state, prov, key = parts
+    arrays, state, prov = parts
     digest = _hex32(doc.get("arrays_digest"), "arrays_digest")
     if hashlib.sha256(arrays).hexdigest() != digest:
         raise ParseError("checkpoint arrays do not match their digest")
@@ -253,7 +256,6 @@ def decode_checkpoint(data: bytes) -> Checkpoint:
         arrays=arrays,
         strategy_state=state,
         provenance=tuple(entries),
-        signing_key_pem=key,
         agreement_digest=_hex32(doc.get("agreement_digest"), "agreement_digest"),
         package_digest=_hex32(doc.get("package_digest"), "package_digest"),
         metrics=_metrics(doc.get("metrics", [])),

@@ -18,7 +18,9 @@ header cannot be changed without every opening failing.
 
 :func:`open_model` unwraps the party's copy, unseals, checks the plaintext digest against the
 header and returns the arrays. :func:`verify_model` needs no key: it checks the provenance log
-(chain, signatures, the aggregator certificate under the federation CA) and that the log's
+(chain; every entry's signature by the certificate of its segment — the session-start
+aggregator's, then each restarted aggregator's from its hand-over on — and each of those
+certificates under the federation CA, :func:`aggregator_certificate_check`) and that the log's
 final digest is the header's digest — which the opening in turn binds to the plaintext.
 """
 
@@ -37,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from teeflow.errors import FLError, ParseError, SealingError, VerificationError
 from teeflow.fl.arrays import ArrayDict, decode_arrays
 from teeflow.fl.provenance import (
+    CertificateCheck,
     ProvenanceEntry,
     ProvenanceError,
     embedded_certificate,
@@ -54,6 +57,7 @@ __all__ = [
     "MODEL_WRAP_INFO",
     "ModelHeader",
     "VerifiedModel",
+    "aggregator_certificate_check",
     "model_recipients",
     "open_model",
     "read_model_header",
@@ -233,6 +237,40 @@ def _read(path: Path, limit: int = 8 << 30) -> bytes:
         raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+def aggregator_certificate_check(
+    ca: x509.Certificate, identities: list[WorkloadIdentity] | None = None
+) -> CertificateCheck:
+    """The :data:`~teeflow.fl.provenance.CertificateCheck` of provenance certificates: the
+    certificate was issued by the federation CA ``ca`` to a workload of role ``aggregator``
+    under the entry's agreement digest, with the entry's aggregator measurement — checked at
+    the certificate's issue time (certificates are short lived, the log outlives them). The
+    federation CA issues a certificate only to an attested workload whose measurement the
+    agreement names for its role, for the key bound in its evidence.
+
+    Args:
+        ca: the federation CA certificate (from the KBS pin).
+        identities: when given, each accepted identity is appended (for reports).
+
+    Returns:
+        ``check(certificate, entry)`` raising :class:`~teeflow.errors.VerificationError`.
+    """
+
+    def check(cert: x509.Certificate, entry: ProvenanceEntry) -> None:
+        identity = verify_workload_certificate(
+            cert,
+            ca,
+            now=cert.not_valid_before_utc + CLOCK_SKEW,
+            expected_agreement_digest=entry.agreement_digest,
+            required_role="aggregator",
+        )
+        if identity.measurement != entry.aggregator_measurement:
+            raise VerificationError("the certificate's measurement is not the logged measurement")
+        if identities is not None:
+            identities.append(identity)
+
+    return check
+
+
 @dataclass(frozen=True)
 class VerifiedModel:
     """What :func:`verify_model` established."""
@@ -241,6 +279,13 @@ class VerifiedModel:
     entries: tuple[ProvenanceEntry, ...]
     aggregator: WorkloadIdentity
     rounds: int
+    #: every aggregator instance that signed a segment, session-start's first
+    aggregators: tuple[WorkloadIdentity, ...] = ()
+
+    @property
+    def handovers(self) -> int:
+        """Aggregator restarts recorded in the log."""
+        return max(len(self.aggregators) - 1, 0)
 
 
 def verify_model(
@@ -252,16 +297,21 @@ def verify_model(
 ) -> VerifiedModel:
     """Check a model file against its provenance log (no key needed).
 
-    Checks: the log's session-start certificate was issued by the federation CA ``ca`` to a
-    workload of role ``aggregator`` under the log's agreement digest, with the log's
-    aggregator measurement (checked at the certificate's issue time: certificates are short
-    lived, the log outlives them); :func:`~teeflow.fl.provenance.verify_provenance` (chain,
-    signatures with that certificate, final entry = the model header's digest); the header's
-    session and agreement digest equal the log's; ``expected_agreement_digest`` if given.
+    Checks: every segment certificate of the log — the session-start certificate and each
+    hand-over's — passes :func:`aggregator_certificate_check` (federation CA ``ca``, role
+    ``aggregator``, the log's agreement digest and the segment's measurement);
+    :func:`~teeflow.fl.provenance.verify_provenance` (chain, every signature with its
+    segment's certificate, final entry = the model header's digest); the header's session and
+    agreement digest equal the log's; ``expected_agreement_digest`` if given. So a log or a
+    model signed by any key other than certified aggregator keys is refused.
 
     Raises:
-        ProvenanceError (VerificationError): the log does not verify.
-        VerificationError: certificate or header mismatch.
+        ProvenanceError (VerificationError): the log does not verify (``provenance entry N:
+            aggregator certificate: ...`` for a session-start certificate the CA did not
+            issue to an agreed aggregator; ``... hand-over certificate: ...`` for a
+            hand-over's; ``... signature is invalid`` for an entry not signed by its
+            segment's key).
+        VerificationError: header mismatch.
         ParseError: malformed model file or log.
     """
     data = model_file if isinstance(model_file, bytes) else _read(Path(model_file))
@@ -269,20 +319,13 @@ def verify_model(
     entries = load_provenance(provenance) if not isinstance(provenance, list) else provenance
     cert = embedded_certificate(entries)
     first = entries[0]
-    issued_at = cert.not_valid_before_utc + CLOCK_SKEW
+    identities: list[WorkloadIdentity] = []
+    check = aggregator_certificate_check(ca, identities)
     try:
-        identity = verify_workload_certificate(
-            cert,
-            ca,
-            now=issued_at,
-            expected_agreement_digest=first.agreement_digest,
-            required_role="aggregator",
-        )
+        check(cert, first)
     except VerificationError as exc:
         raise ProvenanceError(1, f"aggregator certificate: {exc}") from None
-    if identity.measurement != first.aggregator_measurement:
-        raise ProvenanceError(1, "the certificate's measurement is not the logged measurement")
-    verify_provenance(entries, cert, expected_final_digest=header.arrays_digest)
+    verify_provenance(entries, cert, expected_final_digest=header.arrays_digest, certify=check)
     if header.session != first.session or header.agreement_digest != first.agreement_digest:
         raise VerificationError("the model file names another session or agreement than the log")
     if expected_agreement_digest is not None and (
@@ -290,4 +333,4 @@ def verify_model(
     ):
         raise VerificationError("the model was produced under another agreement")
     rounds = sum(1 for e in entries if e.kind == "round")
-    return VerifiedModel(header, tuple(entries), identity, rounds)
+    return VerifiedModel(header, tuple(entries), identities[0], rounds, tuple(identities))

@@ -1,29 +1,50 @@
-"""Model provenance: the aggregator's hash-chained log, signed with its attested P-256 key.
+"""Model provenance: the aggregator's hash-chained log, signed with attested P-256 keys.
 
-One entry per event (format ``teeflow-provenance/1``)::
+One entry per event (format ``teeflow-provenance/2``)::
 
     kind "session-start" (seq 1): session, agreement_digest, aggregator_measurement,
         aggregator_certificate (PEM of the attested workload certificate), package_digest,
         aggregate_digest = the initial global model's digest
     kind "round" (round r = 1, 2, ...): + clients [{party, measurement}] (attested identities of
-        the participants), update_digests {party: digest}, aggregate_digest (the new global
-        model), metrics {name: number}
+        the participants), update_digests {party: digest}, weights {party: FedAvg weight
+        used}, clipped [parties whose num_examples was clipped to the agreement's cap],
+        aggregate_digest (the new global model), metrics {name: number}
+    kind "handover" (an aggregator restart): round = the last committed round,
+        aggregate_digest = the resumed model, aggregator_certificate = the new instance's
+        certificate, aggregator_measurement = its measurement, handover_from = SHA-256 of the
+        DER of the certificate it takes over from; signed by the *new* key
     kind "final" (last): round = the last round, aggregate_digest = the released model
 
-Every entry repeats session, agreement, measurement and package digest (they must not change
-along the chain). Digests are lower-case hex SHA-256 (models: :func:`teeflow.fl.arrays.
-arrays_digest`; packages: :func:`teeflow.fl.package.package_digest`).
+**Signing keys.** Each aggregator instance signs with the private key of its own attested
+workload certificate; the key never leaves the process and is never written to a checkpoint
+(:mod:`teeflow.fl.checkpoint`). The log therefore falls into *segments*: session-start and
+the entries after it are signed by the key of the session-start certificate; each
+``handover`` entry (written by a restarted instance that resumed from the sealed checkpoint)
+embeds the new instance's certificate and opens a segment signed by its key. A hand-over is
+not signed by the old key (that instance is gone): what makes it trustworthy is that its
+certificate was issued by the federation CA to an attested aggregator — checked through the
+``certify`` callback of :func:`verify_provenance` (:func:`teeflow.fl.outputs.
+aggregator_certificate_check` checks the CA chain, role ``aggregator``, agreement digest and
+measurement) — and that only attested aggregators can open the checkpoint the log continues.
+
+Every entry repeats session, agreement and package digest (they never change) and the
+aggregator measurement (it changes only at a hand-over, to the new certificate's). Digests are
+lower-case hex SHA-256 (models: :func:`teeflow.fl.arrays.arrays_digest`; packages:
+:func:`teeflow.fl.package.package_digest`).
 
 Entry hash = SHA-256 of the RFC 8785 canonical JSON of all fields except ``hash`` and
-``signature``, plus ``"format": "teeflow-provenance/1"``; ``prev_hash`` is the previous
+``signature``, plus ``"format": "teeflow-provenance/2"``; ``prev_hash`` is the previous
 entry's hash (64 zeros for seq 1). Signature = ECDSA P-256 / SHA-256 (FIPS 186-5) over
-``b"teeflow-provenance-v1\\0" || hash``, stored as hex of the 64-byte raw ``r || s``.
+``b"teeflow-provenance-v2\\0" || hash`` with the segment's key, stored as hex of the 64-byte
+raw ``r || s``.
 
 :func:`verify_provenance` re-checks everything and raises :class:`ProvenanceError` (a
 :class:`~teeflow.errors.VerificationError`) naming the first bad entry. Truncation of the tail
 is caught only with ``expected_final_digest`` (the log must then end with a ``final`` entry
-whose digest is the model's). Whether the embedded certificate chains to the federation CA
-and carries the expected measurement is the caller's check (:func:`embedded_certificate`).
+whose digest is the model's). Whether the session-start certificate chains to the federation
+CA is the caller's check (:func:`embedded_certificate`); hand-over certificates are checked by
+``certify``, without which a log with a hand-over does not verify. The builder is
+:class:`teeflow.fl.provenance_log.ProvenanceLog`.
 """
 
 from __future__ import annotations
@@ -33,18 +54,18 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from teeflow.attestation.policy import Hex32, normalize_hex
 from teeflow.errors import FLError, ParseError, VerificationError
-from teeflow.hazmat.ecdsa import der_to_raw_signature, verify_p256_sha256
+from teeflow.hazmat.ecdsa import verify_p256_sha256
 from teeflow.kbs.policy.canonical import canonical_json, format_validation_error
 from teeflow.kbs.policy.parties import Name
 
@@ -53,10 +74,11 @@ __all__ = [
     "KINDS",
     "PROVENANCE_DOMAIN",
     "PROVENANCE_FORMAT",
+    "CertificateCheck",
     "ClientRecord",
     "ProvenanceEntry",
     "ProvenanceError",
-    "ProvenanceLog",
+    "certificate_fingerprint",
     "embedded_certificate",
     "entry_hash",
     "load_provenance",
@@ -64,10 +86,17 @@ __all__ = [
     "verify_provenance",
 ]
 
-PROVENANCE_FORMAT = "teeflow-provenance/1"
-PROVENANCE_DOMAIN = b"teeflow-provenance-v1\0"
+PROVENANCE_FORMAT = "teeflow-provenance/2"
+PROVENANCE_DOMAIN = b"teeflow-provenance-v2\0"
 GENESIS_HASH = "0" * 64
-KINDS = ("session-start", "round", "final")
+KINDS = ("session-start", "round", "handover", "final")
+#: Largest FedAvg weight recorded (= :data:`teeflow.fl.strategy.base.MAX_NUM_EXAMPLES`).
+_MAX_WEIGHT = 2**53 - 1
+
+#: ``certify(certificate, entry)``: raise :class:`~teeflow.errors.VerificationError` unless
+#: ``certificate`` (embedded in ``entry``, a session-start or hand-over) is an attested
+#: aggregator's for the entry's agreement and measurement.
+CertificateCheck = Callable[[x509.Certificate, "ProvenanceEntry"], None]
 MAX_ENTRIES = 100_000
 MAX_LINE_BYTES = 1 << 20
 
@@ -105,7 +134,7 @@ class ProvenanceEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seq: int = Field(ge=1, le=2**53 - 1)
-    kind: Literal["session-start", "round", "final"]
+    kind: Literal["session-start", "round", "handover", "final"]
     session: Annotated[str, Field(min_length=1, max_length=128)]
     agreement_digest: Hex32
     aggregator_measurement: Measurement
@@ -114,6 +143,11 @@ class ProvenanceEntry(BaseModel):
     round: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None
     clients: tuple[ClientRecord, ...] = Field(default=(), max_length=100_000)
     update_digests: dict[Name, Hex32] = Field(default_factory=dict, max_length=100_000)
+    weights: dict[Name, Annotated[int, Field(ge=0, le=_MAX_WEIGHT)]] = Field(
+        default_factory=dict, max_length=100_000
+    )
+    clipped: tuple[Name, ...] = Field(default=(), max_length=100_000)
+    handover_from: Hex32 | None = None
     aggregate_digest: Hex32
     metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
         default_factory=dict, max_length=64
@@ -151,24 +185,33 @@ def _hex32(value: bytes | str, what: str) -> str:
 
 def _shape_problem(entry: ProvenanceEntry) -> str | None:
     """Per-kind field rules (None when the entry is well-formed)."""
-    if entry.kind == "session-start":
-        if entry.aggregator_certificate is None:
-            return "session-start needs the aggregator certificate"
-        if entry.round is not None or entry.clients or entry.update_digests:
-            return "session-start carries no round, clients or updates"
-    else:
-        if entry.aggregator_certificate is not None:
-            return "only session-start carries the certificate"
-        if entry.round is None:
-            return f"{entry.kind} needs a round"
+    carries_cert = entry.kind in ("session-start", "handover")
+    if carries_cert and entry.aggregator_certificate is None:
+        return f"{entry.kind} needs the aggregator certificate"
+    if not carries_cert and entry.aggregator_certificate is not None:
+        return "only session-start and handover carry a certificate"
+    if (entry.kind == "handover") != (entry.handover_from is not None):
+        return "handover_from belongs to (and only to) a handover"
+    if entry.kind != "round" and (
+        entry.clients or entry.update_digests or entry.weights or entry.clipped
+    ):
+        return f"{entry.kind} carries no clients, updates or weights"
+    if entry.kind == "session-start" and entry.round is not None:
+        return "session-start carries no round"
+    if entry.kind != "session-start" and entry.round is None:
+        return f"{entry.kind} needs a round"
     if entry.kind == "round":
         parties = [c.party for c in entry.clients]
         if not parties or len(set(parties)) != len(parties):
             return "round needs distinct participating clients"
         if not entry.update_digests or not set(entry.update_digests) <= set(parties):
             return "update digests must come from participating clients"
-    if entry.kind == "final" and (entry.clients or entry.update_digests):
-        return "final carries no clients or updates"
+        if not set(entry.weights) <= set(entry.update_digests):
+            return "weights must be of aggregated updates"
+        if len(set(entry.clipped)) != len(entry.clipped) or not set(entry.clipped) <= set(
+            entry.weights
+        ):
+            return "clipped parties must be distinct and have a recorded weight"
     if any(not math.isfinite(v) for v in entry.metrics.values()):
         return "metrics must be finite"
     return None
@@ -205,28 +248,52 @@ def embedded_certificate(entries: Sequence[ProvenanceEntry]) -> x509.Certificate
         raise ProvenanceError(entries[0].seq, str(exc)) from None
 
 
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    """Lower-case hex SHA-256 of the certificate's DER (a hand-over's ``handover_from``)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _segment_certificate(
+    entry: ProvenanceEntry,
+) -> tuple[x509.Certificate, ec.EllipticCurvePublicKey]:
+    try:
+        return _public_key_of(entry.aggregator_certificate or "")
+    except ParseError as exc:
+        raise ProvenanceError(entry.seq, str(exc)) from None
+
+
 def verify_provenance(
     entries: Sequence[ProvenanceEntry],
     key: ec.EllipticCurvePublicKey | x509.Certificate,
     *,
     expected_final_digest: bytes | str | None = None,
-) -> None:
-    """Verify a whole provenance log.
+    certify: CertificateCheck | None = None,
+) -> tuple[x509.Certificate, ...]:
+    """Verify a whole provenance log (module docstring).
 
     Args:
         entries: the log, oldest first.
-        key: the aggregator's public key, or its certificate (then the session-start entry
-            must embed exactly this certificate); with a bare key, the embedded certificate's
-            key must equal it.
+        key: the session-start aggregator's public key, or its certificate (then the
+            session-start entry must embed exactly this certificate); with a bare key, the
+            embedded certificate's key must equal it.
         expected_final_digest: digest of the model shipped with the log (32 bytes or hex);
             when given, the log must end with a ``final`` entry carrying it.
+        certify: the check of every hand-over certificate (:data:`CertificateCheck`); a
+            log with a hand-over does not verify without it. The session-start certificate
+            is pinned by ``key`` and is the caller's to check.
+
+    Returns:
+        The certificate of each segment, session-start's first.
 
     Raises:
         ProvenanceError: the first entry that breaks a rule: sequence, kind order (one
-            session-start first, rounds 1, 2, ... consecutive, at most one final, last),
-            per-kind fields, changed session/agreement/measurement/package, ``prev_hash``,
-            hash, signature, certificate/key mismatch, final digest different from the last
-            round's aggregate or from ``expected_final_digest``.
+            session-start first, rounds 1, 2, ... consecutive, hand-overs only after a
+            round and naming it, at most one final, last), per-kind fields, changed
+            session/agreement/package, a measurement changed outside a hand-over, a
+            hand-over that does not name the certificate it replaces or whose certificate
+            ``certify`` refuses, ``prev_hash``, hash, signature (by the segment's key),
+            certificate/key mismatch, final digest different from the last round's
+            aggregate or from ``expected_final_digest``.
     """
     if not entries:
         raise ProvenanceError(None, "empty log")
@@ -241,6 +308,8 @@ def verify_provenance(
             raise ProvenanceError(first.seq, "embedded certificate is not the given one")
     elif _spki(key) != _spki(pub):
         raise ProvenanceError(first.seq, "embedded certificate key is not the given key")
+    certificates = [cert]
+    measurement = first.aggregator_measurement
     prev = GENESIS_HASH
     last_round = 0
     last_aggregate = first.aggregate_digest
@@ -255,9 +324,31 @@ def verify_provenance(
         problem = _shape_problem(e)
         if problem:
             raise ProvenanceError(seq, problem)
-        for name in ("session", "agreement_digest", "aggregator_measurement", "package_digest"):
+        for name in ("session", "agreement_digest", "package_digest"):
             if getattr(e, name) != getattr(first, name):
                 raise ProvenanceError(seq, f"{name} changed within the session")
+        if e.kind == "handover":
+            if e.round != last_round or last_round < 1:
+                raise ProvenanceError(
+                    seq, f"hand-over names round {e.round}, the last round was {last_round}"
+                )
+            if e.aggregate_digest != last_aggregate:
+                raise ProvenanceError(seq, "hand-over digest is not the last round's aggregate")
+            if e.handover_from != certificate_fingerprint(cert):
+                raise ProvenanceError(seq, "hand-over does not name the certificate it replaces")
+            new_cert, new_pub = _segment_certificate(e)
+            if _spki(new_pub) == _spki(pub):
+                raise ProvenanceError(seq, "hand-over to the same key")
+            if certify is None:
+                raise ProvenanceError(seq, "hand-over certificate not checked (no CA check given)")
+            try:
+                certify(new_cert, e)
+            except VerificationError as exc:
+                raise ProvenanceError(seq, f"hand-over certificate: {exc}") from None
+            cert, pub, measurement = new_cert, new_pub, e.aggregator_measurement
+            certificates.append(cert)
+        elif e.aggregator_measurement != measurement:
+            raise ProvenanceError(seq, "aggregator_measurement changed without a hand-over")
         if e.kind == "round":
             if e.round != last_round + 1:
                 raise ProvenanceError(seq, f"round {e.round} after round {last_round}")
@@ -293,179 +384,7 @@ def verify_provenance(
             raise ProvenanceError(last.seq, "log does not end with a final entry (truncated?)")
         if last.aggregate_digest != want:
             raise ProvenanceError(last.seq, "final digest is not the model's digest")
-
-
-class ProvenanceLog:
-    """Builds a signed chain (the aggregator's side).
-
-    Args:
-        signing_key: the aggregator's attested P-256 key.
-        entries: an existing log to continue (after a restart); it is verified first.
-
-    Raises:
-        FLError: the key is not P-256.
-        ProvenanceError: ``entries`` do not verify under ``signing_key``.
-    """
-
-    def __init__(
-        self, signing_key: ec.EllipticCurvePrivateKey, entries: Sequence[ProvenanceEntry] = ()
-    ) -> None:
-        if not isinstance(signing_key, ec.EllipticCurvePrivateKey) or not isinstance(
-            signing_key.curve, ec.SECP256R1
-        ):
-            raise FLError("the provenance signing key must be ECDSA P-256")
-        self._key = signing_key
-        self._entries: list[ProvenanceEntry] = list(entries)
-        if self._entries:
-            verify_provenance(self._entries, signing_key.public_key())
-
-    @property
-    def entries(self) -> tuple[ProvenanceEntry, ...]:
-        """The entries so far, oldest first."""
-        return tuple(self._entries)
-
-    def append(
-        self,
-        kind: Literal["session-start", "round", "final"],
-        *,
-        session: str,
-        agreement_digest: bytes | str,
-        aggregator_measurement: bytes | str,
-        package_digest: bytes | str,
-        aggregate_digest: bytes | str,
-        aggregator_certificate: str | None = None,
-        round: int | None = None,
-        clients: Iterable[ClientRecord | Mapping[str, str]] = (),
-        update_digests: Mapping[str, bytes | str] | None = None,
-        metrics: Mapping[str, float] | None = None,
-    ) -> ProvenanceEntry:
-        """Sign and append one entry; the result keeps the whole log valid.
-
-        Raises:
-            FLError: a field is invalid, or the entry would break a rule of
-                :func:`verify_provenance` (nothing is appended then).
-        """
-        measurement = (
-            aggregator_measurement.hex()
-            if isinstance(aggregator_measurement, bytes)
-            else aggregator_measurement
-        )
-        fields: dict[str, Any] = {
-            "seq": len(self._entries) + 1,
-            "kind": kind,
-            "session": session,
-            "agreement_digest": _hex32(agreement_digest, "agreement_digest"),
-            "aggregator_measurement": measurement,
-            "aggregator_certificate": aggregator_certificate,
-            "package_digest": _hex32(package_digest, "package_digest"),
-            "round": round,
-            "clients": [c if isinstance(c, ClientRecord) else dict(c) for c in clients],
-            "update_digests": {
-                p: _hex32(d, f"update digest of {p}") for p, d in (update_digests or {}).items()
-            },
-            "aggregate_digest": _hex32(aggregate_digest, "aggregate_digest"),
-            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
-            "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
-            "hash": GENESIS_HASH,
-            "signature": "0" * 128,
-        }
-        try:
-            draft = ProvenanceEntry.model_validate(fields)
-            digest = entry_hash(draft)
-        except ValidationError as exc:
-            raise FLError(f"invalid provenance entry: {format_validation_error(exc)}") from None
-        except ParseError as exc:
-            raise FLError(f"invalid provenance entry: {exc}") from None
-        der = self._key.sign(PROVENANCE_DOMAIN + bytes.fromhex(digest), ec.ECDSA(hashes.SHA256()))
-        entry = draft.model_copy(
-            update={"hash": digest, "signature": der_to_raw_signature(der).hex()}
-        )
-        try:
-            verify_provenance([*self._entries, entry], self._key.public_key())
-        except ProvenanceError as exc:
-            raise FLError(f"entry refused: {exc.reason}") from None
-        self._entries.append(entry)
-        return entry
-
-    def _common(self) -> dict[str, Any]:
-        if not self._entries:
-            raise FLError("the log has no session-start entry")
-        s = self._entries[0]
-        return {
-            "session": s.session,
-            "agreement_digest": s.agreement_digest,
-            "aggregator_measurement": s.aggregator_measurement,
-            "package_digest": s.package_digest,
-        }
-
-    def start(
-        self,
-        *,
-        session: str,
-        agreement_digest: bytes | str,
-        aggregator_measurement: bytes | str,
-        aggregator_certificate: str,
-        package_digest: bytes | str,
-        initial_digest: bytes | str,
-    ) -> ProvenanceEntry:
-        """Append the ``session-start`` entry (``initial_digest``: the initial global model).
-
-        Raises:
-            FLError: as :meth:`append` (e.g. the log is not empty).
-        """
-        return self.append(
-            "session-start",
-            session=session,
-            agreement_digest=agreement_digest,
-            aggregator_measurement=aggregator_measurement,
-            aggregator_certificate=aggregator_certificate,
-            package_digest=package_digest,
-            aggregate_digest=initial_digest,
-        )
-
-    def record_round(
-        self,
-        round: int,
-        *,
-        clients: Iterable[ClientRecord | Mapping[str, str]],
-        update_digests: Mapping[str, bytes | str],
-        aggregate_digest: bytes | str,
-        metrics: Mapping[str, float] | None = None,
-    ) -> ProvenanceEntry:
-        """Append a ``round`` entry (session fields copied from session-start).
-
-        Raises:
-            FLError: as :meth:`append`.
-        """
-        return self.append(
-            "round",
-            **self._common(),
-            round=round,
-            clients=clients,
-            update_digests=update_digests,
-            aggregate_digest=aggregate_digest,
-            metrics=metrics,
-        )
-
-    def finish(self, *, metrics: Mapping[str, float] | None = None) -> ProvenanceEntry:
-        """Append the ``final`` entry naming the last aggregate as the released model.
-
-        Raises:
-            FLError: as :meth:`append`.
-        """
-        rounds = [e for e in self._entries if e.kind == "round"]
-        last = self._entries[-1] if self._entries else None
-        return self.append(
-            "final",
-            **self._common(),
-            round=rounds[-1].round if rounds else None,
-            aggregate_digest=last.aggregate_digest if last else GENESIS_HASH,
-            metrics=metrics,
-        )
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the log as JSON lines (atomic replace). See :func:`save_provenance`."""
-        save_provenance(self._entries, path)
+    return tuple(certificates)
 
 
 def save_provenance(entries: Sequence[ProvenanceEntry], path: str | os.PathLike[str]) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Metrics",
     "Strategy",
     "check_metrics",
+    "validate_evaluate_result",
     "validate_fit_result",
     "weighted_metrics",
 ]
@@ -205,6 +206,21 @@ def validate_fit_result(result: FitResult, reference: Arrays | None = None) -> N
     _check_count(result.num_examples, who=who, minimum=1)
     check_metrics(result.metrics, who=who)
     check_compatible(reference if reference is not None else result.arrays, result.arrays, who=who)
+
+
+def validate_evaluate_result(result: EvaluateResult) -> None:
+    """Check one evaluation result before it is aggregated (runtimes drop a bad one and
+    aggregate the others, so one client cannot switch federated evaluation off).
+
+    Raises:
+        FLError: the client name is empty, ``num_examples`` is not in ``0..2**53-1``, or the
+            metrics are invalid (:func:`check_metrics`).
+    """
+    if not isinstance(result.client, str) or not result.client:
+        raise FLError("evaluation without a client name")
+    who = f"evaluation from {result.client[:64]!r}"
+    _check_count(result.num_examples, who=who, minimum=0)
+    check_metrics(result.metrics, who=who)
 
 
 def weighted_metrics(pairs: Iterable[tuple[int, Mapping[str, float]]]) -> Metrics:

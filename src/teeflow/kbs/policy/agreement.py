@@ -2,7 +2,7 @@
 
 The agreement is a YAML document validated by :class:`FederationAgreement` (pydantic v2,
 frozen, unknown keys refused): ``federation``, ``version``, ``previous``, ``parties``,
-``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``,
+``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``, ``fl``,
 ``valid_from``, ``not_after``. The annotated document shape, the CLI workflow and the
 signature file format are in ``docs/agreement.md``.
 
@@ -60,8 +60,10 @@ from teeflow.kbs.policy.canonical import (
 from teeflow.kbs.policy.parties import B64Key32, Name, SignKey
 
 __all__ = [
+    "MAX_EXAMPLES",
     "MAX_ITEMS",
     "FederationAgreement",
+    "FlLimits",
     "Ident",
     "OutputKind",
     "PackageSpec",
@@ -79,6 +81,8 @@ __all__ = [
 
 #: Upper bound on the number of entries of any list or mapping in an agreement.
 MAX_ITEMS = 1000
+#: Largest example count an FL cap may name (2**53 - 1, exact in float64 and I-JSON).
+MAX_EXAMPLES = 2**53 - 1
 _MAX_VERSION = 2**31 - 1
 
 
@@ -368,6 +372,32 @@ class UpdateQuorum(DocumentModel):
     k: int = Field(ge=1, le=MAX_ITEMS)
 
 
+ExampleCount = Annotated[int, Field(ge=1, le=MAX_EXAMPLES)]
+
+
+class FlLimits(DocumentModel):
+    """Federated-learning limits (``fl``): how much one client's update may weigh.
+
+    FedAvg weighs each update by the ``num_examples`` its client reports; a party that
+    reports 10**9 would dominate the global model. The aggregator clips each reported count
+    to the party's cap (``max_examples_per_party``, else ``max_examples``; none = unbounded)
+    and records the clipping in the provenance log (``docs/fl.md`` "Update weights").
+
+    Attributes:
+        max_examples: cap on every client's ``num_examples`` (1..2**53-1) or None.
+        max_examples_per_party: per-party caps, overriding ``max_examples``.
+    """
+
+    max_examples: ExampleCount | None = None
+    max_examples_per_party: dict[Name, ExampleCount] = Field(
+        default_factory=dict, max_length=MAX_ITEMS
+    )
+
+    def cap(self, party: str) -> int | None:
+        """The cap on ``party``'s ``num_examples`` (None: unbounded)."""
+        return self.max_examples_per_party.get(party, self.max_examples)
+
+
 class FederationAgreement(DocumentModel):
     """The federation agreement (see the module docstring for the document shape)."""
 
@@ -380,6 +410,7 @@ class FederationAgreement(DocumentModel):
     outputs: dict[OutputKind, tuple[Name, ...]] = Field(default_factory=dict)
     allow_emulated: bool = False
     update_quorum: UpdateQuorum
+    fl: FlLimits = Field(default_factory=FlLimits)
     valid_from: UtcDatetime | None = None
     not_after: UtcDatetime | None = None
 
@@ -412,6 +443,11 @@ class FederationAgreement(DocumentModel):
             problems += [
                 f"outputs.{kind}: {n} is not a party" for n in names if n not in self.parties
             ]
+        problems += [
+            f"fl.max_examples_per_party: {n} is not a party"
+            for n in sorted(self.fl.max_examples_per_party)
+            if n not in self.parties
+        ]
         seen: dict[str, str] = {}
         for name, pkg in sorted(self.packages.items()):
             if pkg.digest in seen:

@@ -45,6 +45,7 @@ from joserfc.jwk import ECKey
 
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.policy.agreement import FederationAgreement
+from teeflow.kbs.policy.generated import upload_problems
 from teeflow.kbs.policy.grants import Grant, SignedGrant, grant_allows, grant_digest, verify_grant
 from teeflow.kbs.policy.parties import verify_ed25519
 from teeflow.kbs.protocol import (
@@ -242,7 +243,9 @@ def check_upload(
 ) -> tuple[Grant | None, bytes | None, list[str]]:
     """Every reason to refuse a resource upload under the active ``agreement``.
 
-    Checks: the wrapped key decodes; the grant is for ``upload.path`` and by
+    Checks: the path is not in a KBS-generated scope (:func:`teeflow.kbs.policy.generated.
+    upload_problems`: e.g. ``fl/checkpoint-key/...``, which no party may hold); the wrapped
+    key decodes; the grant is for ``upload.path`` and by
     ``upload.owner``; :func:`teeflow.kbs.policy.grants.verify_grant` (owner signature, agreement
     digest, parties, packages, roles, recipients — every reason); the upload signature
     (:func:`teeflow.kbs.protocol.resource_upload_digest`) by the owner's agreement key; the
@@ -252,7 +255,7 @@ def check_upload(
     Returns:
         ``(grant, wrapped_key, reasons)``; ``reasons`` is empty when acceptable.
     """
-    reasons: list[str] = []
+    reasons: list[str] = upload_problems(upload.path)
     grant = upload.signed_grant.grant
     try:
         wrapped: bytes | None = upload.wrapped_key_bytes()

@@ -24,6 +24,7 @@ from teeflow.kbs.api.problems import (
     ServiceUnavailable,
 )
 from teeflow.kbs.policy.canonical import canonical_json
+from teeflow.kbs.policy.generated import generated_scope
 from teeflow.kbs.policy.grants import grant_digest
 from teeflow.kbs.protocol import (
     RESOURCE_WRAP_INFO,
@@ -35,6 +36,7 @@ from teeflow.kbs.protocol import (
 )
 from teeflow.kbs.service.context import ServiceContext
 from teeflow.kbs.service.context import sha256_hex as _sha256_hex
+from teeflow.kbs.service.generated import GeneratedSecretService
 from teeflow.kbs.service.release import (
     ReleaseDecision,
     check_upload,
@@ -69,6 +71,7 @@ class ResourceService:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._generated = GeneratedSecretService(ctx)
 
     def put_resource(self, upload: ResourceUpload) -> ResourceInfo:
         """Store an owner's wrapped data key under its signed grant (still wrapped).
@@ -151,6 +154,10 @@ class ResourceService:
         with a short random back-off): concurrent requests never exceed ``max_releases``,
         and none is refused unless the budget is really used up.
 
+        A path in a KBS-generated scope (``fl/checkpoint-key/<session>``) is created on first
+        use and released by its own rules (:class:`~teeflow.kbs.service.generated.
+        GeneratedSecretService`).
+
         Raises:
             InvalidRequestPath: ``path`` is not ``<repository>/<type>/<tag>``.
             PolicyDeny: not allowed, *or the resource does not exist* (same body); the
@@ -160,6 +167,9 @@ class ResourceService:
         now = self._ctx.now()
         if not isinstance(path, str) or not is_resource_path(path):
             raise InvalidRequestPath()
+        scope = generated_scope(path)
+        if scope is not None:
+            return self._generated.release(session, path, scope)
         data: dict[str, Any] = {
             "role": session.role,
             "measurement": session.measurement,
