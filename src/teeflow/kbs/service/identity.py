@@ -86,9 +86,15 @@ __all__ = [
     "TLS_CERT_LIFETIME",
     "TLS_RENEW_BEFORE",
     "KbsKeys",
+    "generate_kbs_keys",
     "kbs_binding_digest",
     "kbs_report_data",
     "load_or_create_kbs_keys",
+    "make_tls_certificate",
+    "parse_key_state",
+    "renew_kbs_keys",
+    "serialise_key_state",
+    "store_kbs_keys",
 ]
 
 KEYS_FILE = "kbs-keys.sealed"
@@ -147,6 +153,11 @@ class KbsKeys:
     tls_certificate: x509.Certificate = field(repr=False)
     audit: Ed25519PrivateKey = field(repr=False)
     storage_key: bytes = field(repr=False)
+
+    @property
+    def storage(self) -> bytes:
+        """The 32-byte storage key (``storage_key``): authenticates store rows."""
+        return self.storage_key
 
     def hpke_public_key(self) -> bytes:
         """Raw 32-byte X25519 public key (owners wrap data keys to it)."""
@@ -351,6 +362,90 @@ def _str(doc: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise ParseError(f"KBS state: {name} must be a string")
     return value
+
+
+def serialise_key_state(keys: KbsKeys, measurement: bytes) -> bytes:
+    """The state document (module docstring) of ``keys`` recording ``measurement`` (32
+    bytes): UTF-8 JSON holding every private key — seal it before it leaves memory."""
+    return _serialise(keys, measurement)
+
+
+def parse_key_state(data: bytes) -> tuple[KbsKeys, bytes]:
+    """Parse a state document (:func:`serialise_key_state`) whatever measurement it records.
+
+    Returns ``(keys, recorded measurement)``.
+
+    Raises:
+        ParseError: malformed document or key material.
+    """
+    try:
+        recorded = bytes.fromhex(_str(json.loads(data.decode("utf-8")), "measurement"))
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+        raise ParseError("KBS state: not a JSON document with a measurement") from None
+    if len(recorded) != 32:
+        raise ParseError("KBS state: measurement must be 32 bytes")
+    return _deserialise(data, recorded), recorded
+
+
+def generate_kbs_keys(
+    federation: str,
+    *,
+    now: datetime,
+    rng: Callable[[int], bytes] = os.urandom,
+    tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+) -> KbsKeys:
+    """A fresh key set (module docstring) for ``federation``.
+
+    Raises:
+        KbsError: bad federation name or TLS hosts.
+    """
+    if not isinstance(federation, str) or not NAME_PATTERN.fullmatch(federation):
+        raise KbsError("federation must be a DNS-label name")
+    return _generate(federation, _normalise_hosts(tls_hosts), now.astimezone(UTC), rng)
+
+
+def make_tls_certificate(
+    key: ec.EllipticCurvePrivateKey, federation: str, hosts: Sequence[str], now: datetime
+) -> x509.Certificate:
+    """A self-signed TLS server certificate for ``key`` (as the key set's, 30 days).
+
+    Raises:
+        KbsError: bad TLS hosts.
+    """
+    return _tls_certificate(key, federation, _normalise_hosts(hosts), now.astimezone(UTC))
+
+
+def store_kbs_keys(
+    state_dir: Path,
+    keys: KbsKeys,
+    *,
+    sealer: PlatformSealer,
+    measurement: bytes,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> None:
+    """Seal ``keys`` to (platform, ``measurement``) and replace ``<state_dir>/kbs-keys.sealed``
+    (after a recovery or an upgrade).
+
+    Raises:
+        KbsError: I/O failure or bad measurement.
+        PlatformError: from ``sealer``.
+    """
+    if not isinstance(measurement, bytes) or len(measurement) != 32:
+        raise KbsError("measurement must be 32 bytes")
+    state_dir = Path(state_dir)
+    _prepare_dir(state_dir)
+    key = sealer.sealing_key(measurement, purpose=SEALING_PURPOSE)
+    blob = seal(_serialise(keys, measurement), key, aad=KEYS_AAD, rng=rng)
+    _write_state(state_dir / KEYS_FILE, blob, replace=True)
+
+
+def renew_kbs_keys(keys: KbsKeys, *, now: datetime, tls_hosts: Sequence[str]) -> KbsKeys | None:
+    """A copy with renewed CA/TLS certificates (same keys) when needed, else None.
+
+    Raises:
+        KbsError: bad TLS hosts.
+    """
+    return _renew(keys, _normalise_hosts(tls_hosts), now.astimezone(UTC))
 
 
 def _deserialise(data: bytes, measurement: bytes) -> KbsKeys:
