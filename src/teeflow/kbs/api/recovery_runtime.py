@@ -5,22 +5,44 @@ the parties' shares recombine the secret, then completes the recovery and serves
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
 from teeflow.errors import KbsError
 from teeflow.kbs.api.recovery import create_recovery_app
+from teeflow.kbs.policy.signing import SignedAgreement
+from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.identity import KbsKeys
 from teeflow.kbs.service.recovery import RecoveryRecord
-from teeflow.kbs.service.recovery_mode import RecoveryCoordinator
+from teeflow.kbs.service.recovery_mode import (
+    RecoveryCoordinator,
+    RecoveryManager,
+    audit_recovery_data,
+    finish_recovery,
+    kbs_named_by,
+)
+from teeflow.kbs.store.interface import KbsStore
+
+if TYPE_CHECKING:
+    from teeflow.kbs.api.server import KbsRuntime
 from teeflow.platform.sealing import PlatformSealer
 
-__all__ = ["RecoveredKeys", "RecoveryRequired", "RecoveryRuntime"]
+__all__ = [
+    "RecoveredKeys",
+    "RecoveryRequired",
+    "RecoveryRuntime",
+    "complete_recovery",
+    "ensure_share_set",
+    "resume_after_recovery",
+]
+_LOG = logging.getLogger("teeflow.kbs.server")
 
 
 @dataclass(frozen=True)
@@ -75,3 +97,67 @@ class RecoveryRequired(KbsError):
             f"({runtime.coordinator.needs.reason})"
         )
         self.runtime = runtime
+
+
+def ensure_share_set(
+    manager: RecoveryManager, signed: SignedAgreement, agreement_digest: bytes
+) -> None:
+    """Agreement hook: keep the recovery share set matching the accepted agreement."""
+    manager.ensure(signed.agreement, agreement_digest)
+
+
+def resume_after_recovery(
+    store: KbsStore,
+    *,
+    keys: KbsKeys,
+    recovered: RecoveredKeys,
+    current: SignedAgreement | None,
+    measurement: bytes,
+    tee: str,
+    clock: Callable[[], datetime],
+) -> None:
+    """After a recovery: the agreement in force must name this KBS; audit the recovery."""
+    named = None if current is None else kbs_named_by(current.agreement, tee, measurement.hex())
+    upgrade = recovered.previous_measurement != measurement
+    if upgrade and named is not True:
+        raise KbsError(
+            f"the agreement in force does not name KBS measurement {measurement.hex()}: "
+            "an upgraded KBS needs a quorum-signed agreement update listing it"
+        )
+    data = audit_recovery_data(
+        recovered.record, recovered.previous_measurement, measurement, recovered.parties
+    )
+    AuditLog(store, keys.audit, clock).append(
+        "kbs-upgrade" if upgrade else "kbs-recovery",
+        f"kbs:{keys.federation}",
+        "accept",
+        data=data,
+    )
+    _LOG.info("KBS state recovered (%s)", "upgrade" if upgrade else "same measurement")
+
+
+def complete_recovery(rt: RecoveryRuntime, db_url: str, **kwargs: Any) -> KbsRuntime:
+    """After ``rt.coordinator`` recombined the secret: reseal the recovered key set to this
+    platform (:func:`~teeflow.kbs.service.recovery_mode.finish_recovery`) and build the
+    normal KBS (:func:`build_kbs` with the same arguments), which checks that the agreement
+    in force names this measurement and audits the recovery (``kbs-recovery``, or
+    ``kbs-upgrade`` when the measurement changed).
+
+    Raises:
+        KbsError: not recovered yet, or as :func:`build_kbs`.
+        SealingError, ParseError: the recovery copy does not open or is malformed.
+    """
+    keys, previous = finish_recovery(
+        rt.state_dir,
+        needs=rt.coordinator.needs,
+        secret=rt.coordinator.secret,
+        sealer=rt.sealer,
+        measurement=rt.measurement,
+        federation=rt.federation,
+        now=rt.now(),
+        tls_hosts=rt.tls_hosts,
+    )
+    recovered = RecoveredKeys(keys, previous, rt.coordinator.needs.record, rt.coordinator.used)
+    from teeflow.kbs.api.server import build_kbs
+
+    return build_kbs(db_url, recovered=recovered, sealer=rt.sealer, **kwargs)

@@ -56,12 +56,17 @@ from teeflow.kbs.api.app import (
     create_app,
 )
 from teeflow.kbs.api.recovery import install_recovery_routes
-from teeflow.kbs.api.recovery_runtime import RecoveredKeys, RecoveryRequired, RecoveryRuntime
+from teeflow.kbs.api.recovery_runtime import (
+    RecoveredKeys,
+    RecoveryRequired,
+    RecoveryRuntime,
+    complete_recovery,
+    ensure_share_set,
+    resume_after_recovery,
+)
 from teeflow.kbs.ca.tls import scratch_file
 from teeflow.kbs.policy.agreement import digest
 from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
-from teeflow.kbs.policy.signing import SignedAgreement
-from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.collateral import (
     CollateralProvider,
     CompositeCollateralProvider,
@@ -74,9 +79,6 @@ from teeflow.kbs.service.recovery_mode import (
     NeedsRecovery,
     RecoveryCoordinator,
     RecoveryManager,
-    audit_recovery_data,
-    finish_recovery,
-    kbs_named_by,
     load_kbs_state,
 )
 from teeflow.kbs.service.self_attestation import KbsEvidenceSource, kbs_measurement
@@ -296,11 +298,11 @@ def build_kbs(
             collateral=CompositeCollateralProvider(providers),
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,
-            on_agreement=lambda signed, d: _ensure(manager, signed, d),
+            on_agreement=lambda signed, d: ensure_share_set(manager, signed, d),
         )
         current = service.current_agreement()
         if recovered is not None:
-            _resume(
+            resume_after_recovery(
                 store,
                 keys=keys,
                 recovered=recovered,
@@ -318,65 +320,6 @@ def build_kbs(
         store.close()
         raise
     return KbsRuntime(service, keys, store, app, mr, authority, fed, directory)
-
-
-def _ensure(manager: RecoveryManager, signed: SignedAgreement, agreement_digest: bytes) -> None:
-    manager.ensure(signed.agreement, agreement_digest)
-
-
-def _resume(
-    store: KbsStore,
-    *,
-    keys: KbsKeys,
-    recovered: RecoveredKeys,
-    current: SignedAgreement | None,
-    measurement: bytes,
-    tee: str,
-    clock: Callable[[], datetime],
-) -> None:
-    """After a recovery: the agreement in force must name this KBS; audit the recovery."""
-    named = None if current is None else kbs_named_by(current.agreement, tee, measurement.hex())
-    upgrade = recovered.previous_measurement != measurement
-    if upgrade and named is not True:
-        raise KbsError(
-            f"the agreement in force does not name KBS measurement {measurement.hex()}: "
-            "an upgraded KBS needs a quorum-signed agreement update listing it"
-        )
-    data = audit_recovery_data(
-        recovered.record, recovered.previous_measurement, measurement, recovered.parties
-    )
-    AuditLog(store, keys.audit, clock).append(
-        "kbs-upgrade" if upgrade else "kbs-recovery",
-        f"kbs:{keys.federation}",
-        "accept",
-        data=data,
-    )
-    _LOG.info("KBS state recovered (%s)", "upgrade" if upgrade else "same measurement")
-
-
-def complete_recovery(rt: RecoveryRuntime, db_url: str, **kwargs: Any) -> KbsRuntime:
-    """After ``rt.coordinator`` recombined the secret: reseal the recovered key set to this
-    platform (:func:`~teeflow.kbs.service.recovery_mode.finish_recovery`) and build the
-    normal KBS (:func:`build_kbs` with the same arguments), which checks that the agreement
-    in force names this measurement and audits the recovery (``kbs-recovery``, or
-    ``kbs-upgrade`` when the measurement changed).
-
-    Raises:
-        KbsError: not recovered yet, or as :func:`build_kbs`.
-        SealingError, ParseError: the recovery copy does not open or is malformed.
-    """
-    keys, previous = finish_recovery(
-        rt.state_dir,
-        needs=rt.coordinator.needs,
-        secret=rt.coordinator.secret,
-        sealer=rt.sealer,
-        measurement=rt.measurement,
-        federation=rt.federation,
-        now=rt.now(),
-        tls_hosts=rt.tls_hosts,
-    )
-    recovered = RecoveredKeys(keys, previous, rt.coordinator.needs.record, rt.coordinator.used)
-    return build_kbs(db_url, recovered=recovered, sealer=rt.sealer, **kwargs)
 
 
 def tls_context(keys: KbsKeys) -> ssl.SSLContext:
