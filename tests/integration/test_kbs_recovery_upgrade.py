@@ -246,3 +246,65 @@ def _own_share(share: ShareFile, keys: PartyKeys) -> bytes:
     from teeflow.kbs.service.recovery import open_party_share
 
     return open_party_share(share.parsed_record(), keys.name, keys.recipient_key)
+
+
+def test_without_sealing_key_every_restart_recovers(tmp_path: Path) -> None:
+    """As on TDX (no sealing key): nothing unsealable is written; each restart starts in
+    recovery mode, n-of-n by default; the share set is in the audit log."""
+    home = tmp_path / "home"
+    state = tmp_path / "state"
+    db = f"sqlite:///{tmp_path / 'kbs.db'}"
+    now = datetime.now(UTC)
+    parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+    doc = _agreement(parties, 1, [M1], None).to_document()
+    doc["recovery"] = None
+    doc["update_quorum"] = {"k": 1}
+    v1 = FederationAgreement.from_mapping(doc)
+    common = {
+        "state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
+        "measurement": M1, "sealer": None,
+    }
+    runtime = build_kbs(db, **common)
+    authority = EmulationAuthority.load_or_create(home, now=now)
+    anchors = [authority.trust_anchor()]
+    collateral = EmulatedCollateralProvider(authority)
+    audit_key = runtime.keys.audit.public_key().public_bytes_raw()
+    with BackgroundServer(make_server(runtime)) as srv:
+        values_file = tmp_path / "agreement.yaml"
+        values_file.write_text(v1.to_yaml())
+        pin = verify_kbs(srv.url, load_reference_values(values_file), True, home=home)
+        with KbsClient(None, pin) as client:
+            client.submit_agreement(_sign(v1, list(parties.values())))
+            entries = client.audit()
+        shares = {n: fetch_share(pin, k) for n, k in parties.items()}
+    runtime.close()
+    assert not (state / "kbs-keys.sealed").exists()
+    made = [e for e in entries if e.kind == "recovery-shares"]
+    assert [e.data["recovery_id"] for e in made] == [shares["alice"].recovery_id]
+    assert made[0].data["k"] == 2
+
+    for _ in range(2):
+        with pytest.raises(RecoveryRequired) as need:
+            build_kbs(db, **common)
+        rt = need.value.runtime
+        assert rt.coordinator.status()["reason"] == "no platform sealing key"
+        with _recovery_server(rt) as srv:
+            first = recover(
+                srv.url, shares["bob"], parties["bob"], v1,
+                allow_emulated=True, anchors=anchors, collateral=collateral,
+            )
+            assert first["mode"] == "recovery"  # 1 of 2: still locked
+            recover(
+                srv.url, shares["alice"], parties["alice"], v1,
+                allow_emulated=True, anchors=anchors, collateral=collateral,
+            )
+        args = {k: v for k, v in common.items() if k != "sealer"}
+        back = complete_recovery(rt, db, **args)
+        try:
+            assert back.keys.audit.public_key().public_bytes_raw() == audit_key
+            last = back.store.last_audit()
+            assert last is not None and last.kind == "kbs-recovery"
+            assert last.data["upgrade"] is False
+        finally:
+            back.close()
+        assert not (state / "kbs-keys.sealed").exists()

@@ -38,6 +38,7 @@ __all__ = [
     "RecoveredKeys",
     "RecoveryRequired",
     "RecoveryRuntime",
+    "audit_share_set",
     "complete_recovery",
     "ensure_share_set",
     "resume_after_recovery",
@@ -97,6 +98,22 @@ class RecoveryRequired(KbsError):
             f"({runtime.coordinator.needs.reason})"
         )
         self.runtime = runtime
+
+
+def audit_share_set(audit: AuditLog, record: RecoveryRecord) -> None:
+    """Append the ``recovery-shares`` audit entry of a new share set (public facts only)."""
+    audit.append(
+        "recovery-shares",
+        f"kbs:{record.federation}",
+        "info",
+        data={
+            "recovery_id": record.recovery_id().hex(),
+            "k": record.k,
+            "n": len(record.parties),
+            "parties": sorted(record.parties),
+            "agreement_version": record.agreement_version,
+        },
+    )
 
 
 def ensure_share_set(

@@ -60,6 +60,7 @@ from teeflow.kbs.api.recovery_runtime import (
     RecoveredKeys,
     RecoveryRequired,
     RecoveryRuntime,
+    audit_share_set,
     complete_recovery,
     ensure_share_set,
     resume_after_recovery,
@@ -67,6 +68,7 @@ from teeflow.kbs.api.recovery_runtime import (
 from teeflow.kbs.ca.tls import scratch_file
 from teeflow.kbs.policy.agreement import digest
 from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
+from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.collateral import (
     CollateralProvider,
     CompositeCollateralProvider,
@@ -289,7 +291,13 @@ def build_kbs(
     providers.append(EmulatedCollateralProvider(authority))
     store = open_store(db_url)
     try:
-        manager = RecoveryManager(directory, keys, mr)
+        audit = AuditLog(store, keys.audit, now_fn)
+        manager = RecoveryManager(
+            directory,
+            keys,
+            mr,
+            on_created=lambda rec: audit_share_set(audit, rec),
+        )
         service = KbsService(
             store,
             keys,

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import ValidationError
 
+from teeflow._fs import ensure_private_dir
 from teeflow.errors import KbsError, ParseError, SealingError, VerificationError
 from teeflow.kbs.api.problems import Conflict, InvalidRequest, PolicyDeny, ServiceUnavailable
 from teeflow.kbs.policy.agreement import FederationAgreement, WorkloadRole
@@ -138,7 +139,11 @@ def load_kbs_state(
         KbsError, PlatformError: as :func:`load_or_create_kbs_keys`.
     """
     state_dir = Path(state_dir)
-    found = load_recovery_file(state_dir) if state_dir.is_dir() else None
+    try:
+        ensure_private_dir(state_dir)
+    except OSError as exc:
+        raise KbsError(f"cannot prepare KBS state directory {state_dir}: {exc.strerror}") from None
+    found = load_recovery_file(state_dir)
     sealed = state_dir / KEYS_FILE
     args: dict[str, Any] = {
         "measurement": measurement,
@@ -391,6 +396,9 @@ class RecoveryManager:
         keys: the running key set.
         measurement: the running KBS measurement (recorded in the recovery copy).
         rng: randomness for the secret, set id and sealing.
+        on_created: called with each new record after it is written (the KBS appends a
+            ``recovery-shares`` audit entry naming the recovery id, so parties can check
+            the share set they saved is the current one).
     """
 
     def __init__(
@@ -400,8 +408,10 @@ class RecoveryManager:
         measurement: bytes,
         *,
         rng: Callable[[int], bytes] = os.urandom,
+        on_created: Callable[[RecoveryRecord], None] | None = None,
     ) -> None:
         self._dir = Path(state_dir)
+        self._on_created = on_created
         self._keys = keys
         self._measurement = measurement
         self._rng = rng
@@ -434,6 +444,8 @@ class RecoveryManager:
                 len(made.record.parties),
                 agreement.version,
             )
+            if self._on_created is not None:
+                self._on_created(made.record)
             return made.record
 
     def status(self) -> dict[str, Any]:
