@@ -23,7 +23,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from teeflow.errors import PolicyViolation
+from teeflow.errors import KbsError, PolicyViolation
 from teeflow.kbs.api.problems import Conflict
 from teeflow.kbs.api.recovery_runtime import RecoveryRequired, RecoveryRuntime
 from teeflow.kbs.api.server import BackgroundServer, build_kbs, complete_recovery, make_server
@@ -308,3 +308,47 @@ def test_without_sealing_key_every_restart_recovers(tmp_path: Path) -> None:
         finally:
             back.close()
         assert not (state / "kbs-keys.sealed").exists()
+
+
+def test_kbs_refuses_to_resume_as_an_unnamed_upgrade(tmp_path: Path) -> None:
+    """Even with every share (parties that skipped the evidence check), a KBS whose
+    measurement the agreement in force does not name refuses to resume and changes nothing
+    on disk: the named KBS still starts from its sealed state."""
+    home = tmp_path / "home"
+    state = tmp_path / "state"
+    db = f"sqlite:///{tmp_path / 'kbs.db'}"
+    parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+    doc = _agreement(parties, 1, [M1], None).to_document()
+    doc["recovery"] = None
+    v1 = FederationAgreement.from_mapping(doc)
+    common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None}
+    runtime = build_kbs(db, measurement=M1, **common)
+    before = runtime.keys.hpke_public_key()
+    with BackgroundServer(make_server(runtime)) as srv:
+        values_file = tmp_path / "agreement.yaml"
+        values_file.write_text(v1.to_yaml())
+        pin = verify_kbs(srv.url, load_reference_values(values_file), True, home=home)
+        with KbsClient(None, pin) as client:
+            client.submit_agreement(_sign(v1, list(parties.values())))
+        shares = {n: fetch_share(pin, k) for n, k in parties.items()}
+    runtime.close()
+    files = {p.name: p.read_bytes() for p in state.iterdir()}
+
+    with pytest.raises(RecoveryRequired) as need:
+        build_kbs(db, measurement=M_ROGUE, **common)
+    rt = need.value.runtime
+    for n, keys in parties.items():
+        sub = sign_submission(
+            keys.sign_key, party=n, recovery_id=shares[n].recovery_id,
+            recipient=rt.coordinator._hpke.public_key(), share=_own_share(shares[n], keys),
+        )
+        rt.coordinator.submit(sub.model_dump_json().encode())
+    assert rt.coordinator.done.is_set()
+    with pytest.raises(KbsError, match="does not name KBS measurement"):
+        complete_recovery(rt, db, measurement=M_ROGUE, **common)
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == files
+    again = build_kbs(db, measurement=M1, **common)
+    try:
+        assert again.keys.hpke_public_key() == before
+    finally:
+        again.close()

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from teeflow.errors import KbsError
 from teeflow.kbs.api.recovery import create_recovery_app
 from teeflow.kbs.policy.signing import SignedAgreement
 from teeflow.kbs.service.audit import AuditLog
-from teeflow.kbs.service.identity import KbsKeys
-from teeflow.kbs.service.recovery import RecoveryRecord
+from teeflow.kbs.service.identity import KbsKeys, parse_key_state
+from teeflow.kbs.service.recovery import RecoveryRecord, open_recovery_state
 from teeflow.kbs.service.recovery_mode import (
     RecoveryCoordinator,
     RecoveryManager,
@@ -68,10 +69,16 @@ class RecoveryRuntime:
     federation: str
     tls_hosts: tuple[str, ...]
     now: Callable[[], datetime]
+    tee: str = "emulated-sgx"
     app: FastAPI = field(init=False)
 
     def __post_init__(self) -> None:
         self.app = create_recovery_app(self.coordinator)
+
+    @property
+    def needs_record(self) -> RecoveryRecord:
+        """The share-set record being recovered."""
+        return self.coordinator.needs.record
 
     def tls_context(self) -> ssl.SSLContext:
         """Server TLS context with the ephemeral recovery TLS key.
@@ -153,6 +160,32 @@ def resume_after_recovery(
     _LOG.info("KBS state recovered (%s)", "upgrade" if upgrade else "same measurement")
 
 
+def _check_resume_allowed(rt: RecoveryRuntime, db_url: str) -> None:
+    from teeflow.kbs.store import open_store
+
+    plain = open_recovery_state(rt.coordinator.needs.blob, rt.coordinator.secret, rt.needs_record)
+    _, previous = parse_key_state(plain)
+    if previous == rt.measurement:
+        return
+    store = open_store(db_url)
+    try:
+        record = store.current_agreement()
+    finally:
+        store.close()
+    named = None
+    if record is not None:
+        try:
+            signed = SignedAgreement.model_validate_json(record.document)
+        except ValidationError:
+            raise KbsError("the stored agreement does not parse") from None
+        named = kbs_named_by(signed.agreement, rt.tee, rt.measurement.hex())
+    if named is not True:
+        raise KbsError(
+            f"the agreement in force does not name KBS measurement {rt.measurement.hex()}: "
+            "an upgraded KBS needs a quorum-signed agreement update listing it"
+        )
+
+
 def complete_recovery(rt: RecoveryRuntime, db_url: str, **kwargs: Any) -> KbsRuntime:
     """After ``rt.coordinator`` recombined the secret: reseal the recovered key set to this
     platform (:func:`~teeflow.kbs.service.recovery_mode.finish_recovery`) and build the
@@ -160,10 +193,17 @@ def complete_recovery(rt: RecoveryRuntime, db_url: str, **kwargs: Any) -> KbsRun
     in force names this measurement and audits the recovery (``kbs-recovery``, or
     ``kbs-upgrade`` when the measurement changed).
 
+    Before anything is written, an upgraded KBS (another measurement than the recovered
+    state records) must be named by the agreement in force in the store; otherwise nothing
+    changes on disk and :class:`KbsError` is raised (the old KBS still starts).
+
     Raises:
-        KbsError: not recovered yet, or as :func:`build_kbs`.
+        KbsError: not recovered yet, an upgrade the agreement in force does not name, or as
+            :func:`build_kbs`.
         SealingError, ParseError: the recovery copy does not open or is malformed.
+        StorageError: the database cannot be read.
     """
+    _check_resume_allowed(rt, db_url)
     keys, previous = finish_recovery(
         rt.state_dir,
         needs=rt.coordinator.needs,
