@@ -168,6 +168,12 @@ def test_new_host_recovery_through_the_cli(teeflow_home: Path, tmp_path: Path) -
     with serve(teeflow_home, tmp_path, port, log) as proc:
         assert _mode(url) == "recovery"
         assert "RECOVERY MODE" in log.read_text()
+        refused = CliRunner().invoke(
+            CLI,
+            ["kbs", "verify", url, "--reference-values", str(agreement_file),
+             "--allow-emulated", "-o", str(tmp_path / "other-pin.json")],
+        )
+        assert refused.exit_code != 0 and "RECOVERY MODE" in str(refused.exception)
         # the pin of the old KBS does not fit the recovery-mode TLS key
         with pytest.raises(VerificationError), KbsClient(None, pin) as client:
             client.current_agreement()

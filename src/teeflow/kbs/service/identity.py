@@ -6,10 +6,12 @@ On first start the KBS generates (:func:`load_or_create_kbs_keys`):
 * ``ca`` — the federation CA (P-256, :class:`teeflow.kbs.ca.authority.FederationCA`);
 * ``ear`` — the EAR signing key (joserfc ``ECKey`` P-256, ES256);
 * ``tls_key`` / ``tls_certificate`` — P-256 key and a self-signed server certificate
+  (:mod:`teeflow.kbs.service.tls_certificate`)
   (SAN ``localhost`` and ``127.0.0.1`` by default, 30 days); the certificate (never the
   key) is regenerated when less than one day of validity is left or the host names change;
 * ``audit`` — Ed25519 key signing the audit log (:mod:`teeflow.kbs.service.audit`);
-* ``storage_key`` — 32 random bytes for encrypting stored secrets.
+* ``storage_key`` (also ``KbsKeys.storage``) — 32 random bytes for encrypting and
+  authenticating stored rows.
 
 State file ``<state_dir>/kbs-keys.sealed`` (directory 0700, file 0600, written atomically:
 temporary file, fsync, ``link``/``replace``, directory fsync) is a teeflow sealed blob
@@ -48,7 +50,6 @@ its nonce, and compares them with the REPORT_DATA of the verified evidence.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -59,20 +60,24 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from teeflow._fs import atomic_write, ensure_private_dir, fsync_dir
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.errors import KbsError, ParseError, SealingError
-from teeflow.kbs.ca.authority import CLOCK_SKEW, FederationCA
+from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, canonical_json
 from teeflow.kbs.policy.parties import NAME_PATTERN
+from teeflow.kbs.service.tls_certificate import (
+    normalise_hosts,
+    san_hosts,
+    tls_certificate,
+)
 from teeflow.platform.sealing import PlatformSealer
 from teeflow.sealing import seal, unseal
 
@@ -83,14 +88,12 @@ __all__ = [
     "KEYS_FILE",
     "PUBLIC_FORMAT",
     "SEALING_PURPOSE",
-    "TLS_CERT_LIFETIME",
     "TLS_RENEW_BEFORE",
     "KbsKeys",
     "generate_kbs_keys",
     "kbs_binding_digest",
     "kbs_report_data",
     "load_or_create_kbs_keys",
-    "make_tls_certificate",
     "parse_key_state",
     "renew_kbs_keys",
     "serialise_key_state",
@@ -103,7 +106,6 @@ SEALING_PURPOSE = b"kbs-state"
 STATE_FORMAT = "teeflow-kbs-keys/1"
 PUBLIC_FORMAT = "teeflow-kbs-public/1"
 BINDING_FORMAT = "teeflow-kbs-binding/1"
-TLS_CERT_LIFETIME = timedelta(days=30)
 TLS_RENEW_BEFORE = timedelta(days=1)
 CA_LIFETIME = timedelta(days=365)
 #: The CA certificate (same key) is renewed when less than this is left.
@@ -247,80 +249,6 @@ def kbs_report_data(
 # -- generation ---------------------------------------------------------------------------
 
 
-def _tls_certificate(
-    key: ec.EllipticCurvePrivateKey, federation: str, hosts: Sequence[str], now: datetime
-) -> x509.Certificate:
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"teeflow KBS {federation}"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "teeflow KBS TLS"),
-        ]
-    )
-    pub = key.public_key()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(pub)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + TLS_CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _san_hosts(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return []
-    out = [str(v) for v in san.get_values_for_type(x509.DNSName)]
-    out += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
-    return sorted(out)
-
-
-def _normalise_hosts(hosts: Sequence[str]) -> list[str]:
-    if isinstance(hosts, str) or not hosts or len(hosts) > 16:
-        raise KbsError("tls_hosts must be a sequence of 1..16 host names or IP addresses")
-    out = []
-    for host in hosts:
-        try:
-            out.append(str(ipaddress.ip_address(host)))
-        except ValueError:
-            if not isinstance(host, str) or not all(
-                NAME_PATTERN.fullmatch(label) for label in host.lower().split(".")
-            ):
-                raise KbsError(f"invalid TLS host name {host!r}") from None
-            out.append(host.lower())
-    return sorted(set(out))
-
-
 def _generate(
     federation: str, hosts: Sequence[str], now: datetime, rng: Callable[[int], bytes]
 ) -> KbsKeys:
@@ -331,7 +259,7 @@ def _generate(
         ca=FederationCA.generate(federation, now=now, lifetime=CA_LIFETIME),
         ear=generate_ear_signing_key(),
         tls_key=tls_key,
-        tls_certificate=_tls_certificate(tls_key, federation, hosts, now),
+        tls_certificate=tls_certificate(tls_key, federation, hosts, now),
         audit=Ed25519PrivateKey.from_private_bytes(rng(32)),
         storage_key=rng(32),
     )
@@ -401,18 +329,7 @@ def generate_kbs_keys(
     """
     if not isinstance(federation, str) or not NAME_PATTERN.fullmatch(federation):
         raise KbsError("federation must be a DNS-label name")
-    return _generate(federation, _normalise_hosts(tls_hosts), now.astimezone(UTC), rng)
-
-
-def make_tls_certificate(
-    key: ec.EllipticCurvePrivateKey, federation: str, hosts: Sequence[str], now: datetime
-) -> x509.Certificate:
-    """A self-signed TLS server certificate for ``key`` (as the key set's, 30 days).
-
-    Raises:
-        KbsError: bad TLS hosts.
-    """
-    return _tls_certificate(key, federation, _normalise_hosts(hosts), now.astimezone(UTC))
+    return _generate(federation, normalise_hosts(tls_hosts), now.astimezone(UTC), rng)
 
 
 def store_kbs_keys(
@@ -445,7 +362,7 @@ def renew_kbs_keys(keys: KbsKeys, *, now: datetime, tls_hosts: Sequence[str]) ->
     Raises:
         KbsError: bad TLS hosts.
     """
-    return _renew(keys, _normalise_hosts(tls_hosts), now.astimezone(UTC))
+    return _renew(keys, normalise_hosts(tls_hosts), now.astimezone(UTC))
 
 
 def _deserialise(data: bytes, measurement: bytes) -> KbsKeys:
@@ -541,9 +458,9 @@ def _renew(keys: KbsKeys, hosts: list[str], now: datetime) -> KbsKeys | None:
     if (
         now + TLS_RENEW_BEFORE >= tls.not_valid_after_utc
         or now < tls.not_valid_before_utc
-        or _san_hosts(tls) != hosts
+        or san_hosts(tls) != hosts
     ):
-        tls = _tls_certificate(keys.tls_key, keys.federation, hosts, now)
+        tls = tls_certificate(keys.tls_key, keys.federation, hosts, now)
         changed = True
     if not changed:
         return None
@@ -599,7 +516,7 @@ def load_or_create_kbs_keys(
         raise KbsError("federation must be a DNS-label name")
     if not isinstance(measurement, bytes) or len(measurement) != 32:
         raise KbsError("measurement must be 32 bytes")
-    hosts = _normalise_hosts(tls_hosts)
+    hosts = normalise_hosts(tls_hosts)
     state_dir = Path(state_dir)
     _prepare_dir(state_dir)
     path = state_dir / KEYS_FILE

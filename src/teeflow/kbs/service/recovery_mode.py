@@ -60,7 +60,6 @@ from teeflow.kbs.service.identity import (
     KbsKeys,
     generate_kbs_keys,
     load_or_create_kbs_keys,
-    make_tls_certificate,
     parse_key_state,
     renew_kbs_keys,
     serialise_key_state,
@@ -81,6 +80,7 @@ from teeflow.kbs.service.recovery import (
     verify_submission_signature,
     write_recovery_file,
 )
+from teeflow.kbs.service.tls_certificate import make_tls_certificate
 from teeflow.platform.sealing import PlatformSealer
 from teeflow.sealing.hpke import unwrap_key
 
