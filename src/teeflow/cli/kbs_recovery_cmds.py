@@ -85,6 +85,13 @@ def register_recovery(kbs: typer.Typer) -> None:
         allow_emulated: Annotated[
             bool, typer.Option("--allow-emulated", help="Accept an EMULATED KBS (development).")
         ] = False,
+        collateral_dir: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--collateral-dir",
+                help="Intel collateral directory for a hardware KBS's quote (repeat).",
+            ),
+        ] = None,
         as_json: _Json = False,
     ) -> None:
         """Verify the recovering KBS's evidence, then submit your share to its attested key."""
@@ -97,19 +104,25 @@ def register_recovery(kbs: typer.Typer) -> None:
         from teeflow.kbs.service.collateral import (
             CollateralProvider,
             CompositeCollateralProvider,
+            DirectoryCollateralProvider,
             EmulatedCollateralProvider,
         )
         from teeflow.platform.emulated import EmulationAuthority
+        from teeflow.platform.emulated_snp import EmulatedSnp
 
         now = datetime.now(UTC)
         anchors = [intel_sgx_root_ca()]
-        collateral: CollateralProvider = CompositeCollateralProvider([])
+        providers: list[CollateralProvider] = []
+        if collateral_dir:
+            providers.append(DirectoryCollateralProvider(collateral_dir))
         if allow_emulated:
             if EmulationAuthority.existing_trust_anchor(None) is None:
                 raise KbsError("no emulation authority in $TEEFLOW_HOME to verify an emulated KBS")
             authority = EmulationAuthority.load_or_create(None, now=now)
             anchors.append(authority.trust_anchor())
-            collateral = EmulatedCollateralProvider(authority)
+            anchors.append(EmulatedSnp.load_or_create(None, now=now).trust_anchor())
+            providers.append(EmulatedCollateralProvider(authority))
+        collateral = CompositeCollateralProvider(providers)
         status = recover(
             url,
             ShareFile.load(share if share is not None else default_share_path(party)),

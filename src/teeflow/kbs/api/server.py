@@ -29,6 +29,7 @@ closes the store and returns normally (exit status 0).
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import ipaddress
 import logging
@@ -268,7 +269,9 @@ def build_kbs(
                     RecoveryCoordinator(
                         state,
                         federation=fed,
-                        quote=attester.quote,
+                        primary_evidence=lambda rd: {
+                            "quote": base64.b64encode(attester.quote(rd)).decode("ascii")
+                        },
                         tee="emulated-sgx",
                         now=now,
                         tls_hosts=tls_hosts,

@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -29,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from teeflow._fs import atomic_write, ensure_private_dir
-from teeflow.attestation import sgx
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.client.pinning import (
@@ -42,7 +39,8 @@ from teeflow.kbs.client.pinning import (
 from teeflow.kbs.policy.agreement import FederationAgreement, WorkloadRole
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, format_validation_error
 from teeflow.kbs.policy.parties import PartyKeys
-from teeflow.kbs.service.collateral import CollateralProvider
+from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
+from teeflow.kbs.service.evidence import VerifyInputs, evidence_type
 from teeflow.kbs.service.recovery import (
     RecoveryRecord,
     open_party_share,
@@ -168,57 +166,59 @@ def verify_recovery_evidence(
     collateral: CollateralProvider,
     now: datetime,
     observed_tls_spki: Sequence[str],
+    snp_endorsements: SnpEndorsementProvider | None = None,
 ) -> dict[str, Any]:
-    """Verify a recovering KBS's evidence against ``agreement.workloads.kbs``; returns the
-    recovery bundle.
+    """Verify a recovering KBS's evidence (any TEE the KBS attests: the RCAR adapters of
+    :mod:`teeflow.kbs.service.evidence`) against ``agreement.workloads.kbs``, with
+    REPORT_DATA pinned to the recovery bundle and ``nonce``; returns the recovery bundle.
 
     Raises:
-        ParseError: malformed document.
-        VerificationError: the quote does not verify, or TLS key binding differs.
+        ParseError: malformed document or evidence.
+        VerificationError: the evidence does not verify, the declared TEE differs from the
+            evidence, or the TLS key / federation binding differs.
         PolicyViolation: the agreement does not name this KBS (measurement, TCB, debug...),
-            or emulated evidence while the agreement/party does not allow it.
+            has no KBS reference values for the TEE, or the evidence is emulated while the
+            party or the agreement does not allow it.
     """
     try:
         doc = json.loads(document)
-        bundle = doc["recovery"]
-        tee, quote_b64 = doc["tee"], doc["quote"]
+        bundle, tee, primary = doc["recovery"], doc["tee"], doc["primary_evidence"]
         if doc.get("format") != RECOVERY_EVIDENCE_FORMAT or not isinstance(bundle, dict):
             raise ParseError("not recovery evidence (is the KBS in recovery mode?)")
-        if bundle.get("format") != RECOVERY_PUBLIC_FORMAT or not isinstance(quote_b64, str):
-            raise ParseError("unknown recovery bundle format")
-        raw = base64.b64decode(quote_b64, validate=True)
+        if bundle.get("format") != RECOVERY_PUBLIC_FORMAT or not isinstance(primary, dict):
+            raise ParseError("unknown recovery bundle or evidence shape")
         cert = x509.load_pem_x509_certificate(str(bundle["tls_certificate"]).encode("ascii"))
-    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise ParseError("recovery evidence is malformed") from None
     spki = spki_sha256(cert)
     if spki != bundle.get("tls_spki_sha256") or any(s != spki for s in observed_tls_spki):
         raise VerificationError("the recovering KBS's TLS key is not the one its evidence binds")
     if bundle.get("federation") != agreement.federation:
         raise VerificationError("the recovering KBS serves another federation")
-    spec = agreement.workloads.get(WorkloadRole.KBS)
-    if tee not in ("sgx", "emulated-sgx") or spec is None or spec.sgx is None:
-        raise PolicyViolation(
-            "recovery evidence cannot be appraised",
-            [f"no SGX reference values for the kbs role, or unsupported tee {tee!r}"],
-        )
+    adapter = evidence_type(tee) if isinstance(tee, str) else None
+    if adapter is None:
+        raise PolicyViolation("unsupported KBS evidence", [f"unsupported tee {tee!r}"])
     emulated_ok = allow_emulated and agreement.allow_emulated
-    if tee == "emulated-sgx" and not emulated_ok:
+    if tee.startswith("emulated-") and not emulated_ok:
         raise PolicyViolation("the KBS is EMULATED", ["emulated evidence refused"])
-    trusted = [a for a in anchors if emulated_ok or not a.emulated]
-    quote = sgx.parse_quote(raw)
-    verified = sgx.verify(
-        quote, anchors=trusted, collateral=collateral.for_quote(quote, now=now), now=now
+    inputs = VerifyInputs(
+        anchors=[a for a in anchors if emulated_ok or not a.emulated],
+        collateral=collateral,
+        snp_endorsements=snp_endorsements,
+        now=now,
     )
-    policy = spec.sgx.to_policy(allow_emulated=emulated_ok).with_report_data(
-        recovery_report_data(bundle, nonce)
+    verified = adapter.verify(primary, inputs)
+    result = adapter.appraise(
+        verified, agreement, WorkloadRole.KBS, recovery_report_data(bundle, nonce)
     )
-    result = sgx.appraise(verified, policy)
     if result.violations:
         raise PolicyViolation(
             "the recovering KBS is not the one the agreement names: "
             + "; ".join(result.violations),
             list(result.violations),
         )
+    if result.tee != tee:
+        raise VerificationError(f"the KBS declared {tee} but its evidence is {result.tee}")
     return bundle
 
 
@@ -234,6 +234,7 @@ def recover(
     now: datetime | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     timeout: float = 10.0,
+    snp_endorsements: SnpEndorsementProvider | None = None,
 ) -> dict[str, Any]:
     """Verify the recovering KBS at ``url`` and submit this party's share (module docstring).
     Returns the KBS's recovery status after the submission.
@@ -269,6 +270,7 @@ def recover(
         collateral=collateral,
         now=when,
         observed_tls_spki=observed,
+        snp_endorsements=snp_endorsements,
     )
     if bundle.get("recovery_id") != share.recovery_id:
         raise KbsError(

@@ -12,7 +12,10 @@ agreement is in force starts over with new keys).
 **Recovery mode** (:class:`RecoveryCoordinator`): the KBS makes an ephemeral X25519 key and
 an ephemeral TLS key, and serves only its evidence and ``/v1/recovery``. Evidence::
 
-    {"format": "teeflow-kbs-recovery-evidence/1", "tee": TEE, "quote": <base64>,
+    {"format": "teeflow-kbs-recovery-evidence/1", "tee": TEE,
+     "primary_evidence": <Trustee primary evidence of TEE, as in RCAR
+                          (teeflow.kbs.service.evidence): {"quote": ...} for SGX/TDX,
+                          {"attestation_report": ..., "cert_chain": ...} for SNP>,
      "recovery": {"format": "teeflow-kbs-recovery-public/1", "federation": NAME,
                   "recovery_id": <hex>, "hpke_public_key": <b64url X25519>,
                   "tls_certificate": <PEM>, "tls_spki_sha256": <hex>}}
@@ -33,7 +36,6 @@ recovery copy rewritten; the record is served at ``GET /v1/recovery/record``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import logging
@@ -234,8 +236,9 @@ class RecoveryCoordinator:
     Args:
         needs: the record and sealed copy (:func:`load_kbs_state`).
         federation: the federation name.
-        quote: ``quote(report_data: 64 bytes) -> evidence bytes`` of this KBS's platform.
-        tee: the evidence type (``sgx``, ``emulated-sgx``, ...).
+        primary_evidence: ``primary_evidence(report_data: 64 bytes) -> mapping``: this KBS's
+            platform evidence in Trustee's ``primary_evidence`` shape for ``tee``.
+        tee: the RCAR evidence type (``sgx``, ``tdx``, ``snp``, ``emulated-sgx``, ...).
         now: creation time of the ephemeral TLS certificate.
         tls_hosts: names/IPs of that certificate.
         on_recovered: called once (with no arguments) when the secret is recombined.
@@ -246,7 +249,7 @@ class RecoveryCoordinator:
         needs: NeedsRecovery,
         *,
         federation: str,
-        quote: Callable[[bytes], bytes],
+        primary_evidence: Callable[[bytes], dict[str, Any]],
         tee: str,
         now: datetime,
         tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
@@ -255,7 +258,7 @@ class RecoveryCoordinator:
         self.needs = needs
         self._record = needs.record
         self._recovery_id = needs.record.recovery_id().hex()
-        self._quote = quote
+        self._primary = primary_evidence
         self._tee = tee
         self._hpke = X25519PrivateKey.generate()
         self.tls_key = ec.generate_private_key(ec.SECP256R1())
@@ -298,11 +301,11 @@ class RecoveryCoordinator:
         Raises:
             KbsError: bad nonce; PlatformError: the attester failed.
         """
-        raw = self._quote(recovery_report_data(self._bundle, nonce))
+        primary = self._primary(recovery_report_data(self._bundle, nonce))
         return {
             "format": RECOVERY_EVIDENCE_FORMAT,
             "tee": self._tee,
-            "quote": base64.b64encode(raw).decode("ascii"),
+            "primary_evidence": primary,
             "recovery": self.public_bundle(),
         }
 
