@@ -124,6 +124,8 @@ def test_upgrade_and_recovery_keep_state(tmp_path: Path) -> None:
         head_before = runtime.store.last_audit()
     runtime.close()
     assert head_before is not None
+    assert (state / "kbs-recovery.json").stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o700
     assert {s.recovery_id for s in shares.values()} == {
         ShareFile.load(tmp_path / "parties" / "alice" / "share.json").recovery_id
     }

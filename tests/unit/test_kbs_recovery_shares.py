@@ -138,6 +138,19 @@ def test_snp_sealer_failures(tmp_path: Path) -> None:
         SnpSealer(other, ioctl=dev.ioctl).sealing_key(M, purpose=b"kbs-state")
 
 
+def test_gramine_sealer_under_root(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "_sgx_mrenclave").write_bytes(b"k" * 16)
+    sealer = sealer_for("gramine-sgx", gramine_root=tmp_path)
+    assert sealer is not None
+    key = sealer.sealing_key(M, purpose=b"kbs-state")
+    (tmp_path / "keys" / "_sgx_mrenclave").write_bytes(b"j" * 16)  # another enclave
+    assert sealer.sealing_key(M, purpose=b"kbs-state") != key
+    (tmp_path / "keys" / "_sgx_mrenclave").write_bytes(b"j" * 17)
+    with pytest.raises(PlatformError, match="16 bytes"):
+        sealer.sealing_key(M, purpose=b"kbs-state")
+
+
 def test_sealer_for_platforms(tmp_path: Path) -> None:
     assert sealer_for("tdx") is None
     assert repr(sealer_for("gramine-sgx", gramine_root=tmp_path)).startswith("GramineSealer")
