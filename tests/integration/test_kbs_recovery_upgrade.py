@@ -174,7 +174,7 @@ def test_upgrade_and_recovery_keep_state(tmp_path: Path) -> None:
                 parties["carol"].sign_key,
                 party="bob",
                 recovery_id=own["recovery_id"],
-                recipient=rt.coordinator._hpke.public_key(),
+                recipient=rt.coordinator.recovery_public_key(),
                 share=share_bytes,
             )
             answer = http.post(f"{srv.url}/v1/recovery/shares", content=forged.model_dump_json())
@@ -342,7 +342,7 @@ def test_kbs_refuses_to_resume_as_an_unnamed_upgrade(tmp_path: Path) -> None:
     for n, keys in parties.items():
         sub = sign_submission(
             keys.sign_key, party=n, recovery_id=shares[n].recovery_id,
-            recipient=rt.coordinator._hpke.public_key(), share=_own_share(shares[n], keys),
+            recipient=rt.coordinator.recovery_public_key(), share=_own_share(shares[n], keys),
         )
         rt.coordinator.submit(sub.model_dump_json().encode())
     assert rt.coordinator.done.is_set()

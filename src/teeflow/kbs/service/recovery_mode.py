@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from pydantic import ValidationError
 
@@ -82,6 +82,7 @@ from teeflow.kbs.service.recovery import (
     verify_submission_signature,
     write_recovery_file,
 )
+from teeflow.kbs.service.self_attestation import spki_sha256
 from teeflow.kbs.service.tls_certificate import make_tls_certificate
 from teeflow.platform.sealing import PlatformSealer
 from teeflow.sealing.hpke import unwrap_key
@@ -263,8 +264,6 @@ class RecoveryCoordinator:
         self._hpke = X25519PrivateKey.generate()
         self.tls_key = ec.generate_private_key(ec.SECP256R1())
         self.tls_certificate = make_tls_certificate(self.tls_key, federation, tls_hosts, now)
-        from teeflow.kbs.service.self_attestation import spki_sha256
-
         self._bundle = {
             "format": RECOVERY_PUBLIC_FORMAT,
             "federation": federation,
@@ -290,6 +289,10 @@ class RecoveryCoordinator:
         if self._secret is None:
             raise KbsError("the KBS is not recovered yet")
         return self._secret
+
+    def recovery_public_key(self) -> X25519PublicKey:
+        """The ephemeral X25519 key parties seal their shares to (bound in the evidence)."""
+        return self._hpke.public_key()
 
     def public_bundle(self) -> dict[str, Any]:
         """The recovery bundle bound into the evidence (a fresh dict)."""
