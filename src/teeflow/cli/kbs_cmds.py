@@ -67,9 +67,31 @@ def register(app: typer.Typer) -> None:
             typer.Option("--collateral-dir", help="Intel collateral directory (repeat)."),
         ] = None,
         log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+        sev_guest_dev: Annotated[
+            Path,
+            typer.Option(
+                "--sev-guest-dev",
+                help="SEV-SNP guest device for the derived sealing key (--platform sev-snp).",
+            ),
+        ] = Path("/dev/sev-guest"),
     ) -> None:
-        """Run the KBS with TLS until interrupted."""
+        """Run the KBS with TLS until interrupted (recovery mode when its state must be
+        recovered from the parties' shares)."""
+        from teeflow.kbs.api.recovery_runtime import RecoveryRuntime
         from teeflow.kbs.api.server import KbsRuntime, serve
+
+        def recovering(rt: RecoveryRuntime, url: str) -> None:
+            status = rt.coordinator.status()
+            typer.secho(
+                f"teeflow KBS at {url} in RECOVERY MODE ({status['reason']})",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
+            typer.echo(f"  recovery id {status['recovery_id']}")
+            typer.echo(
+                f"  waiting for {status['k']} of {status['n']} parties: "
+                f"teeflow kbs recover {url} --party NAME --agreement FILE"
+            )
 
         def ready(runtime: KbsRuntime, url: str) -> None:
             typer.echo(f"teeflow KBS for federation {runtime.federation} at {url}")
@@ -92,6 +114,8 @@ def register(app: typer.Typer) -> None:
             collateral_dirs=collateral_dir or [],
             log_level=log_level,
             on_ready=ready,
+            on_recovery=recovering,
+            sev_guest_dev=sev_guest_dev,
         )
 
     @kbs.command("verify")
@@ -190,4 +214,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"head seq {entries[-1].seq} hash {entries[-1].hash.hex()}")
 
     kbs.add_typer(audit, name="audit")
+    from teeflow.cli.kbs_recovery_cmds import register_recovery
+
+    register_recovery(kbs)
     app.add_typer(kbs, name="kbs")

@@ -29,6 +29,7 @@ closes the store and returns normally (exit status 0).
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import ipaddress
 import logging
@@ -42,10 +43,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
 from teeflow.attestation.trust import intel_sgx_root_ca
@@ -53,8 +56,20 @@ from teeflow.errors import KbsError
 from teeflow.kbs.api.app import (
     create_app,
 )
+from teeflow.kbs.api.recovery import install_recovery_routes
+from teeflow.kbs.api.recovery_runtime import (
+    RecoveredKeys,
+    RecoveryRequired,
+    RecoveryRuntime,
+    audit_share_set,
+    complete_recovery,
+    ensure_share_set,
+    resume_after_recovery,
+)
 from teeflow.kbs.ca.tls import scratch_file
+from teeflow.kbs.policy.agreement import digest
 from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
+from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.collateral import (
     CollateralProvider,
     CompositeCollateralProvider,
@@ -62,7 +77,13 @@ from teeflow.kbs.service.collateral import (
     EmulatedCollateralProvider,
 )
 from teeflow.kbs.service.core import KbsService
-from teeflow.kbs.service.identity import KbsKeys, load_or_create_kbs_keys
+from teeflow.kbs.service.identity import KbsKeys
+from teeflow.kbs.service.recovery_mode import (
+    NeedsRecovery,
+    RecoveryCoordinator,
+    RecoveryManager,
+    load_kbs_state,
+)
 from teeflow.kbs.service.self_attestation import KbsEvidenceSource, kbs_measurement
 from teeflow.kbs.store import (
     open_store,
@@ -70,9 +91,11 @@ from teeflow.kbs.store import (
 from teeflow.kbs.store.interface import (
     KbsStore,
 )
+from teeflow.platform.base import DEFAULT_GRAMINE_ROOT
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 from teeflow.platform.emulated_snp import EmulatedSnp
-from teeflow.platform.sealing import EmulatedSealer
+from teeflow.platform.sealing import PlatformSealer, sealer_for
+from teeflow.platform.sev_guest import DEFAULT_SEV_GUEST_DEVICE
 
 __all__ = [
     "FEDERATION_FILE",
@@ -81,11 +104,13 @@ __all__ = [
     "BackgroundServer",
     "KbsRuntime",
     "build_kbs",
+    "complete_recovery",
     "default_state_dir",
     "make_server",
     "parse_listen",
     "serve",
     "tls_context",
+    "tls_context_for",
 ]
 
 #: Seconds an idle keep-alive connection is kept open (workloads reuse their connection).
@@ -138,6 +163,14 @@ class KbsRuntime:
         """Close the store."""
         self.store.close()
 
+    def tls_context(self) -> ssl.SSLContext:
+        """Server TLS context of this KBS (:func:`tls_context`).
+
+        Raises:
+            KbsError: OpenSSL refuses the credential.
+        """
+        return tls_context(self.keys)
+
 
 def _federation(state_dir: Path, federation: str | None) -> str:
     path = state_dir / FEDERATION_FILE
@@ -169,6 +202,10 @@ def build_kbs(
     purge_interval: float | None = 60.0,
     nonce_ttl: timedelta = timedelta(seconds=60),
     token_ttl: timedelta = timedelta(minutes=5),
+    sealer: PlatformSealer | Literal["platform"] | None = "platform",
+    gramine_root: Path = DEFAULT_GRAMINE_ROOT,
+    sev_guest_dev: Path = DEFAULT_SEV_GUEST_DEVICE,
+    recovered: RecoveredKeys | None = None,
 ) -> KbsRuntime:
     """Assemble a KBS (module docstring) without serving it.
 
@@ -184,10 +221,18 @@ def build_kbs(
         collateral_dirs: Intel collateral directories for hardware quotes of workloads.
         clock: time source (default: the wall clock, UTC).
         purge_interval, nonce_ttl, token_ttl: as in :func:`create_app` / :class:`KbsService`.
+        sealer: the platform sealing-key provider; ``"platform"`` (default) picks it with
+            :func:`teeflow.platform.sealing.sealer_for` (``gramine_root``, ``sev_guest_dev``);
+            None = no sealing key (as TDX): the key set comes only from recovery.
+        recovered: the key set a completed recovery produced (:func:`complete_recovery`).
 
     Raises:
-        KbsError: unsupported platform, federation mismatch, unreadable state.
-        SealingError: the sealed keys belong to another measurement or platform.
+        RecoveryRequired: the key set must be recovered from the parties' shares; its
+            ``runtime`` is the recovery-mode KBS to serve.
+        KbsError: unsupported platform, federation mismatch, unreadable state, or (after a
+            recovery) an agreement in force that does not name this KBS measurement.
+        SealingError: the sealed keys belong to another measurement or platform and there
+            is no recovery record.
         StorageError: the database cannot be opened.
     """
     if platform not in PLATFORMS:
@@ -199,14 +244,47 @@ def build_kbs(
     authority = EmulationAuthority.load_or_create(home, now=now)
     snp_anchor = EmulatedSnp.load_or_create(home, now=now).trust_anchor()
     mr = measurement if measurement is not None else kbs_measurement()
-    keys = load_or_create_kbs_keys(
-        directory,
-        sealer=EmulatedSealer(authority),
-        measurement=mr,
-        federation=fed,
-        now=now,
-        tls_hosts=tls_hosts,
+    platform_sealer = (
+        sealer_for(
+            platform, authority=authority, gramine_root=gramine_root, sev_guest_dev=sev_guest_dev
+        )
+        if sealer == "platform"
+        else sealer
     )
+    attester = EmulatedSgx(authority, measurement=mr)
+    if recovered is not None:
+        keys = recovered.keys
+    else:
+        state = load_kbs_state(
+            directory,
+            sealer=platform_sealer,
+            measurement=mr,
+            federation=fed,
+            now=now,
+            tls_hosts=tls_hosts,
+        )
+        if isinstance(state, NeedsRecovery):
+            raise RecoveryRequired(
+                RecoveryRuntime(
+                    RecoveryCoordinator(
+                        state,
+                        federation=fed,
+                        primary_evidence=lambda rd: {
+                            "quote": base64.b64encode(attester.quote(rd)).decode("ascii")
+                        },
+                        tee="emulated-sgx",
+                        now=now,
+                        tls_hosts=tls_hosts,
+                    ),
+                    state_dir=directory,
+                    sealer=platform_sealer,
+                    measurement=mr,
+                    federation=fed,
+                    tls_hosts=tuple(tls_hosts),
+                    now=now_fn,
+                )
+            )
+        keys = state.keys
     fed_path = directory / FEDERATION_FILE
     if not fed_path.is_file():
         fed_path.write_text(fed + "\n", encoding="utf-8")
@@ -216,6 +294,13 @@ def build_kbs(
     providers.append(EmulatedCollateralProvider(authority))
     store = open_store(db_url)
     try:
+        audit = AuditLog(store, keys.audit, now_fn)
+        manager = RecoveryManager(
+            directory,
+            keys,
+            mr,
+            on_created=lambda rec: audit_share_set(audit, rec),
+        )
         service = KbsService(
             store,
             keys,
@@ -224,11 +309,24 @@ def build_kbs(
             collateral=CompositeCollateralProvider(providers),
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,
+            on_agreement=lambda signed, d: ensure_share_set(manager, signed, d),
         )
-        evidence = KbsEvidenceSource(
-            keys, EmulatedSgx(authority, measurement=mr), tee="emulated-sgx"
-        )
+        current = service.current_agreement()
+        if recovered is not None:
+            resume_after_recovery(
+                store,
+                keys=keys,
+                recovered=recovered,
+                current=current,
+                measurement=mr,
+                tee="emulated-sgx",
+                clock=now_fn,
+            )
+        if current is not None:
+            manager.ensure(current.agreement, digest(current.agreement))
+        evidence = KbsEvidenceSource(keys, attester, tee="emulated-sgx")
         app = create_app(service, keys, evidence=evidence, purge_interval=purge_interval)
+        install_recovery_routes(app, manager)
     except BaseException:
         store.close()
         raise
@@ -241,17 +339,29 @@ def tls_context(keys: KbsKeys) -> ssl.SSLContext:
     Raises:
         KbsError: OpenSSL refuses the credential.
     """
+    return tls_context_for(keys.tls_certificate, keys.tls_key)
+
+
+def tls_context_for(
+    certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> ssl.SSLContext:
+    """:func:`tls_context` for any certificate and key (the recovery mode's ephemeral one).
+
+    Raises:
+        KbsError: OpenSSL refuses the credential.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(["http/1.1"])
     password = os.urandom(32).hex().encode("ascii")
-    key_pem = keys.tls_key.private_bytes(
+    key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.BestAvailableEncryption(password),
     )
     try:
-        with scratch_file(keys.tls_certificate_pem() + key_pem) as path:
+        cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+        with scratch_file(cert_pem + key_pem) as path:
             ctx.load_cert_chain(path, password=password)
     except (ssl.SSLError, OSError) as exc:
         raise KbsError(f"cannot load the KBS TLS credential: {exc.__class__.__name__}") from None
@@ -264,7 +374,7 @@ def _installed(module: str, fallback: str) -> str:
 
 
 def make_server(
-    runtime: KbsRuntime,
+    runtime: KbsRuntime | RecoveryRuntime,
     host: str = "127.0.0.1",
     port: int = 0,
     *,
@@ -289,7 +399,7 @@ def make_server(
             (extra ``kbs-fast``): about 10 % less server CPU per RCAR flow in
             ``bench/kbs_load.py`` (little difference for cached-token fetches).
     """
-    context = tls_context(runtime.keys)
+    context = runtime.tls_context()
     http = http or os.environ.get("TEEFLOW_KBS_HTTP") or _installed("httptools", "h11")
     loop = loop or os.environ.get("TEEFLOW_KBS_LOOP") or _installed("uvloop", "asyncio")
     if http not in ("httptools", "h11") or loop not in ("uvloop", "asyncio"):
@@ -375,6 +485,9 @@ def serve(
     collateral_dirs: Sequence[Path] = (),
     log_level: str = "info",
     on_ready: Callable[[KbsRuntime, str], None] | None = None,
+    on_recovery: Callable[[RecoveryRuntime, str], None] | None = None,
+    gramine_root: Path = DEFAULT_GRAMINE_ROOT,
+    sev_guest_dev: Path = DEFAULT_SEV_GUEST_DEVICE,
 ) -> None:
     """Run the KBS until SIGINT/SIGTERM (blocking; ``teeflow kbs serve``).
 
@@ -383,36 +496,70 @@ def serve(
         listen: ``HOST:PORT`` (:func:`parse_listen`), default ``127.0.0.1:8443``.
         log_level: uvicorn log level.
         on_ready: called with the runtime and the base URL before serving starts.
+        on_recovery: called with the recovery runtime and the base URL when the KBS starts
+            in recovery mode (it serves only its evidence and ``/v1/recovery`` until the
+            parties' shares recombine the secret, then continues as a normal KBS).
+        gramine_root, sev_guest_dev: sealing-key sources (:func:`build_kbs`).
 
     Raises:
         KbsError, SealingError, StorageError: as :func:`build_kbs`.
     """
     host, port = parse_listen(listen)
     hosts = ["localhost", "127.0.0.1"] if host in ("127.0.0.1", "localhost") else [host]
-    runtime = build_kbs(
-        db_url,
-        state_dir=state_dir,
-        federation=federation,
-        platform=platform,
-        tls_hosts=hosts,
-        collateral_dirs=collateral_dirs,
-    )
-    previous: dict[signal.Signals, Any] = {}
+    options: dict[str, Any] = {
+        "state_dir": state_dir,
+        "federation": federation,
+        "platform": platform,
+        "tls_hosts": hosts,
+        "collateral_dirs": collateral_dirs,
+        "gramine_root": gramine_root,
+        "sev_guest_dev": sev_guest_dev,
+    }
+    try:
+        runtime = build_kbs(db_url, **options)
+    except RecoveryRequired as need:
+        rt = need.runtime
+        _LOG.warning("%s: serving in RECOVERY MODE", need)
+        if on_recovery is not None:
+            shown = f"[{host}]" if ":" in host else host
+            on_recovery(rt, f"https://{shown}:{port}")
+        _run(make_server(rt, host, port, log_level=log_level), rt.coordinator.done)
+        if not rt.coordinator.done.is_set():
+            return  # interrupted before recovery
+        options.pop("sealer", None)
+        runtime = complete_recovery(rt, db_url, **options)
     try:
         server = make_server(runtime, host, port, log_level=log_level)
         if on_ready is not None:
             shown = f"[{host}]" if ":" in host else host
             on_ready(runtime, f"https://{shown}:{port}")
+        _run(server, None)
+    finally:
+        runtime.close()
+
+
+def _run(server: uvicorn.Server, done: threading.Event | None) -> None:
+    """Run ``server`` in this thread until a signal (or ``done`` is set)."""
+    previous: dict[signal.Signals, Any] = {}
+    watcher = None
+    if done is not None:
+
+        def watch() -> None:
+            done.wait()
+            server.should_exit = True
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+    try:
         if threading.current_thread() is threading.main_thread():
             # uvicorn shuts down gracefully, restores these handlers and re-raises the
-            # signal: turn it into a normal exit so the store is closed below
+            # signal: turn it into a normal exit so the store is closed by the caller
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, _exit_cleanly)
         server.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        runtime.close()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -3,7 +3,9 @@
 The agreement is a YAML document validated by :class:`FederationAgreement` (pydantic v2,
 frozen, unknown keys refused): ``federation``, ``version``, ``previous``, ``parties``,
 ``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``, ``fl``,
-``valid_from``, ``not_after``. The annotated document shape, the CLI workflow and the
+``recovery`` (``{k: K}``: K of the n parties' recovery shares restore the KBS state; default
+null = all n), ``valid_from``, ``not_after``. The annotated document shape, the CLI workflow
+and the
 signature file format are in ``docs/agreement.md``.
 
 **Digest** (:func:`digest`): ``SHA-256(RFC 8785 canonical JSON of
@@ -69,6 +71,7 @@ __all__ = [
     "PackageSpec",
     "PartyRole",
     "PartySpec",
+    "RecoveryQuorum",
     "SgxReferenceValues",
     "SnpReferenceValues",
     "TdxReferenceValues",
@@ -398,6 +401,13 @@ class FlLimits(DocumentModel):
         return self.max_examples_per_party.get(party, self.max_examples)
 
 
+class RecoveryQuorum(DocumentModel):
+    """``k`` of the ``n`` parties' recovery shares restore the KBS state (1 ≤ k ≤ n, at
+    most 255 parties: Shamir shares over GF(2^128) are indexed by one byte here)."""
+
+    k: int = Field(ge=1, le=255)
+
+
 class FederationAgreement(DocumentModel):
     """The federation agreement (see the module docstring for the document shape)."""
 
@@ -411,6 +421,7 @@ class FederationAgreement(DocumentModel):
     allow_emulated: bool = False
     update_quorum: UpdateQuorum
     fl: FlLimits = Field(default_factory=FlLimits)
+    recovery: RecoveryQuorum | None = None
     valid_from: UtcDatetime | None = None
     not_after: UtcDatetime | None = None
 
@@ -433,6 +444,8 @@ class FederationAgreement(DocumentModel):
             problems.append(
                 f"update_quorum.k={self.update_quorum.k} exceeds {len(self.parties)} parties"
             )
+        if self.recovery is not None and self.recovery.k > len(self.parties):
+            problems.append(f"recovery.k={self.recovery.k} exceeds {len(self.parties)} parties")
         for name, pkg in sorted(self.packages.items()):
             problems += [
                 f"package {name}: reader {r} is not a party"

@@ -7,9 +7,11 @@ the protocol and the order of checks); state and plumbing are shared through
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import ValidationError
 
-from teeflow.errors import PolicyViolation, VerificationError
+from teeflow.errors import KbsError, PolicyViolation, SealingError, VerificationError
 from teeflow.kbs.api.problems import (
     AgreementRejected,
     Conflict,
@@ -37,10 +39,20 @@ class AgreementService:
 
     Args:
         ctx: the shared service context.
+        on_agreement: called with each accepted agreement and its digest after it is stored
+            and audited (the recovery share set follows it:
+            :class:`teeflow.kbs.service.recovery_mode.RecoveryManager`); a failure is logged
+            and answered 503 — the agreement stays accepted.
     """
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
+    ) -> None:
         self._ctx = ctx
+        self._on_agreement = on_agreement
 
     def current_agreement(self) -> SignedAgreement | None:
         """The active signed agreement, or None before the first one."""
@@ -115,4 +127,10 @@ class AgreementService:
                 "signers": sorted(signed.signatures),
             },
         )
+        if self._on_agreement is not None:
+            try:
+                self._on_agreement(signed, digest)
+            except (KbsError, SealingError) as exc:
+                self._ctx.log.error("agreement hook failed: %s", type(exc).__name__)
+                raise ServiceUnavailable("the recovery share set could not be updated") from None
         return record

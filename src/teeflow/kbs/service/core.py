@@ -51,6 +51,7 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from teeflow.attestation.trust import TrustAnchor
+from teeflow.kbs.policy.signing import SignedAgreement
 from teeflow.kbs.service.agreements import AgreementService
 from teeflow.kbs.service.attestation import AttestationService
 from teeflow.kbs.service.certificates import CertificateService
@@ -89,6 +90,8 @@ class KbsService:
             once; one accepted by another KBS process sharing the database is seen within
             this time - and never allows a release or token binding under a superseded
             agreement, which the store re-checks in the same transaction.
+        on_agreement: called after each accepted agreement
+            (:class:`~teeflow.kbs.service.agreements.AgreementService`).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class KbsService:
         default_role: str | None = None,
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
+        on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
     ) -> None:
         self._ctx = ServiceContext(
             store,
@@ -122,7 +126,7 @@ class KbsService:
             agreement_refresh=agreement_refresh,
         )
         #: The agreement in force and its history.
-        self.agreements = AgreementService(self._ctx)
+        self.agreements = AgreementService(self._ctx, on_agreement=on_agreement)
         #: RCAR sessions, attestation and token checks.
         self.attestation = AttestationService(self._ctx)
         #: Owners' resources and their release.

@@ -6,10 +6,12 @@ On first start the KBS generates (:func:`load_or_create_kbs_keys`):
 * ``ca`` — the federation CA (P-256, :class:`teeflow.kbs.ca.authority.FederationCA`);
 * ``ear`` — the EAR signing key (joserfc ``ECKey`` P-256, ES256);
 * ``tls_key`` / ``tls_certificate`` — P-256 key and a self-signed server certificate
+  (:mod:`teeflow.kbs.service.tls_certificate`)
   (SAN ``localhost`` and ``127.0.0.1`` by default, 30 days); the certificate (never the
   key) is regenerated when less than one day of validity is left or the host names change;
 * ``audit`` — Ed25519 key signing the audit log (:mod:`teeflow.kbs.service.audit`);
-* ``storage_key`` — 32 random bytes for encrypting stored secrets.
+* ``storage_key`` (also ``KbsKeys.storage``) — 32 random bytes for encrypting and
+  authenticating stored rows.
 
 State file ``<state_dir>/kbs-keys.sealed`` (directory 0700, file 0600, written atomically:
 temporary file, fsync, ``link``/``replace``, directory fsync) is a teeflow sealed blob
@@ -48,7 +50,6 @@ its nonce, and compares them with the REPORT_DATA of the verified evidence.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -59,20 +60,24 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
 
 from teeflow._fs import atomic_write, ensure_private_dir, fsync_dir
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.errors import KbsError, ParseError, SealingError
-from teeflow.kbs.ca.authority import CLOCK_SKEW, FederationCA
+from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, canonical_json
 from teeflow.kbs.policy.parties import NAME_PATTERN
+from teeflow.kbs.service.tls_certificate import (
+    normalise_hosts,
+    san_hosts,
+    tls_certificate,
+)
 from teeflow.platform.sealing import PlatformSealer
 from teeflow.sealing import seal, unseal
 
@@ -83,12 +88,16 @@ __all__ = [
     "KEYS_FILE",
     "PUBLIC_FORMAT",
     "SEALING_PURPOSE",
-    "TLS_CERT_LIFETIME",
     "TLS_RENEW_BEFORE",
     "KbsKeys",
+    "generate_kbs_keys",
     "kbs_binding_digest",
     "kbs_report_data",
     "load_or_create_kbs_keys",
+    "parse_key_state",
+    "renew_kbs_keys",
+    "serialise_key_state",
+    "store_kbs_keys",
 ]
 
 KEYS_FILE = "kbs-keys.sealed"
@@ -97,7 +106,6 @@ SEALING_PURPOSE = b"kbs-state"
 STATE_FORMAT = "teeflow-kbs-keys/1"
 PUBLIC_FORMAT = "teeflow-kbs-public/1"
 BINDING_FORMAT = "teeflow-kbs-binding/1"
-TLS_CERT_LIFETIME = timedelta(days=30)
 TLS_RENEW_BEFORE = timedelta(days=1)
 CA_LIFETIME = timedelta(days=365)
 #: The CA certificate (same key) is renewed when less than this is left.
@@ -147,6 +155,11 @@ class KbsKeys:
     tls_certificate: x509.Certificate = field(repr=False)
     audit: Ed25519PrivateKey = field(repr=False)
     storage_key: bytes = field(repr=False)
+
+    @property
+    def storage(self) -> bytes:
+        """The 32-byte storage key (``storage_key``): authenticates store rows."""
+        return self.storage_key
 
     def hpke_public_key(self) -> bytes:
         """Raw 32-byte X25519 public key (owners wrap data keys to it)."""
@@ -236,80 +249,6 @@ def kbs_report_data(
 # -- generation ---------------------------------------------------------------------------
 
 
-def _tls_certificate(
-    key: ec.EllipticCurvePrivateKey, federation: str, hosts: Sequence[str], now: datetime
-) -> x509.Certificate:
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"teeflow KBS {federation}"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "teeflow KBS TLS"),
-        ]
-    )
-    pub = key.public_key()
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(pub)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + TLS_CERT_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-
-
-def _san_hosts(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return []
-    out = [str(v) for v in san.get_values_for_type(x509.DNSName)]
-    out += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
-    return sorted(out)
-
-
-def _normalise_hosts(hosts: Sequence[str]) -> list[str]:
-    if isinstance(hosts, str) or not hosts or len(hosts) > 16:
-        raise KbsError("tls_hosts must be a sequence of 1..16 host names or IP addresses")
-    out = []
-    for host in hosts:
-        try:
-            out.append(str(ipaddress.ip_address(host)))
-        except ValueError:
-            if not isinstance(host, str) or not all(
-                NAME_PATTERN.fullmatch(label) for label in host.lower().split(".")
-            ):
-                raise KbsError(f"invalid TLS host name {host!r}") from None
-            out.append(host.lower())
-    return sorted(set(out))
-
-
 def _generate(
     federation: str, hosts: Sequence[str], now: datetime, rng: Callable[[int], bytes]
 ) -> KbsKeys:
@@ -320,7 +259,7 @@ def _generate(
         ca=FederationCA.generate(federation, now=now, lifetime=CA_LIFETIME),
         ear=generate_ear_signing_key(),
         tls_key=tls_key,
-        tls_certificate=_tls_certificate(tls_key, federation, hosts, now),
+        tls_certificate=tls_certificate(tls_key, federation, hosts, now),
         audit=Ed25519PrivateKey.from_private_bytes(rng(32)),
         storage_key=rng(32),
     )
@@ -351,6 +290,79 @@ def _str(doc: Mapping[str, Any], name: str) -> str:
     if not isinstance(value, str):
         raise ParseError(f"KBS state: {name} must be a string")
     return value
+
+
+def serialise_key_state(keys: KbsKeys, measurement: bytes) -> bytes:
+    """The state document (module docstring) of ``keys`` recording ``measurement`` (32
+    bytes): UTF-8 JSON holding every private key — seal it before it leaves memory."""
+    return _serialise(keys, measurement)
+
+
+def parse_key_state(data: bytes) -> tuple[KbsKeys, bytes]:
+    """Parse a state document (:func:`serialise_key_state`) whatever measurement it records.
+
+    Returns ``(keys, recorded measurement)``.
+
+    Raises:
+        ParseError: malformed document or key material.
+    """
+    try:
+        recorded = bytes.fromhex(_str(json.loads(data.decode("utf-8")), "measurement"))
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError):
+        raise ParseError("KBS state: not a JSON document with a measurement") from None
+    if len(recorded) != 32:
+        raise ParseError("KBS state: measurement must be 32 bytes")
+    return _deserialise(data, recorded), recorded
+
+
+def generate_kbs_keys(
+    federation: str,
+    *,
+    now: datetime,
+    rng: Callable[[int], bytes] = os.urandom,
+    tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+) -> KbsKeys:
+    """A fresh key set (module docstring) for ``federation``.
+
+    Raises:
+        KbsError: bad federation name or TLS hosts.
+    """
+    if not isinstance(federation, str) or not NAME_PATTERN.fullmatch(federation):
+        raise KbsError("federation must be a DNS-label name")
+    return _generate(federation, normalise_hosts(tls_hosts), now.astimezone(UTC), rng)
+
+
+def store_kbs_keys(
+    state_dir: Path,
+    keys: KbsKeys,
+    *,
+    sealer: PlatformSealer,
+    measurement: bytes,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> None:
+    """Seal ``keys`` to (platform, ``measurement``) and replace ``<state_dir>/kbs-keys.sealed``
+    (after a recovery or an upgrade).
+
+    Raises:
+        KbsError: I/O failure or bad measurement.
+        PlatformError: from ``sealer``.
+    """
+    if not isinstance(measurement, bytes) or len(measurement) != 32:
+        raise KbsError("measurement must be 32 bytes")
+    state_dir = Path(state_dir)
+    _prepare_dir(state_dir)
+    key = sealer.sealing_key(measurement, purpose=SEALING_PURPOSE)
+    blob = seal(_serialise(keys, measurement), key, aad=KEYS_AAD, rng=rng)
+    _write_state(state_dir / KEYS_FILE, blob, replace=True)
+
+
+def renew_kbs_keys(keys: KbsKeys, *, now: datetime, tls_hosts: Sequence[str]) -> KbsKeys | None:
+    """A copy with renewed CA/TLS certificates (same keys) when needed, else None.
+
+    Raises:
+        KbsError: bad TLS hosts.
+    """
+    return _renew(keys, normalise_hosts(tls_hosts), now.astimezone(UTC))
 
 
 def _deserialise(data: bytes, measurement: bytes) -> KbsKeys:
@@ -446,9 +458,9 @@ def _renew(keys: KbsKeys, hosts: list[str], now: datetime) -> KbsKeys | None:
     if (
         now + TLS_RENEW_BEFORE >= tls.not_valid_after_utc
         or now < tls.not_valid_before_utc
-        or _san_hosts(tls) != hosts
+        or san_hosts(tls) != hosts
     ):
-        tls = _tls_certificate(keys.tls_key, keys.federation, hosts, now)
+        tls = tls_certificate(keys.tls_key, keys.federation, hosts, now)
         changed = True
     if not changed:
         return None
@@ -504,7 +516,7 @@ def load_or_create_kbs_keys(
         raise KbsError("federation must be a DNS-label name")
     if not isinstance(measurement, bytes) or len(measurement) != 32:
         raise KbsError("measurement must be 32 bytes")
-    hosts = _normalise_hosts(tls_hosts)
+    hosts = normalise_hosts(tls_hosts)
     state_dir = Path(state_dir)
     _prepare_dir(state_dir)
     path = state_dir / KEYS_FILE

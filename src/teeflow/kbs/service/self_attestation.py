@@ -93,6 +93,8 @@ MAX_EVIDENCE_BYTES = 256 * 1024
 _MEASURED_SUFFIXES = (".py", ".pem", ".der")
 _MAX_NONCE = 1024
 _LOG = logging.getLogger(__name__)
+#: ``format`` of the evidence a KBS in recovery mode serves (teeflow.kbs.service.recovery_mode).
+_RECOVERY_FORMAT = "teeflow-kbs-recovery-evidence/1"
 
 
 # -- measurement --------------------------------------------------------------------------
@@ -285,11 +287,18 @@ def load_reference_values(path: Path | str) -> SgxReferenceValues:
 def _parse_evidence(document: bytes | str | Mapping[str, Any]) -> KbsEvidence:
     try:
         if isinstance(document, Mapping):
-            return KbsEvidence.model_validate(dict(document))
-        raw = document.encode("utf-8") if isinstance(document, str) else bytes(document)
-        if len(raw) > MAX_EVIDENCE_BYTES:
-            raise ParseError(f"KBS evidence larger than {MAX_EVIDENCE_BYTES} bytes")
-        return KbsEvidence.model_validate(json.loads(raw))
+            doc: Any = dict(document)
+        else:
+            raw = document.encode("utf-8") if isinstance(document, str) else bytes(document)
+            if len(raw) > MAX_EVIDENCE_BYTES:
+                raise ParseError(f"KBS evidence larger than {MAX_EVIDENCE_BYTES} bytes")
+            doc = json.loads(raw)
+        if isinstance(doc, dict) and doc.get("format") == _RECOVERY_FORMAT:
+            raise ParseError(
+                "the KBS is in RECOVERY MODE (its state must be restored from the parties' "
+                "shares): see 'teeflow kbs recover'"
+            )
+        return KbsEvidence.model_validate(doc)
     except (ValidationError, ValueError, RecursionError) as exc:
         detail = format_validation_error(exc) if isinstance(exc, ValidationError) else "not JSON"
         raise ParseError(f"KBS evidence is malformed: {detail}") from None
