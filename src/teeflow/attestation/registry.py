@@ -304,15 +304,8 @@ def verify_primary(
         verified, measurement, warnings = _verify_snp(primary, certificates, kw)
     emulated = bool(verified.emulated)
     tee = f"emulated-{platform}" if emulated else platform
-    return VerifiedEvidence(
-        tee,
-        platform,
-        verified,
-        measurement,
-        emulated,
-        attester,
-        warnings,  # type: ignore[arg-type]
-    )
+    family: Platform = "sgx" if platform == "sgx" else "tdx" if platform == "tdx" else "snp"
+    return VerifiedEvidence(tee, family, verified, measurement, emulated, attester, warnings)
 
 
 def verify_evidence(
