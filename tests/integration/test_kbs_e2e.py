@@ -353,7 +353,7 @@ def serve_subprocess(home: Path, tmp: Path, db: str, log: Path) -> Iterator[tupl
         proc = subprocess.Popen(
             [sys.executable, "-c", _SERVE_SCRIPT, "kbs", "serve", "--db", db,
              "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
-             "--federation", "study", "--log-level", "warning"],
+             "--federation", "study", "--log-level", "warning", "--platform", "emulated-sgx"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:
