@@ -92,7 +92,7 @@ def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
     archive_bytes, pkg_digest = build_package(C.ROOT / "examples" / "mnist")
     archive = work / "mnist.tar"
     archive.write_bytes(archive_bytes)
-    kbs = lf.start_kbs(federation=FEDERATION, timeout=120.0)
+    kbs = lf.start_kbs(platform="emulated-sgx", federation=FEDERATION, timeout=120.0)
     manifests = {
         role: _manifest(work / f"{role}-workload", role) for role in ("aggregator", "client")
     }
@@ -243,7 +243,7 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
         "threads": 1,
     }
     wait = 600.0
-    with LocalFederation(work / "procs", home=home, env=env) as lf:
+    with LocalFederation(work / "procs", platform="emulated-sgx", home=home, env=env) as lf:
         fed = _setup(hp, work, lf)
         t_setup = time.perf_counter()
         agg = lf.start_aggregator(

@@ -109,7 +109,7 @@ def _start_server(home: Path, tmp: Path, db_dir: Path, sync: str | None,
     launcher = ["-m", "teeflow"] if not what_if_fmspc else ["-c", _WHAT_IF_FMSPC]
     cmd = [sys.executable, *launcher, "kbs", "serve", "--db", db,
            "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
-           "--federation", "bench", "--log-level", "warning"]
+           "--federation", "bench", "--log-level", "warning", "--platform", "emulated-sgx"]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 60

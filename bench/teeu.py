@@ -134,7 +134,7 @@ def _serve(work: Path) -> None:
         (pkg / name).write_text(text)
     with local_federation(
         work / "fed", pkg, parties={"alice": ["data-owner"], "bob": ["data-owner"]},
-        readers=["alice", "bob"], recipients=["alice", "bob"],
+        readers=["alice", "bob"], recipients=["alice", "bob"], platform="emulated-sgx",
     ) as fed:
         plain = _plain_server(fed.runtime)
         try:

@@ -61,6 +61,7 @@ def main() -> int:
         parties={"bank-a": ["data-owner"], "bank-b": ["data-owner"],
                  "regulator": ["result-recipient"]},
         readers=BANKS, recipients=[*BANKS, "regulator"], federation="joint-stats",
+        platform="emulated-sgx",
     ) as fed:
         a, b = fed.party("bank-a"), fed.party("bank-b")
         teeu = a.teeu(fed.worker_url)

@@ -125,6 +125,7 @@ def federation(home: Path, tmp: Path) -> Iterator[Fed]:
         f"sqlite:///{tmp / 'kbs.db'}",
         state_dir=tmp / "kbs-state",
         federation="study",
+        platform="emulated-sgx",
         home=home,
         measurement=kbs_mr,
         purge_interval=None,

@@ -66,7 +66,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
     with local_federation(
         work / "fed", pkg,
         parties={n: ["data-owner"] for n in ("alice", "bob", "carol")},
-        readers=BOTH, recipients=["alice", "bob", "carol"],
+        readers=BOTH, recipients=["alice", "bob", "carol"], platform="emulated-sgx",
     ) as federation:
         yield federation
 

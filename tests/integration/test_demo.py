@@ -79,6 +79,8 @@ def test_options_and_data_specs(tmp_path: Path) -> None:
         {"clients": 0},
         {"rounds": 0},
         {"non_iid": 0.0},
+        {"platform": "tdx"},  # stand-in platforms are not demo platforms (yet)
+        {"platform": "emulated"},
     ):
         with pytest.raises(FLError):
             DemoOptions(tmp_path, **bad).check()  # type: ignore[arg-type]
@@ -152,6 +154,40 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     for piece in ("kbs serve", "aggregator run", "client run", "model verify", "model open"):
         assert piece in commands
     assert json.loads((work / "summary.json").read_text())["final_accuracy"] == s["final_accuracy"]
+    # issue 9: every workload reports the tee and the attester that produced its evidence
+    assert s["platform"] == "emulated-sgx"
+    assert s["workloads"] == {
+        name: {"tee": "emulated-sgx", "attester": "emulated"}
+        for name in ("kbs", "aggregator", *(f"client-{p}" for p in sorted(parties)))
+    }
+    assert "--platform emulated-sgx" in commands
+
+
+@needs_torch
+@pytest.mark.slow
+@pytest.mark.parametrize("platform", ["emulated-tdx", "emulated-snp"])
+def test_fl_demo_on_emulated_tdx_and_snp(tmp_path: Path, platform: str) -> None:
+    """The whole job with the workloads on another TEE type: each attests to the KBS over
+    HTTPS with that TEE's evidence (``--platform`` of aggregator and clients)."""
+    work = tmp_path / "demo"
+    out = subprocess.run(
+        [*DEMO, "--json", "--rounds", "1", "--clients", "2", "--platform", platform,
+         "--workdir", str(work)],
+        capture_output=True, text=True, timeout=BOUND, env=_env(tmp_path), check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    s: dict[str, Any] = json.loads(out.stdout)
+    assert s["ok"] is True and s["platform"] == platform and s["emulated"] is True
+    assert s["workloads"] == {
+        "kbs": {"tee": "emulated-sgx", "attester": "emulated"},
+        "aggregator": {"tee": platform, "attester": "emulated"},
+        "client-hospital-a": {"tee": platform, "attester": "emulated"},
+        "client-hospital-b": {"tee": platform, "attester": "emulated"},
+    }
+    assert s["kbs_audit"]["attestations_accepted"] >= 3
+    key = "tdx" if platform == "emulated-tdx" else "snp"
+    agreement = Path(s["files"]["agreement"]).read_text()
+    assert f"{key}:" in agreement
 
 
 def _children(pid: int) -> dict[int, float]:

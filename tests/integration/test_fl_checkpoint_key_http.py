@@ -61,6 +61,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             federation="study",
             measurement=KBS_MR,
             purge_interval=None,
+            platform="emulated-sgx",
         )
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         try:

@@ -209,7 +209,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     home = tmp / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(home))
-        with federation(home, tmp) as fed, LocalFederation(tmp / "procs", home=home) as lf:
+        with federation(home, tmp) as fed, LocalFederation(
+            tmp / "procs", platform="emulated-sgx", home=home
+        ) as lf:
             r = Runs(fed)
             alice_cert, alice_key, package_key = _client_cert(fed, "alice")
             # -- run 1 -----------------------------------------------------------------

@@ -201,7 +201,7 @@ def test_done_when(db_url: str, teeflow_home: Path, tmp_path: Path) -> None:
 
     # 2. the KBS (emulated TEE) starts
     runtime = build_kbs(db_url, state_dir=tmp_path / "kbs-state", federation="study",
-                        measurement=kbs_mr, purge_interval=None)
+                        measurement=kbs_mr, purge_interval=None, platform="emulated-sgx")
     try:
         with BackgroundServer(make_server(runtime, graceful_timeout=2)) as server:
             _scenario(server.url, tmp_path, agreement, d1, client_mr, manifest)
@@ -353,7 +353,7 @@ def serve_subprocess(home: Path, tmp: Path, db: str, log: Path) -> Iterator[tupl
         proc = subprocess.Popen(
             [sys.executable, "-c", _SERVE_SCRIPT, "kbs", "serve", "--db", db,
              "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
-             "--federation", "study", "--log-level", "warning"],
+             "--federation", "study", "--log-level", "warning", "--platform", "emulated-sgx"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:

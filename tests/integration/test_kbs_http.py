@@ -135,6 +135,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             f"sqlite:///{base / 'kbs.db'}",
             state_dir=base / "state",
             federation="study",
+            platform="emulated-sgx",
             measurement=KBS_MR,
             purge_interval=None,
         )

@@ -44,12 +44,15 @@ from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx
+from teeflow.platform.selection import PlatformOptions, emulated_identity
 
 KBS_MR = hashlib.sha256(b"teeflow multitee kbs").digest()
 SGX_MR = hashlib.sha256(b"teeflow multitee sgx client").digest()
 MRTD = hashlib.sha384(b"teeflow multitee td").digest()
 SNP_MR = hashlib.sha384(b"teeflow multitee snp guest").digest()
 WRONG48 = hashlib.sha384(b"not the agreed guest").digest()
+#: a role's 32-byte workload measurement (what --platform emulated-tdx/snp reports, padded)
+ROLE_MR = hashlib.sha256(b"teeflow multitee role").digest()
 PKG = "c0" * 32
 PATH = "alice/dataset-key/v1"
 CLAIMS: dict[str, Any] = {"party": "alice", "package_digest": PKG, "function": "train",
@@ -84,8 +87,10 @@ def _agreement(parties: dict[str, PartyKeys]) -> SignedAgreement:
         "workloads": {
             "kbs": {"sgx": {"mrenclave": [KBS_MR.hex()]}},
             "client": {"sgx": {"mrenclave": [SGX_MR.hex()]},
-                       "tdx": {"mrtd": [MRTD.hex()]},
-                       "snp": {"measurement": [SNP_MR.hex()], "max_vmpl": 0}},
+                       "tdx": {"mrtd": [MRTD.hex(), emulated_identity("emulated-tdx",
+                                                                      ROLE_MR).hex()]},
+                       "snp": {"measurement": [SNP_MR.hex(), emulated_identity(
+                           "emulated-snp", ROLE_MR).hex()], "max_vmpl": 0}},
         },
         "packages": {"trainer": {"digest": PKG, "entrypoints": ["train"], "readers": ["alice"]}},
         "outputs": {"model": ["alice"]},
@@ -105,7 +110,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(home))
         runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
-                            federation="study", measurement=KBS_MR, purge_interval=None)
+                            federation="study", measurement=KBS_MR, purge_interval=None,
+                            platform="emulated-sgx")
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         try:
             pin = verify_kbs(server.url, SgxReferenceValues(mrenclave=(KBS_MR.hex(),)),
@@ -147,6 +153,33 @@ def test_emulated_workload_gets_resource_and_certificate(
                if e.kind == "attestation" and e.decision == "accept"
                and e.data.get("tee") == tee]
     assert accepts and accepts[-1].data["measurement"] == measurement.hex()
+
+
+@pytest.mark.parametrize("name", ["emulated-tdx", "emulated-snp"])
+def test_role_attester_from_platform_option_attests_over_https(env: Env, name: str) -> None:
+    # exactly what `aggregator run|client run|compute serve --platform NAME` build
+    attester = PlatformOptions(name).attester(ROLE_MR, authority=env.runtime.authority,
+                                              home=env.home)
+    assert (attester.tee, attester.kind) == (name, "emulated")
+    with KbsClient(None, env.pin, attester) as workload:
+        workload.attest("client", CLAIMS)
+        assert workload.get_resource(PATH) == env.data_key
+        pem, _key = workload.get_certificate()
+        identity = workload.check_certificate(x509.load_pem_x509_certificate(pem))
+    assert identity.tee == name and identity.emulated is True
+    assert identity.measurement == emulated_identity(name, ROLE_MR).hex()
+
+
+def test_kbs_refuses_a_role_claiming_hardware_with_emulated_evidence(env: Env) -> None:
+    attester = PlatformOptions("emulated-snp").attester(ROLE_MR, home=env.home)
+    before = len(env.attestation_denials())
+    with KbsClient(None, env.pin, attester, tee="snp") as workload, pytest.raises(
+        AttestationFailed
+    ) as exc:
+        workload.attest("client", CLAIMS)
+    assert exc.value.status == 401
+    assert "declared tee snp but the evidence is emulated-snp" in exc.value.detail
+    assert len(env.attestation_denials()) == before + 1
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def serve(home: Path, tmp: Path, port: int, log: Path) -> Iterator[subprocess.Po
             [sys.executable, "-c", _SERVE, "kbs", "serve", "--db",
              f"sqlite:///{tmp / 'kbs.db'}", "--listen", f"127.0.0.1:{port}",
              "--state-dir", str(tmp / "state"), "--federation", "fed",
-             "--log-level", "warning"],
+             "--log-level", "warning", "--platform", "emulated-sgx"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:

@@ -84,7 +84,8 @@ def test_upgrade_and_recovery_keep_state(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     parties = {n: PartyKeys.generate(n) for n in NAMES}
     v1 = _agreement(parties, 1, [M1], None)
-    common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None}
+    common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
+              "platform": "emulated-sgx"}
 
     # -- KBS v1: agreement, grant, counter; parties save their shares ---------------------
     runtime = build_kbs(db, measurement=M1, **common)
@@ -264,7 +265,7 @@ def test_without_sealing_key_every_restart_recovers(tmp_path: Path) -> None:
     v1 = FederationAgreement.from_mapping(doc)
     common = {
         "state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
-        "measurement": M1, "sealer": None,
+        "measurement": M1, "sealer": None, "platform": "emulated-sgx",
     }
     runtime = build_kbs(db, **common)
     authority = EmulationAuthority.load_or_create(home, now=now)
@@ -323,7 +324,8 @@ def test_kbs_refuses_to_resume_as_an_unnamed_upgrade(tmp_path: Path) -> None:
     doc = _agreement(parties, 1, [M1], None).to_document()
     doc["recovery"] = None
     v1 = FederationAgreement.from_mapping(doc)
-    common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None}
+    common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
+              "platform": "emulated-sgx"}
     runtime = build_kbs(db, measurement=M1, **common)
     before = runtime.keys.hpke_public_key()
     with BackgroundServer(make_server(runtime)) as srv:

@@ -40,7 +40,8 @@ def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
         runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
-                            federation="study", measurement=KBS_MR, purge_interval=None)
+                            federation="study", measurement=KBS_MR, purge_interval=None,
+                            platform="emulated-sgx")
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         cert = base / "kbs-tls.pem"
         cert.write_bytes(runtime.keys.tls_certificate_pem())

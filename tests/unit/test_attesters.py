@@ -19,7 +19,6 @@ How the kernel / Gramine is simulated (no TEE needed, no timing involved):
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import threading
@@ -78,9 +77,11 @@ def test_gramine_attester_writes_report_data_and_reads_quote(
     thread = _serve_one_quote(root, emulated)
     attester = GramineAttester(root)
     assert isinstance(attester, Attester)
-    assert attester.tee == "sgx"
-    quote = attester.evidence(b"teeflow-binding")
+    assert (attester.tee, attester.kind) == ("sgx", "gramine")
+    evidence = attester.evidence(b"teeflow-binding")
     thread.join()
+    assert (evidence.tee, evidence.attester, evidence.certificates) == ("sgx", "gramine", None)
+    quote = evidence.primary
     parsed = parse_quote(quote)
     assert parsed.report_data == b"teeflow-binding".ljust(64, b"\x00")
     assert isinstance(parsed.body, EnclaveReport)
@@ -228,7 +229,10 @@ def test_tsm_snp_report_with_privlevel_and_auxblob(tmp_path: Path, snp_kernel: F
     assert report.auxblob == b"certificate table"
     assert report.generation == 2  # privlevel + inblob
     assert report.tee == "snp" and attester.tee == "snp"
-    assert attester.evidence(b"x")[0x50:0x90] == b"x".ljust(64, b"\x00")
+    evidence = attester.evidence(b"x")
+    assert evidence.primary[0x50:0x90] == b"x".ljust(64, b"\x00")
+    assert (evidence.tee, evidence.attester) == ("snp", "configfs-tsm")
+    assert evidence.certificates == b"certificate table"  # auxblob, as the kernel gave it
     assert list(root.iterdir()) == []
 
 
@@ -311,21 +315,30 @@ def test_detect_gramine(tmp_path: Path) -> None:
     assert detect_platform(gramine_root=root, tsm_root=tmp_path / "no-tsm") == "gramine-sgx"
 
 
-def test_detect_falls_back_to_emulated_with_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_detect_without_tee_fails_and_never_emulates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("TEEFLOW_PLATFORM", raising=False)
+    # issue 9: auto never falls back to emulation, not even when asked by the environment
+    # (the former TEEFLOW_PLATFORM=emulated forcing is gone)
+    monkeypatch.setenv("TEEFLOW_PLATFORM", "emulated")
     gramine = _gramine_tree(tmp_path, "none")  # gramine-direct or no RA configured
     (tmp_path / "dev").mkdir()
     (tmp_path / "dev" / "sev-guest").touch()
-    with caplog.at_level(logging.WARNING, logger="teeflow.platform.base"):
-        probe = probe_platform(
-            gramine_root=gramine, tsm_root=tmp_path / "no-tsm", dev_root=tmp_path / "dev"
-        )
-    assert probe.platform == "emulated" and probe.tee == "emulated-sgx"
-    assert "EMULATED" in caplog.text
+    probe = probe_platform(
+        gramine_root=gramine, tsm_root=tmp_path / "no-tsm", dev_root=tmp_path / "dev"
+    )
+    assert probe.platform is None and probe.tee is None
     assert any("'none'" in n for n in probe.notes)
     assert any("sev-guest" in n for n in probe.notes)
+    with pytest.raises(PlatformError) as exc:
+        detect_platform(gramine_root=gramine, tsm_root=tmp_path / "no-tsm")
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith("no TEE attestation interface found")
+    assert message.endswith(
+        "run inside a TEE, or name a platform with --platform "
+        "(emulated-sgx|emulated-tdx|emulated-snp for development)"
+    )
 
 
 @pytest.mark.vectors
@@ -337,11 +350,6 @@ def test_detect_tsm_providers(
         monkeypatch.setattr("teeflow.platform.tsm.ConfigFs", lambda k=kernel: k)
         assert detect_platform(gramine_root=tmp_path / "no", tsm_root=root) == expected
         assert list(root.iterdir()) == []
-
-
-def test_detect_forced_emulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEEFLOW_PLATFORM", "emulated")
-    assert detect_platform(gramine_root=_gramine_tree(tmp_path)) == "emulated"
 
 
 def _cli() -> typer.Typer:
@@ -376,7 +384,8 @@ def test_cli_platform_detect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             str(tmp_path / "z"),
         ],
     )
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     doc = json.loads(res.stdout)
-    assert doc["platform"] == "emulated" and doc["tee"] == "emulated-sgx"
+    assert doc["platform"] is None and doc["tee"] is None
     assert doc["source"] is None and doc["notes"]
+    assert "no TEE attestation interface found" in res.stderr

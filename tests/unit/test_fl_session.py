@@ -49,7 +49,7 @@ def test_error_event_ends_waits(tmp_path: Path) -> None:
 
 
 def test_federation_stops_every_child(tmp_path: Path) -> None:
-    with LocalFederation(tmp_path) as lf:
+    with LocalFederation(tmp_path, platform="emulated-sgx") as lf:
         procs = [
             lf._start(WorkloadProcess, f"p{i}", [sys.executable, "-c", SCRIPT, "run"])
             for i in range(2)

@@ -27,7 +27,7 @@ from teeflow.attestation.trust import intel_sgx_root_ca
 from teeflow.errors import CollateralError, ParseError, PolicyViolation
 from teeflow.kbs.api.problems import AttestationFailed, UnsupportedTee
 from teeflow.kbs.ca.authority import FederationCA
-from teeflow.kbs.client.sdk import default_tee, primary_evidence
+from teeflow.kbs.client.sdk import primary_evidence
 from teeflow.kbs.policy.agreement import (
     FederationAgreement,
     SnpReferenceValues,
@@ -122,7 +122,7 @@ class Kbs:
         rd = runtime_data_digest(tee_pubkey=jwk, nonce=bind_nonce or challenge.nonce,
                                  teeflow=teeflow)
         primary = evidence(rd) if evidence is not None else primary_evidence(
-            platform, default_tee(platform), rd)
+            platform.evidence(rd))
         req = AttestRequest.model_validate({
             "runtime-data": {"nonce": challenge.nonce, "tee-pubkey": jwk, "teeflow": teeflow},
             "tee-evidence": {"primary_evidence": primary, "additional_evidence": ""},
@@ -379,11 +379,13 @@ def test_kds_endorsement_provider_serves_reports_without_a_chain() -> None:
 
 def test_primary_evidence_shapes() -> None:
     rd = os.urandom(64)
-    snp_ev = primary_evidence(SNP, "emulated-snp", rd)
+    snp_ev = primary_evidence(SNP.evidence(rd))
     assert [e["cert_type"] for e in snp_ev["cert_chain"]] == ["VCEK", "ASK", "ARK"]
     assert all(isinstance(b, int) for b in snp_ev["cert_chain"][0]["data"])
     assert base64.b64decode(snp_ev["attestation_report"])[0x50:0x90] == rd
-    assert set(primary_evidence(tdx_platform(), "emulated-tdx", rd)) == {"quote"}
-    assert default_tee(SNP) == "emulated-snp" and default_tee(tdx_platform()) == "emulated-tdx"
+    assert set(primary_evidence(tdx_platform().evidence(rd))) == {"quote"}
+    # the Attester protocol: tee and kind (the RCAR tee a client declares by default)
+    assert (SNP.tee, SNP.kind) == ("emulated-snp", "emulated")
+    assert (tdx_platform().tee, tdx_platform().kind) == ("emulated-tdx", "emulated")
     with pytest.raises(ParseError):
         EVIDENCE_TYPES["snp"].verify({"attestation_report": {}}, None)  # type: ignore[arg-type]

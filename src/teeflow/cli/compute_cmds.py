@@ -26,6 +26,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from teeflow.cli.platform_options import (
+    GramineRootOption,
+    PlatformOption,
+    TsmRootOption,
+    platform_options,
+    warn_if_emulated,
+)
 from teeflow.errors import ParseError
 
 __all__ = ["read_value_file", "register", "write_value_file"]
@@ -139,6 +146,9 @@ def register(app: typer.Typer) -> None:
         max_memory: Annotated[int | None, typer.Option("--max-memory", help="Bytes.")] = None,
         isolation: Annotated[str, typer.Option("--isolation", help="thread or fork.")] = "thread",
         log_level: Annotated[str, typer.Option("--log-level")] = "info",
+        platform: PlatformOption = "auto",
+        tsm_root: TsmRootOption = None,
+        gramine_root: GramineRootOption = None,
     ) -> None:
         """Run the compute worker (role compute) until interrupted."""
         from teeflow.compute.jobs import ExecutionLimits
@@ -154,13 +164,18 @@ def register(app: typer.Typer) -> None:
         limits = ExecutionLimits(timeout=timeout, max_memory=max_memory,
                                  isolation=isolation)  # type: ignore[arg-type]
 
+        options = platform_options(platform, tsm_root, gramine_root)
+
         def ready(worker: Any) -> None:
-            out.print(f"measurement {worker.info()['measurement']}")
+            info = worker.info()
+            out.print(f"measurement {info['measurement']}")
+            out.print(f"platform {info['tee']} (attester {info['attester']})")
+            warn_if_emulated(options)
             out.print(f"compute worker for package {worker.package_name} "
                       f"({', '.join(worker.functions)}) on https://{listen}")
 
         run(kbs, pin or default_pin_path(), package, listen=listen, store_dir=store,
-            limits=limits, on_ready=ready, log_level=log_level)
+            limits=limits, on_ready=ready, log_level=log_level, platform=options)
 
     @grp.command("seal")
     def seal(

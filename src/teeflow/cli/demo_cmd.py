@@ -1,11 +1,12 @@
 """``teeflow demo``: the main job — confidential federated learning on the emulated TEE.
 
 ``teeflow demo [--dataset digits|mnist] [--clients N] [--rounds R] [--model mlp|cnn]
-[--non-iid ALPHA] [--data-dir DIR] [--workdir DIR] [--json]`` runs :func:`teeflow.demo.fl_demo.
-run_fl_demo` (KBS, three parties, agreement, sealed package, an attested aggregator and
-clients as separate processes, provenance, the opened model's test accuracy) with a progress
-bar per round; ``teeflow demo attestation`` (or ``--attestation-only``) runs the attestation
-round trip of :mod:`teeflow.demo.attestation_roundtrip`.
+[--non-iid ALPHA] [--data-dir DIR] [--workdir DIR] [--platform NAME] [--json]`` runs
+:func:`teeflow.demo.fl_demo.run_fl_demo` (KBS, three parties, agreement, sealed package, an
+attested aggregator and clients as separate processes, provenance, the opened model's test
+accuracy) with a progress bar per round; ``teeflow demo attestation`` (or
+``--attestation-only``) runs the attestation round trip of
+:mod:`teeflow.demo.attestation_roundtrip`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ def demo(
     attestation_only: bool = typer.Option(
         False, "--attestation-only", help="Run the attestation round trip instead."
     ),
+    platform: str = typer.Option(
+        "emulated-sgx",
+        "--platform",
+        help=(
+            "Platform of the aggregator and clients: emulated-sgx, emulated-tdx or "
+            "emulated-snp (software TEEs; --json reports each workload's tee and attester)."
+        ),
+    ),
 ) -> None:
     """Run a confidential federated-learning session end to end on the EMULATED TEE."""
     if ctx.invoked_subcommand is not None:
@@ -94,6 +103,7 @@ def demo(
         model=model,
         non_iid=non_iid,
         package_dir=package,
+        platform=platform,
     )
     options.check()
     view = _View(quiet=as_json, rounds=rounds)
@@ -102,7 +112,7 @@ def demo(
         console.print(
             f"{clients} hospitals train one {model.upper()} on {dataset} "
             f"({'IID' if non_iid is None else f'non-IID, Dirichlet α={non_iid:g}'}), "
-            f"{rounds} FedAvg rounds; work directory {workdir.resolve()}",
+            f"{rounds} FedAvg rounds on {platform}; work directory {workdir.resolve()}",
             highlight=False,
         )
     try:

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from teeflow.errors import PlatformError
-from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated import EmulationAuthority, emulated_sgx_quote
 from teeflow.platform.emulated_authority import atomic_write, teeflow_home
 from teeflow.workload import WorkloadManifest, verify_trusted_files
 
@@ -104,14 +104,14 @@ def quote_cmd(
             verify_trusted_files(manifest, base)
     now = datetime.now(UTC)
     authority = EmulationAuthority.load_or_create(now=now)
-    sgx = EmulatedSgx(
-        authority,
+    quote, mrenclave = emulated_sgx_quote(
+        report_data,
+        authority=authority,
         measurement=measurement,
         manifest=manifest,
         isv_prod_id=isv_prod_id,
         isv_svn=isv_svn,
     )
-    quote = sgx.quote(report_data)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -119,7 +119,7 @@ def quote_cmd(
     atomic_write(output, quote, mode=0o644)
     err_console.print(_BANNER)
     console.print(f"wrote [bold]{output}[/] ({len(quote)} bytes)")
-    console.print(f"mrenclave {sgx.measurement.hex()}")
+    console.print(f"mrenclave {mrenclave.hex()}")
     console.print(f"mrsigner  {authority.mrsigner.hex()}")
     if collateral_out is not None:
         authority.write_collateral_dir(collateral_out, now)

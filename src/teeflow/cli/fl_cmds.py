@@ -29,6 +29,12 @@ from typing import Annotated, Any
 
 import typer
 
+from teeflow.cli.platform_options import (
+    GramineRootOption,
+    PlatformOption,
+    TsmRootOption,
+    platform_options,
+)
 from teeflow.errors import Error, ParseError
 
 __all__ = ["main", "register"]
@@ -98,6 +104,9 @@ def register(app: typer.Typer) -> None:
         evaluate_config: Annotated[str | None, typer.Option("--evaluate-config")] = None,
         seed: Annotated[int, typer.Option("--seed")] = 0,
         manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        platform: PlatformOption = "auto",
+        tsm_root: TsmRootOption = None,
+        gramine_root: GramineRootOption = None,
     ) -> None:
         """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
         _quiet_grpc()
@@ -125,6 +134,7 @@ def register(app: typer.Typer) -> None:
                 evaluate_config=_json_config(evaluate_config, "--evaluate-config"),
                 seed=seed,
                 manifest=manifest,
+                platform=platform_options(platform, tsm_root, gramine_root),
             )
             Aggregator(options, _emit).run()
         except Error as exc:
@@ -156,6 +166,9 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--threads", help="torch threads (0: the library default).")
         ] = 1,
         session: Annotated[str | None, typer.Option("--session")] = None,
+        platform: PlatformOption = "auto",
+        tsm_root: TsmRootOption = None,
+        gramine_root: GramineRootOption = None,
     ) -> None:
         """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
         _quiet_grpc()
@@ -176,6 +189,7 @@ def register(app: typer.Typer) -> None:
                     connect_timeout=connect_timeout,
                     threads=threads,
                     session=session,
+                    platform=platform_options(platform, tsm_root, gramine_root),
                 ),
                 _emit,
             ).run()

@@ -1,9 +1,9 @@
 """CLI commands: ``teeflow kbs serve|verify|measurement`` and ``teeflow kbs audit verify``.
 
-* ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform emulated]
-  [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]`` — run the KBS
-  (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
-  the first start in a state directory only.
+* ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform NAME] [--tsm-root DIR]
+  [--gramine-root DIR] [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]`` — run
+  the KBS (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is
+  needed at the first start in a state directory only.
 * ``teeflow kbs verify URL --reference-values FILE [--allow-emulated] [-o PIN]
   [--expect-agreement HEX]`` — verify the KBS's evidence as a party and write the pin file
   (default ``$TEEFLOW_HOME/kbs.pin.json``) that every later party command uses. FILE holds
@@ -21,6 +21,13 @@ from typing import Annotated
 
 import typer
 
+from teeflow.cli.platform_options import (
+    GramineRootOption,
+    PlatformOption,
+    TsmRootOption,
+    platform_options,
+    warn_if_emulated,
+)
 from teeflow.errors import KbsError
 
 __all__ = ["register"]
@@ -52,9 +59,9 @@ def register(app: typer.Typer) -> None:
         listen: Annotated[
             str, typer.Option("--listen", help="HOST:PORT to listen on (TLS).")
         ] = "127.0.0.1:8443",
-        platform: Annotated[
-            str, typer.Option("--platform", help="TEE platform of the KBS (emulated).")
-        ] = "emulated",
+        platform: PlatformOption = "auto",
+        tsm_root: TsmRootOption = None,
+        gramine_root: GramineRootOption = None,
         state_dir: Annotated[
             Path | None,
             typer.Option("--state-dir", help="Sealed key directory (default $TEEFLOW_HOME/kbs)."),
@@ -80,6 +87,8 @@ def register(app: typer.Typer) -> None:
         from teeflow.kbs.api.recovery_runtime import RecoveryRuntime
         from teeflow.kbs.api.server import KbsRuntime, serve
 
+        options = platform_options(platform, tsm_root, gramine_root)
+
         def recovering(rt: RecoveryRuntime, url: str) -> None:
             status = rt.coordinator.status()
             typer.secho(
@@ -98,17 +107,13 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  measurement     {runtime.measurement.hex()}")
             typer.echo(f"  tls_spki_sha256 {runtime.keys.tls_spki_sha256()}")
             typer.echo(f"  state           {runtime.state_dir}")
-            if platform == "emulated":
-                typer.secho(
-                    "  platform emulated: software TEE, NO hardware protection",
-                    fg=typer.colors.YELLOW,
-                    err=True,
-                )
+            typer.echo(f"  platform        {runtime.tee} (attester {runtime.attester})")
+            warn_if_emulated(options)
 
         serve(
             db,
             listen=listen,
-            platform=platform,
+            platform=options,
             state_dir=state_dir,
             federation=federation,
             collateral_dirs=collateral_dir or [],

@@ -108,7 +108,7 @@ def register_recovery(kbs: typer.Typer) -> None:
             EmulatedCollateralProvider,
         )
         from teeflow.platform.emulated import EmulationAuthority
-        from teeflow.platform.emulated_snp import EmulatedSnp
+        from teeflow.platform.emulated_snp import emulated_snp_anchor
 
         now = datetime.now(UTC)
         anchors = [intel_sgx_root_ca()]
@@ -120,7 +120,7 @@ def register_recovery(kbs: typer.Typer) -> None:
                 raise KbsError("no emulation authority in $TEEFLOW_HOME to verify an emulated KBS")
             authority = EmulationAuthority.load_or_create(None, now=now)
             anchors.append(authority.trust_anchor())
-            anchors.append(EmulatedSnp.load_or_create(None, now=now).trust_anchor())
+            anchors.append(emulated_snp_anchor(None, now=now))
             providers.append(EmulatedCollateralProvider(authority))
         collateral = CompositeCollateralProvider(providers)
         status = recover(

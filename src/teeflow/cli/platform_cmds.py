@@ -1,8 +1,10 @@
 """``teeflow platform detect``: which attestation platform this machine offers.
 
-Prints ``gramine-sgx``, ``tdx``, ``sev-snp`` or ``emulated`` (the last with a warning on
-stderr); ``--json`` prints ``{"platform", "tee", "source", "notes"}``. Exit code 0 in every
-case: detection itself never fails.
+Prints ``gramine-sgx``, ``tdx`` or ``sev-snp`` (what ``--platform auto`` of every role
+uses); ``--json`` prints ``{"platform", "tee", "source", "notes"}``. Without a TEE interface
+it prints the one-line error of ``--platform auto`` on stderr (with ``--json``: the document
+with ``platform`` null) and exits with status 1 — it never suggests an emulated platform
+silently.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from teeflow.platform.base import (
     DEFAULT_DEV_ROOT,
     DEFAULT_GRAMINE_ROOT,
     DEFAULT_TSM_ROOT,
+    no_tee_message,
     probe_platform,
 )
 
@@ -46,7 +49,7 @@ def detect_cmd(
         Path, typer.Option("--dev-root", hidden=True, help="Device directory.")
     ] = DEFAULT_DEV_ROOT,
 ) -> None:
-    """Detect the attestation platform: gramine-sgx, tdx, sev-snp, or emulated."""
+    """Detect the TEE attestation platform: gramine-sgx, tdx or sev-snp (exit 1 if none)."""
     probe = probe_platform(gramine_root=gramine_root, tsm_root=tsm_root, dev_root=dev_root)
     if as_json:
         doc = {
@@ -56,11 +59,9 @@ def detect_cmd(
             "notes": list(probe.notes),
         }
         typer.echo(json.dumps(doc, indent=2))
-        return
-    console.print(probe.platform)
-    if probe.platform == "emulated":
+    elif probe.platform is not None:
+        console.print(probe.platform)
+    if probe.platform is None:
         err = Console(stderr=True, highlight=False, soft_wrap=True)
-        err.print(
-            "warning: no TEE attestation interface found; emulated evidence is refused "
-            "unless the federation agreement sets allow_emulated"
-        )
+        err.print(f"error (platform): {no_tee_message(probe.notes)}")
+        raise typer.Exit(1)

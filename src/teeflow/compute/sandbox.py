@@ -1,7 +1,8 @@
 """A whole federation on one machine, for examples, benchmarks and tests (emulated TEE).
 
 :func:`local_federation` starts, on 127.0.0.1: the KBS (emulated SGX, SQLite store) and a
-compute worker (emulated SGX with :func:`~teeflow.compute.worker.compute_measurement`)
+compute worker (the emulated platform named by ``platform``, with
+:func:`~teeflow.compute.worker.compute_measurement`)
 serving one compute package; it creates the parties' keys, writes the federation agreement
 (every party signs it; ``allow_emulated: true``), has each party verify the KBS evidence
 (the pin, also written to ``<workdir>/pin.json``) and submits the agreement. The parties'
@@ -23,6 +24,7 @@ from teeflow.compute.jobs import ExecutionLimits
 from teeflow.compute.party import Party
 from teeflow.compute.server import make_worker_server
 from teeflow.compute.worker import ComputeWorker, compute_measurement
+from teeflow.errors import PlatformError
 from teeflow.fl.package import build_package, load_manifest
 from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
 from teeflow.kbs.client.pinning import (
@@ -41,7 +43,8 @@ from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )
 from teeflow.kbs.service.self_attestation import kbs_measurement
-from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated import EmulationAuthority
+from teeflow.platform.selection import EMULATED_PLATFORMS, attester_for, emulated_workload_spec
 
 __all__ = ["LocalFederation", "local_federation"]
 
@@ -90,7 +93,7 @@ def local_federation(
     readers: Sequence[str],
     recipients: Sequence[str],
     federation: str = "teeu",
-    worker_platform: EmulatedSgx | None = None,
+    platform: str,
     limits: ExecutionLimits | None = None,
     store_dir: Path | None = None,
 ) -> Iterator[LocalFederation]:
@@ -103,13 +106,18 @@ def local_federation(
         readers: parties whose data the package may read.
         recipients: parties allowed to receive results (``outputs.result``).
         federation: federation name.
-        worker_platform: override the worker's attester (default: emulated SGX with
-            :func:`compute_measurement`).
+        platform: the compute worker's emulated platform (``emulated-sgx``,
+            ``emulated-tdx`` or ``emulated-snp``; its attester reports
+            :func:`compute_measurement`, and the agreement lists that identity). The KBS runs
+            on ``emulated-sgx``.
         limits, store_dir: passed to :class:`ComputeWorker`.
 
     Raises:
+        PlatformError: ``platform`` is not an emulated platform.
         KbsError, AttestationFailed, PackageError: start-up failed.
     """
+    if platform not in EMULATED_PLATFORMS:
+        raise PlatformError(f"the sandbox runs emulated platforms only, not {platform!r}")
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     authority = EmulationAuthority.load_or_create(home, now=datetime.now(UTC))
@@ -124,7 +132,7 @@ def local_federation(
         "parties": {n: {"sign_key": k.public().sign_key, "recipient_key": k.public().recipient_key,
                         "roles": list(parties[n])} for n, k in keys.items()},
         "workloads": {"kbs": {"sgx": {"mrenclave": [kbs_mr.hex()]}},
-                      "compute": {"sgx": {"mrenclave": [compute_mr.hex()]}}},
+                      "compute": emulated_workload_spec(platform, compute_mr)},
         "packages": {manifest.name: {"digest": pkg_digest.hex(),
                                      "functions": sorted(manifest.functions),
                                      "readers": sorted(readers)}},
@@ -136,7 +144,7 @@ def local_federation(
         signed = signed.signed_by(k)
     runtime = build_kbs(f"sqlite:///{workdir / 'kbs.db'}", state_dir=workdir / "kbs-state",
                         federation=federation, home=home, measurement=kbs_mr,
-                        purge_interval=None)
+                        platform="emulated-sgx", purge_interval=None)
     with ExitStack() as stack:
         stack.callback(runtime.close)
         kbs_server = stack.enter_context(BackgroundServer(make_server(runtime, graceful_timeout=2)))
@@ -145,8 +153,8 @@ def local_federation(
         pin.save(workdir / "pin.json")
         with KbsClient(None, pin) as kbs:
             kbs.submit_agreement(signed)
-        platform = worker_platform or EmulatedSgx(authority, measurement=compute_mr)
-        worker = ComputeWorker(pin, platform, archive, limits=limits, store_dir=store_dir)
+        attester = attester_for(platform, measurement=compute_mr, authority=authority, home=home)
+        worker = ComputeWorker(pin, attester, archive, limits=limits, store_dir=store_dir)
         stack.callback(worker.close)
         worker.start()
         wserver = stack.enter_context(BackgroundServer(make_worker_server(worker)))

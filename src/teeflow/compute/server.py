@@ -21,7 +21,7 @@ from teeflow.compute.jobs import ComputeError, ExecutionLimits, InvalidJob, JobR
 from teeflow.compute.worker import ComputeWorker, compute_measurement
 from teeflow.errors import Error, KbsError
 from teeflow.kbs.api.problems import KbsProblem
-from teeflow.kbs.service.self_attestation import Attester
+from teeflow.platform.selection import PlatformOptions
 
 __all__ = ["make_worker_server", "serve", "worker_tls_context"]
 
@@ -155,25 +155,26 @@ def make_worker_server(
 
 def serve(
     kbs_url: str | None, pin: Path, package: Path, *, listen: str = "127.0.0.1:9443",
-    platform: Attester | None = None, store_dir: Path | None = None,
+    platform: PlatformOptions | None = None, store_dir: Path | None = None,
     limits: ExecutionLimits | None = None, on_ready: Callable[[ComputeWorker], None] | None = None,
     log_level: str = "info",
 ) -> None:
     """Run a worker until interrupted (``teeflow compute serve``; blocking).
 
-    ``platform`` defaults to the emulated SGX platform with :func:`compute_measurement`.
+    The worker's attester comes from ``platform`` (:class:`PlatformOptions`, default
+    ``auto``: the TEE found, else ``PlatformError``); an emulated platform reports
+    :func:`compute_measurement`.
 
     Raises:
+        PlatformError: unknown platform, no TEE for ``auto``, interface unusable.
         KbsError, AttestationFailed, PackageError: as :meth:`ComputeWorker.start`.
     """
     from teeflow.kbs.api.server import parse_listen
-    from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 
     host, port = parse_listen(listen)
-    if platform is None:
-        platform = EmulatedSgx(EmulationAuthority.load_or_create(),
-                               measurement=compute_measurement())
-    worker = ComputeWorker(pin, platform, package, kbs_url=kbs_url, store_dir=store_dir,
+    options = platform if platform is not None else PlatformOptions()
+    attester = options.attester(compute_measurement())
+    worker = ComputeWorker(pin, attester, package, kbs_url=kbs_url, store_dir=store_dir,
                            limits=limits)
     try:
         worker.start()

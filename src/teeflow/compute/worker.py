@@ -102,7 +102,7 @@ from teeflow.kbs.client.sdk import (
 )
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, sha256_digest
-from teeflow.kbs.service.self_attestation import Attester
+from teeflow.platform.base import Attester
 from teeflow.sealing import generate_key, seal, unseal, wrap_key
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
@@ -173,7 +173,7 @@ class ComputeWorker:
 
     Args:
         pin: the verified KBS (:class:`Pin` or pin file).
-        platform: the attester (e.g. :class:`~teeflow.platform.emulated.EmulatedSgx`).
+        platform: the attester (from :func:`teeflow.platform.attester_for`).
         package: package archive bytes, ``.tar`` path or package folder.
         kbs_url: KBS URL (default ``pin.url``).
         store_dir: keep sealed inputs in this folder instead of memory.
@@ -267,6 +267,8 @@ class ComputeWorker:
             "package": {"name": self.package_name, "digest": self.package_digest},
             "functions": list(self.functions),
             "measurement": getattr(self.platform, "measurement", b"").hex(),
+            "tee": self.platform.tee,
+            "attester": self.platform.kind,
             "federation": self.pin.federation,
         }
 

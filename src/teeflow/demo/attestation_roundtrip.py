@@ -39,7 +39,8 @@ from teeflow.attestation.sgx import appraise, parse_quote, verify
 from teeflow.attestation.sgx.policy import SgxPolicy
 from teeflow.attestation.trust import intel_sgx_root_ca
 from teeflow.errors import PolicyViolation, VerificationError
-from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
+from teeflow.platform.emulated import EmulationAuthority
+from teeflow.platform.selection import attester_for
 from teeflow.sealing import seal, unseal, unwrap_key, wrap_key
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
@@ -178,7 +179,8 @@ def run_attestation_demo(
     tee_key = ECKey.generate_key("P-256", private=True)
     tee_pubkey = tee_key.as_dict(private=False)
     binding = runtime_data_digest(tee_pubkey=tee_pubkey, nonce=nonce)
-    quote_bytes = EmulatedSgx(authority, measurement=mr).quote(binding)
+    attester = attester_for("emulated-sgx", measurement=mr, authority=authority)
+    quote_bytes = attester.evidence(binding).primary
     (workdir / "quote.bin").write_bytes(quote_bytes)
     collateral_dir = workdir / "collateral"
     authority.write_collateral_dir(collateral_dir, now=when)

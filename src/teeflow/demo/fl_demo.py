@@ -3,7 +3,7 @@
 :func:`run_fl_demo` plays every role of DESIGN's "Federated learning" flow on one machine, in
 a fresh work directory, offline (scikit-learn's ``digits`` ships with scikit-learn):
 
-1. starts the KBS (``teeflow kbs serve``: emulated TEE, SQLite) as a child process;
+1. starts the KBS (``teeflow kbs serve --platform emulated-sgx``, SQLite) as a child process;
 2. creates three parties ``hospital-a/b/c`` (Ed25519 + X25519 keys under ``home/parties``);
 3. builds the compute package (:func:`package_source`) and writes the agreement
    (``allow_emulated: true`` — EMULATED TEE, development only; the workloads' reference values
@@ -13,7 +13,10 @@ a fresh work directory, offline (scikit-learn's ``digits`` ships with scikit-lea
 4. verifies the KBS (its emulated SGX evidence against the agreed KBS measurement) and pins it
    (``pin.json``), submits the agreement, and publishes the sealed package as hospital-a;
 5. starts the aggregator and one client per party as separate processes on 127.0.0.1
-   (:class:`~teeflow.fl.session.LocalFederation`), and follows their progress events;
+   (:class:`~teeflow.fl.session.LocalFederation`) with ``--platform`` of the demo platform
+   (:mod:`teeflow.demo.platforms`: ``emulated-sgx`` by default, ``emulated-tdx``,
+   ``emulated-snp``), and follows their progress events; the summary reports each
+   workload's ``tee`` and ``attester`` (from its ``platform`` event / start-up line);
 6. verifies the model's provenance log against the federation CA, opens the model as
    hospital-a, and evaluates it with the package's ``validate`` on the **whole held-out test
    split** in this process (``final_accuracy``); the aggregator's federated evaluation of the
@@ -101,6 +104,8 @@ class DemoOptions:
         package_dir: compute package folder (default: :func:`package_source`).
         round_timeout: round deadline of the aggregator (seconds).
         timeout: bound on the whole run (seconds; default 300 + 120 per round).
+        platform: the workloads' platform, one of
+            :data:`teeflow.demo.platforms.DEMO_PLATFORMS` (default ``emulated-sgx``).
     """
 
     workdir: Path
@@ -113,6 +118,7 @@ class DemoOptions:
     package_dir: Path | None = None
     round_timeout: float = 300.0
     timeout: float | None = None
+    platform: str = "emulated-sgx"
 
     def check(self) -> None:
         """Raises FLError on an option outside its range."""
@@ -126,6 +132,10 @@ class DemoOptions:
             raise FLError("--rounds must be at least 1")
         if self.non_iid is not None and not self.non_iid > 0:
             raise FLError("--non-iid ALPHA must be > 0")
+        from teeflow.demo.platforms import DEMO_PLATFORMS
+
+        if self.platform not in DEMO_PLATFORMS:
+            raise FLError(f"--platform must be one of {', '.join(DEMO_PLATFORMS)}")
 
     def parties(self) -> list[str]:
         """``hospital-a`` … one per client."""
@@ -181,12 +191,20 @@ class FlDemoSummary:
     files: dict[str, str] = field(default_factory=dict)
     commands: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    platform: str = "emulated-sgx"
+    emulated: bool = True
+    platform_notes: list[str] = field(default_factory=list)
+    #: workload name (``kbs``, ``aggregator``, ``client-<party>``) -> {"tee", "attester"}
+    workloads: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable view (accuracies in [0, 1], seconds as floats)."""
         return {
             "ok": self.ok,
-            "emulated": True,
+            "emulated": self.emulated,
+            "platform": self.platform,
+            "platform_notes": self.platform_notes,
+            "workloads": self.workloads,
             "workdir": self.workdir,
             **self.options,
             "rounds": self.rounds,
@@ -308,6 +326,7 @@ def _run(
     step: Steps,
     on_progress: Callable[[RoundProgress], None],
 ) -> None:
+    from teeflow.demo.platforms import demo_platform
     from teeflow.fl.session import LocalFederation
     from teeflow.kbs.policy.parties import PartyKeys
 
@@ -315,11 +334,25 @@ def _run(
     files = summary.files
     with contextlib.ExitStack() as stack:  # exits in reverse: shield, stop children, restore
         stack.enter_context(restore_sigint())
-        lf = stack.enter_context(LocalFederation(workdir, home=home, handle_signals=True))
+        plat = demo_platform(o.platform, workdir, stack)
+        summary.platform, summary.emulated = plat.name, plat.emulated
+        summary.platform_notes = list(plat.notes)
+        lf = stack.enter_context(
+            LocalFederation(
+                workdir,
+                platform=plat.name,
+                platform_args=plat.workload_args,
+                home=home,
+                handle_signals=True,
+            )
+        )
         stack.enter_context(shield_stop())
-        with step("KBS started (emulated TEE, SQLite)") as d:
-            kbs = lf.start_kbs(federation=FEDERATION)
-            d += [kbs.url, f"measurement {kbs.measurement[:16]}…"]
+        with step(f"KBS started ({plat.kbs_platform}, SQLite)") as d:
+            kbs = lf.start_kbs(
+                platform=plat.kbs_platform, platform_args=plat.kbs_args, federation=FEDERATION
+            )
+            d += [kbs.url, f"measurement {kbs.measurement[:16]}…", *plat.notes]
+            summary.workloads["kbs"] = {"tee": kbs.tee, "attester": kbs.attester}
             files["kbs database"] = str(workdir / "kbs.db")
         with step(f"parties {', '.join(parties)} created") as d:
             keys = {}
@@ -352,6 +385,7 @@ def _run(
                 keys=[keys[p] for p in parties],
                 kbs_measurement=kbs.measurement,
                 package_digest=pkg_digest,
+                workload_spec=plat.workload_spec,
             )
             d += [
                 "allow_emulated: true — EMULATED TEE, development only",
@@ -406,6 +440,8 @@ def _run(
         timeout = o.timeout if o.timeout is not None else 300.0 + 120.0 * o.rounds
         done = tracker.follow(timeout)
         summary.training_seconds = time.monotonic() - t_train
+        for name, proc in (("aggregator", agg), *((f"client-{p}", c) for p, c in clients.items())):
+            summary.workloads[name] = _attester_of(proc)
         summary.round_table = tracker.table()
         summary.warnings += tracker.warnings
         summary.rounds = int(done.get("rounds", 0))
@@ -439,6 +475,8 @@ def _run(
             session=SESSION,
             federation=FEDERATION,
             min_clients=o.clients // 2 + 1,
+            kbs_platform=("--platform", plat.kbs_platform, *plat.kbs_args),
+            workload_platform=("--platform", plat.name, *plat.workload_args),
         )
     _outputs(
         o,
@@ -450,6 +488,13 @@ def _run(
         archive=archive,
         pkg_digest=pkg_digest,
     )
+
+
+def _attester_of(proc: Any) -> dict[str, str | None]:
+    """``{"tee", "attester"}`` from a workload's ``platform`` event (None when absent)."""
+    events: list[dict[str, Any]] = list(proc.events)
+    event: dict[str, Any] = next((e for e in events if e.get("event") == "platform"), {})
+    return {"tee": event.get("tee"), "attester": event.get("attester")}
 
 
 def _outputs(

@@ -144,13 +144,16 @@ def write_agreement(
     keys: Sequence[PartyKeys],
     kbs_measurement: str,
     package_digest: str,
+    workload_spec: Callable[[str, bytes], dict[str, Any]] | None = None,
 ) -> str:
     """Write the demo agreement to ``path`` and every party's signature to
     ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
 
     The first party is data- and model-owner and the model's only recipient; the others are
-    data owners. ``allow_emulated: true``; workloads: the KBS measurement given and the
-    built-in aggregator/client measurements of the installed teeflow; one package ``mnist``;
+    data owners. ``allow_emulated: true``; workloads: the KBS measurement given (SGX) and the
+    built-in aggregator/client measurements of the installed teeflow, as reference values of
+    ``workload_spec(role, measurement)`` (default: SGX MRENCLAVE; the demo platform's
+    :attr:`~teeflow.demo.platforms.DemoPlatform.workload_spec`); one package ``mnist``;
     ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it).
 
     Returns:
@@ -170,6 +173,11 @@ def write_agreement(
     )
 
     names = [k.name for k in keys]
+
+    def sgx_spec(role: str, mr: bytes) -> dict[str, Any]:
+        return {"sgx": {"mrenclave": [mr.hex()]}}
+
+    spec = workload_spec if workload_spec is not None else sgx_spec
     agreement = FederationAgreement.from_mapping(
         {
             "federation": federation,
@@ -185,8 +193,8 @@ def write_agreement(
             },
             "workloads": {
                 "kbs": {"sgx": {"mrenclave": [kbs_measurement]}},
-                "aggregator": {"sgx": {"mrenclave": [fl_measurement("aggregator").hex()]}},
-                "client": {"sgx": {"mrenclave": [fl_measurement("client").hex()]}},
+                "aggregator": spec("aggregator", fl_measurement("aggregator")),
+                "client": spec("client", fl_measurement("client")),
             },
             "packages": {
                 "mnist": {
@@ -384,12 +392,17 @@ def manual_commands(
     session: str,
     federation: str,
     min_clients: int,
+    kbs_platform: Sequence[str] = ("--platform", "emulated-sgx"),
+    workload_platform: Sequence[str] = ("--platform", "emulated-sgx"),
 ) -> list[tuple[str, str]]:
     """The shell commands that run each piece of the demo by hand, on the demo's files:
     ``[(what, command)]``, in order (restart the KBS on its pinned address, inspect, a new
     session with aggregator and clients, verify/open the model, audit; then how the setup
-    was made, for a federation of your own)."""
+    was made, for a federation of your own). ``kbs_platform`` / ``workload_platform``: the
+    platform options of the KBS and of the FL workloads."""
     q = shlex.quote
+    kbs_plat = " ".join(q(a) for a in kbs_platform)
+    wl_plat = " ".join(q(a) for a in workload_platform)
     tf = teeflow_command()
     w = workdir
     pin = q(str(w / "pin.json"))
@@ -414,7 +427,7 @@ def manual_commands(
         (
             "restart the KBS on its pinned address (own terminal)",
             f"{tf} kbs serve --db {db} --listen 127.0.0.1:{port} "
-            f"--state-dir {state} --federation {federation}",
+            f"--state-dir {state} --federation {federation} {kbs_plat}",
         ),
         ("inspect the signed agreement", f"{tf} agreement show {agreement}"),
         (
@@ -425,7 +438,7 @@ def manual_commands(
             f"a new session: the aggregator (own terminal; outputs {new_session}.*)",
             f"{tf} aggregator run --pin {pin} --session {new_session} --rounds {options.rounds} "
             f"--min-clients {min_clients} --wait-clients {len(parties)} --listen 127.0.0.1:8450 "
-            f"--package {sealed} --train-config {q(train)} --state-dir {agg_state}",
+            f"--package {sealed} --train-config {q(train)} --state-dir {agg_state} {wl_plat}",
         ),
     ]
     for i, p in enumerate(parties):
@@ -433,7 +446,7 @@ def manual_commands(
             (
                 f"… and the client of {p} (own terminal)",
                 f"{tf} client run --party {p} --pin {pin} --aggregator 127.0.0.1:8450 "
-                f"--data {q(options.data_spec(i))} --threads 1",
+                f"--data {q(options.data_spec(i))} --threads 1 {wl_plat}",
             )
         )
     cmds += [

@@ -3,7 +3,8 @@
 Start-up (:meth:`Aggregator.run`):
 
 1. measurement: the ``--manifest`` workload manifest (trusted files re-hashed first) or the
-   built-in one of the installed teeflow (:func:`fl_manifest`); the emulated platform quotes it;
+   built-in one of the installed teeflow (:func:`fl_manifest`); the attester of
+   ``--platform`` (:func:`teeflow.platform.attester_for`) quotes it;
 2. the agreement from the pinned KBS; the session package (:func:`teeflow.fl.publish.
    choose_package`); RCAR attestation as role ``aggregator`` claiming the package, the
    session's checkpoint key ``fl/checkpoint-key/<session>`` and the ``outputs.model``
@@ -85,7 +86,7 @@ from teeflow.kbs.api.problems import Conflict, TokenNotFound, TokenVerifierError
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.generated import checkpoint_key_path
-from teeflow.platform.emulated import EmulatedSgx
+from teeflow.platform.selection import PlatformOptions
 
 __all__ = [
     "Aggregator",
@@ -129,6 +130,7 @@ class AggregatorOptions:
     seed: int = 0
     manifest: Path | None = None
     max_clients: int = 64
+    platform: PlatformOptions = field(default_factory=PlatformOptions)
 
 
 class Aggregator:
@@ -162,7 +164,8 @@ class Aggregator:
     def _setup(self) -> None:
         o = self.o
         mr = fl_measurement("aggregator", o.manifest)
-        platform = EmulatedSgx(measurement=mr)
+        platform = o.platform.attester(mr)
+        self.emit("platform", tee=platform.tee, attester=platform.kind)
         self.kbs = KbsClient(o.kbs_url, o.pin, platform)
         signed = self.kbs.current_agreement()
         if signed is None:

@@ -3,7 +3,8 @@
 :meth:`Client.run`:
 
 1. measurement: ``--manifest`` (trusted files re-hashed) or :func:`~teeflow.fl.workload.
-   fl_manifest` ``("client")``; the emulated platform quotes it;
+   fl_manifest` ``("client")``; the attester of
+   ``--platform`` (:func:`teeflow.platform.attester_for`) quotes it;
 2. the agreement from the pinned KBS; the session package (:func:`~teeflow.fl.publish.
    choose_package`); RCAR attestation as role ``client`` for ``party`` with claims binding the
    package digest, the function ``train`` and the package-key resource; a workload certificate;
@@ -29,7 +30,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from teeflow.fl.transport.client import AggregatorStream, IncomingTask
 from teeflow.fl.workload import fl_measurement
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import digest
-from teeflow.platform.emulated import EmulatedSgx
+from teeflow.platform.selection import PlatformOptions
 
 __all__ = ["Client", "ClientOptions", "ClientResult"]
 
@@ -77,6 +78,7 @@ class ClientOptions:
     connect_timeout: float = 60.0
     threads: int = 1
     session: str | None = None
+    platform: PlatformOptions = field(default_factory=PlatformOptions)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,9 @@ class Client:
         """
         o = self.o
         mr = fl_measurement("client", o.manifest)
-        kbs = KbsClient(o.kbs_url, o.pin, EmulatedSgx(measurement=mr))
+        platform = o.platform.attester(mr)
+        self.emit("platform", tee=platform.tee, attester=platform.kind)
+        kbs = KbsClient(o.kbs_url, o.pin, platform)
         try:
             signed = kbs.current_agreement()
             if signed is None:

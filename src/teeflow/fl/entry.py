@@ -65,9 +65,24 @@ def _config(text: str | None, what: str) -> dict[str, Any]:
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    from teeflow.platform.selection import PLATFORM_NAMES
+
     p = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     p.add_argument("command", nargs="?", choices=["run"], default="run", help=argparse.SUPPRESS)
+    # the platform options of every role (as teeflow.cli.platform_options)
+    p.add_argument(
+        "--platform", choices=PLATFORM_NAMES, default="auto",
+        help="TEE platform ('auto': the TEE found, an error without one; emulated-*: software)",
+    )  # fmt: skip
+    p.add_argument("--tsm-root", type=Path, default=None, help="configfs-tsm report directory")
+    p.add_argument("--gramine-root", type=Path, default=None, help="Gramine /dev/attestation")
     return p
+
+
+def _platform(a: argparse.Namespace) -> Any:
+    from teeflow.platform.selection import PlatformOptions
+
+    return PlatformOptions(a.platform, tsm_root=a.tsm_root, gramine_root=a.gramine_root)
 
 
 def aggregator_parser() -> argparse.ArgumentParser:
@@ -175,6 +190,7 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
             evaluate_config=_config(a.evaluate_config, "--evaluate-config"),
             seed=a.seed,
             manifest=a.manifest,
+            platform=_platform(a),
         )
         Aggregator(options, _emit).run()
 
@@ -209,6 +225,7 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
                 connect_timeout=a.connect_timeout,
                 threads=a.threads,
                 session=a.session,
+                platform=_platform(a),
             ),
             _emit,
         ).run()

@@ -4,7 +4,7 @@
 it exits — normally, on an exception, or on Ctrl-C (``KeyboardInterrupt``) — and, with
 ``handle_signals=True``, on SIGTERM too:
 
-- :meth:`LocalFederation.start_kbs` — ``teeflow kbs serve`` (SQLite, emulated TEE) on a free
+- :meth:`LocalFederation.start_kbs` — ``teeflow kbs serve --platform P`` (SQLite) on a free
   loopback port; returns once it accepts connections (:class:`KbsProcess`, with its URL and
   measurement);
 - :meth:`LocalFederation.start_aggregator` — ``teeflow aggregator run`` through the lean entry
@@ -13,6 +13,10 @@ it exits — normally, on an exception, or on Ctrl-C (``KeyboardInterrupt``) —
   RSS); returns once it listens (:class:`AggregatorProcess`, with its address);
 - :meth:`LocalFederation.start_client` — ``teeflow client run`` through
   :mod:`teeflow.fl.client_main`.
+
+Every workload gets ``--platform``: the federation's (``platform=``) for the aggregator and
+clients, the one given to :meth:`~LocalFederation.start_kbs` for the KBS — always named
+explicitly (emulated platforms are never a default).
 
 Each :class:`WorkloadProcess` reads the child's JSON progress lines (stdout) in a thread into
 :attr:`~WorkloadProcess.events`; stderr goes to a log file (``<workdir>/logs/<name>.log``).
@@ -240,6 +244,9 @@ class KbsProcess(WorkloadProcess):
 
     url: str = ""
     measurement: str = ""
+    #: the RCAR tee of its evidence and its attester kind (``kbs serve``'s platform line)
+    tee: str = ""
+    attester: str = ""
 
 
 class AggregatorProcess(WorkloadProcess):
@@ -272,6 +279,10 @@ class LocalFederation:
     Args:
         workdir: folder for logs and state.
         home: ``TEEFLOW_HOME`` of the children (emulation authority, party keys).
+        platform: ``--platform`` of the aggregator and clients (a name of
+            :data:`teeflow.platform.PLATFORM_NAMES`; development and tests name an emulated
+            platform explicitly, e.g. ``emulated-sgx``).
+        platform_args: further platform options of the workloads (``--tsm-root DIR`` …).
         env: extra environment variables.
         handle_signals: turn SIGTERM into :class:`SystemExit` while in the ``with`` block
             (main thread only), so the children are stopped.
@@ -281,10 +292,16 @@ class LocalFederation:
         self,
         workdir: Path,
         *,
+        platform: str,
+        platform_args: Sequence[str] = (),
         home: Path | None = None,
         env: Mapping[str, str] | None = None,
         handle_signals: bool = False,
     ) -> None:
+        from teeflow.platform.selection import check_platform_name
+
+        self.platform = check_platform_name(platform)
+        self.platform_args = list(platform_args)
         self.workdir = Path(workdir)
         self.logs = self.workdir / "logs"
         self.env = dict(os.environ)
@@ -331,11 +348,14 @@ class LocalFederation:
         self,
         *,
         db: str | None = None,
+        platform: str,
+        platform_args: Sequence[str] = (),
         federation: str = "demo",
         state_dir: Path | None = None,
         timeout: float = 60.0,
     ) -> KbsProcess:
-        """Start ``teeflow kbs serve`` on a free loopback port and wait until it accepts.
+        """Start ``teeflow kbs serve --platform PLATFORM`` on a free loopback port and wait
+        until it accepts (``platform_args``: further platform options).
 
         Raises:
             FLError: it did not start within ``timeout`` seconds.
@@ -357,18 +377,24 @@ class LocalFederation:
             federation,
             "--log-level",
             "warning",
+            "--platform",
+            platform,
+            *platform_args,
         ]
         kbs: KbsProcess = self._start(KbsProcess, "kbs", argv)
         end = time.monotonic() + timeout
         while True:
             mr = next((ln.split()[1] for ln in kbs.lines if ln.startswith("measurement")), None)
-            if mr and _accepts("127.0.0.1", port):
+            plat = next((ln.split() for ln in kbs.lines if ln.startswith("platform ")), None)
+            if mr and plat and _accepts("127.0.0.1", port):
                 break
             if kbs.returncode is not None or time.monotonic() > end:
                 raise FLError(f"kbs serve did not start; log:\n{kbs.log_tail()}")
             time.sleep(0.1)
         kbs.url = f"https://127.0.0.1:{port}"
         kbs.measurement = mr
+        # "platform <tee> (attester <kind>)"
+        kbs.tee, kbs.attester = plat[1], plat[-1].rstrip(")") if len(plat) >= 4 else ""
         return kbs
 
     def start_aggregator(
@@ -404,6 +430,9 @@ class LocalFederation:
             str(rounds),
             "--min-clients",
             str(min_clients),
+            "--platform",
+            self.platform,
+            *self.platform_args,
             *_options(options),
             *extra,
         ]
@@ -434,6 +463,9 @@ class LocalFederation:
             aggregator,
             "--data",
             data,
+            "--platform",
+            self.platform,
+            *self.platform_args,
             *_options(options),
             *extra,
         ]

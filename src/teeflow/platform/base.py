@@ -1,37 +1,44 @@
 """The Attester interface and platform detection.
 
-An :class:`Attester` (RFC 9334 "Attester") produces Evidence binding 64 bytes of report
-data. Implementations:
+An :class:`Attester` (RFC 9334 "Attester") produces :class:`~teeflow.attestation.evidence.
+Evidence` binding 64 bytes of report data. Implementations (all built by
+:func:`teeflow.platform.selection.attester_for`):
 
 * :class:`teeflow.platform.gramine.GramineAttester` — SGX DCAP quotes through Gramine's
-  ``/dev/attestation`` pseudo-files (``tee = "sgx"``);
+  ``/dev/attestation`` pseudo-files (``tee = "sgx"``, ``kind = "gramine"``);
 * :class:`teeflow.platform.tsm.TsmAttester` — TDX quotes or SEV-SNP reports through Linux
-  configfs-tsm (``tee = "tdx"`` / ``"snp"``);
-* :class:`teeflow.platform.emulated.EmulatedSgx` — software evidence (development, CI).
+  configfs-tsm (``tee = "tdx"`` / ``"snp"``, ``kind = "configfs-tsm"``);
+* :class:`teeflow.platform.emulated.EmulatedSgx`, ``EmulatedTdx``, ``EmulatedSnp`` —
+  software evidence (``tee = "emulated-…"``, ``kind = "emulated"``; development, CI), chosen
+  only by name.
 
-:func:`detect_platform` tells which one this machine offers. The platform names are the
-DESIGN glossary's: ``gramine-sgx``, ``tdx``, ``sev-snp``, ``emulated``.
+:func:`detect_platform` tells which hardware interface this machine offers and raises
+``PlatformError`` when there is none: nothing falls back to emulation. The platform names
+are the DESIGN glossary's: ``gramine-sgx``, ``tdx``, ``sev-snp`` (hardware) and
+``emulated-sgx``, ``emulated-tdx``, ``emulated-snp``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from teeflow.errors import PlatformError
+
+if TYPE_CHECKING:
+    from teeflow.attestation.evidence import Evidence
 
 __all__ = [
     "DEFAULT_DEV_ROOT",
     "DEFAULT_GRAMINE_ROOT",
     "DEFAULT_TSM_ROOT",
-    "PLATFORMS",
+    "HARDWARE_PLATFORMS",
     "TSM_PROVIDERS",
     "Attester",
     "PlatformProbe",
     "detect_platform",
+    "no_tee_message",
     "pad_report_data",
     "probe_platform",
     "read_small",
@@ -40,12 +47,10 @@ __all__ = [
 DEFAULT_GRAMINE_ROOT = Path("/dev/attestation")
 DEFAULT_TSM_ROOT = Path("/sys/kernel/config/tsm/report")
 DEFAULT_DEV_ROOT = Path("/dev")
-#: Platform names returned by :func:`detect_platform`.
-PLATFORMS = ("gramine-sgx", "tdx", "sev-snp", "emulated")
+#: Hardware platform names :func:`detect_platform` can return.
+HARDWARE_PLATFORMS = ("gramine-sgx", "tdx", "sev-snp")
 #: configfs-tsm ``provider`` value -> (platform name, RCAR tee name).
 TSM_PROVIDERS = {"tdx_guest": ("tdx", "tdx"), "sev_guest": ("sev-snp", "snp")}
-
-_LOG = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -53,7 +58,8 @@ class Attester(Protocol):
     """Something that produces Evidence for 64 bytes of report data.
 
     ``tee`` is the RCAR ``tee`` value of the evidence (``"sgx"``, ``"tdx"``, ``"snp"``,
-    ``"emulated-sgx"`` …); a plain class attribute satisfies it.
+    ``"emulated-sgx"`` …) and ``kind`` the attester kind (``"gramine"``,
+    ``"configfs-tsm"``, ``"emulated"``); plain class attributes satisfy them.
     """
 
     @property
@@ -61,9 +67,13 @@ class Attester(Protocol):
         """RCAR tee name of the evidence."""
         ...
 
-    def evidence(self, report_data: bytes) -> bytes:
-        """Evidence (a quote or report) whose REPORT_DATA is ``report_data`` zero-padded
-        to 64 bytes.
+    @property
+    def kind(self) -> str:
+        """Attester kind recorded in :attr:`Evidence.attester`."""
+        ...
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Evidence whose REPORT_DATA is ``report_data`` zero-padded to 64 bytes.
 
         Raises:
             PlatformError: ``report_data`` longer than 64 bytes, or the platform failed.
@@ -107,14 +117,14 @@ class PlatformProbe:
     """What :func:`probe_platform` found.
 
     Attributes:
-        platform: one of :data:`PLATFORMS`.
-        tee: RCAR tee name (``"sgx"``, ``"tdx"``, ``"snp"``, ``"emulated-sgx"``).
-        source: the path that decided it (or ``None`` for emulated).
+        platform: one of :data:`HARDWARE_PLATFORMS`, or None when no TEE interface exists.
+        tee: RCAR tee name (``"sgx"``, ``"tdx"``, ``"snp"``), or None.
+        source: the path that decided it, or None.
         notes: why other platforms were not chosen (human-readable).
     """
 
-    platform: str
-    tee: str
+    platform: str | None
+    tee: str | None
     source: str | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -164,28 +174,31 @@ def probe_platform(
     tsm_root: Path = DEFAULT_TSM_ROOT,
     dev_root: Path = DEFAULT_DEV_ROOT,
 ) -> PlatformProbe:
-    """Find the attestation platform this process runs on.
+    """Find the hardware attestation interface this process runs on.
 
     Order: Gramine-SGX (``<gramine_root>/attestation_type`` reads ``dcap``), then
     configfs-tsm (a probe report entry is created, its ``provider`` read and the entry
-    removed: ``tdx_guest`` -> ``tdx``, ``sev_guest`` -> ``sev-snp``), else ``emulated``
-    with a logged warning. ``TEEFLOW_PLATFORM=emulated`` forces emulation (tests, demos).
+    removed: ``tdx_guest`` -> ``tdx``, ``sev_guest`` -> ``sev-snp``). When neither is
+    usable, ``platform`` is None: the caller decides (:func:`detect_platform` raises); no
+    emulated platform is ever chosen here.
 
     Never raises: a failing probe is recorded in :attr:`PlatformProbe.notes`.
     """
     notes: list[str] = []
-    forced = os.environ.get("TEEFLOW_PLATFORM")
-    if forced == "emulated":
-        return PlatformProbe("emulated", "emulated-sgx", None, ("TEEFLOW_PLATFORM=emulated",))
     found = _probe_gramine(gramine_root, notes) or _probe_tsm(tsm_root, dev_root, notes)
     if found is not None:
         return PlatformProbe(found.platform, found.tee, found.source, tuple(notes))
-    _LOG.warning(
-        "no TEE attestation interface found (%s): using the EMULATED platform, whose "
-        "evidence is refused unless the agreement sets allow_emulated",
-        "; ".join(notes),
+    return PlatformProbe(None, None, None, tuple(notes))
+
+
+def no_tee_message(notes: tuple[str, ...] | list[str] = ()) -> str:
+    """The one-line error of ``--platform auto`` without a TEE (``notes`` appended)."""
+    detail = f" ({'; '.join(notes)})" if notes else ""
+    return (
+        "no TEE attestation interface found (Gramine /dev/attestation or configfs-tsm)"
+        f"{detail}: run inside a TEE, or name a platform with --platform "
+        "(emulated-sgx|emulated-tdx|emulated-snp for development)"
     )
-    return PlatformProbe("emulated", "emulated-sgx", None, tuple(notes))
 
 
 def detect_platform(
@@ -194,6 +207,14 @@ def detect_platform(
     tsm_root: Path = DEFAULT_TSM_ROOT,
     dev_root: Path = DEFAULT_DEV_ROOT,
 ) -> str:
-    """The platform name (``"gramine-sgx"``, ``"tdx"``, ``"sev-snp"`` or ``"emulated"``);
-    see :func:`probe_platform`. Never raises."""
-    return probe_platform(gramine_root=gramine_root, tsm_root=tsm_root, dev_root=dev_root).platform
+    """The hardware platform name (``"gramine-sgx"``, ``"tdx"`` or ``"sev-snp"``); see
+    :func:`probe_platform`.
+
+    Raises:
+        PlatformError: no TEE interface found (:func:`no_tee_message`); never falls back
+            to an emulated platform.
+    """
+    probe = probe_platform(gramine_root=gramine_root, tsm_root=tsm_root, dev_root=dev_root)
+    if probe.platform is None:
+        raise PlatformError(no_tee_message(probe.notes))
+    return probe.platform

@@ -42,6 +42,7 @@ from teeflow.attestation.dcap.quote import (
     QuoteHeader,
     QuoteSignatureData,
 )
+from teeflow.attestation.evidence import Evidence
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import PlatformError
 from teeflow.platform.base import pad_report_data
@@ -76,6 +77,7 @@ __all__ = [
     "WORKLOAD_MANIFEST_ENV",
     "EmulatedSgx",
     "EmulationAuthority",
+    "emulated_sgx_quote",
 ]
 
 #: Environment variable naming the "current workload" manifest (YAML path).
@@ -301,12 +303,18 @@ class EmulatedSgx:
         self.isv_svn = isv_svn
         self._rng = rng
 
-    #: Attester protocol (teeflow.platform.base.Attester): the KBS ``tee`` name.
+    #: Attester protocol (teeflow.platform.base.Attester): the RCAR ``tee`` name.
     tee = "emulated-sgx"
+    #: Attester protocol: the attester kind.
+    kind = "emulated"
 
-    def evidence(self, report_data: bytes) -> bytes:
-        """Attester protocol: the same as :meth:`quote`."""
-        return self.quote(report_data)
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Attester protocol: :meth:`quote` as :class:`Evidence` (``emulated-sgx``).
+
+        Raises:
+            PlatformError: as :meth:`quote`.
+        """
+        return Evidence(self.tee, self.quote(report_data), self.kind)
 
     def quote(self, report_data: bytes) -> bytes:
         """Produce a signed DCAP quote v3 binding ``report_data`` (≤ 64 bytes, zero-padded).
@@ -348,6 +356,32 @@ class EmulatedSgx:
             body_type=BODY_TYPE_SGX,
         )
         return quote.to_bytes()
+
+
+def emulated_sgx_quote(
+    report_data: bytes,
+    *,
+    authority: EmulationAuthority,
+    measurement: bytes | None = None,
+    manifest: WorkloadManifest | None = None,
+    isv_prod_id: int = 0,
+    isv_svn: int = 0,
+) -> tuple[bytes, bytes]:
+    """One emulated SGX quote (``teeflow emulate quote``): ``(quote, MRENCLAVE)``.
+
+    Arguments as :class:`EmulatedSgx` and :meth:`EmulatedSgx.quote`.
+
+    Raises:
+        PlatformError, WorkloadError: as :class:`EmulatedSgx`.
+    """
+    sgx = EmulatedSgx(
+        authority,
+        measurement=measurement,
+        manifest=manifest,
+        isv_prod_id=isv_prod_id,
+        isv_svn=isv_svn,
+    )
+    return sgx.quote(report_data), sgx.measurement
 
 
 def _resolve_measurement(value: bytes | None, manifest: WorkloadManifest | None) -> bytes:

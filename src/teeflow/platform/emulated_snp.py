@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from teeflow.attestation.evidence import Evidence
 from teeflow.attestation.snp.abi import (
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
     AttestationReport,
@@ -41,6 +42,7 @@ from teeflow.attestation.snp.abi import (
     SnpProduct,
     TcbVersion,
 )
+from teeflow.attestation.snp.cert_table import build_cert_table
 from teeflow.attestation.snp.certs import encode_amd_extensions
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import ParseError, PlatformError
@@ -58,6 +60,7 @@ __all__ = [
     "EMULATED_TCB",
     "EmulatedSnp",
     "EmulatedSnpKeys",
+    "emulated_snp_anchor",
 ]
 
 #: Subject CN of every emulated ARK (exactly this string).
@@ -436,6 +439,32 @@ class EmulatedSnp:
         sig = r.to_bytes(72, "little") + s.to_bytes(72, "little") + bytes(0x200 - 144)
         return replace(unsigned, signature=sig).to_bytes()
 
+    #: Attester protocol (teeflow.platform.base.Attester): the RCAR ``tee`` name.
+    tee = "emulated-snp"
+    #: Attester protocol: the attester kind.
+    kind = "emulated"
+
+    def cert_table(self) -> bytes:
+        """The SEV-SNP certificate table (GHCB layout, as configfs-tsm ``auxblob``) holding
+        the emulated VCEK, ASK and ARK (DER)."""
+        k = self.keys
+        der = serialization.Encoding.DER
+        return build_cert_table(
+            [("VCEK", k.vcek.public_bytes(der)), ("ASK", k.ask.public_bytes(der)),
+             ("ARK", k.ark.public_bytes(der))]
+        )  # fmt: skip
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Attester protocol: :meth:`report` as :class:`Evidence` (``emulated-snp``) with
+        :meth:`cert_table` as ``certificates``.
+
+        Raises:
+            PlatformError: as :meth:`report`.
+        """
+        return Evidence(
+            self.tee, self.report(report_data), self.kind, certificates=self.cert_table()
+        )
+
     def report(self, report_data: bytes) -> bytes:
         """A signed version 3 ATTESTATION_REPORT (1184 bytes) binding ``report_data``.
 
@@ -443,3 +472,14 @@ class EmulatedSnp:
             PlatformError: as :meth:`build_report`.
         """
         return self.sign(self.build_report(report_data))
+
+
+def emulated_snp_anchor(home: Path | None = None, *, now: datetime | None = None) -> TrustAnchor:
+    """The emulated ARK of ``<home>/emulation/snp`` as a trust anchor (created at first use,
+    as :meth:`EmulatedSnp.load_or_create`): what a verifier (the KBS) trusts for
+    ``emulated-snp`` evidence, without holding an attester.
+
+    Raises:
+        PlatformError: as :meth:`EmulatedSnp.load_or_create`.
+    """
+    return EmulatedSnp.load_or_create(home, now=now).trust_anchor()

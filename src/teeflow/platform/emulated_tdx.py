@@ -54,6 +54,7 @@ from teeflow.attestation.dcap.quote import (
     TdReport10,
     TdReport15,
 )
+from teeflow.attestation.evidence import Evidence
 from teeflow.errors import PlatformError
 from teeflow.platform.base import pad_report_data
 from teeflow.platform.emulated import EmulationAuthority
@@ -228,6 +229,19 @@ class EmulatedTdx:
         self._rng = rng
         self._lock = threading.Lock()
         self._cache: tuple[CollateralFiles, IntelCollateral] | None = None
+
+    #: Attester protocol (teeflow.platform.base.Attester): the RCAR ``tee`` name.
+    tee = "emulated-tdx"
+    #: Attester protocol: the attester kind.
+    kind = "emulated"
+
+    def evidence(self, report_data: bytes) -> Evidence:
+        """Attester protocol: :meth:`quote` as :class:`Evidence` (``emulated-tdx``).
+
+        Raises:
+            PlatformError: as :meth:`quote`.
+        """
+        return Evidence(self.tee, self.quote(report_data), self.kind)
 
     def collateral(self, now: datetime | None = None) -> IntelCollateral:
         """Emulated TDX collateral valid at ``now`` (default: the wall clock), cached.

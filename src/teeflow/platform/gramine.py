@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 
 from teeflow.attestation.dcap.quote import parse_quote
+from teeflow.attestation.evidence import Evidence
 from teeflow.errors import ParseError, PlatformError
 from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, pad_report_data, read_small
 
@@ -32,13 +33,14 @@ _LOCK = threading.Lock()
 
 
 class GramineAttester:
-    """Attester for Gramine-SGX with DCAP (``tee = "sgx"``).
+    """Attester for Gramine-SGX with DCAP (``tee = "sgx"``, ``kind = "gramine"``).
 
     Args:
         root: the ``/dev/attestation`` directory (tests pass a fake tree).
     """
 
     tee = "sgx"
+    kind = "gramine"
 
     def __init__(self, root: Path = DEFAULT_GRAMINE_ROOT) -> None:
         self.root = Path(root)
@@ -55,7 +57,15 @@ class GramineAttester:
         except UnicodeDecodeError:
             raise PlatformError("Gramine attestation_type is not ASCII") from None
 
-    def evidence(self, report_data: bytes) -> bytes:
+    def evidence(self, report_data: bytes) -> Evidence:
+        """:meth:`quote` as :class:`Evidence` (``tee = "sgx"``, ``attester = "gramine"``).
+
+        Raises:
+            PlatformError: as :meth:`quote`.
+        """
+        return Evidence(self.tee, self.quote(report_data), self.kind)
+
+    def quote(self, report_data: bytes) -> bytes:
         """A DCAP quote whose REPORT_DATA is ``report_data`` zero-padded to 64 bytes.
 
         Raises:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from teeflow.attestation.dcap.quote import parse_quote
+from teeflow.attestation.evidence import Evidence
 from teeflow.errors import ParseError, PlatformError
 from teeflow.platform.base import DEFAULT_TSM_ROOT, TSM_PROVIDERS, pad_report_data, read_small
 
@@ -119,7 +120,7 @@ def _check_binding(provider: str, outblob: bytes, rd: bytes) -> None:
 
 
 class TsmAttester:
-    """Attester over configfs-tsm (TDX and SEV-SNP guests alike).
+    """Attester over configfs-tsm (TDX and SEV-SNP guests alike; ``kind = "configfs-tsm"``).
 
     Args:
         root: the ``tsm/report`` directory (tests pass a fake tree).
@@ -131,6 +132,8 @@ class TsmAttester:
     Raises (constructor):
         PlatformError: ``privlevel`` out of range or ``expected_provider`` unknown.
     """
+
+    kind = "configfs-tsm"
 
     def __init__(
         self,
@@ -263,10 +266,17 @@ class TsmAttester:
         self._provider = provider
         return TsmReport(provider, outblob, auxblob, g1, self.privlevel)
 
-    def evidence(self, report_data: bytes) -> bytes:
-        """The ``outblob`` of :meth:`report` (TDX quote or SNP report). Raises
-        ``PlatformError``."""
-        return self.report(report_data).outblob
+    def evidence(self, report_data: bytes) -> Evidence:
+        """:meth:`report` as :class:`Evidence`: ``primary`` = ``outblob`` (TDX quote or SNP
+        report), ``certificates`` = the SNP ``auxblob`` (None for TDX), ``attester =
+        "configfs-tsm"``.
+
+        Raises:
+            PlatformError: as :meth:`report`.
+        """
+        report = self.report(report_data)
+        aux = report.auxblob if report.tee == "snp" else None
+        return Evidence(report.tee, report.outblob, self.kind, certificates=aux)
 
     def _write(self, path: Path, data: bytes, what: str) -> None:
         try:

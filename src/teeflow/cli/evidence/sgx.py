@@ -1,7 +1,8 @@
 """``quote show|verify`` for Intel SGX DCAP quotes (the issue-2 §5 contract, unchanged).
 
-Pipeline: :func:`teeflow.attestation.sgx.parse_quote` → :func:`teeflow.attestation.sgx.verify`
-(Intel SGX Root CA + this machine's emulation root, collateral from ``--collateral`` via
+Pipeline: :func:`teeflow.attestation.sgx.parse_quote` → the verifier registry
+(:func:`teeflow.attestation.registry.verify_primary`, i.e. :func:`teeflow.attestation.sgx.verify`:
+Intel SGX Root CA + this machine's emulation root, collateral from ``--collateral`` via
 ``IntelCollateral.from_dir``, extra ``--crl``) → :func:`teeflow.attestation.sgx.appraise`
 with an ``SgxPolicy`` (``--policy`` file, then ``--accept-tcb``/``--accept-advisory``/
 ``--allow-emulated``/``--allow-debug``/``--signatures-only`` overrides).
@@ -108,7 +109,8 @@ def sgx_policy(opts: Options) -> Any:
 def verify_sgx(data: bytes, opts: Options) -> Outcome:
     """Parse, verify and appraise an SGX quote (never raises for evidence problems)."""
     from teeflow.attestation.dcap.collateral import IntelCollateral
-    from teeflow.attestation.sgx import appraise, parse_quote, verify
+    from teeflow.attestation.registry import verify_primary
+    from teeflow.attestation.sgx import appraise, parse_quote
 
     policy = sgx_policy(opts)
     crls = load_crls(opts.crl)
@@ -121,14 +123,15 @@ def verify_sgx(data: bytes, opts: Options) -> Outcome:
     out.fields = quote_fields(quote)
     try:
         collateral = IntelCollateral.from_dir(opts.collateral) if opts.collateral else None
-        verified = verify(
-            quote,
+        verified = verify_primary(
+            "sgx",
+            data,
             anchors=dcap_anchors(),
             collateral=collateral,
             now=opts.at,
             crls=crls,
-            signatures_only=opts.signatures_only and collateral is None,
-        )
+            signatures_only=opts.signatures_only,
+        ).evidence
     except Error as exc:
         out.errors.append(f"{exc.code}: {exc}")
         return out

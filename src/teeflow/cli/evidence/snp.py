@@ -1,7 +1,8 @@
 """``quote show|verify`` for AMD SEV-SNP ATTESTATION_REPORTs (1184 bytes).
 
-Pipeline: :func:`teeflow.attestation.snp.parse_report` → :func:`teeflow.attestation.snp.verify`
-(endorsement certificate from ``--certs``: a VCEK/VLEK, DER or PEM, optionally followed by
+Pipeline: :func:`teeflow.attestation.snp.parse_report` → the verifier registry
+(:func:`teeflow.attestation.registry.verify_primary`, i.e. :func:`teeflow.attestation.snp.verify`:
+endorsement certificate from ``--certs``: a VCEK/VLEK, DER or PEM, optionally followed by
 its ASK/ASVK and ARK; default intermediates and anchors: AMD's shipped ASK/ASVK and pinned
 ARK of the product; ``--product``; one AMD KDS CRL with ``--crl``) →
 :func:`teeflow.attestation.snp.appraise` with an ``SnpPolicy`` (``--policy`` file,
@@ -149,7 +150,8 @@ def _endorsement(
 
 def verify_snp(data: bytes, opts: Options) -> Outcome:
     """Parse, verify and appraise an SEV-SNP report (never raises for evidence problems)."""
-    from teeflow.attestation.snp import appraise, parse_report, verify
+    from teeflow.attestation.registry import SnpChain, verify_primary
+    from teeflow.attestation.snp import appraise, parse_report
 
     policy = _snp_policy(opts)
     crl = _crl(opts)
@@ -163,15 +165,14 @@ def verify_snp(data: bytes, opts: Options) -> Outcome:
     out.extra = _extra(out.fields)
     try:
         leaf, intermediates, anchors = _endorsement(report, opts)
-        verified = verify(
-            report,
-            endorsement_cert=leaf,
-            intermediates=intermediates,
-            anchors=anchors,
-            product=opts.product,
-            crl=crl,
+        verified = verify_primary(
+            "snp",
+            data,
+            anchors=anchors or [],
+            snp_endorsements=SnpChain(leaf, tuple(intermediates or ()), crl),
             now=opts.at,
-        )
+            snp_product=opts.product,
+        ).evidence
     except Error as exc:
         out.errors.append(f"{exc.code}: {exc}")
         return out

@@ -1,7 +1,8 @@
 """``quote show|verify`` for Intel TDX DCAP quotes (v4 TD report 1.0, v5 TD 1.0/1.5).
 
-Pipeline: :func:`teeflow.attestation.tdx.parse_quote` → :func:`teeflow.attestation.tdx.verify`
-(Intel SGX Root CA + this machine's emulation root when it exists; TDX collateral from
+Pipeline: :func:`teeflow.attestation.tdx.parse_quote` → the verifier registry
+(:func:`teeflow.attestation.registry.verify_primary`, i.e. :func:`teeflow.attestation.tdx.verify`:
+Intel SGX Root CA + this machine's emulation root when it exists; TDX collateral from
 ``--collateral``; ``--crl``; ``--signatures-only``) → :func:`teeflow.attestation.tdx.appraise`
 with a ``TdxPolicy`` (``--policy`` file + the same overrides as SGX).
 
@@ -134,6 +135,7 @@ def load_tdx_collateral(directory: Path, quote: Any) -> Any:
 def verify_tdx(data: bytes, opts: Options) -> Outcome:
     """Parse, verify and appraise a TDX quote (never raises for evidence problems)."""
     from teeflow.attestation import tdx
+    from teeflow.attestation.registry import verify_primary
 
     policy = tdx_policy(opts)
     crls = load_crls(opts.crl)
@@ -147,14 +149,15 @@ def verify_tdx(data: bytes, opts: Options) -> Outcome:
     out.extra = _extra(out.fields, relaunch_advised=None)
     try:
         collateral = load_tdx_collateral(opts.collateral, quote) if opts.collateral else None
-        verified = tdx.verify(
-            quote,
+        verified = verify_primary(
+            "tdx",
+            data,
             anchors=dcap_anchors(),
             collateral=collateral,
             now=opts.at,
             crls=crls,
-            signatures_only=opts.signatures_only and collateral is None,
-        )
+            signatures_only=opts.signatures_only,
+        ).evidence
     except Error as exc:
         out.errors.append(f"{exc.code}: {exc}")
         return out

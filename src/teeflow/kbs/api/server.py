@@ -5,9 +5,12 @@
 
 Start-up (:func:`build_kbs`):
 
-1. the platform (only ``emulated`` so far): the emulation authority of ``$TEEFLOW_HOME``
-   (:meth:`EmulationAuthority.load_or_create`), its sealer, and the KBS measurement
-   (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`);
+1. the KBS's attester from ``--platform`` (:func:`teeflow.platform.attester_for`: ``auto``
+   resolves to the TEE found and fails without one, before anything is written; emulated
+   platforms only by name; an emulated attester reports the KBS measurement,
+   :func:`teeflow.kbs.service.self_attestation.kbs_measurement`), the emulation authority of
+   ``$TEEFLOW_HOME`` (:meth:`EmulationAuthority.load_or_create`: the verifier's emulated
+   anchors) and the platform's sealer (:func:`teeflow.platform.sealing.sealer_for`);
 2. the KBS keys, sealed to (platform, measurement) in ``state_dir``
    (:func:`teeflow.kbs.service.identity.load_or_create_kbs_keys`). The federation name is recorded
    in
@@ -84,23 +87,27 @@ from teeflow.kbs.service.recovery_mode import (
     RecoveryManager,
     load_kbs_state,
 )
-from teeflow.kbs.service.self_attestation import KbsEvidenceSource, kbs_measurement
+from teeflow.kbs.service.self_attestation import (
+    SELF_ATTESTATION_TEES,
+    KbsEvidenceSource,
+    kbs_measurement,
+)
 from teeflow.kbs.store import (
     open_store,
 )
 from teeflow.kbs.store.interface import (
     KbsStore,
 )
-from teeflow.platform.base import DEFAULT_GRAMINE_ROOT
-from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
-from teeflow.platform.emulated_snp import EmulatedSnp
+from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT, detect_platform
+from teeflow.platform.emulated import EmulationAuthority
+from teeflow.platform.emulated_snp import emulated_snp_anchor
 from teeflow.platform.sealing import PlatformSealer, sealer_for
+from teeflow.platform.selection import PlatformOptions
 from teeflow.platform.sev_guest import DEFAULT_SEV_GUEST_DEVICE
 
 __all__ = [
     "FEDERATION_FILE",
     "KEEP_ALIVE_SECONDS",
-    "PLATFORMS",
     "BackgroundServer",
     "KbsRuntime",
     "build_kbs",
@@ -115,8 +122,6 @@ __all__ = [
 
 #: Seconds an idle keep-alive connection is kept open (workloads reuse their connection).
 KEEP_ALIVE_SECONDS = 30
-#: Platforms ``kbs serve`` can run on.
-PLATFORMS = ("emulated",)
 #: File in the state directory recording the federation name (public).
 FEDERATION_FILE = "federation"
 _LOG = logging.getLogger("teeflow.kbs.api.server")
@@ -158,6 +163,9 @@ class KbsRuntime:
     authority: EmulationAuthority
     federation: str
     state_dir: Path
+    #: the RCAR tee of the KBS's own evidence and the attester kind that produces it
+    tee: str = "emulated-sgx"
+    attester: str = "emulated"
 
     def close(self) -> None:
         """Close the store."""
@@ -193,7 +201,7 @@ def build_kbs(
     *,
     state_dir: Path | None = None,
     federation: str | None = None,
-    platform: str = "emulated",
+    platform: PlatformOptions | str = "auto",
     home: Path | None = None,
     measurement: bytes | None = None,
     tls_hosts: Sequence[str] = ("localhost", "127.0.0.1"),
@@ -213,7 +221,9 @@ def build_kbs(
         db_url: store URL (``sqlite:///...``, ``postgresql+psycopg://...``, ``memory://``).
         state_dir: sealed key directory (default :func:`default_state_dir`).
         federation: federation name (required at the first start in ``state_dir``).
-        platform: ``emulated`` (the only one so far).
+        platform: the KBS's platform (:class:`PlatformOptions` or a ``--platform`` name;
+            default ``auto``: the hardware found, else ``PlatformError``). Its
+            ``gramine_root`` (when set) overrides the ``gramine_root`` argument.
         home: teeflow home of the emulation authority (default ``$TEEFLOW_HOME``).
         measurement: override of the KBS measurement (tests); default
             :func:`kbs_measurement`.
@@ -229,29 +239,38 @@ def build_kbs(
     Raises:
         RecoveryRequired: the key set must be recovered from the parties' shares; its
             ``runtime`` is the recovery-mode KBS to serve.
-        KbsError: unsupported platform, federation mismatch, unreadable state, or (after a
-            recovery) an agreement in force that does not name this KBS measurement.
+        PlatformError: unknown platform name, no TEE for ``auto``, interface unusable.
+        KbsError: a platform whose KBS evidence parties cannot verify yet (TDX, SEV-SNP),
+            federation mismatch, unreadable state, or (after a recovery) an agreement in
+            force that does not name this KBS measurement.
         SealingError: the sealed keys belong to another measurement or platform and there
             is no recovery record.
         StorageError: the database cannot be opened.
     """
-    if platform not in PLATFORMS:
-        raise KbsError(f"platform {platform!r} is not supported by kbs serve (use emulated)")
+    options = platform if isinstance(platform, PlatformOptions) else PlatformOptions(platform)
+    groot = options.gramine_root if options.gramine_root is not None else gramine_root
+    if options.platform == "auto":  # resolved before anything touches the disk
+        name = detect_platform(gramine_root=groot, tsm_root=options.tsm_root or DEFAULT_TSM_ROOT)
+        options = PlatformOptions(name, tsm_root=options.tsm_root, gramine_root=groot)
+    hardware = None if options.emulated else options.attester()
+    if hardware is not None:
+        _check_self_attestation(hardware.tee)
     now_fn = clock if clock is not None else (lambda: datetime.now(UTC))
     directory = Path(state_dir) if state_dir is not None else default_state_dir(home)
     fed = _federation(directory, federation)
     now = now_fn()
     authority = EmulationAuthority.load_or_create(home, now=now)
-    snp_anchor = EmulatedSnp.load_or_create(home, now=now).trust_anchor()
+    snp_anchor = emulated_snp_anchor(home, now=now)
     mr = measurement if measurement is not None else kbs_measurement()
     platform_sealer = (
         sealer_for(
-            platform, authority=authority, gramine_root=gramine_root, sev_guest_dev=sev_guest_dev
+            options.platform, authority=authority, gramine_root=groot, sev_guest_dev=sev_guest_dev
         )
         if sealer == "platform"
         else sealer
     )
-    attester = EmulatedSgx(authority, measurement=mr)
+    attester = hardware or options.attester(mr, authority=authority, home=home)
+    _check_self_attestation(attester.tee)
     if recovered is not None:
         keys = recovered.keys
     else:
@@ -270,9 +289,11 @@ def build_kbs(
                         state,
                         federation=fed,
                         primary_evidence=lambda rd: {
-                            "quote": base64.b64encode(attester.quote(rd)).decode("ascii")
+                            "quote": base64.b64encode(attester.evidence(rd).primary).decode(
+                                "ascii"
+                            )
                         },
-                        tee="emulated-sgx",
+                        tee=attester.tee,
                         now=now,
                         tls_hosts=tls_hosts,
                     ),
@@ -319,18 +340,28 @@ def build_kbs(
                 recovered=recovered,
                 current=current,
                 measurement=mr,
-                tee="emulated-sgx",
+                tee=attester.tee,
                 clock=now_fn,
             )
         if current is not None:
             manager.ensure(current.agreement, digest(current.agreement))
-        evidence = KbsEvidenceSource(keys, attester, tee="emulated-sgx")
+        evidence = KbsEvidenceSource(keys, attester)
         app = create_app(service, keys, evidence=evidence, purge_interval=purge_interval)
         install_recovery_routes(app, manager)
     except BaseException:
         store.close()
         raise
-    return KbsRuntime(service, keys, store, app, mr, authority, fed, directory)
+    return KbsRuntime(
+        service, keys, store, app, mr, authority, fed, directory, attester.tee, attester.kind
+    )
+
+
+def _check_self_attestation(tee: str) -> None:
+    if tee not in SELF_ATTESTATION_TEES:
+        raise KbsError(
+            f"the KBS cannot attest itself with {tee} evidence yet (parties verify SGX KBS "
+            "evidence only): run the KBS on gramine-sgx or emulated-sgx"
+        )
 
 
 def tls_context(keys: KbsKeys) -> ssl.SSLContext:
@@ -479,7 +510,7 @@ def serve(
     db_url: str,
     *,
     listen: str = "127.0.0.1:8443",
-    platform: str = "emulated",
+    platform: PlatformOptions | str = "auto",
     state_dir: Path | None = None,
     federation: str | None = None,
     collateral_dirs: Sequence[Path] = (),
@@ -502,7 +533,7 @@ def serve(
         gramine_root, sev_guest_dev: sealing-key sources (:func:`build_kbs`).
 
     Raises:
-        KbsError, SealingError, StorageError: as :func:`build_kbs`.
+        PlatformError, KbsError, SealingError, StorageError: as :func:`build_kbs`.
     """
     host, port = parse_listen(listen)
     hosts = ["localhost", "127.0.0.1"] if host in ("127.0.0.1", "localhost") else [host]

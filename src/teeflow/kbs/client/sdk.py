@@ -14,8 +14,9 @@ data key HPKE-wrapped to the pinned HPKE key and the upload signed by the owner)
 
 **Workloads.** :meth:`KbsClient.attest` runs RCAR: ``/kbs/v0/auth`` → nonce; a fresh P-256
 key; evidence for ``runtime_data_digest(tee-pubkey, nonce, "", teeflow=claims)`` from the
-platform in Trustee's shape for its TEE (:func:`primary_evidence`: SGX/TDX
-``{"quote"}``, SNP ``{"attestation_report", "cert_chain"}``); ``/kbs/v0/attest`` → EAR
+workload's :class:`~teeflow.platform.base.Attester` in Trustee's shape for its TEE
+(:func:`primary_evidence`: SGX/TDX ``{"quote"}``, SNP ``{"attestation_report",
+"cert_chain"}``); ``/kbs/v0/attest`` → EAR
 token. Then ``get_resource`` (JWE opened with the ephemeral key),
 ``get_certificate`` (CSR with the attested key; the certificate is checked against the
 pinned CA), ``increment_counter`` / ``get_counter``.
@@ -31,12 +32,11 @@ import base64
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -85,17 +85,16 @@ from teeflow.kbs.service.release import open_jwe
 if TYPE_CHECKING:
     import httpx
 
+    from teeflow.attestation.evidence import Evidence
     from teeflow.attestation.trust import TrustAnchor
     from teeflow.kbs.policy.agreement import SgxReferenceValues
     from teeflow.kbs.policy.grants import SignedGrant
     from teeflow.kbs.policy.parties import PartyKeys
     from teeflow.kbs.service.collateral import CollateralProvider
-    from teeflow.kbs.service.self_attestation import Attester
     from teeflow.kbs.store.interface import (
         AuditEntry,
     )
-    from teeflow.platform.base import Attester as PlatformAttester
-    from teeflow.platform.emulated_snp import EmulatedSnp
+    from teeflow.platform.base import Attester
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -103,18 +102,11 @@ __all__ = [
     "KbsClient",
     "KbsHttpError",
     "Pin",
-    "WorkloadPlatform",
     "default_pin_path",
-    "default_tee",
     "pinned_tls_context",
     "primary_evidence",
     "verify_kbs",
 ]
-
-#: What :class:`KbsClient` attests with: a quote producer (``EmulatedSgx``, ``EmulatedTdx``,
-#: :class:`~teeflow.kbs.service.self_attestation.Attester`), an :class:`EmulatedSnp`, or a platform
-#: :class:`~teeflow.platform.base.Attester` (``tee`` + ``evidence()``, e.g. configfs-tsm).
-WorkloadPlatform: TypeAlias = "Attester | PlatformAttester | EmulatedSnp"
 
 _SESSION_COOKIE = "kbs-session-id"
 _LOG = logging.getLogger(__name__)
@@ -223,71 +215,33 @@ def verify_kbs(
     )
 
 
-def _is(obj: object, module: str, name: str) -> bool:
-    """``isinstance(obj, module.name)`` without importing ``module``: an object cannot be an
-    instance of a class whose module was never imported."""
-    mod = sys.modules.get(module)
-    cls = getattr(mod, name, None) if mod is not None else None
-    return isinstance(cls, type) and isinstance(obj, cls)
-
-
-def default_tee(platform: object) -> str:
-    """The RCAR ``tee`` a platform's evidence is: ``emulated-sgx`` / ``emulated-tdx`` /
-    ``emulated-snp`` for the emulated platforms, a platform attester's own ``tee``, else
-    ``sgx``."""
-    if _is(platform, "teeflow.platform.emulated", "EmulatedSgx"):
-        return "emulated-sgx"
-    if _is(platform, "teeflow.platform.emulated_tdx", "EmulatedTdx"):
-        return "emulated-tdx"
-    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
-        return "emulated-snp"
-    tee = getattr(platform, "tee", None)
-    return tee if isinstance(tee, str) else "sgx"
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def primary_evidence(platform: WorkloadPlatform, tee: str, report_data: bytes) -> dict[str, Any]:
-    """Trustee ``primary_evidence`` of ``platform`` binding ``report_data`` (64 bytes); the
-    shape follows the platform's evidence, not the declared ``tee`` (the KBS refuses a
-    mismatch).
+def primary_evidence(evidence: Evidence) -> dict[str, Any]:
+    """Trustee ``primary_evidence`` of ``evidence`` (Trustee ``deps/verifier``
+    ``SgxEvidence`` / ``TdxEvidence`` / ``SnpEvidence``).
 
-    SGX and TDX: ``{"quote": base64}``. SNP: ``{"attestation_report": base64, "cert_chain":
-    [...]}`` — an :class:`EmulatedSnp` adds its VCEK, ASK and ARK as ``sev`` crate
-    ``CertTableEntry`` objects (``data`` a byte array); other SNP attesters send no chain
-    (the KBS then fetches the VCEK).
+    SGX and TDX: ``{"quote": base64}``. SNP: ``{"attestation_report": base64}`` plus, when
+    the evidence carries a certificate table, ``"cert_chain"``: its VCEK/VLEK, ASK, ARK and
+    CRL entries as ``sev`` crate ``CertTableEntry`` objects (``data`` a byte array).
 
     Raises:
-        PlatformError: the platform could not produce evidence.
-        KbsError: the platform cannot produce evidence.
+        ParseError: a malformed certificate table.
     """
-    if _is(platform, "teeflow.platform.emulated_snp", "EmulatedSnp"):
-        snp = cast("EmulatedSnp", platform)
-        chain = [
-            ("VCEK", snp.vcek_certificate),
-            ("ASK", snp.ask_certificate),
-            ("ARK", snp.ark_certificate),
-        ]
-        return {
-            "attestation_report": _b64(snp.report(report_data)),
-            "cert_chain": [
-                {"cert_type": kind, "data": list(cert.public_bytes(serialization.Encoding.DER))}
-                for kind, cert in chain
-            ],
-        }
-    from teeflow.platform.base import Attester as PlatformAttester
+    if evidence.platform != "snp":
+        return {"quote": _b64(evidence.primary)}
+    out: dict[str, Any] = {"attestation_report": _b64(evidence.primary)}
+    if evidence.certificates:
+        from teeflow.attestation.snp.cert_table import parse_cert_table
 
-    if hasattr(platform, "quote"):
-        raw = platform.quote(report_data)
-    elif isinstance(platform, PlatformAttester):
-        raw = platform.evidence(report_data)
-    else:
-        raise KbsError("the platform produces no evidence")
-    if default_tee(platform).endswith("snp"):  # the shape follows what the platform makes
-        return {"attestation_report": _b64(raw)}
-    return {"quote": _b64(raw)}
+        out["cert_chain"] = [
+            {"cert_type": kind, "data": list(der)}
+            for kind, der in parse_cert_table(evidence.certificates)
+            if kind in ("VCEK", "VLEK", "ASK", "ARK", "CRL")
+        ]
+    return out
 
 
 # -- the client ----------------------------------------------------------------------------------
@@ -306,10 +260,10 @@ class KbsClient:
     Args:
         url: base URL (``https://...``); None uses ``pin.url``.
         pin: the :class:`Pin` (or a pin file path) from :func:`verify_kbs`.
-        platform: the workload's attester (:data:`WorkloadPlatform`: ``EmulatedSgx``,
-            ``EmulatedTdx``, ``EmulatedSnp``, a Gramine or configfs-tsm attester); only
-            needed for :meth:`attest`.
-        tee: the TEE type declared in ``/kbs/v0/auth`` (default :func:`default_tee`).
+        platform: the workload's :class:`~teeflow.platform.base.Attester` (from
+            :func:`teeflow.platform.attester_for`); only needed for :meth:`attest`.
+        tee: the TEE type declared in ``/kbs/v0/auth`` (default: the attester's ``tee``;
+            a different value is for tests of the KBS's refusal).
         timeout: per-request timeout (seconds).
         clock: time source for checking issued certificates (default: the wall clock).
 
@@ -320,7 +274,7 @@ class KbsClient:
         self,
         url: str | None,
         pin: Pin | Path | str,
-        platform: WorkloadPlatform | None = None,
+        platform: Attester | None = None,
         *,
         tee: str | None = None,
         timeout: float = 10.0,
@@ -329,7 +283,7 @@ class KbsClient:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
-        self._tee = tee or default_tee(platform)
+        self._tee = tee or (platform.tee if platform is not None else "sgx")
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
         self._http = http_client(
             self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout
@@ -392,7 +346,7 @@ class KbsClient:
         request = {
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk, "teeflow": teeflow},
             "tee-evidence": {
-                "primary_evidence": primary_evidence(self._platform, self._tee, report_data),
+                "primary_evidence": primary_evidence(self._platform.evidence(report_data)),
                 "additional_evidence": "",
             },
         }

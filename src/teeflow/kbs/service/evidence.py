@@ -1,9 +1,11 @@
 """Evidence types the KBS attests: Trustee ``tee`` names -> parse/verify/appraise adapters.
 
-The TEE subpackages (:mod:`teeflow.attestation.sgx`, ``.tdx``, ``.snp``) never import each
-other; this registry is where the KBS joins them. :func:`evidence_type` maps the ``tee`` of
-an RCAR ``Request`` to an :class:`EvidenceType` whose :meth:`~EvidenceType.verify` decodes
-Trustee's ``primary_evidence`` for that TEE, parses and verifies it, and whose
+Verification itself is :func:`teeflow.attestation.registry.verify_evidence` (the one
+verifier registry, shared with ``teeflow quote verify``); this module adds the RCAR wire
+shapes and the agreement's policies. :func:`evidence_type` maps the ``tee`` of an RCAR
+``Request`` to an :class:`EvidenceType` whose :meth:`~EvidenceType.verify` decodes
+Trustee's ``primary_evidence`` for that TEE and has the registry verify it (with the
+declared ``tee`` of :attr:`VerifyInputs.tee` checked), and whose
 :meth:`~EvidenceType.appraise` applies the agreement's reference values for the role with
 REPORT_DATA pinned to the runtime-data binding.
 
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -55,9 +56,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints,
 
 from teeflow.attestation import sgx, snp, tdx
 from teeflow.attestation.appraisal import AttestationResult
-from teeflow.attestation.snp.abi import SnpProduct
+from teeflow.attestation.evidence import Evidence
+from teeflow.attestation.registry import verify_evidence, verify_primary
 from teeflow.attestation.trust import TrustAnchor
-from teeflow.attestation.trust.amd import amd_ark
 from teeflow.errors import ParseError
 from teeflow.kbs.policy.agreement import FederationAgreement
 from teeflow.kbs.protocol import MAX_QUOTE_BYTES, SgxEvidence
@@ -158,6 +159,8 @@ class VerifyInputs:
     collateral: CollateralProvider
     snp_endorsements: SnpEndorsementProvider | None
     now: datetime
+    #: the declared RCAR tee, checked by the registry (None: not checked here)
+    tee: str | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,30 @@ def _dcap_quote(primary: Mapping[str, JsonValue], model: type[BaseModel], shape:
     return evidence, _b64(evidence.quote, "quote", MAX_QUOTE_BYTES)
 
 
+def _registry(
+    platform: Platform,
+    raw: bytes,
+    inputs: VerifyInputs,
+    endorsements: SnpEndorsements | None = None,
+    warnings: tuple[str, ...] = (),
+) -> VerifiedEvidence:
+    """Verify through :func:`teeflow.attestation.registry.verify_evidence` (the declared tee
+    checked) or, without a declared tee, :func:`~teeflow.attestation.registry.verify_primary`."""
+    kwargs: dict[str, Any] = {
+        "anchors": inputs.anchors,
+        "collateral": inputs.collateral,
+        "snp_endorsements": endorsements if endorsements is not None else inputs.snp_endorsements,
+        "now": inputs.now,
+    }
+    if inputs.tee is not None:
+        verified = verify_evidence(Evidence(inputs.tee, raw, "remote"), **kwargs)
+    else:
+        verified = verify_primary(platform, raw, **kwargs)
+    return VerifiedEvidence(
+        platform, verified.evidence, verified.measurement, warnings + verified.warnings
+    )
+
+
 class _Sgx(EvidenceType):
     platform = "sgx"
     label = "SGX"
@@ -265,10 +292,7 @@ class _Sgx(EvidenceType):
 
     def verify(self, primary: Mapping[str, JsonValue], inputs: VerifyInputs) -> VerifiedEvidence:
         _, raw = _dcap_quote(primary, SgxEvidence, self.shape)
-        quote = sgx.parse_quote(raw)
-        coll = inputs.collateral.for_quote(quote, now=inputs.now)
-        verified = sgx.verify(quote, anchors=inputs.anchors, collateral=coll, now=inputs.now)
-        return VerifiedEvidence("sgx", verified, verified.report.mr_enclave.hex())
+        return _registry("sgx", raw, inputs)
 
     def policy(self, agreement: FederationAgreement, role: str) -> Any:
         return agreement.sgx_policy(role)
@@ -285,18 +309,10 @@ class _Tdx(EvidenceType):
         if evidence.cc_eventlog:
             _b64(evidence.cc_eventlog, "cc_eventlog", MAX_CC_EVENTLOG_CHARS)
             warnings = ("cc_eventlog not replayed (RTMRs appraised from the quote)",)
-        quote = tdx.parse_quote(raw)
-        coll = inputs.collateral.for_quote(quote, now=inputs.now)
-        verified = tdx.verify(quote, anchors=inputs.anchors, collateral=coll, now=inputs.now)
-        return VerifiedEvidence("tdx", verified, verified.report.mr_td.hex(), warnings)
+        return _registry("tdx", raw, inputs, warnings=warnings)
 
     def policy(self, agreement: FederationAgreement, role: str) -> Any:
         return agreement.tdx_policy(role)
-
-
-@functools.cache
-def _amd_arks() -> tuple[TrustAnchor, ...]:
-    return tuple(amd_ark(str(p)) for p in SnpProduct)
 
 
 def _snp_chain(entries: Sequence[SnpCertEntry]) -> SnpEndorsements:
@@ -327,25 +343,12 @@ class _Snp(EvidenceType):
 
     def verify(self, primary: Mapping[str, JsonValue], inputs: VerifyInputs) -> VerifiedEvidence:
         evidence: SnpEvidence = _model(SnpEvidence, primary, self.shape)
-        report = snp.parse_report(evidence.report_bytes())
-        if evidence.cert_chain:
-            endorsements: SnpEndorsements | None = _snp_chain(evidence.cert_chain)
-        elif inputs.snp_endorsements is not None:
-            endorsements = inputs.snp_endorsements.for_report(report, now=inputs.now)
-        else:
-            endorsements = None
-        if endorsements is None:
+        raw = evidence.report_bytes()
+        chain = _snp_chain(evidence.cert_chain) if evidence.cert_chain else None
+        if chain is None and inputs.snp_endorsements is None:
+            snp.parse_report(raw)  # a malformed report is reported as such first
             raise ParseError("no cert_chain in the evidence and no VCEK/VLEK source configured")
-        anchors = (*_amd_arks(), *(a for a in inputs.anchors if a.emulated))
-        verified = snp.verify(
-            report,
-            endorsement_cert=endorsements.endorsement_cert,
-            intermediates=endorsements.intermediates or None,
-            anchors=anchors,
-            crl=endorsements.crl,
-            now=inputs.now,
-        )
-        return VerifiedEvidence("snp", verified, report.measurement.hex())
+        return _registry("snp", raw, inputs, chain)
 
     def policy(self, agreement: FederationAgreement, role: str) -> Any:
         return agreement.snp_policy(role)

@@ -154,7 +154,7 @@ def appraise_attestation(
     if found is not None and found != kind.platform:
         reason = f"declared tee {declared_tee} but the evidence is {found.upper()} evidence"
         return Appraisal((reason,), None, None)
-    inputs = VerifyInputs(anchors, collateral, snp_endorsements, now)
+    inputs = VerifyInputs(anchors, collateral, snp_endorsements, now, tee=declared_tee)
     try:
         verified = kind.verify(primary, inputs)
     except ParseError as exc:

@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -67,12 +67,15 @@ from teeflow.kbs.service.collateral import CollateralProvider
 from teeflow.kbs.service.identity import PUBLIC_FORMAT, KbsKeys, kbs_report_data
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
+if TYPE_CHECKING:
+    from teeflow.platform.base import Attester as PlatformAttester
+
 __all__ = [
     "EVIDENCE_FORMAT",
     "KBS_ENTRYPOINT",
     "KBS_WORKLOAD_NAME",
     "MAX_EVIDENCE_BYTES",
-    "Attester",
+    "SELF_ATTESTATION_TEES",
     "KbsEvidence",
     "KbsEvidenceSource",
     "KbsPublicBundle",
@@ -86,6 +89,8 @@ __all__ = [
 ]
 
 EVIDENCE_FORMAT = "teeflow-kbs-evidence/1"
+#: RCAR tee names of KBS evidence that parties verify (:func:`verify_kbs_evidence`).
+SELF_ATTESTATION_TEES = ("sgx", "emulated-sgx")
 KBS_WORKLOAD_NAME = "teeflow-kbs"
 KBS_ENTRYPOINT = ("teeflow", "kbs", "serve")
 #: Largest evidence document a party accepts (bytes).
@@ -138,13 +143,6 @@ def kbs_measurement(package_dir: Path | None = None) -> bytes:
 # -- evidence (KBS side) --------------------------------------------------------------------
 
 
-class Attester(Protocol):
-    """Produces a DCAP quote binding 64 bytes of report data
-    (:class:`teeflow.platform.emulated.EmulatedSgx` fits)."""
-
-    def quote(self, report_data: bytes) -> bytes: ...
-
-
 def decode_nonce(text: str) -> bytes:
     """A party nonce from a query parameter: standard or URL-safe base64, padding optional,
     1..1024 bytes.
@@ -170,17 +168,30 @@ class KbsEvidenceSource:
 
     Args:
         keys: the KBS key set whose public bundle is bound.
-        attester: the KBS's platform attester (its measurement is the KBS measurement).
-        tee: the evidence type the attester produces (``emulated-sgx`` or ``sgx``).
+        attester: the KBS's :class:`~teeflow.platform.base.Attester` (from
+            :func:`teeflow.platform.attester_for`; on an emulated platform its measurement is
+            the KBS measurement). Its ``tee`` must be one of :data:`SELF_ATTESTATION_TEES`.
+
+    Raises:
+        KbsError: an attester whose evidence parties cannot verify yet (TDX, SEV-SNP).
     """
 
-    def __init__(self, keys: KbsKeys, attester: Attester, tee: str) -> None:
-        if tee not in ("sgx", "emulated-sgx"):
-            raise KbsError(f"unsupported KBS evidence type {tee!r}")
+    def __init__(self, keys: KbsKeys, attester: PlatformAttester) -> None:
+        tee = attester.tee
+        if tee not in SELF_ATTESTATION_TEES:
+            raise KbsError(
+                f"the KBS cannot attest itself with {tee} evidence yet (parties verify "
+                "SGX KBS evidence only): run the KBS on gramine-sgx or emulated-sgx"
+            )
         self._keys = keys
         self._attester = attester
         self._tee = tee
         self._bundle = keys.public_bundle()
+
+    @property
+    def attester(self) -> PlatformAttester:
+        """The attester (``tee``, ``kind``)."""
+        return self._attester
 
     def evidence(self, nonce: bytes, agreement_digest: bytes | None) -> dict[str, Any]:
         """The evidence document for ``nonce`` (1..1024 bytes) and the active agreement.
@@ -190,7 +201,10 @@ class KbsEvidenceSource:
             PlatformError: the attester failed.
         """
         report_data = kbs_report_data(self._bundle, agreement_digest, nonce)
-        quote = self._attester.quote(report_data)
+        evidence = self._attester.evidence(report_data)
+        if evidence.tee != self._tee:
+            raise KbsError(f"the KBS attester produced {evidence.tee} evidence, not {self._tee}")
+        quote = evidence.primary
         return {
             "format": EVIDENCE_FORMAT,
             "tee": self._tee,
