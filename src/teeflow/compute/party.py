@@ -68,6 +68,7 @@ from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.canonical import b64url_decode
 from teeflow.kbs.policy.grants import Grant, grant_digest, new_grant_id, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.request_signing import PartyRequestAuth
 from teeflow.sealing import generate_key, seal, unseal, unwrap_key
 
 __all__ = ["Party", "SealedInput", "Teeu", "worker_tls_context"]
@@ -151,15 +152,24 @@ def _server_timing(header: str) -> dict[str, float]:
 
 
 class Teeu:
-    """A verified connection to one compute worker (create with :meth:`Party.teeu`)."""
+    """A verified connection to one compute worker (create with :meth:`Party.teeu`).
 
-    def __init__(self, url: str, pin: Pin, agreement_digest: str, timeout: float = 600.0) -> None:
+    Args:
+        url: ``https://`` URL of the worker; pin: the verified KBS; agreement_digest: hex.
+        timeout: seconds per request.
+        auth: signs every request for a party (:class:`PartyRequestAuth`); the worker refuses
+            uploads, jobs and result reads that no party of the agreement signed.
+    """
+
+    def __init__(self, url: str, pin: Pin, agreement_digest: str, timeout: float = 600.0,
+                 *, auth: httpx.Auth | None = None) -> None:
         if not url.startswith("https://"):
             raise InvalidJob("the worker URL must be https://")
         self.url = url.rstrip("/")
         ctx = worker_tls_context(pin, agreement_digest)
         self._http = httpx.Client(base_url=self.url, verify=ctx, timeout=timeout,
-                                  trust_env=False, follow_redirects=False)
+                                  trust_env=False, follow_redirects=False,
+                                  auth=auth)
         self.info: dict[str, Any] = self._json("GET", "/v1/compute/info")
         #: seconds per worker stage of the last :meth:`run` (its ``Server-Timing`` header).
         self.last_timings: dict[str, float] = {}
@@ -295,7 +305,8 @@ class Party:
         """
         key = url.rstrip("/")
         if key not in self._teeus:
-            self._teeus[key] = Teeu(key, self.pin, digest(self.agreement).hex())
+            self._teeus[key] = Teeu(key, self.pin, digest(self.agreement).hex(),
+                                    auth=PartyRequestAuth(self.name, self.keys.sign_key))
         return self._teeus[key]
 
     def seal(
