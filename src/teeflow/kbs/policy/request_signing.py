@@ -144,7 +144,7 @@ class _Message:
     headers: Any
 
 
-class _Keys(HTTPSignatureKeyResolver):  # type: ignore[misc]
+class _Keys(HTTPSignatureKeyResolver):
     def __init__(self, public: Mapping[str, Ed25519PublicKey],
                  private: Mapping[str, Ed25519PrivateKey]) -> None:
         self._public = public
@@ -157,7 +157,7 @@ class _Keys(HTTPSignatureKeyResolver):  # type: ignore[misc]
         return self._private[key_id]
 
 
-class _ClockedVerifier(HTTPMessageVerifier):  # type: ignore[misc]
+class _ClockedVerifier(HTTPMessageVerifier):
     """The library's verifier with the time checks on an injected clock."""
 
     max_clock_skew = MAX_CLOCK_SKEW
