@@ -28,8 +28,10 @@ from teeflow.kbs.policy.agreement import digest
 from teeflow.kbs.policy.request_signing import PartyRequestAuth, sign_request
 
 PACKAGE = {
-    "teeflow.yaml": "name: stats\nversion: 1.0.0\nfunctions:\n  average: funcs:average\n",
-    "funcs.py": "def average(x, y):\n    return (x + y) / 2\n",
+    "teeflow.yaml": ("name: stats\nversion: 1.0.0\nfunctions:\n  average: funcs:average\n"
+                     "  joint: funcs:joint\n"),
+    "funcs.py": ("def average(x, y):\n    return (x + y) / 2\n"
+                 "def joint(*xs):\n    return [float(x.sum()) for x in xs]\n"),
 }
 
 
@@ -259,3 +261,24 @@ def test_per_party_upload_quota(fed: LocalFederation, monkeypatch: pytest.Monkey
     with pytest.raises(PayloadTooLarge):
         teeu.upload(f"alice/teeu-input/{hashlib.sha256(second).hexdigest()}", second)
     assert fed.worker._party_bytes["alice"] == used + 1000
+
+
+def test_single_owner_run_of_a_joint_function_is_refused(fed: LocalFederation) -> None:
+    """Issue 10 (P): bank-b ran the "joint" function on bank-a's input alone and read
+    bank-a's statistics. alice's grant names bob as co-owner and 2 distinct owners."""
+    from teeflow.compute.jobs import ReleaseRefused
+
+    alice, bob = fed.party("alice"), fed.party("bob")
+    x = np.arange(6, dtype=np.float32)
+    xi = alice.seal(x, allow=["stats:joint"], recipients=["alice", "bob"],
+                    to=alice.teeu(fed.worker_url), co_owners=["bob"], min_owners=2)
+    yi = bob.seal(x * 2, allow=["stats:joint"], recipients=["alice", "bob"],
+                  to=bob.teeu(fed.worker_url))
+    teeu = bob.teeu(fed.worker_url)
+    with pytest.raises(ReleaseRefused):
+        teeu.run("stats:joint", xi)
+    with KbsClient(None, fed.pin) as kbs:
+        denied = [e for e in kbs.audit() if e.kind == "release" and e.subject == xi.id]
+    assert [e.decision for e in denied] == ["deny"]
+    assert any("co-owner bob" in r for r in denied[0].reasons)
+    assert bob.open(teeu.run("stats:joint", xi, yi)) == [15.0, 30.0]

@@ -124,7 +124,11 @@ def test_grant_schema_errors(
 
 def test_grant_digest_is_canonical(agreement: FederationAgreement, tmp_path: Path) -> None:
     g = make_grant(agreement)
-    assert grant_digest(g) == hashlib.sha256(rfc8785.dumps(g.model_dump(mode="json"))).digest()
+    # unset whole-job members are left out, so grants made before they existed keep their
+    # digest (and their owners' signatures)
+    legacy = {k: v for k, v in g.model_dump(mode="json").items()
+              if k not in ("co_inputs", "co_owners", "min_owners")}
+    assert grant_digest(g) == hashlib.sha256(rfc8785.dumps(legacy)).digest()
     doc = g.to_document()
     shuffled = dict(reversed(list(doc.items())))
     shuffled["recipients"] = ["bob", "alice", "bob"]
@@ -369,3 +373,23 @@ def test_grant_allows_reports_everything(agreement: FederationAgreement) -> None
         agreement_digest=bytes(32),
     )
     assert len(out) == 9
+
+
+def test_grant_binding_the_whole_job(agreement: FederationAgreement) -> None:
+    """Issue 10 (P): bank-b ran the "joint" function on bank-a's input alone. A grant with
+    co_owners/min_owners is refused for a job whose inputs lack the other owners."""
+    from teeflow.kbs.policy.grants import job_binding_problems
+
+    base = make_grant(agreement)
+    joint = base.model_copy(update={"co_owners": ("bob",), "min_owners": 2})
+    assert "co_owners" in joint.to_document() and grant_digest(joint) != grant_digest(base)
+    mine = f"alice/teeu-input/{'a' * 64}"
+    theirs = f"bob/teeu-input/{'b' * 64}"
+    alone = job_binding_problems(joint, [mine])
+    assert any("co-owner bob" in r for r in alone) and any("needs 2" in r for r in alone)
+    assert job_binding_problems(joint, None)
+    assert job_binding_problems(joint, [mine, theirs]) == []
+    assert job_binding_problems(base, [mine]) == []
+    pinned = base.model_copy(update={"co_inputs": (theirs,)})
+    assert job_binding_problems(pinned, [mine, f"bob/teeu-input/{'c' * 64}"])
+    assert job_binding_problems(pinned, [mine, theirs]) == []

@@ -312,6 +312,7 @@ class Party:
     def seal(
         self, value: Any, *, allow: Sequence[str], recipients: Sequence[str], to: Teeu,
         max_releases: int = 16, valid_for: timedelta = timedelta(days=1),
+        co_owners: Sequence[str] = (), co_inputs: Sequence[str] = (), min_owners: int = 1,
     ) -> SealedInput:
         """Seal ``value`` for ``to`` (module docstring) and return its reference.
 
@@ -321,6 +322,9 @@ class Party:
             recipients: parties results may be sealed to.
             to: the worker that stores the blob.
             max_releases: how many jobs may use it; valid_for: grant lifetime.
+            co_owners, co_inputs, min_owners: bind the whole job (the grant is released
+                only to jobs that also take inputs of these parties / these inputs / of at
+                least ``min_owners`` distinct owners; :mod:`teeflow.kbs.policy.grants`).
 
         Raises:
             InvalidJob: ``allow`` names a package or function the agreement lacks.
@@ -349,6 +353,8 @@ class Party:
             "packages": sorted(packages), "functions": sorted(functions),
             "recipients": sorted(set(recipients)), "created_at": now - timedelta(seconds=5),
             "not_after": now + valid_for, "max_releases": max_releases,
+            "co_owners": sorted(set(co_owners)), "co_inputs": sorted(set(co_inputs)),
+            "min_owners": min_owners,
         })
         self.kbs.put_resource(iid, key, sign_grant(grant, self.keys), self.keys)
         self.last_timings = {"seal": t1 - t0, "upload": t2 - t1,

@@ -144,6 +144,7 @@ def decide(
         now=now,
         releases_so_far=record.release_count,
         agreement_digest=agreement_digest,
+        resources=None if claims is None else claims.resources,
     )
     return ReleaseDecision(tuple(reasons), record.release_count)
 
