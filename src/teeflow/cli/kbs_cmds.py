@@ -10,7 +10,7 @@
   SGX reference values, ``{sgx: ...}``, or is the agreement (``workloads.kbs``).
 * ``teeflow kbs measurement [--manifest]`` — the KBS measurement of the installed teeflow
   (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`), to put into reference values.
-* ``teeflow kbs audit verify [--pin PIN] [--expect-head HEX]`` — fetch the whole audit log
+* ``teeflow kbs audit verify --party NAME [--pin PIN] [--expect-head HEX]`` — fetch the whole audit log
   and verify its hash chain and signatures with the pinned audit key.
 """
 
@@ -195,6 +195,9 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("verify")
     def audit_verify(
+        party: Annotated[str, typer.Option(
+            "--party", help="Party whose key signs the reads (only parties may read the "
+            "audit log; keys in $TEEFLOW_HOME/parties/NAME).")],
         pin: _PinOption = None,
         expect_head: Annotated[
             str | None,
@@ -203,9 +206,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetch the audit log and verify its chain with the pinned audit key."""
         from teeflow.kbs.client.sdk import KbsClient
+        from teeflow.kbs.policy.parties import PartyKeys
         from teeflow.kbs.service.audit import verify_audit_chain
 
-        with KbsClient(None, _pin_path(pin)) as client:
+        with KbsClient(None, _pin_path(pin), party=PartyKeys.load(party)) as client:
             entries = client.audit()
             if expect_head is not None:
                 try:

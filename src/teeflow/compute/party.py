@@ -250,7 +250,7 @@ class Party:
         self.keys = keys
         self.name = keys.name
         self.pin = pin
-        self.kbs = KbsClient(kbs_url, pin)
+        self.kbs = KbsClient(kbs_url, pin, party=keys)
         self._agreement: FederationAgreement | None = None
         self._teeus: dict[str, Teeu] = {}
         #: seconds per stage of the last :meth:`seal` (seal, upload, kbs) or :meth:`open`

@@ -78,9 +78,11 @@ class LocalFederation:
         self._parties.append(p)
         return p
 
-    def audit(self) -> list[object]:
-        """The verified KBS audit log."""
-        with KbsClient(None, self.pin) as kbs:
+    def audit(self, party: str | None = None) -> list[object]:
+        """The verified KBS audit log, read as ``party`` (default: the first party; only
+        parties may read it)."""
+        name = party or sorted(self.keys)[0]
+        with KbsClient(None, self.pin, party=self.keys[name]) as kbs:
             return list(kbs.audit())
 
 

@@ -457,8 +457,8 @@ def _run(
         files["sealed model"] = str(model_path)
         files["provenance log"] = str(prov_path)
         with step("KBS audit log fetched and verified") as d:
-            with KbsClient(None, pin) as kbs_client:
-                entries = kbs_client.audit()
+            with KbsClient(None, pin, party=keys[parties[0]]) as kbs_client:
+                entries = kbs_client.audit()  # only parties may read it (signed requests)
             accepted = [e for e in entries if e.kind == "attestation" and e.decision == "accept"]
             summary.audit = {
                 "entries": len(entries),
