@@ -535,8 +535,12 @@ def create_app(
             raise InvalidRequest(str(exc)) from None
 
         def make() -> dict[str, Any]:
+            # bound: the agreement in force, or before the first one the digest the first
+            # agreement must have (kbs serve --expect-agreement), so parties see what the
+            # KBS will enforce before they upload anything; null only when insecure
             current = service.current_agreement()
-            agreement_digest = None if current is None else digest(current.agreement)
+            agreement_digest = (service.first_agreement if current is None
+                                else digest(current.agreement))
             return evidence.evidence(raw_nonce, agreement_digest)
 
         return _json(await call(make))
