@@ -11,8 +11,8 @@ counter, see bench/README.md). Then, from ``--procs`` load-generator processes x
    decrypted with the attested key). Reports flows/s and per-flow latency p50/p99 (ms);
 2. **cached fetches** for ``--duration`` seconds: every thread attests once, then repeats
    ``GET /kbs/v0/resource/...`` with ``Authorization: Bearer <EAR>`` and the session
-   cookie (each a full release: grant check, release counter, signed audit entry). Reports fetches/s and p50/p99; the
-   JWE is not decrypted inside the timed loop.
+   cookie (each a full release: grant check, release counter, signed audit entry). Reports
+   fetches/s and p50/p99; the JWE is not decrypted inside the timed loop.
 
 Issue 3 targets (2-core machine): >= 150 flows/s with p99 <= 100 ms; >= 1000 cached fetches/s.
 The load generator shares the machine with the server, so the figures are a lower bound.
