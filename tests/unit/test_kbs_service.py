@@ -654,5 +654,5 @@ def test_first_agreement_is_fixed_at_start() -> None:
     assert [(e.kind, e.decision) for e in fresh.audit_entries(0, 10)] == [("agreement", "deny")]
     assert svc.submit_agreement(h.signed).version == 1
     with pytest.raises(KbsError):
-        KbsService(fresh, h.keys, clock=h.clock, anchors=[], collateral=h.service._collateral,
-                   first_agreement=b"short")
+        KbsService(fresh, h.keys, clock=h.clock, anchors=[],
+                   collateral=EmulatedCollateralProvider(authority), first_agreement=b"short")
