@@ -60,7 +60,7 @@ def _inputs(fed: LocalFederation) -> tuple[SealedInput, SealedInput]:
 
 
 def _releases(fed: LocalFederation, path: str) -> int:
-    with KbsClient(None, fed.pin) as kbs:
+    with KbsClient(None, fed.pin, party=fed.keys["alice"]) as kbs:
         return sum(1 for e in kbs.audit() if e.kind == "release" and e.subject == path)
 
 
@@ -277,7 +277,7 @@ def test_single_owner_run_of_a_joint_function_is_refused(fed: LocalFederation) -
     teeu = bob.teeu(fed.worker_url)
     with pytest.raises(ReleaseRefused):
         teeu.run("stats:joint", xi)
-    with KbsClient(None, fed.pin) as kbs:
+    with KbsClient(None, fed.pin, party=fed.keys["alice"]) as kbs:
         denied = [e for e in kbs.audit() if e.kind == "release" and e.subject == xi.id]
     assert [e.decision for e in denied] == ["deny"]
     assert any("co-owner bob" in r for r in denied[0].reasons)

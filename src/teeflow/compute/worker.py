@@ -242,7 +242,7 @@ class ComputeWorker:
     def request_limits(self) -> RequestLimits:
         """Upload bounds: the agreement's ``compute_limits`` if it sets them, else
         :class:`~teeflow.compute.jobs.RequestLimits` defaults."""
-        found = getattr(self.agreement, "compute_limits", None)
+        found = None if self.agreement is None else self.agreement.compute_limits
         if found is None:
             return RequestLimits()
         return RequestLimits(max_input_bytes=found.max_input_bytes,
