@@ -60,7 +60,6 @@ from teeflow.kbs.client.pinning import (
     send,
 )
 from teeflow.kbs.policy.canonical import b64url_encode
-from teeflow.kbs.policy.request_signing import PartyRequestAuth
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )
@@ -286,8 +285,11 @@ class KbsClient:
         party: PartyKeys | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
-        self._party_auth = (None if party is None
-                            else PartyRequestAuth(party.name, party.sign_key))
+        self._party_auth: httpx.Auth | None = None
+        if party is not None:  # imported only by party clients: workloads stay lean
+            from teeflow.kbs.policy.request_signing import PartyRequestAuth
+
+            self._party_auth = PartyRequestAuth(party.name, party.sign_key)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
         self._tee = tee or (platform.tee if platform is not None else "sgx")

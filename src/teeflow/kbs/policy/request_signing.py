@@ -71,7 +71,6 @@ from http_message_signatures import (
     InvalidSignature,
     algorithms,
 )
-from starlette.requests import Request
 
 from teeflow.errors import ParseError, VerificationError
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode
@@ -419,7 +418,11 @@ class RequestVerifier:
             on_error: maps a refusal to the exception the app renders (e.g. its RFC 7807
                 problem); default: raise the :class:`RequestSignatureError` itself.
         """
-        async def dependency(request: Request) -> SignedRequest:
+        import inspect
+
+        from starlette.requests import Request  # only where a server is built
+
+        async def dependency(request: Any) -> SignedRequest:
             try:
                 signed = self.verify_headers(request.method, str(request.url), request.headers)
                 declared = request.headers.get("content-length", "0")
@@ -433,6 +436,11 @@ class RequestVerifier:
                 raise (on_error(exc) if on_error is not None else exc) from None
             return signed
 
+        # FastAPI reads the parameter's type from the signature: it injects the request
+        dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                               annotation=Request)],
+            return_annotation=SignedRequest)
         return dependency
 
 
