@@ -44,7 +44,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
         (pkg / name).write_text(text)
     with local_federation(
         work / "fed", pkg, parties={n: ["data-owner"] for n in ("alice", "bob", "carol")},
-        readers=["alice", "bob"], recipients=["alice", "bob", "carol"],
+        readers=["alice", "bob"], recipients=["alice", "bob", "carol"], platform="emulated-sgx",
     ) as federation:
         yield federation
 

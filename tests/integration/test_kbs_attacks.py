@@ -79,6 +79,7 @@ def _start(base: Path, signed: SignedAgreement | None, **kw: Any) -> tuple[KbsRu
                                                                           BackgroundServer]:
     runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
                         federation="study", measurement=KBS_MR, purge_interval=None,
+                        platform="emulated-sgx",
                         expect_agreement=None if signed is None else digest(signed.agreement),
                         **kw)
     return runtime, BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
@@ -200,13 +201,14 @@ def test_empty_kbs_refuses_to_start_without_a_first_agreement_option(
     monkeypatch.setenv("TEEFLOW_HOME", str(tmp_path / "home"))
     with pytest.raises(KbsError, match="--expect-agreement"):
         build_kbs(f"sqlite:///{tmp_path / 'kbs.db'}", state_dir=tmp_path / "state",
-                  federation="study", measurement=KBS_MR, purge_interval=None)
+                  federation="study", measurement=KBS_MR, purge_interval=None,
+                  platform="emulated-sgx")
     # the real command, in its own process: exits with the error before listening
     env = {**os.environ, "TEEFLOW_HOME": str(tmp_path / "home")}
     done = subprocess.run(
         [sys.executable, "-m", "teeflow", "kbs", "serve", "--db",
          f"sqlite:///{tmp_path / 'cli.db'}", "--listen", "127.0.0.1:1", "--state-dir",
-         str(tmp_path / "cli-state"), "--federation", "study"],
+         str(tmp_path / "cli-state"), "--federation", "study", "--platform", "emulated-sgx"],
         env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode != 0
     assert "--expect-agreement" in done.stderr + done.stdout
@@ -222,5 +224,5 @@ def test_empty_kbs_refuses_to_start_without_a_first_agreement_option(
         runtime.close()
     again = build_kbs(f"sqlite:///{tmp_path / 'again' / 'kbs.db'}",
                       state_dir=tmp_path / "again" / "state", measurement=KBS_MR,
-                      purge_interval=None)
+                      purge_interval=None, platform="emulated-sgx")
     again.close()
