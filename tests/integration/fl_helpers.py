@@ -129,6 +129,7 @@ def federation(home: Path, tmp: Path) -> Iterator[Fed]:
         home=home,
         measurement=kbs_mr,
         purge_interval=None,
+        expect_agreement=digest(agreement),
     )
     try:
         with BackgroundServer(make_server(runtime, graceful_timeout=2)) as server:

@@ -72,7 +72,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
 
 
 def _audit(fed: LocalFederation) -> list[Any]:
-    with KbsClient(None, fed.pin) as kbs:
+    with KbsClient(None, fed.pin, party=fed.keys["alice"]) as kbs:
         entries = kbs.audit()
     verify_audit_chain(entries, fed.pin.audit_public())
     return entries

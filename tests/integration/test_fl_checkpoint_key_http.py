@@ -55,6 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     base = tmp_path_factory.mktemp("kbs-ckpt")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
+        parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
+        signed = _agreement(parties)
         runtime = build_kbs(
             f"sqlite:///{base / 'kbs.db'}",
             state_dir=base / "state",
@@ -62,14 +64,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             measurement=KBS_MR,
             purge_interval=None,
             platform="emulated-sgx",
+            expect_agreement=digest(signed.agreement),
         )
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         try:
             pin = verify_kbs(
                 server.url, SgxReferenceValues(mrenclave=(KBS_MR.hex(),)), allow_emulated=True
             )
-            parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
-            signed = _agreement(parties)
             with KbsClient(None, pin) as owner:
                 owner.submit_agreement(signed)
             yield Env(server.url, pin, runtime, parties, digest(signed.agreement).hex())

@@ -349,7 +349,7 @@ def test_checkpoints_hold_no_private_key(runs: Runs) -> None:
 
 
 def test_kbs_audit_shows_each_workload_attestation(runs: Runs) -> None:
-    with KbsClient(None, runs.fed.pin) as kbs:
+    with KbsClient(None, runs.fed.pin, party=runs.fed.keys["alice"]) as kbs:
         entries = kbs.audit()
     attests = [e for e in entries if e.kind == "attestation" and e.decision == "accept"]
     seen = {(e.data.get("role"), e.data.get("party")) for e in attests}

@@ -201,7 +201,8 @@ def test_done_when(db_url: str, teeflow_home: Path, tmp_path: Path) -> None:
 
     # 2. the KBS (emulated TEE) starts
     runtime = build_kbs(db_url, state_dir=tmp_path / "kbs-state", federation="study",
-                        measurement=kbs_mr, purge_interval=None, platform="emulated-sgx")
+                        measurement=kbs_mr, purge_interval=None, platform="emulated-sgx",
+                        expect_agreement=d1)
     try:
         with BackgroundServer(make_server(runtime, graceful_timeout=2)) as server:
             _scenario(server.url, tmp_path, agreement, d1, client_mr, manifest)
@@ -219,7 +220,8 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
                   "-o", pins[p])
         assert "EMULATED" in out
     pin = Pin.load(pins["alice"])
-    assert pin.agreement_digest is None and pin.emulated
+    # before the first agreement the evidence binds the one the KBS was started to accept
+    assert pin.agreement_digest == d1.hex() and pin.emulated
     assert Pin.load(pins["bob"]).tls_spki_sha256 == pin.tls_spki_sha256
 
     # 4. submit the agreement; owners upload grants + wrapped keys (CLI)
@@ -297,7 +299,9 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
         assert good_client_token is not None
 
     # 7. the audit log verifies (SDK and CLI), and records every decision
-    with KbsClient(None, pin) as party:
+    from teeflow.kbs.policy.parties import PartyKeys
+
+    with KbsClient(None, pin, party=PartyKeys.load("alice")) as party:
         entries = party.audit()
     verify_audit_chain(entries, pin.audit_public())
     decisions = [(e.kind, e.decision) for e in entries]
@@ -307,7 +311,7 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
     assert decisions.count(("certificate", "accept")) == 1
     assert decisions.count(("attestation", "deny")) >= 4
     assert decisions.count(("release", "deny")) == 2
-    out = run("kbs", "audit", "verify", "--pin", pins["bob"],
+    out = run("kbs", "audit", "verify", "--party", "bob", "--pin", pins["bob"],
               "--expect-head", entries[-1].hash.hex())
     assert f"{len(entries)} entries" in out
 
@@ -353,7 +357,9 @@ def serve_subprocess(home: Path, tmp: Path, db: str, log: Path) -> Iterator[tupl
         proc = subprocess.Popen(
             [sys.executable, "-c", _SERVE_SCRIPT, "kbs", "serve", "--db", db,
              "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp / "state"),
-             "--federation", "study", "--log-level", "warning", "--platform", "emulated-sgx"],
+             "--federation", "study", "--log-level", "warning", "--platform", "emulated-sgx",
+             # the agreement is written after the start (it names the measurement served)
+             "--insecure-first-agreement"],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:
@@ -452,7 +458,7 @@ def test_sigkill_during_upload_burst_keeps_acknowledged_writes(
     # restart on the same state (same sealed keys, same TLS key: the pin still holds)
     with serve_subprocess(teeflow_home, tmp_path, db, log) as (proc, port, mr2):
         assert mr2 == mr
-        with KbsClient(f"https://127.0.0.1:{port}", pin) as party:
+        with KbsClient(f"https://127.0.0.1:{port}", pin, party=alice) as party:
             entries = party.audit()  # chain and signatures verified with the pinned key
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()

@@ -50,6 +50,7 @@ from teeflow.kbs.policy.agreement import (
 )
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.request_signing import PartyRequestAuth
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )
@@ -131,6 +132,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     base = tmp_path_factory.mktemp("kbs-http")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
+        parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
+        signed = _agreement(parties)
         runtime = build_kbs(
             f"sqlite:///{base / 'kbs.db'}",
             state_dir=base / "state",
@@ -138,14 +141,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             platform="emulated-sgx",
             measurement=KBS_MR,
             purge_interval=None,
+            expect_agreement=digest(signed.agreement),
         )
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         try:
             pin = verify_kbs(
                 server.url, SgxReferenceValues(mrenclave=(KBS_MR.hex(),)), allow_emulated=True
             )
-            parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
-            signed = _agreement(parties)
             data_key = os.urandom(32)
             now = datetime.now(UTC)
             grant = Grant.from_mapping({
@@ -219,8 +221,11 @@ def test_malformed_json_and_wrong_version_write_nothing(env: Env) -> None:
         assert_problem(http.post("/v1/agreement", content=b"{}"), 400, f"{TF}/InvalidRequest")
         assert_problem(http.post("/v1/resources", content=b'{"path": 1}'), 400,
                        f"{TF}/InvalidRequest")
-        assert_problem(http.get("/v1/audit", params={"limit": "0"}), 400, f"{TF}/InvalidRequest")
-        assert_problem(http.get("/v1/audit", params={"after": "x"}), 400, f"{TF}/InvalidRequest")
+        alice = PartyRequestAuth("alice", env.parties["alice"].sign_key)
+        assert_problem(http.get("/v1/audit", params={"limit": "0"}, auth=alice), 400,
+                       f"{TF}/InvalidRequest")
+        assert_problem(http.get("/v1/audit", params={"after": "x"}, auth=alice), 400,
+                       f"{TF}/InvalidRequest")
         assert_problem(http.get("/v1/kbs/evidence", params={"nonce": "!!"}), 400,
                        f"{TF}/InvalidRequest")
         assert_problem(http.get("/v1/kbs/evidence"), 400, f"{TF}/InvalidRequest")
@@ -329,9 +334,13 @@ def test_token_from_another_session_and_tampered_tokens(env: Env) -> None:
             flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
             for bad in (f"{head}.{payload}.{flipped}", f"{head}.{payload[::-1]}.{sig}", "x.y.z",
                         "not-a-jwt"):
-                r = http.get(url, headers={"Authorization": f"Bearer {bad}"})
+                r = http.get(url, headers={"Authorization": f"Bearer {bad}",
+                                           "Cookie": f"kbs-session-id={a.session_id}"})
                 assert_problem(r, 401, f"{TEE}/TokenVerifierError")
                 assert bad not in r.text
+            # issue 10: the token alone (as it travels in compute lineage) is no credential
+            alone = http.get(url, headers={"Authorization": f"Bearer {token_a}"})
+            assert_problem(alone, 401, f"{TEE}/TokenNotFound")
             assert_problem(http.get(url), 401, f"{TEE}/TokenNotFound")
             assert_problem(http.get(url, headers={"Cookie": "kbs-session-id=unknown"}), 401,
                            f"{TEE}/TokenNotFound")
@@ -343,7 +352,8 @@ def test_token_from_another_session_and_tampered_tokens(env: Env) -> None:
 def test_resource_paths_and_existence_not_revealed(env: Env) -> None:
     with env.workload() as w:
         w.attest("client", CLAIMS)
-        headers = {"Authorization": f"Bearer {w.token}"}
+        headers = {"Authorization": f"Bearer {w.token}",
+                   "Cookie": f"kbs-session-id={w.session_id}"}
         with env.http() as http:
             assert_problem(http.get("/kbs/v0/resource/only/two", headers=headers), 404,
                            f"{TEE}/InvalidRequestPath")
@@ -399,6 +409,7 @@ def test_certificate_json_and_pem_and_wrong_key(env: Env) -> None:
         with env.http() as http:
             r = http.post("/v1/certificates", content=csr,
                           headers={"Authorization": f"Bearer {w.token}",
+                                   "Cookie": f"kbs-session-id={w.session_id}",
                                    "Content-Type": "application/x-pem-file"})
             assert_problem(r, 403, f"{TEE}/PolicyDeny")
             assert_problem(http.post("/v1/certificates", json={"csr": "x"}), 401,
@@ -407,7 +418,7 @@ def test_certificate_json_and_pem_and_wrong_key(env: Env) -> None:
 
 
 def test_counters_over_http(env: Env) -> None:
-    name = "shared/" + os.urandom(4).hex()
+    name = "client/alice/" + os.urandom(4).hex()  # the client acting for alice's scope
     with env.workload() as w:
         w.attest("client", CLAIMS)
         assert w.get_counter(name) is None
@@ -418,9 +429,12 @@ def test_counters_over_http(env: Env) -> None:
         assert w.get_counter(name).value == 1  # type: ignore[union-attr]
         with pytest.raises(PolicyDeny):
             w.increment_counter("session/x/round", 0, b"\x33" * 32)
+        with pytest.raises(PolicyDeny):  # issue 10: outside its role/party scope
+            w.increment_counter("shared/" + os.urandom(4).hex(), 0, b"\x33" * 32)
     with env.workload(AGG_MR) as agg:
-        agg.attest("aggregator", {})
+        agg.attest("aggregator", {"session": "s1"})
         assert agg.increment_counter("session/s1/round", 0, b"\x44" * 32).value == 1
+        assert agg.get_counter("session/s1/round").value == 1  # type: ignore[union-attr]
 
 
 def test_token_revoked_by_agreement_update(env: Env) -> None:
@@ -432,7 +446,7 @@ def test_token_revoked_by_agreement_update(env: Env) -> None:
         doc = old.agreement.to_document()
         doc.update(version=2, previous=old.agreement.digest().hex())
         new = SignedAgreement(agreement=FederationAgreement.from_mapping(doc))
-        with KbsClient(None, env.pin) as party:
+        with KbsClient(None, env.pin, party=env.parties["alice"]) as party:
             with pytest.raises(KbsError):  # one signature is below the 2-of-3 quorum
                 party.submit_agreement(new.signed_by(env.parties["alice"]))
             result = party.submit_agreement(

@@ -65,6 +65,7 @@ class Env:
     runtime: KbsRuntime
     home: Path
     data_key: bytes
+    alice: PartyKeys
 
     def tdx(self, mrtd: bytes = MRTD) -> KbsClient:
         return KbsClient(None, self.pin, EmulatedTdx(self.runtime.authority, mrtd=mrtd))
@@ -109,15 +110,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = base / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(home))
+        parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+        signed = _agreement(parties)
         runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
                             federation="study", measurement=KBS_MR, purge_interval=None,
-                            platform="emulated-sgx")
+                            platform="emulated-sgx",
+                            expect_agreement=digest(signed.agreement))
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         try:
             pin = verify_kbs(server.url, SgxReferenceValues(mrenclave=(KBS_MR.hex(),)),
                              allow_emulated=True)
-            parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
-            signed = _agreement(parties)
             data_key = os.urandom(32)
             now = datetime.now(UTC)
             grant = Grant.from_mapping({
@@ -131,7 +133,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 owner.submit_agreement(signed)
                 owner.put_resource(PATH, data_key, sign_grant(grant, parties["alice"]),
                                    parties["alice"])
-            yield Env(pin, runtime, home, data_key)
+            yield Env(pin, runtime, home, data_key, parties["alice"])
         finally:
             server.stop()
             runtime.close()
@@ -212,7 +214,7 @@ def test_mismatches_and_wrong_measurements_are_denied_and_audited(
 
 
 def test_audit_chain_verifies(env: Env) -> None:
-    with KbsClient(None, env.pin) as party:
+    with KbsClient(None, env.pin, party=env.alice) as party:
         entries = party.audit()
     verify_audit_chain(entries, env.pin.audit_public())
     tees = {e.data.get("tee") for e in entries if e.kind == "attestation"}

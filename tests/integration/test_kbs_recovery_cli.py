@@ -88,7 +88,9 @@ def serve(home: Path, tmp: Path, port: int, log: Path) -> Iterator[subprocess.Po
             [sys.executable, "-c", _SERVE, "kbs", "serve", "--db",
              f"sqlite:///{tmp / 'kbs.db'}", "--listen", f"127.0.0.1:{port}",
              "--state-dir", str(tmp / "state"), "--federation", "fed",
-             "--log-level", "warning", "--platform", "emulated-sgx"],
+             "--log-level", "warning", "--platform", "emulated-sgx",
+             # the first agreement is fixed (bootstrap); ignored once the store holds one
+             "--expect-agreement", str(tmp / "agreement.yaml")],
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:
@@ -193,11 +195,12 @@ def test_new_host_recovery_through_the_cli(teeflow_home: Path, tmp_path: Path) -
             assert time.monotonic() < deadline, "the KBS did not resume: " + log.read_text()
             time.sleep(0.2)
         # the same key set: the old pin works again, and the audit log says what happened
-        with KbsClient(None, pin) as client:
+        with KbsClient(None, pin, party=parties["alice"]) as client:
             current = client.current_agreement()
             assert current is not None and current.agreement.version == 1
             entries = client.audit()
         assert entries[-1].kind == "kbs-recovery"
         assert entries[-1].data["parties"] == ["alice", "carol"]
         assert entries[-1].data["upgrade"] is False
-        assert "audit log verified" in run("kbs", "audit", "verify", "--pin", pin_file)
+        assert "audit log verified" in run("kbs", "audit", "verify", "--party", "alice",
+                                           "--pin", pin_file)

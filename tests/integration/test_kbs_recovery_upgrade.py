@@ -88,7 +88,7 @@ def test_upgrade_and_recovery_keep_state(tmp_path: Path) -> None:
               "platform": "emulated-sgx"}
 
     # -- KBS v1: agreement, grant, counter; parties save their shares ---------------------
-    runtime = build_kbs(db, measurement=M1, **common)
+    runtime = build_kbs(db, measurement=M1, expect_agreement=digest(v1), **common)
     authority = EmulationAuthority.load_or_create(home, now=now)
     anchors = [authority.trust_anchor()]
     collateral = EmulatedCollateralProvider(authority)
@@ -267,7 +267,7 @@ def test_without_sealing_key_every_restart_recovers(tmp_path: Path) -> None:
         "state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
         "measurement": M1, "sealer": None, "platform": "emulated-sgx",
     }
-    runtime = build_kbs(db, **common)
+    runtime = build_kbs(db, expect_agreement=digest(v1), **common)
     authority = EmulationAuthority.load_or_create(home, now=now)
     anchors = [authority.trust_anchor()]
     collateral = EmulatedCollateralProvider(authority)
@@ -276,7 +276,7 @@ def test_without_sealing_key_every_restart_recovers(tmp_path: Path) -> None:
         values_file = tmp_path / "agreement.yaml"
         values_file.write_text(v1.to_yaml())
         pin = verify_kbs(srv.url, load_reference_values(values_file), True, home=home)
-        with KbsClient(None, pin) as client:
+        with KbsClient(None, pin, party=parties["alice"]) as client:
             client.submit_agreement(_sign(v1, list(parties.values())))
             entries = client.audit()
         shares = {n: fetch_share(pin, k) for n, k in parties.items()}
@@ -326,7 +326,7 @@ def test_kbs_refuses_to_resume_as_an_unnamed_upgrade(tmp_path: Path) -> None:
     v1 = FederationAgreement.from_mapping(doc)
     common = {"state_dir": state, "federation": "fed", "home": home, "purge_interval": None,
               "platform": "emulated-sgx"}
-    runtime = build_kbs(db, measurement=M1, **common)
+    runtime = build_kbs(db, measurement=M1, expect_agreement=digest(v1), **common)
     before = runtime.keys.hpke_public_key()
     with BackgroundServer(make_server(runtime)) as srv:
         values_file = tmp_path / "agreement.yaml"

@@ -41,7 +41,9 @@ def kbs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
         runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
                             federation="study", measurement=KBS_MR, purge_interval=None,
-                            platform="emulated-sgx")
+                            platform="emulated-sgx",
+                            # the fuzzer also posts agreements: any well-signed first one
+                            insecure_first_agreement=True)
         server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
         cert = base / "kbs-tls.pem"
         cert.write_bytes(runtime.keys.tls_certificate_pem())

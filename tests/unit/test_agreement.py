@@ -15,6 +15,7 @@ import yaml
 from teeflow.attestation.evidence import TcbStatus
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.policy.agreement import (
+    ComputeLimits,
     FederationAgreement,
     digest,
 )
@@ -89,9 +90,16 @@ def successor(current: FederationAgreement, **changes: Any) -> FederationAgreeme
 
 def test_digest_is_sha256_of_rfc8785_json_dump(keys: dict[str, PartyKeys]) -> None:
     a = make(keys)
-    dump = a.model_dump(mode="json")
+    dump = a.to_document()
     assert digest(a) == hashlib.sha256(rfc8785.dumps(dump)).digest()
     assert a.digest() == digest(a)
+    # the optional compute_limits (issue 10) is left out when unset: older agreements keep
+    # their digest; when set it is digested like every other member
+    assert "compute_limits" not in dump
+    assert {k: v for k, v in a.model_dump(mode="json").items() if k != "compute_limits"} == dump
+    limited = a.model_copy(update={"compute_limits": ComputeLimits(max_input_bytes=1 << 20)})
+    assert limited.to_document()["compute_limits"]["max_input_bytes"] == 1 << 20
+    assert digest(limited) != digest(a)
     # every field present, defaults filled in
     assert dump["allow_emulated"] is False and dump["valid_from"] is None
     assert dump["workloads"]["aggregator"]["sgx"]["accepted_tcb_statuses"] == ["UpToDate"]

@@ -158,3 +158,8 @@ def test_lineage_from_audit_joins_counter_releases_and_grants() -> None:
     with pytest.raises(VerificationError):  # the release went to another token
         lineage_from_audit(rec, [entries[0], _entry(2, "release", iid, {"token_digest": "0"}),
                                  entries[2]])
+    # issue 10 (P): the owner is the audited uploader (the grant's signer), not a claim
+    spoofed = [_entry(1, "resource", iid, {"owner": "mallory", "grant_digest": "99" * 32}),
+               *entries[1:]]
+    with pytest.raises(VerificationError, match="owners differ"):
+        lineage_from_audit(rec, spoofed)

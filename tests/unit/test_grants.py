@@ -124,7 +124,11 @@ def test_grant_schema_errors(
 
 def test_grant_digest_is_canonical(agreement: FederationAgreement, tmp_path: Path) -> None:
     g = make_grant(agreement)
-    assert grant_digest(g) == hashlib.sha256(rfc8785.dumps(g.model_dump(mode="json"))).digest()
+    # unset whole-job members are left out, so grants made before they existed keep their
+    # digest (and their owners' signatures)
+    legacy = {k: v for k, v in g.model_dump(mode="json").items()
+              if k not in ("co_inputs", "co_owners", "min_owners")}
+    assert grant_digest(g) == hashlib.sha256(rfc8785.dumps(legacy)).digest()
     doc = g.to_document()
     shuffled = dict(reversed(list(doc.items())))
     shuffled["recipients"] = ["bob", "alice", "bob"]
@@ -369,3 +373,60 @@ def test_grant_allows_reports_everything(agreement: FederationAgreement) -> None
         agreement_digest=bytes(32),
     )
     assert len(out) == 9
+
+
+def test_grant_binding_the_whole_job(agreement: FederationAgreement) -> None:
+    """Issue 10 (P): bank-b ran the "joint" function on bank-a's input alone. A grant with
+    co_owners/min_owners is refused for a job whose inputs lack the other owners."""
+    from teeflow.kbs.policy.grants import job_binding_problems
+
+    base = make_grant(agreement)
+    joint = base.model_copy(update={"co_owners": ("bob",), "min_owners": 2})
+    assert "co_owners" in joint.to_document() and grant_digest(joint) != grant_digest(base)
+    mine = f"alice/teeu-input/{'a' * 64}"
+    theirs = f"bob/teeu-input/{'b' * 64}"
+    alone = job_binding_problems(joint, [mine])
+    assert any("co-owner bob" in r for r in alone) and any("needs 2" in r for r in alone)
+    assert job_binding_problems(joint, None)
+    assert job_binding_problems(joint, [mine, theirs]) == []
+    assert job_binding_problems(base, [mine]) == []
+    pinned = base.model_copy(update={"co_inputs": (theirs,)})
+    assert job_binding_problems(pinned, [mine, f"bob/teeu-input/{'c' * 64}"])
+    assert job_binding_problems(pinned, [mine, theirs]) == []
+
+
+def test_upload_namespaces(agreement: FederationAgreement) -> None:
+    """Issue 10 (P): the first uploader owned any free path. A party resource lives under its
+    owner's name; fl/ paths only by the package's readers; compute/ never by a party."""
+    from teeflow.kbs.policy.namespaces import upload_namespace_problems as ns
+
+    assert ns("alice/dataset-key/v1", "alice", agreement) == []
+    assert "belongs to party bob" in ns("bob/dataset-key/v1", "alice", agreement)[0]
+    assert "must be its owner" in ns("nobody/dataset-key/v1", "alice", agreement)[0]
+    assert ns(f"fl/package-key/{PKG_A}", "alice", agreement) == []
+    assert "not a reader" in ns(f"fl/package-key/{PKG_B}", "alice", agreement)[0]
+    assert "system path" in ns(f"fl/checkpoint-key/{PKG_A}", "alice", agreement)[0]
+    assert "names no package" in ns(f"fl/package-key/{PKG_X}", "alice", agreement)[0]
+    for system in (f"fl/model/{PKG_A}", "compute/x/y", "session/s1/k"):
+        assert "system path" in ns(system, "alice", agreement)[0]
+
+
+def test_counter_scopes() -> None:
+    """Issue 10 (P): any attested role could step any counter outside session/, any
+    aggregator any session's. A counter belongs to one session/role/party scope."""
+    from teeflow.kbs.policy.namespaces import counter_scope_problems as scope
+
+    agg = {"role": "aggregator", "party": "carol", "session": "s1"}
+    assert scope("session/s1", **agg) == []
+    assert scope("session/s1/round", **agg) == []
+    assert "not the counter of this aggregator" in scope("session/s2", **agg)[0]
+    assert scope("session/s1", role="aggregator", party=None, session=None)
+    assert "may not step" in scope("session/s1", role="client", party="alice",
+                                   session="s1")[0]
+    assert scope("compute/" + "0" * 32, role="compute", party=None, session=None) == []
+    assert scope("compute/" + "0" * 32, role="client", party="alice", session=None)
+    assert scope("client/alice", role="client", party="alice", session=None) == []
+    assert scope("client/alice/x", role="client", party="alice", session=None) == []
+    assert scope("client/bob", role="client", party="alice", session=None)
+    assert scope("client/alice", role="client", party=None, session=None)
+    assert scope("anything", role="client", party="alice", session=None)

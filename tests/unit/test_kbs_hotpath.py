@@ -61,19 +61,19 @@ def h(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 
 def test_cached_token_refused_after_expiry(h: Harness) -> None:
     w = h.attest()
-    session = h.service.authorize(token=w.token)  # verified and cached
-    assert h.service.authorize(token=w.token) == session  # cache hit
+    session = h.service.authorize(session_id=w.session_id, token=w.token)  # verified and cached
+    assert h.service.authorize(session_id=w.session_id, token=w.token) == session  # cache hit
     h.clock.now = session.expires_at
     with pytest.raises(TokenVerifierError, match="expired"):
-        h.service.authorize(token=w.token)
+        h.service.authorize(session_id=w.session_id, token=w.token)
 
 
 def test_cached_token_refused_at_once_after_agreement_update(h: Harness) -> None:
     w = h.attest()
-    h.service.authorize(token=w.token)
+    h.service.authorize(session_id=w.session_id, token=w.token)
     h.service.submit_agreement(_v2(h))  # no read of the agreement in between
     with pytest.raises(TokenVerifierError, match="agreement"):
-        h.service.authorize(token=w.token)
+        h.service.authorize(session_id=w.session_id, token=w.token)
     with pytest.raises(TokenVerifierError, match="agreement"):
         h.service.authorize(session_id=w.session_id, token=w.token)
 
@@ -82,7 +82,8 @@ def test_release_refused_at_once_when_another_process_changed_the_agreement(h: H
     h.service.put_resource(h.upload(os.urandom(32)))
     other = _second_process(h)
     w = h.attest()
-    session = other.authorize(token=w.token)  # `other` caches agreement v1 for an hour
+    # `other` caches agreement v1 for an hour
+    session = other.authorize(session_id=w.session_id, token=w.token)
     h.service.submit_agreement(_v2(h))  # accepted by the first process
     with pytest.raises(PolicyDeny):
         other.get_resource(session, PATH)
@@ -174,7 +175,7 @@ def test_token_cache_bounds() -> None:
         h = Harness(store)
         for _ in range(3):
             w = h.attest()
-            s = h.service.authorize(token=w.token)
+            s = h.service.authorize(session_id=w.session_id, token=w.token)
             h_sessions.append((w.token, s))
             cache.put(w.token, s, NOW)
         assert cache.get(h_sessions[2][0], NOW) == h_sessions[2][1]
@@ -210,7 +211,7 @@ def test_stale_resource_views_of_two_processes_respect_the_budget(h: Harness) ->
     for svc in services:
         w = h.attest()
         try:
-            body = svc.get_resource(svc.authorize(token=w.token), PATH)
+            body = svc.get_resource(svc.authorize(session_id=w.session_id, token=w.token), PATH)
         except PolicyDeny:
             results.append("deny")
         else:
@@ -222,5 +223,6 @@ def test_stale_resource_views_of_two_processes_respect_the_budget(h: Harness) ->
     h.clock.now = NOW + timedelta(seconds=1)
     h.service.put_resource(h.upload(key2 := os.urandom(32), grant=h.grant(created_at=NOW)))
     w = h.attest()
-    assert open_jwe(other.get_resource(other.authorize(token=w.token), PATH), w.key) == key2
+    session = other.authorize(session_id=w.session_id, token=w.token)
+    assert open_jwe(other.get_resource(session, PATH), w.key) == key2
     h.verify_audit()

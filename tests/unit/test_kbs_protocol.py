@@ -197,7 +197,7 @@ def test_binding_without_teeflow_is_trustees() -> None:
 
 def test_problem_catalog() -> None:
     uris = list(problems.PROBLEM_TYPES)
-    assert len(uris) == len(set(uris)) == 15
+    assert len(uris) == len(set(uris)) == 16  # + RequestUnsigned (issue 10)
     trustee = {c.name for c in problems.PROBLEM_TYPES.values()
                if c.prefix == problems.TRUSTEE_PREFIX}
     assert trustee == {"AttestationError", "InvalidRequestPath", "PolicyDeny", "TokenNotFound",

@@ -28,6 +28,7 @@ from joserfc.jwk import ECKey
 from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.ear import generate_ear_signing_key
 from teeflow.attestation.trust import intel_sgx_root_ca
+from teeflow.errors import KbsError
 from teeflow.kbs.api.problems import (
     AgreementRejected,
     AttestationFailed,
@@ -315,8 +316,8 @@ def test_full_flow_emulated(h: Harness) -> None:
     assert session.tee == "emulated-sgx" and session.emulated
     assert session.measurement == CLIENT_MR.hex()
     assert session.agreement_digest == h.agreement_digest.hex()
-    # bearer token alone, and token + its own session, give the same identity
-    by_token = svc.authorize(token=w.token)
+    # token + its own session give the same identity as the session alone
+    by_token = svc.authorize(session_id=w.session_id, token=w.token)
     assert by_token.measurement == session.measurement and by_token.session_id == w.session_id
     assert svc.authorize(session_id=w.session_id, token=w.token).role == "client"
 
@@ -513,10 +514,13 @@ def test_token_checks(mem: Harness) -> None:
     head, payload, sig = a.token.split(".")
     flipped = sig[:-2] + ("A" if sig[-2] != "A" else "B") + sig[-1]
     with pytest.raises(TokenVerifierError) as exc:
-        mem.service.authorize(token=f"{head}.{payload}.{flipped}")
+        mem.service.authorize(session_id=a.session_id, token=f"{head}.{payload}.{flipped}")
     assert exc.value.status == 401
     with pytest.raises(TokenVerifierError):
-        mem.service.authorize(token="not-a-jwt")
+        mem.service.authorize(session_id=a.session_id, token="not-a-jwt")
+    # issue 10: a token travels in result lineage, so alone it is no credential
+    with pytest.raises(TokenNotFound, match="session cookie"):
+        mem.service.authorize(token=a.token)
     with pytest.raises(TokenNotFound):
         mem.service.authorize()
     sid, _ = mem.auth()
@@ -526,12 +530,12 @@ def test_token_checks(mem: Harness) -> None:
     with pytest.raises(TokenVerifierError, match="expired"):
         mem.service.authorize(session_id=a.session_id)
     with pytest.raises(TokenVerifierError, match="expired"):
-        mem.service.authorize(token=a.token)
+        mem.service.authorize(session_id=a.session_id, token=a.token)
 
 
 def test_agreement_update_invalidates_tokens(mem: Harness) -> None:
     w = mem.attest()
-    mem.service.authorize(token=w.token)
+    mem.service.authorize(session_id=w.session_id, token=w.token)
     v2 = signed_agreement(
         agreement_doc(version=2, previous=mem.agreement_digest.hex(),
                       outputs={"model": ["alice"]}),
@@ -541,7 +545,7 @@ def test_agreement_update_invalidates_tokens(mem: Harness) -> None:
     assert record.version == 2 and mem.service.current_agreement() == v2
     assert mem.service.agreement_history() == [mem.signed, v2]
     with pytest.raises(TokenVerifierError, match="agreement"):
-        mem.service.authorize(token=w.token)
+        mem.service.authorize(session_id=w.session_id, token=w.token)
     with pytest.raises(TokenVerifierError, match="agreement"):
         mem.service.authorize(session_id=w.session_id)
 
@@ -592,7 +596,7 @@ def test_counters(mem: Harness) -> None:
     with pytest.raises(PolicyDeny):
         mem.service.increment_counter(client, "session/s1", 0, b"\x01" * 32)
     assert mem.service.get_counter("session/s1") is None  # nothing written
-    agg_claims = {"role": "aggregator", "party": "carol"}
+    agg_claims = {"role": "aggregator", "party": "carol", "session": "s1"}
     agg = mem.session(mem.attest(claims=agg_claims, measurement=AGG_MR))
     st = mem.service.increment_counter(agg, "session/s1", 0, b"\x01" * 32)
     assert (st.value, st.digest) == (1, "01" * 32)
@@ -601,13 +605,21 @@ def test_counters(mem: Harness) -> None:
     assert exc.value.status == 409
     assert mem.service.get_counter("session/s1") == st
     assert mem.service.increment_counter(client, "client/alice", 0, b"\x03" * 16).value == 1
+    # issue 10 (P): a counter belongs to one session/role/party scope
+    other_agg = mem.session(mem.attest(claims={**agg_claims, "session": "s2"},
+                                       measurement=AGG_MR))
+    for who, name in ((other_agg, "session/s1"), (client, "client/bob"),
+                      (client, "compute/" + "0" * 32), (agg, "elsewhere/x")):
+        with pytest.raises(PolicyDeny):
+            mem.service.increment_counter(who, name, 1, b"\x04" * 32)
+    assert mem.service.get_counter("session/s1") == st  # untouched
     for bad in ("", "../x", "/abs", "a" * 129, "sp ace"):
         with pytest.raises(InvalidRequest):
             mem.service.increment_counter(agg, bad, 0, b"\x01" * 32)
     with pytest.raises(InvalidRequest):
         mem.service.increment_counter(agg, "session/s1", 1, b"\x01" * 8)
     assert [e.decision for e in mem.store.audit_entries(0, 100) if e.kind == "counter"] == [
-        "deny", "accept", "deny", "accept"]
+        "deny", "accept", "deny", "accept", "deny", "deny", "deny", "deny"]
     mem.verify_audit()
 
 
@@ -616,3 +628,31 @@ def test_audit_entries_paging(mem: Harness) -> None:
     first = mem.service.audit_entries(0, 1)
     assert [e.seq for e in first] == [1]
     assert [e.seq for e in mem.service.audit_entries(1, 10)] == [2]
+
+
+def test_first_agreement_is_fixed_at_start() -> None:
+    """Issue 10 (N): anyone could submit the first agreement of a fresh KBS. With
+    ``first_agreement`` only the agreed document founds the federation; a stranger's
+    (validly self-signed) agreement is refused and audited."""
+    h = Harness(open_store("memory://"))
+    doc = agreement_doc()  # the same parties' names, with keys the stranger holds
+    forged = {n: PartyKeys.generate(n) for n in doc["parties"]}
+    for n, k in forged.items():
+        doc["parties"][n] = {**doc["parties"][n], "sign_key": k.public().sign_key,
+                             "recipient_key": k.public().recipient_key}
+    stranger = SignedAgreement(agreement=FederationAgreement.from_mapping(doc))
+    for k in forged.values():
+        stranger = stranger.signed_by(k)
+    authority = emulated_authority()
+    fresh = open_store("memory://")
+    svc = KbsService(fresh, h.keys, clock=h.clock, anchors=[authority.trust_anchor()],
+                     collateral=EmulatedCollateralProvider(authority),
+                     first_agreement=digest(h.signed.agreement))
+    with pytest.raises(AgreementRejected, match="accepts as first agreement only"):
+        svc.submit_agreement(stranger)
+    assert svc.current_agreement() is None
+    assert [(e.kind, e.decision) for e in fresh.audit_entries(0, 10)] == [("agreement", "deny")]
+    assert svc.submit_agreement(h.signed).version == 1
+    with pytest.raises(KbsError):
+        KbsService(fresh, h.keys, clock=h.clock, anchors=[],
+                   collateral=EmulatedCollateralProvider(authority), first_agreement=b"short")

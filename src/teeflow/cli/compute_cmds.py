@@ -186,12 +186,20 @@ def register(app: typer.Typer) -> None:
         recipient: Annotated[list[str], typer.Option("--recipient", help="Result recipient.")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Input reference file.")],
         pin: _PinOpt = None,
-        max_releases: Annotated[int, typer.Option("--max-releases")] = 16,
+        max_releases: Annotated[int, typer.Option(
+            "--max-releases", help="How many jobs may use the input.")] = 16,
+        with_owner: Annotated[list[str] | None, typer.Option(
+            "--with-owner", help="A party that must own another input of every job "
+            "(repeatable).")] = None,
+        min_owners: Annotated[int, typer.Option(
+            "--min-owners", min=1, help="Distinct owners every job's inputs must have "
+            "(2 for a joint function).")] = 1,
     ) -> None:
         """Seal FILE for the worker and grant it to the allowed functions."""
         with _party(party, pin) as p:
             ref = p.seal(read_value_file(file), allow=allow, recipients=recipient,
-                         to=p.teeu(worker), max_releases=max_releases)
+                         to=p.teeu(worker), max_releases=max_releases,
+                         co_owners=with_owner or (), min_owners=min_owners)
         output.write_text(ref.model_dump_json(indent=2) + "\n", encoding="utf-8")
         out.print(f"sealed {file} as {ref.id} ({ref.size} bytes) -> {output}")
 

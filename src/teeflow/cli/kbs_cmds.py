@@ -1,17 +1,20 @@
 """CLI commands: ``teeflow kbs serve|verify|measurement`` and ``teeflow kbs audit verify``.
 
 * ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform NAME] [--tsm-root DIR]
-  [--gramine-root DIR] [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]`` — run
-  the KBS (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is
-  needed at the first start in a state directory only.
+  [--gramine-root DIR] [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]
+  (--expect-agreement DIGEST|FILE | --insecure-first-agreement)`` — run the KBS
+  (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
+  the first start in a state directory only; one of the agreement options while the store
+  holds no agreement (bootstrap: the first agreement is fixed, and bound in the evidence).
 * ``teeflow kbs verify URL --reference-values FILE [--allow-emulated] [-o PIN]
   [--expect-agreement HEX]`` — verify the KBS's evidence as a party and write the pin file
   (default ``$TEEFLOW_HOME/kbs.pin.json``) that every later party command uses. FILE holds
   SGX reference values, ``{sgx: ...}``, or is the agreement (``workloads.kbs``).
 * ``teeflow kbs measurement [--manifest]`` — the KBS measurement of the installed teeflow
   (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`), to put into reference values.
-* ``teeflow kbs audit verify [--pin PIN] [--expect-head HEX]`` — fetch the whole audit log
-  and verify its hash chain and signatures with the pinned audit key.
+* ``teeflow kbs audit verify --party NAME [--pin PIN] [--expect-head HEX]`` — fetch the
+  whole audit log (reads signed by the party: only parties may read it) and verify its hash
+  chain and signatures with the pinned audit key.
 """
 
 from __future__ import annotations
@@ -49,6 +52,27 @@ def _pin_path(pin: Path | None) -> Path:
     return path
 
 
+def _agreement_digest(value: str | None) -> bytes | None:
+    """``--expect-agreement``: 64 hex digits, or an agreement file whose digest is taken.
+
+    Raises:
+        KbsError: neither; ParseError: the file is not an agreement.
+    """
+    if value is None:
+        return None
+    if len(value) == 64:
+        try:
+            return bytes.fromhex(value)
+        except ValueError:
+            pass
+    path = Path(value)
+    if not path.is_file():
+        raise KbsError("--expect-agreement needs an agreement digest (64 hex) or file")
+    from teeflow.kbs.policy.agreement import FederationAgreement, digest
+
+    return digest(FederationAgreement.load(path))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``kbs`` command group to the root app."""
     kbs = typer.Typer(name="kbs", help="Key Broker Service: serve, verify, measurement, audit.")
@@ -81,6 +105,23 @@ def register(app: typer.Typer) -> None:
                 help="SEV-SNP guest device for the derived sealing key (--platform sev-snp).",
             ),
         ] = Path("/dev/sev-guest"),
+        expect_agreement: Annotated[
+            str | None,
+            typer.Option(
+                "--expect-agreement",
+                help="The first agreement this KBS accepts: its digest (64 hex) or the "
+                "agreement file. Its evidence binds it until then, so parties see it "
+                "before uploading. Needed while the store has no agreement.",
+            ),
+        ] = None,
+        insecure_first_agreement: Annotated[
+            bool,
+            typer.Option(
+                "--insecure-first-agreement",
+                help="Accept ANY first agreement: whoever submits first founds the "
+                "federation (development only).",
+            ),
+        ] = False,
     ) -> None:
         """Run the KBS with TLS until interrupted (recovery mode when its state must be
         recovered from the parties' shares)."""
@@ -121,6 +162,8 @@ def register(app: typer.Typer) -> None:
             on_ready=ready,
             on_recovery=recovering,
             sev_guest_dev=sev_guest_dev,
+            expect_agreement=_agreement_digest(expect_agreement),
+            insecure_first_agreement=insecure_first_agreement,
         )
 
     @kbs.command("verify")
@@ -195,6 +238,9 @@ def register(app: typer.Typer) -> None:
 
     @audit.command("verify")
     def audit_verify(
+        party: Annotated[str, typer.Option(
+            "--party", help="Party whose key signs the reads (only parties may read the "
+            "audit log; keys in $TEEFLOW_HOME/parties/NAME).")],
         pin: _PinOption = None,
         expect_head: Annotated[
             str | None,
@@ -203,9 +249,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetch the audit log and verify its chain with the pinned audit key."""
         from teeflow.kbs.client.sdk import KbsClient
+        from teeflow.kbs.policy.parties import PartyKeys
         from teeflow.kbs.service.audit import verify_audit_chain
 
-        with KbsClient(None, _pin_path(pin)) as client:
+        with KbsClient(None, _pin_path(pin), party=PartyKeys.load(party)) as client:
             entries = client.audit()
             if expect_head is not None:
                 try:

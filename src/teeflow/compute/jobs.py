@@ -8,12 +8,19 @@ so the worker's refusals come back to the client as the same class)::
     ├── WorkerUnverified      compute-worker-unverified  the worker is not an attested compute
     │                                                    workload of this federation (also a
     │                                                    VerificationError)
+    ├── Unauthenticated       compute-unauthenticated  the request is not signed by a party of
+    │                                                    the agreement in force (RFC 9421;
+    │                                                    unsigned, bad, stale or replayed): 401
     ├── InvalidJob            compute-invalid          malformed request, unknown function/input
+    │   └── PayloadTooLarge   compute-too-large        body over the agreement's limits: 413
     ├── JobRefused            compute-refused          the job was refused (base)
     │   ├── AttestationRefused  compute-attestation    the KBS refused the worker's per-job
     │   │                                              attestation (measurement, replayed nonce…)
     │   ├── ReleaseRefused      compute-release        an owner's grant does not allow this job
     │   │                                              (function, recipients, measurement, budget)
+    │   ├── NotPermitted        compute-forbidden      a signed request the signer may not make
+    │   │                                              (another owner's upload, a job on
+    │   │                                              inputs it neither owns nor receives)
     │   ├── InputTampered       compute-tampered       an input blob differs from the sealed one
     │   └── FunctionFailed      compute-function       the function raised or broke its limits
     │       └── LimitExceeded   compute-limit          time or memory limit exceeded
@@ -68,8 +75,12 @@ __all__ = [
     "JobRequest",
     "LimitExceeded",
     "NotARecipient",
+    "NotPermitted",
+    "PayloadTooLarge",
     "ReleaseRefused",
+    "RequestLimits",
     "ResultId",
+    "Unauthenticated",
     "WorkerUnverified",
     "error_from_problem",
     "input_id",
@@ -117,6 +128,20 @@ class InvalidJob(ComputeError):
     status = 400
 
 
+class PayloadTooLarge(InvalidJob):
+    """The request body exceeds the agreement's limits."""
+
+    code = "compute-too-large"
+    status = 413
+
+
+class Unauthenticated(ComputeError):
+    """The request is not signed by a party of the agreement in force."""
+
+    code = "compute-unauthenticated"
+    status = 401
+
+
 class JobRefused(ComputeError):
     """The job was refused."""
 
@@ -134,6 +159,12 @@ class ReleaseRefused(JobRefused):
     """An input owner's grant does not allow this job."""
 
     code = "compute-release"
+
+
+class NotPermitted(JobRefused):
+    """The signing party may not make this request."""
+
+    code = "compute-forbidden"
 
 
 class InputTampered(JobRefused):
@@ -170,7 +201,10 @@ ERROR_TYPES: Final[dict[str, type[ComputeError]]] = {
         ComputeError,
         WorkerUnverified,
         InvalidJob,
+        PayloadTooLarge,
+        Unauthenticated,
         JobRefused,
+        NotPermitted,
         AttestationRefused,
         ReleaseRefused,
         InputTampered,
@@ -235,6 +269,22 @@ class JobRequest(_Doc):
     recipients: tuple[Annotated[str, StringConstraints(max_length=63)], ...] = Field(
         default=(), max_length=64
     )
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on what parties may send a worker (the agreement's ``compute_limits``, else
+    these defaults).
+
+    Attributes:
+        max_input_bytes: largest sealed input (bytes); a larger ``Content-Length`` gets 413
+            before a byte of the body is read.
+        max_party_bytes: total bytes of sealed inputs one party may keep at a worker
+            (stored plus uploads in progress).
+    """
+
+    max_input_bytes: int = 1 << 30
+    max_party_bytes: int = 4 << 30
 
 
 # -- bounded execution -----------------------------------------------------------------------

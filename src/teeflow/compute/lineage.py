@@ -299,8 +299,9 @@ def lineage_from_audit(record: LineageRecord, entries: Sequence[AuditEntry]) -> 
     """Find ``record`` in a *verified* audit log (module docstring).
 
     Raises:
-        VerificationError: no counter entry binds the record digest, or an input was not
-            released to the job's token.
+        VerificationError: no counter entry binds the record digest, an input was not
+            released to the job's token, or an input's recorded owner is not the party
+            whose signed upload the audit log shows.
     """
     subject = "counter:" + counter_name(record.result_id)
     want = lineage_digest(record).hex()
@@ -325,6 +326,11 @@ def lineage_from_audit(record: LineageRecord, entries: Sequence[AuditEntry]) -> 
         if e.kind == "resource" and e.decision == "accept" and e.subject in released \
                 and e.seq < released[e.subject]:
             grants[e.subject] = (str(e.data.get("owner")), str(e.data.get("grant_digest")))
+    # the owner is the party whose signed upload the KBS accepted (its grant's signer), not
+    # the record's claim; the KBS keeps a party resource under its owner's name
+    wrong = [i.id for i in record.inputs if i.id in grants and grants[i.id][0] != i.owner]
+    if wrong:
+        raise VerificationError(f"input owners differ from the audited uploads: {wrong}")
     return AuditLineage(
         counter_seq=counter.seq,
         recorded_at=counter.time,

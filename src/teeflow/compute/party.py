@@ -68,6 +68,7 @@ from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.canonical import b64url_decode
 from teeflow.kbs.policy.grants import Grant, grant_digest, new_grant_id, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
+from teeflow.kbs.policy.request_signing import PartyRequestAuth
 from teeflow.sealing import generate_key, seal, unseal, unwrap_key
 
 __all__ = ["Party", "SealedInput", "Teeu", "worker_tls_context"]
@@ -151,15 +152,24 @@ def _server_timing(header: str) -> dict[str, float]:
 
 
 class Teeu:
-    """A verified connection to one compute worker (create with :meth:`Party.teeu`)."""
+    """A verified connection to one compute worker (create with :meth:`Party.teeu`).
 
-    def __init__(self, url: str, pin: Pin, agreement_digest: str, timeout: float = 600.0) -> None:
+    Args:
+        url: ``https://`` URL of the worker; pin: the verified KBS; agreement_digest: hex.
+        timeout: seconds per request.
+        auth: signs every request for a party (:class:`PartyRequestAuth`); the worker refuses
+            uploads, jobs and result reads that no party of the agreement signed.
+    """
+
+    def __init__(self, url: str, pin: Pin, agreement_digest: str, timeout: float = 600.0,
+                 *, auth: httpx.Auth | None = None) -> None:
         if not url.startswith("https://"):
             raise InvalidJob("the worker URL must be https://")
         self.url = url.rstrip("/")
         ctx = worker_tls_context(pin, agreement_digest)
         self._http = httpx.Client(base_url=self.url, verify=ctx, timeout=timeout,
-                                  trust_env=False, follow_redirects=False)
+                                  trust_env=False, follow_redirects=False,
+                                  auth=auth)
         self.info: dict[str, Any] = self._json("GET", "/v1/compute/info")
         #: seconds per worker stage of the last :meth:`run` (its ``Server-Timing`` header).
         self.last_timings: dict[str, float] = {}
@@ -240,7 +250,7 @@ class Party:
         self.keys = keys
         self.name = keys.name
         self.pin = pin
-        self.kbs = KbsClient(kbs_url, pin)
+        self.kbs = KbsClient(kbs_url, pin, party=keys)
         self._agreement: FederationAgreement | None = None
         self._teeus: dict[str, Teeu] = {}
         #: seconds per stage of the last :meth:`seal` (seal, upload, kbs) or :meth:`open`
@@ -295,12 +305,14 @@ class Party:
         """
         key = url.rstrip("/")
         if key not in self._teeus:
-            self._teeus[key] = Teeu(key, self.pin, digest(self.agreement).hex())
+            self._teeus[key] = Teeu(key, self.pin, digest(self.agreement).hex(),
+                                    auth=PartyRequestAuth(self.name, self.keys.sign_key))
         return self._teeus[key]
 
     def seal(
         self, value: Any, *, allow: Sequence[str], recipients: Sequence[str], to: Teeu,
         max_releases: int = 16, valid_for: timedelta = timedelta(days=1),
+        co_owners: Sequence[str] = (), co_inputs: Sequence[str] = (), min_owners: int = 1,
     ) -> SealedInput:
         """Seal ``value`` for ``to`` (module docstring) and return its reference.
 
@@ -310,6 +322,9 @@ class Party:
             recipients: parties results may be sealed to.
             to: the worker that stores the blob.
             max_releases: how many jobs may use it; valid_for: grant lifetime.
+            co_owners, co_inputs, min_owners: bind the whole job (the grant is released
+                only to jobs that also take inputs of these parties / these inputs / of at
+                least ``min_owners`` distinct owners; :mod:`teeflow.kbs.policy.grants`).
 
         Raises:
             InvalidJob: ``allow`` names a package or function the agreement lacks.
@@ -338,6 +353,8 @@ class Party:
             "packages": sorted(packages), "functions": sorted(functions),
             "recipients": sorted(set(recipients)), "created_at": now - timedelta(seconds=5),
             "not_after": now + valid_for, "max_releases": max_releases,
+            "co_owners": sorted(set(co_owners)), "co_inputs": sorted(set(co_inputs)),
+            "min_owners": min_owners,
         })
         self.kbs.put_resource(iid, key, sign_grant(grant, self.keys), self.keys)
         self.last_timings = {"seal": t1 - t0, "upload": t2 - t1,

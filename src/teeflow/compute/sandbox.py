@@ -37,6 +37,7 @@ from teeflow.kbs.client.sdk import (
 from teeflow.kbs.policy.agreement import (
     FederationAgreement,
     SgxReferenceValues,
+    digest,
 )
 from teeflow.kbs.policy.parties import PartyKeys, party_dir
 from teeflow.kbs.policy.signing import (
@@ -78,9 +79,11 @@ class LocalFederation:
         self._parties.append(p)
         return p
 
-    def audit(self) -> list[object]:
-        """The verified KBS audit log."""
-        with KbsClient(None, self.pin) as kbs:
+    def audit(self, party: str | None = None) -> list[object]:
+        """The verified KBS audit log, read as ``party`` (default: the first party; only
+        parties may read it)."""
+        name = party or sorted(self.keys)[0]
+        with KbsClient(None, self.pin, party=self.keys[name]) as kbs:
             return list(kbs.audit())
 
 
@@ -144,7 +147,8 @@ def local_federation(
         signed = signed.signed_by(k)
     runtime = build_kbs(f"sqlite:///{workdir / 'kbs.db'}", state_dir=workdir / "kbs-state",
                         federation=federation, home=home, measurement=kbs_mr,
-                        platform="emulated-sgx", purge_interval=None)
+                        platform="emulated-sgx", purge_interval=None,
+                        expect_agreement=digest(agreement))
     with ExitStack() as stack:
         stack.callback(runtime.close)
         kbs_server = stack.enter_context(BackgroundServer(make_server(runtime, graceful_timeout=2)))

@@ -5,8 +5,10 @@ Routes and the job flow are documented in :mod:`teeflow.compute.worker`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -15,19 +17,32 @@ from typing import Any
 
 import uvicorn
 from cryptography.hazmat.primitives import serialization
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 
-from teeflow.compute.jobs import ComputeError, ExecutionLimits, InvalidJob, JobRequest
+from teeflow.compute.jobs import (
+    ComputeError,
+    ExecutionLimits,
+    InvalidJob,
+    JobRequest,
+    NotPermitted,
+    PayloadTooLarge,
+    Unauthenticated,
+)
 from teeflow.compute.worker import ComputeWorker, compute_measurement
 from teeflow.errors import Error, KbsError
 from teeflow.kbs.api.problems import KbsProblem
+from teeflow.kbs.policy.request_signing import (
+    RequestSignatureError,
+    RequestVerifier,
+    SignedRequest,
+)
 from teeflow.platform.selection import PlatformOptions
 
-__all__ = ["make_worker_server", "serve", "worker_tls_context"]
+__all__ = ["MAX_JOB_BYTES", "make_worker_server", "serve", "worker_tls_context"]
 
-_MAX_INPUT_BYTES = 4 << 30
-
-
+_INPUT_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/teeu-input/[0-9a-f]{64}")
+#: Largest job request body (bytes).
+MAX_JOB_BYTES = 64 * 1024
 
 
 def _problem(exc: ComputeError) -> Response:
@@ -35,11 +50,17 @@ def _problem(exc: ComputeError) -> Response:
                     media_type="application/problem+json")
 
 
+def _unauthenticated(exc: RequestSignatureError) -> ComputeError:
+    return Unauthenticated(str(exc))
+
+
 def _create_app(worker: ComputeWorker) -> FastAPI:
     from fastapi.concurrency import run_in_threadpool
 
     app = FastAPI(title="teeflow compute worker", docs_url=None, redoc_url=None,
                   openapi_url=None)
+    verifier = RequestVerifier(worker.party_keys)
+    signed_small = verifier.dependency(max_body=MAX_JOB_BYTES, on_error=_unauthenticated)
 
     @app.exception_handler(ComputeError)
     async def _compute_error(_: Request, exc: ComputeError) -> Response:
@@ -56,47 +77,70 @@ def _create_app(worker: ComputeWorker) -> FastAPI:
 
     @app.put("/v1/compute/inputs/{owner}/teeu-input/{digest_hex}")
     async def put_input(owner: str, digest_hex: str, request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > _MAX_INPUT_BYTES:
-            raise InvalidJob("a sealed input needs a Content-Length up to 4 GiB")
-        buf = bytearray(int(declared))
-        pos = 0
-        async for chunk in request.stream():
-            if pos + len(chunk) > len(buf):
-                raise InvalidJob("body longer than its Content-Length")
-            buf[pos:pos + len(chunk)] = chunk
-            pos += len(chunk)
-        if pos != len(buf):
-            raise InvalidJob("body shorter than its Content-Length")
+        # order: signature (401) -> signer is the owner (403) -> declared size against the
+        # agreement's limits and the owner's quota (413) -> stream, hashing, into a buffer
+        # that grows with what really arrives (never Content-Length up front)
+        try:
+            signed = verifier.verify_headers(request.method, str(request.url), request.headers)
+        except RequestSignatureError as exc:
+            raise Unauthenticated(str(exc)) from None
+        if signed.party != owner:
+            raise NotPermitted(f"{signed.party} may not upload inputs of {owner}")
         input_id = f"{owner}/teeu-input/{digest_hex}"
-        blob = bytes(buf)
-        del buf
-        await run_in_threadpool(worker.put_input, input_id, blob)
+        if _INPUT_ID.fullmatch(input_id) is None:
+            raise InvalidJob("malformed input id")
+        limits = worker.request_limits()
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or len(declared) > 15:
+            raise InvalidJob("a sealed input needs a Content-Length")
+        size = int(declared)
+        if size > limits.max_input_bytes:
+            raise PayloadTooLarge(
+                f"a sealed input may have at most {limits.max_input_bytes} bytes")
+        with worker.reserve_upload(owner, size):
+            hasher = hashlib.sha256()
+            buf = bytearray()
+            async for chunk in request.stream():
+                if len(buf) + len(chunk) > size:
+                    raise InvalidJob("body longer than its Content-Length")
+                hasher.update(chunk)
+                buf += chunk
+            if len(buf) != size:
+                raise InvalidJob("body shorter than its Content-Length")
+            try:
+                verifier.check_content(signed, hasher.digest())
+            except RequestSignatureError as exc:
+                raise Unauthenticated(str(exc)) from None
+            blob = bytes(buf)
+            del buf
+            await run_in_threadpool(worker.put_input, input_id, blob)
         return {"id": input_id, "size": len(blob)}
 
     @app.post("/v1/compute/jobs")
-    async def run_job(request: Request) -> Response:
+    async def run_job(request: Request,
+                      signed: SignedRequest = Depends(signed_small)) -> Response:  # noqa: B008
         body = await request.body()
-        if len(body) > 64 * 1024:
-            raise InvalidJob("job request larger than 64 KiB")
         try:
             job = JobRequest.model_validate_json(body)
         except ValueError:
             raise InvalidJob("malformed job request") from None
         timings: dict[str, float] = {}
-        ref = await run_in_threadpool(worker.run_job, job, timings=timings)
+        ref = await run_in_threadpool(worker.run_job, job, timings=timings,
+                                      submitter=signed.party)
         server_timing = ", ".join(f"{k};dur={v * 1e3:.3f}" for k, v in timings.items())
         return Response(ref.model_dump_json(), media_type="application/json",
                         headers={"Server-Timing": server_timing})
 
     @app.get("/v1/compute/results/{result_id}")
-    async def get_result(result_id: str) -> Response:
-        blob, _ = worker.get_result(result_id)
+    async def get_result(result_id: str,
+                         _: SignedRequest = Depends(signed_small)) -> Response:  # noqa: B008
+        blob, _ref = worker.get_result(result_id)
         return Response(blob, media_type="application/octet-stream")
 
     @app.get("/v1/compute/results/{result_id}/ref")
-    async def get_ref(result_id: str) -> Response:
-        _, ref = worker.get_result(result_id)
+    async def get_ref(result_id: str,
+                      _: SignedRequest = Depends(signed_small)) -> Response:  # noqa: B008
+        _blob, ref = worker.get_result(result_id)
         return Response(ref.model_dump_json(), media_type="application/json")
 
     return app

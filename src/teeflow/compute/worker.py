@@ -50,6 +50,7 @@ dropped first).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -58,12 +59,13 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 import teeflow
@@ -75,7 +77,10 @@ from teeflow.compute.jobs import (
     InvalidJob,
     JobRefused,
     JobRequest,
+    NotPermitted,
+    PayloadTooLarge,
     ReleaseRefused,
+    RequestLimits,
     parse_function,
     run_bounded,
 )
@@ -102,6 +107,7 @@ from teeflow.kbs.client.sdk import (
 )
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, sha256_digest
+from teeflow.kbs.policy.request_signing import agreement_party_keys
 from teeflow.platform.base import Attester
 from teeflow.sealing import generate_key, seal, unseal, wrap_key
 from teeflow.workload.manifest import WorkloadManifest, measurement
@@ -122,7 +128,6 @@ COMPUTE_ENTRYPOINT = ("teeflow", "compute", "serve")
 INPUT_AAD_PREFIX = b"teeflow-compute-input-v1\x00"
 RESULT_AAD_PREFIX = b"teeflow-compute-result-v1\x00"
 RESULT_WRAP_INFO = b"teeflow/compute/result-key/v1"
-_MAX_INPUT_BYTES = 4 << 30
 _LOG = logging.getLogger("teeflow.compute.worker")
 
 
@@ -197,6 +202,9 @@ class ComputeWorker:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._store_dir = Path(store_dir) if store_dir is not None else None
         self._inputs: dict[str, bytes] = {}
+        self._party_bytes: dict[str, int] = {}  # stored + reserved input bytes per owner
+        self.agreement: FederationAgreement | None = None
+        self._party_keys: dict[str, Ed25519PublicKey] = {}
         self._results: OrderedDict[str, tuple[bytes, ResultRef]] = OrderedDict()
         self._max_results = max_results
         self._lock = threading.Lock()
@@ -221,7 +229,49 @@ class ComputeWorker:
         d = digest(signed.agreement).hex()
         if self.pin.agreement_digest is not None and self.pin.agreement_digest != d:
             _LOG.warning("the KBS agreement changed since the pin was made")
+        if self.agreement is None or digest(self.agreement).hex() != d:
+            self.agreement = signed.agreement
+            self._party_keys = agreement_party_keys(signed.agreement.parties)
         return signed.agreement, d
+
+    def party_keys(self) -> Mapping[str, Ed25519PublicKey]:
+        """``{party: Ed25519 public key}`` of the agreement in force (as last read from the
+        KBS: at start and at every job); the keys party-signed requests verify with."""
+        return self._party_keys
+
+    def request_limits(self) -> RequestLimits:
+        """Upload bounds: the agreement's ``compute_limits`` if it sets them, else
+        :class:`~teeflow.compute.jobs.RequestLimits` defaults."""
+        found = None if self.agreement is None else self.agreement.compute_limits
+        if found is None:
+            return RequestLimits()
+        return RequestLimits(max_input_bytes=found.max_input_bytes,
+                             max_party_bytes=found.max_party_bytes)
+
+    @contextlib.contextmanager
+    def reserve_upload(self, owner: str, size: int) -> Iterator[None]:
+        """Reserve ``size`` bytes of ``owner``'s quota for an upload in progress; the
+        reservation becomes the stored input's share on success and is returned otherwise.
+
+        Raises:
+            PayloadTooLarge: the owner's stored and reserved bytes would exceed
+                ``max_party_bytes`` (checked before any byte of the body is read).
+        """
+        limit = self.request_limits().max_party_bytes
+        with self._lock:
+            used = self._party_bytes.get(owner, 0)
+            if used + size > limit:
+                raise PayloadTooLarge(
+                    f"{owner} may keep at most {limit} bytes of inputs at this worker")
+            self._party_bytes[owner] = used + size
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if not ok:
+                with self._lock:
+                    self._party_bytes[owner] = max(0, self._party_bytes.get(owner, 0) - size)
 
     def start(self) -> ComputeWorker:
         """Load the package, attest, obtain the TLS certificate (module docstring).
@@ -236,6 +286,8 @@ class ComputeWorker:
         with self._client() as kbs:
             agreement, _ = self._agreement(kbs)
             found = agreement.package_by_digest(self.package_digest)
+            if not self._party_keys:
+                raise KbsError("the agreement lists no party signing key")
             if found is None:
                 raise KbsError(f"package {self.package_digest} is not in the agreement")
             self.package_name, spec = found
@@ -286,10 +338,16 @@ class ComputeWorker:
         if self._store_dir is not None:
             path = self._store_dir / input_id.replace("/", "__")
             self._store_dir.mkdir(parents=True, exist_ok=True)
+            existed = path.exists()
             path.write_bytes(blob)
         else:
             with self._lock:
+                existed = input_id in self._inputs
                 self._inputs[input_id] = blob
+        if existed:  # the same id is the same bytes: its share was already counted
+            owner = input_id.split("/", 1)[0]
+            with self._lock:
+                self._party_bytes[owner] = max(0, self._party_bytes.get(owner, 0) - len(blob))
 
     def get_input(self, input_id: str) -> bytes:
         """The stored sealed blob. Raises InvalidJob: unknown input."""
@@ -314,11 +372,18 @@ class ComputeWorker:
 
     # -- jobs --------------------------------------------------------------------------------
 
-    def run_job(self, request: JobRequest, *, timings: dict[str, float] | None = None) -> ResultRef:
+    def run_job(self, request: JobRequest, *, timings: dict[str, float] | None = None,
+                submitter: str | None = None) -> ResultRef:
         """Run one job (module docstring). ``timings`` (if given) receives seconds spent in
         ``attestation``, ``release``, ``decrypt``, ``compute``, ``seal`` and ``record``.
 
+        Args:
+            request: the job; timings: see above.
+            submitter: the party whose signature the HTTP layer verified; it must own one
+                of the inputs or be a recipient (None: an in-process caller, trusted).
+
         Raises:
+            NotPermitted: the submitter neither owns an input nor receives the result.
             InvalidJob, AttestationRefused, ReleaseRefused, InputTampered, FunctionFailed,
             LimitExceeded: see :mod:`teeflow.compute.jobs`.
         """
@@ -339,6 +404,9 @@ class ComputeWorker:
             raise InvalidJob("an input is listed twice")
         if not request.recipients:
             raise InvalidJob("a job needs at least one recipient")
+        if submitter is not None and submitter not in request.recipients and \
+                submitter not in {i.split("/", 1)[0] for i in request.inputs}:
+            raise NotPermitted(f"{submitter} neither owns an input nor receives the result")
         blobs = [self.get_input(i) for i in request.inputs]
         job_id = secrets.token_hex(16)
         claims = {"package_digest": self.package_digest, "function": function,

@@ -347,13 +347,6 @@ def _run(
             )
         )
         stack.enter_context(shield_stop())
-        with step(f"KBS started ({plat.kbs_platform}, SQLite)") as d:
-            kbs = lf.start_kbs(
-                platform=plat.kbs_platform, platform_args=plat.kbs_args, federation=FEDERATION
-            )
-            d += [kbs.url, f"measurement {kbs.measurement[:16]}…", *plat.notes]
-            summary.workloads["kbs"] = {"tee": kbs.tee, "attester": kbs.attester}
-            files["kbs database"] = str(workdir / "kbs.db")
         with step(f"parties {', '.join(parties)} created") as d:
             keys = {}
             for p in parties:
@@ -378,12 +371,15 @@ def _run(
             d += [f"sha256 {pkg_digest[:16]}…", f"from {source}"]
             files["package"] = str(archive_path)
         with step("agreement written and signed by every party") as d:
+            from teeflow.kbs.service.self_attestation import kbs_measurement
+
+            kbs_mr = kbs_measurement().hex()
             agreement_path = workdir / "agreement.yaml"
             summary.agreement_digest = write_agreement(
                 agreement_path,
                 federation=FEDERATION,
                 keys=[keys[p] for p in parties],
-                kbs_measurement=kbs.measurement,
+                kbs_measurement=kbs_mr,
                 package_digest=pkg_digest,
                 workload_spec=plat.workload_spec,
             )
@@ -392,6 +388,18 @@ def _run(
                 f"digest {summary.agreement_digest[:16]}…",
             ]
             files["agreement"] = str(agreement_path)
+        with step(f"KBS started ({plat.kbs_platform}, SQLite; first agreement fixed)") as d:
+            # bootstrap: the KBS accepts only this agreement as its first and binds its
+            # digest in its evidence, so nobody can found the federation before the parties
+            kbs = lf.start_kbs(
+                platform=plat.kbs_platform, platform_args=plat.kbs_args, federation=FEDERATION,
+                expect_agreement=summary.agreement_digest,
+            )
+            if kbs.measurement != kbs_mr:
+                raise FLError("the KBS measurement differs from the installed teeflow's")
+            d += [kbs.url, f"measurement {kbs.measurement[:16]}…", *plat.notes]
+            summary.workloads["kbs"] = {"tee": kbs.tee, "attester": kbs.attester}
+            files["kbs database"] = str(workdir / "kbs.db")
         pin_path = workdir / "pin.json"
         with step("KBS verified (emulated SGX evidence) and pinned") as d:
             from teeflow.kbs.client.sdk import KbsClient, verify_kbs
@@ -457,8 +465,8 @@ def _run(
         files["sealed model"] = str(model_path)
         files["provenance log"] = str(prov_path)
         with step("KBS audit log fetched and verified") as d:
-            with KbsClient(None, pin) as kbs_client:
-                entries = kbs_client.audit()
+            with KbsClient(None, pin, party=keys[parties[0]]) as kbs_client:
+                entries = kbs_client.audit()  # only parties may read it (signed requests)
             accepted = [e for e in entries if e.kind == "attestation" and e.decision == "accept"]
             summary.audit = {
                 "entries": len(entries),

@@ -455,7 +455,7 @@ def manual_commands(
             f"{tf} model verify {model} {prov} --ca {pin}",
         ),
         (f"open the model as {owner}", f"{tf} model open {model} --party {owner} -o {out}"),
-        ("verify the KBS audit log", f"{tf} kbs audit verify --pin {pin}"),
+        ("verify the KBS audit log", f"{tf} kbs audit verify --party {owner} --pin {pin}"),
         (
             "setup of a federation of your own: party keys (each party)",
             f"{tf} party keygen {owner}",

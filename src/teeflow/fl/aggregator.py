@@ -180,6 +180,7 @@ class Aggregator:
             "package_digest": pkg_hex,
             "resources": [path],
             "recipients": sorted(self.recipients),
+            "session": o.session,  # scopes the rollback counter to this session
         }
         self._attest()
         cert_pem, key = self.kbs.get_certificate()

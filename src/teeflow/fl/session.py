@@ -353,9 +353,15 @@ class LocalFederation:
         federation: str = "demo",
         state_dir: Path | None = None,
         timeout: float = 60.0,
+        expect_agreement: str | None = None,
+        insecure_first_agreement: bool = False,
     ) -> KbsProcess:
         """Start ``teeflow kbs serve --platform PLATFORM`` on a free loopback port and wait
         until it accepts (``platform_args``: further platform options).
+
+        ``expect_agreement`` (64 hex or an agreement file) fixes the first agreement (the
+        KBS refuses to start on an empty store without it, unless
+        ``insecure_first_agreement``).
 
         Raises:
             FLError: it did not start within ``timeout`` seconds.
@@ -381,6 +387,10 @@ class LocalFederation:
             platform,
             *platform_args,
         ]
+        if expect_agreement is not None:
+            argv += ["--expect-agreement", expect_agreement]
+        if insecure_first_agreement:
+            argv.append("--insecure-first-agreement")
         kbs: KbsProcess = self._start(KbsProcess, "kbs", argv)
         end = time.monotonic() + timeout
         while True:

@@ -151,6 +151,8 @@ ResourcePathStr = Annotated[
 ]
 IdentStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")]
 CounterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]{0,127}$")]
+#: An FL session name (as :func:`teeflow.fl.checkpoint.counter_name` accepts).
+SessionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 WorkloadRoleName = Literal["kbs", "aggregator", "client", "compute", "serve"]
 
 
@@ -251,6 +253,8 @@ class TeeflowClaims(_Wire):
         function: the entrypoint/function it will call, or None.
         resources: resource paths it will request (each release must be listed).
         recipients: parties its outputs will be sealed to.
+        session: the FL session it serves (aggregator), or None; scopes its counters
+            (``session/<session>``, :mod:`teeflow.kbs.policy.namespaces`).
     """
 
     role: WorkloadRoleName
@@ -259,6 +263,7 @@ class TeeflowClaims(_Wire):
     function: IdentStr | None = None
     resources: tuple[ResourcePathStr, ...] = Field(default=(), max_length=MAX_CLAIM_ITEMS)
     recipients: tuple[Name, ...] = Field(default=(), max_length=MAX_CLAIM_ITEMS)
+    session: SessionName | None = None
 
 
 class RuntimeData(_Wire):

@@ -13,9 +13,15 @@ Routes (Trustee KBS protocol 0.4.0 under ``/kbs/v0``, teeflow extensions under `
                                            -> CertificateResponse
     GET  /v1/ca                            -> federation CA certificate (PEM)
     POST /v1/counters/{name}   (Bearer or cookie) CounterIncrement -> CounterState
-    GET  /v1/counters/{name}               -> CounterState (404 if never stepped)
-    GET  /v1/audit?after=&limit=           -> {"entries": [audit entry JSON, ...]}
+    GET  /v1/counters/{name}   (party-signed, or Bearer+cookie in scope) -> CounterState
+                                           (404 if never stepped)
+    GET  /v1/audit?after=&limit= (party-signed) -> {"entries": [audit entry JSON, ...]}
     GET  /v1/kbs/evidence?nonce=B64        -> the KBS's own evidence (self_attestation)
+
+*party-signed*: an RFC 9421 signature by a party of the agreement in force
+(:mod:`teeflow.kbs.policy.request_signing`); otherwise 401 ``RequestUnsigned``. A workload
+reads only counters of its own scope (:func:`teeflow.kbs.policy.namespaces.
+counter_scope_problems`; otherwise 403 ``PolicyDeny``).
 
 Bodies are read raw with a per-route byte limit (a larger ``Content-Length`` is refused with
 413 before anything is read; streamed bodies are cut at the limit) and decoded with
@@ -33,7 +39,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol, TypeVar
 
-from fastapi import FastAPI, Query, Request
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -48,6 +55,8 @@ from teeflow.kbs.api.problems import (
     InvalidRequest,
     NoAgreement,
     PayloadTooLarge,
+    PolicyDeny,
+    RequestUnsigned,
     ResourceNotFound,
     ServiceUnavailable,
     TokenVerifierError,
@@ -55,6 +64,13 @@ from teeflow.kbs.api.problems import (
 from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.agreement import (
     digest,
+)
+from teeflow.kbs.policy.namespaces import counter_scope_problems
+from teeflow.kbs.policy.request_signing import (
+    RequestSignatureError,
+    RequestVerifier,
+    SignedRequest,
+    agreement_party_keys,
 )
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
@@ -327,6 +343,25 @@ def create_app(
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, *args, **kwargs)
 
+    party_key_cache: dict[str, Any] = {}
+
+    def party_keys() -> dict[str, Ed25519PublicKey]:
+        """Signing keys of the agreement in force (re-derived when it changes)."""
+        current = service.current_agreement()
+        if current is None:
+            return {}
+        if party_key_cache.get("agreement") is not current:
+            party_key_cache["keys"] = agreement_party_keys(current.agreement.parties)
+            party_key_cache["agreement"] = current
+        keys: dict[str, Ed25519PublicKey] = party_key_cache["keys"]
+        return keys
+
+    def unsigned(exc: RequestSignatureError) -> Exception:
+        return RequestUnsigned(str(exc))
+
+    verifier = RequestVerifier(party_keys)
+    party_signed = verifier.dependency(max_body=0, on_error=unsigned)
+
     async def authorized(request: Request) -> AttestedSession:
         session = await call(
             service.authorize,
@@ -461,8 +496,19 @@ def create_app(
         )
         return _json(state.to_wire())
 
-    @app.get("/v1/counters/{name:path}", openapi_extra=_doc(ok=CounterState, errors=(400, 404)))
-    async def get_counter(name: str) -> Response:
+    @app.get("/v1/counters/{name:path}",
+             openapi_extra=_doc(ok=CounterState, errors=(400, 401, 403, 404)))
+    async def get_counter(name: str, request: Request) -> Response:
+        if request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE):
+            session = await authorized(request)
+            claims = session.claims
+            problems = counter_scope_problems(
+                name, role=session.role, party=session.party,
+                session=None if claims is None else claims.session)
+            if problems:
+                raise PolicyDeny(problems[0])
+        else:
+            await party_signed(request)
         state = await call(service.get_counter, name)
         if state is None:
             raise ResourceNotFound("counter has never been stepped")
@@ -470,10 +516,11 @@ def create_app(
 
     # -- audit, evidence ----------------------------------------------------------------------
 
-    @app.get("/v1/audit", openapi_extra=_doc(ok={"type": "object"}))
+    @app.get("/v1/audit", openapi_extra=_doc(ok={"type": "object"}, errors=(400, 401)))
     async def audit(
         after: int = Query(0, ge=0, le=2**62),
         limit: int = Query(100, ge=1, le=MAX_AUDIT_PAGE),
+        _: SignedRequest = Depends(party_signed),  # noqa: B008
     ) -> Response:
         entries = await call(service.audit_entries, after, limit)
         return _json({"entries": [audit_entry_to_json(e) for e in entries]})
@@ -488,8 +535,12 @@ def create_app(
             raise InvalidRequest(str(exc)) from None
 
         def make() -> dict[str, Any]:
+            # bound: the agreement in force, or before the first one the digest the first
+            # agreement must have (kbs serve --expect-agreement), so parties see what the
+            # KBS will enforce before they upload anything; null only when insecure
             current = service.current_agreement()
-            agreement_digest = None if current is None else digest(current.agreement)
+            agreement_digest = (service.first_agreement if current is None
+                                else digest(current.agreement))
             return evidence.evidence(raw_nonce, agreement_digest)
 
         return _json(await call(make))

@@ -51,6 +51,7 @@ __all__ = [
     "PayloadTooLarge",
     "PolicyDeny",
     "ProtocolVersion",
+    "RequestUnsigned",
     "ResourceNotFound",
     "ServiceUnavailable",
     "TokenNotFound",
@@ -179,6 +180,17 @@ class TokenVerifierError(KbsProblem):
 # -- 403 ------------------------------------------------------------------------------------
 
 
+class RequestUnsigned(KbsProblem):
+    """The request needs a party's RFC 9421 signature (party-only reads such as the audit
+    log) and is unsigned, wrongly signed, stale, replayed or by no party of the agreement in
+    force (401)."""
+
+    code = "kbs-request-unsigned"
+    name = "RequestUnsigned"
+    status = 401
+    title = "Party signature required"
+
+
 class PolicyDeny(KbsProblem):
     """Authenticated, but the agreement or a grant does not allow this (403).
 
@@ -283,6 +295,7 @@ PROBLEM_TYPES: dict[str, type[KbsProblem]] = {
         AttestationFailed,
         TokenNotFound,
         TokenVerifierError,
+        RequestUnsigned,
         PolicyDeny,
         AgreementRejected,
         GrantRejected,

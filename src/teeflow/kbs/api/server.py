@@ -214,6 +214,8 @@ def build_kbs(
     gramine_root: Path = DEFAULT_GRAMINE_ROOT,
     sev_guest_dev: Path = DEFAULT_SEV_GUEST_DEVICE,
     recovered: RecoveredKeys | None = None,
+    expect_agreement: bytes | None = None,
+    insecure_first_agreement: bool = False,
 ) -> KbsRuntime:
     """Assemble a KBS (module docstring) without serving it.
 
@@ -236,13 +238,19 @@ def build_kbs(
             None = no sealing key (as TDX): the key set comes only from recovery.
         recovered: the key set a completed recovery produced (:func:`complete_recovery`).
 
+        expect_agreement: digest (32 bytes) the first agreement must have; the KBS evidence
+            binds it until then (bootstrap, issue 10 (N)).
+        insecure_first_agreement: accept any first agreement (whoever submits first founds
+            the federation); development only.
+
     Raises:
         RecoveryRequired: the key set must be recovered from the parties' shares; its
             ``runtime`` is the recovery-mode KBS to serve.
         PlatformError: unknown platform name, no TEE for ``auto``, interface unusable.
         KbsError: a platform whose KBS evidence parties cannot verify yet (TDX, SEV-SNP),
-            federation mismatch, unreadable state, or (after a recovery) an agreement in
-            force that does not name this KBS measurement.
+            federation mismatch, unreadable state, (after a recovery) an agreement in force
+            that does not name this KBS measurement, or a store without an agreement and
+            neither ``expect_agreement`` nor ``insecure_first_agreement``.
         SealingError: the sealed keys belong to another measurement or platform and there
             is no recovery record.
         StorageError: the database cannot be opened.
@@ -313,8 +321,17 @@ def build_kbs(
     if collateral_dirs:
         providers.append(DirectoryCollateralProvider(collateral_dirs))
     providers.append(EmulatedCollateralProvider(authority))
+    if expect_agreement is not None and len(expect_agreement) != 32:
+        raise KbsError("--expect-agreement must be a SHA-256 agreement digest (64 hex)")
     store = open_store(db_url)
     try:
+        if expect_agreement is None and not insecure_first_agreement \
+                and not store.agreement_history():
+            raise KbsError(
+                "no agreement yet: anyone could submit the first one and own the federation. "
+                "Start with --expect-agreement DIGEST|FILE (the agreement the parties signed; "
+                "teeflow agreement show FILE prints its digest), or "
+                "--insecure-first-agreement for development")
         audit = AuditLog(store, keys.audit, now_fn)
         manager = RecoveryManager(
             directory,
@@ -331,6 +348,7 @@ def build_kbs(
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,
             on_agreement=lambda signed, d: ensure_share_set(manager, signed, d),
+            first_agreement=expect_agreement,
         )
         current = service.current_agreement()
         if recovered is not None:
@@ -519,11 +537,14 @@ def serve(
     on_recovery: Callable[[RecoveryRuntime, str], None] | None = None,
     gramine_root: Path = DEFAULT_GRAMINE_ROOT,
     sev_guest_dev: Path = DEFAULT_SEV_GUEST_DEVICE,
+    expect_agreement: bytes | None = None,
+    insecure_first_agreement: bool = False,
 ) -> None:
     """Run the KBS until SIGINT/SIGTERM (blocking; ``teeflow kbs serve``).
 
     Args:
-        db_url, platform, state_dir, federation, collateral_dirs: see :func:`build_kbs`.
+        db_url, platform, state_dir, federation, collateral_dirs, expect_agreement,
+        insecure_first_agreement: see :func:`build_kbs`.
         listen: ``HOST:PORT`` (:func:`parse_listen`), default ``127.0.0.1:8443``.
         log_level: uvicorn log level.
         on_ready: called with the runtime and the base URL before serving starts.
@@ -545,6 +566,8 @@ def serve(
         "collateral_dirs": collateral_dirs,
         "gramine_root": gramine_root,
         "sev_guest_dev": sev_guest_dev,
+        "expect_agreement": expect_agreement,
+        "insecure_first_agreement": insecure_first_agreement,
     }
     try:
         runtime = build_kbs(db_url, **options)

@@ -266,6 +266,9 @@ class KbsClient:
             a different value is for tests of the KBS's refusal).
         timeout: per-request timeout (seconds).
         clock: time source for checking issued certificates (default: the wall clock).
+        party: the party's keys, for what only parties may read (the audit log, counters):
+            those requests are signed with its Ed25519 key (RFC 9421,
+            :mod:`teeflow.kbs.policy.request_signing`).
 
     Use as a context manager or call :meth:`close`.
     """
@@ -279,8 +282,14 @@ class KbsClient:
         tee: str | None = None,
         timeout: float = 10.0,
         clock: Callable[[], datetime] | None = None,
+        party: PartyKeys | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self._party_auth: httpx.Auth | None = None
+        if party is not None:  # imported only by party clients: workloads stay lean
+            from teeflow.kbs.policy.request_signing import PartyRequestAuth
+
+            self._party_auth = PartyRequestAuth(party.name, party.sign_key)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
         self._tee = tee or (platform.tee if platform is not None else "sgx")
@@ -361,9 +370,18 @@ class KbsClient:
         return token
 
     def _auth_headers(self) -> dict[str, str]:
+        # the token with the session cookie it was bound to: the KBS refuses a token alone
+        # (it travels in result lineage, so it is no bearer credential)
         if self._attested is None:
             raise KbsError("attest first")
-        return {"Authorization": f"Bearer {self._attested.token}"}
+        return {"Authorization": f"Bearer {self._attested.token}",
+                "Cookie": f"{_SESSION_COOKIE}={self._attested.session_id}"}
+
+    def _party_signed(self) -> dict[str, Any]:
+        if self._party_auth is None:
+            raise KbsError("only parties may read this: give the client a party's keys "
+                           "(KbsClient(..., party=PartyKeys.load(NAME)); CLI: --party NAME)")
+        return {"auth": self._party_auth}
 
     def get_resource(self, path: str) -> bytes:
         """Fetch resource ``path`` (``repo/type/tag``) and decrypt it with the attested key.
@@ -431,11 +449,20 @@ class KbsClient:
         return CounterState.model_validate_json(body)
 
     def get_counter(self, name: str) -> CounterState | None:
-        """The counter's value and digest, or None when never stepped."""
+        """The counter's value and digest, or None when never stepped. Read as the attested
+        workload (a counter of its scope) when attested, else signed by the party.
+
+        Raises:
+            KbsError: bad name, or neither attested nor a party client.
+            PolicyDeny, RequestUnsigned: refused by the KBS.
+        """
         if not is_counter_name(name):
             raise KbsError("invalid counter name")
+        auth: dict[str, Any] = (
+            {"headers": self._auth_headers()} if self._attested is not None
+            else self._party_signed())
         try:
-            _, body = self._request("GET", f"/v1/counters/{name}")
+            _, body = self._request("GET", f"/v1/counters/{name}", **auth)
         except ResourceNotFound:
             return None
         return CounterState.model_validate_json(body)
@@ -496,8 +523,10 @@ class KbsClient:
 
     def audit(self, *, page: int = 1000, verify: bool = True) -> list[AuditEntry]:
         """Every audit entry (paged), chain and signatures verified with the pinned key.
+        Only parties may read it: the requests are signed with the client's party key.
 
         Raises:
+            KbsError: the client has no party keys; RequestUnsigned: refused by the KBS.
             AuditChainError (VerificationError): the chain does not verify.
             ParseError: a malformed entry.
         """
@@ -506,7 +535,8 @@ class KbsClient:
         entries: list[AuditEntry] = []
         after = 0
         while True:
-            _, body = self._request("GET", "/v1/audit", params={"after": after, "limit": page})
+            _, body = self._request("GET", "/v1/audit", params={"after": after, "limit": page},
+                                    **self._party_signed())
             doc = json.loads(body)
             raw = doc.get("entries") if isinstance(doc, dict) else None
             if not isinstance(raw, list):

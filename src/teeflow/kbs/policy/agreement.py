@@ -4,9 +4,9 @@ The agreement is a YAML document validated by :class:`FederationAgreement` (pyda
 frozen, unknown keys refused): ``federation``, ``version``, ``previous``, ``parties``,
 ``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``, ``fl``,
 ``recovery`` (``{k: K}``: K of the n parties' recovery shares restore the KBS state; default
-null = all n), ``valid_from``, ``not_after``. The annotated document shape, the CLI workflow
-and the
-signature file format are in ``docs/agreement.md``.
+null = all n), ``valid_from``, ``not_after``, ``compute_limits`` (optional; left out of the
+digest when unset). The annotated document shape, the CLI workflow and the signature file
+format are in ``docs/agreement.md``.
 
 **Digest** (:func:`digest`): ``SHA-256(RFC 8785 canonical JSON of
 agreement.model_dump(mode="json"))`` — the *validated, normalised* model, not the YAML text:
@@ -64,6 +64,7 @@ from teeflow.kbs.policy.parties import B64Key32, Name, SignKey
 __all__ = [
     "MAX_EXAMPLES",
     "MAX_ITEMS",
+    "ComputeLimits",
     "FederationAgreement",
     "FlLimits",
     "Ident",
@@ -408,6 +409,14 @@ class RecoveryQuorum(DocumentModel):
     k: int = Field(ge=1, le=255)
 
 
+class ComputeLimits(DocumentModel):
+    """Bounds on what parties may send a compute worker (issue 10, "Memory"): the largest
+    sealed input and the total input bytes one party may keep at a worker (bytes)."""
+
+    max_input_bytes: int = Field(default=1 << 30, ge=1, le=1 << 40)
+    max_party_bytes: int = Field(default=4 << 30, ge=1, le=1 << 44)
+
+
 class FederationAgreement(DocumentModel):
     """The federation agreement (see the module docstring for the document shape)."""
 
@@ -424,6 +433,7 @@ class FederationAgreement(DocumentModel):
     recovery: RecoveryQuorum | None = None
     valid_from: UtcDatetime | None = None
     not_after: UtcDatetime | None = None
+    compute_limits: ComputeLimits | None = None
 
     @field_validator("outputs", mode="after")
     @classmethod
@@ -493,8 +503,12 @@ class FederationAgreement(DocumentModel):
         return cls.from_mapping(load_policy_document(path))
 
     def to_document(self) -> dict[str, Any]:
-        """The JSON value that is digested (``model_dump(mode="json")``)."""
-        return self.model_dump(mode="json")
+        """The JSON value that is digested (``model_dump(mode="json")``, without
+        ``compute_limits`` when unset, so agreements written before it keep their digest)."""
+        doc = self.model_dump(mode="json")
+        if doc.get("compute_limits") is None:
+            doc.pop("compute_limits", None)
+        return doc
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_document` (field order; loads back to an equal model)."""

@@ -21,19 +21,33 @@ Document (YAML or JSON; :class:`Grant`, pydantic v2, frozen, unknown keys refuse
     created_at: 2025-06-01T00:00:00Z
     not_after: 2025-12-31T23:59:59Z
     max_releases: 10
+    # optional, binding the whole job (TEEU; omitted from the document when unset):
+    co_inputs: [bank-b/teeu-input/<64 hex>]  # resources that must be inputs of the same job
+    co_owners: [bank-b]                 # parties that must each own an input of the job
+    min_owners: 2                       # distinct owners among the job's inputs
 
 Empty ``packages``/``functions`` are *not* wildcards: they mean the request must claim no
 package/function (e.g. a model server, identified by its measurement alone). Set-like lists are
 sorted and de-duplicated, datetimes normalised to UTC.
 
-Digest: ``SHA-256(RFC 8785 canonical JSON of grant.model_dump(mode="json"))``; signature:
+**Whole-job binding** (issue 10, "TEEU grants bind the whole job"): the attested runtime
+data of a job lists *all* its inputs (``resources``); a grant with ``co_inputs``,
+``co_owners`` or ``min_owners`` is released only to a job whose inputs contain every
+``co_inputs`` id, an input of every ``co_owners`` party and inputs of at least
+``min_owners`` distinct owners. A resource's owner is the repository part of its path (the
+KBS accepts a party resource only under its owner's name). So one owner cannot run a
+"joint" function on another's input alone.
+
+Digest: ``SHA-256(RFC 8785 canonical JSON of`` :meth:`Grant.to_document` ``)`` — the
+``model_dump(mode="json")`` without the three whole-job members when they are unset (so the
+digests and signatures of grants made before they existed are unchanged); signature:
 Ed25519 by the owner over ``b"teeflow-grant-v1\\0" || digest``, base64url (:class:`SignedGrant`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Self
@@ -69,6 +83,7 @@ __all__ = [
     "SignedGrant",
     "grant_allows",
     "grant_digest",
+    "job_binding_problems",
     "new_grant_id",
     "sign_grant",
     "verify_grant",
@@ -104,8 +119,12 @@ class Grant(DocumentModel):
     created_at: UtcDatetime
     not_after: UtcDatetime
     max_releases: int = Field(ge=1, le=2**31 - 1)
+    co_inputs: tuple[ResourcePath, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    co_owners: tuple[Name, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    min_owners: int = Field(default=1, ge=1, le=MAX_GRANT_ITEMS)
 
-    @field_validator("roles", "mrenclave", "packages", "functions", "recipients", mode="after")
+    @field_validator("roles", "mrenclave", "packages", "functions", "recipients", "co_inputs",
+                     "co_owners", mode="after")
     @classmethod
     def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         return sorted_unique(value)
@@ -137,12 +156,25 @@ class Grant(DocumentModel):
         return cls.from_mapping(load_policy_document(path))
 
     def to_document(self) -> dict[str, Any]:
-        """The JSON value that is digested (``model_dump(mode="json")``)."""
-        return self.model_dump(mode="json")
+        """The JSON value that is digested: ``model_dump(mode="json")`` without the unset
+        whole-job members (``co_inputs``, ``co_owners``, ``min_owners``)."""
+        doc = self.model_dump(mode="json")
+        for name, unset in _JOB_DEFAULTS.items():
+            if doc.get(name) == unset:
+                doc.pop(name, None)
+        return doc
+
+    @property
+    def binds_job(self) -> bool:
+        """Whether the grant constrains the job's other inputs."""
+        return bool(self.co_inputs or self.co_owners or self.min_owners > 1)
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_document`."""
         return yaml.safe_dump(self.to_document(), sort_keys=False)
+
+
+_JOB_DEFAULTS: dict[str, Any] = {"co_inputs": [], "co_owners": [], "min_owners": 1}
 
 
 class SignedGrant(DocumentModel):
@@ -221,6 +253,11 @@ def _policy_problems(grant: Grant, agreement: FederationAgreement) -> list[str]:
     for fn in grant.functions:
         if fn not in callables:
             problems.append(f"function {fn} is not an entrypoint or function of a granted package")
+    for party in grant.co_owners:
+        if party not in agreement.parties:
+            problems.append(f"co-owner {party} is not a party of the agreement")
+    if grant.min_owners > len(agreement.parties):
+        problems.append(f"min_owners {grant.min_owners} exceeds the number of parties")
     allowed_recipients = agreement.output_recipients()
     for r in grant.recipients:
         if r not in agreement.parties:
@@ -278,6 +315,7 @@ def grant_allows(
     now: datetime,
     releases_so_far: int,
     agreement_digest: bytes | None = None,
+    resources: Sequence[str] | None = None,
 ) -> list[str]:
     """Every reason ``grant`` does not allow this release; ``[]`` means allowed.
 
@@ -296,6 +334,8 @@ def grant_allows(
         releases_so_far: how many times this grant already released the resource.
         agreement_digest: the active agreement's digest (32 bytes); when given, a grant
             made under another agreement is refused.
+        resources: every input of the job (the attested ``resources`` claim); checked
+            against ``co_inputs``, ``co_owners`` and ``min_owners`` (module docstring).
     """
     out: list[str] = []
     if agreement_digest is not None and grant.agreement != agreement_digest.hex():
@@ -324,8 +364,28 @@ def grant_allows(
             out.append(f"grant expired at {grant.not_after.isoformat()}")
         if now < grant.created_at:
             out.append(f"grant not valid before {grant.created_at.isoformat()}")
+    out += job_binding_problems(grant, resources)
     if releases_so_far < 0:
         out.append("invalid release count")
     elif releases_so_far >= grant.max_releases:
         out.append(f"release limit reached ({releases_so_far} of {grant.max_releases})")
+    return out
+
+
+def job_binding_problems(grant: Grant, resources: Sequence[str] | None) -> list[str]:
+    """Every way the job's inputs ``resources`` break the grant's whole-job binding
+    (``co_inputs``, ``co_owners``, ``min_owners``); ``[]`` when it has none or they hold.
+    The owner of an input is the repository part of its path."""
+    if not grant.binds_job:
+        return []
+    if not resources:
+        return ["the grant binds the job's inputs, and the job claims none"]
+    inputs = set(resources)
+    owners = {r.split("/", 1)[0] for r in inputs}
+    out = [f"co-input {r[:200]} is not an input of the job" for r in grant.co_inputs
+           if r not in inputs]
+    out += [f"co-owner {p} owns no input of the job" for p in grant.co_owners if p not in owners]
+    if len(owners) < grant.min_owners:
+        out.append(f"the job has inputs of {len(owners)} owners, the grant needs "
+                   f"{grant.min_owners}")
     return out

@@ -7,6 +7,7 @@ the protocol and the order of checks); state and plumbing are shared through
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -92,6 +93,10 @@ class AgreementService:
         try:
             if current is None:
                 digest = verify_initial(signed)
+                first = self._ctx.first_agreement
+                if first is not None and not hmac.compare_digest(digest, first):
+                    # bootstrap (N): only the agreed first agreement founds the federation
+                    reasons.append(f"this KBS accepts as first agreement only {first.hex()}")
             else:
                 digest = verify_update(signed, current[0])
         except PolicyViolation as exc:

@@ -236,13 +236,18 @@ class AttestationService:
         With both, the token must be the one bound to that session.
 
         Raises:
-            TokenNotFound: neither given, or the session holds no token.
+            TokenNotFound: neither given, a token without its session cookie, or the session
+                holds no token.
             TokenVerifierError: bad or expired token, token of another session, or a token
                 issued under an agreement that is no longer active.
         """
         now = self._ctx.now()
         if session_id is None and token is None:
             raise TokenNotFound()
+        if token is not None and session_id is None:
+            # a token travels in result lineage: alone it is no credential, only with the
+            # session cookie it was bound to (issue 10, "a ResultRef carries no bearer token")
+            raise TokenNotFound("send the attestation token with its session cookie")
         if session_id is not None and (
             not isinstance(session_id, str) or not 0 < len(session_id) <= _MAX_ID
         ):

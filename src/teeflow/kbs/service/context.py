@@ -100,6 +100,7 @@ class ServiceContext:
         default_role: str | None = None,
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
+        first_agreement: bytes | None = None,
     ) -> None:
         if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
             raise KbsError("nonce_ttl and token_ttl must be positive")
@@ -123,6 +124,10 @@ class ServiceContext:
         self.tokens = TokenCache()
         self.grants = GrantCache()
         self.known = ResourceViews()
+        if first_agreement is not None and len(first_agreement) != 32:
+            raise KbsError("first_agreement must be a 32-byte agreement digest")
+        #: digest the first agreement must have (``kbs serve --expect-agreement``), or None
+        self.first_agreement = first_agreement
 
     def forget_agreement(self) -> None:
         """Drop this process's copy of the agreement (the next hot-path read re-reads it)."""

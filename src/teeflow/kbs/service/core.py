@@ -92,6 +92,8 @@ class KbsService:
             agreement, which the store re-checks in the same transaction.
         on_agreement: called after each accepted agreement
             (:class:`~teeflow.kbs.service.agreements.AgreementService`).
+        first_agreement: the digest (32 bytes) the first agreement must have (``kbs serve
+            --expect-agreement``: bootstrap, issue 10 (N)); None accepts any first agreement.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class KbsService:
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
         on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
+        first_agreement: bytes | None = None,
     ) -> None:
         self._ctx = ServiceContext(
             store,
@@ -124,6 +127,7 @@ class KbsService:
             default_role=default_role,
             snp_endorsements=snp_endorsements,
             agreement_refresh=agreement_refresh,
+            first_agreement=first_agreement,
         )
         #: The agreement in force and its history.
         self.agreements = AgreementService(self._ctx, on_agreement=on_agreement)
@@ -150,6 +154,11 @@ class KbsService:
         self.increment_counter = self.ledger.increment_counter
         self.get_counter = self.ledger.get_counter
         self.audit_entries = self.ledger.audit_entries
+
+    @property
+    def first_agreement(self) -> bytes | None:
+        """The digest the first agreement must have, or None (any)."""
+        return self._ctx.first_agreement
 
     @property
     def audit_public_key(self) -> Ed25519PublicKey:

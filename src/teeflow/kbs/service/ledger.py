@@ -16,6 +16,7 @@ from teeflow.kbs.api.problems import (
     InvalidRequest,
     PolicyDeny,
 )
+from teeflow.kbs.policy.namespaces import counter_scope_problems
 from teeflow.kbs.protocol import (
     AttestedSession,
     CounterState,
@@ -29,7 +30,7 @@ from teeflow.kbs.store.interface import (
 
 __all__ = ["AGGREGATOR_COUNTER_PREFIX", "Ledger"]
 
-#: Counter names under this prefix may be stepped only by aggregator workloads.
+#: Counter names under this prefix belong to aggregators (of the session they name).
 AGGREGATOR_COUNTER_PREFIX = "session/"
 
 
@@ -49,11 +50,14 @@ class Ledger:
         self, session: AttestedSession, name: str, expected: int, digest: bytes
     ) -> CounterState:
         """Compare-and-increment counter ``name`` from ``expected`` to ``expected + 1``, bound
-        to ``digest`` (16..64 bytes). Names under ``session/`` need role ``aggregator``.
+        to ``digest`` (16..64 bytes). The name must be in the session's scope
+        (:func:`teeflow.kbs.policy.namespaces.counter_scope_problems`: ``session/<its
+        session claim>`` for an aggregator, ``compute/…`` for role compute,
+        ``<role>/<its party>/…``).
 
         Raises:
             InvalidRequest: bad name, expected value or digest.
-            PolicyDeny: the role may not step this counter.
+            PolicyDeny: the counter is outside the session's scope.
             Conflict: the counter is not at ``expected``.
         """
         if not is_counter_name(name) or isinstance(expected, bool) or expected < 0:
@@ -67,9 +71,12 @@ class Ledger:
             "bound_digest": digest.hex(),
             "measurement": session.measurement,
         }
-        if name.startswith(AGGREGATOR_COUNTER_PREFIX) and session.role != "aggregator":
-            reason = f"role {session.role} may not step {name}"
-            self._ctx.deny(PolicyDeny, "counter", subject, [reason], data)
+        claims = session.claims
+        scope = counter_scope_problems(
+            name, role=session.role, party=session.party,
+            session=None if claims is None else claims.session)
+        if scope:  # a counter belongs to one session/role/party scope (namespaces.py)
+            self._ctx.deny(PolicyDeny, "counter", subject, scope, data)
         try:
             with self._ctx.storage(StorageConflict):
                 value = self._ctx.store.compare_and_increment(name, expected, digest)

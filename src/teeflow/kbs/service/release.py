@@ -47,6 +47,7 @@ from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationEr
 from teeflow.kbs.policy.agreement import FederationAgreement
 from teeflow.kbs.policy.generated import upload_problems
 from teeflow.kbs.policy.grants import Grant, SignedGrant, grant_allows, grant_digest, verify_grant
+from teeflow.kbs.policy.namespaces import upload_namespace_problems
 from teeflow.kbs.policy.parties import verify_ed25519
 from teeflow.kbs.protocol import (
     JWE_ALG,
@@ -144,6 +145,7 @@ def decide(
         now=now,
         releases_so_far=record.release_count,
         agreement_digest=agreement_digest,
+        resources=None if claims is None else claims.resources,
     )
     return ReleaseDecision(tuple(reasons), record.release_count)
 
@@ -245,9 +247,11 @@ def check_upload(
 
     Checks: the path is not in a KBS-generated scope (:func:`teeflow.kbs.policy.generated.
     upload_problems`: e.g. ``fl/checkpoint-key/...``, which no party may hold); the wrapped
-    key decodes; the grant is for ``upload.path`` and by
-    ``upload.owner``; :func:`teeflow.kbs.policy.grants.verify_grant` (owner signature, agreement
-    digest, parties, packages, roles, recipients — every reason); the upload signature
+    key decodes; the grant is for ``upload.path`` and by ``upload.owner``; the owner may
+    write that path (:func:`teeflow.kbs.policy.namespaces.upload_namespace_problems`: a
+    party resource lives under its owner's name, system paths only as the agreement says);
+    :func:`teeflow.kbs.policy.grants.verify_grant` (owner signature, agreement digest,
+    parties, packages, roles, recipients — every reason); the upload signature
     (:func:`teeflow.kbs.protocol.resource_upload_digest`) by the owner's agreement key; the
     grant has not expired at ``now``. The unwrap test and the owner/replacement rules need
     the KBS key and the store and are done by the service.
@@ -272,6 +276,7 @@ def check_upload(
         reasons += exc.violations
     except VerificationError as exc:
         reasons.append(str(exc))
+    reasons += upload_namespace_problems(upload.path, upload.owner, agreement)
     owner = agreement.parties.get(upload.owner)
     if owner is None:
         reasons.append(f"uploader {upload.owner} is not a party of the agreement")
