@@ -36,7 +36,6 @@ processes' configfs access beyond this process's lock.
 from __future__ import annotations
 
 import errno
-import hashlib
 import struct
 import threading
 import uuid
@@ -80,22 +79,21 @@ _NAME_MAX = 255
 
 
 def standin_measurement(tee: str, workload_measurement: bytes) -> bytes:
-    """The 48-byte launch measurement a stand-in reports for a 32-byte workload measurement.
-
-    ``tdx`` (MRTD): ``SHA-384(b"teeflow-standin-mrtd-v1" || m)``; ``sev-snp`` (MEASUREMENT):
-    ``SHA-384(b"teeflow-standin-snp-measurement-v1" || m)``. Real values come from the TD
-    firmware / the launch digest (docs/deploy.md); this only gives each emulated role a
-    distinct, reproducible value the agreement can name.
+    """The 48-byte launch measurement a stand-in reports for a 32-byte workload measurement:
+    the measurement followed by 16 zero bytes, for ``tdx`` (MRTD) and ``sev-snp``
+    (MEASUREMENT) alike — the identity the emulated TDX / SNP platforms report for the same
+    workload (``teeflow.platform.selection.emulated_identity``), so an agreement names a
+    role the same way on both. Real values come from the TD firmware / the launch digest
+    (docs/deploy.md).
 
     Raises:
         PlatformError: unknown ``tee`` or ``workload_measurement`` not 32 bytes.
     """
+    if tee not in TSM_TEES:
+        raise PlatformError(f"no launch measurement for {tee!r} (tdx or sev-snp)")
     if len(workload_measurement) != 32:
         raise PlatformError("a workload measurement is 32 bytes")
-    label = {"tdx": b"teeflow-standin-mrtd-v1", "sev-snp": b"teeflow-standin-snp-measurement-v1"}
-    if tee not in label:
-        raise PlatformError(f"no launch measurement for {tee!r} (tdx or sev-snp)")
-    return hashlib.sha384(label[tee] + workload_measurement).digest()
+    return bytes(workload_measurement) + bytes(16)
 
 
 def encode_cert_table(certs: Sequence[tuple[str, x509.Certificate]]) -> bytes:
