@@ -319,3 +319,15 @@ def test_gramine_sealing_key_and_target_info(home: Path, gramine_root: Path) -> 
     assert len(sealer.sealing_key(WORKLOAD, purpose=b"kbs-state")) == 32
     info = (gramine_root / "my_target_info").read_bytes()
     assert len(info) == 512 and info[:32] == WORKLOAD
+
+
+def test_killed_standin_is_unmounted_on_stop(home: Path, tmp_path: Path) -> None:
+    from teeflow.demo.standins import is_mounted
+
+    with standin("tdx", tmp_path / "tsm", home, WORKLOAD, tmp_path / "logs") as proc:
+        proc.kill()
+        proc.proc.wait(timeout=30)
+        assert is_mounted(proc.mountpoint)  # a dead FUSE mount stays until unmounted
+        with pytest.raises(PlatformError, match="cannot access"):  # typed, not OSError
+            TsmAttester(proc.mountpoint).report(RD)
+    assert not is_mounted(proc.mountpoint)  # stop() unmounted it lazily

@@ -159,7 +159,11 @@ class TsmAttester:
     # -- entries ------------------------------------------------------------------------
 
     def _new_entry(self) -> Path:
-        if not self.root.is_dir():
+        try:
+            present = self.root.is_dir()
+        except OSError as exc:  # e.g. ENOTCONN: a dead FUSE stand-in mounted there
+            raise PlatformError(f"cannot access {self.root}: {exc.strerror}") from None
+        if not present:
             raise PlatformError(f"configfs-tsm report directory {self.root} does not exist")
         entry = self.root / f"teeflow-{os.getpid()}-{os.urandom(8).hex()}"
         try:
