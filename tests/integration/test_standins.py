@@ -331,3 +331,18 @@ def test_killed_standin_is_unmounted_on_stop(home: Path, tmp_path: Path) -> None
         with pytest.raises(PlatformError, match="cannot access"):  # typed, not OSError
             TsmAttester(proc.mountpoint).report(RD)
     assert not is_mounted(proc.mountpoint)  # stop() unmounted it lazily
+
+
+def test_gramine_user_report_data_is_per_process(gramine_root: Path) -> None:
+    """Gramine keeps user_report_data per process (enclave): another process writing it
+    between our write and our read does not change our quote."""
+    import subprocess
+    import sys
+
+    ours = b"o" * 64
+    (gramine_root / "user_report_data").write_bytes(ours)
+    code = "import sys; open(sys.argv[1], 'wb', buffering=0).write(b'x' * 64)"
+    target = str(gramine_root / "user_report_data")
+    subprocess.run([sys.executable, "-c", code, target], check=True, timeout=60)
+    assert (gramine_root / "user_report_data").read_bytes() == ours
+    assert parse_quote((gramine_root / "quote").read_bytes()).report_data == ours

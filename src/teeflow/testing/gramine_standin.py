@@ -10,7 +10,7 @@ pseudo-filesystem", and ``libos/src/fs/dev/attestation.c``:
 
 * ``attestation_type`` (read): ``dcap``;
 * ``user_report_data`` (read/write, exactly 64 bytes, else ``EINVAL``): REPORT_DATA of the
-  next quote; initially 64 zero bytes;
+  calling process's next quote; initially 64 zero bytes;
 * ``quote`` (read): a DCAP ECDSA quote v3 of this enclave over the current
   ``user_report_data``, made on each open (``EmulatedSgx`` under the emulation root);
 * ``my_target_info`` (read, 512 bytes): this enclave's TARGETINFO (Intel SDM Vol. 3D
@@ -18,11 +18,12 @@ pseudo-filesystem", and ``libos/src/fs/dev/attestation.c``:
 * ``keys/_sgx_mrenclave`` and ``keys/_sgx_mrsigner`` (read, 16 bytes): the EGETKEY seal keys
   with policy MRENCLAVE / MRSIGNER, modelled by :func:`seal_key`.
 
-Gramine keeps this state per enclave; the stand-in serves one enclave per mount (every
-process using the mount is "inside" the same enclave). What it cannot reproduce: the CPU
-(no EREPORT/EGETKEY, no enclave isolation), the Quoting Enclave and PCK certificates of a
-real platform (everything chains to the local emulation root), Gramine's manifest-derived
-MRENCLAVE (the measurement is configured), and per-process ``user_report_data``.
+Gramine keeps ``user_report_data`` per process (each Gramine process is its own enclave);
+the stand-in keeps it per calling process (the FUSE caller's thread-group id), so several
+processes of one role can share one mount, each as an enclave of the same MRENCLAVE. What
+it cannot reproduce: the CPU (no EREPORT/EGETKEY, no enclave isolation), the Quoting Enclave
+and PCK certificates of a real platform (everything chains to the local emulation root),
+and Gramine's manifest-derived MRENCLAVE (the measurement is configured).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from teeflow.errors import PlatformError
 from teeflow.platform.emulated import ENCLAVE_ATTRIBUTES, EmulatedSgx, EmulationAuthority
 from teeflow.platform.emulated_authority import EMULATED_TCB_COMPONENTS
-from teeflow.testing.pseudofs import PseudoNode, PseudoTree
+from teeflow.testing.pseudofs import PseudoNode, PseudoTree, caller_process
 
 __all__ = [
     "KEY_POLICY_MRENCLAVE",
@@ -61,6 +62,7 @@ _FILES = {
     "my_target_info": PseudoNode("file", 0o444),
 }
 _KEYS = ("_sgx_mrenclave", "_sgx_mrsigner")
+_MAX_PROCESSES = 4096
 
 
 def seal_key(
@@ -155,7 +157,7 @@ class GramineTree(PseudoTree):
         }  # fmt: skip
         self._target_info = target_info(self.mrenclave)
         self._lock = threading.Lock()
-        self._user_report_data = bytes(64)
+        self._user_report_data: dict[int, bytes] = {}
         #: quotes produced so far (statistics)
         self.quotes = 0
 
@@ -183,7 +185,7 @@ class GramineTree(PseudoTree):
         if name == "my_target_info":
             return self._target_info
         with self._lock:
-            rd = self._user_report_data
+            rd = self._user_report_data.get(caller_process(), bytes(64))
         if name == "user_report_data":
             return rd
         try:
@@ -201,4 +203,6 @@ class GramineTree(PseudoTree):
         if len(data) != 64:
             raise OSError(errno.EINVAL, "user_report_data takes exactly 64 bytes")
         with self._lock:
-            self._user_report_data = bytes(data)
+            if len(self._user_report_data) >= _MAX_PROCESSES:
+                self._user_report_data.pop(next(iter(self._user_report_data)))
+            self._user_report_data[caller_process()] = bytes(data)

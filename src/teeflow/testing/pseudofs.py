@@ -46,6 +46,7 @@ __all__ = [
     "MarkedTree",
     "PseudoNode",
     "PseudoTree",
+    "caller_process",
     "fuse_problem",
     "serve",
 ]
@@ -56,6 +57,37 @@ FUSE_HELP = (
     "pip install 'teeflow[emulate]' (mfusepy), and /dev/fuse with the right to mount"
 )
 _LOG = logging.getLogger(__name__)
+_CALLER = threading.local()
+_MAX_TGID_CACHE = 4096
+_tgids: dict[int, int] = {}
+_tgid_lock = threading.Lock()
+
+
+def _tgid(tid: int) -> int:
+    """The process (thread-group) id of thread ``tid`` (FUSE reports the calling thread)."""
+    with _tgid_lock:
+        if tid in _tgids:
+            return _tgids[tid]
+    tgid = tid
+    try:
+        for line in Path(f"/proc/{tid}/status").read_text().splitlines():
+            if line.startswith("Tgid:"):
+                tgid = int(line.split()[1])
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    with _tgid_lock:
+        if len(_tgids) >= _MAX_TGID_CACHE:
+            _tgids.clear()
+        _tgids[tid] = tgid
+    return tgid
+
+
+def caller_process() -> int:
+    """The process id of the caller of the FUSE operation this thread is serving (0 outside
+    one, e.g. when a test calls a tree directly)."""
+    tid = getattr(_CALLER, "tid", 0)
+    return _tgid(tid) if tid else 0
 
 
 @dataclass(frozen=True)
@@ -152,6 +184,8 @@ class FuseAdapter:
     def operations(self) -> Any:
         """The ``mfusepy.Operations`` instance. Raises PlatformError without mfusepy."""
         base = _operations_base()
+        import mfusepy
+
         tree, on_ready = self.tree, self.on_ready
         handles: dict[int, _Handle] = {}
         lock = threading.Lock()
@@ -163,6 +197,9 @@ class FuseAdapter:
             if found is None:
                 raise OSError(errno.ENOENT, "no such entry")
             return parts, found
+
+        def enter() -> None:
+            _CALLER.tid = int(mfusepy.fuse_get_context()[2])
 
         def handle(fh: int) -> _Handle:
             with lock:
@@ -226,6 +263,7 @@ class FuseAdapter:
                 return 0
 
             def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+                enter()
                 h = handle(fh)
                 if h.snapshot is None:
                     h.snapshot = tree.read(h.parts)
@@ -246,6 +284,7 @@ class FuseAdapter:
                 return len(data)
 
             def flush(self, path: str, fh: int) -> int:
+                enter()
                 h = handle(fh)
                 if h.dirty:
                     h.dirty = False
