@@ -25,7 +25,7 @@ from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx
 from teeflow.platform.gramine import GramineAttester
-from teeflow.platform.sealing import GramineSealer
+from teeflow.platform.sealing import EmulatedSealer, GramineSealer, sealer_for
 from teeflow.platform.tsm import ConfigFs, TsmAttester
 from teeflow.testing.gramine_standin import KEY_POLICY_MRENCLAVE, seal_key
 from teeflow.testing.tsm_standin import SNP_CERT_GUIDS, decode_cert_table, standin_measurement
@@ -315,8 +315,11 @@ def test_gramine_sealing_key_and_target_info(home: Path, gramine_root: Path) -> 
     )
     assert other != key  # another enclave gets another key
     assert (gramine_root / "keys" / "_sgx_mrsigner").read_bytes() != key
-    sealer = GramineSealer(gramine_root / "keys")
-    assert len(sealer.sealing_key(WORKLOAD, purpose=b"kbs-state")) == 32
+    sealer = sealer_for("gramine-sgx", gramine_root=gramine_root)  # the KBS's sealer
+    assert isinstance(sealer, GramineSealer)
+    state_key = sealer.sealing_key(WORKLOAD, purpose=b"kbs-state")
+    assert len(state_key) == 32
+    assert state_key != EmulatedSealer(authority).sealing_key(WORKLOAD, purpose=b"kbs-state")
     info = (gramine_root / "my_target_info").read_bytes()
     assert len(info) == 512 and info[:32] == WORKLOAD
 
