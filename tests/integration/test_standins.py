@@ -19,13 +19,17 @@ from standin_helpers import standin
 
 from teeflow.attestation import sgx, snp, tdx
 from teeflow.attestation.dcap.quote import parse_quote
+from teeflow.attestation.evidence import Evidence
+from teeflow.attestation.registry import verify_evidence
 from teeflow.attestation.snp.abi import parse_report
+from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import ParseError, PlatformError, VerificationError
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx
 from teeflow.platform.gramine import GramineAttester
 from teeflow.platform.sealing import EmulatedSealer, GramineSealer, sealer_for
+from teeflow.platform.selection import attester_for
 from teeflow.platform.tsm import ConfigFs, TsmAttester
 from teeflow.testing.gramine_standin import KEY_POLICY_MRENCLAVE, seal_key
 from teeflow.testing.tsm_standin import SNP_CERT_GUIDS, decode_cert_table, standin_measurement
@@ -349,3 +353,47 @@ def test_gramine_user_report_data_is_per_process(gramine_root: Path) -> None:
     subprocess.run([sys.executable, "-c", code, target], check=True, timeout=60)
     assert (gramine_root / "user_report_data").read_bytes() == ours
     assert parse_quote((gramine_root / "quote").read_bytes()).report_data == ours
+
+
+# -- the one seam: Evidence from the real attesters, verified by the registry -------------------
+
+
+def _anchors(home: Path) -> list[TrustAnchor]:
+    return [
+        EmulationAuthority.load_or_create(home).trust_anchor(),
+        EmulatedSnp.load_or_create(home).trust_anchor(),
+    ]
+
+
+@pytest.mark.parametrize("platform", ["tdx", "sev-snp", "gramine-sgx"])
+def test_registry_verifies_standin_evidence(
+    platform: str, home: Path, tdx_root: Path, snp_root: Path, gramine_root: Path
+) -> None:
+    root = {"tdx": tdx_root, "sev-snp": snp_root, "gramine-sgx": gramine_root}[platform]
+    attester = attester_for(platform, tsm_root=root, gramine_root=root)
+    evidence = attester.evidence(RD)
+    expected = {"tdx": "emulated-tdx", "sev-snp": "emulated-snp", "gramine-sgx": "emulated-sgx"}
+    assert evidence.tee == expected[platform]
+    assert evidence.attester == ("gramine" if platform == "gramine-sgx" else "configfs-tsm")
+    now = _now()
+    authority = EmulationAuthority.load_or_create(home)
+    collateral = (
+        EmulatedTdx(authority, mrtd=standin_measurement("tdx", WORKLOAD)).collateral(now)
+        if platform == "tdx"
+        else authority.collateral(now)
+    )
+    verified = verify_evidence(evidence, anchors=_anchors(home), collateral=collateral, now=now)
+    assert verified.emulated and verified.tee == evidence.tee
+    identity = WORKLOAD if platform == "gramine-sgx" else standin_measurement("tdx", WORKLOAD)
+    assert verified.measurement == identity.hex()
+
+
+def test_registry_refuses_standin_evidence_declared_as_hardware(home: Path, tdx_root: Path) -> None:
+    """Relabelling stand-in evidence as hardware ``tdx`` is refused by the verifier."""
+    evidence = TsmAttester(tdx_root).evidence(RD)
+    forged = Evidence("tdx", evidence.primary, evidence.attester)
+    now = _now()
+    authority = EmulationAuthority.load_or_create(home)
+    collateral = EmulatedTdx(authority, mrtd=standin_measurement("tdx", WORKLOAD)).collateral(now)
+    with pytest.raises(VerificationError, match="declared tee tdx but the evidence is"):
+        verify_evidence(forged, anchors=_anchors(home), collateral=collateral, now=now)
