@@ -22,6 +22,7 @@ from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.attestation.evidence import Evidence
 from teeflow.attestation.registry import verify_evidence
 from teeflow.attestation.snp.abi import parse_report
+from teeflow.attestation.snp.cert_table import parse_cert_table
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import ParseError, PlatformError, VerificationError
 from teeflow.platform.emulated import EmulationAuthority
@@ -32,7 +33,7 @@ from teeflow.platform.sealing import EmulatedSealer, GramineSealer, sealer_for
 from teeflow.platform.selection import attester_for
 from teeflow.platform.tsm import ConfigFs, TsmAttester
 from teeflow.testing.gramine_standin import KEY_POLICY_MRENCLAVE, seal_key
-from teeflow.testing.tsm_standin import SNP_CERT_GUIDS, decode_cert_table, standin_measurement
+from teeflow.testing.tsm_standin import standin_measurement
 
 pytestmark = pytest.mark.slow
 
@@ -86,8 +87,7 @@ def _verify_tdx(home: Path, quote: bytes) -> tdx.VerifiedTdxEvidence:
 
 
 def _snp_certs(aux: bytes) -> dict[str, x509.Certificate]:
-    names = {guid: name for name, guid in SNP_CERT_GUIDS.items()}
-    return {names[g]: x509.load_der_x509_certificate(der) for g, der in decode_cert_table(aux)}
+    return {kind: x509.load_der_x509_certificate(der) for kind, der in parse_cert_table(aux)}
 
 
 def _verify_snp(home: Path, report: bytes, aux: bytes) -> snp.VerifiedSnpEvidence:
@@ -397,3 +397,48 @@ def test_registry_refuses_standin_evidence_declared_as_hardware(home: Path, tdx_
     collateral = EmulatedTdx(authority, mrtd=standin_measurement("tdx", WORKLOAD)).collateral(now)
     with pytest.raises(VerificationError, match="declared tee tdx but the evidence is"):
         verify_evidence(forged, anchors=_anchors(home), collateral=collateral, now=now)
+
+
+def test_standin_exits_with_its_killed_launcher(home: Path, tmp_path: Path) -> None:
+    """A demo or test killed with SIGKILL cannot stop its stand-ins: they notice their parent
+    is gone (``--exit-with-parent``), stop and unmount."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from teeflow.demo.standins import is_mounted
+    from teeflow.testing.pseudofs import fuse_problem
+
+    if fuse_problem() is not None:
+        pytest.skip("FUSE unavailable")
+    mnt = tmp_path / "tsm"
+    code = (
+        "import os, sys, time; from pathlib import Path\n"
+        "from teeflow.demo.standins import start_standin\n"
+        "p = start_standin('tdx', Path(sys.argv[1]), measurement=bytes(32),"
+        " env=dict(os.environ), logs=Path(sys.argv[2]))\n"
+        "print(p.pid, flush=True); time.sleep(600)\n"
+    )
+    env = {**os.environ, "TEEFLOW_HOME": str(home)}
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", code, str(mnt), str(tmp_path / "logs")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert launcher.stdout is not None
+        child = int(launcher.stdout.readline())
+        assert is_mounted(mnt)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait(timeout=30)
+        for _ in range(150):  # bounded: the watchdog polls every 0.5 s
+            if not is_mounted(mnt):
+                break
+            time.sleep(0.2)
+        assert not is_mounted(mnt)  # the stand-in left its FUSE loop and unmounted
+        assert child > 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from teeflow.errors import PlatformError
-from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.gramine import GramineAttester
 from teeflow.platform.standin import STANDIN_MARKER, declared_tee, is_standin
 from teeflow.platform.tsm import TsmAttester
@@ -24,11 +23,8 @@ from teeflow.testing.gramine_standin import (
 )
 from teeflow.testing.pseudofs import MarkedTree
 from teeflow.testing.tsm_standin import (
-    SNP_CERT_GUIDS,
     Entry,
     TsmTree,
-    decode_cert_table,
-    encode_cert_table,
     standin_measurement,
 )
 
@@ -106,21 +102,6 @@ def test_entries_do_not_nest_and_vanish_on_rmdir() -> None:
     assert _errno(tree.rmdir, ("e",)) == errno.ENOENT
     with pytest.raises(PlatformError):
         TsmTree("sgx", lambda rd, lv: (b"", None))
-
-
-def test_cert_table_round_trip_and_bounds() -> None:
-    snp = EmulatedSnp.generate()
-    table = encode_cert_table([("VCEK", snp.vcek_certificate), ("ARK", snp.ark_certificate)])
-    entries = decode_cert_table(table)
-    assert [g for g, _ in entries] == [SNP_CERT_GUIDS["VCEK"], SNP_CERT_GUIDS["ARK"]]
-    with pytest.raises(PlatformError, match="truncated"):
-        decode_cert_table(table[:20])
-    broken = bytearray(table)
-    broken[16:20] = (10**6).to_bytes(4, "little")  # offset outside the table
-    with pytest.raises(PlatformError, match="outside"):
-        decode_cert_table(bytes(broken))
-    with pytest.raises(PlatformError):
-        encode_cert_table([("PEK", snp.vcek_certificate)])
 
 
 def test_standin_measurement_matches_emulated_identity() -> None:

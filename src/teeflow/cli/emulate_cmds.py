@@ -195,7 +195,9 @@ def _standin_measurement(
     return workload_measurement(manifest)
 
 
-def _serve(platform: str, mountpoint: Path, measurement: bytes, rtmrs: list[str]) -> None:
+def _serve(
+    platform: str, mountpoint: Path, measurement: bytes, rtmrs: list[str], with_parent: bool
+) -> None:
     from teeflow.testing.standins import build_standin, serve_standin
 
     values = [bytes(48)] * 4
@@ -209,7 +211,7 @@ def _serve(platform: str, mountpoint: Path, measurement: bytes, rtmrs: list[str]
         f"[bold red]EMULATED — not hardware.[/] {standin.info['interface']} stand-in for "
         f"{platform} at {mountpoint} (evidence tee {standin.info['tee']}); stop with Ctrl-C"
     )
-    serve_standin(standin, mountpoint)
+    serve_standin(standin, mountpoint, exit_with_parent=with_parent)
 
 
 _MEASUREMENT_HELP = (
@@ -217,6 +219,7 @@ _MEASUREMENT_HELP = (
     "48-byte MRTD / MEASUREMENT itself."
 )
 _MANIFEST_HELP = "Workload manifest whose measurement to present (instead of --measurement)."
+_PARENT_HELP = "Stop (and unmount) when the parent process exits (for launchers: demo, tests)."
 
 
 @emulate_app.command("tsm")
@@ -240,6 +243,9 @@ def tsm_cmd(
         list[str] | None,
         typer.Option("--rtmr", help="TDX RTMR value I=HEX (I in 0..3; repeatable; default zero)."),
     ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option("--exit-with-parent", help=_PARENT_HELP)
+    ] = False,
 ) -> None:
     """Serve a configfs-tsm report tree (FUSE) answering inblob writes with EMULATED
     TDX quotes / SEV-SNP reports, until Ctrl-C or SIGTERM (then unmounted)."""
@@ -248,7 +254,7 @@ def tsm_cmd(
     if rtmr and tee != "tdx":
         raise PlatformError("--rtmr applies to --tee tdx only")
     m = _standin_measurement(measurement_hex, manifest_path, base_dir)
-    _serve(tee, directory, m, rtmr or [])
+    _serve(tee, directory, m, rtmr or [], exit_with_parent)
 
 
 @emulate_app.command("gramine")
@@ -267,8 +273,11 @@ def gramine_cmd(
         Path | None,
         typer.Option("--base-dir", help="Re-hash the manifest's trusted files under this folder."),
     ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option("--exit-with-parent", help=_PARENT_HELP)
+    ] = False,
 ) -> None:
     """Serve a Gramine /dev/attestation tree (FUSE) with EMULATED DCAP quotes and sealing
     keys, until Ctrl-C or SIGTERM (then unmounted)."""
     m = _standin_measurement(measurement_hex, manifest_path, base_dir)
-    _serve("gramine-sgx", directory, m, [])
+    _serve("gramine-sgx", directory, m, [], exit_with_parent)

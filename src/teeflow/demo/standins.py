@@ -102,6 +102,7 @@ def start_standin(
         *_PLATFORM_ARGS[platform][1:],
         "--measurement",
         measurement.hex(),
+        "--exit-with-parent",  # never outlive a killed demo or test
     ]
     proc = StandinProcess(name or f"standin-{platform}", argv, env=env, logs=logs)
     proc.mountpoint = mountpoint

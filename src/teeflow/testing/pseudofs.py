@@ -30,9 +30,12 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
+import signal
 import stat
 import sys
 import threading
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,9 +302,24 @@ class FuseAdapter:
         return _Ops()
 
 
-def serve(tree: PseudoTree, mountpoint: Path, *, ready: dict[str, Any] | None = None) -> None:
+def _watch_parent(parent: int) -> None:
+    """SIGTERM this process (libfuse then leaves its loop and unmounts) once ``parent`` is
+    gone: a stand-in must not outlive a demo or test that was killed."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve(
+    tree: PseudoTree,
+    mountpoint: Path,
+    *,
+    ready: dict[str, Any] | None = None,
+    exit_with_parent: bool = False,
+) -> None:
     """Mount ``tree`` on ``mountpoint`` (an existing empty directory) and serve it until
     SIGINT/SIGTERM/SIGHUP or an unmount (``fusermount3 -u``); unmounts on the way out.
+    ``exit_with_parent``: also stop when the parent process exits.
 
     When the mount is up, ``ready`` (plus ``"event": "ready"``) is printed as one JSON line
     on stdout, so a parent process can wait for it.
@@ -325,6 +343,9 @@ def serve(tree: PseudoTree, mountpoint: Path, *, ready: dict[str, Any] | None = 
         sys.stdout.flush()
 
     ops = FuseAdapter(tree, announce).operations()
+    if exit_with_parent:
+        parent = os.getppid()
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         mfusepy.FUSE(
             ops,

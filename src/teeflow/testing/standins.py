@@ -26,13 +26,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from teeflow.attestation.snp.cert_table import build_cert_table
 from teeflow.errors import PlatformError
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx
 from teeflow.testing.gramine_standin import GramineTree
 from teeflow.testing.pseudofs import MarkedTree, PseudoTree, serve
-from teeflow.testing.tsm_standin import TsmTree, encode_cert_table, standin_measurement
+from teeflow.testing.tsm_standin import TsmTree, standin_measurement
 
 __all__ = ["STANDIN_PLATFORMS", "StandIn", "build_standin", "serve_standin"]
 
@@ -118,9 +121,11 @@ def build_standin(
         by_level = {
             level: EmulatedSnp(base.keys, measurement=launch, vmpl=level) for level in range(4)
         }
-        table = encode_cert_table(
-            [("VCEK", base.vcek_certificate), ("ASK", base.ask_certificate),
-             ("ARK", base.ark_certificate)]
+        table = build_cert_table(
+            [(kind, cert.public_bytes(Encoding.DER)) for kind, cert in (
+                ("VCEK", base.vcek_certificate), ("ASK", base.ask_certificate),
+                ("ARK", base.ark_certificate),
+            )]
         )  # fmt: skip
         tree = TsmTree("sev-snp", lambda rd, level: (by_level[level].report(rd), table))
         refs = {"snp": {"measurement": [launch.hex()]}}
@@ -129,12 +134,13 @@ def build_standin(
     return StandIn(platform, MarkedTree(tree, info), refs, info)
 
 
-def serve_standin(standin: StandIn, mountpoint: Path) -> None:
+def serve_standin(standin: StandIn, mountpoint: Path, *, exit_with_parent: bool = False) -> None:
     """Mount ``standin`` on ``mountpoint`` (an empty directory) until SIGTERM/SIGINT or an
-    unmount; prints one JSON ``ready`` line (``info`` included) once mounted.
+    unmount (or the parent's exit, with ``exit_with_parent``); prints one JSON ``ready`` line
+    (``info`` included) once mounted.
 
     Raises:
         PlatformError: FUSE unavailable or the mount failed (see
             :func:`teeflow.testing.pseudofs.serve`).
     """
-    serve(standin.tree, mountpoint, ready=standin.info)
+    serve(standin.tree, mountpoint, ready=standin.info, exit_with_parent=exit_with_parent)

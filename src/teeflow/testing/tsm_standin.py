@@ -24,7 +24,8 @@ Source: Linux ``Documentation/ABI/testing/configfs-tsm-report`` and ``drivers/vi
 * TDX ``outblob`` is a DCAP quote v4 from :class:`~teeflow.platform.emulated_tdx.EmulatedTdx`;
   SEV-SNP ``outblob`` is a version 3 ATTESTATION_REPORT from
   :class:`~teeflow.platform.emulated_snp.EmulatedSnp` (VMPL = ``privlevel``) and ``auxblob``
-  the extended report's certificate table (:func:`encode_cert_table`: VCEK, ASK, ARK).
+  the extended report's certificate table
+  (:func:`teeflow.attestation.snp.cert_table.build_cert_table`: VCEK, ASK, ARK).
 
 What it cannot reproduce: the hardware roots (the evidence chains to the local emulation
 root, which the default appraisal refuses), the quote generation service and its latency,
@@ -36,26 +37,18 @@ processes' configfs access beyond this process's lock.
 from __future__ import annotations
 
 import errno
-import struct
 import threading
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from teeflow.errors import PlatformError
 from teeflow.testing.pseudofs import PseudoNode, PseudoTree
 
 __all__ = [
     "INBLOB_MAX",
-    "SNP_CERT_GUIDS",
     "TSM_TEES",
     "Entry",
     "TsmTree",
-    "decode_cert_table",
-    "encode_cert_table",
     "standin_measurement",
 ]
 
@@ -63,16 +56,6 @@ __all__ = [
 INBLOB_MAX = 64
 #: ``--tee`` value -> configfs-tsm provider name.
 TSM_TEES = {"tdx": "tdx_guest", "sev-snp": "sev_guest"}
-#: GUIDs of the SEV-SNP extended-report certificate table (GHCB specification #56421,
-#: "SNP Extended Guest Request", Table "Certificate table GUIDs").
-SNP_CERT_GUIDS = {
-    "VCEK": uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd"),
-    "VLEK": uuid.UUID("a8074bc2-a25a-483e-aae6-39c045a0b8a1"),
-    "ASK": uuid.UUID("4ab7b379-bbac-4fe4-a02f-05aef327c782"),
-    "ARK": uuid.UUID("c0b406a4-a803-4952-9743-3fb6014cd0ae"),
-}
-_ENTRY = struct.Struct("<16sII")
-_MAX_TABLE_ENTRIES = 16
 _U64 = 1 << 64
 _MAX_ENTRIES = 256
 _NAME_MAX = 255
@@ -94,49 +77,6 @@ def standin_measurement(tee: str, workload_measurement: bytes) -> bytes:
     if len(workload_measurement) != 32:
         raise PlatformError("a workload measurement is 32 bytes")
     return bytes(workload_measurement) + bytes(16)
-
-
-def encode_cert_table(certs: Sequence[tuple[str, x509.Certificate]]) -> bytes:
-    """The SEV-SNP extended-report certificate table (GHCB spec #56421 §4.1.8.1, as the
-    kernel returns it in ``auxblob``): entries ``{GUID (16 bytes, RFC 4122 byte order),
-    offset (u32 LE), length (u32 LE)}``, an all-zero terminator entry, then the DER
-    certificates; offsets count from the start of the table.
-
-    Raises:
-        PlatformError: an unknown certificate kind (not in :data:`SNP_CERT_GUIDS`).
-    """
-    ders = []
-    for kind, cert in certs:
-        if kind not in SNP_CERT_GUIDS:
-            raise PlatformError(f"unknown SNP certificate kind {kind!r}")
-        ders.append((SNP_CERT_GUIDS[kind], cert.public_bytes(serialization.Encoding.DER)))
-    offset = _ENTRY.size * (len(ders) + 1)
-    head, body = bytearray(), bytearray()
-    for guid, der in ders:
-        head += _ENTRY.pack(guid.bytes, offset + len(body), len(der))
-        body += der
-    return bytes(head + _ENTRY.pack(bytes(16), 0, 0) + body)
-
-
-def decode_cert_table(table: bytes) -> list[tuple[uuid.UUID, bytes]]:
-    """Parse a certificate table (:func:`encode_cert_table`) into ``[(GUID, DER)]``.
-
-    Raises:
-        PlatformError: truncated, no terminator within 16 entries, or an entry outside the
-            table.
-    """
-    out: list[tuple[uuid.UUID, bytes]] = []
-    for i in range(_MAX_TABLE_ENTRIES + 1):
-        start = i * _ENTRY.size
-        if start + _ENTRY.size > len(table):
-            raise PlatformError("SNP certificate table truncated")
-        guid, off, length = _ENTRY.unpack_from(table, start)
-        if guid == bytes(16) and off == 0 and length == 0:
-            return out
-        if off + length > len(table) or off < start + _ENTRY.size:
-            raise PlatformError("SNP certificate table entry outside the table")
-        out.append((uuid.UUID(bytes=guid), table[off : off + length]))
-    raise PlatformError("SNP certificate table has no terminator")
 
 
 @dataclass
