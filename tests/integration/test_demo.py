@@ -79,7 +79,7 @@ def test_options_and_data_specs(tmp_path: Path) -> None:
         {"clients": 0},
         {"rounds": 0},
         {"non_iid": 0.0},
-        {"platform": "tdx"},  # stand-in platforms are not demo platforms (yet)
+        {"platform": "auto"},  # the demo names its platform; auto is not one
         {"platform": "emulated"},
     ):
         with pytest.raises(FLError):
@@ -157,7 +157,7 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     # issue 9: every workload reports the tee and the attester that produced its evidence
     assert s["platform"] == "emulated-sgx"
     assert s["workloads"] == {
-        name: {"tee": "emulated-sgx", "attester": "emulated"}
+        name: {"tee": "emulated-sgx", "attester": "emulated", "standin": None}
         for name in ("kbs", "aggregator", *(f"client-{p}" for p in sorted(parties)))
     }
     assert "--platform emulated-sgx" in commands
@@ -179,10 +179,10 @@ def test_fl_demo_on_emulated_tdx_and_snp(tmp_path: Path, platform: str) -> None:
     s: dict[str, Any] = json.loads(out.stdout)
     assert s["ok"] is True and s["platform"] == platform and s["emulated"] is True
     assert s["workloads"] == {
-        "kbs": {"tee": "emulated-sgx", "attester": "emulated"},
-        "aggregator": {"tee": platform, "attester": "emulated"},
-        "client-hospital-a": {"tee": platform, "attester": "emulated"},
-        "client-hospital-b": {"tee": platform, "attester": "emulated"},
+        "kbs": {"tee": "emulated-sgx", "attester": "emulated", "standin": None},
+        "aggregator": {"tee": platform, "attester": "emulated", "standin": None},
+        "client-hospital-a": {"tee": platform, "attester": "emulated", "standin": None},
+        "client-hospital-b": {"tee": platform, "attester": "emulated", "standin": None},
     }
     assert s["kbs_audit"]["attestations_accepted"] >= 3
     key = "tdx" if platform == "emulated-tdx" else "snp"

@@ -79,7 +79,9 @@ def demo(
         "--platform",
         help=(
             "Platform of the aggregator and clients: emulated-sgx, emulated-tdx or "
-            "emulated-snp (software TEEs; --json reports each workload's tee and attester)."
+            "emulated-snp (software TEEs), or tdx, sev-snp, gramine-sgx: the real "
+            "configfs-tsm / Gramine attesters against interface stand-ins the demo starts "
+            "(EMULATED evidence; needs FUSE). --json reports each workload's tee and attester."
         ),
     ),
 ) -> None:
@@ -109,6 +111,13 @@ def demo(
     view = _View(quiet=as_json, rounds=rounds)
     if not as_json:
         console.print(Panel.fit(_EMULATED, title="teeflow demo — confidential federated learning"))
+        if platform in ("tdx", "sev-snp", "gramine-sgx"):
+            kind = "Gramine /dev/attestation" if platform == "gramine-sgx" else "configfs-tsm"
+            console.print(
+                f"[bold yellow]EMULATED:[/] the demo starts {kind} stand-ins (FUSE, not "
+                f"hardware); the real {platform} attesters run against them.",
+                highlight=False,
+            )
         console.print(
             f"{clients} hospitals train one {model.upper()} on {dataset} "
             f"({'IID' if non_iid is None else f'non-IID, Dirichlet α={non_iid:g}'}), "

@@ -1,9 +1,12 @@
-"""``teeflow emulate quote|info``: the emulated SGX platform (software, NOT hardware).
+"""``teeflow emulate quote|info|tsm|gramine``: emulated platforms (software, NOT hardware).
 
 ``quote`` writes a real-format DCAP quote v3 for a workload manifest (or a raw measurement),
 creating or refreshing ``$TEEFLOW_HOME/emulation`` on the way; ``--collateral-out DIR``
 also writes the emulated collateral so ``teeflow quote verify --collateral DIR`` works.
-``info`` shows where the emulation root lives and its fingerprint.
+``info`` shows where the emulation root lives and its fingerprint. ``tsm DIR --tee
+tdx|sev-snp`` and ``gramine DIR`` serve stand-ins of the kernel's configfs-tsm tree and of
+Gramine's ``/dev/attestation`` (FUSE, :mod:`teeflow.testing.standins`) so the real attesters
+run against emulated evidence (``--tsm-root DIR`` / ``--gramine-root DIR``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from teeflow.workload import WorkloadManifest, verify_trusted_files
 __all__ = ["register"]
 
 emulate_app = typer.Typer(
-    help="Emulated SGX platform: real-format evidence under a local root (NOT hardware).",
+    help="Emulated platforms and interface stand-ins: real-format evidence under a local "
+    "root (NOT hardware).",
     no_args_is_help=True,
 )
 console = Console(highlight=False, soft_wrap=True)
@@ -173,3 +177,107 @@ def info_cmd(
     console.print(f"root valid until {doc['root_not_after']}")
     console.print(f"workload MRSIGNER {doc['mrsigner']}")
     console.print(f"collateral until {doc['collateral_next_update']}")
+
+
+def _standin_measurement(
+    measurement_hex: str | None, manifest_path: Path | None, base_dir: Path | None
+) -> bytes:
+    if (measurement_hex is None) == (manifest_path is None):
+        raise PlatformError("give exactly one of --measurement HEX or --manifest FILE")
+    if measurement_hex is not None:
+        return _hex(measurement_hex, "--measurement", 48)
+    from teeflow.workload import measurement as workload_measurement
+
+    assert manifest_path is not None
+    manifest = WorkloadManifest.load(manifest_path)
+    if base_dir is not None:
+        verify_trusted_files(manifest, base_dir)
+    return workload_measurement(manifest)
+
+
+def _serve(
+    platform: str, mountpoint: Path, measurement: bytes, rtmrs: list[str], with_parent: bool
+) -> None:
+    from teeflow.testing.standins import build_standin, serve_standin
+
+    values = [bytes(48)] * 4
+    for spec in rtmrs:
+        index, _, value = spec.partition("=")
+        if index not in ("0", "1", "2", "3"):
+            raise PlatformError("--rtmr takes I=HEX with I in 0..3")
+        values[int(index)] = _hex(value, f"--rtmr {index}", 48).ljust(48, b"\x00")
+    standin = build_standin(platform, measurement, rtmrs=values)
+    err_console.print(
+        f"[bold red]EMULATED — not hardware.[/] {standin.info['interface']} stand-in for "
+        f"{platform} at {mountpoint} (evidence tee {standin.info['tee']}); stop with Ctrl-C"
+    )
+    serve_standin(standin, mountpoint, exit_with_parent=with_parent)
+
+
+_MEASUREMENT_HELP = (
+    "Measurement to present (hex): a 32-byte workload measurement, or for tdx/sev-snp the "
+    "48-byte MRTD / MEASUREMENT itself."
+)
+_MANIFEST_HELP = "Workload manifest whose measurement to present (instead of --measurement)."
+_PARENT_HELP = "Stop (and unmount) when the parent process exits (for launchers: demo, tests)."
+
+
+@emulate_app.command("tsm")
+def tsm_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Empty folder to mount the report tree on (--tsm-root).")
+    ],
+    *,
+    tee: Annotated[str, typer.Option("--tee", help="tdx or sev-snp (the provider).")],
+    measurement_hex: Annotated[
+        str | None, typer.Option("--measurement", help=_MEASUREMENT_HELP)
+    ] = None,
+    manifest_path: Annotated[
+        Path | None, typer.Option("--manifest", "-m", help=_MANIFEST_HELP)
+    ] = None,
+    base_dir: Annotated[
+        Path | None,
+        typer.Option("--base-dir", help="Re-hash the manifest's trusted files under this folder."),
+    ] = None,
+    rtmr: Annotated[
+        list[str] | None,
+        typer.Option("--rtmr", help="TDX RTMR value I=HEX (I in 0..3; repeatable; default zero)."),
+    ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option("--exit-with-parent", help=_PARENT_HELP)
+    ] = False,
+) -> None:
+    """Serve a configfs-tsm report tree (FUSE) answering inblob writes with EMULATED
+    TDX quotes / SEV-SNP reports, until Ctrl-C or SIGTERM (then unmounted)."""
+    if tee not in ("tdx", "sev-snp"):
+        raise PlatformError(f"--tee must be tdx or sev-snp, not {tee!r}")
+    if rtmr and tee != "tdx":
+        raise PlatformError("--rtmr applies to --tee tdx only")
+    m = _standin_measurement(measurement_hex, manifest_path, base_dir)
+    _serve(tee, directory, m, rtmr or [], exit_with_parent)
+
+
+@emulate_app.command("gramine")
+def gramine_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Empty folder to mount /dev/attestation on (--gramine-root).")
+    ],
+    *,
+    measurement_hex: Annotated[
+        str | None, typer.Option("--measurement", help="MRENCLAVE to present (32 bytes hex).")
+    ] = None,
+    manifest_path: Annotated[
+        Path | None, typer.Option("--manifest", "-m", help=_MANIFEST_HELP)
+    ] = None,
+    base_dir: Annotated[
+        Path | None,
+        typer.Option("--base-dir", help="Re-hash the manifest's trusted files under this folder."),
+    ] = None,
+    exit_with_parent: Annotated[
+        bool, typer.Option("--exit-with-parent", help=_PARENT_HELP)
+    ] = False,
+) -> None:
+    """Serve a Gramine /dev/attestation tree (FUSE) with EMULATED DCAP quotes and sealing
+    keys, until Ctrl-C or SIGTERM (then unmounted)."""
+    m = _standin_measurement(measurement_hex, manifest_path, base_dir)
+    _serve("gramine-sgx", directory, m, [], exit_with_parent)

@@ -432,6 +432,7 @@ def _run(
             train_config=o.train_config(),
             round_timeout=o.round_timeout,
             state_dir=workdir / "aggregator",
+            extra=plat.role_args.get("aggregator", ()),
         )
         clients = {
             p: lf.start_client(
@@ -441,6 +442,7 @@ def _run(
                 data=o.data_spec(i),
                 threads=1,
                 workdir=workdir / "clients" / p,
+                extra=plat.role_args.get("client", ()),
             )
             for i, p in enumerate(parties)
         }
@@ -450,6 +452,8 @@ def _run(
         summary.training_seconds = time.monotonic() - t_train
         for name, proc in (("aggregator", agg), *((f"client-{p}", c) for p, c in clients.items())):
             summary.workloads[name] = _attester_of(proc)
+        for name, entry in summary.workloads.items():  # the interface stand-in it used
+            entry["standin"] = plat.standins.get(name.split("-", 1)[0])
         summary.round_table = tracker.table()
         summary.warnings += tracker.warnings
         summary.rounds = int(done.get("rounds", 0))

@@ -8,14 +8,22 @@ given :class:`~contextlib.ExitStack`, so it stops with the demo).
 
 Platforms (:data:`DEMO_PLATFORMS`): ``emulated-sgx`` (the default), ``emulated-tdx`` and
 ``emulated-snp`` — software TEEs, every workload attests with the emulated attester of that
-TEE type. The KBS itself runs on ``emulated-sgx`` in every variant (parties verify SGX KBS
-evidence only so far), and the demo says so.
+TEE type; ``tdx``, ``sev-snp`` and ``gramine-sgx`` — the **real** configfs-tsm / Gramine
+attesters against interface stand-ins (``teeflow emulate tsm|gramine``,
+:mod:`teeflow.demo.standins`) that the demo starts, one per role (its processes share it, as
+one machine's configfs-tsm or one enclave image's ``/dev/attestation``), each presenting the
+role's agreed measurement; the agreement lists what the stand-ins report (TDX MRTD + RTMRs,
+SNP MEASUREMENT, SGX MRENCLAVE). Their evidence is EMULATED (emulation root) and the demo
+says so. The KBS runs on ``emulated-sgx`` in every variant but ``gramine-sgx`` (parties
+verify SGX KBS evidence only so far; under ``gramine-sgx`` it uses its own Gramine
+stand-in), and the demo says so.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +31,13 @@ from typing import Any
 from teeflow.errors import FLError
 from teeflow.platform.selection import EMULATED_PLATFORMS, emulated_workload_spec
 
-__all__ = ["DEMO_PLATFORMS", "DemoPlatform", "demo_platform"]
+__all__ = ["DEMO_PLATFORMS", "STANDIN_PLATFORMS", "DemoPlatform", "demo_platform"]
 
+#: Demo platforms served by interface stand-ins (real attesters, emulated evidence).
+STANDIN_PLATFORMS: tuple[str, ...] = ("tdx", "sev-snp", "gramine-sgx")
 #: ``teeflow demo --platform`` values.
-DEMO_PLATFORMS: tuple[str, ...] = EMULATED_PLATFORMS
+DEMO_PLATFORMS: tuple[str, ...] = (*EMULATED_PLATFORMS, *STANDIN_PLATFORMS)
+_ROOT_OPTION = {"tdx": "--tsm-root", "sev-snp": "--tsm-root", "gramine-sgx": "--gramine-root"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,9 @@ class DemoPlatform:
         workload_args: further platform options of the workloads (``--tsm-root DIR`` …).
         kbs_args: further platform options of the KBS.
         notes: what the demo says about the platform (printed and in ``--json``).
+        role_args: per-role platform options (``aggregator``, ``client``) on top of
+            ``workload_args`` (a stand-in's root).
+        standins: role -> mount point of its interface stand-in.
     """
 
     name: str
@@ -49,11 +63,14 @@ class DemoPlatform:
     workload_args: tuple[str, ...] = ()
     kbs_args: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    role_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    standins: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def emulated(self) -> bool:
-        """Every workload's evidence comes from an emulated platform."""
-        return self.name in EMULATED_PLATFORMS and self.kbs_platform in EMULATED_PLATFORMS
+        """Every workload's evidence is emulated (emulated platforms, or stand-ins)."""
+        covered = (*EMULATED_PLATFORMS, *STANDIN_PLATFORMS)
+        return self.name in covered and self.kbs_platform in covered
 
 
 def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) -> DemoPlatform:
@@ -67,7 +84,8 @@ def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) ->
     Raises:
         FLError: an unknown demo platform.
     """
-    del workdir, stack  # the emulated platforms need no helper process
+    if name in STANDIN_PLATFORMS:
+        return _standin_platform(name, workdir, stack)
     if name in EMULATED_PLATFORMS:
         tee = name.removeprefix("emulated-").upper()
         return DemoPlatform(
@@ -80,3 +98,58 @@ def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) ->
             ),
         )
     raise FLError(f"--platform must be one of {', '.join(DEMO_PLATFORMS)}, not {name!r}")
+
+
+def _role_measurements() -> dict[str, bytes]:
+    from teeflow.fl.workload import fl_measurement
+    from teeflow.kbs.service.self_attestation import kbs_measurement
+
+    return {
+        "kbs": kbs_measurement(),
+        "aggregator": fl_measurement("aggregator"),
+        "client": fl_measurement("client"),
+    }
+
+
+def _standin_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) -> DemoPlatform:
+    """Start one stand-in per role (the KBS only under ``gramine-sgx``) on ``stack``."""
+    from teeflow.demo.standins import start_standin
+
+    measurements = _role_measurements()
+    roles = ["kbs", "aggregator", "client"] if name == "gramine-sgx" else ["aggregator", "client"]
+    procs = {}
+    for role in roles:
+        proc = start_standin(
+            name,
+            workdir / "standins" / role,
+            measurement=measurements[role],
+            env=dict(os.environ),
+            logs=workdir / "logs",
+            name=f"standin-{role}",
+        )
+        stack.callback(proc.stop)
+        procs[role] = proc
+    interface = procs["aggregator"].info.get("interface", "?")
+
+    def spec(role: str, mr: bytes) -> dict[str, Any]:
+        if role not in procs or mr != measurements[role]:
+            raise FLError(f"no {name} stand-in presents the {role} measurement {mr.hex()[:16]}…")
+        refs: dict[str, Any] = procs[role].info["reference_values"]
+        return refs
+
+    kbs_platform = "gramine-sgx" if "kbs" in procs else "emulated-sgx"
+    notes = [f"EMULATED: {interface} stand-in at {p.mountpoint} ({r})" for r, p in procs.items()]
+    notes.append(
+        f"aggregator and clients run the real {interface} attester on EMULATED {name} evidence "
+        f"(not hardware); the KBS runs on {kbs_platform}"
+    )
+    option = _ROOT_OPTION[name]
+    return DemoPlatform(
+        name=name,
+        kbs_platform=kbs_platform,
+        workload_spec=spec,
+        kbs_args=(option, str(procs["kbs"].mountpoint)) if "kbs" in procs else (),
+        notes=tuple(notes),
+        role_args={r: (option, str(p.mountpoint)) for r, p in procs.items() if r != "kbs"},
+        standins={r: str(p.mountpoint) for r, p in procs.items()},
+    )

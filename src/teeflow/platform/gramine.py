@@ -24,6 +24,7 @@ from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.attestation.evidence import Evidence
 from teeflow.errors import ParseError, PlatformError
 from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, pad_report_data, read_small
+from teeflow.platform.standin import declared_tee
 
 __all__ = ["MAX_QUOTE_BYTES", "GramineAttester"]
 
@@ -39,11 +40,16 @@ class GramineAttester:
         root: the ``/dev/attestation`` directory (tests pass a fake tree).
     """
 
-    tee = "sgx"
     kind = "gramine"
 
     def __init__(self, root: Path = DEFAULT_GRAMINE_ROOT) -> None:
         self.root = Path(root)
+
+    @property
+    def tee(self) -> str:
+        """RCAR tee name: ``"sgx"``, or ``"emulated-sgx"`` when ``root`` is a teeflow
+        stand-in (:func:`teeflow.platform.standin.declared_tee`)."""
+        return declared_tee(self.root, "sgx")
 
     def attestation_type(self) -> str:
         """The content of ``attestation_type`` (stripped).
@@ -58,7 +64,7 @@ class GramineAttester:
             raise PlatformError("Gramine attestation_type is not ASCII") from None
 
     def evidence(self, report_data: bytes) -> Evidence:
-        """:meth:`quote` as :class:`Evidence` (``tee = "sgx"``, ``attester = "gramine"``).
+        """:meth:`quote` as :class:`Evidence` (``tee`` = :attr:`tee`, ``attester = "gramine"``).
 
         Raises:
             PlatformError: as :meth:`quote`.

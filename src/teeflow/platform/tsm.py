@@ -35,6 +35,7 @@ from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.attestation.evidence import Evidence
 from teeflow.errors import ParseError, PlatformError
 from teeflow.platform.base import DEFAULT_TSM_ROOT, TSM_PROVIDERS, pad_report_data, read_small
+from teeflow.platform.standin import declared_tee
 
 __all__ = [
     "MAX_AUXBLOB_BYTES",
@@ -158,7 +159,11 @@ class TsmAttester:
     # -- entries ------------------------------------------------------------------------
 
     def _new_entry(self) -> Path:
-        if not self.root.is_dir():
+        try:
+            present = self.root.is_dir()
+        except OSError as exc:  # e.g. ENOTCONN: a dead FUSE stand-in mounted there
+            raise PlatformError(f"cannot access {self.root}: {exc.strerror}") from None
+        if not present:
             raise PlatformError(f"configfs-tsm report directory {self.root} does not exist")
         entry = self.root / f"teeflow-{os.getpid()}-{os.urandom(8).hex()}"
         try:
@@ -212,12 +217,14 @@ class TsmAttester:
 
     @property
     def tee(self) -> str:
-        """RCAR tee name: ``"tdx"`` or ``"snp"`` (probes the provider if unknown).
+        """RCAR tee name: ``"tdx"`` or ``"snp"`` (probes the provider if unknown);
+        ``emulated-tdx`` / ``emulated-snp`` when ``root`` is a teeflow stand-in
+        (:func:`teeflow.platform.standin.declared_tee`).
 
         Raises:
             PlatformError: as :meth:`provider`.
         """
-        return TSM_PROVIDERS[self.provider()][1]
+        return declared_tee(self.root, TSM_PROVIDERS[self.provider()][1])
 
     def report(self, report_data: bytes) -> TsmReport:
         """Request one report binding ``report_data`` (zero-padded to 64 bytes).
@@ -276,7 +283,8 @@ class TsmAttester:
         """
         report = self.report(report_data)
         aux = report.auxblob if report.tee == "snp" else None
-        return Evidence(report.tee, report.outblob, self.kind, certificates=aux)
+        tee = declared_tee(self.root, report.tee)  # emulated-… on a stand-in
+        return Evidence(tee, report.outblob, self.kind, certificates=aux)
 
     def _write(self, path: Path, data: bytes, what: str) -> None:
         try:
