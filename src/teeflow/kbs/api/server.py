@@ -90,6 +90,7 @@ from teeflow.kbs.service.recovery_mode import (
 from teeflow.kbs.service.self_attestation import (
     KbsEvidenceSource,
     kbs_measurement,
+    own_identity,
 )
 from teeflow.kbs.store import (
     open_store,
@@ -311,6 +312,8 @@ def build_kbs(
                     federation=fed,
                     tls_hosts=tuple(tls_hosts),
                     now=now_fn,
+                    tee=attester.tee,
+                    identity=own_identity(attester),
                 )
             )
         keys = state.keys
@@ -360,6 +363,7 @@ def build_kbs(
                 measurement=mr,
                 tee=attester.tee,
                 clock=now_fn,
+                identity=own_identity(attester),
             )
         if current is not None:
             manager.ensure(current.agreement, digest(current.agreement))

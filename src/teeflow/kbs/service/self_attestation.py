@@ -108,6 +108,7 @@ __all__ = [
     "kbs_manifest",
     "kbs_measurement",
     "kbs_reference_values",
+    "own_identity",
     "spki_sha256",
     "verify_kbs_evidence",
 ]
@@ -192,6 +193,26 @@ def kbs_reference_values(platform: str, package_dir: Path | None = None) -> dict
             "TD's MRTD/RTMRs, the guest's launch MEASUREMENT)"
         )
     return emulated_workload_spec(platform, kbs_measurement(package_dir))
+
+
+def own_identity(attester: PlatformAttester) -> bytes:
+    """The code identity this KBS's platform reports for it — MRENCLAVE (32 bytes), MRTD or
+    MEASUREMENT (48 bytes) — read from one piece of its own evidence (report data zero),
+    parsed, not verified: the KBS checks the agreement in force names it after a recovery
+    (:func:`teeflow.kbs.service.recovery_mode.kbs_named_by`); parties verify.
+
+    Raises:
+        PlatformError: the attester failed; ParseError: malformed evidence.
+    """
+    evidence = attester.evidence(bytes(64))
+    body: Any
+    if evidence.platform == "sgx":
+        body = sgx.parse_quote(evidence.primary).body
+        return bytes(body.mr_enclave)
+    if evidence.platform == "tdx":
+        body = tdx.parse_quote(evidence.primary).body
+        return bytes(body.mr_td)
+    return bytes(snp.parse_report(evidence.primary).measurement)
 
 
 # -- evidence (KBS side) --------------------------------------------------------------------
