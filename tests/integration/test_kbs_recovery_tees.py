@@ -65,7 +65,8 @@ def test_recovery_and_upgrade_on_tee(tmp_path: Path, platform: str) -> None:
     v1 = _agreement(platform, parties, 1, [M1], None)
     common: dict[str, Any] = {"state_dir": tmp_path / "state", "federation": "fed",
                               "home": home, "purge_interval": None, "platform": platform,
-                              "sealer": None}  # recovery-only: no sealing key, as TDX
+                              "sealer": None,  # recovery-only: no sealing key, as TDX
+                              "expect_agreement": digest(v1)}
     resume = {k: v for k, v in common.items() if k != "sealer"}  # the runtime's sealer
 
     runtime = build_kbs(db, measurement=M1, **common)

@@ -91,7 +91,8 @@ def kbs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             [sys.executable, "-m", "teeflow", "kbs", "serve", "--db",
              f"sqlite:///{base / 'kbs.db'}", "--listen", f"127.0.0.1:{port}",
              "--state-dir", str(base / "state"), "--federation", "study",
-             "--log-level", "warning", "--platform", platform],
+             "--log-level", "warning", "--platform", platform,
+             "--insecure-first-agreement"],  # the tests submit several first agreements
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )
     try:

@@ -82,7 +82,7 @@ def _build(tmp_path: Path, name: str, root: Path, **kw: Any) -> KbsRuntime:
     return build_kbs(
         f"sqlite:///{tmp_path / 'kbs.db'}", state_dir=tmp_path / "state", federation="study",
         platform=PlatformOptions(name, tsm_root=root), measurement=KBS_MR,
-        purge_interval=None, **kw,
+        purge_interval=None, insecure_first_agreement=True, **kw,
     )  # fmt: skip
 
 
