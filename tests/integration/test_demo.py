@@ -179,7 +179,7 @@ def test_fl_demo_on_emulated_tdx_and_snp(tmp_path: Path, platform: str) -> None:
     s: dict[str, Any] = json.loads(out.stdout)
     assert s["ok"] is True and s["platform"] == platform and s["emulated"] is True
     assert s["workloads"] == {
-        "kbs": {"tee": "emulated-sgx", "attester": "emulated", "standin": None},
+        "kbs": {"tee": platform, "attester": "emulated", "standin": None},
         "aggregator": {"tee": platform, "attester": "emulated", "standin": None},
         "client-hospital-a": {"tee": platform, "attester": "emulated", "standin": None},
         "client-hospital-b": {"tee": platform, "attester": "emulated", "standin": None},

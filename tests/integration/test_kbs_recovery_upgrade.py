@@ -30,12 +30,12 @@ from teeflow.kbs.api.server import BackgroundServer, build_kbs, complete_recover
 from teeflow.kbs.client.recovery import ShareFile, fetch_share, recover
 from teeflow.kbs.client.sdk import KbsClient, verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.kbs_reference import load_reference_values
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import SignedAgreement, sign_agreement
 from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.kbs.service.collateral import EmulatedCollateralProvider
 from teeflow.kbs.service.recovery import sign_submission
-from teeflow.kbs.service.self_attestation import load_reference_values
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.sealing.hpke import unwrap_key, wrap_key
 

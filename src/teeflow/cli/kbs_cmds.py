@@ -2,16 +2,20 @@
 
 * ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform NAME] [--tsm-root DIR]
   [--gramine-root DIR] [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]
-  (--expect-agreement DIGEST|FILE | --insecure-first-agreement)`` — run the KBS
-  (:func:`teeflow.kbs.api.server.serve`) until Ctrl-C / SIGTERM. ``--federation`` is needed at
-  the first start in a state directory only; one of the agreement options while the store
-  holds no agreement (bootstrap: the first agreement is fixed, and bound in the evidence).
-* ``teeflow kbs verify URL --reference-values FILE [--allow-emulated] [-o PIN]
-  [--expect-agreement HEX]`` — verify the KBS's evidence as a party and write the pin file
-  (default ``$TEEFLOW_HOME/kbs.pin.json``) that every later party command uses. FILE holds
-  SGX reference values, ``{sgx: ...}``, or is the agreement (``workloads.kbs``).
-* ``teeflow kbs measurement [--manifest]`` — the KBS measurement of the installed teeflow
-  (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`), to put into reference values.
+  [--sealing platform|recovery-only] (--expect-agreement DIGEST|FILE |
+  --insecure-first-agreement)`` — run the KBS (:func:`teeflow.kbs.api.server.serve`) until
+  Ctrl-C / SIGTERM, on any platform (its evidence is of that platform's TEE).
+  ``--federation`` is needed at the first start in a state directory only; one of the
+  agreement options while the store holds no agreement (bootstrap: the first agreement is
+  fixed, and bound in the evidence).
+* ``teeflow kbs verify URL (--reference-values FILE | --expect-measurement HEX...)
+  [--allow-emulated] [-o PIN] [--expect-agreement HEX]`` — verify the KBS's evidence (any
+  TEE) as a party and write the pin file (default ``$TEEFLOW_HOME/kbs.pin.json``) that every
+  later party command uses. FILE is the agreement (``workloads.kbs``), a workload spec
+  ``{sgx|tdx|snp: ...}`` or one platform's values.
+* ``teeflow kbs measurement [--manifest] [--platform NAME] [--json]`` — the KBS measurement
+  of the installed teeflow (:func:`teeflow.kbs.service.self_attestation.kbs_measurement`);
+  with ``--platform`` the ``workloads.kbs`` reference values of an emulated platform.
 * ``teeflow kbs audit verify --party NAME [--pin PIN] [--expect-head HEX]`` — fetch the
   whole audit log (reads signed by the party: only parties may read it) and verify its hash
   chain and signatures with the pinned audit key.
@@ -122,6 +126,16 @@ def register(app: typer.Typer) -> None:
                 "federation (development only).",
             ),
         ] = False,
+        sealing: Annotated[
+            str,
+            typer.Option(
+                "--sealing",
+                help="platform: seal the KBS keys with the platform's sealing key (Gramine "
+                "_sgx_mrenclave, SNP derived key; TDX has none); recovery-only: no sealing "
+                "key, the keys come back only from the parties' recovery shares after a "
+                "restart (TDX always; SEV-SNP without /dev/sev-guest, e.g. the stand-in).",
+            ),
+        ] = "platform",
     ) -> None:
         """Run the KBS with TLS until interrupted (recovery mode when its state must be
         recovered from the parties' shares)."""
@@ -164,15 +178,28 @@ def register(app: typer.Typer) -> None:
             sev_guest_dev=sev_guest_dev,
             expect_agreement=_agreement_digest(expect_agreement),
             insecure_first_agreement=insecure_first_agreement,
+            sealing=sealing,
         )
 
     @kbs.command("verify")
     def verify_cmd(
         url: Annotated[str, typer.Argument(help="KBS base URL, https://HOST:PORT.")],
         reference_values: Annotated[
-            Path,
-            typer.Option("--reference-values", help="KBS reference values (or the agreement)."),
-        ],
+            Path | None,
+            typer.Option(
+                "--reference-values",
+                help="KBS reference values: the agreement (workloads.kbs), {sgx|tdx|snp: ...} "
+                "or one platform's values.",
+            ),
+        ] = None,
+        expect_measurement: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--expect-measurement",
+                help="Instead of --reference-values: an accepted KBS measurement (repeat): "
+                "64 hex = SGX MRENCLAVE, 96 hex = TDX MRTD / SNP MEASUREMENT.",
+            ),
+        ] = None,
         allow_emulated: Annotated[
             bool, typer.Option("--allow-emulated", help="Accept an EMULATED KBS (development).")
         ] = False,
@@ -191,7 +218,10 @@ def register(app: typer.Typer) -> None:
         from teeflow.kbs.client.sdk import (
             verify_kbs,
         )
-        from teeflow.kbs.service.self_attestation import load_reference_values
+        from teeflow.kbs.policy.kbs_reference import (
+            load_reference_values,
+            reference_values_for_measurements,
+        )
 
         expected = None
         if expect_agreement is not None:
@@ -201,12 +231,22 @@ def register(app: typer.Typer) -> None:
                 raise KbsError("--expect-agreement must be 64 hex digits") from None
             if len(expected) != 32:
                 raise KbsError("--expect-agreement must be 64 hex digits")
-        values = load_reference_values(reference_values)
+        if (reference_values is None) == (not expect_measurement):
+            raise KbsError(
+                "give the KBS reference values: --reference-values FILE (the agreement) or "
+                "--expect-measurement HEX (not both)"
+            )
+        values = (
+            load_reference_values(reference_values)
+            if reference_values is not None
+            else reference_values_for_measurements(expect_measurement or [])
+        )
         pin = verify_kbs(
             url, values, allow_emulated=allow_emulated, expected_agreement_digest=expected
         )
         path = pin.save(output if output is not None else default_pin_path())
         typer.echo(f"KBS at {pin.url} verified (federation {pin.federation})")
+        typer.echo(f"  tee              {pin.tee}")
         typer.echo(f"  measurement      {pin.measurement}")
         typer.echo(f"  tls_spki_sha256  {pin.tls_spki_sha256}")
         typer.echo(f"  agreement        {pin.agreement_digest or '- (none yet)'}")
@@ -223,11 +263,36 @@ def register(app: typer.Typer) -> None:
         manifest: Annotated[
             bool, typer.Option("--manifest", help="Print the KBS workload manifest (YAML).")
         ] = False,
+        platform: Annotated[
+            str | None,
+            typer.Option(
+                "--platform",
+                help="Print the KBS reference values (workloads.kbs) for this platform: "
+                "emulated-sgx MRENCLAVE, emulated-tdx MRTD, emulated-snp MEASUREMENT. "
+                "Hardware platforms measure their image (docs/deploy.md).",
+            ),
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="With --platform: print the values as JSON.")
+        ] = False,
     ) -> None:
-        """Print the KBS measurement of the installed teeflow (emulated MRENCLAVE)."""
-        from teeflow.kbs.service.self_attestation import kbs_manifest
+        """Print the KBS measurement of the installed teeflow (emulated MRENCLAVE), or with
+        --platform its reference values for that platform."""
+        import json
+
+        import yaml
+
+        from teeflow.kbs.service.self_attestation import kbs_manifest, kbs_reference_values
         from teeflow.workload.manifest import measurement
 
+        if platform is not None:
+            values = {"kbs": kbs_reference_values(platform)}
+            if as_json:
+                typer.echo(json.dumps(values, sort_keys=True))
+            else:
+                typer.echo(f"# workloads.kbs of the agreement for a KBS on {platform}")
+                typer.echo(yaml.safe_dump(values, sort_keys=True), nl=False)
+            return
         doc = kbs_manifest()
         if manifest:
             typer.echo(doc.to_yaml(), nl=False)

@@ -10,7 +10,8 @@ a fresh work directory, offline (scikit-learn's ``digits`` ships with scikit-lea
    are the measurements of the installed teeflow, :func:`~teeflow.fl.workload.fl_measurement`),
    which all three sign (``agreement.yaml`` + ``agreement.yaml.sigs.json``, as
    ``teeflow agreement sign`` writes them);
-4. verifies the KBS (its emulated SGX evidence against the agreed KBS measurement) and pins it
+4. verifies the KBS (its evidence — of the demo platform's TEE — against the agreed KBS
+   measurement) and pins it
    (``pin.json``), submits the agreement, and publishes the sealed package as hospital-a;
 5. starts the aggregator and one client per party as separate processes on 127.0.0.1
    (:class:`~teeflow.fl.session.LocalFederation`) with ``--platform`` of the demo platform
@@ -380,6 +381,7 @@ def _run(
                 federation=FEDERATION,
                 keys=[keys[p] for p in parties],
                 kbs_measurement=kbs_mr,
+                kbs_spec=plat.kbs_spec(bytes.fromhex(kbs_mr)),
                 package_digest=pkg_digest,
                 workload_spec=plat.workload_spec,
             )
@@ -401,9 +403,9 @@ def _run(
             summary.workloads["kbs"] = {"tee": kbs.tee, "attester": kbs.attester}
             files["kbs database"] = str(workdir / "kbs.db")
         pin_path = workdir / "pin.json"
-        with step("KBS verified (emulated SGX evidence) and pinned") as d:
+        with step(f"KBS verified ({kbs.tee} evidence) and pinned") as d:
             from teeflow.kbs.client.sdk import KbsClient, verify_kbs
-            from teeflow.kbs.service.self_attestation import load_reference_values
+            from teeflow.kbs.policy.kbs_reference import load_reference_values
 
             pin = verify_kbs(
                 kbs.url, load_reference_values(agreement_path), allow_emulated=True, home=home

@@ -145,6 +145,7 @@ def write_agreement(
     kbs_measurement: str,
     package_digest: str,
     workload_spec: Callable[[str, bytes], dict[str, Any]] | None = None,
+    kbs_spec: dict[str, Any] | None = None,
 ) -> str:
     """Write the demo agreement to ``path`` and every party's signature to
     ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
@@ -153,7 +154,8 @@ def write_agreement(
     data owners. ``allow_emulated: true``; workloads: the KBS measurement given (SGX) and the
     built-in aggregator/client measurements of the installed teeflow, as reference values of
     ``workload_spec(role, measurement)`` (default: SGX MRENCLAVE; the demo platform's
-    :attr:`~teeflow.demo.platforms.DemoPlatform.workload_spec`); one package ``mnist``;
+    :attr:`~teeflow.demo.platforms.DemoPlatform.workload_spec`; ``kbs_spec``, when given,
+    replaces the KBS's SGX entry); one package ``mnist``;
     ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it).
 
     Returns:
@@ -192,7 +194,7 @@ def write_agreement(
                 for i, k in enumerate(keys)
             },
             "workloads": {
-                "kbs": {"sgx": {"mrenclave": [kbs_measurement]}},
+                "kbs": kbs_spec or {"sgx": {"mrenclave": [kbs_measurement]}},
                 "aggregator": spec("aggregator", fl_measurement("aggregator")),
                 "client": spec("client", fl_measurement("client")),
             },

@@ -8,15 +8,16 @@ given :class:`~contextlib.ExitStack`, so it stops with the demo).
 
 Platforms (:data:`DEMO_PLATFORMS`): ``emulated-sgx`` (the default), ``emulated-tdx`` and
 ``emulated-snp`` — software TEEs, every workload attests with the emulated attester of that
-TEE type; ``tdx``, ``sev-snp`` and ``gramine-sgx`` — the **real** configfs-tsm / Gramine
-attesters against interface stand-ins (``teeflow emulate tsm|gramine``,
-:mod:`teeflow.demo.standins`) that the demo starts, one per role (its processes share it, as
-one machine's configfs-tsm or one enclave image's ``/dev/attestation``), each presenting the
-role's agreed measurement; the agreement lists what the stand-ins report (TDX MRTD + RTMRs,
-SNP MEASUREMENT, SGX MRENCLAVE). Their evidence is EMULATED (emulation root) and the demo
-says so. The KBS runs on ``emulated-sgx`` in every variant but ``gramine-sgx`` (parties
-verify SGX KBS evidence only so far; under ``gramine-sgx`` it uses its own Gramine
-stand-in), and the demo says so.
+TEE type, and so does the KBS; ``tdx``, ``sev-snp`` and ``gramine-sgx`` — the **real**
+configfs-tsm / Gramine attesters against interface stand-ins (``teeflow emulate tsm|gramine``,
+:mod:`teeflow.demo.standins`) that the demo starts, one per role including the KBS (a role's
+processes share it, as one machine's configfs-tsm or one enclave image's
+``/dev/attestation``), each presenting the role's agreed measurement; the agreement lists what
+the stand-ins report (TDX MRTD + RTMRs, SNP MEASUREMENT, SGX MRENCLAVE) for every role,
+``workloads.kbs`` included (:attr:`DemoPlatform.kbs_spec`: parties verify the KBS's evidence
+of any TEE). Their evidence is EMULATED (emulation root) and the demo says so. Under
+``sev-snp`` the KBS runs with ``--sealing recovery-only``: the configfs-tsm stand-in has no
+``/dev/sev-guest`` for the SNP derived sealing key.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class DemoPlatform:
             agreement (reference values the workloads' evidence will carry).
         workload_args: further platform options of the workloads (``--tsm-root DIR`` …).
         kbs_args: further platform options of the KBS.
+        kbs_spec: ``32-byte KBS measurement -> workloads.kbs`` entry of the agreement
+            (default: SGX MRENCLAVE).
         notes: what the demo says about the platform (printed and in ``--json``).
         role_args: per-role platform options (``aggregator``, ``client``) on top of
             ``workload_args`` (a stand-in's root).
@@ -63,6 +66,9 @@ class DemoPlatform:
     workload_args: tuple[str, ...] = ()
     kbs_args: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    kbs_spec: Callable[[bytes], dict[str, Any]] = field(
+        default=lambda mr: emulated_workload_spec("emulated-sgx", mr)
+    )
     role_args: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     standins: Mapping[str, str] = field(default_factory=dict)
 
@@ -90,11 +96,12 @@ def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) ->
         tee = name.removeprefix("emulated-").upper()
         return DemoPlatform(
             name=name,
-            kbs_platform="emulated-sgx",
+            kbs_platform=name,
             workload_spec=lambda role, mr: emulated_workload_spec(name, mr),
+            kbs_spec=lambda mr: emulated_workload_spec(name, mr),
             notes=(
-                f"workloads attest with EMULATED {tee} evidence (software, no hardware "
-                "protection); the KBS runs on emulated-sgx",
+                f"the KBS and the workloads attest with EMULATED {tee} evidence (software, "
+                "no hardware protection)",
             ),
         )
     raise FLError(f"--platform must be one of {', '.join(DEMO_PLATFORMS)}, not {name!r}")
@@ -112,11 +119,11 @@ def _role_measurements() -> dict[str, bytes]:
 
 
 def _standin_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) -> DemoPlatform:
-    """Start one stand-in per role (the KBS only under ``gramine-sgx``) on ``stack``."""
+    """Start one stand-in per role, the KBS's included, on ``stack``."""
     from teeflow.demo.standins import start_standin
 
     measurements = _role_measurements()
-    roles = ["kbs", "aggregator", "client"] if name == "gramine-sgx" else ["aggregator", "client"]
+    roles = ["kbs", "aggregator", "client"]
     procs = {}
     for role in roles:
         proc = start_standin(
@@ -137,18 +144,22 @@ def _standin_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]
         refs: dict[str, Any] = procs[role].info["reference_values"]
         return refs
 
-    kbs_platform = "gramine-sgx" if "kbs" in procs else "emulated-sgx"
     notes = [f"EMULATED: {interface} stand-in at {p.mountpoint} ({r})" for r, p in procs.items()]
     notes.append(
-        f"aggregator and clients run the real {interface} attester on EMULATED {name} evidence "
-        f"(not hardware); the KBS runs on {kbs_platform}"
+        f"the KBS, the aggregator and the clients run the real {interface} attester on "
+        f"EMULATED {name} evidence (not hardware)"
     )
     option = _ROOT_OPTION[name]
+    kbs_args: tuple[str, ...] = (option, str(procs["kbs"].mountpoint))
+    if name == "sev-snp":  # the configfs-tsm stand-in has no /dev/sev-guest (derived key)
+        kbs_args += ("--sealing", "recovery-only")
+        notes.append("the KBS keeps its keys with --sealing recovery-only (no /dev/sev-guest)")
     return DemoPlatform(
         name=name,
-        kbs_platform=kbs_platform,
+        kbs_platform=name,
         workload_spec=spec,
-        kbs_args=(option, str(procs["kbs"].mountpoint)) if "kbs" in procs else (),
+        kbs_spec=lambda mr: spec("kbs", mr),
+        kbs_args=kbs_args,
         notes=tuple(notes),
         role_args={r: (option, str(p.mountpoint)) for r, p in procs.items() if r != "kbs"},
         standins={r: str(p.mountpoint) for r, p in procs.items()},

@@ -70,6 +70,9 @@ class RecoveryRuntime:
     tls_hosts: tuple[str, ...]
     now: Callable[[], datetime]
     tee: str = "emulated-sgx"
+    #: the code identity the platform attests (MRENCLAVE / MRTD / MEASUREMENT) that the
+    #: agreement in force must name after an upgrade; None: ``measurement`` itself
+    identity: bytes | None = None
     app: FastAPI = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,13 +142,17 @@ def resume_after_recovery(
     measurement: bytes,
     tee: str,
     clock: Callable[[], datetime],
+    identity: bytes | None = None,
 ) -> None:
-    """After a recovery: the agreement in force must name this KBS; audit the recovery."""
-    named = None if current is None else kbs_named_by(current.agreement, tee, measurement.hex())
+    """After a recovery: the agreement in force must name this KBS (its attested
+    ``identity`` for ``tee``: MRENCLAVE, MRTD or MEASUREMENT; default ``measurement``);
+    audit the recovery."""
+    shown = (identity if identity is not None else measurement).hex()
+    named = None if current is None else kbs_named_by(current.agreement, tee, shown)
     upgrade = recovered.previous_measurement != measurement
     if upgrade and named is not True:
         raise KbsError(
-            f"the agreement in force does not name KBS measurement {measurement.hex()}: "
+            f"the agreement in force does not name KBS measurement {shown}: "
             "an upgraded KBS needs a quorum-signed agreement update listing it"
         )
     data = audit_recovery_data(
@@ -173,15 +180,16 @@ def _check_resume_allowed(rt: RecoveryRuntime, db_url: str) -> None:
     finally:
         store.close()
     named = None
+    shown = (rt.identity if rt.identity is not None else rt.measurement).hex()
     if record is not None:
         try:
             signed = SignedAgreement.model_validate_json(record.document)
         except ValidationError:
             raise KbsError("the stored agreement does not parse") from None
-        named = kbs_named_by(signed.agreement, rt.tee, rt.measurement.hex())
+        named = kbs_named_by(signed.agreement, rt.tee, shown)
     if named is not True:
         raise KbsError(
-            f"the agreement in force does not name KBS measurement {rt.measurement.hex()}: "
+            f"the agreement in force does not name KBS measurement {shown}: "
             "an upgraded KBS needs a quorum-signed agreement update listing it"
         )
 

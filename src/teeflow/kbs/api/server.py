@@ -32,7 +32,6 @@ closes the store and returns normally (exit status 0).
 
 from __future__ import annotations
 
-import base64
 import importlib.util
 import ipaddress
 import logging
@@ -70,6 +69,7 @@ from teeflow.kbs.api.recovery_runtime import (
     resume_after_recovery,
 )
 from teeflow.kbs.ca.tls import scratch_file
+from teeflow.kbs.client.sdk import primary_evidence
 from teeflow.kbs.policy.agreement import digest
 from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
 from teeflow.kbs.service.audit import AuditLog
@@ -88,9 +88,9 @@ from teeflow.kbs.service.recovery_mode import (
     load_kbs_state,
 )
 from teeflow.kbs.service.self_attestation import (
-    SELF_ATTESTATION_TEES,
     KbsEvidenceSource,
     kbs_measurement,
+    own_identity,
 )
 from teeflow.kbs.store import (
     open_store,
@@ -108,6 +108,7 @@ from teeflow.platform.sev_guest import DEFAULT_SEV_GUEST_DEVICE
 __all__ = [
     "FEDERATION_FILE",
     "KEEP_ALIVE_SECONDS",
+    "SEALING_MODES",
     "BackgroundServer",
     "KbsRuntime",
     "build_kbs",
@@ -124,6 +125,10 @@ __all__ = [
 KEEP_ALIVE_SECONDS = 30
 #: File in the state directory recording the federation name (public).
 FEDERATION_FILE = "federation"
+#: ``kbs serve --sealing``: ``platform`` — the platform's sealing key
+#: (:func:`teeflow.platform.sealing.sealer_for`; none on TDX); ``recovery-only`` — no sealing
+#: key: the key set is kept only as the parties' recovery copy and every restart recovers.
+SEALING_MODES = ("platform", "recovery-only")
 _LOG = logging.getLogger("teeflow.kbs.api.server")
 
 
@@ -247,10 +252,11 @@ def build_kbs(
         RecoveryRequired: the key set must be recovered from the parties' shares; its
             ``runtime`` is the recovery-mode KBS to serve.
         PlatformError: unknown platform name, no TEE for ``auto``, interface unusable.
-        KbsError: a platform whose KBS evidence parties cannot verify yet (TDX, SEV-SNP),
-            federation mismatch, unreadable state, (after a recovery) an agreement in force
-            that does not name this KBS measurement, or a store without an agreement and
-            neither ``expect_agreement`` nor ``insecure_first_agreement``.
+        KbsError: ``sev-snp`` with the platform sealer but no sev-guest device (start with
+            ``sealer=None``, ``--sealing recovery-only``), federation mismatch, unreadable
+            state, (after a recovery) an agreement in force that does not name this KBS
+            measurement, or a store without an agreement and neither ``expect_agreement``
+            nor ``insecure_first_agreement``.
         SealingError: the sealed keys belong to another measurement or platform and there
             is no recovery record.
         StorageError: the database cannot be opened.
@@ -261,8 +267,8 @@ def build_kbs(
         name = detect_platform(gramine_root=groot, tsm_root=options.tsm_root or DEFAULT_TSM_ROOT)
         options = PlatformOptions(name, tsm_root=options.tsm_root, gramine_root=groot)
     hardware = None if options.emulated else options.attester()
-    if hardware is not None:
-        _check_self_attestation(hardware.tee)
+    if sealer == "platform" and options.platform == "sev-snp":
+        _probe_sev_guest(sev_guest_dev)
     now_fn = clock if clock is not None else (lambda: datetime.now(UTC))
     directory = Path(state_dir) if state_dir is not None else default_state_dir(home)
     fed = _federation(directory, federation)
@@ -278,7 +284,6 @@ def build_kbs(
         else sealer
     )
     attester = hardware or options.attester(mr, authority=authority, home=home)
-    _check_self_attestation(attester.tee)
     if recovered is not None:
         keys = recovered.keys
     else:
@@ -296,11 +301,7 @@ def build_kbs(
                     RecoveryCoordinator(
                         state,
                         federation=fed,
-                        primary_evidence=lambda rd: {
-                            "quote": base64.b64encode(attester.evidence(rd).primary).decode(
-                                "ascii"
-                            )
-                        },
+                        primary_evidence=lambda rd: primary_evidence(attester.evidence(rd)),
                         tee=attester.tee,
                         now=now,
                         tls_hosts=tls_hosts,
@@ -311,6 +312,8 @@ def build_kbs(
                     federation=fed,
                     tls_hosts=tuple(tls_hosts),
                     now=now_fn,
+                    tee=attester.tee,
+                    identity=own_identity(attester),
                 )
             )
         keys = state.keys
@@ -360,6 +363,7 @@ def build_kbs(
                 measurement=mr,
                 tee=attester.tee,
                 clock=now_fn,
+                identity=own_identity(attester),
             )
         if current is not None:
             manager.ensure(current.agreement, digest(current.agreement))
@@ -374,11 +378,16 @@ def build_kbs(
     )
 
 
-def _check_self_attestation(tee: str) -> None:
-    if tee not in SELF_ATTESTATION_TEES:
+def _probe_sev_guest(device: Path) -> None:
+    """Fail at start-up, before anything is written, when the SNP sealing key is out of
+    reach (``/dev/sev-guest`` is missing: e.g. under the configfs-tsm stand-in, which answers
+    attestation reports only)."""
+    if not Path(device).is_char_device():
         raise KbsError(
-            f"the KBS cannot attest itself with {tee} evidence yet (parties verify SGX KBS "
-            "evidence only): run the KBS on gramine-sgx or emulated-sgx"
+            f"sev-snp: no SEV-SNP sealing key: {device} is not the sev-guest device (is this an "
+            "SEV-SNP guest with the sev-guest driver?). To run without a sealing key, start "
+            "with --sealing recovery-only: the key set is then restored from the parties' "
+            "recovery shares at every restart"
         )
 
 
@@ -539,6 +548,7 @@ def serve(
     sev_guest_dev: Path = DEFAULT_SEV_GUEST_DEVICE,
     expect_agreement: bytes | None = None,
     insecure_first_agreement: bool = False,
+    sealing: str = "platform",
 ) -> None:
     """Run the KBS until SIGINT/SIGTERM (blocking; ``teeflow kbs serve``).
 
@@ -552,10 +562,14 @@ def serve(
             in recovery mode (it serves only its evidence and ``/v1/recovery`` until the
             parties' shares recombine the secret, then continues as a normal KBS).
         gramine_root, sev_guest_dev: sealing-key sources (:func:`build_kbs`).
+        sealing: one of :data:`SEALING_MODES` (``recovery-only``: no sealing key, as on TDX).
 
     Raises:
-        PlatformError, KbsError, SealingError, StorageError: as :func:`build_kbs`.
+        PlatformError, KbsError, SealingError, StorageError: as :func:`build_kbs`; KbsError
+            for an unknown ``sealing``.
     """
+    if sealing not in SEALING_MODES:
+        raise KbsError(f"--sealing must be one of {', '.join(SEALING_MODES)}")
     host, port = parse_listen(listen)
     hosts = ["localhost", "127.0.0.1"] if host in ("127.0.0.1", "localhost") else [host]
     options: dict[str, Any] = {
@@ -570,7 +584,7 @@ def serve(
         "insecure_first_agreement": insecure_first_agreement,
     }
     try:
-        runtime = build_kbs(db_url, **options)
+        runtime = build_kbs(db_url, sealer="platform" if sealing == "platform" else None, **options)
     except RecoveryRequired as need:
         rt = need.runtime
         _LOG.warning("%s: serving in RECOVERY MODE", need)

@@ -10,6 +10,10 @@ Used by :mod:`teeflow.kbs.client.sdk` (which re-exports the public names).
      "agreement_digest": <hex> | null, "measurement": <hex>, "tee": "emulated-sgx",
      "emulated": true, "verified_at": "<RFC 3339 UTC>"}
 
+``tee`` is the RCAR tee of the KBS's verified evidence (``sgx``, ``tdx``, ``snp`` or an
+``emulated-`` variant) and ``measurement`` its code identity for that TEE: MRENCLAVE (32
+bytes hex) on SGX, MRTD on TDX, MEASUREMENT on SNP (48 bytes hex).
+
 **TLS pinning** (:func:`pinned_tls_context`). The KBS's TLS certificate is self-signed; trust
 comes from its evidence, which binds the TLS key. The client context turns chain and
 host-name verification off *only* in favour of a check run inside the handshake: its
@@ -99,8 +103,8 @@ class Pin(BaseModel):
     ear_public_jwk: dict[str, JsonValue]
     audit_public_key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}$")
     agreement_digest: str | None = Field(pattern=r"^[0-9a-f]{64}$")
-    measurement: str = Field(pattern=r"^[0-9a-f]{64}$")
-    tee: str = Field(max_length=32)
+    measurement: str = Field(pattern=r"^[0-9a-f]{64}(?:[0-9a-f]{32})?$")
+    tee: str = Field(pattern=r"^(?:emulated-)?(?:sgx|tdx|snp)$")
     emulated: bool
     verified_at: AwareDatetime
 

@@ -87,10 +87,10 @@ if TYPE_CHECKING:
 
     from teeflow.attestation.evidence import Evidence
     from teeflow.attestation.trust import TrustAnchor
-    from teeflow.kbs.policy.agreement import SgxReferenceValues
     from teeflow.kbs.policy.grants import SignedGrant
+    from teeflow.kbs.policy.kbs_reference import AnyKbsReferenceValues
     from teeflow.kbs.policy.parties import PartyKeys
-    from teeflow.kbs.service.collateral import CollateralProvider
+    from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
     from teeflow.kbs.store.interface import (
         AuditEntry,
     )
@@ -117,7 +117,7 @@ _LOG = logging.getLogger(__name__)
 
 def verify_kbs(
     url: str,
-    reference_values: SgxReferenceValues,
+    reference_values: AnyKbsReferenceValues,
     allow_emulated: bool = False,
     *,
     anchors: list[TrustAnchor] | None = None,
@@ -127,17 +127,23 @@ def verify_kbs(
     now: datetime | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     timeout: float = 10.0,
+    snp_endorsements: SnpEndorsementProvider | None = None,
 ) -> Pin:
     """Verify the KBS at ``url`` and return its :class:`Pin` (module docstring).
 
     Args:
         url: ``https://host:port``.
-        reference_values: the KBS reference values.
+        reference_values: the KBS reference values, per platform (the agreement's
+            ``workloads.kbs``: :func:`teeflow.kbs.policy.kbs_reference.load_reference_values`)
+            or one platform's values; the KBS's evidence is appraised against the values of
+            its TEE (SGX, TDX or SNP).
         allow_emulated: accept an emulated KBS (its root must be this machine's emulation
             authority, ``$TEEFLOW_HOME/emulation``, unless ``anchors``/``collateral`` given).
         anchors, collateral: override the trust anchors (default Intel SGX Root CA, plus the
-            emulation root when allowed) and the collateral provider (default: emulated
-            collateral when allowed, else none — hardware needs collateral).
+            emulation roots of SGX/TDX and SNP when allowed; AMD's ARKs are always trusted
+            for SNP) and the collateral provider (default: emulated collateral when
+            allowed, else none — hardware SGX/TDX needs collateral).
+        snp_endorsements: VCEK/VLEK source for SNP evidence without a certificate table.
         home: teeflow home of the emulation authority.
         expected_agreement_digest: require the KBS to enforce this agreement.
         now: verification time (default: the wall clock).
@@ -183,6 +189,12 @@ def verify_kbs(
         )
     if not observed:
         raise VerificationError("no TLS certificate was observed from the KBS")
+    if allow_emulated and anchors is None and b'"emulated-snp"' in body:
+        # the emulated SNP root is loaded only for (claimed) emulated SNP evidence: loading it
+        # costs about a second; the claim decides nothing else (verification checks it)
+        from teeflow.platform.emulated_snp import emulated_snp_anchor
+
+        trusted.append(emulated_snp_anchor(home, now=when))
     verified = verify_kbs_evidence(
         body,
         nonce=nonce,
@@ -193,6 +205,7 @@ def verify_kbs(
         now=when,
         observed_tls_spki=observed,
         expected_agreement_digest=expected_agreement_digest,
+        snp_endorsements=snp_endorsements,
     )
     if verified.emulated:
         _LOG.warning("the KBS at %s runs on an EMULATED TEE (no hardware protection)", base)
