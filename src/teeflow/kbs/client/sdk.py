@@ -48,6 +48,7 @@ from teeflow.attestation.binding import runtime_data_digest
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
 from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.client.heads import HeadTracker, StateRollback
 from teeflow.kbs.client.pinning import (
     MAX_RESPONSE_BYTES,
     PIN_FORMAT,
@@ -60,6 +61,7 @@ from teeflow.kbs.client.pinning import (
     send,
 )
 from teeflow.kbs.policy.canonical import b64url_encode
+from teeflow.kbs.policy.heads import HEAD_HEADER
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )
@@ -279,9 +281,17 @@ class KbsClient:
             a different value is for tests of the KBS's refusal).
         timeout: per-request timeout (seconds).
         clock: time source for checking issued certificates (default: the wall clock).
+<<<<<<< HEAD
         party: the party's keys, for what only parties may read (the audit log, counters):
             those requests are signed with its Ed25519 key (RFC 9421,
             :mod:`teeflow.kbs.policy.request_signing`).
+=======
+        heads: the tracker of the KBS's signed state heads (default: the process-wide one
+            of the pinned audit key, remembered in ``$TEEFLOW_HOME/kbs-heads``; see
+            :mod:`teeflow.kbs.client.heads`). Every state-dependent response must carry a
+            head no older than the one known when the request was sent, else
+            :class:`~teeflow.kbs.client.heads.StateRollback` ("the KBS state was rolled back").
+>>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
 
     Use as a context manager or call :meth:`close`.
     """
@@ -295,6 +305,7 @@ class KbsClient:
         tee: str | None = None,
         timeout: float = 10.0,
         clock: Callable[[], datetime] | None = None,
+<<<<<<< HEAD
         party: PartyKeys | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
@@ -303,18 +314,23 @@ class KbsClient:
             from teeflow.kbs.policy.request_signing import PartyRequestAuth
 
             self._party_auth = PartyRequestAuth(party.name, party.sign_key)
+=======
+        heads: HeadTracker | None = None,
+    ) -> None:
+        self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
+>>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
         self._tee = tee or (platform.tee if platform is not None else "sgx")
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
-        self._http = http_client(
-            self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout
-        )
+        self._http = http_client(self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout)
         self._attested: _Attested | None = None
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and save the newest state head seen."""
         self._http.close()
+        self.heads.flush()
 
     def __enter__(self) -> KbsClient:
         return self
@@ -322,8 +338,16 @@ class KbsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, bytes]:
-        return send(self._http, method, path, **kw)
+    def _request(
+        self, method: str, path: str, *, state: bool = True, **kw: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One request; with ``state`` its response's signed head is checked and
+        remembered (:meth:`HeadTracker.check`: raises StateRollback)."""
+        before = self.heads.head
+        resp, body = send(self._http, method, path, **kw)
+        if state:
+            self.heads.check(resp.headers.get(HEAD_HEADER), before)
+        return resp, body
 
     # -- workload side -----------------------------------------------------------------------
 
@@ -353,7 +377,10 @@ class KbsClient:
             raise KbsError("claims name another role than the one attested")
         teeflow = json.loads(json.dumps({**extra, "role": role}))
         resp, body = self._request(
-            "POST", "/kbs/v0/auth", json={"version": PROTOCOL_VERSION, "tee": self._tee}
+            "POST",
+            "/kbs/v0/auth",
+            state=False,
+            json={"version": PROTOCOL_VERSION, "tee": self._tee},
         )
         session_id = resp.cookies.get(_SESSION_COOKIE)
         self._http.cookies.clear()  # sent explicitly below
@@ -525,7 +552,7 @@ class KbsClient:
         Raises:
             VerificationError: it differs from the pin.
         """
-        _, body = self._request("GET", "/v1/ca")
+        _, body = self._request("GET", "/v1/ca", state=False)
         try:
             served = x509.load_pem_x509_certificate(body)
         except ValueError:
@@ -555,6 +582,13 @@ class KbsClient:
             if not isinstance(raw, list):
                 raise ParseError("audit response has no entries list")
             batch = [audit_entry_from_json(e) for e in raw]
+            known = self.heads.head
+            for e in batch:  # the remembered head must be in this chain (fork check)
+                if known is not None and e.seq == known.seq and e.hash != known.hash:
+                    raise StateRollback(
+                        f"the KBS state was rolled back: its audit entry {e.seq} differs "
+                        "from the state head seen before (a forked store)"
+                    )
             if verify:
                 verify_audit_chain(
                     batch, self.pin.audit_public(), after=entries[-1] if entries else None

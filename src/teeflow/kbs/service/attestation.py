@@ -144,9 +144,10 @@ class AttestationService:
             build = self._ctx.builder("attestation", subject, decision, reasons, data)
             try:
                 with self._ctx.storage(StorageExpired, StorageConflict, StorageNotFound):
-                    self._ctx.store.consume_nonce_and_audit(
+                    _, entry = self._ctx.store.consume_nonce_and_audit(
                         session_id, now, build, token=token, agreement_digest=agreement_digest
                     )
+                self._ctx.heads.saw(entry)
             except StorageExpired:
                 deny(["nonce expired"])
             except StorageConflict:

@@ -71,15 +71,26 @@ class Ledger:
             "bound_digest": digest.hex(),
             "measurement": session.measurement,
         }
+<<<<<<< HEAD
         claims = session.claims
         scope = counter_scope_problems(
             name, role=session.role, party=session.party,
             session=None if claims is None else claims.session)
         if scope:  # a counter belongs to one session/role/party scope (namespaces.py)
             self._ctx.deny(PolicyDeny, "counter", subject, scope, data)
+=======
+        if name.startswith(AGGREGATOR_COUNTER_PREFIX) and session.role != "aggregator":
+            reason = f"role {session.role} may not step {name}"
+            self._ctx.deny(PolicyDeny, "counter", subject, [reason], data)
+        build = self._ctx.builder(
+            "counter", subject, "accept", data={**data, "value": expected + 1}
+        )
+>>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
         try:
             with self._ctx.storage(StorageConflict):
-                value = self._ctx.store.compare_and_increment(name, expected, digest)
+                value, entry = self._ctx.store.compare_and_increment_and_audit(
+                    name, expected, digest, build
+                )
         except StorageConflict:
             self._ctx.deny(
                 Conflict,
@@ -89,8 +100,7 @@ class Ledger:
                 data,
                 detail="counter is not at the expected value",
             )
-        data["value"] = value
-        self._ctx.record("counter", subject, "accept", data=data)
+        self._ctx.heads.saw(entry)
         return CounterState(name=name, value=value, digest=digest.hex())
 
     def get_counter(self, name: str) -> CounterState | None:

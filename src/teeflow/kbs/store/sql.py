@@ -163,8 +163,12 @@ def open_sql_store(url: str, storage_key: bytes) -> SqlStore:
         StorageTampered, StorageRollback: the stored state fails :meth:`SqlStore.check_state`.
     """
     auth = RowAuth(storage_key)
-    _prepare_sqlite_file(url)
-    engine = make_engine(url)
+    engine = make_engine(url)  # validates the URL; connects later
+    try:
+        _prepare_sqlite_file(url)
+    except BaseException:
+        engine.dispose()
+        raise
     try:
         migrate(engine)
         store = SqlStore(engine, auth)
@@ -334,21 +338,26 @@ class SqlStore:
             lambda c, seq: self._append_agreement(c, rec, seq), build, touches, durable=True
         )
 
-    def _current(self, c: Connection) -> AgreementRecord | None:
+    def _current(self, c: Connection, *, fresh: bool = True) -> AgreementRecord | None:
+        """The newest agreement; ``fresh`` (inside a write transaction, which sees the latest
+        commit) also checks it against the rollback memory - a plain read's snapshot may
+        legitimately predate a concurrent commit."""
         row = c.execute(q.CURRENT_AGREEMENT).first()
         if row is None:
-            self._seen.check_agreement(0)
+            if fresh:
+                self._seen.check_agreement(0)
             return None
         data = _row(row)
         rec = codec.agreement_record(self._auth, data)
-        self._seen.check(codec.touch_key(codec.AGREEMENTS, rec.version), data["audit_seq"])
-        self._seen.check_agreement(rec.version)
+        if fresh:
+            self._seen.check(codec.touch_key(codec.AGREEMENTS, rec.version), data["audit_seq"])
+            self._seen.check_agreement(rec.version)
         return rec
 
     def current_agreement(self) -> AgreementRecord | None:
         """See :meth:`KbsStore.current_agreement`."""
         with self._tx(write=False) as c:
-            return self._current(c)
+            return self._current(c, fresh=False)
 
     def agreement_history(self) -> list[AgreementRecord]:
         """See :meth:`KbsStore.agreement_history`."""
@@ -362,9 +371,10 @@ class SqlStore:
         row = c.execute(stmt, {"b_path": path}).first()
         return None if row is None else _row(row)
 
-    def _resource(self, row: dict[str, Any]) -> ResourceRecord:
+    def _resource(self, row: dict[str, Any], *, fresh: bool = True) -> ResourceRecord:
         rec = codec.resource_record(self._auth, row)
-        self._seen.check(codec.touch_key(codec.RESOURCES, rec.path), row["audit_seq"])
+        if fresh:  # see _current
+            self._seen.check(codec.touch_key(codec.RESOURCES, rec.path), row["audit_seq"])
         return rec
 
     def _cas(self, c: Connection, stmt: Any, key: dict[str, Any], new: dict[str, Any]) -> None:
@@ -446,7 +456,7 @@ class SqlStore:
         validate.path(path)
         with self._tx(write=False) as c:
             row = self._resource_row(c, path, lock=False)
-        return None if row is None else self._resource(row)
+        return None if row is None else self._resource(row, fresh=False)
 
     def record_release(
         self, path: str, expected_count: int, *, generation: int | None = None
@@ -506,21 +516,24 @@ class SqlStore:
             raise StorageConflict("the active agreement changed")
 
     # -- counters -----------------------------------------------------------------------
-    def _counter(self, c: Connection, name: str) -> tuple[tuple[int, bytes], bytes] | None:
-        stmt = q.GET_COUNTER_FOR_UPDATE if self._postgres else q.GET_COUNTER
+    def _counter(
+        self, c: Connection, name: str, *, fresh: bool = True
+    ) -> tuple[tuple[int, bytes], bytes] | None:
+        stmt = q.GET_COUNTER_FOR_UPDATE if fresh and self._postgres else q.GET_COUNTER
         row = c.execute(stmt, {"b_name": name}).first()
         if row is None:
             return None
         data = _row(row)
         found = codec.counter_value(self._auth, data)
-        self._seen.check(codec.touch_key(codec.COUNTERS, name), data["audit_seq"])
+        if fresh:  # see _current
+            self._seen.check(codec.touch_key(codec.COUNTERS, name), data["audit_seq"])
         return found, bytes(data["tag"])
 
     def get_counter(self, name: str) -> tuple[int, bytes] | None:
         """See :meth:`KbsStore.get_counter`."""
         validate.name("name", name)
         with self._tx(write=False) as c:
-            found = self._counter(c, name)
+            found = self._counter(c, name, fresh=False)
         return None if found is None else found[0]
 
     def _step(self, c: Connection, name: str, expected: int, digest: bytes, seq: int) -> int:
