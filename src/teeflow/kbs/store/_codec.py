@@ -37,6 +37,8 @@ __all__ = [
     "agreement_row",
     "audit_entry",
     "audit_row",
+    "built_entry",
+    "check_resource",
     "check_state",
     "counter_row",
     "counter_value",
@@ -173,6 +175,11 @@ def released_row(auth: RowAuth, row: Mapping[str, Any], audit_seq: int) -> dict[
     return _tagged(auth, RESOURCES, new, _RESOURCE_COLUMNS)
 
 
+def check_resource(auth: RowAuth, row: Mapping[str, Any]) -> None:
+    """Verify a stored resource row's tag (no decryption). Raises StorageTampered."""
+    _check(auth, RESOURCES, row, _RESOURCE_COLUMNS)
+
+
 def resource_record(auth: RowAuth, row: Mapping[str, Any]) -> ResourceRecord:
     """The record of a stored resource row (wrapped key decrypted). Raises StorageTampered."""
     _check(auth, RESOURCES, row, _RESOURCE_COLUMNS)
@@ -286,6 +293,25 @@ def audit_row(auth: RowAuth, a: AuditRow) -> dict[str, Any]:
         "touches": a.touches,
     }
     return _tagged(auth, AUDIT, row, _AUDIT_COLUMNS)
+
+
+def built_entry(a: AuditRow) -> AuditEntry:
+    """The entry an audited write just inserted, as a reader would get it (JSON decoded);
+    no tag check: it never left the KBS."""
+    reasons, data = validate.decode_audit_json(a.reasons, a.data)
+    e = a.entry
+    return AuditEntry(
+        seq=e.seq,
+        time=e.time,
+        kind=e.kind,
+        subject=e.subject,
+        decision=e.decision,
+        reasons=reasons,
+        data=data,
+        prev_hash=e.prev_hash,
+        hash=e.hash,
+        signature=e.signature,
+    )
 
 
 def audit_entry(auth: RowAuth, row: Mapping[str, Any]) -> AuditEntry:

@@ -14,6 +14,7 @@ from sqlalchemy import bindparam, insert, select, update
 from teeflow.kbs.store._engine import agreements, audit, counters, resources, sessions
 
 __all__ = [
+    "AGREEMENT_HEAD_TAG",
     "AGREEMENT_INSERT",
     "AUDIT_HEAD",
     "AUDIT_INSERT",
@@ -56,6 +57,10 @@ COUNTER_CAS = update(counters).where(_c.name == bindparam("b_name"), _c.tag == b
 
 #: the newest agreement row.
 CURRENT_AGREEMENT = select(agreements).order_by(agreements.c.version.desc()).limit(1)
+#: version and tag of the newest agreement row (compared with the verified copy).
+AGREEMENT_HEAD_TAG = (
+    select(agreements.c.version, agreements.c.tag).order_by(agreements.c.version.desc()).limit(1)
+)
 AGREEMENT_INSERT = insert(agreements)
 
 #: ``seq`` and ``hash`` of the newest audit entry.

@@ -91,9 +91,9 @@ class MemoryStore:
         prev = GENESIS_HASH if not self._audit else bytes(self._audit[-1]["hash"])
         entry, reasons_text, data_text = validate.built_entry(build(seq, prev), seq, prev)
         result = work(seq)  # after the builder: a failing builder leaves nothing changed
-        row = codec.audit_row(self._auth, codec.AuditRow(entry, reasons_text, data_text, touches))
-        self._audit.append(row)
-        return result, codec.audit_entry(self._auth, row)
+        built = codec.AuditRow(entry, reasons_text, data_text, touches)
+        self._audit.append(codec.audit_row(self._auth, built))
+        return result, codec.built_entry(built)
 
     # -- agreements ---------------------------------------------------------------------
     def _append_agreement(self, record: AgreementRecord, seq: int) -> AgreementRecord:

@@ -35,7 +35,7 @@ import hmac
 import os
 import struct
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -61,8 +61,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 Value = bytes | str | int | bool | datetime | None
 
 
-def _part(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack(">I", len(body)) + body
+_LEN = struct.Struct(">I").pack
+_I64 = struct.Struct(">q").pack
+_US = timedelta(microseconds=1)
 
 
 def encode(values: Sequence[Value]) -> bytes:
@@ -72,23 +73,32 @@ def encode(values: Sequence[Value]) -> bytes:
         StorageInputError: a value of another type, or a naive datetime.
     """
     out = [ROW_FORMAT]
+    add = out.append
     for v in values:
-        if v is None:
-            out.append(b"n")
-        elif isinstance(v, bool):
-            out.append(b"t" if v else b"f")
-        elif isinstance(v, int):
-            out.append(_part(b"i", struct.pack(">q", v)))
-        elif isinstance(v, bytes | bytearray | memoryview):
-            out.append(_part(b"b", bytes(v)))
-        elif isinstance(v, str):
-            out.append(_part(b"s", v.encode("utf-8", "surrogatepass")))
+        kind = type(v)
+        if kind is bytes:
+            add(b"b" + _LEN(len(v)))  # type: ignore[arg-type]
+            add(v)  # type: ignore[arg-type]
+        elif kind is str:
+            raw = v.encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
+            add(b"s" + _LEN(len(raw)))
+            add(raw)
+        elif kind is int:
+            add(b"i" + _I64(v))
+        elif v is None:
+            add(b"n")
+        elif kind is bool:
+            add(b"t" if v else b"f")
         elif isinstance(v, datetime):
             if v.tzinfo is None or v.utcoffset() is None:
                 raise StorageInputError("row times must be timezone-aware")
-            delta = v.astimezone(UTC) - _EPOCH
-            micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-            out.append(_part(b"d", struct.pack(">q", micros)))
+            add(b"d" + _I64((v - _EPOCH) // _US))
+        elif isinstance(v, bytearray | memoryview):
+            raw = bytes(v)
+            add(b"b" + _LEN(len(raw)))
+            add(raw)
+        elif isinstance(v, int):  # int subclasses (not bool: handled above)
+            add(b"i" + _I64(int(v)))
         else:
             raise StorageInputError("unsupported row value type")
     return b"".join(out)
@@ -104,7 +114,7 @@ class RowAuth:
         StorageInputError: the key is not 32 bytes.
     """
 
-    __slots__ = ("_aead", "_id_key", "_mac_key")
+    __slots__ = ("_aead", "_id_key", "_ids", "_mac_key")
 
     def __init__(self, storage_key: bytes) -> None:
         if not isinstance(storage_key, bytes) or len(storage_key) != KEY_BYTES:
@@ -112,6 +122,7 @@ class RowAuth:
         self._mac_key = self._derive(storage_key, b"row-mac")
         self._aead = AESGCM(self._derive(storage_key, b"row-enc"))
         self._id_key = self._derive(storage_key, b"session-id")
+        self._ids: dict[str, str] = {}
 
     @staticmethod
     def _derive(key: bytes, info: bytes) -> bytes:
@@ -164,7 +175,15 @@ class RowAuth:
             ) from None
 
     def session_key(self, session_id: str) -> str:
-        """The stored key of a session: lower-case hex HMAC-SHA-256 of its id (64 chars)."""
+        """The stored key of a session: lower-case hex HMAC-SHA-256 of its id (64 chars).
+        The last few are memoised (one RCAR flow asks for the same id several times)."""
+        hit = self._ids.get(session_id)
+        if hit is not None:
+            return hit
         mac = crypto_hmac.HMAC(self._id_key, hashes.SHA256())
         mac.update(session_id.encode("utf-8", "surrogatepass"))
-        return mac.finalize().hex()
+        key = mac.finalize().hex()
+        if len(self._ids) >= 1024:
+            self._ids.clear()
+        self._ids[session_id] = key
+        return key

@@ -113,6 +113,8 @@ __all__ = ["MIGRATIONS_DIR", "VERSION_TABLE", "SqlStore", "metadata", "open_sql_
 T = TypeVar("T")
 #: PostgreSQL transaction-scoped advisory lock serialising audit appends ("teeflowA").
 _PG_AUDIT_LOCK = 0x746565666C6F7741
+#: Most resource rows kept as this process's verified copies (all dropped when full).
+_MAX_CACHED_ROWS = 4096
 #: How often an audited write is retried when its audit insert lost a race.
 _AUDIT_ATTEMPTS = 16
 
@@ -204,6 +206,12 @@ class SqlStore:
         self._auth = auth
         self._seen = codec.Seen()
         self._local = threading.local()
+        #: resource path -> the row this process last wrote (verified by construction)
+        self._rows: dict[str, dict[str, Any]] = {}
+        #: (version, tag) -> digest of the newest agreement row verified in this process
+        self._agreement_tag: tuple[int, bytes, bytes] | None = None
+        #: session id -> (record, tag) of sessions this process created and not yet consumed
+        self._new_sessions: dict[str, tuple[SessionRecord, bytes]] = {}
         name = engine.dialect.name
         self._postgres = name == "postgresql"
         #: SQLite in ``synchronous=normal``: durable operations switch to FULL for their commit
@@ -228,16 +236,23 @@ class SqlStore:
             else:
                 with self._tx_unlocked(write=write, durable=durable) as conn:
                     yield conn
-            for key, seq, version in self._local.notes:  # committed: remember the new rows
+            for key, seq, version, row in self._local.notes:  # committed: remember them
                 self._seen.check(key, seq)
                 if version:
                     self._seen.check_agreement(version)
+                if row is not None:
+                    if len(self._rows) >= _MAX_CACHED_ROWS:
+                        self._rows.clear()
+                    self._rows[row["path"]] = row
         finally:
             self._local.notes = []
 
-    def _note(self, key: str, seq: int, version: int = 0) -> None:
-        """Remember a row written in the current transaction once it commits."""
-        self._local.notes.append((key, seq, version))
+    def _note(
+        self, key: str, seq: int, version: int = 0, *, row: dict[str, Any] | None = None
+    ) -> None:
+        """Remember a row written in the current transaction once it commits (``row``: a
+        resource row to keep as this process's verified copy)."""
+        self._local.notes.append((key, seq, version, row))
 
     @contextmanager
     def _tx_unlocked(self, *, write: bool, durable: bool) -> Iterator[Connection]:
@@ -289,14 +304,12 @@ class SqlStore:
                     prev = GENESIS_HASH if last is None else bytes(last.hash)
                     result = work(c, seq)
                     e, reasons_text, data_text = validate.built_entry(build(seq, prev), seq, prev)
-                    row = codec.audit_row(
-                        self._auth, codec.AuditRow(e, reasons_text, data_text, touches)
-                    )
+                    built = codec.AuditRow(e, reasons_text, data_text, touches)
                     try:
-                        c.execute(q.AUDIT_INSERT, row)
+                        c.execute(q.AUDIT_INSERT, codec.audit_row(self._auth, built))
                     except IntegrityError:
                         raise _AuditRace("audit head moved") from None
-                return result, codec.audit_entry(self._auth, row)
+                return result, codec.built_entry(built)
             except _AuditRace:
                 continue
         raise StorageConflict("audit append kept conflicting with other writers")
@@ -349,6 +362,7 @@ class SqlStore:
             return None
         data = _row(row)
         rec = codec.agreement_record(self._auth, data)
+        self._agreement_tag = (rec.version, bytes(data["tag"]), rec.digest)
         if fresh:
             self._seen.check(codec.touch_key(codec.AGREEMENTS, rec.version), data["audit_seq"])
             self._seen.check_agreement(rec.version)
@@ -385,16 +399,17 @@ class SqlStore:
     def _put(self, c: Connection, rec: ResourceRecord, seq: int) -> ResourceRecord:
         old = self._resource_row(c, rec.path, lock=True)
         if old is None:
-            c.execute(q.RESOURCE_INSERT, codec.resource_row(self._auth, rec, seq))
+            written = codec.resource_row(self._auth, rec, seq)
+            c.execute(q.RESOURCE_INSERT, written)
         else:
             previous = self._resource(old)
             if previous.owner != rec.owner:
                 raise StorageConflict("resource belongs to another owner")
             rec = ResourceRecord(**{**_fields(rec), "generation": previous.generation + 1})
-            new = codec.resource_row(self._auth, rec, seq)
-            del new["path"]
+            written = codec.resource_row(self._auth, rec, seq)
+            new = {k: v for k, v in written.items() if k != "path"}
             self._cas(c, q.RESOURCE_CAS, {"b_path": rec.path, "b_old": old["tag"]}, new)
-        self._note(codec.touch_key(codec.RESOURCES, rec.path), seq)
+        self._note(codec.touch_key(codec.RESOURCES, rec.path), seq, row=written)
         return rec
 
     def put_resource(
@@ -491,25 +506,48 @@ class SqlStore:
         self, c: Connection, path: str, expected_count: int, generation: int | None, seq: int
     ) -> int:
         """Verified compare-and-increment inside ``c``; raises (the caller rolls back)."""
-        row = self._resource_row(c, path, lock=True)
-        if row is None:
-            raise StorageNotFound("no such resource")
-        old = self._resource(row)
-        if generation is not None and old.generation != generation:
-            raise StorageConflict("resource was replaced")
-        if old.max_releases is not None and old.release_count >= old.max_releases:
-            raise StorageConflict("release budget used up")
-        if old.release_count != expected_count:
-            raise StorageConflict("stale release count")
-        new = codec.released_row(self._auth, row, seq)
-        update = {k: new[k] for k in ("release_count", "audit_seq", "tag")}
-        self._cas(c, q.RESOURCE_CAS, {"b_path": path, "b_old": row["tag"]}, update)
-        self._note(codec.touch_key(codec.RESOURCES, path), seq)
-        return expected_count + 1
+        # steady state: the row this process last wrote or verified, no read; the update is
+        # a compare-and-set on its tag, so a row changed since (by anyone) makes it miss and
+        # the row is read and verified afresh
+        cached = self._rows.get(path)
+        for candidate in (cached, None) if cached is not None else (None,):
+            row = candidate
+            if row is None:
+                row = self._resource_row(c, path, lock=True)
+                if row is None:
+                    raise StorageNotFound("no such resource")
+                codec.check_resource(self._auth, row)
+                self._seen.check(codec.touch_key(codec.RESOURCES, path), row["audit_seq"])
+            if generation is not None and int(row["generation"]) != generation:
+                if row is cached:
+                    continue
+                raise StorageConflict("resource was replaced")
+            budget, count = row["max_releases"], int(row["release_count"])
+            if count != expected_count or (budget is not None and count >= int(budget)):
+                if row is cached:
+                    continue
+                if budget is not None and count >= int(budget):
+                    raise StorageConflict("release budget used up")
+                raise StorageConflict("stale release count")
+            new = codec.released_row(self._auth, row, seq)
+            update = {k: new[k] for k in ("release_count", "audit_seq", "tag")}
+            hit = c.execute(q.RESOURCE_CAS, {"b_path": path, "b_old": row["tag"], **update})
+            if hit.rowcount == 1:
+                self._note(codec.touch_key(codec.RESOURCES, path), seq, row=new)
+                return expected_count + 1
+            if row is not cached:
+                raise StorageConflict("the row was changed concurrently")
+        raise StorageConflict("stale release count")  # pragma: no cover - loop always returns
 
     def _check_agreement(self, c: Connection, digest: bytes | None) -> None:
         """Inside ``c``: the newest agreement has ``digest`` (no check when None)."""
         if digest is None:
+            return
+        head = c.execute(q.AGREEMENT_HEAD_TAG).first()
+        known = self._agreement_tag
+        if head is not None and known is not None and (head.version, bytes(head.tag)) == known[:2]:
+            if known[2] != digest:  # the row this process verified, unchanged (same tag)
+                raise StorageConflict("the active agreement changed")
             return
         current = self._current(c)
         if current is None or current.digest != digest:
@@ -572,8 +610,12 @@ class SqlStore:
     ) -> SessionRecord:
         """See :meth:`KbsStore.create_session`."""
         rec = validate.session(session_id, nonce, tee, expires_at)
+        row = codec.session_row(self._auth, rec)
         with self._tx() as c:  # a duplicate id violates the primary key: StorageConflict
-            c.execute(q.SESSION_INSERT, codec.session_row(self._auth, rec))
+            c.execute(q.SESSION_INSERT, row)
+        if len(self._new_sessions) >= _MAX_CACHED_ROWS:
+            self._new_sessions.clear()
+        self._new_sessions[rec.session_id] = (rec, row["tag"])
         return rec
 
     def _session(
@@ -623,6 +665,15 @@ class SqlStore:
         self, c: Connection, session_id: str, now: datetime, binding: TokenBinding | None
     ) -> SessionRecord:
         """Consume the nonce (and bind ``binding``) inside ``c``; raises on failure."""
+        # a session this process created (unconsumed, as written): no read; the update is a
+        # compare-and-set on its tag, which misses if anyone changed the row since
+        found = self._new_sessions.pop(session_id, None)
+        if found is not None and now < found[0].expires_at:
+            new = _consumed(found[0], binding)
+            row = codec.session_row(self._auth, new)
+            key = {"b_sid": row.pop("session_hash"), "b_old": found[1]}
+            if c.execute(q.SESSION_CAS, {**key, **row}).rowcount == 1:
+                return new
         found = self._session(c, session_id, lock=True)
         if found is None:
             raise StorageNotFound("no such session")
@@ -631,16 +682,7 @@ class SqlStore:
             raise StorageConflict("nonce already consumed")
         if now >= old.expires_at:
             raise StorageExpired("nonce expired")
-        new = SessionRecord(
-            session_id=old.session_id,
-            nonce=old.nonce,
-            tee=old.tee,
-            expires_at=old.expires_at,
-            consumed=True,
-            token_digest=None if binding is None else binding.token_digest,
-            claims_json=None if binding is None else binding.claims_json,
-            token_expires_at=None if binding is None else binding.expires_at,
-        )
+        new = _consumed(old, binding)
         try:
             self._replace_session(c, tag, new)
         except StorageConflict:
@@ -763,6 +805,20 @@ class SqlStore:
     def close(self) -> None:
         """Dispose of the connection pool."""
         self.engine.dispose()
+
+
+def _consumed(old: SessionRecord, binding: TokenBinding | None) -> SessionRecord:
+    """``old`` with its nonce consumed and ``binding`` (if any) bound."""
+    return SessionRecord(
+        session_id=old.session_id,
+        nonce=old.nonce,
+        tee=old.tee,
+        expires_at=old.expires_at,
+        consumed=True,
+        token_digest=None if binding is None else binding.token_digest,
+        claims_json=None if binding is None else binding.claims_json,
+        token_expires_at=None if binding is None else binding.expires_at,
+    )
 
 
 def _fields(rec: ResourceRecord) -> dict[str, Any]:
