@@ -57,7 +57,7 @@ def _tamper(store: KbsStore, table: str, column: str, value: Any) -> None:
         for row in rows:
             row[column] = value
     else:
-        _exec(store, f"UPDATE {table} SET {column} = :v", v=value)  # noqa: S608
+        _exec(store, f"UPDATE {table} SET {column} = :v", v=value)
 
 
 def test_flipped_agreement_document_is_refused(store: KbsStore) -> None:
@@ -97,7 +97,8 @@ def test_rolled_back_release_count_is_refused(store: KbsStore, backend: Backend)
     if isinstance(store, MemoryStore):
         old = dict(store._resources[PATH])
     else:
-        old = dict(_exec(store, "SELECT release_count, audit_seq, tag FROM kbs_resources")[0]._mapping)
+        rows = _exec(store, "SELECT release_count, audit_seq, tag FROM kbs_resources")
+        old = dict(rows[0]._mapping)
     store.record_release_and_audit(PATH, 1, log.builder("release", PATH, "accept"))
     if isinstance(store, MemoryStore):
         store._resources[PATH] = old  # an older authentic row
@@ -140,7 +141,7 @@ def test_session_ids_and_claims_are_not_stored_in_clear(sql_backend: Backend) ->
     store = sql_backend.open()
     store.create_session(SID, b"n" * 32, "sgx", T0 + timedelta(minutes=1))
     store.consume_nonce(SID, T0)
-    store.bind_token(SID, b"t" * 32, '{"session_id": "%s"}' % SID, T0 + timedelta(minutes=5))
+    store.bind_token(SID, b"t" * 32, f'{{"session_id": "{SID}"}}', T0 + timedelta(minutes=5))
     rows = _exec(store, "SELECT * FROM kbs_sessions")
     assert SID.encode() not in repr(rows).encode()
     assert store.get_session(SID) is not None  # and the store still finds it by its id
