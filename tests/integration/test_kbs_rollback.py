@@ -40,7 +40,7 @@ class Kbs:
 
     def __init__(self, db: Path, state: Path, home: Path) -> None:
         self.runtime = build_kbs(f"sqlite:///{db}", state_dir=state, federation="rb",
-                                 home=home, purge_interval=None)
+                                 home=home, purge_interval=None, platform="emulated-sgx")
         self.server = BackgroundServer(make_server(self.runtime)).start()
 
     def stop(self) -> None:
