@@ -40,7 +40,8 @@ class Kbs:
 
     def __init__(self, db: Path, state: Path, home: Path) -> None:
         self.runtime = build_kbs(f"sqlite:///{db}", state_dir=state, federation="rb",
-                                 home=home, purge_interval=None, platform="emulated-sgx")
+                                 home=home, purge_interval=None, platform="emulated-sgx",
+                                 insecure_first_agreement=True)
         self.server = BackgroundServer(make_server(self.runtime)).start()
 
     def stop(self) -> None:

@@ -65,6 +65,7 @@ from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.agreement import (
     digest,
 )
+from teeflow.kbs.policy.heads import HEAD_HEADER
 from teeflow.kbs.policy.namespaces import counter_scope_problems
 from teeflow.kbs.policy.request_signing import (
     RequestSignatureError,
@@ -72,7 +73,6 @@ from teeflow.kbs.policy.request_signing import (
     SignedRequest,
     agreement_party_keys,
 )
-from teeflow.kbs.policy.heads import HEAD_HEADER
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )

@@ -281,17 +281,14 @@ class KbsClient:
             a different value is for tests of the KBS's refusal).
         timeout: per-request timeout (seconds).
         clock: time source for checking issued certificates (default: the wall clock).
-<<<<<<< HEAD
         party: the party's keys, for what only parties may read (the audit log, counters):
             those requests are signed with its Ed25519 key (RFC 9421,
             :mod:`teeflow.kbs.policy.request_signing`).
-=======
         heads: the tracker of the KBS's signed state heads (default: the process-wide one
             of the pinned audit key, remembered in ``$TEEFLOW_HOME/kbs-heads``; see
             :mod:`teeflow.kbs.client.heads`). Every state-dependent response must carry a
             head no older than the one known when the request was sent, else
             :class:`~teeflow.kbs.client.heads.StateRollback` ("the KBS state was rolled back").
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
 
     Use as a context manager or call :meth:`close`.
     """
@@ -305,21 +302,16 @@ class KbsClient:
         tee: str | None = None,
         timeout: float = 10.0,
         clock: Callable[[], datetime] | None = None,
-<<<<<<< HEAD
         party: PartyKeys | None = None,
+        heads: HeadTracker | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
         self._party_auth: httpx.Auth | None = None
         if party is not None:  # imported only by party clients: workloads stay lean
             from teeflow.kbs.policy.request_signing import PartyRequestAuth
 
             self._party_auth = PartyRequestAuth(party.name, party.sign_key)
-=======
-        heads: HeadTracker | None = None,
-    ) -> None:
-        self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
-        self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
         self.url = (url or self.pin.url).rstrip("/")
         self._platform = platform
         self._tee = tee or (platform.tee if platform is not None else "sgx")
@@ -414,13 +406,17 @@ class KbsClient:
         # (it travels in result lineage, so it is no bearer credential)
         if self._attested is None:
             raise KbsError("attest first")
-        return {"Authorization": f"Bearer {self._attested.token}",
-                "Cookie": f"{_SESSION_COOKIE}={self._attested.session_id}"}
+        return {
+            "Authorization": f"Bearer {self._attested.token}",
+            "Cookie": f"{_SESSION_COOKIE}={self._attested.session_id}",
+        }
 
     def _party_signed(self) -> dict[str, Any]:
         if self._party_auth is None:
-            raise KbsError("only parties may read this: give the client a party's keys "
-                           "(KbsClient(..., party=PartyKeys.load(NAME)); CLI: --party NAME)")
+            raise KbsError(
+                "only parties may read this: give the client a party's keys "
+                "(KbsClient(..., party=PartyKeys.load(NAME)); CLI: --party NAME)"
+            )
         return {"auth": self._party_auth}
 
     def get_resource(self, path: str) -> bytes:
@@ -499,8 +495,10 @@ class KbsClient:
         if not is_counter_name(name):
             raise KbsError("invalid counter name")
         auth: dict[str, Any] = (
-            {"headers": self._auth_headers()} if self._attested is not None
-            else self._party_signed())
+            {"headers": self._auth_headers()}
+            if self._attested is not None
+            else self._party_signed()
+        )
         try:
             _, body = self._request("GET", f"/v1/counters/{name}", **auth)
         except ResourceNotFound:
@@ -575,8 +573,9 @@ class KbsClient:
         entries: list[AuditEntry] = []
         after = 0
         while True:
-            _, body = self._request("GET", "/v1/audit", params={"after": after, "limit": page},
-                                    **self._party_signed())
+            _, body = self._request(
+                "GET", "/v1/audit", params={"after": after, "limit": page}, **self._party_signed()
+            )
             doc = json.loads(body)
             raw = doc.get("entries") if isinstance(doc, dict) else None
             if not isinstance(raw, list):

@@ -106,11 +106,8 @@ class ServiceContext:
         default_role: str | None = None,
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
-<<<<<<< HEAD
         first_agreement: bytes | None = None,
-=======
         head_file: KbsHeadFile | None = None,
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
     ) -> None:
         if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
             raise KbsError("nonce_ttl and token_ttl must be positive")
@@ -134,16 +131,13 @@ class ServiceContext:
         self.tokens = TokenCache()
         self.grants = GrantCache()
         self.known = ResourceViews()
-<<<<<<< HEAD
         if first_agreement is not None and len(first_agreement) != 32:
             raise KbsError("first_agreement must be a 32-byte agreement digest")
         #: digest the first agreement must have (``kbs serve --expect-agreement``), or None
         self.first_agreement = first_agreement
-=======
         self.verified_agreements: set[bytes] = set()
         #: signs the state head of each response (:mod:`teeflow.kbs.service.heads`)
         self.heads = HeadRecorder(store, keys.audit, head_file)
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
 
     def forget_agreement(self) -> None:
         """Drop this process's copy of the agreement (the next hot-path read re-reads it)."""

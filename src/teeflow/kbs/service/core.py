@@ -93,10 +93,8 @@ class KbsService:
             agreement, which the store re-checks in the same transaction.
         on_agreement: called after each accepted agreement
             (:class:`~teeflow.kbs.service.agreements.AgreementService`).
-<<<<<<< HEAD
         first_agreement: the digest (32 bytes) the first agreement must have (``kbs serve
             --expect-agreement``: bootstrap, issue 10 (N)); None accepts any first agreement.
-=======
         head_file: where the newest signed state head is kept across restarts
             (:class:`~teeflow.kbs.service.heads.KbsHeadFile`); None keeps none.
 
@@ -106,7 +104,6 @@ class KbsService:
     refused with 503 and an audit entry (kind ``store``); the service keeps running. Stored
     agreements (signature chain) and grants (owner signature) are re-verified when first
     loaded, cached by digest.
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
     """
 
     def __init__(
@@ -125,11 +122,8 @@ class KbsService:
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
         on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
-<<<<<<< HEAD
         first_agreement: bytes | None = None,
-=======
         head_file: KbsHeadFile | None = None,
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
     ) -> None:
         self._ctx = ServiceContext(
             store,
@@ -144,11 +138,8 @@ class KbsService:
             default_role=default_role,
             snp_endorsements=snp_endorsements,
             agreement_refresh=agreement_refresh,
-<<<<<<< HEAD
             first_agreement=first_agreement,
-=======
             head_file=head_file,
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
         )
         #: Signs the state head of each response (``KBS-State-Head``).
         self.heads = self._ctx.heads

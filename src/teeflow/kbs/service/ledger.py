@@ -71,21 +71,18 @@ class Ledger:
             "bound_digest": digest.hex(),
             "measurement": session.measurement,
         }
-<<<<<<< HEAD
         claims = session.claims
         scope = counter_scope_problems(
-            name, role=session.role, party=session.party,
-            session=None if claims is None else claims.session)
+            name,
+            role=session.role,
+            party=session.party,
+            session=None if claims is None else claims.session,
+        )
         if scope:  # a counter belongs to one session/role/party scope (namespaces.py)
             self._ctx.deny(PolicyDeny, "counter", subject, scope, data)
-=======
-        if name.startswith(AGGREGATOR_COUNTER_PREFIX) and session.role != "aggregator":
-            reason = f"role {session.role} may not step {name}"
-            self._ctx.deny(PolicyDeny, "counter", subject, [reason], data)
         build = self._ctx.builder(
             "counter", subject, "accept", data={**data, "value": expected + 1}
         )
->>>>>>> eb3a776 (kbs: signed state heads (KBS-State-Head) on every state-dependent response; clients remember the highest head per pinned KBS and refuse a rollback; audited agreement/resource/counter writes; tampered rows audited and answered 503; stored agreements and grants re-verified on load (cached by digest); KBS head file checked at start)
         try:
             with self._ctx.storage(StorageConflict):
                 value, entry = self._ctx.store.compare_and_increment_and_audit(
