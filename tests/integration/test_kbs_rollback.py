@@ -122,7 +122,7 @@ def test_row_edited_while_running_is_refused_and_audited(
     db, state = tmp_path / "kbs.db", tmp_path / "state"
     kbs = Kbs(db, state, teeflow_home)
     try:
-        pin, _ = _setup(kbs, teeflow_home)
+        pin, alice = _setup(kbs, teeflow_home)
         with sqlite3.connect(db) as conn:  # widen one grant's budget behind the KBS's back
             conn.execute("UPDATE kbs_resources SET max_releases = 1000 WHERE path = ?",
                          (PATHS[0],))
@@ -131,7 +131,7 @@ def test_row_edited_while_running_is_refused_and_audited(
             with pytest.raises(ServiceUnavailable, match="integrity"):
                 workload.get_resource(PATHS[0])
             assert len(workload.get_resource(PATHS[1])) == 32  # the KBS keeps serving
-        with KbsClient(kbs.server.url, pin) as party:
+        with KbsClient(kbs.server.url, pin, party=alice) as party:
             entries = party.audit()
         assert any(e.kind == "store" and e.decision == "deny" and e.subject == "kbs_resources"
                    for e in entries)
