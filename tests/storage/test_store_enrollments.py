@@ -56,7 +56,7 @@ def test_revocation_refuses_later_uses(store: KbsStore) -> None:
     log = AuditLog(store, KEY, clock())
     use = EnrollmentUse("bob/" + "c" * 22, None)
     _attest(store, "s1", use)
-    rec, entry = store.revoke_enrollment_and_audit(
+    rec, _entry = store.revoke_enrollment_and_audit(
         use.key, b"revocation-jws", T0, log.builder("enrollment", use.key, "accept"))
     assert rec.revoked_at == T0 and rec.revocation == b"revocation-jws" and rec.uses == 1
     again, _ = store.revoke_enrollment_and_audit(  # idempotent: the first is kept

@@ -62,7 +62,7 @@ def _parts(t: str) -> list[str]:
 def test_round_trip_and_canonical_format() -> None:
     wkey = ECKey.generate_key("P-256", private=True)
     t = token(session="s1", uses=3, workload_key=wkey.as_dict(private=False))
-    h, p, s = _parts(t)
+    h, _p, _s = _parts(t)
     assert json.loads(base64.urlsafe_b64decode(h + "==")) == {
         "alg": "Ed25519", "typ": "teeflow-enrollment+jwt"}
     e = verify_enrollment(t, agreement(), now=NOW)
@@ -185,7 +185,7 @@ def test_revocation_round_trip_and_forgery() -> None:
     rev = sign_revocation(KEYS["alice"], federation="study", enrollment_id=jti, now=NOW)
     r = verify_revocation(rev, agreement(), now=NOW)
     assert (r.party, r.jti, r.fed) == ("alice", jti, "study")
-    h, p, s = _parts(rev)
+    h, p, _s = _parts(rev)
     bob_rev = sign_revocation(KEYS["bob"], federation="study", enrollment_id=jti, now=NOW)
     with pytest.raises(VerificationError):  # bob cannot sign alice's revocation
         verify_revocation(f"{h}.{p}.{_parts(bob_rev)[2]}", agreement(), now=NOW)

@@ -46,8 +46,9 @@ KBS accepts a party resource only under its owner's name). So one owner cannot r
 "joint" function on another's input alone.
 
 Digest: ``SHA-256(RFC 8785 canonical JSON of`` :meth:`Grant.to_document` ``)`` — the
-``model_dump(mode="json")`` without the three whole-job members when they are unset (so the
-digests and signatures of grants made before they existed are unchanged); signature:
+``model_dump(mode="json")`` without the three whole-job members when they are unset and
+without an empty ``parties`` (so the digests and signatures of grants made before they
+existed are unchanged); signature:
 Ed25519 by the owner over ``b"teeflow-grant-v1\\0" || digest``, base64url (:class:`SignedGrant`).
 """
 
@@ -214,7 +215,7 @@ class SignedGrant(DocumentModel):
 
 
 def grant_digest(grant: Grant) -> bytes:
-    """SHA-256 (32 bytes) of the RFC 8785 canonical JSON of ``grant.model_dump(mode="json")``."""
+    """SHA-256 (32 bytes) of the RFC 8785 canonical JSON of :meth:`Grant.to_document`."""
     return sha256_digest(grant.to_document())
 
 

@@ -47,7 +47,8 @@ class CertificateService:
 
         Raises:
             InvalidRequest: not one PEM CSR, or larger than 16 KiB.
-            PolicyDeny: bad CSR signature, or the CSR key is not the attested key.
+            PolicyDeny: no enrollment (the session acts for no party), bad CSR signature,
+                or the CSR key is not the attested key.
         """
         now = self._ctx.now()
         raw = csr_pem.encode("ascii", "replace") if isinstance(csr_pem, str) else bytes(csr_pem)
@@ -59,6 +60,9 @@ class CertificateService:
             raise InvalidRequest("not a PEM certificate signing request") from None
         subject = f"certificate:{session.role}:{session.party or '-'}"
         data: dict[str, Any] = {"role": session.role, "measurement": session.measurement}
+        if session.enrollment is None:
+            reason = "the workload acts for no enrolled party (no enrollment)"
+            self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
         try:
             identity = WorkloadIdentity(
                 role=session.role,
