@@ -193,7 +193,7 @@ def test_recipient_not_approved_by_every_owner_is_refused(fed: LocalFederation) 
 def test_worker_with_another_measurement_is_refused(fed: LocalFederation) -> None:
     before = _audit(fed)[-1].seq
     other = EmulatedSgx(fed.authority, measurement=bytes.fromhex("0b" * 32))
-    rogue = ComputeWorker(fed.pin, other, fed.package_archive)
+    rogue = ComputeWorker(fed.pin, other, fed.package_archive, enrollment=fed.worker.enrollment)
     try:
         with pytest.raises(AttestationFailed):
             rogue.start()
