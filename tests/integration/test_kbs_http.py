@@ -48,6 +48,7 @@ from teeflow.kbs.policy.agreement import (
     SgxReferenceValues,
     digest,
 )
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.request_signing import PartyRequestAuth
@@ -87,8 +88,18 @@ class Env:
             base_url=self.url, verify=pinned_tls_context(self.pin.tls_spki_sha256), timeout=10
         )
 
-    def workload(self, measurement: bytes = CLIENT_MR) -> KbsClient:
-        return KbsClient(None, self.pin, EmulatedSgx(self.authority, measurement=measurement))
+    def workload(self, measurement: bytes = CLIENT_MR, *, party: str = "alice",
+                 role: str = "client", enrollment: str | None = "auto") -> KbsClient:
+        """A workload client; ``party`` enrolls it for ``role`` (``enrollment=None``: none)."""
+        if enrollment == "auto":
+            enrollment = self.token(party, role)
+        return KbsClient(None, self.pin, EmulatedSgx(self.authority, measurement=measurement),
+                         enrollment=enrollment)
+
+    def token(self, party: str = "alice", role: str = "client", **kw: Any) -> str:
+        """``party``'s signed enrollment of a ``role`` workload."""
+        return issue_enrollment(self.parties[party], federation="study", role=role,
+                                now=datetime.now(UTC), expires=timedelta(hours=1), **kw)
 
     def audit_len(self) -> int:
         return len(self.runtime.store.audit_entries(0, 10_000))
@@ -189,6 +200,7 @@ def rcar(env: Env, http: httpx.Client, *, measurement: bytes = CLIENT_MR,
     key = ECKey.generate_key("P-256", private=True)
     jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
     teeflow = {"role": "client", **(claims if claims is not None else CLAIMS)}
+    teeflow.setdefault("enrollment", env.token())
     rd = runtime_data_digest(tee_pubkey=jwk, nonce=nonce, teeflow=teeflow)
     quote = EmulatedSgx(env.authority, measurement=measurement).quote(rd)
     body = {
@@ -431,7 +443,7 @@ def test_counters_over_http(env: Env) -> None:
             w.increment_counter("session/x/round", 0, b"\x33" * 32)
         with pytest.raises(PolicyDeny):  # issue 10: outside its role/party scope
             w.increment_counter("shared/" + os.urandom(4).hex(), 0, b"\x33" * 32)
-    with env.workload(AGG_MR) as agg:
+    with env.workload(AGG_MR, party="carol", role="aggregator") as agg:
         agg.attest("aggregator", {"session": "s1"})
         assert agg.increment_counter("session/s1/round", 0, b"\x44" * 32).value == 1
         assert agg.get_counter("session/s1/round").value == 1  # type: ignore[union-attr]

@@ -124,8 +124,8 @@ def test_peak_rss_reads_vmhwm(tmp_path: Path) -> None:
 def test_lean_entry_points_take_the_cli_options() -> None:
     """The options LocalFederation passes parse the same way as with ``teeflow ... run``."""
     args = (
-        "--enrollment e.jwt --pin p --session s --rounds 3 --min-clients 2 --wait-clients 3 --listen 127.0.0.1:0 "
-        "--package x.sealed --train-config {} --round-timeout 9 --state-dir d"
+        "--enrollment e.jwt --pin p --session s --rounds 3 --min-clients 2 --wait-clients 3 "
+        "--listen 127.0.0.1:0 --package x.sealed --train-config {} --round-timeout 9 --state-dir d"
     )
     a = aggregator_parser().parse_args(args.split())
     assert (a.rounds, a.min_clients, a.wait_clients, a.round_timeout) == (3, 2, 3, 9.0)
