@@ -16,8 +16,10 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -140,7 +142,13 @@ def _agreement(parties: dict[str, PartyKeys]) -> SignedAgreement:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    base = tmp_path_factory.mktemp("kbs-http")
+    with kbs_env(tmp_path_factory.mktemp("kbs-http")) as e:
+        yield e
+
+
+@contextmanager
+def kbs_env(base: Path) -> Iterator[Env]:
+    """A KBS on 127.0.0.1 (SQLite under ``base``) with the agreement and alice's resource."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
         parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
