@@ -164,4 +164,9 @@ def test_aggregator_enrolled_by_its_operator(env: Env) -> None:
     with env.workload(AGG_MR, party="carol", role="aggregator") as agg:
         agg.attest("aggregator", {})
         pem, _ = agg.get_certificate()
-        assert agg.check_certificate(x509.load_pem_x509_certificate(pem)).party == "carol"
+    # a federation-wide workload: its certificate names no party (CN=aggregator:-, the TLS
+    # name FL clients check); its operator is in the audit log
+    assert agg.check_certificate(x509.load_pem_x509_certificate(pem)).party is None
+    [cert] = [e for e in env.runtime.store.audit_entries(0, 10_000)
+              if e.kind == "certificate" and e.subject == "certificate:aggregator:carol"]
+    assert cert.data["party"] == "carol" and cert.data["certificate_party"] is None

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from teeflow.kbs.service.context import ServiceContext
 
 __all__ = [
+    "CERTIFICATE_PARTY_ROLES",
     "NO_ENROLLMENT",
     "EnrollmentService",
     "check_enrollment",
@@ -48,6 +49,13 @@ __all__ = [
     "token_lifetime",
     "verified_revocation",
 ]
+
+#: Roles whose workload certificate names the enrolled party: workloads that act *for* a
+#: party. Federation-wide workloads (aggregator, compute worker) are enrolled by their
+#: operator — recorded in the EAR (``teeflow.attested.enrollment``) and the audit log — but
+#: their certificates name no party (``CN=aggregator:-``: the name FL clients check in the
+#: TLS handshake, whoever operates the aggregator).
+CERTIFICATE_PARTY_ROLES = frozenset({"client", "serve"})
 
 #: The reason recorded when a workload with teeflow claims sends no enrollment.
 NO_ENROLLMENT = (
