@@ -206,3 +206,24 @@ def test_party_comes_only_from_the_enrollment(h: Harness) -> None:
     assert session.enrollment is not None and session.enrollment.party == "bob"
     # the same facts after a round trip through the EAR (bearer token, fresh process cache)
     assert h.service.authorize(token=w.token).enrollment == session.enrollment
+
+
+def test_enrollment_is_checked_against_the_key_in_the_agreement_in_force(h: Harness) -> None:
+    """alice's key is replaced by an agreement update: her old enrollment (verified and
+    cached under the previous agreement) no longer verifies."""
+    from test_kbs_service import agreement_doc, signed_agreement
+
+    from teeflow.kbs.policy.parties import PartyKeys
+
+    old = token("alice", h)
+    h.attest(claims={**CLAIMS, "enrollment": old})  # verified (and cached) under v1
+    new_alice = PartyKeys.generate("alice")
+    doc = agreement_doc(version=2, previous=h.agreement_digest.hex())
+    doc["parties"]["alice"] = {"sign_key": new_alice.public().sign_key,
+                               "recipient_key": new_alice.public().recipient_key,
+                               "roles": ["data-owner"]}
+    h.service.submit_agreement(signed_agreement(doc, ("bob", "carol")))
+    denied(h, "signature of alice does not verify", claims={**CLAIMS, "enrollment": old})
+    fresh = issue_enrollment(new_alice, federation="study", role="client", now=h.clock.now,
+                             expires=timedelta(hours=1))
+    assert h.session(h.attest(claims={**CLAIMS, "enrollment": fresh})).party == "alice"

@@ -79,6 +79,7 @@ __all__ = [
     "Enrollment",
     "EnrollmentRevocation",
     "binding_problems",
+    "enrollment_policy_problems",
     "issue_enrollment",
     "jwk_thumbprint",
     "load_enrollment",
@@ -87,6 +88,7 @@ __all__ = [
     "sign_revocation",
     "use_key",
     "verify_enrollment",
+    "verify_enrollment_signature",
     "verify_revocation",
 ]
 
@@ -428,10 +430,38 @@ def verify_enrollment(
         PolicyViolation: the party is unknown, or any policy reason (all listed).
     """
     when = _now_utc(now)
+    enrollment = verify_enrollment_signature(token, agreement)
+    reasons = enrollment_policy_problems(enrollment, agreement, now=when)
+    if reasons:
+        raise PolicyViolation("enrollment refused: " + "; ".join(reasons), reasons)
+    return enrollment
+
+
+def verify_enrollment_signature(token: object, agreement: FederationAgreement) -> Enrollment:
+    """The first half of :func:`verify_enrollment`: structure, and the party's signature with
+    its ``sign_key`` in ``agreement`` (the result depends only on the token and the
+    agreement, so a KBS may cache it per agreement).
+
+    Raises:
+        ParseError: see :func:`read_enrollment`.
+        VerificationError: the signature does not verify with the party's agreement key.
+        PolicyViolation: the party is not a party of the agreement.
+    """
     enrollment = read_enrollment(token)
     assert isinstance(token, str)
     _verify_signature(token.strip(), agreement, enrollment.party, "enrollment")
+    return enrollment
+
+
+def enrollment_policy_problems(
+    enrollment: Enrollment, agreement: FederationAgreement, *, now: datetime
+) -> list[str]:
+    """The second half of :func:`verify_enrollment`: every policy reason (federation, party
+    role, validity window at ``now``) for a signature-checked enrollment; ``[]`` = valid."""
+    when = _now_utc(now)
     reasons: list[str] = []
+    if enrollment.party not in agreement.parties:
+        return [f"enrollment party {enrollment.party} is not a party of the agreement"]
     if enrollment.fed != agreement.federation:
         reasons.append(
             f"enrollment is for federation {enrollment.fed}, not {agreement.federation}"
@@ -449,9 +479,7 @@ def verify_enrollment(
         reasons.append(f"enrollment expired at {enrollment.expires_at.isoformat()}")
     if enrollment.expires_at - enrollment.issued_at > MAX_ENROLLMENT_LIFETIME:
         reasons.append(f"enrollment validity exceeds {MAX_ENROLLMENT_LIFETIME.days} days")
-    if reasons:
-        raise PolicyViolation("enrollment refused: " + "; ".join(reasons), reasons)
-    return enrollment
+    return reasons
 
 
 def verify_revocation(

@@ -39,6 +39,7 @@ from teeflow.kbs.service.context import MAX_ID as _MAX_ID
 from teeflow.kbs.service.context import ServiceContext
 from teeflow.kbs.service.context import sha256_hex as _sha256_hex
 from teeflow.kbs.service.enrollments import (
+    EnrollmentCache,
     check_enrollment,
     enrolled,
     enrollment_use,
@@ -74,6 +75,7 @@ class AttestationService:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._enrollments = EnrollmentCache()
 
     def auth(self, request: AuthRequest) -> tuple[str, Challenge]:
         """RCAR ``/kbs/v0/auth``: start a session.
@@ -193,7 +195,14 @@ class AttestationService:
         signed, agreement_digest = current
         claims = runtime.teeflow
         role = claims.role if claims is not None else self._ctx.default_role
-        enrollment, enrollment_reasons = check_enrollment(runtime, role, signed.agreement, now)
+        enrollment, enrollment_reasons = check_enrollment(
+            runtime,
+            role,
+            signed.agreement,
+            now,
+            cache=self._enrollments,
+            agreement_digest=agreement_digest,
+        )
         data: dict[str, Any] = {
             "tee": session.tee,
             "role": role,

@@ -19,6 +19,8 @@ an enrollment; their sessions have no party and get no certificate, key or count
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +31,9 @@ from teeflow.kbs.policy.enrollment import (
     Enrollment,
     EnrollmentRevocation,
     binding_problems,
+    enrollment_policy_problems,
     use_key,
-    verify_enrollment,
+    verify_enrollment_signature,
     verify_revocation,
 )
 from teeflow.kbs.protocol import Enrolled, RuntimeData
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CERTIFICATE_PARTY_ROLES",
     "NO_ENROLLMENT",
+    "EnrollmentCache",
     "EnrollmentService",
     "check_enrollment",
     "enrolled",
@@ -64,11 +68,50 @@ NO_ENROLLMENT = (
 )
 
 
+class EnrollmentCache:
+    """Enrollments whose structure and signature this process verified, per token and
+    agreement digest (the result of
+    :func:`~teeflow.kbs.policy.enrollment.verify_enrollment_signature` depends on nothing
+    else), so a token used for many attestations (a compute worker's jobs, re-attestations)
+    is verified once; the policy checks (validity at ``now``, party roles), the binding, use
+    counts and revocation are re-done every time. Failures are not cached. At most
+    ``max_entries`` (all dropped when full). Thread-safe.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[bytes, bytes], Enrollment] = {}
+
+    def verified(
+        self, token: str, agreement: FederationAgreement, agreement_digest: bytes
+    ) -> Enrollment:
+        """The signature-checked enrollment of ``token`` under this agreement.
+
+        Raises:
+            ParseError, VerificationError, PolicyViolation: as
+                :func:`~teeflow.kbs.policy.enrollment.verify_enrollment_signature`.
+        """
+        key = (hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest(), agreement_digest)
+        hit = self._entries.get(key)
+        if hit is not None:
+            return hit
+        enrollment = verify_enrollment_signature(token, agreement)
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries = {}
+            self._entries[key] = enrollment
+        return enrollment
+
+
 def check_enrollment(
     runtime: RuntimeData,
     role: str | None,
     agreement: FederationAgreement,
     now: datetime,
+    *,
+    cache: EnrollmentCache | None = None,
+    agreement_digest: bytes | None = None,
 ) -> tuple[Enrollment | None, list[str]]:
     """The verified enrollment of an attestation and every reason to refuse it.
 
@@ -77,6 +120,8 @@ def check_enrollment(
         role: the role being appraised (claimed, or the service's default role).
         agreement: the agreement in force.
         now: the KBS time.
+        cache, agreement_digest: a per-process :class:`EnrollmentCache` and the digest of
+            ``agreement`` (both or neither).
 
     Returns:
         ``(enrollment, reasons)``: ``(None, [])`` for a plain attester without teeflow
@@ -89,11 +134,17 @@ def check_enrollment(
     if claims.enrollment is None:
         return None, [NO_ENROLLMENT]
     try:
-        enrollment = verify_enrollment(claims.enrollment, agreement, now=now)
+        if cache is not None and agreement_digest is not None:
+            enrollment = cache.verified(claims.enrollment, agreement, agreement_digest)
+        else:
+            enrollment = verify_enrollment_signature(claims.enrollment, agreement)
     except PolicyViolation as exc:
         return None, list(exc.violations) or [str(exc)]
     except (ParseError, VerificationError) as exc:
         return None, [f"enrollment rejected: {exc}"]
+    policy = enrollment_policy_problems(enrollment, agreement, now=now)
+    if policy:
+        return None, policy
     reasons = binding_problems(
         enrollment,
         role=role or "",
