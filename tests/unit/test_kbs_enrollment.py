@@ -227,3 +227,23 @@ def test_enrollment_is_checked_against_the_key_in_the_agreement_in_force(h: Harn
     fresh = issue_enrollment(new_alice, federation="study", role="client", now=h.clock.now,
                              expires=timedelta(hours=1))
     assert h.session(h.attest(claims={**CLAIMS, "enrollment": fresh})).party == "alice"
+
+
+def test_session_scoped_aggregator_gets_only_its_sessions_checkpoint_key(h: Harness) -> None:
+    """An aggregator enrolled for session s1 cannot obtain session s2's checkpoint key (the
+    operator's enrollment bounds what the attested aggregator may read)."""
+    from teeflow.kbs.policy.generated import checkpoint_key_path
+
+    agg_mr = bytes.fromhex("a7" * 32)
+    paths = [checkpoint_key_path("s1"), checkpoint_key_path("s2")]
+    claims = {"role": "aggregator", "package_digest": CLAIMS["package_digest"],
+              "resources": paths, "recipients": ["alice"], "session": "s1",
+              "enrollment": token("carol", h, role="aggregator", session="s1")}
+    w = h.attest(claims=claims, measurement=agg_mr)
+    session = h.session(w)
+    assert session.enrollment is not None and session.enrollment.session == "s1"
+    assert len(open_jwe(h.service.get_resource(session, paths[0]), w.key)) == 32
+    with pytest.raises(PolicyDeny):
+        h.service.get_resource(session, paths[1])
+    assert any("scoped to session s1" in r for r in h.denies("release")[0].reasons)
+    assert h.service.resource_info(paths[1]) is None  # a refusal creates nothing
