@@ -352,7 +352,7 @@ def test_checkpoints_hold_no_private_key(runs: Runs) -> None:
     fed = runs.fed
     platform = EmulatedSgx(manifest=WorkloadManifest.load(fed.aggregator_manifest))
     path = checkpoint_key_path("study-1")
-    with KbsClient(None, fed.pin, platform) as kbs:
+    with KbsClient(None, fed.pin, platform, enrollment=fed.token("alice", "aggregator")) as kbs:
         kbs.attest(
             "aggregator",
             {"package_digest": fed.published.digest, "resources": [path], "recipients": ["alice"]},
