@@ -170,7 +170,7 @@ def test_workload_key_bound_enrollment(h: Harness) -> None:
     sid, nonce = h.auth()
     session_token = h.service.attest(
         sid, h.attest_request(nonce, bound, claims={**CLAIMS, "enrollment": t})).token
-    assert h.service.authorize(token=session_token).party == "alice"
+    assert h.service.authorize(session_id=sid, token=session_token).party == "alice"
 
 
 def test_grant_restricted_to_alice_is_not_released_to_bobs_client(h: Harness) -> None:
@@ -205,7 +205,8 @@ def test_party_comes_only_from_the_enrollment(h: Harness) -> None:
     assert session.party == "bob" and session.claims is not None and session.claims.party is None
     assert session.enrollment is not None and session.enrollment.party == "bob"
     # the same facts after a round trip through the EAR (bearer token, fresh process cache)
-    assert h.service.authorize(token=w.token).enrollment == session.enrollment
+    assert h.service.authorize(session_id=w.session_id, token=w.token).enrollment == (
+        session.enrollment)
 
 
 def test_enrollment_is_checked_against_the_key_in_the_agreement_in_force(h: Harness) -> None:
