@@ -12,6 +12,8 @@ Routes (Trustee KBS protocol 0.4.0 under ``/kbs/v0``, teeflow extensions under `
     POST /v1/certificates      (Bearer or cookie) CertificateRequest | PEM CSR
                                            -> CertificateResponse
     GET  /v1/ca                            -> federation CA certificate (PEM)
+    POST /v1/enrollments/revocations       EnrollmentRevocationRequest (party-signed)
+                                           -> {"id", "party", "revoked_at", "uses"}
     POST /v1/counters/{name}   (Bearer or cookie) CounterIncrement -> CounterState
     GET  /v1/counters/{name}   (party-signed, or Bearer+cookie in scope) -> CounterState
                                            (404 if never stepped)
@@ -79,6 +81,7 @@ from teeflow.kbs.protocol import (
     MAX_ATTEST_BODY_BYTES,
     MAX_AUTH_BODY_BYTES,
     MAX_CSR_BODY_BYTES,
+    MAX_REVOCATION_BODY_BYTES,
     MAX_UPLOAD_BODY_BYTES,
     AttestedSession,
     AttestRequest,
@@ -89,6 +92,7 @@ from teeflow.kbs.protocol import (
     Challenge,
     CounterIncrement,
     CounterState,
+    EnrollmentRevocationRequest,
     JweResponse,
     ResourceInfo,
     ResourceUpload,
@@ -208,6 +212,7 @@ _BODY_MODELS: tuple[type[BaseModel], ...] = (
     CertificateResponse,
     CounterIncrement,
     CounterState,
+    EnrollmentRevocationRequest,
 )
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -472,6 +477,15 @@ def create_app(
         pem = await call(service.issue_certificate, session, csr)
         ca_pem = keys.ca.certificate_pem().decode("ascii")
         return _json(CertificateResponse(certificate=pem.decode("ascii"), ca=ca_pem).to_wire())
+
+    @app.post(
+        "/v1/enrollments/revocations",
+        openapi_extra=_doc(EnrollmentRevocationRequest, ok={"type": "object"},
+                           errors=(400, 413, 503)),
+    )
+    async def revoke_enrollment(request: Request) -> Response:
+        body = await _decode(request, EnrollmentRevocationRequest, MAX_REVOCATION_BODY_BYTES)
+        return _json(await call(service.revoke_enrollment, body.revocation))
 
     @app.get(
         "/v1/ca",

@@ -49,6 +49,7 @@ __all__ = [
     "agreements",
     "audit",
     "counters",
+    "enrollments",
     "make_engine",
     "metadata",
     "migrate",
@@ -137,6 +138,15 @@ sessions = Table(
     Column("claims_json", Text, nullable=True),
     Column("token_expires_at", UtcDateTime, nullable=True),
     Index("ix_kbs_sessions_expires_at", "expires_at"),
+)
+
+enrollments = Table(
+    "kbs_enrollments",
+    metadata,
+    Column("key", String(256), primary_key=True),
+    Column("uses", BigInteger, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("revocation", LargeBinary, nullable=True),
 )
 
 audit = Table(

@@ -19,6 +19,9 @@ from teeflow.kbs.store.interface import (
     AgreementRecord,
     AuditBuilder,
     AuditEntry,
+    EnrollmentRecord,
+    EnrollmentUse,
+    EnrollmentUseRefused,
     ResourceRecord,
     SessionRecord,
     StorageConflict,
@@ -44,6 +47,7 @@ class MemoryStore:
         self._counters: dict[str, tuple[int, bytes]] = {}
         self._sessions: dict[str, SessionRecord] = {}
         self._audit: list[tuple[AuditEntry, str, str]] = []
+        self._enrollments: dict[str, EnrollmentRecord] = {}
         self._closed = False
 
     def _check_open(self) -> None:
@@ -218,18 +222,57 @@ class MemoryStore:
         *,
         token: TokenBinding | None = None,
         agreement_digest: bytes | None = None,
+        enrollment: EnrollmentUse | None = None,
     ) -> tuple[SessionRecord, AuditEntry]:
         """See :meth:`KbsStore.consume_nonce_and_audit`."""
         now = validate.consume(session_id, now)
         binding = validate.token_binding(session_id, token)
         validate.builder(build)
         required = validate.optional_digest("agreement_digest", agreement_digest)
+        use = validate.enrollment_use(enrollment)
         with self._lock:
             self._check_open()
             new = self._consumed(session_id, now, binding)
             self._check_agreement(required)
+            used = None if use is None else self._used(use)
             row = self._build_audit(build)
             self._sessions[session_id] = new
+            if used is not None:
+                self._enrollments[used.key] = used
+            self._audit.append(row)
+            return new, row[0]
+
+    def _used(self, use: EnrollmentUse) -> EnrollmentRecord:
+        """The enrollment record after one more use; nothing changed."""
+        old = self._enrollments.get(use.key) or EnrollmentRecord(use.key, 0, None, None)
+        if old.revoked_at is not None:
+            raise EnrollmentUseRefused("revoked")
+        if use.max_uses is not None and old.uses >= use.max_uses:
+            raise EnrollmentUseRefused("exhausted")
+        return replace(old, uses=old.uses + 1)
+
+    # -- enrollments --------------------------------------------------------------------
+    def get_enrollment(self, key: str) -> EnrollmentRecord | None:
+        """See :meth:`KbsStore.get_enrollment`."""
+        validate.name("key", key)
+        with self._lock:
+            self._check_open()
+            return self._enrollments.get(key)
+
+    def revoke_enrollment_and_audit(
+        self, key: str, revocation: bytes, now: datetime, build: AuditBuilder
+    ) -> tuple[EnrollmentRecord, AuditEntry]:
+        """See :meth:`KbsStore.revoke_enrollment_and_audit`."""
+        key, document, now = validate.revocation(key, revocation, now)
+        validate.builder(build)
+        with self._lock:
+            self._check_open()
+            old = self._enrollments.get(key) or EnrollmentRecord(key, 0, None, None)
+            new = old if old.revoked_at is not None else replace(
+                old, revoked_at=now, revocation=document
+            )
+            row = self._build_audit(build)
+            self._enrollments[key] = new
             self._audit.append(row)
             return new, row[0]
 

@@ -74,6 +74,7 @@ from teeflow.kbs.store._engine import (
     agreements,
     audit,
     counters,
+    enrollments,
     make_engine,
     metadata,
     migrate,
@@ -85,6 +86,9 @@ from teeflow.kbs.store.interface import (
     AgreementRecord,
     AuditBuilder,
     AuditEntry,
+    EnrollmentRecord,
+    EnrollmentUse,
+    EnrollmentUseRefused,
     ResourceRecord,
     SessionRecord,
     StorageConflict,
@@ -425,17 +429,57 @@ class SqlStore:
         *,
         token: TokenBinding | None = None,
         agreement_digest: bytes | None = None,
+        enrollment: EnrollmentUse | None = None,
     ) -> tuple[SessionRecord, AuditEntry]:
         """See :meth:`KbsStore.consume_nonce_and_audit`."""
         now = validate.consume(session_id, now)
         binding = validate.token_binding(session_id, token)
         validate.builder(build)
         required = validate.optional_digest("agreement_digest", agreement_digest)
+        use = validate.enrollment_use(enrollment)
 
         def work(c: Connection) -> SessionRecord:
             session = self._consume(c, session_id, now, binding)
             _check_agreement(c, required)
+            if use is not None:
+                _use_enrollment(c, use)
             return session
+
+        return self._audited(work, build)
+
+    # -- enrollments --------------------------------------------------------------------
+    def get_enrollment(self, key: str) -> EnrollmentRecord | None:
+        """See :meth:`KbsStore.get_enrollment`."""
+        validate.name("key", key)
+        with self._tx(write=False) as c:
+            row = c.execute(select(enrollments).where(enrollments.c.key == key)).first()
+        return None if row is None else _enrollment(row)
+
+    def revoke_enrollment_and_audit(
+        self, key: str, revocation: bytes, now: datetime, build: AuditBuilder
+    ) -> tuple[EnrollmentRecord, AuditEntry]:
+        """See :meth:`KbsStore.revoke_enrollment_and_audit`."""
+        key, document, now = validate.revocation(key, revocation, now)
+        validate.builder(build)
+        e = enrollments.c
+
+        def work(c: Connection) -> EnrollmentRecord:
+            res = c.execute(
+                update(enrollments)
+                .where(e.key == key, e.revoked_at.is_(None))
+                .values(revoked_at=now, revocation=document)
+            )
+            if res.rowcount != 1:
+                found = c.execute(select(enrollments).where(e.key == key)).first()
+                if found is None:
+                    c.execute(
+                        insert(enrollments).values(
+                            key=key, uses=0, revoked_at=now, revocation=document
+                        )
+                    )
+            row = c.execute(select(enrollments).where(e.key == key)).first()
+            assert row is not None
+            return _enrollment(row)
 
         return self._audited(work, build)
 
@@ -554,3 +598,38 @@ def _check_agreement(c: Connection, digest: bytes | None) -> None:
     row = c.execute(q.AGREEMENT_HEAD).first()
     if row is None or bytes(row.digest) != digest:
         raise StorageConflict("the active agreement changed")
+
+
+def _enrollment(row: Any) -> EnrollmentRecord:
+    return EnrollmentRecord(
+        key=str(row.key),
+        uses=int(row.uses),
+        revoked_at=row.revoked_at,
+        revocation=None if row.revocation is None else bytes(row.revocation),
+    )
+
+
+def _use_enrollment(c: Connection, use: EnrollmentUse) -> None:
+    """Count one use of ``use.key`` inside ``c`` (a conditional UPDATE decides; a first use
+    inserts the row, in a savepoint so a concurrent first use is retried as an update).
+
+    Raises:
+        EnrollmentUseRefused: revoked, or ``max_uses`` reached.
+    """
+    e = enrollments.c
+    cond = [e.key == use.key, e.revoked_at.is_(None)]
+    if use.max_uses is not None:
+        cond.append(e.uses < use.max_uses)
+    for _ in range(2):
+        if c.execute(update(enrollments).where(*cond).values(uses=e.uses + 1)).rowcount == 1:
+            return
+        row = c.execute(select(e.uses, e.revoked_at).where(e.key == use.key)).first()
+        if row is not None:
+            raise EnrollmentUseRefused("revoked" if row.revoked_at is not None else "exhausted")
+        try:
+            with c.begin_nested():
+                c.execute(insert(enrollments).values(key=use.key, uses=1))
+            return
+        except IntegrityError:  # a concurrent first use inserted it: count as an update
+            continue
+    raise StorageConflict("enrollment use kept conflicting")
