@@ -110,7 +110,9 @@ def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
                 p: {
                     "sign_key": keys[p].public().sign_key,
                     "recipient_key": keys[p].public().recipient_key,
-                    "roles": ["data-owner", "model-owner"] if i == 0 else ["data-owner"],
+                    "roles": ["data-owner", "model-owner", "aggregator-operator"]
+                    if i == 0
+                    else ["data-owner"],
                 }
                 for i, p in enumerate(parties)
             },
@@ -151,6 +153,11 @@ def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
         "agreement_digest": agreement_digest(agreement),
         "kbs_pid": kbs.pid,
         "manifests": manifests,
+        # each party enrolls its client, the first (aggregator operator) the aggregator
+        "enrollments": {
+            **{p: lf.enroll(keys[p], "client", federation=FEDERATION) for p in parties},
+            "aggregator": lf.enroll(keys[parties[0]], "aggregator", federation=FEDERATION),
+        },
     }
 
 
@@ -251,6 +258,7 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
         t_setup = time.perf_counter()
         agg = lf.start_aggregator(
             pin=fed["pin_path"],
+            enrollment=fed["enrollments"]["aggregator"],
             session=SESSION,
             rounds=hp.rounds,
             min_clients=hp.clients,
@@ -268,6 +276,7 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
             p: lf.start_client(
                 party=p,
                 pin=fed["pin_path"],
+                enrollment=fed["enrollments"][p],
                 aggregator=agg.address,
                 data=f"mnist:{data_dir}?clients={hp.clients}&index={i}&seed={hp.split_seed}",
                 threads=1,

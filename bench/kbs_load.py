@@ -176,6 +176,12 @@ def _setup(url: str, measurement: str, home: Path, tmp: Path) -> Path:
                 "max_releases": 2**31 - 1,
             })
             owner.put_resource(path, os.urandom(32), sign_grant(grant, alice), alice)
+    # alice enrolls the load's client workloads (one token, no use limit)
+    from teeflow.kbs.policy.enrollment import issue_enrollment
+
+    token = issue_enrollment(alice, federation="bench", role="client", now=now,
+                             expires=timedelta(days=1))
+    (tmp / "client.jwt").write_text(token + "\n")
     return pin_path
 
 
@@ -195,8 +201,10 @@ def _platform(tee: str, home: Path) -> Any:
 def _thread_loop(mode: str, pin_path: Path, tee: str, home: Path, path: str, start: float,
                  stop: float, out: list[float], errors: list[str]) -> None:
     from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.policy.enrollment import load_enrollment
 
-    client = KbsClient(None, pin_path, _platform(tee, home), timeout=30)
+    client = KbsClient(None, pin_path, _platform(tee, home), timeout=30,
+                       enrollment=load_enrollment(pin_path.parent / "client.jwt"))
     try:
         if mode == "fetch":
             client.attest("client", CLAIMS)

@@ -4,8 +4,10 @@
 ``$TEEFLOW_HOME/parties``), workload manifests for the aggregator and the clients (small
 folders under ``tmp``: stable measurements while the source tree is being edited), the MNIST
 example package built and published by alice, an agreement signed by all three
-(``allow_emulated: true``; outputs.model = alice) submitted to a KBS (SQLite, emulated TEE)
-served on 127.0.0.1 in this process, and a pin file.
+(``allow_emulated: true``; outputs.model = alice; alice also operates the aggregator)
+submitted to a KBS (SQLite, emulated TEE) served on 127.0.0.1 in this process, and a pin
+file. :meth:`Fed.enroll` signs a party's enrollment of a workload (each client by its party,
+the aggregator by alice).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from teeflow.fl.package import build_package
 from teeflow.fl.publish import PublishedPackage, publish_package
+from teeflow.fl.session import LocalFederation
 from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
 from teeflow.kbs.client.pinning import (
     Pin,
@@ -30,6 +35,7 @@ from teeflow.kbs.policy.agreement import (
     SgxReferenceValues,
     digest,
 )
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
@@ -62,6 +68,15 @@ class Fed:
 
     def data(self, index: int, clients: int = 3) -> str:
         return f"digits?clients={clients}&index={index}&seed=7"
+
+    def enroll(self, lf: LocalFederation, party: str, role: str = "client", **kw: Any) -> Path:
+        """``party``'s enrollment of a ``role`` workload (a token file)."""
+        return lf.enroll(self.keys[party], role, federation="study", **kw)
+
+    def token(self, party: str, role: str = "client", **kw: Any) -> str:
+        """``party``'s enrollment token (in-process workloads)."""
+        return issue_enrollment(self.keys[party], federation="study", role=role,
+                                now=datetime.now(UTC), expires=timedelta(hours=2), **kw)
 
 
 def write_manifest(folder: Path, name: str, entry: list[str]) -> Path:
@@ -96,7 +111,9 @@ def federation(home: Path, tmp: Path) -> Iterator[Fed]:
                 p: {
                     "sign_key": keys[p].public().sign_key,
                     "recipient_key": keys[p].public().recipient_key,
-                    "roles": ["data-owner", "model-owner"] if p == "alice" else ["data-owner"],
+                    "roles": ["data-owner", "model-owner", "aggregator-operator"]
+                    if p == "alice"
+                    else ["data-owner"],
                 }
                 for p in PARTIES
             },

@@ -193,7 +193,7 @@ def test_recipient_not_approved_by_every_owner_is_refused(fed: LocalFederation) 
 def test_worker_with_another_measurement_is_refused(fed: LocalFederation) -> None:
     before = _audit(fed)[-1].seq
     other = EmulatedSgx(fed.authority, measurement=bytes.fromhex("0b" * 32))
-    rogue = ComputeWorker(fed.pin, other, fed.package_archive)
+    rogue = ComputeWorker(fed.pin, other, fed.package_archive, enrollment=fed.worker.enrollment)
     try:
         with pytest.raises(AttestationFailed):
             rogue.start()
@@ -308,3 +308,38 @@ def test_cli_seal_run_open_lineage(fed: LocalFederation, tmp_path: Path) -> None
 def test_party_load_from_files(fed: LocalFederation) -> None:
     with Party.load("carol", pin=fed.home.parent / "pin.json", home=fed.home) as carol:
         assert carol.teeu(fed.worker_url).info["package"]["name"] == "stats"
+
+
+def test_worker_without_its_operators_enrollment_is_refused(fed: LocalFederation) -> None:
+    """Adversary P: a worker needs the compute operator's enrollment; a data owner cannot
+    enroll one, and without an enrollment there is no certificate (no HTTPS identity)."""
+    from datetime import UTC, datetime, timedelta
+
+    from teeflow.kbs.policy.enrollment import issue_enrollment
+
+    by_alice = issue_enrollment(fed.keys["alice"], federation="teeu", role="compute",
+                                now=datetime.now(UTC), expires=timedelta(hours=1))
+    for token, needle in ((None, "no enrollment"), (by_alice, "may not enroll a compute")):
+        rogue = ComputeWorker(fed.pin, fed.worker.platform, fed.package_archive,
+                              enrollment=token)
+        try:
+            with pytest.raises(AttestationFailed, match=needle):
+                rogue.start()
+            assert rogue.certificate is None
+        finally:
+            rogue.close()
+
+
+def test_input_released_only_to_a_worker_of_the_named_operator(fed: LocalFederation) -> None:
+    """A grant naming the operator (``parties``): the worker enrolled by compute-op runs the
+    job; the same grant naming another operator is refused at release."""
+    alice, bob = fed.party("alice"), fed.party("bob")
+    teeu = alice.teeu(fed.worker_url)
+    x = np.ones((2, 2), dtype=np.float32)
+    ok = [p.seal(x, allow=["stats:average"], recipients=BOTH, to=p.teeu(fed.worker_url),
+                 operators=["compute-op"]) for p in (alice, bob)]
+    assert teeu.run("stats:average", *ok).recipients == ("alice", "bob")
+    xi = alice.seal(x, allow=["stats:average"], recipients=BOTH, to=teeu, operators=["carol"])
+    yi = bob.seal(x, allow=["stats:average"], recipients=BOTH, to=bob.teeu(fed.worker_url))
+    with pytest.raises(ReleaseRefused):
+        teeu.run("stats:average", xi, yi)

@@ -151,8 +151,13 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     agreement = Path(s["files"]["agreement"]).read_text()
     assert "allow_emulated: true" in agreement and "EMULATED TEE" in agreement
     commands = " ".join(c["command"] for c in s["commands"])
-    for piece in ("kbs serve", "aggregator run", "client run", "model verify", "model open"):
+    for piece in ("kbs serve", "aggregator run", "client run", "model verify", "model open",
+                  "party enroll", "--enrollment"):
         assert piece in commands
+    # each hospital enrolled its own client, hospital-a (aggregator operator) the aggregator
+    tokens = sorted(p.name for p in Path(s["files"]["enrollments"]).iterdir())
+    assert tokens == ["hospital-a-aggregator-demo.jwt", *(
+        f"{p}-client-demo.jwt" for p in sorted(parties))]
     assert json.loads((work / "summary.json").read_text())["final_accuracy"] == s["final_accuracy"]
     # issue 9: every workload reports the tee and the attester that produced its evidence
     assert s["platform"] == "emulated-sgx"

@@ -24,6 +24,7 @@ from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make
 from teeflow.kbs.client.pinning import Pin, pinned_tls_context
 from teeflow.kbs.client.sdk import KbsClient, verify_kbs
 from teeflow.kbs.policy.agreement import SgxReferenceValues, digest
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.generated import checkpoint_key_path, is_kbs_owner
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
@@ -41,9 +42,15 @@ class Env:
     parties: dict[str, PartyKeys]
     agreement_digest: str
 
-    def workload(self, measurement: bytes) -> KbsClient:
+    def workload(self, measurement: bytes, role: str = "aggregator") -> KbsClient:
+        """A workload enrolled for ``role`` by its party (the aggregator by carol, its
+        operator; a client by alice)."""
         authority = self.runtime.authority
-        return KbsClient(None, self.pin, EmulatedSgx(authority, measurement=measurement))
+        party = "carol" if role == "aggregator" else "alice"
+        token = issue_enrollment(self.parties[party], federation="study", role=role,
+                                 now=datetime.now(UTC), expires=timedelta(hours=1))
+        return KbsClient(None, self.pin, EmulatedSgx(authority, measurement=measurement),
+                         enrollment=token)
 
     def http(self) -> httpx.Client:
         ctx = pinned_tls_context(self.pin.tls_spki_sha256)
@@ -107,7 +114,7 @@ def test_publisher_cannot_obtain_the_checkpoint_key_by_any_path(env: Env) -> Non
     with env.http() as http:
         assert_problem(http.get(f"/kbs/v0/resource/{CKPT}"), 401, f"{TEE}/TokenNotFound")
     # 3. ask as its own attested client (role client): 403, constant body
-    with env.workload(CLIENT_MR) as client:
+    with env.workload(CLIENT_MR, role="client") as client:
         client.attest("client", {"package_digest": PKG, "function": "train",
                                  "resources": [CKPT]})
         with pytest.raises(PolicyDeny) as deny:

@@ -6,8 +6,10 @@ the tests below assert one property each:
 
 1. run 1: ``--rounds 1`` with alice, bob and carol (K = 2); before the clients start, probes
    against the listening aggregator (a certificate for alice that says "bob", a self-signed
-   certificate, the Status RPC); meanwhile a client with a tampered package and a client with
-   the wrong measurement fail;
+   certificate, the Status RPC), and an impostor ``client run --party bob`` holding alice's
+   enrollment is refused by the KBS (no certificate) — the real bob then joins (not locked
+   out); meanwhile a client with a tampered package and a client with the wrong measurement
+   fail;
 2. run 2: ``--rounds 2`` resumes from the round-1 checkpoint (a new aggregator instance: new
    attested key, hand-over entry in the provenance log); carol is frozen once connected and
    killed when round 2 starts — the round completes with alice and bob;
@@ -80,13 +82,15 @@ class Runs:
     wrong_mr_code: int | None = None
     status_modules: list[str] = field(default_factory=list)
     carol_killed_at: int | None = None
+    impostor: dict[str, Any] | None = None
+    impostor_code: int | None = None
 
 
 def _client_cert(fed: Fed, party: str) -> tuple[bytes, ec.EllipticCurvePrivateKey, bytes]:
     """Attest in-process as a client of ``party``: (certificate PEM, key, package key)."""
     platform = EmulatedSgx(manifest=WorkloadManifest.load(fed.client_manifest))
     d = fed.published.digest
-    with KbsClient(None, fed.pin, platform) as kbs:
+    with KbsClient(None, fed.pin, platform, enrollment=fed.token(party)) as kbs:
         kbs.attest(
             "client",
             {
@@ -171,6 +175,7 @@ def _tampered_package(fed: Fed, package_key: bytes) -> Path:
 def _aggregator(lf: LocalFederation, fed: Fed, rounds: int, name: str, **extra: Any) -> Any:
     return lf.start_aggregator(
         pin=fed.pin_path,
+        enrollment=fed.enroll(lf, "alice", "aggregator", session="study-1"),
         session="study-1",
         rounds=rounds,
         min_clients=2,
@@ -192,6 +197,7 @@ def _clients(lf: LocalFederation, fed: Fed, agg: Any, tag: str) -> dict[str, Any
         p: lf.start_client(
             party=p,
             pin=fed.pin_path,
+            enrollment=fed.enroll(lf, p),
             aggregator=agg.address,
             data=fed.data(i),
             manifest=fed.client_manifest,
@@ -217,9 +223,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             # -- run 1 -----------------------------------------------------------------
             agg1 = _aggregator(lf, fed, 1, "agg1")
             _probe(fed, agg1.address, r, alice_cert, alice_key)
+            # an operator holding alice's enrollment runs "bob's" client: refused by the KBS
+            impostor = lf.start_client(
+                party="bob",
+                pin=fed.pin_path,
+                enrollment=fed.enroll(lf, "alice"),
+                aggregator=agg1.address,
+                data=fed.data(1),
+                manifest=fed.client_manifest,
+                name="impostor-bob",
+            )
+            r.impostor_code, r.impostor = impostor.wait(WAIT), impostor.error()
             evil = lf.start_client(
                 party="bob",
                 pin=fed.pin_path,
+                enrollment=fed.enroll(lf, "bob"),
                 aggregator=agg1.address,
                 data=fed.data(1),
                 manifest=fed.client_manifest,
@@ -230,6 +248,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             wrong = lf.start_client(
                 party="carol",
                 pin=fed.pin_path,
+                enrollment=fed.enroll(lf, "carol"),
                 aggregator=agg1.address,
                 data=fed.data(2),
                 manifest=other,
@@ -333,7 +352,7 @@ def test_checkpoints_hold_no_private_key(runs: Runs) -> None:
     fed = runs.fed
     platform = EmulatedSgx(manifest=WorkloadManifest.load(fed.aggregator_manifest))
     path = checkpoint_key_path("study-1")
-    with KbsClient(None, fed.pin, platform) as kbs:
+    with KbsClient(None, fed.pin, platform, enrollment=fed.token("alice", "aggregator")) as kbs:
         kbs.attest(
             "aggregator",
             {"package_digest": fed.published.digest, "resources": [path], "recipients": ["alice"]},
@@ -353,10 +372,20 @@ def test_kbs_audit_shows_each_workload_attestation(runs: Runs) -> None:
         entries = kbs.audit()
     attests = [e for e in entries if e.kind == "attestation" and e.decision == "accept"]
     seen = {(e.data.get("role"), e.data.get("party")) for e in attests}
-    assert {("aggregator", None), *(("client", p) for p in PARTIES)} <= seen
+    assert {("aggregator", "alice"), *(("client", p) for p in PARTIES)} <= seen
     assert any(e.kind == "attestation" and e.decision == "deny" for e in entries)
     counters = [e for e in entries if e.kind == "counter" and e.decision == "accept"]
     assert [e.data["value"] for e in counters] == [1, 2]
+
+
+def test_impostor_with_another_partys_enrollment_is_refused_and_bob_still_joins(
+    runs: Runs,
+) -> None:
+    assert runs.impostor_code == 1
+    assert runs.impostor is not None and runs.impostor["type"] == "AttestationFailed"
+    assert "enrollment is by alice, the workload claims party bob" in runs.impostor["message"]
+    # the real bob took part in round 1 (run 1) after the impostor's attempt
+    assert "bob" in runs.run1_rounds[-1]["clients"]
 
 
 def test_tampered_package_is_refused_by_digest(runs: Runs) -> None:

@@ -27,6 +27,7 @@ from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make
 from teeflow.kbs.client.pinning import Pin, pinned_tls_context
 from teeflow.kbs.client.sdk import KbsClient, verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, SgxReferenceValues, digest
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.request_signing import PartyRequestAuth
@@ -45,7 +46,8 @@ def _agreement(parties: dict[str, PartyKeys]) -> SignedAgreement:
         "federation": "study", "version": 1, "previous": None,
         "parties": {n: {"sign_key": k.public().sign_key,
                         "recipient_key": k.public().recipient_key,
-                        "roles": ["data-owner"]} for n, k in parties.items()},
+                        "roles": ["data-owner", "aggregator-operator"] if n == "alice"
+                        else ["data-owner"]} for n, k in parties.items()},
         "workloads": {"kbs": {"sgx": {"mrenclave": [KBS_MR.hex()]}},
                       "aggregator": {"sgx": {"mrenclave": [AGG_MR.hex()]}},
                       "client": {"sgx": {"mrenclave": ["0c" * 32]}}},
@@ -158,7 +160,9 @@ def test_party_cannot_write_another_or_a_system_namespace(kbs: Kbs) -> None:
 
 def test_aggregator_cannot_step_another_sessions_counter(kbs: Kbs) -> None:
     platform = EmulatedSgx(kbs.runtime.authority, measurement=AGG_MR)
-    with KbsClient(None, kbs.pin, platform) as agg:
+    token = issue_enrollment(kbs.parties["alice"], federation="study", role="aggregator",
+                             now=datetime.now(UTC), expires=timedelta(hours=1))
+    with KbsClient(None, kbs.pin, platform, enrollment=token) as agg:  # alice operates it
         agg.attest("aggregator", {"session": "s2"})
         with pytest.raises(PolicyDeny):
             agg.increment_counter("session/s1", 0, b"\x01" * 32)

@@ -15,6 +15,7 @@ when no server answers.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import signal
@@ -56,6 +57,7 @@ from teeflow.kbs.client.sdk import (
     KbsClient,
 )
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.enrollment import load_enrollment
 from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
@@ -152,6 +154,13 @@ def write_agreement(path: Path, **changes: Any) -> None:
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def run_enroll(tmp: Path, pin: Path) -> str:
+    """A fresh enrollment of alice's client (CLI); returns the token file path."""
+    path = tmp / f"alice-{secrets.token_hex(4)}.jwt"
+    run("party", "enroll", "--party", "alice", "--role", "client", "--pin", pin, "-o", path)
+    return str(path)
+
+
 def replay_attempt(pin: Pin, sgx: EmulatedSgx, claims: dict[str, Any]) -> list[httpx.Response]:
     """Attest once correctly, then send the same attestation again: (first, replay)."""
     with httpx.Client(base_url=pin.url, verify=pinned_tls_context(pin.tls_spki_sha256),
@@ -244,11 +253,19 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
 
     authority = EmulationAuthority.load_or_create()
     good = EmulatedSgx(authority, manifest=manifest)
+    # alice enrolls the client (CLI): the token says alice, client, study, 20 uses
+    token_file = tmp / "alice-client.jwt"
+    out = run("party", "enroll", "--party", "alice", "--role", "client", "--uses", "20",
+              "--expires", "2h", "--pin", pins["alice"], "-o", token_file, "--json")
+    enrolled = json.loads(out)
+    assert (enrolled["party"], enrolled["role"], enrolled["uses"]) == ("alice", "client", 20)
+    assert token_file.stat().st_mode & 0o077 == 0
+    token = load_enrollment(token_file)
     claims = {"party": "alice", "package_digest": PKG, "function": "train",
               "resources": [ALICE_PATH, BOB_PATH], "recipients": ["alice"]}
 
     # 5. the right workload attests, gets both resources and a certificate
-    with KbsClient(None, pin, good) as w:
+    with KbsClient(None, pin, good, enrollment=token) as w:
         w.attest("client", claims)
         assert w.get_resource(ALICE_PATH) == keys["alice"]
         assert w.get_resource(BOB_PATH) == keys["bob"]
@@ -262,11 +279,13 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
 
         # 6a. another measurement: attestation refused
         other = EmulatedSgx(authority, measurement=bytes.fromhex("0b" * 32))
-        with KbsClient(None, pin, other) as bad, pytest.raises(AttestationFailed):
+        with KbsClient(None, pin, other, enrollment=token) as bad, \
+                pytest.raises(AttestationFailed):
             bad.attest("client", claims)
 
         # 6b. a replayed nonce
-        first, replay = replay_attempt(pin, good, {"role": "client", **claims})
+        first, replay = replay_attempt(pin, good,
+                                       {"role": "client", **claims, "enrollment": token})
         assert first.status_code == 200
         assert replay.status_code == 401
         assert replay.json()["type"].endswith("/AttestationError")
@@ -274,16 +293,27 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
 
         # 6c. a wrong function claim: not in the package -> no token; in the package but
         #     not granted -> token, but no resource
-        with KbsClient(None, pin, good) as wf, pytest.raises(AttestationFailed):
+        with KbsClient(None, pin, good, enrollment=token) as wf, \
+                pytest.raises(AttestationFailed):
             wf.attest("client", {**claims, "function": "evaluate"})
-        with KbsClient(None, pin, good) as wf:
+        with KbsClient(None, pin, good, enrollment=token) as wf:
             wf.attest("client", {**claims, "function": "validate"})
             with pytest.raises(PolicyDeny):
                 wf.get_resource(ALICE_PATH)
             with pytest.raises(PolicyDeny):
                 wf.get_resource(BOB_PATH)
 
-        # 6d. allow_emulated: false (agreement v2, 2-of-3): emulated evidence gets nothing,
+        # 6d. alice revokes the enrollment (CLI): the next attestation with it is refused
+        revoked = tmp / "revocation.jws"
+        out = run("party", "revoke-enrollment", "--party", "alice", "--token", token_file,
+                  "--pin", pins["alice"], "-o", revoked)
+        assert f"enrollment {enrolled['id']} of alice revoked" in out
+        with KbsClient(None, pin, good, enrollment=token) as gone, \
+                pytest.raises(AttestationFailed, match="enrollment revoked"):
+            gone.attest("client", claims)
+        token = load_enrollment(Path(run_enroll(tmp, pins["alice"])))
+
+        # 6e. allow_emulated: false (agreement v2, 2-of-3): emulated evidence gets nothing,
         #     and the token issued under v1 is revoked
         v2 = tmp / "agreement-v2.yaml"
         v2.write_text(agreement.read_text())
@@ -291,7 +321,8 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
         for p in ("alice", "bob"):
             run("agreement", "sign", v2, "--party", p)
         assert "version 2" in run("agreement", "submit", v2, "--pin", pins["alice"])
-        with KbsClient(None, pin, good) as late, pytest.raises(AttestationFailed) as refused:
+        with KbsClient(None, pin, good, enrollment=token) as late, \
+                pytest.raises(AttestationFailed) as refused:
             late.attest("client", claims)
         assert "emulat" in str(refused.value).lower()
         with pytest.raises(TokenVerifierError):
@@ -309,6 +340,7 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
     assert decisions.count(("resource", "accept")) == 2
     assert decisions.count(("release", "accept")) == 2
     assert decisions.count(("certificate", "accept")) == 1
+    assert decisions.count(("enrollment", "accept")) == 1  # the revocation
     assert decisions.count(("attestation", "deny")) >= 4
     assert decisions.count(("release", "deny")) == 2
     out = run("kbs", "audit", "verify", "--party", "bob", "--pin", pins["bob"],

@@ -16,8 +16,10 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +50,7 @@ from teeflow.kbs.policy.agreement import (
     SgxReferenceValues,
     digest,
 )
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.request_signing import PartyRequestAuth
@@ -87,8 +90,18 @@ class Env:
             base_url=self.url, verify=pinned_tls_context(self.pin.tls_spki_sha256), timeout=10
         )
 
-    def workload(self, measurement: bytes = CLIENT_MR) -> KbsClient:
-        return KbsClient(None, self.pin, EmulatedSgx(self.authority, measurement=measurement))
+    def workload(self, measurement: bytes = CLIENT_MR, *, party: str = "alice",
+                 role: str = "client", enrollment: str | None = "auto") -> KbsClient:
+        """A workload client; ``party`` enrolls it for ``role`` (``enrollment=None``: none)."""
+        if enrollment == "auto":
+            enrollment = self.token(party, role)
+        return KbsClient(None, self.pin, EmulatedSgx(self.authority, measurement=measurement),
+                         enrollment=enrollment)
+
+    def token(self, party: str = "alice", role: str = "client", **kw: Any) -> str:
+        """``party``'s signed enrollment of a ``role`` workload."""
+        return issue_enrollment(self.parties[party], federation="study", role=role,
+                                now=datetime.now(UTC), expires=timedelta(hours=1), **kw)
 
     def audit_len(self) -> int:
         return len(self.runtime.store.audit_entries(0, 10_000))
@@ -129,7 +142,13 @@ def _agreement(parties: dict[str, PartyKeys]) -> SignedAgreement:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    base = tmp_path_factory.mktemp("kbs-http")
+    with kbs_env(tmp_path_factory.mktemp("kbs-http")) as e:
+        yield e
+
+
+@contextmanager
+def kbs_env(base: Path) -> Iterator[Env]:
+    """A KBS on 127.0.0.1 (SQLite under ``base``) with the agreement and alice's resource."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(base / "home"))
         parties = {n: PartyKeys.generate(n) for n in ("alice", "bob", "carol")}
@@ -189,6 +208,7 @@ def rcar(env: Env, http: httpx.Client, *, measurement: bytes = CLIENT_MR,
     key = ECKey.generate_key("P-256", private=True)
     jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
     teeflow = {"role": "client", **(claims if claims is not None else CLAIMS)}
+    teeflow.setdefault("enrollment", env.token())
     rd = runtime_data_digest(tee_pubkey=jwk, nonce=nonce, teeflow=teeflow)
     quote = EmulatedSgx(env.authority, measurement=measurement).quote(rd)
     body = {
@@ -431,7 +451,7 @@ def test_counters_over_http(env: Env) -> None:
             w.increment_counter("session/x/round", 0, b"\x33" * 32)
         with pytest.raises(PolicyDeny):  # issue 10: outside its role/party scope
             w.increment_counter("shared/" + os.urandom(4).hex(), 0, b"\x33" * 32)
-    with env.workload(AGG_MR) as agg:
+    with env.workload(AGG_MR, party="carol", role="aggregator") as agg:
         agg.attest("aggregator", {"session": "s1"})
         assert agg.increment_counter("session/s1/round", 0, b"\x44" * 32).value == 1
         assert agg.get_counter("session/s1/round").value == 1  # type: ignore[union-attr]

@@ -35,6 +35,7 @@ from teeflow.kbs.policy.agreement import (
     SgxReferenceValues,
     digest,
 )
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import (
@@ -55,8 +56,14 @@ WRONG48 = hashlib.sha384(b"not the agreed guest").digest()
 ROLE_MR = hashlib.sha256(b"teeflow multitee role").digest()
 PKG = "c0" * 32
 PATH = "alice/dataset-key/v1"
-CLAIMS: dict[str, Any] = {"party": "alice", "package_digest": PKG, "function": "train",
-                          "resources": [PATH], "recipients": ["alice"]}
+PARTIES = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+#: alice's client, enrolled by alice (a workload acts for a party only with its enrollment)
+CLAIMS: dict[str, Any] = {
+    "party": "alice", "package_digest": PKG, "function": "train", "resources": [PATH],
+    "recipients": ["alice"],
+    "enrollment": issue_enrollment(PARTIES["alice"], federation="study", role="client",
+                                   now=datetime.now(UTC), expires=timedelta(hours=4)),
+}
 
 
 @dataclass
@@ -110,7 +117,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     home = base / "home"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TEEFLOW_HOME", str(home))
-        parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+        parties = PARTIES
         signed = _agreement(parties)
         runtime = build_kbs(f"sqlite:///{base / 'kbs.db'}", state_dir=base / "state",
                             federation="study", measurement=KBS_MR, purge_interval=None,

@@ -21,10 +21,13 @@ from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.heads import HeadRecorder, KbsHeadFile, check_store_head
 from teeflow.kbs.store import open_store
 from teeflow.kbs.store.interface import (
+    EnrollmentUse,
+    EnrollmentUseRefused,
     KbsStore,
     StorageConflict,
     StorageRollback,
     StorageTampered,
+    TokenBinding,
 )
 from teeflow.kbs.store.memory import MemoryStore
 
@@ -53,6 +56,7 @@ def _tamper(store: KbsStore, table: str, column: str, value: Any) -> None:
             "kbs_resources": list(store._resources.values()),
             "kbs_sessions": list(store._sessions.values()),
             "kbs_counters": list(store._counters.values()),
+            "kbs_enrollments": list(store._enrollments.values()),
         }[table]
         for row in rows:
             row[column] = value
@@ -111,6 +115,84 @@ def test_rolled_back_release_count_is_refused(store: KbsStore, backend: Backend)
         store.close()
         with pytest.raises(StorageRollback):
             open_store(backend.url, STORAGE_KEY)
+
+
+ENROLLMENT = "alice/" + "e" * 22
+
+
+def _attest(store: KbsStore, sid: str, use: EnrollmentUse) -> None:
+    """An accepted attestation counting one ``use`` (nonce, token, use and audit at once)."""
+    store.create_session(sid, b"n" * 32, "sgx", T0 + timedelta(minutes=1))
+    store.consume_nonce_and_audit(
+        sid, T0, _log(store).builder("attestation", sid, "accept"),
+        token=TokenBinding(D1, '{"role":"client"}', T0 + timedelta(minutes=5)), enrollment=use,
+    )
+
+
+def _revoke(store: KbsStore) -> None:
+    store.revoke_enrollment_and_audit(
+        ENROLLMENT, b"revocation-jws", T0, _log(store).builder("enrollment", "e", "accept")
+    )
+
+
+def test_rolled_back_enrollment_use_count_is_refused(store: KbsStore, backend: Backend) -> None:
+    use = EnrollmentUse(ENROLLMENT, 2)
+    _attest(store, "s1", use)
+    if isinstance(store, MemoryStore):
+        old = dict(store._enrollments[ENROLLMENT])
+    else:
+        old = dict(_exec(store, "SELECT uses, audit_seq, tag FROM kbs_enrollments")[0]._mapping)
+    _attest(store, "s2", use)  # the last of 2 uses
+    if isinstance(store, MemoryStore):
+        store._enrollments[ENROLLMENT] = old  # an older authentic row: 1 use
+    else:
+        _exec(store, "UPDATE kbs_enrollments SET uses = :u, audit_seq = :s, tag = :t",
+              u=old["uses"], s=old["audit_seq"], t=old["tag"])
+    with pytest.raises(StorageRollback):  # a third use would be admitted
+        _attest(store, "s3", use)
+    with pytest.raises(StorageRollback):
+        store.get_enrollment(ENROLLMENT)
+    if backend.durable:  # a fresh open checks the row against the state log
+        store.close()
+        with pytest.raises(StorageRollback):
+            open_store(backend.url, STORAGE_KEY)
+
+
+def test_edited_enrollment_use_count_is_refused(store: KbsStore) -> None:
+    use = EnrollmentUse(ENROLLMENT, 2)
+    _attest(store, "s1", use)
+    _attest(store, "s2", use)
+    _tamper(store, "kbs_enrollments", "uses", 0)  # the tag is left as it was
+    with pytest.raises(StorageTampered):
+        _attest(store, "s3", use)
+    with pytest.raises(StorageTampered):
+        store.get_enrollment(ENROLLMENT)
+
+
+def test_deleted_revocation_is_refused(store: KbsStore, backend: Backend) -> None:
+    use = EnrollmentUse(ENROLLMENT, None)
+    _attest(store, "s1", use)
+    _revoke(store)
+    with pytest.raises(EnrollmentUseRefused):
+        _attest(store, "s2", use)
+    if isinstance(store, MemoryStore):
+        del store._enrollments[ENROLLMENT]
+    else:
+        _exec(store, "DELETE FROM kbs_enrollments")
+    with pytest.raises(StorageRollback):  # the revoked enrollment would be usable again
+        _attest(store, "s3", use)
+    if backend.durable:  # a fresh open finds the row the state log wrote missing
+        store.close()
+        with pytest.raises(StorageRollback):
+            open_store(backend.url, STORAGE_KEY)
+
+
+def test_cleared_revocation_is_refused(store: KbsStore) -> None:
+    _revoke(store)
+    _tamper(store, "kbs_enrollments", "revoked_at", None)
+    _tamper(store, "kbs_enrollments", "revocation", None)
+    with pytest.raises(StorageTampered):
+        _attest(store, "s1", EnrollmentUse(ENROLLMENT, None))
 
 
 def test_rolled_back_counter_is_refused_at_open(sql_backend: Backend) -> None:

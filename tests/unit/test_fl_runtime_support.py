@@ -124,16 +124,21 @@ def test_peak_rss_reads_vmhwm(tmp_path: Path) -> None:
 def test_lean_entry_points_take_the_cli_options() -> None:
     """The options LocalFederation passes parse the same way as with ``teeflow ... run``."""
     args = (
-        "--pin p --session s --rounds 3 --min-clients 2 --wait-clients 3 --listen 127.0.0.1:0 "
-        "--package x.sealed --train-config {} --round-timeout 9 --state-dir d"
+        "--enrollment e.jwt --pin p --session s --rounds 3 --min-clients 2 --wait-clients 3 "
+        "--listen 127.0.0.1:0 --package x.sealed --train-config {} --round-timeout 9 --state-dir d"
     )
     a = aggregator_parser().parse_args(args.split())
     assert (a.rounds, a.min_clients, a.wait_clients, a.round_timeout) == (3, 2, 3, 9.0)
     assert (a.connect_timeout, a.strategy, a.fraction_fit) == (120.0, "fedavg", 1.0)
     c = client_parser().parse_args(
-        ["run", "--party", "x", "--pin", "p", "--aggregator", "h:1", "--data", "digits"]
+        ["run", "--enrollment", "e.jwt", "--party", "x", "--pin", "p", "--aggregator", "h:1",
+         "--data", "digits"]
     )
     assert (c.threads, c.connect_timeout, c.package_file) == (1, 60.0, None)
+    assert str(c.enrollment) == "e.jwt" and str(a.enrollment) == "e.jwt"
+    with pytest.raises(SystemExit):  # every role needs its party's enrollment
+        client_parser().parse_args(["--party", "x", "--pin", "p", "--aggregator", "h:1",
+                                    "--data", "digits"])
     import typer
 
     from teeflow.cli import fl_cmds  # the typer CLI has the same option names

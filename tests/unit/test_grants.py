@@ -124,11 +124,15 @@ def test_grant_schema_errors(
 
 def test_grant_digest_is_canonical(agreement: FederationAgreement, tmp_path: Path) -> None:
     g = make_grant(agreement)
-    # unset whole-job members are left out, so grants made before they existed keep their
-    # digest (and their owners' signatures)
+    # unset whole-job members and an empty ``parties`` are left out, so grants made before
+    # they existed keep their digest (and their owners' signatures)
     legacy = {k: v for k, v in g.model_dump(mode="json").items()
-              if k not in ("co_inputs", "co_owners", "min_owners")}
+              if k not in ("co_inputs", "co_owners", "min_owners", "parties")}
     assert grant_digest(g) == hashlib.sha256(rfc8785.dumps(legacy)).digest()
+    assert "parties" not in g.to_document()
+    restricted = make_grant(agreement, parties=["alice"])
+    assert restricted.to_document()["parties"] == ["alice"]
+    assert grant_digest(restricted) != grant_digest(g)
     doc = g.to_document()
     shuffled = dict(reversed(list(doc.items())))
     shuffled["recipients"] = ["bob", "alice", "bob"]

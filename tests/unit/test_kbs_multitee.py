@@ -55,6 +55,7 @@ from teeflow.kbs.store.interface import (
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.platform.emulated_snp import EmulatedSnp
 from teeflow.platform.emulated_tdx import EmulatedTdx, make_tdx_collateral_files
+from teeflow.testing.enrollment import with_enrollment
 from teeflow.testing.evidence import DEFAULT_NOW, emulated_authority
 
 NOW = DEFAULT_NOW
@@ -119,6 +120,8 @@ class Kbs:
         key = ECKey.generate_key("P-256", private=True)
         jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
         teeflow = claims if claims is not None else CLAIMS
+        if "enrollment" not in teeflow:
+            teeflow = with_enrollment(teeflow, PARTIES["alice"], now=NOW)
         rd = runtime_data_digest(tee_pubkey=jwk, nonce=bind_nonce or challenge.nonce,
                                  teeflow=teeflow)
         primary = evidence(rd) if evidence is not None else primary_evidence(

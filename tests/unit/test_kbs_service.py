@@ -69,6 +69,7 @@ from teeflow.kbs.store.interface import (
     KbsStore,
 )
 from teeflow.sealing.hpke import wrap_key
+from teeflow.testing.enrollment import with_enrollment
 from teeflow.testing.evidence import (
     DEFAULT_NOW,
     TEST_MEASUREMENT,
@@ -118,6 +119,8 @@ class Workload:
     token: str
 
 
+#: the party that enrolls a workload of each role when the claims name none
+ENROLLER = {"client": "alice", "aggregator": "carol"}
 PARTIES = {
     "alice": PartyKeys.generate("alice"),
     "bob": PartyKeys.generate("bob"),
@@ -207,7 +210,14 @@ class Harness:
         bind_nonce: str | None = None,
         bare: bool = False,
         additional_evidence: str = "",
+        enroll: dict[str, Any] | None = None,
     ) -> AttestRequest:
+        """``claims`` get an enrollment by their party (or, without one, the party that may
+        enroll the role: alice for clients, carol for aggregators) unless they carry an
+        ``enrollment`` member already (``"enrollment": None`` sends none); ``enroll`` are
+        options of the token (``party``, ``session``, ``uses``, ``workload_key``...)."""
+        if claims is not None:
+            claims = self.enrolled(claims, **(enroll or {}))
         jwk = dict(key.as_dict(private=False), alg="ECDH-ES+A256KW")
         bound_jwk = jwk if bind_key is None else dict(
             bind_key.as_dict(private=False), alg="ECDH-ES+A256KW")
@@ -225,6 +235,15 @@ class Harness:
             else {"primary_evidence": {"quote": q}, "additional_evidence": additional_evidence}
         )
         return AttestRequest.model_validate({"runtime-data": runtime, "tee-evidence": evidence})
+
+    def enrolled(self, claims: dict[str, Any], **options: Any) -> dict[str, Any]:
+        if "enrollment" in claims:
+            return {k: v for k, v in claims.items() if v is not None or k != "enrollment"}
+        role = claims.get("role", "client")
+        party = options.pop("party", claims.get("party") or ENROLLER.get(role, "alice"))
+        if party not in PARTIES:  # an impostor name: enrolled by nobody
+            return claims
+        return with_enrollment(claims, PARTIES[party], now=self.clock.now, **options)
 
     def auth(self, tee: str = "emulated-sgx") -> tuple[str, str]:
         sid, challenge = self.service.auth(AuthRequest(version="0.4.0", tee=tee))

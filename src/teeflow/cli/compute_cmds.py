@@ -2,7 +2,7 @@
 
 Mirrors :mod:`teeflow.compute` for users who script rather than import:
 
-* ``serve --kbs URL --pin FILE --package PKG [--listen HOST:PORT] [--store DIR]
+* ``serve --enrollment TOKEN --kbs URL --pin FILE --package PKG [--listen HOST:PORT] [--store DIR]
   [--timeout S] [--max-memory BYTES] [--isolation thread|fork]`` — the compute worker
   (emulated SGX, measurement :func:`teeflow.compute.worker.compute_measurement`);
 * ``seal FILE --party P --worker URL --allow PKG:FN… --recipient R… [--pin PIN] -o REF`` —
@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from teeflow.cli.enrollment_cmds import EnrollmentOption
 from teeflow.cli.platform_options import (
     GramineRootOption,
     PlatformOption,
@@ -136,6 +137,7 @@ def register(app: typer.Typer) -> None:
 
     @grp.command("serve")
     def serve(
+        enrollment: EnrollmentOption,
         kbs: Annotated[str | None, typer.Option("--kbs", help="KBS URL (default: pin's).")] = None,
         pin: _PinOpt = None,
         package: Annotated[Path, typer.Option("--package", help="Package .tar or folder.")] = Path(
@@ -154,6 +156,7 @@ def register(app: typer.Typer) -> None:
         from teeflow.compute.jobs import ExecutionLimits
         from teeflow.compute.server import serve as run
         from teeflow.kbs.client.pinning import default_pin_path
+        from teeflow.kbs.policy.enrollment import load_enrollment
 
         if isolation not in ("thread", "fork"):
             raise ParseError("--isolation must be thread or fork")
@@ -175,7 +178,8 @@ def register(app: typer.Typer) -> None:
                       f"({', '.join(worker.functions)}) on https://{listen}")
 
         run(kbs, pin or default_pin_path(), package, listen=listen, store_dir=store,
-            limits=limits, on_ready=ready, log_level=log_level, platform=options)
+            limits=limits, on_ready=ready, log_level=log_level, platform=options,
+            enrollment=load_enrollment(enrollment))
 
     @grp.command("seal")
     def seal(

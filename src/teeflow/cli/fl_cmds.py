@@ -2,10 +2,11 @@
 
 ``register(app)`` adds::
 
-    teeflow aggregator run --kbs URL --pin FILE --session NAME --rounds N --min-clients K
-        [--fraction-fit F] [--strategy fedavg] [--listen HOST:PORT] [--state-dir DIR] ...
+    teeflow aggregator run --enrollment TOKEN --kbs URL --pin FILE --session NAME --rounds N
+        --min-clients K [--fraction-fit F] [--strategy fedavg] [--listen HOST:PORT] ...
     teeflow aggregator measurement [--manifest FILE]
-    teeflow client run --party NAME --kbs URL --pin FILE --aggregator HOST:PORT --data SPEC ...
+    teeflow client run --enrollment TOKEN --party NAME --kbs URL --pin FILE
+        --aggregator HOST:PORT --data SPEC ...
     teeflow client measurement [--manifest FILE]
     teeflow package build DIR -o pkg.tar
     teeflow package publish pkg.tar --kbs URL --pin FILE --party NAME [-o pkg.tar.sealed]
@@ -29,6 +30,7 @@ from typing import Annotated, Any
 
 import typer
 
+from teeflow.cli.enrollment_cmds import EnrollmentOption
 from teeflow.cli.platform_options import (
     GramineRootOption,
     PlatformOption,
@@ -80,6 +82,7 @@ def register(app: typer.Typer) -> None:
 
     @agg.command("run")
     def aggregator_run(
+        enrollment: EnrollmentOption,
         pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
         session: Annotated[str, typer.Option("--session", help="Session name.")],
         rounds: Annotated[int, typer.Option("--rounds", help="Rounds to run (in all).")],
@@ -135,6 +138,7 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 manifest=manifest,
                 platform=platform_options(platform, tsm_root, gramine_root),
+                enrollment=enrollment,
             )
             Aggregator(options, _emit).run()
         except Error as exc:
@@ -152,7 +156,8 @@ def register(app: typer.Typer) -> None:
 
     @cli.command("run")
     def client_run(
-        party: Annotated[str, typer.Option("--party")],
+        enrollment: EnrollmentOption,
+        party: Annotated[str, typer.Option("--party", help="The party it acts for (enrolled).")],
         pin: Annotated[Path, typer.Option("--pin")],
         aggregator: Annotated[str, typer.Option("--aggregator", help="HOST:PORT")],
         data: Annotated[str, typer.Option("--data", help="Data spec (teeflow.datasets).")],
@@ -190,6 +195,7 @@ def register(app: typer.Typer) -> None:
                     threads=threads,
                     session=session,
                     platform=platform_options(platform, tsm_root, gramine_root),
+                    enrollment=enrollment,
                 ),
                 _emit,
             ).run()

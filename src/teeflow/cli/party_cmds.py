@@ -4,6 +4,7 @@
 X25519 recipient key in ``DIR`` (default ``$TEEFLOW_HOME/parties/NAME/``) and prints the
 path of ``NAME.pub.json``, the file to hand to the other parties.
 ``teeflow party show NAME [--dir DIR]`` prints that public file.
+``teeflow party enroll`` / ``revoke-enrollment``: :mod:`teeflow.cli.enrollment_cmds`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ _DirOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the ``party`` command group to the root app."""
-    party = typer.Typer(name="party", help="Party keys (sign agreements and grants).")
+    party = typer.Typer(
+        name="party", help="Party keys (sign agreements and grants) and workload enrollments."
+    )
 
     @party.command("keygen")
     def keygen(
@@ -59,4 +62,7 @@ def register(app: typer.Typer) -> None:
         keys = PartyKeys.load_dir(target, name)
         typer.echo(keys.public().to_json(), nl=False)
 
+    from teeflow.cli.enrollment_cmds import register as register_enrollment
+
+    register_enrollment(party)
     app.add_typer(party, name="party")

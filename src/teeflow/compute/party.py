@@ -313,6 +313,7 @@ class Party:
         self, value: Any, *, allow: Sequence[str], recipients: Sequence[str], to: Teeu,
         max_releases: int = 16, valid_for: timedelta = timedelta(days=1),
         co_owners: Sequence[str] = (), co_inputs: Sequence[str] = (), min_owners: int = 1,
+        operators: Sequence[str] = (),
     ) -> SealedInput:
         """Seal ``value`` for ``to`` (module docstring) and return its reference.
 
@@ -325,6 +326,9 @@ class Party:
             co_owners, co_inputs, min_owners: bind the whole job (the grant is released
                 only to jobs that also take inputs of these parties / these inputs / of at
                 least ``min_owners`` distinct owners; :mod:`teeflow.kbs.policy.grants`).
+            operators: if given, the key is released only to workers enrolled by one of
+                these parties (the grant's ``parties``; the compute operator enrolls the
+                worker); default any enrolled worker.
 
         Raises:
             InvalidJob: ``allow`` names a package or function the agreement lacks.
@@ -355,6 +359,7 @@ class Party:
             "not_after": now + valid_for, "max_releases": max_releases,
             "co_owners": sorted(set(co_owners)), "co_inputs": sorted(set(co_inputs)),
             "min_owners": min_owners,
+            "parties": sorted(set(operators)),
         })
         self.kbs.put_resource(iid, key, sign_grant(grant, self.keys), self.keys)
         self.last_timings = {"seal": t1 - t0, "upload": t2 - t1,

@@ -10,6 +10,11 @@ keys are saved under ``<workdir>/home/parties/<name>`` so other processes can
 ``Party.load(name, pin=<workdir>/pin.json, home=<workdir>/home)``. Everything is real —
 RCAR attestation, grants, HPKE, sealed blobs, TLS — only the TEE is emulated
 (``<workdir>/home/emulation`` keeps the emulation root). Nothing here is meant for production use.
+
+The worker acts for the compute operator: the party with role ``compute-operator`` in
+``parties``, or else an extra party :data:`COMPUTE_OPERATOR` with that role (it signs the
+agreement too). The operator enrolls the worker (role ``compute``, a one-day enrollment);
+the token is also written to ``<workdir>/compute.enrollment``.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from teeflow._fs import atomic_write
 from teeflow.compute.jobs import ExecutionLimits
 from teeflow.compute.party import Party
 from teeflow.compute.server import make_worker_server
@@ -39,6 +45,7 @@ from teeflow.kbs.policy.agreement import (
     SgxReferenceValues,
     digest,
 )
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.parties import PartyKeys, party_dir
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
@@ -47,7 +54,10 @@ from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.selection import EMULATED_PLATFORMS, attester_for, emulated_workload_spec
 
-__all__ = ["LocalFederation", "local_federation"]
+__all__ = ["COMPUTE_OPERATOR", "LocalFederation", "local_federation"]
+
+#: Name of the compute operator party added when ``parties`` names none.
+COMPUTE_OPERATOR = "compute-op"
 
 
 @dataclass
@@ -126,14 +136,19 @@ def local_federation(
     authority = EmulationAuthority.load_or_create(home, now=datetime.now(UTC))
     archive, pkg_digest = build_package(package_dir)
     manifest = load_manifest(package_dir)
-    keys = {name: PartyKeys.generate(name) for name in parties}
+    roles: dict[str, Sequence[str]] = dict(parties)
+    operator = next((n for n, r in roles.items() if "compute-operator" in r), None)
+    if operator is None:
+        operator = COMPUTE_OPERATOR
+        roles[operator] = ["compute-operator"]
+    keys = {name: PartyKeys.generate(name) for name in roles}
     for name, k in keys.items():
         k.save(party_dir(name, home), overwrite=True)
     kbs_mr, compute_mr = kbs_measurement(), compute_measurement()
     agreement = FederationAgreement.from_mapping({
         "federation": federation, "version": 1, "previous": None,
         "parties": {n: {"sign_key": k.public().sign_key, "recipient_key": k.public().recipient_key,
-                        "roles": list(parties[n])} for n, k in keys.items()},
+                        "roles": list(roles[n])} for n, k in keys.items()},
         "workloads": {"kbs": {"sgx": {"mrenclave": [kbs_mr.hex()]}},
                       "compute": emulated_workload_spec(platform, compute_mr)},
         "packages": {manifest.name: {"digest": pkg_digest.hex(),
@@ -158,7 +173,11 @@ def local_federation(
         with KbsClient(None, pin) as kbs:
             kbs.submit_agreement(signed)
         attester = attester_for(platform, measurement=compute_mr, authority=authority, home=home)
-        worker = ComputeWorker(pin, attester, archive, limits=limits, store_dir=store_dir)
+        enrollment = issue_enrollment(keys[operator], federation=federation, role="compute",
+                                      now=datetime.now(UTC), expires=timedelta(days=1))
+        atomic_write(workdir / "compute.enrollment", enrollment.encode("ascii") + b"\n")
+        worker = ComputeWorker(pin, attester, archive, limits=limits, store_dir=store_dir,
+                               enrollment=enrollment)
         stack.callback(worker.close)
         worker.start()
         wserver = stack.enter_context(BackgroundServer(make_worker_server(worker)))

@@ -201,13 +201,14 @@ def serve(
     kbs_url: str | None, pin: Path, package: Path, *, listen: str = "127.0.0.1:9443",
     platform: PlatformOptions | None = None, store_dir: Path | None = None,
     limits: ExecutionLimits | None = None, on_ready: Callable[[ComputeWorker], None] | None = None,
-    log_level: str = "info",
+    log_level: str = "info", enrollment: str | None = None,
 ) -> None:
     """Run a worker until interrupted (``teeflow compute serve``; blocking).
 
     The worker's attester comes from ``platform`` (:class:`PlatformOptions`, default
     ``auto``: the TEE found, else ``PlatformError``); an emulated platform reports
     :func:`compute_measurement`.
+    ``enrollment`` is the compute operator's enrollment token (role ``compute``).
 
     Raises:
         PlatformError: unknown platform, no TEE for ``auto``, interface unusable.
@@ -219,7 +220,7 @@ def serve(
     options = platform if platform is not None else PlatformOptions()
     attester = options.attester(compute_measurement())
     worker = ComputeWorker(pin, attester, package, kbs_url=kbs_url, store_dir=store_dir,
-                           limits=limits)
+                           limits=limits, enrollment=enrollment)
     try:
         worker.start()
         worker.url = f"https://{host}:{port}"

@@ -185,15 +185,19 @@ class ComputeWorker:
         limits: function limits.
         max_jobs: concurrent jobs; max_results: results kept.
         clock: time source (UTC).
+        enrollment: the compute operator's enrollment token for role ``compute``
+            (:mod:`teeflow.kbs.policy.enrollment`); the KBS refuses the worker without it,
+            and grants that list ``parties`` release keys only if it names the operator.
     """
 
     def __init__(
         self, pin: Pin | Path | str, platform: Attester, package: Path | bytes, *,
         kbs_url: str | None = None, store_dir: Path | None = None,
         limits: ExecutionLimits | None = None, max_jobs: int = 2, max_results: int = 256,
-        clock: Callable[[], datetime] | None = None,
+        clock: Callable[[], datetime] | None = None, enrollment: str | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self.enrollment = enrollment
         self.kbs_url = kbs_url or self.pin.url
         self.platform = platform
         self.archive = _load_archive(package)
@@ -220,7 +224,7 @@ class ComputeWorker:
     # -- start -------------------------------------------------------------------------------
 
     def _client(self) -> KbsClient:
-        return KbsClient(self.kbs_url, self.pin, self.platform)
+        return KbsClient(self.kbs_url, self.pin, self.platform, enrollment=self.enrollment)
 
     def _agreement(self, kbs: KbsClient) -> tuple[FederationAgreement, str]:
         signed = kbs.current_agreement()

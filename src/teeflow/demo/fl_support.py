@@ -150,8 +150,9 @@ def write_agreement(
     """Write the demo agreement to ``path`` and every party's signature to
     ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
 
-    The first party is data- and model-owner and the model's only recipient; the others are
-    data owners. ``allow_emulated: true``; workloads: the KBS measurement given (SGX) and the
+    The first party is data owner, model owner (the model's only recipient) and aggregator
+    operator (it enrolls the aggregator); the others are data owners (each enrolls its own
+    client). ``allow_emulated: true``; workloads: the KBS measurement given (SGX) and the
     built-in aggregator/client measurements of the installed teeflow, as reference values of
     ``workload_spec(role, measurement)`` (default: SGX MRENCLAVE; the demo platform's
     :attr:`~teeflow.demo.platforms.DemoPlatform.workload_spec`; ``kbs_spec``, when given,
@@ -189,7 +190,9 @@ def write_agreement(
                 k.name: {
                     "sign_key": k.public().sign_key,
                     "recipient_key": k.public().recipient_key,
-                    "roles": ["data-owner", "model-owner"] if i == 0 else ["data-owner"],
+                    "roles": ["data-owner", "model-owner", "aggregator-operator"]
+                    if i == 0
+                    else ["data-owner"],
                 }
                 for i, k in enumerate(keys)
             },
@@ -437,18 +440,33 @@ def manual_commands(
             f"{tf} kbs verify {kbs_url} --reference-values {agreement} --allow-emulated -o {pin}",
         ),
         (
+            f"{owner} (aggregator operator) enrolls the aggregator of the new session",
+            f"{tf} party enroll --party {owner} --role aggregator --session {new_session} "
+            f"--pin {pin} -o {q(str(w / 'enrollments' / 'aggregator.jwt'))}",
+        ),
+        (
             f"a new session: the aggregator (own terminal; outputs {new_session}.*)",
-            f"{tf} aggregator run --pin {pin} --session {new_session} --rounds {options.rounds} "
+            f"{tf} aggregator run --enrollment {q(str(w / 'enrollments' / 'aggregator.jwt'))} "
+            f"--pin {pin} --session {new_session} --rounds {options.rounds} "
             f"--min-clients {min_clients} --wait-clients {len(parties)} --listen 127.0.0.1:8450 "
             f"--package {sealed} --train-config {q(train)} --state-dir {agg_state} {wl_plat}",
         ),
     ]
     for i, p in enumerate(parties):
+        token = q(str(w / "enrollments" / f"{p}-client.jwt"))
+        cmds.append(
+            (
+                f"… {p} enrolls its client (its key signs; nobody else can)",
+                f"{tf} party enroll --party {p} --role client --session {new_session} "
+                f"--pin {pin} -o {token}",
+            )
+        )
         cmds.append(
             (
                 f"… and the client of {p} (own terminal)",
-                f"{tf} client run --party {p} --pin {pin} --aggregator 127.0.0.1:8450 "
-                f"--data {q(options.data_spec(i))} --threads 1 {wl_plat}",
+                f"{tf} client run --enrollment {token} --party {p} --pin {pin} "
+                f"--aggregator 127.0.0.1:8450 --data {q(options.data_spec(i))} --threads 1 "
+                f"{wl_plat}",
             )
         )
     cmds += [

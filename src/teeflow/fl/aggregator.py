@@ -106,7 +106,9 @@ Emit = Callable[[str, dict[str, Any]], None]
 class AggregatorOptions:
     """Options of ``teeflow aggregator run`` (see ``docs/fl.md``).
 
-    Times are seconds. ``wait_clients`` defaults to ``min_clients``.
+    Times are seconds. ``wait_clients`` defaults to ``min_clients``. ``enrollment``: the token
+    file of the aggregator operator's enrollment (role ``aggregator``; ``teeflow party
+    enroll``) — the KBS refuses the aggregator without it.
     """
 
     pin: Path
@@ -131,6 +133,7 @@ class AggregatorOptions:
     manifest: Path | None = None
     max_clients: int = 64
     platform: PlatformOptions = field(default_factory=PlatformOptions)
+    enrollment: Path | None = None
 
 
 class Aggregator:
@@ -166,7 +169,12 @@ class Aggregator:
         mr = fl_measurement("aggregator", o.manifest)
         platform = o.platform.attester(mr)
         self.emit("platform", tee=platform.tee, attester=platform.kind)
-        self.kbs = KbsClient(o.kbs_url, o.pin, platform)
+        token = None
+        if o.enrollment is not None:
+            from teeflow.kbs.policy.enrollment import load_enrollment
+
+            token = load_enrollment(o.enrollment)
+        self.kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=token)
         signed = self.kbs.current_agreement()
         if signed is None:
             raise FLError("the KBS has no agreement")

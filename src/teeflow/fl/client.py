@@ -63,7 +63,8 @@ class ClientOptions:
 
     ``threads``: torch threads for the package's tasks (``config["threads"]``); default 1 —
     several clients on one small machine train much faster with one thread each; 0 leaves the
-    package's/torch's default.
+    package's/torch's default. ``enrollment``: the token file of ``party``'s enrollment (role
+    ``client``; ``teeflow party enroll``) — the KBS refuses the client without it.
     """
 
     party: str
@@ -79,6 +80,7 @@ class ClientOptions:
     threads: int = 1
     session: str | None = None
     platform: PlatformOptions = field(default_factory=PlatformOptions)
+    enrollment: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,14 @@ class ClientResult:
     failed: int
     ok: bool
     reason: str
+
+
+def _enrollment(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from teeflow.kbs.policy.enrollment import load_enrollment
+
+    return load_enrollment(path)
 
 
 class Client:
@@ -119,7 +129,7 @@ class Client:
         mr = fl_measurement("client", o.manifest)
         platform = o.platform.attester(mr)
         self.emit("platform", tee=platform.tee, attester=platform.kind)
-        kbs = KbsClient(o.kbs_url, o.pin, platform)
+        kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=_enrollment(o.enrollment))
         try:
             signed = kbs.current_agreement()
             if signed is None:
@@ -135,6 +145,7 @@ class Client:
                     "package_digest": pkg_hex,
                     "function": CLIENT_FUNCTION,
                     "resources": [key_path],
+                    **({"session": o.session} if o.session else {}),
                 },
             )
             cert_pem, key = kbs.get_certificate()

@@ -85,9 +85,15 @@ def _platform(a: argparse.Namespace) -> Any:
     return PlatformOptions(a.platform, tsm_root=a.tsm_root, gramine_root=a.gramine_root)
 
 
+def _enrollment_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--enrollment", type=Path, required=True,
+                   help="enrollment token file of the party this workload acts for")
+
+
 def aggregator_parser() -> argparse.ArgumentParser:
     """Options of ``teeflow aggregator run`` (same names and defaults)."""
     p = _parser("python -m teeflow.fl.aggregator_main", "Run the attested FL aggregator.")
+    _enrollment_option(p)
     p.add_argument("--pin", type=Path, required=True, help="KBS pin file")
     p.add_argument("--session", required=True, help="session name")
     p.add_argument("--rounds", type=int, required=True, help="rounds to run (in all)")
@@ -114,6 +120,7 @@ def aggregator_parser() -> argparse.ArgumentParser:
 def client_parser() -> argparse.ArgumentParser:
     """Options of ``teeflow client run`` (same names and defaults)."""
     p = _parser("python -m teeflow.fl.client_main", "Run an attested FL client.")
+    _enrollment_option(p)
     p.add_argument("--party", required=True)
     p.add_argument("--pin", type=Path, required=True)
     p.add_argument("--aggregator", required=True, help="HOST:PORT")
@@ -191,6 +198,7 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
             seed=a.seed,
             manifest=a.manifest,
             platform=_platform(a),
+            enrollment=a.enrollment,
         )
         Aggregator(options, _emit).run()
 
@@ -226,6 +234,7 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
                 threads=a.threads,
                 session=a.session,
                 platform=_platform(a),
+                enrollment=a.enrollment,
             ),
             _emit,
         ).run()

@@ -12,7 +12,11 @@ it exits — normally, on an exception, or on Ctrl-C (``KeyboardInterrupt``) —
   needs) with ``MALLOC_ARENA_MAX=2`` (fewer glibc arenas for its gRPC threads: lower peak
   RSS); returns once it listens (:class:`AggregatorProcess`, with its address);
 - :meth:`LocalFederation.start_client` — ``teeflow client run`` through
-  :mod:`teeflow.fl.client_main`.
+  :mod:`teeflow.fl.client_main`;
+- :meth:`LocalFederation.enroll` — a party's signed enrollment of a workload (a token file
+  under ``<workdir>/enrollments``) for the ``enrollment=`` argument of the two above: each
+  workload acts for the party that enrolled it (the aggregator for its operator, each client
+  for its data owner) and the KBS refuses a workload without one.
 
 Every workload gets ``--platform``: the federation's (``platform=``) for the aggregator and
 clients, the one given to :meth:`~LocalFederation.start_kbs` for the KBS — always named
@@ -41,9 +45,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from teeflow.errors import FLError
+
+if TYPE_CHECKING:
+    from teeflow.kbs.policy.parties import PartyKeys
 
 __all__ = [
     "AGGREGATOR_COMMAND",
@@ -407,10 +414,48 @@ class LocalFederation:
         kbs.tee, kbs.attester = plat[1], plat[-1].rstrip(")") if len(plat) >= 4 else ""
         return kbs
 
+    def enroll(
+        self,
+        keys: PartyKeys,
+        role: str,
+        *,
+        federation: str,
+        session: str | None = None,
+        uses: int | None = None,
+        expires: float = 86400.0,
+    ) -> Path:
+        """Sign ``keys``' enrollment of a ``role`` workload (see
+        :func:`teeflow.kbs.policy.enrollment.issue_enrollment`; ``expires`` in seconds) and
+        write it to ``<workdir>/enrollments/<party>-<role>[-<session>].jwt`` (mode 0600).
+
+        Returns:
+            The token file, for ``enrollment=`` of :meth:`start_aggregator` /
+            :meth:`start_client`.
+
+        Raises:
+            ParseError: invalid fields.
+        """
+        from datetime import UTC, datetime, timedelta
+
+        from teeflow._fs import atomic_write, ensure_private_dir
+        from teeflow.kbs.policy.enrollment import issue_enrollment
+
+        token = issue_enrollment(
+            keys, federation=federation, role=role, now=datetime.now(UTC),
+            expires=timedelta(seconds=expires), session=session, uses=uses,
+        )
+        folder = self.workdir / "enrollments"
+        ensure_private_dir(folder)
+        path = folder / "-".join(p for p in (keys.name, role, session) if p)
+        path = path.with_name(path.name + ".jwt")
+        atomic_write(path, token.encode("ascii") + b"\n")
+        return path
+
     def start_aggregator(
         self,
         *,
         pin: Path,
+        enrollment: Path,
         session: str,
         rounds: int,
         min_clients: int,
@@ -432,6 +477,8 @@ class LocalFederation:
         options.setdefault("state_dir", self.workdir / "aggregator")
         argv = [
             *AGGREGATOR_COMMAND,
+            "--enrollment",
+            str(enrollment),
             "--pin",
             str(pin),
             "--session",
@@ -456,6 +503,7 @@ class LocalFederation:
         *,
         party: str,
         pin: Path,
+        enrollment: Path,
         aggregator: str,
         data: str,
         name: str | None = None,
@@ -465,6 +513,8 @@ class LocalFederation:
         """Start ``teeflow client run`` (``options`` as in :meth:`start_aggregator`)."""
         argv = [
             *CLIENT_COMMAND,
+            "--enrollment",
+            str(enrollment),
             "--party",
             party,
             "--pin",

@@ -72,6 +72,7 @@ __all__ = [
     "MAX_CSR_BODY_BYTES",
     "MAX_EXTRA_PARAMS_BYTES",
     "MAX_QUOTE_BYTES",
+    "MAX_REVOCATION_BODY_BYTES",
     "MAX_UPLOAD_BODY_BYTES",
     "NONCE_BYTES",
     "PROTOCOL_VERSION",
@@ -88,6 +89,8 @@ __all__ = [
     "CompositeEvidence",
     "CounterIncrement",
     "CounterState",
+    "Enrolled",
+    "EnrollmentRevocationRequest",
     "InitData",
     "JweResponse",
     "ResourceInfo",
@@ -128,6 +131,7 @@ MAX_AUTH_BODY_BYTES = 8 * 1024
 MAX_ATTEST_BODY_BYTES = 256 * 1024
 MAX_UPLOAD_BODY_BYTES = 128 * 1024
 MAX_CSR_BODY_BYTES = 16 * 1024
+MAX_REVOCATION_BODY_BYTES = 4 * 1024
 #: JWE algorithms of resource responses (RFC 7518 §4.6 and §5.3), as Trustee's KBS uses for
 #: EC ``tee-pubkey`` keys.
 JWE_ALG = "ECDH-ES+A256KW"
@@ -153,6 +157,11 @@ IdentStr = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0
 CounterName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._/-]{0,127}$")]
 #: An FL session name (as :func:`teeflow.fl.checkpoint.counter_name` accepts).
 SessionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+#: An enrollment token (compact JWS, :data:`teeflow.kbs.policy.enrollment.MAX_ENROLLMENT_CHARS`).
+EnrollmentToken = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
+                           max_length=2048)
+]
 WorkloadRoleName = Literal["kbs", "aggregator", "client", "compute", "serve"]
 
 
@@ -253,8 +262,13 @@ class TeeflowClaims(_Wire):
         function: the entrypoint/function it will call, or None.
         resources: resource paths it will request (each release must be listed).
         recipients: parties its outputs will be sealed to.
-        session: the FL session it serves (aggregator), or None; scopes its counters
-            (``session/<session>``, :mod:`teeflow.kbs.policy.namespaces`).
+        session: the FL session it serves (aggregator) or works in (client), or None;
+            scopes its counters (``session/<session>``, :mod:`teeflow.kbs.policy.namespaces`)
+            and must match a session-scoped enrollment.
+        enrollment: the party's signed enrollment token
+            (:mod:`teeflow.kbs.policy.enrollment`), at most 2048 characters; without one
+            the KBS refuses the attestation, and ``party`` (if given) must equal the
+            enrollment's party.
     """
 
     role: WorkloadRoleName
@@ -264,6 +278,7 @@ class TeeflowClaims(_Wire):
     resources: tuple[ResourcePathStr, ...] = Field(default=(), max_length=MAX_CLAIM_ITEMS)
     recipients: tuple[Name, ...] = Field(default=(), max_length=MAX_CLAIM_ITEMS)
     session: SessionName | None = None
+    enrollment: EnrollmentToken | None = None
 
 
 class RuntimeData(_Wire):
@@ -480,6 +495,31 @@ class CounterState(_Wire):
     digest: str
 
 
+class Enrolled(BaseModel):
+    """The facts of the verified enrollment an attested session acts under.
+
+    Attributes:
+        id: the enrollment's ``jti``.
+        party: the enrolling party — the session's party.
+        session: the enrollment's session scope, or None.
+        expires_at: the enrollment's expiry (UTC).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,64}$")]
+    party: Name
+    session: SessionName | None
+    expires_at: AwareDatetime
+
+
+class EnrollmentRevocationRequest(_Wire):
+    """``POST /v1/enrollments/revocations``: a party-signed revocation (compact JWS, see
+    :func:`teeflow.kbs.policy.enrollment.sign_revocation`)."""
+
+    revocation: EnrollmentToken
+
+
 class AttestedSession(BaseModel):
     """What an authorised request carries after its token or session was checked.
 
@@ -495,6 +535,8 @@ class AttestedSession(BaseModel):
             the service's default role).
         role: the appraised role (``claims.role`` or the default role).
         expires_at: token expiry (UTC).
+        enrollment: the verified enrollment the workload acts under (its party is the
+            session's party), or None (no party: no certificate, no key).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -509,11 +551,12 @@ class AttestedSession(BaseModel):
     claims: TeeflowClaims | None
     role: str
     expires_at: AwareDatetime
+    enrollment: Enrolled | None = None
 
     @property
     def party(self) -> str | None:
-        """The claimed party, or None."""
-        return None if self.claims is None else self.claims.party
+        """The enrolled party (from the verified enrollment only), or None."""
+        return None if self.enrollment is None else self.enrollment.party
 
 
 _PATH_RE = re.compile(rf"{_SEGMENT}/{_SEGMENT}/{_SEGMENT}")

@@ -12,6 +12,8 @@ Routes (Trustee KBS protocol 0.4.0 under ``/kbs/v0``, teeflow extensions under `
     POST /v1/certificates      (Bearer or cookie) CertificateRequest | PEM CSR
                                            -> CertificateResponse
     GET  /v1/ca                            -> federation CA certificate (PEM)
+    POST /v1/enrollments/revocations       EnrollmentRevocationRequest (party-signed)
+                                           -> {"id", "party", "revoked_at", "uses"}
     POST /v1/counters/{name}   (Bearer or cookie) CounterIncrement -> CounterState
     GET  /v1/counters/{name}   (party-signed, or Bearer+cookie in scope) -> CounterState
                                            (404 if never stepped)
@@ -80,6 +82,7 @@ from teeflow.kbs.protocol import (
     MAX_ATTEST_BODY_BYTES,
     MAX_AUTH_BODY_BYTES,
     MAX_CSR_BODY_BYTES,
+    MAX_REVOCATION_BODY_BYTES,
     MAX_UPLOAD_BODY_BYTES,
     AttestedSession,
     AttestRequest,
@@ -90,6 +93,7 @@ from teeflow.kbs.protocol import (
     Challenge,
     CounterIncrement,
     CounterState,
+    EnrollmentRevocationRequest,
     JweResponse,
     ResourceInfo,
     ResourceUpload,
@@ -209,6 +213,7 @@ _BODY_MODELS: tuple[type[BaseModel], ...] = (
     CertificateResponse,
     CounterIncrement,
     CounterState,
+    EnrollmentRevocationRequest,
 )
 _PROBLEM_SCHEMA = {
     "type": "object",
@@ -495,6 +500,16 @@ def create_app(
         ca_pem = keys.ca.certificate_pem().decode("ascii")
         body = CertificateResponse(certificate=pem.decode("ascii"), ca=ca_pem).to_wire()
         return headed(_json(body), head)
+
+    @app.post(
+        "/v1/enrollments/revocations",
+        openapi_extra=_doc(EnrollmentRevocationRequest, ok={"type": "object"},
+                           errors=(400, 413, 503)),
+    )
+    async def revoke_enrollment(request: Request) -> Response:
+        body = await _decode(request, EnrollmentRevocationRequest, MAX_REVOCATION_BODY_BYTES)
+        result, head = await stateful(service.revoke_enrollment, body.revocation)
+        return headed(_json(result), head)
 
     @app.get(
         "/v1/ca",

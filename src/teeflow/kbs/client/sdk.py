@@ -289,6 +289,11 @@ class KbsClient:
             :mod:`teeflow.kbs.client.heads`). Every state-dependent response must carry a
             head no older than the one known when the request was sent, else
             :class:`~teeflow.kbs.client.heads.StateRollback` ("the KBS state was rolled back").
+        enrollment: the enrollment token (compact JWS) of the party this workload acts for
+            (:mod:`teeflow.kbs.policy.enrollment`); :meth:`attest` sends it in the
+            runtime-data ``teeflow`` claims. Without it the KBS refuses the attestation.
+        workload_key: the workload's P-256 key to attest with (an enrollment bound to a
+            workload key names its thumbprint); default a fresh key per attestation.
 
     Use as a context manager or call :meth:`close`.
     """
@@ -304,9 +309,13 @@ class KbsClient:
         clock: Callable[[], datetime] | None = None,
         party: PartyKeys | None = None,
         heads: HeadTracker | None = None,
+        enrollment: str | None = None,
+        workload_key: ECKey | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
+        self._enrollment = enrollment
+        self._workload_key = workload_key
         self._party_auth: httpx.Auth | None = None
         if party is not None:  # imported only by party clients: workloads stay lean
             from teeflow.kbs.policy.request_signing import PartyRequestAuth
@@ -355,7 +364,9 @@ class KbsClient:
 
     def attest(self, role: str, claims: Mapping[str, Any] | None = None) -> str:
         """RCAR attestation as ``role`` with teeflow runtime-data ``claims`` (``party``,
-        ``package_digest``, ``function``, ``resources``, ``recipients``); returns the token.
+        ``package_digest``, ``function``, ``resources``, ``recipients``, ``session``);
+        returns the token. The client's enrollment is added to the claims (and, when the
+        claims name no ``session``, the enrollment's session scope).
 
         Raises:
             KbsError: no platform, or ``claims`` names another role.
@@ -367,6 +378,14 @@ class KbsClient:
         extra = dict(claims or {})
         if extra.get("role", role) != role:
             raise KbsError("claims name another role than the one attested")
+        if self._enrollment is not None:
+            extra.setdefault("enrollment", self._enrollment)
+            if "session" not in extra:
+                from teeflow.kbs.policy.enrollment import read_enrollment
+
+                scope = read_enrollment(self._enrollment).session
+                if scope is not None:
+                    extra["session"] = scope
         teeflow = json.loads(json.dumps({**extra, "role": role}))
         resp, body = self._request(
             "POST",
@@ -379,7 +398,7 @@ class KbsClient:
         if not session_id:
             raise KbsError("the KBS set no session cookie")
         nonce = Challenge.model_validate_json(body).nonce
-        key = ECKey.generate_key("P-256", private=True)
+        key = self._workload_key or ECKey.generate_key("P-256", private=True)
         jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
         report_data = runtime_data_digest(
             tee_pubkey=jwk, nonce=nonce, teeflow=teeflow, additional_evidence=""
@@ -543,6 +562,20 @@ class KbsClient:
         upload = sign_resource_upload(path, wrapped, signed_grant, owner_keys)
         _, body = self._request("POST", "/v1/resources", json=upload.to_wire())
         return ResourceInfo.model_validate_json(body)
+
+    def revoke_enrollment(self, revocation: str) -> dict[str, Any]:
+        """Submit a party-signed enrollment revocation
+        (:func:`teeflow.kbs.policy.enrollment.sign_revocation`); returns ``{"id", "party",
+        "revoked_at", "uses"}``.
+
+        Raises:
+            InvalidRequest: the KBS refused it (signature, federation); NoAgreement.
+        """
+        _, body = self._request(
+            "POST", "/v1/enrollments/revocations", json={"revocation": revocation}
+        )
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def ca_certificate(self) -> x509.Certificate:
         """The served federation CA; must equal the pinned one.

@@ -18,6 +18,7 @@ Document (YAML or JSON; :class:`Grant`, pydantic v2, frozen, unknown keys refuse
     packages: [<64 hex>]                # allowed package digests ([] = no package may be claimed)
     functions: [train]                  # allowed functions/entrypoints ([] = none may be claimed)
     recipients: [hospital-a]            # parties outputs may be sealed to
+    parties: [hospital-a]               # optional: only workloads enrolled by these parties
     created_at: 2025-06-01T00:00:00Z
     not_after: 2025-12-31T23:59:59Z
     max_releases: 10
@@ -25,6 +26,12 @@ Document (YAML or JSON; :class:`Grant`, pydantic v2, frozen, unknown keys refuse
     co_inputs: [bank-b/teeu-input/<64 hex>]  # resources that must be inputs of the same job
     co_owners: [bank-b]                 # parties that must each own an input of the job
     min_owners: 2                       # distinct owners among the job's inputs
+
+``parties`` restricts the release to workloads acting for these parties (the party of the
+workload's verified enrollment, :mod:`teeflow.kbs.policy.enrollment`); empty (the default,
+omitted from the digested document so grants signed before it existed keep their digest)
+means any enrolled party of the granted roles. A workload without an enrollment never gets
+a resource.
 
 Empty ``packages``/``functions`` are *not* wildcards: they mean the request must claim no
 package/function (e.g. a model server, identified by its measurement alone). Set-like lists are
@@ -39,8 +46,9 @@ KBS accepts a party resource only under its owner's name). So one owner cannot r
 "joint" function on another's input alone.
 
 Digest: ``SHA-256(RFC 8785 canonical JSON of`` :meth:`Grant.to_document` ``)`` — the
-``model_dump(mode="json")`` without the three whole-job members when they are unset (so the
-digests and signatures of grants made before they existed are unchanged); signature:
+``model_dump(mode="json")`` without the three whole-job members when they are unset and
+without an empty ``parties`` (so the digests and signatures of grants made before they
+existed are unchanged); signature:
 Ed25519 by the owner over ``b"teeflow-grant-v1\\0" || digest``, base64url (:class:`SignedGrant`).
 """
 
@@ -116,6 +124,7 @@ class Grant(DocumentModel):
     packages: tuple[Hex32, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
     functions: tuple[Ident, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
     recipients: tuple[Name, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
+    parties: tuple[Name, ...] = Field(default=(), max_length=MAX_GRANT_ITEMS)
     created_at: UtcDatetime
     not_after: UtcDatetime
     max_releases: int = Field(ge=1, le=2**31 - 1)
@@ -124,7 +133,7 @@ class Grant(DocumentModel):
     min_owners: int = Field(default=1, ge=1, le=MAX_GRANT_ITEMS)
 
     @field_validator("roles", "mrenclave", "packages", "functions", "recipients", "co_inputs",
-                     "co_owners", mode="after")
+                     "co_owners", "parties", mode="after")
     @classmethod
     def _norm(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         return sorted_unique(value)
@@ -157,11 +166,14 @@ class Grant(DocumentModel):
 
     def to_document(self) -> dict[str, Any]:
         """The JSON value that is digested: ``model_dump(mode="json")`` without the unset
-        whole-job members (``co_inputs``, ``co_owners``, ``min_owners``)."""
+        whole-job members (``co_inputs``, ``co_owners``, ``min_owners``) and without
+        ``parties`` when it is empty."""
         doc = self.model_dump(mode="json")
         for name, unset in _JOB_DEFAULTS.items():
             if doc.get(name) == unset:
                 doc.pop(name, None)
+        if not doc.get("parties"):
+            doc.pop("parties", None)
         return doc
 
     @property
@@ -203,7 +215,7 @@ class SignedGrant(DocumentModel):
 
 
 def grant_digest(grant: Grant) -> bytes:
-    """SHA-256 (32 bytes) of the RFC 8785 canonical JSON of ``grant.model_dump(mode="json")``."""
+    """SHA-256 (32 bytes) of the RFC 8785 canonical JSON of :meth:`Grant.to_document`."""
     return sha256_digest(grant.to_document())
 
 
@@ -258,6 +270,8 @@ def _policy_problems(grant: Grant, agreement: FederationAgreement) -> list[str]:
             problems.append(f"co-owner {party} is not a party of the agreement")
     if grant.min_owners > len(agreement.parties):
         problems.append(f"min_owners {grant.min_owners} exceeds the number of parties")
+    problems += [f"party {p} is not a party of the agreement"
+                 for p in grant.parties if p not in agreement.parties]
     allowed_recipients = agreement.output_recipients()
     for r in grant.recipients:
         if r not in agreement.parties:
@@ -316,6 +330,7 @@ def grant_allows(
     releases_so_far: int,
     agreement_digest: bytes | None = None,
     resources: Sequence[str] | None = None,
+    party: str | None = None,
 ) -> list[str]:
     """Every reason ``grant`` does not allow this release; ``[]`` means allowed.
 
@@ -336,12 +351,16 @@ def grant_allows(
             made under another agreement is refused.
         resources: every input of the job (the attested ``resources`` claim); checked
             against ``co_inputs``, ``co_owners`` and ``min_owners`` (module docstring).
+        party: the workload's enrolled party (None: not enrolled), checked against
+            ``grant.parties`` when that is not empty.
     """
     out: list[str] = []
     if agreement_digest is not None and grant.agreement != agreement_digest.hex():
         out.append("grant was made under another agreement")
     if role not in grant.roles:
         out.append(f"role {role} not granted")
+    if grant.parties and party not in grant.parties:
+        out.append(f"party {party or '(none)'} not granted")
     if grant.mrenclave:
         mr = _norm_hex32(measurement_hex)
         if mr is None or mr not in grant.mrenclave:

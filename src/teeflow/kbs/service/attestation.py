@@ -38,6 +38,13 @@ from teeflow.kbs.protocol import (
 from teeflow.kbs.service.context import MAX_ID as _MAX_ID
 from teeflow.kbs.service.context import ServiceContext
 from teeflow.kbs.service.context import sha256_hex as _sha256_hex
+from teeflow.kbs.service.enrollments import (
+    EnrollmentCache,
+    check_enrollment,
+    enrolled,
+    enrollment_use,
+    token_lifetime,
+)
 from teeflow.kbs.service.rcar import (
     ATTESTED_CLAIM,
     appraise_attestation,
@@ -45,6 +52,8 @@ from teeflow.kbs.service.rcar import (
     session_from_ear,
 )
 from teeflow.kbs.store.interface import (
+    EnrollmentUse,
+    EnrollmentUseRefused,
     SessionRecord,
     StorageConflict,
     StorageExpired,
@@ -66,6 +75,7 @@ class AttestationService:
 
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._enrollments = EnrollmentCache()
 
     def auth(self, request: AuthRequest) -> tuple[str, Challenge]:
         """RCAR ``/kbs/v0/auth``: start a session.
@@ -137,17 +147,32 @@ class AttestationService:
             data: dict[str, Any] | None,
             token: TokenBinding | None = None,
             agreement_digest: bytes | None = None,
+            *,
+            use: EnrollmentUse | None = None,
         ) -> None:
-            """Consume the nonce, bind ``token`` and audit the decision in one transaction;
-            a nonce that another request consumed (or that expired) meanwhile is denied, as
-            is a token whose agreement was superseded meanwhile."""
+            """Consume the nonce, bind ``token``, count one ``use`` of the enrollment and
+            audit the decision in one transaction; a nonce that another request consumed
+            (or that expired) meanwhile is denied, as is a token whose agreement was
+            superseded meanwhile, and a revoked or used-up enrollment."""
             build = self._ctx.builder("attestation", subject, decision, reasons, data)
             try:
-                with self._ctx.storage(StorageExpired, StorageConflict, StorageNotFound):
+                with self._ctx.storage(
+                    StorageExpired, StorageConflict, StorageNotFound, EnrollmentUseRefused
+                ):
                     _, entry = self._ctx.store.consume_nonce_and_audit(
-                        session_id, now, build, token=token, agreement_digest=agreement_digest
+                        session_id,
+                        now,
+                        build,
+                        token=token,
+                        agreement_digest=agreement_digest,
+                        enrollment=use,
                     )
                 self._ctx.heads.saw(entry)
+            except EnrollmentUseRefused as exc:
+                refuse(
+                    [f"enrollment {exc.reason} (uses are counted per accepted attestation)"],
+                    data,
+                )
             except StorageExpired:
                 deny(["nonce expired"])
             except StorageConflict:
@@ -171,10 +196,20 @@ class AttestationService:
         signed, agreement_digest = current
         claims = runtime.teeflow
         role = claims.role if claims is not None else self._ctx.default_role
+        enrollment, enrollment_reasons = check_enrollment(
+            runtime,
+            role,
+            signed.agreement,
+            now,
+            cache=self._enrollments,
+            agreement_digest=agreement_digest,
+        )
         data: dict[str, Any] = {
             "tee": session.tee,
             "role": role,
-            "party": None if claims is None else claims.party,
+            "party": None if enrollment is None else enrollment.party,
+            "claimed_party": None if claims is None else claims.party,
+            "enrollment_id": None if enrollment is None else enrollment.jti,
             "agreement_digest": agreement_digest.hex(),
         }
         appraisal = appraise_attestation(
@@ -190,8 +225,11 @@ class AttestationService:
         )
         data["measurement"] = appraisal.measurement
         result, measurement = appraisal.result, appraisal.measurement
-        if appraisal.reasons or result is None or measurement is None or role is None:
-            refuse(list(appraisal.reasons) or ["evidence not appraised"], data)
+        reasons = [*appraisal.reasons, *enrollment_reasons]
+        if reasons or result is None or measurement is None or role is None:
+            refuse(reasons or ["evidence not appraised"], data)
+        facts = None if enrollment is None else enrolled(enrollment)
+        ttl = token_lifetime(self._ctx.token_ttl, enrollment, now)
         attested = attested_claims(
             session_id=session_id,
             result=result,
@@ -199,17 +237,18 @@ class AttestationService:
             agreement_digest=agreement_digest,
             role=role,
             claims=runtime.teeflow_members(),
+            enrollment=None if facts is None else facts.model_dump(mode="json"),
         )
         token = issue_ear(
             result,
             signing_key=self._ctx.keys.ear,
             now=now,
             nonce=runtime.nonce,
-            ttl=self._ctx.token_ttl,
+            ttl=ttl,
             extra_claims={"tee-pubkey": runtime.tee_pubkey.as_jwk(), ATTESTED_CLAIM: attested},
         )
         token_digest = hashlib.sha256(token.encode("ascii")).digest()
-        expires = now.replace(microsecond=0) + self._ctx.token_ttl
+        expires = now.replace(microsecond=0) + ttl
         record = AttestedSession(
             session_id=session_id,
             token_digest=token_digest.hex(),
@@ -221,12 +260,14 @@ class AttestationService:
             claims=claims,
             role=role,
             expires_at=expires,
+            enrollment=facts,
         )
         data.update(token_digest=token_digest.hex(), emulated=result.emulated)
         data["status"] = str(result.status)
         warnings = [*appraisal.warnings, *result.warnings]
         binding = TokenBinding(token_digest, record.model_dump_json(), expires)
-        conclude("accept", warnings, data, binding, agreement_digest)
+        use = None if enrollment is None else enrollment_use(enrollment)
+        conclude("accept", warnings, data, binding, agreement_digest, use=use)
         return AttestResponse(token=token)
 
     def authorize(

@@ -23,6 +23,7 @@ from teeflow.kbs.protocol import (
     AttestedSession,
 )
 from teeflow.kbs.service.context import ServiceContext
+from teeflow.kbs.service.enrollments import CERTIFICATE_PARTY_ROLES
 
 __all__ = ["CertificateService"]
 
@@ -43,11 +44,13 @@ class CertificateService:
         """Issue a workload certificate (PEM) for a CSR whose key is the attested tee-pubkey.
 
         The identity (role, party, measurement, agreement digest, tee, emulated) comes from
-        the session, never from the CSR.
+        the session, never from the CSR; the party is the enrolled party, for the roles of
+        :data:`~teeflow.kbs.service.enrollments.CERTIFICATE_PARTY_ROLES` only.
 
         Raises:
             InvalidRequest: not one PEM CSR, or larger than 16 KiB.
-            PolicyDeny: bad CSR signature, or the CSR key is not the attested key.
+            PolicyDeny: no enrollment (the session acts for no party), bad CSR signature,
+                or the CSR key is not the attested key.
         """
         now = self._ctx.now()
         raw = csr_pem.encode("ascii", "replace") if isinstance(csr_pem, str) else bytes(csr_pem)
@@ -59,10 +62,13 @@ class CertificateService:
             raise InvalidRequest("not a PEM certificate signing request") from None
         subject = f"certificate:{session.role}:{session.party or '-'}"
         data: dict[str, Any] = {"role": session.role, "measurement": session.measurement}
+        if session.enrollment is None:
+            reason = "the workload acts for no enrolled party (no enrollment)"
+            self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
         try:
             identity = WorkloadIdentity(
                 role=session.role,
-                party=session.party,
+                party=session.party if session.role in CERTIFICATE_PARTY_ROLES else None,
                 measurement=session.measurement,
                 agreement_digest=session.agreement_digest,
                 tee=session.tee,
@@ -79,6 +85,7 @@ class CertificateService:
             serial=format(cert.serial_number, "x"),
             not_after=cert.not_valid_after_utc.isoformat(),
             party=session.party,
+            certificate_party=identity.party,
         )
         self._ctx.record("certificate", subject, "accept", data=data)
         return cert.public_bytes(serialization.Encoding.PEM)

@@ -5,7 +5,8 @@ counters and the audit log (DESIGN "RCAR attestation protocol").
 :class:`~teeflow.kbs.service.context.ServiceContext`: :attr:`~KbsService.agreements`
 (:mod:`.agreements`), :attr:`~KbsService.attestation` (:mod:`.attestation`),
 :attr:`~KbsService.resources` (:mod:`.resources`), :attr:`~KbsService.certificates`
-(:mod:`.certificates`) and :attr:`~KbsService.ledger` (:mod:`.ledger`: counters, audit).
+(:mod:`.certificates`), :attr:`~KbsService.ledger` (:mod:`.ledger`: counters, audit) and
+:attr:`~KbsService.enrollments` (:mod:`.enrollments`: revocations).
 
 :class:`KbsService` holds no network code. Every operation is a method taking and returning
 pydantic models (:mod:`teeflow.kbs.protocol`), ``str`` or ``bytes``; every refusal is a
@@ -23,8 +24,11 @@ RCAR, as in Trustee KBS 0.4.0:
   collateral provider, ``now``) → appraise against the active agreement's reference values
   for the claimed role with REPORT_DATA pinned to
   :func:`~teeflow.attestation.binding.runtime_data_digest` of the runtime data as sent; then
-  *one* store transaction consumes the nonce, binds the token (accept) and appends the
-  audit entry of the decision (:meth:`KbsStore.consume_nonce_and_audit`). The nonce is used
+  *one* store transaction consumes the nonce, binds the token (accept), counts one use of
+  the party's enrollment (refusing a revoked or used-up one) and appends the audit entry of
+  the decision (:meth:`KbsStore.consume_nonce_and_audit`). A workload with teeflow claims
+  needs its party's enrollment (:mod:`teeflow.kbs.policy.enrollment`), checked against the
+  agreement with the evidence; the session's party comes only from it. The nonce is used
   up by a refused attestation too (one piece of evidence per nonce), and of concurrent
   attestations with the same nonce exactly one gets past the store (the others are denied
   as replays). Every accept or deny, with all reasons, is audited;
@@ -34,7 +38,8 @@ RCAR, as in Trustee KBS 0.4.0:
 
 EAR extra claims (besides those of :func:`teeflow.attestation.ear.issue_ear`):
 ``tee-pubkey`` (the attested JWK, as Trustee's token carries it) and ``teeflow.attested``
-``{session_id, tee, emulated, measurement, agreement_digest, role, claims}``.
+``{session_id, tee, emulated, measurement, agreement_digest, role, claims, enrollment}``
+(``enrollment``: ``{id, party, session, expires_at}`` of the verified enrollment, or null).
 
 Writes happen only for accepted requests, except audit entries of denials and the consumed
 nonce of a refused attestation. Session ids are bearer credentials (the ``kbs-session-id``
@@ -57,6 +62,7 @@ from teeflow.kbs.service.attestation import AttestationService
 from teeflow.kbs.service.certificates import CertificateService
 from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
 from teeflow.kbs.service.context import KbsKeyMaterial, ServiceContext
+from teeflow.kbs.service.enrollments import EnrollmentService
 from teeflow.kbs.service.heads import KbsHeadFile
 from teeflow.kbs.service.ledger import Ledger
 from teeflow.kbs.service.resources import ResourceService
@@ -153,6 +159,8 @@ class KbsService:
         self.certificates = CertificateService(self._ctx)
         #: Counters and the audit log.
         self.ledger = Ledger(self._ctx)
+        #: Enrollment revocations (enrollments themselves are checked at attestation).
+        self.enrollments = EnrollmentService(self._ctx)
         # the facade's operations (one home each: the parts above)
         self.current_agreement = self.agreements.current_agreement
         self.agreement_history = self.agreements.agreement_history
@@ -168,6 +176,7 @@ class KbsService:
         self.increment_counter = self.ledger.increment_counter
         self.get_counter = self.ledger.get_counter
         self.audit_entries = self.ledger.audit_entries
+        self.revoke_enrollment = self.enrollments.revoke_enrollment
 
     @property
     def first_agreement(self) -> bytes | None:

@@ -5,7 +5,8 @@ Part of the KBS core behind :class:`teeflow.kbs.service.core.KbsService`; the ru
 :mod:`teeflow.kbs.policy.generated`. :meth:`GeneratedSecretService.release` is what
 ``GET /kbs/v0/resource/<path>`` does for a path in a generated scope:
 
-1. the session's token must be of the agreement in force, and
+1. the session's token must be of the agreement in force, the workload enrolled by a party
+   (a session-scoped enrollment: only that session's secret), and
    :func:`~teeflow.kbs.policy.generated.generated_release_problems` must find nothing (role,
    agreed measurement on the session's platform, claimed path, claimed recipients); a
    refusal creates nothing and is audited with every reason, answered as the constant
@@ -86,6 +87,12 @@ class GeneratedSecretService:
             reasons = []
             if session.agreement_digest != agreement_digest.hex():
                 reasons.append("session was appraised under another agreement")
+            if session.enrollment is None:
+                reasons.append("the workload acts for no enrolled party (no enrollment)")
+            elif session.enrollment.session is not None and (
+                path != scope.prefix + session.enrollment.session
+            ):
+                reasons.append(f"enrollment is scoped to session {session.enrollment.session}")
             reasons += generated_release_problems(
                 scope=scope,
                 path=path,

@@ -57,7 +57,7 @@ class Ledger:
 
         Raises:
             InvalidRequest: bad name, expected value or digest.
-            PolicyDeny: the counter is outside the session's scope.
+            PolicyDeny: no enrollment, or the counter is outside the session's scope.
             Conflict: the counter is not at ``expected``.
         """
         if not is_counter_name(name) or isinstance(expected, bool) or expected < 0:
@@ -71,6 +71,9 @@ class Ledger:
             "bound_digest": digest.hex(),
             "measurement": session.measurement,
         }
+        if session.enrollment is None:
+            reason = "the workload acts for no enrolled party (no enrollment)"
+            self._ctx.deny(PolicyDeny, "counter", subject, [reason], data)
         claims = session.claims
         scope = counter_scope_problems(
             name,

@@ -195,9 +195,12 @@ def attested_claims(
     agreement_digest: bytes,
     role: str,
     claims: Mapping[str, Any] | None,
+    enrollment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``teeflow.attested`` EAR claim (and the stored session facts)."""
+    """The ``teeflow.attested`` EAR claim (and the stored session facts); ``enrollment``
+    is the verified enrollment's facts (:class:`~teeflow.kbs.protocol.Enrolled` as JSON)."""
     return {
+        "enrollment": None if enrollment is None else dict(enrollment),
         "session_id": session_id,
         "tee": result.tee,
         "emulated": result.emulated,
@@ -232,6 +235,7 @@ def session_from_ear(ear: Ear, token: str) -> AttestedSession:
                 "claims": attested.get("claims"),
                 "role": attested.get("role"),
                 "expires_at": ear.expires_at,
+                "enrollment": attested.get("enrollment"),
             }
         )
     except (ValidationError, TypeError, UnicodeEncodeError):

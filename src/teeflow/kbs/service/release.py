@@ -7,11 +7,13 @@ A resource (a data key an owner uploaded with a grant) is released only when **a
    (checked by :meth:`teeflow.kbs.service.core.KbsService.authorize` before this runs) — so its
    role and measurement were appraised against the agreement's reference values;
 2. the resource exists and its grant is for this path;
-3. the workload's runtime-data claims list the path among their ``resources`` (when it sent
-   teeflow claims at all);
-4. :func:`teeflow.kbs.policy.grants.grant_allows` returns no reason: role, measurement, package
-   digest, function and every output recipient granted, grant made under the active
-   agreement and within its validity, release count below ``max_releases``;
+3. the workload acts for a party under a verified enrollment
+   (:mod:`teeflow.kbs.policy.enrollment`), and its runtime-data claims list the path among
+   their ``resources`` (when it sent teeflow claims at all);
+4. :func:`teeflow.kbs.policy.grants.grant_allows` returns no reason: role, enrolled party
+   (when the grant lists ``parties``), measurement, package digest, function and every
+   output recipient granted, grant made under the active agreement and within its
+   validity, release count below ``max_releases``;
 5. afterwards the store's compare-and-increment of the release count succeeds (done by the
    service, so concurrent requests cannot exceed the budget).
 
@@ -133,6 +135,8 @@ def decide(
         reasons.append("grant is for another resource")
     if session.agreement_digest != agreement_digest.hex():
         reasons.append("session was appraised under another agreement")
+    if session.enrollment is None:
+        reasons.append("the workload acts for no enrolled party (no enrollment)")
     claims = session.claims
     if claims is not None and path not in claims.resources:
         reasons.append("resource not claimed in the attested runtime data")
@@ -147,6 +151,7 @@ def decide(
         releases_so_far=record.release_count,
         agreement_digest=agreement_digest,
         resources=None if claims is None else claims.resources,
+        party=session.party,
     )
     return ReleaseDecision(tuple(reasons), record.release_count)
 

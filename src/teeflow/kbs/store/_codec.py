@@ -18,6 +18,7 @@ from teeflow.kbs.store.interface import (
     GENESIS_HASH,
     AgreementRecord,
     AuditEntry,
+    EnrollmentRecord,
     ResourceRecord,
     SessionRecord,
     StorageRollback,
@@ -29,6 +30,7 @@ __all__ = [
     "AGREEMENTS",
     "AUDIT",
     "COUNTERS",
+    "ENROLLMENTS",
     "RESOURCES",
     "SESSIONS",
     "AuditRow",
@@ -42,6 +44,8 @@ __all__ = [
     "check_state",
     "counter_row",
     "counter_value",
+    "enrollment_record",
+    "enrollment_row",
     "resource_record",
     "resource_row",
     "session_record",
@@ -50,7 +54,7 @@ __all__ = [
 ]
 
 AGREEMENTS, RESOURCES, COUNTERS = "kbs_agreements", "kbs_resources", "kbs_counters"
-SESSIONS, AUDIT = "kbs_sessions", "kbs_audit"
+SESSIONS, AUDIT, ENROLLMENTS = "kbs_sessions", "kbs_audit", "kbs_enrollments"
 _AGREEMENT_COLUMNS = ("version", "digest", "document", "created_at", "audit_seq")
 _RESOURCE_COLUMNS = (
     "path",
@@ -66,6 +70,7 @@ _RESOURCE_COLUMNS = (
     "audit_seq",
 )
 _COUNTER_COLUMNS = ("name", "value", "digest", "audit_seq")
+_ENROLLMENT_COLUMNS = ("key", "uses", "revoked_at", "revocation", "audit_seq")
 _SESSION_COLUMNS = (
     "session_hash",
     "nonce",
@@ -217,6 +222,33 @@ def counter_value(auth: RowAuth, row: Mapping[str, Any]) -> tuple[int, bytes]:
     return int(row["value"]), bytes(row["digest"])
 
 
+# -- enrollments -----------------------------------------------------------------------------
+
+
+def enrollment_row(auth: RowAuth, rec: EnrollmentRecord, audit_seq: int) -> dict[str, Any]:
+    """The tagged row of an enrollment's use count and revocation after entry ``audit_seq``."""
+    row = {
+        "key": rec.key,
+        "uses": rec.uses,
+        "revoked_at": rec.revoked_at,
+        "revocation": rec.revocation,
+        "audit_seq": audit_seq,
+    }
+    return _tagged(auth, ENROLLMENTS, row, _ENROLLMENT_COLUMNS)
+
+
+def enrollment_record(auth: RowAuth, row: Mapping[str, Any]) -> EnrollmentRecord:
+    """The record of a stored enrollment row. Raises StorageTampered."""
+    _check(auth, ENROLLMENTS, row, _ENROLLMENT_COLUMNS)
+    revocation = row["revocation"]
+    return EnrollmentRecord(
+        key=str(row["key"]),
+        uses=int(row["uses"]),
+        revoked_at=row["revoked_at"],
+        revocation=None if revocation is None else bytes(revocation),
+    )
+
+
 # -- sessions --------------------------------------------------------------------------------
 
 
@@ -336,9 +368,9 @@ def audit_entry(auth: RowAuth, row: Mapping[str, Any]) -> AuditEntry:
 
 
 class Seen:
-    """The ``audit_seq`` of every agreement, resource and counter row this store wrote or
-    checked (``touch_key`` -> seq) and the highest agreement version: a later read of an
-    older row raises :class:`StorageRollback`. Thread-safe."""
+    """The ``audit_seq`` of every agreement, resource, counter and enrollment row this store
+    wrote or checked (``touch_key`` -> seq) and the highest agreement version: a later read of
+    an older row raises :class:`StorageRollback`. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -356,6 +388,12 @@ class Seen:
             with self._lock:
                 if seq > self._rows.get(key, -1):
                     self._rows[key] = seq
+
+    def check_absent(self, key: str) -> None:
+        """Refuse a missing row this store wrote or checked (it was deleted)."""
+        if key in self._rows:
+            table = key.split(":", 1)[0]
+            raise StorageRollback(f"a {table} row the state log wrote is missing", table=table)
 
     def check_agreement(self, version: int) -> None:
         """Refuse a newest agreement older than one seen."""
@@ -382,7 +420,8 @@ def check_state(
 
     Args:
         audit_rows: every audit row, ascending seq.
-        state_rows: ``(table, row)`` for every agreement, resource and counter row.
+        state_rows: ``(table, row)`` for every agreement, resource, counter and enrollment
+            row.
 
     Raises:
         StorageTampered, StorageRollback: see :meth:`KbsStore.check_state`.
@@ -410,6 +449,9 @@ def check_state(
         elif table == RESOURCES:
             resource_record(auth, row)
             key = touch_key(table, row["path"])
+        elif table == ENROLLMENTS:
+            enrollment_record(auth, row)
+            key = touch_key(table, row["key"])
         else:
             counter_value(auth, row)
             key = touch_key(table, row["name"])

@@ -49,6 +49,7 @@ __all__ = [
     "agreements",
     "audit",
     "counters",
+    "enrollments",
     "make_engine",
     "metadata",
     "migrate",
@@ -144,6 +145,17 @@ sessions = Table(
     Column("token_expires_at", UtcDateTime, nullable=True),
     Column("tag", LargeBinary(32), nullable=True),
     Index("ix_kbs_sessions_expires_at", "expires_at"),
+)
+
+enrollments = Table(
+    "kbs_enrollments",
+    metadata,
+    Column("key", String(256), primary_key=True),
+    Column("uses", BigInteger, nullable=False),
+    Column("revoked_at", UtcDateTime, nullable=True),
+    Column("revocation", LargeBinary, nullable=True),
+    Column("audit_seq", BigInteger, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 audit = Table(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import bindparam, insert, select, update
 
-from teeflow.kbs.store._engine import agreements, audit, counters, resources, sessions
+from teeflow.kbs.store._engine import agreements, audit, counters, enrollments, resources, sessions
 
 __all__ = [
     "AGREEMENT_HEAD_TAG",
@@ -21,8 +21,12 @@ __all__ = [
     "COUNTER_CAS",
     "COUNTER_INSERT",
     "CURRENT_AGREEMENT",
+    "ENROLLMENT_CAS",
+    "ENROLLMENT_INSERT",
     "GET_COUNTER",
     "GET_COUNTER_FOR_UPDATE",
+    "GET_ENROLLMENT",
+    "GET_ENROLLMENT_FOR_UPDATE",
     "GET_RESOURCE",
     "GET_RESOURCE_FOR_UPDATE",
     "GET_SESSION",
@@ -54,6 +58,14 @@ GET_COUNTER = select(counters).where(_c.name == bindparam("b_name"))
 GET_COUNTER_FOR_UPDATE = GET_COUNTER.with_for_update()
 COUNTER_INSERT = insert(counters)
 COUNTER_CAS = update(counters).where(_c.name == bindparam("b_name"), _c.tag == bindparam("b_old"))
+
+#: ``{"b_key"}`` (``party/jti``) -> the enrollment row.
+GET_ENROLLMENT = select(enrollments).where(enrollments.c.key == bindparam("b_key"))
+GET_ENROLLMENT_FOR_UPDATE = GET_ENROLLMENT.with_for_update()
+ENROLLMENT_INSERT = insert(enrollments)
+ENROLLMENT_CAS = update(enrollments).where(
+    enrollments.c.key == bindparam("b_key"), enrollments.c.tag == bindparam("b_old")
+)
 
 #: the newest agreement row.
 CURRENT_AGREEMENT = select(agreements).order_by(agreements.c.version.desc()).limit(1)

@@ -23,11 +23,13 @@ from teeflow.kbs.store.interface import (
     MAX_NAME_CHARS,
     MAX_NONCE_BYTES,
     MAX_PATH_CHARS,
+    MAX_REVOCATION_BYTES,
     MAX_SIGNATURE_BYTES,
     MAX_WRAPPED_KEY_BYTES,
     MIN_DIGEST_BYTES,
     AgreementRecord,
     AuditEntry,
+    EnrollmentUse,
     ResourceRecord,
     SessionRecord,
     StorageError,
@@ -49,11 +51,13 @@ __all__ = [
     "consume",
     "counter_step",
     "decode_audit_json",
+    "enrollment_use",
     "name",
     "optional_digest",
     "path",
     "release",
     "resource",
+    "revocation",
     "session",
     "time",
     "token",
@@ -319,3 +323,25 @@ def token_binding(session_id: object, binding: object) -> TokenBinding | None:
         session_id, binding.token_digest, binding.claims_json, binding.expires_at
     )
     return TokenBinding(digest, binding.claims_json, expires)
+
+
+def enrollment_use(value: object) -> EnrollmentUse | None:
+    """An :class:`EnrollmentUse` (key of at most :data:`MAX_NAME_CHARS`, ``max_uses``
+    1..2**31-1 or None), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, EnrollmentUse):
+        raise StorageInputError("enrollment must be an EnrollmentUse")
+    name("enrollment key", value.key)
+    if value.max_uses is not None:
+        check_int("enrollment max_uses", value.max_uses, 1, 2**31 - 1)
+    return value
+
+
+def revocation(key: object, document: object, now: object) -> tuple[str, bytes, datetime]:
+    """``(key, revocation bytes ≤ MAX_REVOCATION_BYTES, now in UTC)``."""
+    return (
+        name("enrollment key", key),
+        check_bytes("revocation", document, MAX_REVOCATION_BYTES),
+        check_time("now", now),
+    )

@@ -78,12 +78,16 @@ __all__ = [
     "MAX_NAME_CHARS",
     "MAX_NONCE_BYTES",
     "MAX_PATH_CHARS",
+    "MAX_REVOCATION_BYTES",
     "MAX_SIGNATURE_BYTES",
     "MAX_WRAPPED_KEY_BYTES",
     "MIN_DIGEST_BYTES",
     "AgreementRecord",
     "AuditBuilder",
     "AuditEntry",
+    "EnrollmentRecord",
+    "EnrollmentUse",
+    "EnrollmentUseRefused",
     "KbsStore",
     "ResourceRecord",
     "SessionRecord",
@@ -97,6 +101,8 @@ __all__ = [
     "TokenBinding",
 ]
 
+#: Largest stored enrollment revocation (bytes of the compact JWS).
+MAX_REVOCATION_BYTES = 4096
 #: Largest canonical signed agreement envelope (bytes).
 MAX_AGREEMENT_BYTES = 1 << 20
 #: Largest signed grant document (bytes).
@@ -300,6 +306,46 @@ class TokenBinding:
     expires_at: datetime
 
 
+class EnrollmentUseRefused(StorageError):
+    """An enrollment may not be used (again): ``reason`` is ``"revoked"`` or
+    ``"exhausted"`` (its use count reached ``max_uses``). Nothing was written."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"enrollment {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentUse:
+    """One use of an enrollment, counted with the attestation that accepts it.
+
+    Attributes:
+        key: ``party/jti`` (:func:`teeflow.kbs.policy.enrollment.use_key`), at most
+            :data:`MAX_NAME_CHARS` characters.
+        max_uses: the enrollment's ``uses`` (1..2**31-1), or None (not limited).
+    """
+
+    key: str
+    max_uses: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentRecord:
+    """What the store knows of one enrollment.
+
+    Attributes:
+        key: ``party/jti``.
+        uses: accepted attestations that used it.
+        revoked_at: when its revocation was accepted (first time), or None.
+        revocation: the party-signed revocation (compact JWS bytes), or None.
+    """
+
+    key: str
+    uses: int
+    revoked_at: datetime | None
+    revocation: bytes | None
+
+
 @runtime_checkable
 class KbsStore(Protocol):
     """Persistent state of the Key Broker Service. See the module docstring for the contract."""
@@ -483,13 +529,18 @@ class KbsStore(Protocol):
         *,
         token: TokenBinding | None = None,
         agreement_digest: bytes | None = None,
+        enrollment: EnrollmentUse | None = None,
     ) -> tuple[SessionRecord, AuditEntry]:
         """In one transaction: consume the session's nonce (as :meth:`consume_nonce`), bind
-        ``token`` when given (as :meth:`bind_token`) and append the audit entry ``build``
-        makes (as :meth:`append_audit_built`). All or nothing.
+        ``token`` when given (as :meth:`bind_token`), count one use of ``enrollment`` when
+        given, and append the audit entry ``build`` makes (as :meth:`append_audit_built`).
+        All or nothing.
 
         Args:
             agreement_digest: when given, the newest agreement must have this digest.
+            enrollment: when given, the enrollment must not be revoked and its use count
+                must be below ``max_uses``; the count then grows by one (a new key starts
+                at 1). Of concurrent uses of the last one exactly one succeeds.
 
         Returns:
             ``(session after the change, appended entry)``.
@@ -498,8 +549,27 @@ class KbsStore(Protocol):
             StorageNotFound, StorageExpired, StorageConflict: as :meth:`consume_nonce`
                 (nothing written); also StorageConflict when ``agreement_digest`` is not
                 the newest agreement's.
+            EnrollmentUseRefused: the enrollment is revoked or its uses are exhausted
+                (nothing written).
             StorageInputError: bounds of ``token``, or a built entry that does not extend
                 the chain.
+        """
+        ...
+
+    # -- enrollments -------------------------------------------------------------------
+    def get_enrollment(self, key: str) -> EnrollmentRecord | None:
+        """The uses and revocation of enrollment ``key`` (``party/jti``), or None."""
+        ...
+
+    def revoke_enrollment_and_audit(
+        self, key: str, revocation: bytes, now: datetime, build: AuditBuilder
+    ) -> tuple[EnrollmentRecord, AuditEntry]:
+        """Record the revocation of enrollment ``key`` (the first revocation is kept; a
+        repeated one changes nothing but is audited) and append ``build``'s entry, in one
+        transaction. Every later :meth:`consume_nonce_and_audit` with this key fails.
+
+        Raises:
+            StorageInputError: bounds (key, revocation at most 4096 bytes, naive time).
         """
         ...
 

@@ -24,6 +24,9 @@ from teeflow.kbs.store.interface import (
     AgreementRecord,
     AuditBuilder,
     AuditEntry,
+    EnrollmentRecord,
+    EnrollmentUse,
+    EnrollmentUseRefused,
     ResourceRecord,
     SessionRecord,
     StorageConflict,
@@ -55,6 +58,7 @@ class MemoryStore:
         self._resources: dict[str, dict[str, Any]] = {}
         self._counters: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, dict[str, Any]] = {}
+        self._enrollments: dict[str, dict[str, Any]] = {}
         self._audit: list[dict[str, Any]] = []
         self._seen = codec.Seen()
         self._closed = False
@@ -357,19 +361,83 @@ class MemoryStore:
         *,
         token: TokenBinding | None = None,
         agreement_digest: bytes | None = None,
+        enrollment: EnrollmentUse | None = None,
     ) -> tuple[SessionRecord, AuditEntry]:
         """See :meth:`KbsStore.consume_nonce_and_audit`."""
         now = validate.consume(session_id, now)
         binding = validate.token_binding(session_id, token)
         validate.builder(build)
         required = validate.optional_digest("agreement_digest", agreement_digest)
+        use = validate.enrollment_use(enrollment)
         with self._lock:
             self._check_open()
             new = self._consumed(session_id, now, binding)
             self._check_agreement(required)
-            result = self._audited(lambda _seq: new, build, None)
+            used = None if use is None else self._used(use)
+            touches = None if use is None else codec.touch_key(codec.ENROLLMENTS, use.key)
+
+            def work(seq: int) -> SessionRecord:
+                if used is not None:
+                    self._store_enrollment(used, seq)
+                return new
+
+            result = self._audited(work, build, touches)
             self._store_session(new)
             return result
+
+    def _enrollment(self, key: str) -> EnrollmentRecord | None:
+        """The verified enrollment row of ``key`` (caller holds the lock)."""
+        row = self._enrollments.get(key)
+        if row is None:
+            self._seen.check_absent(codec.touch_key(codec.ENROLLMENTS, key))
+            return None
+        rec = codec.enrollment_record(self._auth, row)
+        self._seen.check(codec.touch_key(codec.ENROLLMENTS, key), row["audit_seq"])
+        return rec
+
+    def _store_enrollment(self, record: EnrollmentRecord, seq: int) -> None:
+        self._enrollments[record.key] = codec.enrollment_row(self._auth, record, seq)
+        self._seen.check(codec.touch_key(codec.ENROLLMENTS, record.key), seq)
+
+    def _used(self, use: EnrollmentUse) -> EnrollmentRecord:
+        """The enrollment record after one more use; nothing changed."""
+        old = self._enrollment(use.key) or EnrollmentRecord(use.key, 0, None, None)
+        if old.revoked_at is not None:
+            raise EnrollmentUseRefused("revoked")
+        if use.max_uses is not None and old.uses >= use.max_uses:
+            raise EnrollmentUseRefused("exhausted")
+        return replace(old, uses=old.uses + 1)
+
+    # -- enrollments --------------------------------------------------------------------
+    def get_enrollment(self, key: str) -> EnrollmentRecord | None:
+        """See :meth:`KbsStore.get_enrollment`."""
+        validate.name("key", key)
+        with self._lock:
+            self._check_open()
+            return self._enrollment(key)
+
+    def revoke_enrollment_and_audit(
+        self, key: str, revocation: bytes, now: datetime, build: AuditBuilder
+    ) -> tuple[EnrollmentRecord, AuditEntry]:
+        """See :meth:`KbsStore.revoke_enrollment_and_audit` (the row is rewritten under the
+        new entry even when it was already revoked, so the state log names it)."""
+        key, document, now = validate.revocation(key, revocation, now)
+        validate.builder(build)
+        touches = codec.touch_key(codec.ENROLLMENTS, key)
+        with self._lock:
+            self._check_open()
+            old = self._enrollment(key) or EnrollmentRecord(key, 0, None, None)
+            new = (
+                old
+                if old.revoked_at is not None
+                else replace(old, revoked_at=now, revocation=document)
+            )
+
+            def work(seq: int) -> EnrollmentRecord:
+                self._store_enrollment(new, seq)
+                return new
+
+            return self._audited(work, build, touches)
 
     def _consumed(
         self, session_id: str, now: datetime, binding: TokenBinding | None
@@ -479,6 +547,7 @@ class MemoryStore:
                 *((codec.AGREEMENTS, r) for r in self._agreements),
                 *((codec.RESOURCES, r) for r in self._resources.values()),
                 *((codec.COUNTERS, r) for r in self._counters.values()),
+                *((codec.ENROLLMENTS, r) for r in self._enrollments.values()),
             ]
             return codec.check_state(self._auth, list(self._audit), state, self._seen)
 

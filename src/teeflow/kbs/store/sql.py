@@ -86,6 +86,7 @@ from teeflow.kbs.store._engine import (
     agreements,
     audit,
     counters,
+    enrollments,
     make_engine,
     metadata,
     migrate,
@@ -97,6 +98,9 @@ from teeflow.kbs.store.interface import (
     AgreementRecord,
     AuditBuilder,
     AuditEntry,
+    EnrollmentRecord,
+    EnrollmentUse,
+    EnrollmentUseRefused,
     ResourceRecord,
     SessionRecord,
     StorageConflict,
@@ -647,19 +651,99 @@ class SqlStore:
         *,
         token: TokenBinding | None = None,
         agreement_digest: bytes | None = None,
+        enrollment: EnrollmentUse | None = None,
     ) -> tuple[SessionRecord, AuditEntry]:
         """See :meth:`KbsStore.consume_nonce_and_audit`."""
         now = validate.consume(session_id, now)
         binding = validate.token_binding(session_id, token)
         validate.builder(build)
         required = validate.optional_digest("agreement_digest", agreement_digest)
+        use = validate.enrollment_use(enrollment)
 
-        def work(c: Connection, _seq: int) -> SessionRecord:
+        touches = None if use is None else codec.touch_key(codec.ENROLLMENTS, use.key)
+
+        def work(c: Connection, seq: int) -> SessionRecord:
             session = self._consume(c, session_id, now, binding)
             self._check_agreement(c, required)
+            if use is not None:
+                self._use_enrollment(c, use, seq)
             return session
 
-        return self._audited(work, build, None)
+        return self._audited(work, build, touches)
+
+    # -- enrollments --------------------------------------------------------------------
+    def _enrollment(
+        self, c: Connection, key: str, *, fresh: bool = True
+    ) -> tuple[EnrollmentRecord, bytes] | None:
+        """The verified enrollment row of ``key`` and its tag (locked on PostgreSQL when
+        ``fresh``); a row older than one this process saw, or missing although it saw it,
+        raises StorageRollback."""
+        stmt = q.GET_ENROLLMENT_FOR_UPDATE if fresh and self._postgres else q.GET_ENROLLMENT
+        row = c.execute(stmt, {"b_key": key}).first()
+        if row is None:
+            if fresh:  # a row this process wrote or read was deleted
+                self._seen.check_absent(codec.touch_key(codec.ENROLLMENTS, key))
+            return None
+        data = _row(row)
+        rec = codec.enrollment_record(self._auth, data)
+        if fresh:  # see _current
+            self._seen.check(codec.touch_key(codec.ENROLLMENTS, key), data["audit_seq"])
+        return rec, bytes(data["tag"])
+
+    def _write_enrollment(
+        self, c: Connection, old_tag: bytes | None, new: EnrollmentRecord, seq: int
+    ) -> None:
+        """Insert (``old_tag`` None) or compare-and-set the enrollment row under entry ``seq``."""
+        row = codec.enrollment_row(self._auth, new, seq)
+        if old_tag is None:
+            c.execute(q.ENROLLMENT_INSERT, row)  # a concurrent insert: unique violation
+        else:
+            del row["key"]
+            self._cas(c, q.ENROLLMENT_CAS, {"b_key": new.key, "b_old": old_tag}, row)
+        self._note(codec.touch_key(codec.ENROLLMENTS, new.key), seq)
+
+    def _use_enrollment(self, c: Connection, use: EnrollmentUse, seq: int) -> None:
+        """Count one use of ``use.key`` inside ``c`` (audited writers are serialised, so the
+        verified row is compare-and-set on its tag; a first use inserts it).
+
+        Raises:
+            EnrollmentUseRefused: revoked, or ``max_uses`` reached.
+        """
+        found = self._enrollment(c, use.key)
+        old = EnrollmentRecord(use.key, 0, None, None) if found is None else found[0]
+        if old.revoked_at is not None:
+            raise EnrollmentUseRefused("revoked")
+        if use.max_uses is not None and old.uses >= use.max_uses:
+            raise EnrollmentUseRefused("exhausted")
+        new = EnrollmentRecord(old.key, old.uses + 1, None, None)
+        self._write_enrollment(c, None if found is None else found[1], new, seq)
+
+    def get_enrollment(self, key: str) -> EnrollmentRecord | None:
+        """See :meth:`KbsStore.get_enrollment`."""
+        validate.name("key", key)
+        with self._tx(write=False) as c:
+            found = self._enrollment(c, key)
+        return None if found is None else found[0]
+
+    def revoke_enrollment_and_audit(
+        self, key: str, revocation: bytes, now: datetime, build: AuditBuilder
+    ) -> tuple[EnrollmentRecord, AuditEntry]:
+        """See :meth:`KbsStore.revoke_enrollment_and_audit` (the row is rewritten under the
+        new entry even when it was already revoked, so the state log names it)."""
+        key, document, now = validate.revocation(key, revocation, now)
+        validate.builder(build)
+        touches = codec.touch_key(codec.ENROLLMENTS, key)
+
+        def work(c: Connection, seq: int) -> EnrollmentRecord:
+            found = self._enrollment(c, key)
+            old = EnrollmentRecord(key, 0, None, None) if found is None else found[0]
+            new = old
+            if old.revoked_at is None:
+                new = EnrollmentRecord(key, old.uses, now, document)
+            self._write_enrollment(c, None if found is None else found[1], new, seq)
+            return new
+
+        return self._audited(work, build, touches, durable=True)
 
     def _consume(
         self, c: Connection, session_id: str, now: datetime, binding: TokenBinding | None
@@ -796,6 +880,7 @@ class SqlStore:
                     (agreements, codec.AGREEMENTS),
                     (resources, codec.RESOURCES),
                     (counters, codec.COUNTERS),
+                    (enrollments, codec.ENROLLMENTS),
                 ):
                     for r in c.execute(select(table)):
                         yield name, _row(r)

@@ -1,11 +1,11 @@
-"""KBS schema v2: authenticated rows (adversary H).
+"""KBS schema v3: authenticated rows (adversary H).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003_row_authentication
+Revises: 0002_enrollments
 
 Adds ``tag`` (HMAC-SHA-256 under the KBS storage key, :mod:`teeflow.kbs.store.rows`) to every
-table, ``audit_seq`` (the audit entry that last changed the row) to agreements, resources and
-counters, and ``touches`` (the row an entry changed) to the audit log. Sessions are
+table, ``audit_seq`` (the audit entry that last changed the row) to agreements, resources,
+counters and enrollments, and ``touches`` (the row an entry changed) to the audit log. Sessions are
 ephemeral and change shape (keyed hash of the id, encrypted claims): the table is recreated
 empty. Rows written before this revision have no tag and are refused as tampered: a KBS
 store from before row authentication must be re-created (documented in docs/kbs.md).
@@ -19,8 +19,8 @@ from alembic import op
 
 __all__ = ["branch_labels", "depends_on", "down_revision", "downgrade", "revision", "upgrade"]
 
-revision = "0002"
-down_revision: str | None = "0001"
+revision = "0003_row_authentication"
+down_revision: str | None = "0002_enrollments"
 branch_labels: str | None = None
 depends_on: str | None = None
 
@@ -31,7 +31,7 @@ def _time() -> sa.DateTime:
 
 def upgrade() -> None:
     """Add tags and state-log columns; recreate the sessions table."""
-    for table in ("kbs_agreements", "kbs_resources", "kbs_counters"):
+    for table in ("kbs_agreements", "kbs_resources", "kbs_counters", "kbs_enrollments"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("audit_seq", sa.BigInteger, nullable=True))
             batch.add_column(sa.Column("tag", sa.LargeBinary(32), nullable=True))
