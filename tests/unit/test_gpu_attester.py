@@ -45,9 +45,9 @@ def test_attester_round_trip(authority: EmulatedNvidiaAuthority, arch: str) -> N
     evidence = _attest(authority, arch, count=2)
     devices = load_device_evidence_list(evidence)
     assert len(devices) == 2
-    policy = GpuPolicy(
-        allowed_architectures=frozenset({arch}), allow_emulated=True
-    ).with_nonce(NONCE)
+    policy = GpuPolicy(allowed_architectures=frozenset({arch}), allow_emulated=True).with_nonce(
+        NONCE
+    )
     for dev in devices:
         verified = verify(dev, now=_now(), anchors=[authority.trust_anchor()], nonce=NONCE)
         assert verified.arch == arch and verified.emulated

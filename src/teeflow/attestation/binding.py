@@ -90,7 +90,7 @@ def device_runtime_data_digest(*, tee_pubkey: Mapping[str, Any], nonce: str) -> 
     Raises:
         ParseError: the members are not JSON-serialisable.
     """
-    doc = {"tee-pubkey": dict(tee_pubkey), "nonce": nonce}
+    doc: dict[str, Any] = {"tee-pubkey": dict(tee_pubkey), "nonce": nonce}
     try:
         canonical = rfc8785.dumps(doc)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

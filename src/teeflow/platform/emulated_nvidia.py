@@ -88,7 +88,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _fwid_extension(arch: str, fwid: bytes, public_key: ec.EllipticCurvePublicKey) -> x509.Extension[x509.UnrecognizedExtension]:
+def _fwid_extension(
+    arch: str, fwid: bytes, public_key: ec.EllipticCurvePublicKey
+) -> x509.Extension[x509.UnrecognizedExtension]:
     hopper_oid, blackwell_oid = DICE_FWID_EXTENSION_OIDS
     value = _Fwid()
     value["hashAlg"] = univ.ObjectIdentifier(_SHA384_OID)
@@ -236,7 +238,9 @@ class EmulatedNvidiaAuthority:
             )
             root = x509.load_pem_x509_certificate((directory / "root.pem").read_bytes())
         except (OSError, ValueError) as exc:
-            raise PlatformError(f"cannot load the emulated NVIDIA root from {directory}: {exc}")
+            raise PlatformError(
+                f"cannot load the emulated NVIDIA root from {directory}: {exc}"
+            ) from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or root.subject != _name(
             EMULATED_NVIDIA_ROOT_CN
         ):
@@ -290,7 +294,11 @@ class EmulatedNvidiaAuthority:
         now = datetime.now(UTC)
         leaf = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{CHIPS[arch]} A01 GSP FMC LF")]))
+            .subject_name(
+                x509.Name(
+                    [x509.NameAttribute(NameOID.COMMON_NAME, f"{CHIPS[arch]} A01 GSP FMC LF")]
+                )
+            )
             .issuer_name(self.root.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -306,7 +314,9 @@ class EmulatedNvidiaAuthority:
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.root.public_bytes(
             serialization.Encoding.PEM
         )
-        uuid = "GPU-" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
+        uuid = (
+            "GPU-" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
+        )
         return EmulatedGpu(arch, index, key, chain, fw, driver_version, vbios, uuid)
 
 
@@ -346,10 +356,10 @@ class EmulatedNvml:
         self.calls: list[str] = []
 
     # the pynvml functions GpuAttester uses (same names and shapes)
-    def nvmlInit(self) -> None:  # noqa: N802 - NVML's name
+    def nvmlInit(self) -> None:
         self._initialised += 1
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self._check()
         self._initialised -= 1
 
@@ -363,11 +373,11 @@ class EmulatedNvml:
             raise _NvmlError(self._ERROR_INVALID_ARGUMENT)
         return handle
 
-    def nvmlSystemGetDriverVersion(self) -> str:  # noqa: N802
+    def nvmlSystemGetDriverVersion(self) -> str:
         self._check()
         return self.gpus[0].driver_version if self.gpus else "590.12"
 
-    def nvmlSystemGetConfComputeState(self) -> Any:  # noqa: N802
+    def nvmlSystemGetConfComputeState(self) -> Any:
         self._check()
         return SimpleNamespace(
             environment=self.NVML_CC_SYSTEM_ENVIRONMENT_PROD,
@@ -375,28 +385,26 @@ class EmulatedNvml:
             devToolsMode=int(self.devtools),
         )
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         self._check()
         return len(self.gpus)
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> EmulatedGpu:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> EmulatedGpu:
         self._check()
         if not 0 <= index < len(self.gpus):
             raise _NvmlError(self._ERROR_INVALID_ARGUMENT)
         return self.gpus[index]
 
-    def nvmlDeviceGetArchitecture(self, handle: object) -> int:  # noqa: N802
+    def nvmlDeviceGetArchitecture(self, handle: object) -> int:
         return NVML_DEVICE_ARCH[self._gpu(handle).arch]
 
-    def nvmlDeviceGetUUID(self, handle: object) -> str:  # noqa: N802
+    def nvmlDeviceGetUUID(self, handle: object) -> str:
         return self._gpu(handle).uuid
 
-    def nvmlDeviceGetVbiosVersion(self, handle: object) -> str:  # noqa: N802
+    def nvmlDeviceGetVbiosVersion(self, handle: object) -> str:
         return self._gpu(handle).vbios_version
 
-    def nvmlDeviceGetConfComputeGpuAttestationReport(  # noqa: N802
-        self, handle: object, nonce: bytes
-    ) -> Any:
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: object, nonce: bytes) -> Any:
         gpu = self._gpu(handle)
         self.calls.append(f"report:{gpu.index}")
         report = gpu.attestation_report(bytes(nonce))
@@ -408,7 +416,7 @@ class EmulatedNvml:
             nonce=list(nonce),
         )
 
-    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: object) -> Any:  # noqa: N802
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: object) -> Any:
         gpu = self._gpu(handle)
         self.calls.append(f"certificate:{gpu.index}")
         return SimpleNamespace(

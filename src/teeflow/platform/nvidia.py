@@ -22,6 +22,7 @@ emulated stand-in (``emulated-hopper``, ``emulated-blackwell``, from
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import threading
 from collections.abc import Callable
@@ -114,10 +115,8 @@ class GpuAttester:
             try:
                 return {"device_evidence_list": self._collect(nvml, bytes(nonce))}
             finally:
-                try:
+                with contextlib.suppress(nvml.NVMLError):
                     nvml.nvmlShutdown()
-                except nvml.NVMLError:
-                    pass
 
     def _collect(self, nvml: Any, nonce: bytes) -> list[dict[str, str]]:
         state = self._call(nvml.nvmlSystemGetConfComputeState)

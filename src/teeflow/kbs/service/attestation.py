@@ -221,6 +221,7 @@ class AttestationService:
             now=now,
             logger=self._ctx.log,
             snp_endorsements=self._ctx.snp_endorsements,
+            gpu_anchors=self._ctx.gpu_anchors,
         )
         data["measurement"] = appraisal.measurement
         result, measurement = appraisal.result, appraisal.measurement
@@ -229,6 +230,9 @@ class AttestationService:
             refuse(reasons or ["evidence not appraised"], data)
         facts = None if enrollment is None else enrolled(enrollment)
         ttl = token_lifetime(self._ctx.token_ttl, enrollment, now)
+        emulated = result.emulated or any(r.emulated for r in appraisal.submods.values())
+        if appraisal.submods:
+            data["gpus"] = sorted(n for n in appraisal.submods if n != "cpu0")
         attested = attested_claims(
             session_id=session_id,
             result=result,
@@ -237,9 +241,10 @@ class AttestationService:
             role=role,
             claims=runtime.teeflow_members(),
             enrollment=None if facts is None else facts.model_dump(mode="json"),
+            emulated=emulated,
         )
         token = issue_ear(
-            result,
+            appraisal.submods or result,
             signing_key=self._ctx.keys.ear,
             now=now,
             nonce=runtime.nonce,
@@ -252,7 +257,7 @@ class AttestationService:
             session_id=session_id,
             token_digest=token_digest.hex(),
             tee=result.tee,
-            emulated=result.emulated,
+            emulated=emulated,
             measurement=measurement,
             agreement_digest=agreement_digest.hex(),
             tee_pubkey=runtime.tee_pubkey,
@@ -261,7 +266,7 @@ class AttestationService:
             expires_at=expires,
             enrollment=facts,
         )
-        data.update(token_digest=token_digest.hex(), emulated=result.emulated)
+        data.update(token_digest=token_digest.hex(), emulated=emulated)
         data["status"] = str(result.status)
         warnings = [*appraisal.warnings, *result.warnings]
         binding = TokenBinding(token_digest, record.model_dump_json(), expires)
