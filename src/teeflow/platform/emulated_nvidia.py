@@ -61,6 +61,7 @@ __all__ = [
     "EmulatedGpu",
     "EmulatedNvidiaAuthority",
     "EmulatedNvml",
+    "emulated_nvidia_anchor",
 ]
 
 #: Subject CN of the emulated root (never NVIDIA's "NVIDIA Device Identity CA").
@@ -318,6 +319,17 @@ class EmulatedNvidiaAuthority:
             "GPU-" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:32]
         )
         return EmulatedGpu(arch, index, key, chain, fw, driver_version, vbios, uuid)
+
+
+def emulated_nvidia_anchor(home: Path | None = None, *, now: datetime | None = None) -> TrustAnchor:
+    """The emulated NVIDIA root of ``<home>/emulation/nvidia`` as a trust anchor (created at
+    first use): what a verifier (the KBS) holds for emulated GPU evidence, which the
+    agreement must still allow (``allow_emulated``).
+
+    Raises:
+        PlatformError: as :meth:`EmulatedNvidiaAuthority.load_or_create`.
+    """
+    return EmulatedNvidiaAuthority.load_or_create(home, now=now).trust_anchor()
 
 
 class _NvmlError(Exception):

@@ -34,6 +34,7 @@ from teeflow.kbs.protocol import (
     AttestResponse,
     AuthRequest,
     Challenge,
+    protocol_version_accepted,
 )
 from teeflow.kbs.service.context import MAX_ID as _MAX_ID
 from teeflow.kbs.service.context import ServiceContext
@@ -84,11 +85,13 @@ class AttestationService:
             ``(session_id, Challenge)``; the HTTP layer sets ``kbs-session-id=<session_id>``.
 
         Raises:
-            ProtocolVersion: ``version`` is not ``0.4.0``.
+            ProtocolVersion: ``version`` does not satisfy Trustee's ``=0.4.0`` (build
+                metadata such as ``0.4.0+build.1`` is accepted, a pre-release is not;
+                :func:`~teeflow.kbs.protocol.protocol_version_accepted`).
             UnsupportedTee: ``tee`` is not one of ``sgx``, ``tdx``, ``snp`` or their
                 ``emulated-`` variants (:data:`~teeflow.kbs.protocol.SUPPORTED_TEES`).
         """
-        if request.version != PROTOCOL_VERSION:
+        if not protocol_version_accepted(request.version):
             raise ProtocolVersion(
                 f"KBS protocol version {request.version[:32]!r} not supported; "
                 f"expected {PROTOCOL_VERSION}"
