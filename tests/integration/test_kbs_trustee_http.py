@@ -203,3 +203,19 @@ def test_unsupported_default_role_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(KbsError, match="--default-role must be a workload role"):
         build_kbs("memory://", state_dir=tmp_path / "s", federation="study",
                   measurement=KBS_MR, default_role="admin", home=tmp_path / "home")  # fmt: skip
+
+
+def test_kbs_client_sends_gpu_evidence_first(kbs_pair: tuple[Kbs, Kbs]) -> None:
+    """teeflow's own client: KbsClient(gpu=...) gets GPU evidence, binds it, sends it."""
+    from teeflow.kbs.api.problems import AttestationFailed
+
+    kbs, _ = kbs_pair
+    sgx = EmulatedSgx(kbs.runtime.authority, measurement=AGG_MR)
+    gpu = gpu_attester_for("emulated-blackwell", home=kbs.home, count=2)
+    with KbsClient(None, kbs.pin, sgx, gpu=gpu) as client:
+        payload = _payload(client.attest("aggregator"))
+    assert set(payload["submods"]) == {"cpu0", "gpu0", "gpu1"}
+    with KbsClient(None, kbs.pin, sgx) as client, pytest.raises(
+        AttestationFailed, match="requires GPU evidence"
+    ):
+        client.attest("aggregator")
