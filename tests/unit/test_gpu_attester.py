@@ -171,3 +171,18 @@ def test_gpu_attester_for(tmp_path: Path) -> None:
     assert again.root == EmulatedNvidiaAuthority.load_or_create(tmp_path).root
     with pytest.raises(PlatformError, match="--gpu must be"):
         gpu_attester_for("cuda")
+
+
+def test_role_entry_points_take_gpu() -> None:
+    from teeflow.fl.entry import aggregator_parser, client_parser
+
+    a = aggregator_parser().parse_args(
+        ["--pin", "p", "--session", "s", "--rounds", "1", "--min-clients", "1",
+         "--gpu", "emulated-hopper"]
+    )  # fmt: skip
+    c = client_parser().parse_args(
+        ["--party", "alice", "--pin", "p", "--aggregator", "h:1", "--data", "d", "--gpu", "nvml"]
+    )
+    assert (a.gpu, c.gpu) == ("emulated-hopper", "nvml")
+    assert client_parser().parse_args(["--party", "a", "--pin", "p", "--aggregator", "h:1",
+                                       "--data", "d"]).gpu == "none"  # fmt: skip
