@@ -188,3 +188,17 @@ def test_gpu_evidence_for_role_without_gpu_values_refused() -> None:
     h = GpuHarness(None)
     with pytest.raises(AttestationFailed, match="no GPU reference values for role client"):
         h.gpu_attest()
+
+
+def test_unset_gpu_values_keep_agreement_digests() -> None:
+    """Adding the optional ``gpu`` field must not change digests of GPU-less agreements."""
+    from teeflow.kbs.policy.agreement import FederationAgreement
+
+    plain = FederationAgreement.from_mapping(agreement_doc())
+    assert all("gpu" not in w for w in plain.to_document()["workloads"].values())
+    doc = agreement_doc()
+    doc["workloads"]["client"]["gpu"] = GPU_VALUES
+    with_gpu = FederationAgreement.from_mapping(doc)
+    assert with_gpu.to_document()["workloads"]["client"]["gpu"]["architectures"] == [
+        "BLACKWELL", "HOPPER"]  # fmt: skip
+    assert with_gpu.digest() != plain.digest()
