@@ -112,7 +112,8 @@ def _flip_transcript(evidence: dict[str, Any]) -> dict[str, Any]:
 def test_cpu_and_gpu_evidence_accepted(arch: str) -> None:
     h = GpuHarness()
     token = h.gpu_attest(arch, count=2)
-    ear = verify_ear(token, h.service._ear_public, now=h.clock.now, nonce=None)
+    public = ECKey.import_key(h.keys.ear.as_dict(private=False))
+    ear = verify_ear(token, public, now=h.clock.now, nonce=None)
     assert set(ear.submods) == {"cpu0", "gpu0", "gpu1"}
     assert ear.submods["gpu0"].claims["arch"] == arch
     assert ear.submods["cpu0"].claims["teeflow.composite"]["gpu_evidence_bound"] is True
