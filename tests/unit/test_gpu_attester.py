@@ -186,3 +186,17 @@ def test_role_entry_points_take_gpu() -> None:
     assert (a.gpu, c.gpu) == ("emulated-hopper", "nvml")
     assert client_parser().parse_args(["--party", "a", "--pin", "p", "--aggregator", "h:1",
                                        "--data", "d"]).gpu == "none"  # fmt: skip
+
+
+def test_test_kit_stand_in_round_trip() -> None:
+    from teeflow.attestation.additional_evidence import parse_additional_evidence
+    from teeflow.testing.gpu import gpu_stand_in
+
+    stand_in = gpu_stand_in("BLACKWELL", count=2)
+    jwk = {"kty": "EC", "crv": "P-256", "x": "AA", "y": "BB"}
+    text = stand_in.additional_evidence(tee_pubkey=jwk, nonce="bm9uY2U=")
+    devices = load_device_evidence_list(parse_additional_evidence(text)["nvidia"])
+    expected = gpu_nonce(tee_pubkey=jwk, nonce="bm9uY2U=")
+    for dev in devices:
+        verify(dev, now=_now(), anchors=[stand_in.anchor()], nonce=expected)
+    assert stand_in.nvml.calls == ["report:0", "certificate:0", "report:1", "certificate:1"]
