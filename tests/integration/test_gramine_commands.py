@@ -66,9 +66,11 @@ def test_template_command_accepts_its_options(role: str, tmp_path: Path) -> None
     assert argv[0] == sys.executable
     done = subprocess.run([*argv, "--help"], env=_env(tmp_path), capture_output=True,
                           text=True, timeout=120, check=False)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    if "--platform" not in done.stdout:  # until --platform lands on every role (slice platform)
+    if "No such option: --platform" in done.stderr or (
+        done.returncode == 0 and "--platform" not in done.stdout
+    ):  # until --platform lands on every role (slice platform)
         pytest.skip(f"{role} has no --platform option yet")
+    assert done.returncode == 0, done.stderr[-2000:]
     for option in (a for a in argv if a.startswith("--")):
         assert option in done.stdout, f"{role}: {option} is not an option of the command"
 
