@@ -203,3 +203,15 @@ def test_unset_gpu_values_keep_agreement_digests() -> None:
     assert with_gpu.to_document()["workloads"]["client"]["gpu"]["architectures"] == [
         "BLACKWELL", "HOPPER"]  # fmt: skip
     assert with_gpu.digest() != plain.digest()
+
+
+def test_same_gpu_twice_does_not_count_twice() -> None:
+    """Attack: one real GPU's entry duplicated to meet min_count 2."""
+    h = GpuHarness({"architectures": ["HOPPER"], "min_count": 2})
+
+    def duplicate(evidence: dict[str, Any]) -> dict[str, Any]:
+        evidence["device_evidence_list"] *= 2
+        return evidence
+
+    with pytest.raises(AttestationFailed, match="gpu1 is a GPU already listed"):
+        h.gpu_attest(tamper=duplicate, bind_tampered=True)

@@ -11,7 +11,8 @@ Trustee). Rules (fail closed, every reason collected):
 * every GPU is verified (SPDM signature, chain to the NVIDIA Device Identity CA or, only
   when the agreement allows emulation, to the emulated NVIDIA root; FWID; the session's
   SPDM nonce :func:`teeflow.attestation.nvidia.trustee.gpu_nonce`) and appraised with
-  :meth:`GpuReferenceValues.to_policy`;
+  :meth:`GpuReferenceValues.to_policy`; the same device certificate twice is refused, so
+  one GPU cannot stand in for ``min_count`` of them;
 * the results are combined with :func:`teeflow.attestation.composite.appraise_composite`
   (CPU and every GPU must pass; each GPU transcript bound through ``additional-evidence``).
   The CPU REPORT_DATA itself was compared with ``runtime.report_data()`` by the CPU
@@ -24,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 from teeflow.attestation.appraisal import AttestationResult
 from teeflow.attestation.composite import (
@@ -109,11 +112,16 @@ def appraise_gpus(
     policy = values.to_policy(nonce=nonce, allow_emulated=agreement.allow_emulated)
     results: dict[str, AttestationResult] = {}
     digests: dict[str, bytes] = {}
+    seen: set[bytes] = set()
     for i, device in enumerate(devices):
         try:
             verified = verify(device, now=now, anchors=anchors, nonce=nonce)
         except VerificationError as exc:
             return GpuAppraisal((f"GPU evidence rejected: gpu{i}: {exc}",))
+        identity = verified.leaf.public_bytes(serialization.Encoding.DER)
+        if identity in seen:  # one GPU listed twice must not count towards min_count
+            return GpuAppraisal((f"GPU evidence rejected: gpu{i} is a GPU already listed",))
+        seen.add(identity)
         results[f"gpu{i}"] = appraise_gpu(verified, policy)
         digests[f"gpu{i}"] = gpu_evidence_digest(device.transcript.raw)
     combined = appraise_composite(
