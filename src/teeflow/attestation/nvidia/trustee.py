@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "NVIDIA_TEE",
     "gpu_nonce",
     "load_device_evidence_list",
+    "load_trustee_json",
 ]
 
 #: The RCAR additional-evidence key (Trustee ``Tee::Nvidia``).
@@ -46,6 +48,35 @@ ARCHITECTURES = frozenset({"HOPPER", "BLACKWELL"})
 #: Most devices in one ``device_evidence_list``.
 MAX_DEVICES = 16
 _MAX_FIELD = 64 * 1024
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ParseError(f"duplicate JSON key {key[:32]!r}")
+        out[key] = value
+    return out
+
+
+def load_trustee_json(data: str | bytes) -> tuple[GpuEvidence, ...]:
+    """NVIDIA evidence from JSON text: ``{"device_evidence_list": [...]}`` or the RCAR
+    additional-evidence map ``{"nvidia": {...}}`` (other TEE keys ignored).
+
+    Raises:
+        ParseError: larger than 4 MiB, not UTF-8 JSON, duplicate keys, neither shape, or
+            what :func:`load_device_evidence_list` refuses.
+    """
+    if len(data) > 4 << 20:
+        raise ParseError("NVIDIA evidence JSON larger than 4 MiB")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        doc = json.loads(text.removeprefix("\ufeff"), object_pairs_hook=_pairs)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ParseError("NVIDIA evidence is not valid UTF-8 JSON") from None
+    if isinstance(doc, Mapping) and "device_evidence_list" not in doc and NVIDIA_TEE in doc:
+        doc = doc[NVIDIA_TEE]
+    return load_device_evidence_list(doc)
 
 
 def gpu_nonce(*, tee_pubkey: Mapping[str, Any], nonce: str) -> bytes:
