@@ -91,6 +91,7 @@ def _start(base: Path, name: str, default_role: str | None) -> tuple[BackgroundS
         purge_interval=None,
         default_role=default_role,
         home=base / "home",
+        platform="emulated-sgx",
     )
     server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
     pin = verify_kbs(
@@ -202,7 +203,8 @@ def test_unsupported_default_role_refused_at_start(tmp_path: Path) -> None:
 
     with pytest.raises(KbsError, match="--default-role must be a workload role"):
         build_kbs("memory://", state_dir=tmp_path / "s", federation="study",
-                  measurement=KBS_MR, default_role="admin", home=tmp_path / "home")  # fmt: skip
+                  measurement=KBS_MR, default_role="admin", home=tmp_path / "home",
+                  platform="emulated-sgx")  # fmt: skip
 
 
 def test_kbs_client_sends_gpu_evidence_first(kbs_pair: tuple[Kbs, Kbs]) -> None:
