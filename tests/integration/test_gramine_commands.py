@@ -77,7 +77,7 @@ def test_template_command_accepts_its_options(role: str, tmp_path: Path) -> None
 
 def test_kbs_template_command_starts_and_answers(tmp_path: Path) -> None:
     port = _free_port()
-    argv = _argv("kbs", tmp_path, listen=f"127.0.0.1:{port}")
+    argv = _argv("kbs", tmp_path, listen=f"127.0.0.1:{port}", expect_agreement="ab" * 32)
     helptext = subprocess.run([*argv, "--help"], env=_env(tmp_path), capture_output=True,
                               text=True, timeout=120, check=False).stdout  # fmt: skip
     emulated = "emulated-sgx" if "emulated-sgx" in helptext else "emulated"

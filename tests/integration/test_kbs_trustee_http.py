@@ -83,6 +83,7 @@ def _agreement(gpu_role: str) -> SignedAgreement:
 
 
 def _start(base: Path, name: str, default_role: str | None) -> tuple[BackgroundServer, Kbs]:
+    signed = _agreement("aggregator")
     runtime = build_kbs(
         f"sqlite:///{base / (name + '.db')}",
         state_dir=base / name,
@@ -92,13 +93,14 @@ def _start(base: Path, name: str, default_role: str | None) -> tuple[BackgroundS
         default_role=default_role,
         home=base / "home",
         platform="emulated-sgx",
+        expect_agreement=signed.agreement.digest(),
     )
     server = BackgroundServer(make_server(runtime, graceful_timeout=2)).start()
     pin = verify_kbs(
         server.url, SgxReferenceValues(mrenclave=(KBS_MR.hex(),)), allow_emulated=True
     )
     with KbsClient(None, pin) as owner:
-        owner.submit_agreement(_agreement("aggregator"))
+        owner.submit_agreement(signed)
     return server, Kbs(server.url, pin, runtime, base / "home")
 
 

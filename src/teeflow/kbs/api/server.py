@@ -287,6 +287,7 @@ def build_kbs(
     hardware = None if options.emulated else options.attester()
     if sealer == "platform" and options.platform == "sev-snp":
         _probe_sev_guest(sev_guest_dev)
+    default_role = checked_default_role(default_role)  # before anything is created
     now_fn = clock if clock is not None else (lambda: datetime.now(UTC))
     directory = Path(state_dir) if state_dir is not None else default_state_dir(home)
     fed = _federation(directory, federation)
