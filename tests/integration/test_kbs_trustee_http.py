@@ -54,15 +54,18 @@ class Kbs:
         )
 
 
+PARTIES = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+
+
 def _agreement(gpu_role: str) -> SignedAgreement:
-    parties = {n: PartyKeys.generate(n) for n in ("alice", "bob")}
+    parties = PARTIES
     doc = {
         "federation": "study",
         "version": 1,
         "previous": None,
         "parties": {
             n: {"sign_key": k.public().sign_key, "recipient_key": k.public().recipient_key,
-                "roles": ["data-owner"]}
+                "roles": ["data-owner", "aggregator-operator"] if n == "alice" else ["data-owner"]}
             for n, k in parties.items()
         },
         "workloads": {
@@ -216,10 +219,16 @@ def test_kbs_client_sends_gpu_evidence_first(kbs_pair: tuple[Kbs, Kbs]) -> None:
     kbs, _ = kbs_pair
     sgx = EmulatedSgx(kbs.runtime.authority, measurement=AGG_MR)
     gpu = gpu_attester_for("emulated-blackwell", home=kbs.home, count=2)
-    with KbsClient(None, kbs.pin, sgx, gpu=gpu) as client:
+    from datetime import UTC, datetime, timedelta
+
+    from teeflow.kbs.policy.enrollment import issue_enrollment
+
+    enrollment = issue_enrollment(PARTIES["alice"], federation="study", role="aggregator",
+                                  now=datetime.now(UTC), expires=timedelta(hours=1))  # fmt: skip
+    with KbsClient(None, kbs.pin, sgx, gpu=gpu, enrollment=enrollment) as client:
         payload = _payload(client.attest("aggregator"))
     assert set(payload["submods"]) == {"cpu0", "gpu0", "gpu1"}
-    with KbsClient(None, kbs.pin, sgx) as client, pytest.raises(
+    with KbsClient(None, kbs.pin, sgx, enrollment=enrollment) as client, pytest.raises(
         AttestationFailed, match="requires GPU evidence"
     ):
         client.attest("aggregator")

@@ -178,14 +178,16 @@ def test_role_entry_points_take_gpu() -> None:
 
     a = aggregator_parser().parse_args(
         ["--pin", "p", "--session", "s", "--rounds", "1", "--min-clients", "1",
-         "--gpu", "emulated-hopper"]
+         "--gpu", "emulated-hopper", "--enrollment", "e"]
     )  # fmt: skip
     c = client_parser().parse_args(
-        ["--party", "alice", "--pin", "p", "--aggregator", "h:1", "--data", "d", "--gpu", "nvml"]
+        ["--party", "alice", "--pin", "p", "--aggregator", "h:1", "--data", "d", "--gpu", "nvml",
+         "--enrollment", "e"]
     )
     assert (a.gpu, c.gpu) == ("emulated-hopper", "nvml")
-    assert client_parser().parse_args(["--party", "a", "--pin", "p", "--aggregator", "h:1",
-                                       "--data", "d"]).gpu == "none"  # fmt: skip
+    plain = ["--party", "a", "--pin", "p", "--aggregator", "h:1", "--data", "d",
+             "--enrollment", "e"]  # fmt: skip
+    assert client_parser().parse_args(plain).gpu == "none"
 
 
 def test_test_kit_stand_in_round_trip() -> None:
