@@ -100,6 +100,9 @@ class KbsService:
             (:class:`~teeflow.kbs.service.agreements.AgreementService`).
         first_agreement: the digest (32 bytes) the first agreement must have (``kbs serve
             --expect-agreement``: bootstrap, issue 10 (N)); None accepts any first agreement.
+        gpu_anchors: roots for NVIDIA GPU evidence in ``additional_evidence`` (default: the
+            pinned NVIDIA Device Identity CA; add the emulated NVIDIA root for emulation,
+            which the agreement must still allow).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class KbsService:
         agreement_refresh: timedelta = timedelta(seconds=1),
         on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
         first_agreement: bytes | None = None,
+        gpu_anchors: Sequence[TrustAnchor] | None = None,
     ) -> None:
         self._ctx = ServiceContext(
             store,
@@ -134,6 +138,7 @@ class KbsService:
             snp_endorsements=snp_endorsements,
             agreement_refresh=agreement_refresh,
             first_agreement=first_agreement,
+            gpu_anchors=gpu_anchors,
         )
         #: The agreement in force and its history.
         self.agreements = AgreementService(self._ctx, on_agreement=on_agreement)
