@@ -236,8 +236,13 @@ def test_malformed_json_and_wrong_version_write_nothing(env: Env) -> None:
             401, f"{TF}/ProtocolVersion")
         assert_problem(http.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "csv"}),
                        401, f"{TF}/UnsupportedTee")
+        # as Trustee: the session cookie is checked before the body (401 before 400)
+        assert_problem(http.post("/kbs/v0/attest", content=b"\xff\xfe"), 401,
+                       f"{TEE}/AttestationError")
+        http.cookies.set("kbs-session-id", "x")
         assert_problem(http.post("/kbs/v0/attest", content=b"\xff\xfe"), 400,
                        f"{TF}/InvalidRequest")
+        http.cookies.clear()
         assert_problem(http.post("/v1/agreement", content=b"{}"), 400, f"{TF}/InvalidRequest")
         assert_problem(http.post("/v1/resources", content=b'{"path": 1}'), 400,
                        f"{TF}/InvalidRequest")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import teeflow
 
-CLASSES = {"EmulatedSgx", "EmulatedTdx", "EmulatedSnp"}
+CLASSES = {"EmulatedSgx", "EmulatedTdx", "EmulatedSnp", "EmulatedNvml"}  # + the NVML stand-in
 CONSTRUCTORS = {"generate", "load_or_create"}
 ALLOWED = ("platform", "testing")
 ROOT = Path(teeflow.__file__).parent

@@ -423,3 +423,24 @@ def test_unknown_evidence_goes_to_the_sgx_pipeline(tmp_path: Path) -> None:
     assert out["errors"][0].startswith("parse:") and "evidence_type" not in out
     result = runner.invoke(app, ["quote", "show", str(junk), "--json"])
     assert result.exit_code != 0
+
+
+@pytest.mark.vectors
+def test_gpu_trustee_json_shapes(attestation_dir: Path, manifest: dict[str, Any],
+                                 tmp_path: Path) -> None:  # fmt: skip
+    """The nvtrust 8xH100 vector re-shaped as Trustee sends it (additional evidence map)."""
+    entries = json.loads((attestation_dir / NVTRUST).read_text())
+    nonce = entries[0]["nonce"]
+    devices = [{"arch": e["arch"], "evidence": e["evidence"], "certificate": e["certificate"]}
+               for e in entries]  # fmt: skip
+    for shape in ({"nvidia": {"device_evidence_list": devices}},
+                  {"device_evidence_list": devices}):  # fmt: skip
+        path = tmp_path / "trustee.json"
+        path.write_text(json.dumps(shape))
+        code, out = verify(path, "--nonce", nonce, "--at", SNP_FIXED)
+        assert code == 0 and out["accepted"] is True, out["errors"]
+        assert out["evidence_type"] == "nvidia-trustee-json" and len(out["gpus"]) == 8
+    devices[2]["certificate"] = devices[0]["certificate"]  # GPU 2 now claims GPU 0's chain
+    path.write_text(json.dumps({"device_evidence_list": devices}))
+    code, out = verify(path, "--nonce", nonce, "--at", SNP_FIXED)
+    assert code == 1 and [g["verified"] for g in out["gpus"]] == [i != 2 for i in range(8)]

@@ -102,8 +102,12 @@ def test_token_layout(key: ECKey) -> None:
     assert "eat_nonce" not in payload
     sub = payload["submods"]["cpu0"]
     assert sub["ear.status"] == "warning"
-    assert sub["teeflow.emulated"] is True
-    assert sub["teeflow.claims"]["teeflow.emulated"] is True
+    # draft-ietf-rats-ear: an appraisal extension MUST be a map -> one "teeflow" map
+    assert not [k for k in sub if k.startswith("teeflow.")]
+    assert sub["teeflow"]["emulated"] is True
+    assert sub["teeflow"]["tee"] == "emulated-sgx"
+    assert isinstance(sub["teeflow"]["violations"], list)
+    assert sub["teeflow"]["claims"]["teeflow.emulated"] is True
     assert sub["ear.trustworthiness-vector"] == {
         "configuration": 2,
         "executables": 2,
@@ -309,7 +313,12 @@ def test_nonce_checks(key: ECKey, public: ECKey) -> None:
         ({"submods": {"cpu0": {"ear.status": "affirming",
                                "ear.trustworthiness-vector": {"hw": 2}}}},
          "unknown trustworthiness claim"),
-        ({"submods": {"cpu0": {"ear.status": "affirming", "teeflow.emulated": "yes"}}}, "emulated"),
+        ({"submods": {"cpu0": {"ear.status": "affirming", "teeflow": {"emulated": "yes"}}}},
+         "emulated"),
+        ({"submods": {"cpu0": {"ear.status": "affirming", "teeflow": "sgx"}}}, "must be a map"),
+        ({"submods": {"cpu0": {"ear.status": "affirming", "teeflow": {"tee": 1}}}}, "tee"),
+        ({"submods": {"cpu0": {"ear.status": "affirming", "teeflow": {"violations": "x"}}}},
+         "violations"),
         ({"eat_nonce": 12345}, "eat_nonce"),
         ({"exp": 10**30}, "out of range"),
     ],

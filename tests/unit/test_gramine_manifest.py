@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from teeflow.cli import gramine_cmds, workload_cmds
 from teeflow.errors import WorkloadError
 from teeflow.workload import WorkloadManifest
-from teeflow.workload.gramine import ROLES, render_gramine_manifest
+from teeflow.workload.gramine import ROLE_PROFILES, ROLES, render_gramine_manifest
 
 VARS = {
     "entrypoint": "/usr/bin/python3.11",
@@ -27,6 +27,9 @@ VARS = {
     "python.stdlib": "/usr/lib/python3.11",
     "python.distlib": "/usr/lib/python3/dist-packages",
 }
+# the roles' own variables (their example values)
+for _profile in ROLE_PROFILES.values():
+    VARS.update(dict(_profile.variables))
 
 
 def _render_jinja(text: str) -> str:
@@ -72,7 +75,11 @@ def test_every_role_is_valid_toml_and_secure(role: str) -> None:
     assert doc["libos"]["entrypoint"] == "/usr/bin/python3.11"
     assert doc["loader"]["entrypoint"] == "file:" + VARS["gramine.libos"]
     assert doc["loader"]["argv"][0] == "/usr/bin/python3.11"
-    assert doc["loader"]["argv"][1:3] == ["-m", "teeflow"]
+    assert doc["loader"]["argv"][1] == "-m"
+    assert doc["loader"]["argv"][2] in ("teeflow", "teeflow.fl.aggregator_main",
+                                        "teeflow.fl.client_main")  # fmt: skip
+    argv = doc["loader"]["argv"]
+    assert argv[argv.index("--platform") + 1] == "gramine-sgx"
     assert "allowed_files" not in doc["sgx"]
     for value in doc["loader"]["env"].values():
         assert isinstance(value, str)  # no {passthrough = true}
@@ -105,18 +112,19 @@ def test_workload_manifest_files_argv_and_env(tmp_path: Path) -> None:
 def test_non_python_entrypoint_must_be_trusted(tmp_path: Path) -> None:
     (tmp_path / "server").write_bytes(b"\x7fELF")
     wm = WorkloadManifest.build(tmp_path, ["./server", "--port", "1"], ["server"], name="s")
-    doc = tomllib.loads(_render_jinja(render_gramine_manifest("serve", wm)))
+    doc = tomllib.loads(_render_jinja(render_gramine_manifest("compute", wm)))
     assert doc["libos"]["entrypoint"] == "/opt/app/server"
     assert doc["loader"]["argv"] == ["/opt/app/server", "--port", "1"]
     bad = WorkloadManifest.build(tmp_path, ["/bin/sh", "-c", "x"], ["server"], name="s")
     with pytest.raises(WorkloadError, match="neither a Python interpreter nor a trusted file"):
-        render_gramine_manifest("serve", bad)
+        render_gramine_manifest("compute", bad)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"role": "mallory"}, "unknown workload role"),
+        ({"role": "serve"}, "unknown workload role"),  # no serving command yet
         ({"role": "kbs", "enclave_size": "lots"}, "enclave size"),
         ({"role": "kbs", "max_threads": 0}, "max_threads"),
         ({"role": "kbs", "isvsvn": 70000}, "isvsvn"),

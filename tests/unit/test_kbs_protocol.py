@@ -18,6 +18,7 @@ from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.dcap.quote import parse_quote
 from teeflow.kbs.api import problems
 from teeflow.kbs.protocol import (
+    MAX_ADDITIONAL_EVIDENCE_CHARS,
     MAX_ATTEST_BODY_BYTES,
     MAX_AUTH_BODY_BYTES,
     AttestRequest,
@@ -153,7 +154,8 @@ def test_runtime_data_refusals(change: dict[str, Any]) -> None:
 
 def test_evidence_bounds() -> None:
     big = attestation_json()
-    big["tee-evidence"]["additional_evidence"] = "x" * (64 * 1024 + 1)
+    # bound raised from 64 KiB to 192 KiB for GPU evidence (8 GPUs in Trustee's shape)
+    big["tee-evidence"]["additional_evidence"] = "x" * (MAX_ADDITIONAL_EVIDENCE_CHARS + 1)
     with pytest.raises(ValidationError):
         AttestRequest.model_validate(big)
     with pytest.raises(problems.PayloadTooLarge):

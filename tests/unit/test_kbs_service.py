@@ -503,8 +503,11 @@ def test_claims_outside_the_agreement_denied(mem: Harness, claims: dict[str, Any
 
 
 def test_additional_evidence_and_malformed_evidence_denied(mem: Harness) -> None:
-    with pytest.raises(AttestationFailed, match="additional evidence is not supported"):
+    # Trustee's additional evidence is a TEE -> evidence map; the KBS appraises nvidia only
+    with pytest.raises(AttestationFailed, match="additional evidence for TEE tdx is not supp"):
         mem.attest(additional_evidence='{"tdx": {}}')
+    with pytest.raises(AttestationFailed, match="additional evidence rejected"):
+        mem.attest(additional_evidence="[1]")
     sid, nonce = mem.auth()
     req = mem.attest_request(nonce, ECKey.generate_key("P-256", private=True))
     bad = AttestRequest.model_validate({

@@ -28,7 +28,12 @@ import rfc8785
 
 from teeflow.errors import ParseError, VerificationError
 
-__all__ = ["REPORT_DATA_SIZE", "check_report_data", "runtime_data_digest"]
+__all__ = [
+    "REPORT_DATA_SIZE",
+    "check_report_data",
+    "device_runtime_data_digest",
+    "runtime_data_digest",
+]
 
 #: Size of SGX REPORT_DATA / TDX REPORTDATA / SNP REPORT_DATA in bytes.
 REPORT_DATA_SIZE = 64
@@ -70,6 +75,27 @@ def runtime_data_digest(
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
         raise ParseError(f"runtime data is not canonicalisable JSON: {exc}") from None
     return hashlib.sha384(canonical).digest().ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def device_runtime_data_digest(*, tee_pubkey: Mapping[str, Any], nonce: str) -> bytes:
+    """SHA-384 (48 bytes) of the RFC 8785 JSON of ``{"tee-pubkey", "nonce"}``: the report
+    data Trustee gives every *additional* (device) attester and checks its evidence against.
+
+    guest-components ``kbs_protocol`` (``get_composite_evidence``) hashes the RCAR runtime
+    data without ``additional-evidence`` and hands the digest to the device attesters; the
+    Trustee KBS builds the same object for additional evidence (``kbs_evidence_runtime_data``
+    in ``kbs/src/attestation/backend.rs``). The primary evidence then binds the device
+    evidence through ``additional-evidence`` (:func:`runtime_data_digest`).
+
+    Raises:
+        ParseError: the members are not JSON-serialisable.
+    """
+    doc: dict[str, Any] = {"tee-pubkey": dict(tee_pubkey), "nonce": nonce}
+    try:
+        canonical = rfc8785.dumps(doc)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise ParseError(f"runtime data is not canonicalisable JSON: {exc}") from None
+    return hashlib.sha384(canonical).digest()
 
 
 def check_report_data(report_data: bytes, expected: bytes) -> None:

@@ -8,7 +8,16 @@ of :class:`~teeflow.attestation.appraisal.AttestationResult`, ready for
 violation to every submodule it concerns, so no submodule of a rejected composite reads as
 accepted on its own.
 
-Binding (how GPU evidence gets into the CPU REPORT_DATA) — defined here:
+Binding (how GPU evidence gets into the CPU REPORT_DATA). Two ways, checked in this order:
+
+* **Trustee's** (what the KBS uses): the GPU evidence travels in RCAR
+  ``additional_evidence`` (``{"nvidia": {"device_evidence_list": [...]}}``,
+  :mod:`teeflow.attestation.nvidia.trustee`), and that text is the ``additional-evidence``
+  member of the runtime data the CPU REPORT_DATA hashes. The Verifier checks the CPU
+  REPORT_DATA against the runtime data it received and that each GPU's transcript is, in
+  order, the one in that ``additional-evidence`` text. Freshness: the SPDM nonce is
+  :func:`teeflow.attestation.nvidia.trustee.gpu_nonce` of the session.
+* **teeflow claim** (when the runtime data's ``teeflow`` object has ``gpu_evidence``):
 
 1. GPU evidence digest: ``SHA-384(raw SPDM transcript)`` (:func:`gpu_evidence_digest`),
    i.e. of the exact bytes ``GET_MEASUREMENTS request || MEASUREMENTS response`` including
@@ -42,6 +51,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from teeflow.attestation.additional_evidence import parse_additional_evidence
 from teeflow.attestation.appraisal import (
     AttestationResult,
     EarStatus,
@@ -51,6 +61,7 @@ from teeflow.attestation.appraisal import (
     tier_of,
 )
 from teeflow.attestation.binding import REPORT_DATA_SIZE, runtime_data_digest
+from teeflow.attestation.nvidia.trustee import NVIDIA_TEE, load_device_evidence_list
 from teeflow.attestation.policy import PolicyModel
 from teeflow.errors import ParseError
 
@@ -176,8 +187,13 @@ def _bound_names(
     ):
         return set(), "CPU REPORT_DATA does not match the runtime data"
     claimed = (runtime_data.teeflow or {}).get(GPU_EVIDENCE_CLAIM)
+    if claimed is None:
+        claimed = _additional_digests(runtime_data.additional_evidence)
     if not isinstance(claimed, list | tuple) or not all(isinstance(c, str) for c in claimed):
-        return set(), f"runtime data has no teeflow.{GPU_EVIDENCE_CLAIM} list"
+        return set(), (
+            f"runtime data has no teeflow.{GPU_EVIDENCE_CLAIM} list and no nvidia "
+            "additional evidence"
+        )
     bound = set()
     for i, name in enumerate(gpu_names):
         want = digests[name].hex()
@@ -189,6 +205,19 @@ def _bound_names(
             f"teeflow.{GPU_EVIDENCE_CLAIM} lists {len(claimed)} digests for {len(gpu_names)} GPUs",
         )
     return bound, None
+
+
+def _additional_digests(additional_evidence: str) -> list[str] | None:
+    """Hex SHA-384 digests of the GPU transcripts in Trustee ``additional-evidence`` text, in
+    list order; None when it holds no (parsable) nvidia evidence."""
+    try:
+        doc = parse_additional_evidence(additional_evidence)
+        if NVIDIA_TEE not in doc:
+            return None
+        devices = load_device_evidence_list(doc[NVIDIA_TEE])
+    except ParseError:
+        return None
+    return [d.evidence_digest.hex() for d in devices]
 
 
 def appraise_composite(

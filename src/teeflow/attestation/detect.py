@@ -16,6 +16,10 @@ Rules (first match wins):
   matches: its bytes 2..3 (att_key_type) are non-zero, the SNP version's are zero.
 * **NVIDIA nvtrust JSON** — after leading whitespace (and a UTF-8 BOM) the text starts with
   ``[`` (a JSON list of per-GPU evidence objects; NVIDIA nvtrust ``gpu_evidence.json``).
+* **NVIDIA evidence in Trustee's JSON shape** — the text starts with ``{`` and names
+  ``"device_evidence_list"`` or ``"nvidia"``: either
+  ``{"device_evidence_list": [...]}`` or the RCAR additional-evidence map
+  ``{"nvidia": {...}}`` (:mod:`teeflow.attestation.nvidia.trustee`).
 * **NVIDIA SPDM hex** — after stripping whitespace: only hex digits, even length, starting
   with ``11e0`` (SPDM 1.1 GET_MEASUREMENTS request, DMTF DSP0274 1.1 §10.11; the Trustee
   ``hopperAttestationReport`` text form).
@@ -54,6 +58,7 @@ class EvidenceKind(StrEnum):
     SNP_REPORT = "snp-report"
     NVIDIA_SPDM_HEX = "nvidia-spdm-hex"
     NVIDIA_NVTRUST_JSON = "nvidia-nvtrust-json"
+    NVIDIA_TRUSTEE_JSON = "nvidia-trustee-json"
 
 
 def _dcap(data: bytes) -> EvidenceKind | None:
@@ -97,10 +102,12 @@ def detect_evidence(data: bytes) -> EvidenceKind:
     text = raw.removeprefix(b"\xef\xbb\xbf").strip(_WS)
     if text.startswith(b"["):
         return EvidenceKind.NVIDIA_NVTRUST_JSON
+    if text.startswith(b"{") and (b'"device_evidence_list"' in text or b'"nvidia"' in text):
+        return EvidenceKind.NVIDIA_TRUSTEE_JSON
     if text[:4].lower() == b"11e0" and _HEX.fullmatch(text) is not None:
         return EvidenceKind.NVIDIA_SPDM_HEX
     head = raw[:8].hex()
     raise ParseError(
         f"unknown evidence format ({len(raw)} bytes, starting {head}): not a DCAP quote, "
-        "SEV-SNP report, NVIDIA SPDM hex transcript or nvtrust JSON"
+        "SEV-SNP report, NVIDIA SPDM hex transcript, nvtrust or Trustee JSON"
     )

@@ -17,11 +17,17 @@ Token shape (one submodule per appraised TEE; a single result is named ``cpu0``)
          "ear.status": "warning",
          "ear.trustworthiness-vector": {"configuration": 2, "executables": 2, "hardware": 32, ...},
          "ear.appraisal-policy-id": "sha256:…",
-         "teeflow.tee": "sgx",
-         "teeflow.claims": {"mrenclave": "…", "tcb_status": "…", ...},
-         "teeflow.violations": [], "teeflow.warnings": ["…"],
-         "teeflow.emulated": true            # only for emulated evidence
+         "teeflow": {                        # the teeflow appraisal extension (one map)
+             "tee": "sgx",
+             "claims": {"mrenclave": "…", "tcb_status": "…", ...},
+             "violations": [], "warnings": ["…"],
+             "emulated": true                # only for emulated evidence
+         }
      }}}
+
+teeflow's appraisal facts are one appraisal extension, the map ``teeflow``
+(:data:`EXTENSION`): draft-ietf-rats-ear §3.2 ("An EAR appraisal extension MUST be a map")
+— no dotted ``teeflow.*`` keys in a submodule.
 
 Time is injected (``now``); nothing here reads the wall clock.
 """
@@ -47,6 +53,7 @@ from teeflow.errors import ParseError, VerificationError
 __all__ = [
     "EAR_ALGORITHM",
     "EAR_PROFILE",
+    "EXTENSION",
     "MAX_EAR_BYTES",
     "Ear",
     "EarSubmod",
@@ -59,6 +66,8 @@ __all__ = [
 
 #: ``eat_profile`` of the EAR JWT profile teeflow issues and accepts.
 EAR_PROFILE = "tag:github.com,2023:veraison/ear"
+#: Name of teeflow's appraisal extension (a map) in every submodule.
+EXTENSION = "teeflow"
 #: The only JWS algorithm issued and accepted.
 EAR_ALGORITHM = "ES256"
 #: Upper bound on an EAR token's length (characters) accepted by :func:`verify_ear`.
@@ -115,12 +124,15 @@ def _submod(result: AttestationResult) -> dict[str, Any]:
     }
     if result.policy_id is not None:
         body["ear.appraisal-policy-id"] = result.policy_id
-    body["teeflow.tee"] = result.tee
-    body["teeflow.claims"] = _thaw(result.claims)
-    body["teeflow.violations"] = list(result.violations)
-    body["teeflow.warnings"] = list(result.warnings)
+    extension: dict[str, Any] = {
+        "tee": result.tee,
+        "claims": _thaw(result.claims),
+        "violations": list(result.violations),
+        "warnings": list(result.warnings),
+    }
     if result.emulated:
-        body["teeflow.emulated"] = True
+        extension["emulated"] = True
+    body[EXTENSION] = extension
     return body
 
 
@@ -198,10 +210,10 @@ class EarSubmod:
         status: ``ear.status``.
         trust_vector: ``ear.trustworthiness-vector`` (absent claims = 0).
         policy_id: ``ear.appraisal-policy-id`` or None.
-        tee: ``teeflow.tee`` or None (EARs from other issuers).
-        claims: ``teeflow.claims`` (read-only; empty when absent).
-        violations, warnings: ``teeflow.violations`` / ``teeflow.warnings``.
-        emulated: ``teeflow.emulated`` is true.
+        tee: ``teeflow`` map member ``tee``, or None (EARs from other issuers).
+        claims: member ``claims`` (read-only; empty when absent).
+        violations, warnings: members ``violations`` / ``warnings``.
+        emulated: member ``emulated`` is true.
     """
 
     status: EarStatus
@@ -267,15 +279,18 @@ def _parse_submod(name: str, body: object) -> EarSubmod:
     except ParseError as exc:
         raise VerificationError(f"EAR submod {name!r}: {exc}") from None
     policy_id = body.get("ear.appraisal-policy-id")
-    tee = body.get("teeflow.tee")
-    claims = body.get("teeflow.claims", {})
     if policy_id is not None and not isinstance(policy_id, str):
         raise VerificationError(f"EAR submod {name!r}: ear.appraisal-policy-id must be a string")
+    extension = body.get(EXTENSION, {})
+    if not isinstance(extension, Mapping):
+        raise VerificationError(f"EAR submod {name!r}: appraisal extension teeflow must be a map")
+    tee = extension.get("tee")
+    claims = extension.get("claims", {})
     if tee is not None and not isinstance(tee, str):
         raise VerificationError(f"EAR submod {name!r}: teeflow.tee must be a string")
     if not isinstance(claims, Mapping):
         raise VerificationError(f"EAR submod {name!r}: teeflow.claims must be an object")
-    emulated = body.get("teeflow.emulated", False)
+    emulated = extension.get("emulated", False)
     if not isinstance(emulated, bool):
         raise VerificationError(f"EAR submod {name!r}: teeflow.emulated must be a boolean")
     return EarSubmod(
@@ -284,8 +299,8 @@ def _parse_submod(name: str, body: object) -> EarSubmod:
         policy_id=policy_id,
         tee=tee,
         claims=MappingProxyType(dict(claims)),
-        violations=_str_list(body.get("teeflow.violations"), "teeflow.violations"),
-        warnings=_str_list(body.get("teeflow.warnings"), "teeflow.warnings"),
+        violations=_str_list(extension.get("violations"), "teeflow.violations"),
+        warnings=_str_list(extension.get("warnings"), "teeflow.warnings"),
         emulated=emulated,
     )
 

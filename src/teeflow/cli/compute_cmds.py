@@ -28,6 +28,7 @@ from rich.table import Table
 
 from teeflow.cli.enrollment_cmds import EnrollmentOption
 from teeflow.cli.platform_options import (
+    GpuOption,
     GramineRootOption,
     PlatformOption,
     TsmRootOption,
@@ -151,6 +152,7 @@ def register(app: typer.Typer) -> None:
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
+        gpu: GpuOption = "none",
     ) -> None:
         """Run the compute worker (role compute) until interrupted."""
         from teeflow.compute.jobs import ExecutionLimits
@@ -179,7 +181,7 @@ def register(app: typer.Typer) -> None:
 
         run(kbs, pin or default_pin_path(), package, listen=listen, store_dir=store,
             limits=limits, on_ready=ready, log_level=log_level, platform=options,
-            enrollment=load_enrollment(enrollment))
+            enrollment=load_enrollment(enrollment), gpu=gpu)
 
     @grp.command("seal")
     def seal(

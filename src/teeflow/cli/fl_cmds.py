@@ -32,6 +32,7 @@ import typer
 
 from teeflow.cli.enrollment_cmds import EnrollmentOption
 from teeflow.cli.platform_options import (
+    GpuOption,
     GramineRootOption,
     PlatformOption,
     TsmRootOption,
@@ -110,6 +111,7 @@ def register(app: typer.Typer) -> None:
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
+        gpu: GpuOption = "none",
     ) -> None:
         """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
         _quiet_grpc()
@@ -139,6 +141,7 @@ def register(app: typer.Typer) -> None:
                 manifest=manifest,
                 platform=platform_options(platform, tsm_root, gramine_root),
                 enrollment=enrollment,
+                gpu=gpu,
             )
             Aggregator(options, _emit).run()
         except Error as exc:
@@ -174,6 +177,7 @@ def register(app: typer.Typer) -> None:
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
+        gpu: GpuOption = "none",
     ) -> None:
         """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
         _quiet_grpc()
@@ -196,6 +200,7 @@ def register(app: typer.Typer) -> None:
                     session=session,
                     platform=platform_options(platform, tsm_root, gramine_root),
                     enrollment=enrollment,
+                    gpu=gpu,
                 ),
                 _emit,
             ).run()

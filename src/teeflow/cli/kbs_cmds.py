@@ -136,6 +136,14 @@ def register(app: typer.Typer) -> None:
                 "restart (TDX always; SEV-SNP without /dev/sev-guest, e.g. the stand-in).",
             ),
         ] = "platform",
+        default_role: Annotated[
+            str | None,
+            typer.Option(
+                "--default-role",
+                help="Workload role appraised for plain Trustee attesters (no 'teeflow' member "
+                "in runtime-data); needs reference values in the agreement.",
+            ),
+        ] = None,
     ) -> None:
         """Run the KBS with TLS until interrupted (recovery mode when its state must be
         recovered from the parties' shares)."""
@@ -179,6 +187,7 @@ def register(app: typer.Typer) -> None:
             expect_agreement=_agreement_digest(expect_agreement),
             insecure_first_agreement=insecure_first_agreement,
             sealing=sealing,
+            default_role=default_role,
         )
 
     @kbs.command("verify")

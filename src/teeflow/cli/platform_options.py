@@ -1,5 +1,6 @@
 """The platform options every role command shares (``kbs serve``, ``aggregator run``,
-``client run``, ``compute serve``): ``--platform``, ``--tsm-root``, ``--gramine-root``.
+``client run``, ``compute serve``): ``--platform``, ``--tsm-root``, ``--gramine-root``, and
+the workload roles' ``--gpu`` (:data:`GpuOption`, :func:`teeflow.platform.nvidia.gpu_attester_for`).
 
 A role declares the three parameters with these annotated types and turns them into a
 :class:`~teeflow.platform.selection.PlatformOptions` with :func:`platform_options`; the role
@@ -18,6 +19,7 @@ from teeflow.errors import PlatformError
 from teeflow.platform.selection import PLATFORM_NAMES, PlatformOptions, check_platform_name
 
 __all__ = [
+    "GpuOption",
     "GramineRootOption",
     "PlatformOption",
     "TsmRootOption",
@@ -43,6 +45,16 @@ PlatformOption = Annotated[
             "software TEEs for development (NO hardware protection)."
         ),
         callback=_check,
+    ),
+]
+GpuOption = Annotated[
+    str,
+    typer.Option(
+        "--gpu",
+        help=(
+            "GPU attester: none, nvml (NVIDIA CC GPUs through NVML; extra 'gpu'), "
+            "emulated-hopper or emulated-blackwell (EMULATED, test only)."
+        ),
     ),
 ]
 TsmRootOption = Annotated[

@@ -83,11 +83,10 @@ def _show_fields(data: bytes, kind: str | None) -> dict[str, Any]:
 
         ev = GpuEvidence(parse_transcript_hex(data), b"", source="trustee")
         return {"evidence_type": kind, **gpu_fields(ev)}
-    if kind == "nvidia-nvtrust-json":
-        from teeflow.attestation.nvidia import load_nvtrust_evidence
-        from teeflow.cli.evidence.gpu import gpu_fields
+    if kind in ("nvidia-nvtrust-json", "nvidia-trustee-json"):
+        from teeflow.cli.evidence.gpu import gpu_fields, load_gpu_evidence
 
-        gpus = [gpu_fields(ev) for ev in load_nvtrust_evidence(data)]
+        gpus = [gpu_fields(ev) for ev in load_gpu_evidence(data, kind, None)]
         return {"evidence_type": kind, "tee": "nvidia-gpu", "gpu_count": len(gpus), "gpus": gpus}
     from teeflow.attestation.sgx import parse_quote as parse_sgx
     from teeflow.cli.evidence.sgx import quote_fields
@@ -128,7 +127,7 @@ def _run(data: bytes, kind: str | None, opts: Options) -> Outcome:
 
         reject_options(kind, opts, _NOT_FOR_SNP)
         return verify_snp(data, opts)
-    if kind in ("nvidia-spdm-hex", "nvidia-nvtrust-json"):
+    if kind in ("nvidia-spdm-hex", "nvidia-nvtrust-json", "nvidia-trustee-json"):
         from teeflow.cli.evidence.gpu import verify_gpu
 
         reject_options(kind, opts, _NOT_FOR_GPU)
@@ -214,6 +213,7 @@ _HUMAN_KEYS = {
     "snp-report": ("measurement", "host_data", "vmpl", "policy", "reported_tcb", "chip_id"),
     "nvidia-spdm-hex": ("arch", "fwid", "driver_version", "vbios_version", "nonce"),
     "nvidia-nvtrust-json": ("arch", "driver_version", "vbios_version", "nonce"),
+    "nvidia-trustee-json": ("arch", "driver_version", "vbios_version", "nonce"),
 }
 _SGX_HUMAN = ("mrenclave", "mrsigner", "isv_prod_id", "isv_svn")
 

@@ -202,8 +202,11 @@ def serve(
     platform: PlatformOptions | None = None, store_dir: Path | None = None,
     limits: ExecutionLimits | None = None, on_ready: Callable[[ComputeWorker], None] | None = None,
     log_level: str = "info", enrollment: str | None = None,
+    gpu: str = "none",
 ) -> None:
     """Run a worker until interrupted (``teeflow compute serve``; blocking).
+
+    ``gpu`` names the GPU attester (:func:`teeflow.platform.nvidia.gpu_attester_for`).
 
     The worker's attester comes from ``platform`` (:class:`PlatformOptions`, default
     ``auto``: the TEE found, else ``PlatformError``); an emulated platform reports
@@ -219,8 +222,11 @@ def serve(
     host, port = parse_listen(listen)
     options = platform if platform is not None else PlatformOptions()
     attester = options.attester(compute_measurement())
+    from teeflow.platform.nvidia import gpu_attester_for
+
     worker = ComputeWorker(pin, attester, package, kbs_url=kbs_url, store_dir=store_dir,
-                           limits=limits, enrollment=enrollment)
+                           limits=limits, enrollment=enrollment,
+                           gpu=gpu_attester_for(gpu))
     try:
         worker.start()
         worker.url = f"https://{host}:{port}"

@@ -109,6 +109,7 @@ from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, sha256_digest
 from teeflow.kbs.policy.request_signing import agreement_party_keys
 from teeflow.platform.base import Attester
+from teeflow.platform.nvidia import GpuAttester
 from teeflow.sealing import generate_key, seal, unseal, wrap_key
 from teeflow.workload.manifest import WorkloadManifest, measurement
 
@@ -188,6 +189,7 @@ class ComputeWorker:
         enrollment: the compute operator's enrollment token for role ``compute``
             (:mod:`teeflow.kbs.policy.enrollment`); the KBS refuses the worker without it,
             and grants that list ``parties`` release keys only if it names the operator.
+        gpu: GPU attester whose evidence goes with each attestation, or None.
     """
 
     def __init__(
@@ -195,11 +197,13 @@ class ComputeWorker:
         kbs_url: str | None = None, store_dir: Path | None = None,
         limits: ExecutionLimits | None = None, max_jobs: int = 2, max_results: int = 256,
         clock: Callable[[], datetime] | None = None, enrollment: str | None = None,
+        gpu: GpuAttester | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.enrollment = enrollment
         self.kbs_url = kbs_url or self.pin.url
         self.platform = platform
+        self.gpu = gpu
         self.archive = _load_archive(package)
         self.package_digest = package_digest(self.archive).hex()
         self.limits = limits or ExecutionLimits()
@@ -224,7 +228,8 @@ class ComputeWorker:
     # -- start -------------------------------------------------------------------------------
 
     def _client(self) -> KbsClient:
-        return KbsClient(self.kbs_url, self.pin, self.platform, enrollment=self.enrollment)
+        return KbsClient(self.kbs_url, self.pin, self.platform, enrollment=self.enrollment,
+                         gpu=self.gpu)
 
     def _agreement(self, kbs: KbsClient) -> tuple[FederationAgreement, str]:
         signed = kbs.current_agreement()

@@ -86,6 +86,7 @@ from teeflow.kbs.api.problems import Conflict, TokenNotFound, TokenVerifierError
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.generated import checkpoint_key_path
+from teeflow.platform.nvidia import gpu_attester_for
 from teeflow.platform.selection import PlatformOptions
 
 __all__ = [
@@ -134,6 +135,7 @@ class AggregatorOptions:
     max_clients: int = 64
     platform: PlatformOptions = field(default_factory=PlatformOptions)
     enrollment: Path | None = None
+    gpu: str = "none"
 
 
 class Aggregator:
@@ -174,7 +176,8 @@ class Aggregator:
             from teeflow.kbs.policy.enrollment import load_enrollment
 
             token = load_enrollment(o.enrollment)
-        self.kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=token)
+        self.kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=token,
+                             gpu=gpu_attester_for(o.gpu))
         signed = self.kbs.current_agreement()
         if signed is None:
             raise FLError("the KBS has no agreement")

@@ -50,6 +50,7 @@ from teeflow.fl.transport.client import AggregatorStream, IncomingTask
 from teeflow.fl.workload import fl_measurement
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import digest
+from teeflow.platform.nvidia import gpu_attester_for
 from teeflow.platform.selection import PlatformOptions
 
 __all__ = ["Client", "ClientOptions", "ClientResult"]
@@ -81,6 +82,7 @@ class ClientOptions:
     session: str | None = None
     platform: PlatformOptions = field(default_factory=PlatformOptions)
     enrollment: Path | None = None
+    gpu: str = "none"
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,8 @@ class Client:
         mr = fl_measurement("client", o.manifest)
         platform = o.platform.attester(mr)
         self.emit("platform", tee=platform.tee, attester=platform.kind)
-        kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=_enrollment(o.enrollment))
+        kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=_enrollment(o.enrollment),
+                        gpu=gpu_attester_for(o.gpu))
         try:
             signed = kbs.current_agreement()
             if signed is None:

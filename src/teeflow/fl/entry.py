@@ -76,6 +76,10 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--tsm-root", type=Path, default=None, help="configfs-tsm report directory")
     p.add_argument("--gramine-root", type=Path, default=None, help="Gramine /dev/attestation")
+    p.add_argument(
+        "--gpu", default="none",
+        help="GPU attester: none, nvml, emulated-hopper, emulated-blackwell",
+    )  # fmt: skip
     return p
 
 
@@ -199,6 +203,7 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
             manifest=a.manifest,
             platform=_platform(a),
             enrollment=a.enrollment,
+            gpu=a.gpu,
         )
         Aggregator(options, _emit).run()
 
@@ -235,6 +240,7 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
                 session=a.session,
                 platform=_platform(a),
                 enrollment=a.enrollment,
+                gpu=a.gpu,
             ),
             _emit,
         ).run()

@@ -38,6 +38,7 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal, Self, TypeVar
 
+import semver
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import (
     AwareDatetime,
@@ -51,6 +52,9 @@ from pydantic import (
     model_validator,
 )
 
+from teeflow.attestation.additional_evidence import (
+    MAX_ADDITIONAL_EVIDENCE_CHARS as _ADDITIONAL_CHARS,
+)
 from teeflow.kbs.api.problems import InvalidRequest, PayloadTooLarge
 from teeflow.kbs.policy.canonical import (
     b64url_decode,
@@ -102,6 +106,7 @@ __all__ = [
     "decode_json",
     "is_counter_name",
     "is_resource_path",
+    "protocol_version_accepted",
     "resource_upload_digest",
     "resource_wrap_aad",
     "sign_resource_upload",
@@ -111,6 +116,22 @@ M = TypeVar("M", bound=BaseModel)
 
 #: The only KBS protocol version accepted (Trustee ``kbs/src/attestation/backend.rs``: "=0.4.0").
 PROTOCOL_VERSION = "0.4.0"
+
+
+def protocol_version_accepted(version: str) -> bool:
+    """True iff ``version`` satisfies Trustee's requirement ``=0.4.0``.
+
+    Trustee parses the request's ``version`` with the Rust ``semver`` crate
+    (``Version::parse``: strict SemVer 2.0.0, no ``v`` prefix, no leading zeros) and matches
+    it against ``VersionReq "=0.4.0"``: major.minor.patch must be 0.4.0, a pre-release
+    (``0.4.0-rc1``) does not match, and build metadata (``0.4.0+abc``) is ignored
+    (SemVer 2.0.0 §10). The Python ``semver`` library implements the same grammar.
+    """
+    try:
+        parsed = semver.Version.parse(version)
+    except (ValueError, TypeError):
+        return False
+    return parsed.match("==" + PROTOCOL_VERSION)
 #: Challenge nonce size before base64 (Trustee ``NONCE_SIZE_BYTES``).
 NONCE_BYTES = 32
 #: TEE types this KBS attests (``Request.tee``); anything else is refused. Evidence shapes
@@ -120,8 +141,9 @@ SUPPORTED_TEES = frozenset({"sgx", "emulated-sgx", "tdx", "emulated-tdx", "snp",
 EMULATED_TEES = frozenset({"emulated-sgx", "emulated-tdx", "emulated-snp"})
 #: Largest decoded DCAP quote (bytes); real SGX quotes with a PCK chain are ~5 KiB.
 MAX_QUOTE_BYTES = 64 * 1024
-#: Largest ``additional_evidence`` string (characters).
-MAX_ADDITIONAL_EVIDENCE_CHARS = 64 * 1024
+#: Largest ``additional_evidence`` string (characters): up to 8 GPUs' evidence (see
+#: :mod:`teeflow.attestation.additional_evidence`, which parses it).
+MAX_ADDITIONAL_EVIDENCE_CHARS = _ADDITIONAL_CHARS
 #: Largest canonical JSON of ``extra-params`` / ``primary_evidence`` metadata (bytes).
 MAX_EXTRA_PARAMS_BYTES = 4096
 #: Most entries in a teeflow claims list (resources, recipients).

@@ -18,6 +18,14 @@ Security properties of every template (checked by the tests):
 * state lives on an encrypted mount keyed to MRENCLAVE (``_sgx_mrenclave``): only the same
   enclave on the same CPU can read it.
 
+Each role's template runs the role's real command with its options fixed (no argument
+passthrough): ``kbs serve``, the lean ``teeflow.fl.aggregator_main`` /
+``teeflow.fl.client_main`` entry points, ``compute serve``, all with ``--platform
+gramine-sgx``; state under the encrypted ``/state``, the KBS pin file a trusted file
+``{{ app_dir }}/kbs.pin.json``. Deployment values (listen address, federation, session,
+party, ...) are role variables (:attr:`RoleProfile.variables`): they are part of the measured
+argv, so MRENCLAVE is computed after rendering with the deployment's values.
+
 Template variables (``gramine-manifest -D name=value``): ``entrypoint`` (absolute path of
 the Python interpreter), ``arch_libdir`` (e.g. ``/lib/x86_64-linux-gnu``), ``app_dir``
 (absolute directory the workload manifest's paths are relative to), ``site_packages``
@@ -35,7 +43,7 @@ from pathlib import PurePosixPath
 from teeflow.errors import WorkloadError
 from teeflow.workload.manifest import WorkloadManifest
 
-__all__ = ["ROLES", "ROLE_PROFILES", "RoleProfile", "render_gramine_manifest"]
+__all__ = ["PIN_PATH", "ROLES", "ROLE_PROFILES", "RoleProfile", "render_gramine_manifest"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +51,15 @@ class RoleProfile:
     """Defaults of one workload role.
 
     Attributes:
-        role: role name; argv: interpreter arguments when no workload manifest is given;
-        enclave_size: ``sgx.enclave_size`` (Gramine size string); max_threads:
-        ``sgx.max_threads``; summary: one line for the template header.
+        role: role name.
+        argv: interpreter arguments when no workload manifest is given: the role's real
+            command (``python -m teeflow kbs serve ...``) with every option fixed in the
+            measured manifest; ``{{ name }}`` items are template variables of :attr:`variables`.
+        enclave_size: ``sgx.enclave_size`` (Gramine size string).
+        max_threads: ``sgx.max_threads``.
+        summary: one line for the template header.
+        variables: the role's own template variables (``gramine-manifest -Dname=value``),
+            each with an example value.
     """
 
     role: str
@@ -53,30 +67,68 @@ class RoleProfile:
     enclave_size: str
     max_threads: int
     summary: str
+    variables: tuple[tuple[str, str], ...] = ()
 
+
+#: Where the KBS pin file is inside the enclave: a trusted file in ``app_dir`` (so the
+#: workload trusts exactly the KBS whose pin was measured with it).
+PIN_PATH = "{{ app_dir }}/kbs.pin.json"
+_PLATFORM = ("--platform", "gramine-sgx")
 
 ROLE_PROFILES: dict[str, RoleProfile] = {
     p.role: p
     for p in (
-        RoleProfile("kbs", ("-m", "teeflow", "kbs", "serve"), "2G", 64, "Key Broker Service"),
+        RoleProfile(
+            "kbs",
+            ("-m", "teeflow", "kbs", "serve", *_PLATFORM,
+             "--db", "sqlite:////state/kbs.db", "--state-dir", "/state/kbs",
+             "--listen", "{{ listen }}", "--federation", "{{ federation }}",
+             "--expect-agreement", "{{ expect_agreement }}"),
+            "2G",
+            64,
+            "Key Broker Service",
+            (("listen", "0.0.0.0:8443"), ("federation", "study"),
+             ("expect_agreement", "<64-hex digest: teeflow agreement show agreement.yaml>")),
+        ),
         RoleProfile(
             "aggregator",
-            ("-m", "teeflow", "fl", "aggregator"),
+            ("-m", "teeflow.fl.aggregator_main", "run", *_PLATFORM, "--pin", PIN_PATH,
+             "--session", "{{ session }}", "--rounds", "{{ rounds }}",
+             "--min-clients", "{{ min_clients }}", "--listen", "{{ listen }}",
+             "--state-dir", "/state/aggregator", "--out", "/state/model"),
             "2G",
             32,
-            "federated-learning aggregator (no torch: small TCB)",
+            "federated-learning aggregator (lean entry point, no torch: small TCB)",
+            (("session", "study-1"), ("rounds", "5"), ("min_clients", "2"),
+             ("listen", "0.0.0.0:8450")),
         ),
         RoleProfile(
-            "client", ("-m", "teeflow", "fl", "client"), "8G", 64, "federated-learning client"
+            "client",
+            ("-m", "teeflow.fl.client_main", "run", *_PLATFORM, "--party", "{{ party }}",
+             "--pin", PIN_PATH, "--aggregator", "{{ aggregator }}", "--data", "{{ data }}",
+             "--workdir", "/state/client"),
+            "8G",
+            64,
+            "federated-learning client",
+            (("party", "alice"), ("aggregator", "aggregator.example:8450"),
+             ("data", "npz:/state/data/alice.npz?clients=2&index=0")),
         ),
         RoleProfile(
-            "compute", ("-m", "teeflow", "compute", "run"), "4G", 32, "authorised compute worker"
+            "compute",
+            ("-m", "teeflow", "compute", "serve", *_PLATFORM, "--pin", PIN_PATH,
+             "--package", "{{ app_dir }}/package", "--listen", "{{ listen }}",
+             "--store", "/state/inputs"),
+            "4G",
+            32,
+            "authorised compute worker",
+            (("listen", "0.0.0.0:9443"),),
         ),
-        RoleProfile("serve", ("-m", "teeflow", "serve"), "8G", 64, "confidential model server"),
     )
-}
-#: Workload roles with a template.
+}  # fmt: skip
+#: Workload roles with a template (the serving role has no command yet).
 ROLES = tuple(ROLE_PROFILES)
+_VARIABLE = re.compile(r"\{\{ ([a-z_]+) \}\}")
+
 
 _SIZE = re.compile(r"[1-9][0-9]{0,5}[KMG]")
 _PYTHON = re.compile(r"(?:.*/)?python(?:3(?:\.[0-9]+)?)?")
@@ -105,9 +157,9 @@ def _toml(value: str, what: str) -> str:
 
 def _argv(manifest: WorkloadManifest | None, profile: RoleProfile) -> tuple[str, list[str]]:
     """(libos.entrypoint template, loader.argv items as TOML strings)."""
-    if manifest is None:
+    if manifest is None:  # the profile's own argv: constants and its template variables
         return "{{ entrypoint }}", ['"{{ entrypoint }}"'] + [
-            _toml(a, "argument") for a in profile.argv
+            _toml(_VARIABLE.sub("", a), "argument")[:1] + a + '"' for a in profile.argv
         ]
     first, *rest = manifest.entrypoint
     trusted = {tf.path for tf in manifest.trusted_files}
@@ -178,6 +230,10 @@ def render_gramine_manifest(
         "#   gramine-manifest -Dentrypoint=$(realpath $(command -v python3)) \\",
         "#     -Darch_libdir=/lib/x86_64-linux-gnu -Dapp_dir=$PWD \\",
         "#     -Dsite_packages=$(python3 -c 'import site; print(site.getsitepackages()[0])') \\",
+        *(
+            f"#     -D{var}={example} \\"
+            for var, example in (profile.variables if manifest is None else ())
+        ),
         f"#     -Dstate_dir=/var/lib/teeflow/{role} {role}.manifest.template {role}.manifest",
         f"#   gramine-sgx-sign --manifest {role}.manifest --output {role}.manifest.sgx",
         f"#   gramine-sgx {role}",
@@ -241,6 +297,11 @@ def render_gramine_manifest(
         '  "file:{{ site_packages }}/",',
         '  "file:/etc/ssl/certs/ca-certificates.crt",',
     ]
+    if manifest is None:  # files the role's argv reads from app_dir (hashed when signing)
+        if PIN_PATH in profile.argv:
+            lines.append(f'  "file:{PIN_PATH}",')
+        if "{{ app_dir }}/package" in profile.argv:
+            lines.append('  "file:{{ app_dir }}/package/",')
     if manifest is not None:
         for tf in manifest.trusted_files:
             uri = '"file:{{ app_dir }}/' + _toml(tf.path, "trusted file path")[1:]

@@ -1,4 +1,4 @@
-"""NVIDIA H100 (Hopper) confidential-computing GPU evidence: parse -> verify -> appraise.
+"""NVIDIA Hopper and Blackwell confidential-computing GPU evidence: parse -> verify -> appraise.
 
 * :mod:`.spdm` — SPDM 1.1 GET_MEASUREMENTS / MEASUREMENTS transcripts
   (:func:`parse_transcript`; ``ParseError``).

@@ -57,6 +57,11 @@ class GpuPolicy(PolicyModel):
             or None = any. A listed value requires the field to be present.
         allowed_vbios_versions: VBIOS versions (``"96.00.A5.00.01"``, case-insensitive), or
             None = any.
+        min_driver_version: driver floor (``"550.54.15"``: dot-separated decimal numbers,
+            compared component-wise), or None. Requires the field in the evidence.
+        min_vbios_version: VBIOS floor (``"96.00.A5.00.01"``: dot-separated hex numbers,
+            compared component-wise), or None. A floor of another VBIOS family (first
+            component) is never met.
         allowed_fwids: leaf-certificate FWIDs (48-byte hex), or None = any.
         allowed_measurements_digests: SHA-384 of the whole signed measurement record (48-byte
             hex) from a known-good GPU, or None. Pinning it is the offline substitute for
@@ -72,6 +77,8 @@ class GpuPolicy(PolicyModel):
     allowed_architectures: frozenset[str] = frozenset({"HOPPER"})
     allowed_driver_versions: tuple[str, ...] | None = None
     allowed_vbios_versions: tuple[str, ...] | None = None
+    min_driver_version: str | None = None
+    min_vbios_version: str | None = None
     allowed_fwids: tuple[Hex48, ...] | None = None
     allowed_measurements_digests: tuple[Hex48, ...] | None = None
     allow_missing_rim: bool = True
@@ -97,6 +104,20 @@ class GpuPolicy(PolicyModel):
             raise ValueError("use null (any) instead of an empty list")
         return value
 
+    @field_validator("min_driver_version", mode="after")
+    @classmethod
+    def _driver_floor(cls, value: str | None) -> str | None:
+        if value is not None and _version(value, 10) is None:
+            raise ValueError("min_driver_version must look like 550.54.15")
+        return value
+
+    @field_validator("min_vbios_version", mode="after")
+    @classmethod
+    def _vbios_floor(cls, value: str | None) -> str | None:
+        if value is not None and _version(value, 16) is None:
+            raise ValueError("min_vbios_version must look like 96.00.A5.00.01")
+        return None if value is None else value.strip().upper()
+
     @field_validator("allowed_vbios_versions", mode="after")
     @classmethod
     def _upper_vbios(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -111,6 +132,38 @@ class GpuPolicy(PolicyModel):
         if len(nonce) != 32:
             raise ValueError("GPU nonce must be 32 bytes")
         return self.model_copy(update={"nonce": nonce.hex()})
+
+
+def _version(text: str, base: int) -> tuple[int, ...] | None:
+    """``"550.54.15"`` -> (550, 54, 15) (``base`` 10) / hex components (``base`` 16); None
+    when malformed (1..8 components of 1..8 digits)."""
+    parts = text.strip().split(".")
+    if not 1 <= len(parts) <= 8 or not all(0 < len(p) <= 8 for p in parts):
+        return None
+    try:
+        return tuple(int(p, base) for p in parts)
+    except ValueError:
+        return None
+
+
+def _floor(
+    name: str, actual: str | None, floor: str | None, base: int, violations: list[str]
+) -> bool | None:
+    """None: no floor; True: at or above it; False: violation appended."""
+    if floor is None:
+        return None
+    have = None if actual is None else _version(actual, base)
+    want = _version(floor, base)
+    if have is None or want is None:
+        violations.append(f"{name} not present or malformed in the evidence (policy sets a floor)")
+        return False
+    if base == 16 and have[:1] != want[:1]:
+        violations.append(f"{name} {actual} is not of the family of the floor {floor}")
+        return False
+    if have < want:
+        violations.append(f"{name} {actual} is below the floor {floor}")
+        return False
+    return True
 
 
 def _pinned(
@@ -175,6 +228,10 @@ def appraise_gpu(verified: VerifiedGpuEvidence, policy: GpuPolicy) -> Attestatio
         _pinned(
             "measurements digest", measurements, policy.allowed_measurements_digests, violations
         ),
+        _floor(
+            "driver version", verified.driver_version, policy.min_driver_version, 10, violations
+        ),
+        _floor("VBIOS version", vbios, policy.min_vbios_version, 16, violations),
     ]
     rate_executables(
         f,

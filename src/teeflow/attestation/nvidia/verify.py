@@ -1,4 +1,4 @@
-"""Verification of NVIDIA H100 (Hopper) SPDM evidence (parse -> **verify** -> appraise).
+"""Verification of NVIDIA Hopper and Blackwell SPDM evidence (parse -> **verify** -> appraise).
 
 Inputs (:class:`GpuEvidence`, built by a loader):
 
@@ -15,8 +15,11 @@ Inputs (:class:`GpuEvidence`, built by a loader):
    :func:`teeflow.attestation.dcap.chain.verify_chain` (exact-DER anchors, no look-alike
    roots, CA/keyCertSign/path-length checks, validity windows; the NVIDIA certificates are
    valid until 9999-12-31);
-2. the leaf (``GH100 A01 GSP FMC LF``) has an ECDSA P-384 key, KeyUsage digitalSignature
-   when present, and a TCG DICE FWID in extension 2.23.133.5.4.1 (:func:`leaf_fwid`);
+2. the leaf (``GH100 A01 GSP FMC LF``, ``GB100 A01 GSP FMC LF``) has an ECDSA P-384 key,
+   KeyUsage digitalSignature when present, and a TCG DICE FWID (:func:`leaf_fwid`): Hopper
+   leaves carry it in extension 2.23.133.5.4.1 (tcg-dice-TcbInfo, NVIDIA's composite device
+   id layout), Blackwell leaves in 2.23.133.5.4.1.1 (a DiceTcbInfo, first FWID), as NVIDIA's
+   own verifiers read them (nvtrust ``cc_admin_utils``, NVAT ``dice_tcb_info``);
 3. the ECDSA P-384 / SHA-384 signature (raw ``r||s``) over ``request || response without
    signature`` verifies with the leaf key (DSP0274 §10.11, signature of L1/L2);
 4. the FWID in the signed opaque data (field 20), when present, equals the leaf's FWID;
@@ -36,6 +39,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +63,7 @@ from teeflow.hazmat.ecdsa import raw_to_der_signature
 
 __all__ = [
     "DICE_FWID_EXTENSION_OID",
+    "DICE_FWID_EXTENSION_OIDS",
     "MAX_NVTRUST_JSON_BYTES",
     "DiceFwid",
     "GpuEvidence",
@@ -71,8 +76,11 @@ __all__ = [
     "verify",
 ]
 
-#: TCG DICE extension carrying the FWID (tcg-dice-TcbInfo arc, 2.23.133.5.4.1).
+#: TCG DICE extension carrying the FWID on Hopper leaves (tcg-dice-TcbInfo, 2.23.133.5.4.1).
 DICE_FWID_EXTENSION_OID = "2.23.133.5.4.1"
+#: Every extension a GPU leaf may carry its FWID in: Hopper's 2.23.133.5.4.1 and
+#: Blackwell's 2.23.133.5.4.1.1 (NVIDIA's "TcbInfo alias").
+DICE_FWID_EXTENSION_OIDS = (DICE_FWID_EXTENSION_OID, "2.23.133.5.4.1.1")
 #: Largest nvtrust evidence JSON accepted, in bytes.
 MAX_NVTRUST_JSON_BYTES = 4 << 20
 _MAX_GPUS = 64
@@ -82,8 +90,12 @@ _HASH_SIZES = {
     "2.16.840.1.101.3.4.2.2": 48,  # SHA-384
     "2.16.840.1.101.3.4.2.3": 64,  # SHA-512
 }
-# Leaf subject CN prefix (the GPU chip) -> architecture name as nvtrust reports it.
-_ARCH_BY_CHIP = {"GH100": "HOPPER", "GB100": "BLACKWELL", "GB102": "BLACKWELL"}
+# Leaf subject CN prefix (the GPU chip: GH100, GB100, GB110, GB202 ...) -> architecture name
+# as nvtrust and Trustee report it.
+_ARCH_BY_CHIP = (
+    (re.compile(r"GH1[0-9]{2}"), "HOPPER"),
+    (re.compile(r"GB[12][0-9]{2}"), "BLACKWELL"),
+)
 
 
 # --- TCG DICE FWID (ASN.1, decoded with pyasn1) ---------------------------------------------
@@ -188,28 +200,37 @@ def parse_fwid_extension_value(der: bytes) -> DiceFwid:
 
 
 def leaf_fwid(certificate: x509.Certificate) -> DiceFwid | None:
-    """The FWID of ``certificate`` (extension :data:`DICE_FWID_EXTENSION_OID`), or None.
+    """The FWID of ``certificate`` (an extension of :data:`DICE_FWID_EXTENSION_OIDS`), or None.
+
+    When a certificate carries both extensions they must name the same FWID.
 
     Raises:
-        ParseError: the extension is present but malformed (see
-            :func:`parse_fwid_extension_value`) or the certificate's extensions are.
+        ParseError: an extension is present but malformed (see
+            :func:`parse_fwid_extension_value`), the two extensions disagree, or the
+            certificate's extensions are malformed.
     """
-    try:
-        ext = certificate.extensions.get_extension_for_oid(
-            x509.ObjectIdentifier(DICE_FWID_EXTENSION_OID)
-        )
-    except x509.ExtensionNotFound:
+    found: list[DiceFwid] = []
+    for oid in DICE_FWID_EXTENSION_OIDS:
+        try:
+            ext = certificate.extensions.get_extension_for_oid(x509.ObjectIdentifier(oid))
+        except x509.ExtensionNotFound:
+            continue
+        except X509_ERRORS as exc:
+            raise ParseError(f"malformed certificate extensions: {type(exc).__name__}") from None
+        value = ext.value
+        if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - defensive
+            raise ParseError("FWID extension decoded as a known extension")
+        found.append(parse_fwid_extension_value(value.value))
+    if not found:
         return None
-    except X509_ERRORS as exc:
-        raise ParseError(f"malformed certificate extensions: {type(exc).__name__}") from None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):  # pragma: no cover - defensive
-        raise ParseError("FWID extension decoded as a known extension")
-    return parse_fwid_extension_value(value.value)
+    if any(f != found[0] for f in found[1:]):
+        raise ParseError("the certificate's two FWID extensions disagree")
+    return found[0]
 
 
 def architecture_of(certificate: x509.Certificate) -> str | None:
-    """GPU architecture from the leaf's subject CN chip prefix (``GH100`` -> ``HOPPER``).
+    """GPU architecture from the leaf's subject CN chip prefix (``GH100`` -> ``HOPPER``,
+    ``GB100``/``GB110``/``GB202`` -> ``BLACKWELL``).
 
     Returns None for an unknown chip. The value is signed (part of the NVIDIA-issued chain).
     """
@@ -220,7 +241,7 @@ def architecture_of(certificate: x509.Certificate) -> str | None:
     if not cns or not isinstance(cns[0].value, str):
         return None
     chip = cns[0].value.split(" ", 1)[0]
-    return _ARCH_BY_CHIP.get(chip)
+    return next((arch for pattern, arch in _ARCH_BY_CHIP if pattern.fullmatch(chip)), None)
 
 
 # --- inputs ---------------------------------------------------------------------------------
@@ -354,7 +375,8 @@ class VerifiedGpuEvidence:
         certificates: the decoded chain, leaf first.
         anchor: the trust anchor the chain terminates in.
         fwid: the leaf's TCG DICE FWID (48-byte SHA-384 digest of the GSP FMC firmware).
-        arch: architecture from the leaf subject (``"HOPPER"``), None if unknown.
+        arch: architecture from the leaf subject (``"HOPPER"``, ``"BLACKWELL"``), None if
+            unknown.
         driver_version, vbios_version: from the signed opaque data, None if absent.
         verified_at: the ``now`` of the checks (UTC).
     """

@@ -3,7 +3,9 @@
 Two wire shapes (:func:`teeflow.attestation.detect.detect_evidence`):
 
 * Trustee hex text of one transcript; its PEM device chain comes from ``--certs``;
-* nvtrust JSON list (one self-contained object per GPU; ``--certs`` not used).
+* nvtrust JSON list (one self-contained object per GPU; ``--certs`` not used);
+* Trustee JSON (``{"device_evidence_list": [...]}`` or RCAR additional evidence
+  ``{"nvidia": ...}``; Hopper and Blackwell; ``--certs`` not used).
 
 Each GPU: :func:`teeflow.attestation.nvidia.verify` (SPDM ECDSA P-384 signature, chain to the
 pinned NVIDIA Device Identity CA, FWID) → :func:`teeflow.attestation.nvidia.appraise_gpu` with
@@ -24,7 +26,8 @@ __all__ = ["gpu_fields", "load_gpu_evidence", "verify_gpu"]
 
 
 def load_gpu_evidence(data: bytes, kind: str, certs: Any) -> tuple[Any, ...]:
-    """The ``GpuEvidence`` items of a file of kind ``nvidia-spdm-hex`` / ``nvidia-nvtrust-json``.
+    """The ``GpuEvidence`` items of a file of kind ``nvidia-spdm-hex``, ``nvidia-nvtrust-json``
+    or ``nvidia-trustee-json``.
 
     Raises:
         ParseError: malformed evidence, or the hex form without ``--certs``.
@@ -35,6 +38,12 @@ def load_gpu_evidence(data: bytes, kind: str, certs: Any) -> tuple[Any, ...]:
         if certs is not None:
             raise ParseError("nvtrust JSON carries its own certificate chains; omit --certs")
         return load_nvtrust_evidence(data)
+    if kind == "nvidia-trustee-json":
+        from teeflow.attestation.nvidia.trustee import load_trustee_json
+
+        if certs is not None:
+            raise ParseError("Trustee JSON carries its own certificate chains; omit --certs")
+        return load_trustee_json(data)
     if certs is None:
         raise ParseError("NVIDIA SPDM hex evidence needs --certs (the device PEM chain)")
     return (load_trustee_evidence(data, read_file(certs, "certificate chain", 64 * 1024)),)
@@ -151,7 +160,7 @@ def verify_gpu(data: bytes, kind: str, opts: Options) -> Outcome:
         "vbios_version": _common(entries, "vbios_version"),
         "nonce": _common(entries, "nonce"),
     }
-    if kind == "nvidia-nvtrust-json":
+    if kind in ("nvidia-nvtrust-json", "nvidia-trustee-json"):
         for e in entries:
             e.pop("tee", None)
         out.extra["gpus"] = entries

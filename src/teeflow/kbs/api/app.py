@@ -54,6 +54,7 @@ import teeflow
 from teeflow.errors import ParseError
 from teeflow.kbs.api.errors import PROBLEM_MEDIA_TYPE, install_error_handlers, problem_response
 from teeflow.kbs.api.problems import (
+    AttestationFailed,
     InvalidRequest,
     NoAgreement,
     PayloadTooLarge,
@@ -409,9 +410,14 @@ def create_app(
         "/kbs/v0/attest", openapi_extra=_doc(AttestRequest, AttestResponse, errors=(400, 401, 413))
     )
     async def attest(request: Request) -> Response:
-        body = await _decode(request, AttestRequest, MAX_ATTEST_BODY_BYTES)
+        # As Trustee (kbs/src/attestation/backend.rs): the session cookie is looked up
+        # before the body is read or parsed, so a request without one is 401, never 400.
         session_id = request.cookies.get(SESSION_COOKIE)
-        result, head = await stateful(service.attest, session_id or "", body)
+        if not session_id:
+            reason = f"no {SESSION_COOKIE} cookie: call POST /kbs/v0/auth first"
+            raise AttestationFailed(f"attestation denied: {reason}", [reason])
+        body = await _decode(request, AttestRequest, MAX_ATTEST_BODY_BYTES)
+        result, head = await stateful(service.attest, session_id, body)
         return headed(_json(result.to_wire()), head)
 
     @app.get(

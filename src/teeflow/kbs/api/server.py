@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
 from teeflow.attestation.trust import intel_sgx_root_ca
+from teeflow.attestation.trust.nvidia import nvidia_device_identity_ca
 from teeflow.errors import KbsError
 from teeflow.kbs.api.app import (
     create_app,
@@ -70,7 +71,7 @@ from teeflow.kbs.api.recovery_runtime import (
 )
 from teeflow.kbs.ca.tls import scratch_file
 from teeflow.kbs.client.sdk import primary_evidence
-from teeflow.kbs.policy.agreement import digest
+from teeflow.kbs.policy.agreement import WorkloadRole, digest
 from teeflow.kbs.policy.parties import NAME_PATTERN, teeflow_home
 from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.service.collateral import (
@@ -101,6 +102,7 @@ from teeflow.kbs.store.interface import (
 )
 from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT, detect_platform
 from teeflow.platform.emulated import EmulationAuthority
+from teeflow.platform.emulated_nvidia import emulated_nvidia_anchor
 from teeflow.platform.emulated_snp import emulated_snp_anchor
 from teeflow.platform.sealing import PlatformSealer, sealer_for
 from teeflow.platform.selection import PlatformOptions
@@ -205,6 +207,18 @@ def _federation(state_dir: Path, federation: str | None) -> str:
     return federation
 
 
+def checked_default_role(role: str | None) -> str | None:
+    """``role`` if it is a workload role name (or None).
+
+    Raises:
+        KbsError: not one of the workload roles.
+    """
+    if role is None or role in {r.value for r in WorkloadRole}:
+        return role
+    names = ", ".join(r.value for r in WorkloadRole)
+    raise KbsError(f"--default-role must be a workload role of the agreement ({names})")
+
+
 def build_kbs(
     db_url: str,
     *,
@@ -225,6 +239,7 @@ def build_kbs(
     recovered: RecoveredKeys | None = None,
     expect_agreement: bytes | None = None,
     insecure_first_agreement: bool = False,
+    default_role: str | None = None,
 ) -> KbsRuntime:
     """Assemble a KBS (module docstring) without serving it.
 
@@ -246,6 +261,9 @@ def build_kbs(
             :func:`teeflow.platform.sealing.sealer_for` (``gramine_root``, ``sev_guest_dev``);
             None = no sealing key (as TDX): the key set comes only from recovery.
         recovered: the key set a completed recovery produced (:func:`complete_recovery`).
+        default_role: role appraised for plain Trustee attesters (no ``teeflow`` member in
+            the runtime data); it must be a workload role (``kbs``, ``aggregator``,
+            ``client``, ``compute``, ``serve``) and needs reference values in the agreement.
 
         expect_agreement: digest (32 bytes) the first agreement must have; the KBS evidence
             binds it until then (bootstrap, issue 10 (N)).
@@ -276,6 +294,7 @@ def build_kbs(
     hardware = None if options.emulated else options.attester()
     if sealer == "platform" and options.platform == "sev-snp":
         _probe_sev_guest(sev_guest_dev)
+    default_role = checked_default_role(default_role)  # before anything is created
     now_fn = clock if clock is not None else (lambda: datetime.now(UTC))
     directory = Path(state_dir) if state_dir is not None else default_state_dir(home)
     fed = _federation(directory, federation)
@@ -364,6 +383,11 @@ def build_kbs(
             head_file=head_file,
             on_agreement=lambda signed, d: ensure_share_set(manager, signed, d),
             first_agreement=expect_agreement,
+            default_role=checked_default_role(default_role),
+            gpu_anchors=[
+                nvidia_device_identity_ca(),
+                emulated_nvidia_anchor(home, now=now),
+            ],
         )
         current = service.current_agreement()
         if recovered is not None:
@@ -561,12 +585,13 @@ def serve(
     expect_agreement: bytes | None = None,
     insecure_first_agreement: bool = False,
     sealing: str = "platform",
+    default_role: str | None = None,
 ) -> None:
     """Run the KBS until SIGINT/SIGTERM (blocking; ``teeflow kbs serve``).
 
     Args:
         db_url, platform, state_dir, federation, collateral_dirs, expect_agreement,
-        insecure_first_agreement: see :func:`build_kbs`.
+        insecure_first_agreement, default_role: see :func:`build_kbs`.
         listen: ``HOST:PORT`` (:func:`parse_listen`), default ``127.0.0.1:8443``.
         log_level: uvicorn log level.
         on_ready: called with the runtime and the base URL before serving starts.
@@ -594,6 +619,7 @@ def serve(
         "sev_guest_dev": sev_guest_dev,
         "expect_agreement": expect_agreement,
         "insecure_first_agreement": insecure_first_agreement,
+        "default_role": default_role,
     }
     try:
         runtime = build_kbs(db_url, sealer="platform" if sealing == "platform" else None, **options)

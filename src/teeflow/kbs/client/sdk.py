@@ -44,7 +44,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from joserfc.jwk import ECKey
 
+from teeflow.attestation.additional_evidence import encode_additional_evidence
 from teeflow.attestation.binding import runtime_data_digest
+from teeflow.attestation.nvidia.trustee import gpu_nonce
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
 from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
@@ -97,6 +99,7 @@ if TYPE_CHECKING:
         AuditEntry,
     )
     from teeflow.platform.base import Attester
+    from teeflow.platform.nvidia import GpuAttester
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
@@ -294,6 +297,10 @@ class KbsClient:
             runtime-data ``teeflow`` claims. Without it the KBS refuses the attestation.
         workload_key: the workload's P-256 key to attest with (an enrollment bound to a
             workload key names its thumbprint); default a fresh key per attestation.
+        gpu: the workload's GPU attester (:class:`teeflow.platform.nvidia.GpuAttester`), or
+            None. :meth:`attest` then gets GPU evidence first, for Trustee's device nonce
+            (:func:`teeflow.attestation.nvidia.trustee.gpu_nonce`), and sends it as
+            ``additional_evidence`` ``{"nvidia": ...}``, which the CPU evidence binds.
 
     Use as a context manager or call :meth:`close`.
     """
@@ -311,11 +318,13 @@ class KbsClient:
         heads: HeadTracker | None = None,
         enrollment: str | None = None,
         workload_key: ECKey | None = None,
+        gpu: GpuAttester | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
         self._enrollment = enrollment
         self._workload_key = workload_key
+        self._gpu = gpu
         self._party_auth: httpx.Auth | None = None
         if party is not None:  # imported only by party clients: workloads stay lean
             from teeflow.kbs.policy.request_signing import PartyRequestAuth
@@ -371,7 +380,7 @@ class KbsClient:
         Raises:
             KbsError: no platform, or ``claims`` names another role.
             AttestationFailed, ProtocolVersion, UnsupportedTee: refused by the KBS.
-            PlatformError: the platform could not produce evidence.
+            PlatformError: the platform (or the GPU attester) could not produce evidence.
         """
         if self._platform is None:
             raise KbsError("attest needs a platform (the workload's attester)")
@@ -400,14 +409,21 @@ class KbsClient:
         nonce = Challenge.model_validate_json(body).nonce
         key = self._workload_key or ECKey.generate_key("P-256", private=True)
         jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
+        additional = ""
+        if self._gpu is not None:  # device evidence first: the CPU evidence binds it
+            device = self._gpu.evidence(gpu_nonce(tee_pubkey=jwk, nonce=nonce))
+            try:
+                additional = encode_additional_evidence({self._gpu.tee: device})
+            except ParseError as exc:
+                raise KbsError(f"GPU evidence cannot be sent: {exc}") from None
         report_data = runtime_data_digest(
-            tee_pubkey=jwk, nonce=nonce, teeflow=teeflow, additional_evidence=""
+            tee_pubkey=jwk, nonce=nonce, teeflow=teeflow, additional_evidence=additional
         )
         request = {
             "runtime-data": {"nonce": nonce, "tee-pubkey": jwk, "teeflow": teeflow},
             "tee-evidence": {
                 "primary_evidence": primary_evidence(self._platform.evidence(report_data)),
-                "additional_evidence": "",
+                "additional_evidence": additional,
             },
         }
         _, body = self._request(

@@ -41,8 +41,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -59,6 +61,7 @@ from teeflow.kbs.policy.canonical import (
     sorted_unique,
     validate_document,
 )
+from teeflow.kbs.policy.gpu_values import GpuReferenceValues
 from teeflow.kbs.policy.parties import B64Key32, Name, SignKey
 
 __all__ = [
@@ -312,17 +315,28 @@ class SnpReferenceValues(DocumentModel):
 
 
 class WorkloadSpec(DocumentModel):
-    """Reference values of one workload role, per platform (at least one platform)."""
+    """Reference values of one workload role, per CPU platform (at least one), and optional
+    GPU reference values (:class:`~teeflow.kbs.policy.gpu_values.GpuReferenceValues`): a
+    role with ``gpu`` requires CPU and GPU evidence. ``gpu`` is left out of the document
+    when unset, so agreements without GPUs keep their digests."""
 
     sgx: SgxReferenceValues | None = None
     tdx: TdxReferenceValues | None = None
     snp: SnpReferenceValues | None = None
+    gpu: GpuReferenceValues | None = None
 
     @model_validator(mode="after")
     def _one_platform(self) -> Self:
         if self.sgx is None and self.tdx is None and self.snp is None:
             raise ValueError("a workload needs reference values for at least one platform")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_gpu(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out: dict[str, Any] = handler(self)
+        if out.get("gpu", 0) is None:
+            del out["gpu"]
+        return out
 
 
 class PackageSpec(DocumentModel):
@@ -543,6 +557,11 @@ class FederationAgreement(DocumentModel):
         values: SgxReferenceValues | TdxReferenceValues | SnpReferenceValues | None
         values = getattr(spec, platform)
         return values
+
+    def gpu_reference_values(self, role: WorkloadRole | str) -> GpuReferenceValues | None:
+        """The role's GPU reference values (the role then requires GPU evidence), or None."""
+        spec = self.workloads.get(WorkloadRole(role)) if role in set(WorkloadRole) else None
+        return None if spec is None else spec.gpu
 
     def _values(self, role: WorkloadRole | str, platform: str) -> Any:
         values = self.reference_values(role, platform)

@@ -34,6 +34,7 @@ from teeflow.kbs.protocol import (
     AttestResponse,
     AuthRequest,
     Challenge,
+    protocol_version_accepted,
 )
 from teeflow.kbs.service.context import MAX_ID as _MAX_ID
 from teeflow.kbs.service.context import ServiceContext
@@ -84,11 +85,13 @@ class AttestationService:
             ``(session_id, Challenge)``; the HTTP layer sets ``kbs-session-id=<session_id>``.
 
         Raises:
-            ProtocolVersion: ``version`` is not ``0.4.0``.
+            ProtocolVersion: ``version`` does not satisfy Trustee's ``=0.4.0`` (build
+                metadata such as ``0.4.0+build.1`` is accepted, a pre-release is not;
+                :func:`~teeflow.kbs.protocol.protocol_version_accepted`).
             UnsupportedTee: ``tee`` is not one of ``sgx``, ``tdx``, ``snp`` or their
                 ``emulated-`` variants (:data:`~teeflow.kbs.protocol.SUPPORTED_TEES`).
         """
-        if request.version != PROTOCOL_VERSION:
+        if not protocol_version_accepted(request.version):
             raise ProtocolVersion(
                 f"KBS protocol version {request.version[:32]!r} not supported; "
                 f"expected {PROTOCOL_VERSION}"
@@ -222,6 +225,7 @@ class AttestationService:
             now=now,
             logger=self._ctx.log,
             snp_endorsements=self._ctx.snp_endorsements,
+            gpu_anchors=self._ctx.gpu_anchors,
         )
         data["measurement"] = appraisal.measurement
         result, measurement = appraisal.result, appraisal.measurement
@@ -230,6 +234,9 @@ class AttestationService:
             refuse(reasons or ["evidence not appraised"], data)
         facts = None if enrollment is None else enrolled(enrollment)
         ttl = token_lifetime(self._ctx.token_ttl, enrollment, now)
+        emulated = result.emulated or any(r.emulated for r in appraisal.submods.values())
+        if appraisal.submods:
+            data["gpus"] = sorted(n for n in appraisal.submods if n != "cpu0")
         attested = attested_claims(
             session_id=session_id,
             result=result,
@@ -238,9 +245,10 @@ class AttestationService:
             role=role,
             claims=runtime.teeflow_members(),
             enrollment=None if facts is None else facts.model_dump(mode="json"),
+            emulated=emulated,
         )
         token = issue_ear(
-            result,
+            appraisal.submods or result,
             signing_key=self._ctx.keys.ear,
             now=now,
             nonce=runtime.nonce,
@@ -253,7 +261,7 @@ class AttestationService:
             session_id=session_id,
             token_digest=token_digest.hex(),
             tee=result.tee,
-            emulated=result.emulated,
+            emulated=emulated,
             measurement=measurement,
             agreement_digest=agreement_digest.hex(),
             tee_pubkey=runtime.tee_pubkey,
@@ -262,7 +270,7 @@ class AttestationService:
             expires_at=expires,
             enrollment=facts,
         )
-        data.update(token_digest=token_digest.hex(), emulated=result.emulated)
+        data.update(token_digest=token_digest.hex(), emulated=emulated)
         data["status"] = str(result.status)
         warnings = [*appraisal.warnings, *result.warnings]
         binding = TokenBinding(token_digest, record.model_dump_json(), expires)

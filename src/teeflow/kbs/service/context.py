@@ -108,6 +108,7 @@ class ServiceContext:
         agreement_refresh: timedelta = timedelta(seconds=1),
         first_agreement: bytes | None = None,
         head_file: KbsHeadFile | None = None,
+        gpu_anchors: Sequence[TrustAnchor] | None = None,
     ) -> None:
         if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
             raise KbsError("nonce_ttl and token_ttl must be positive")
@@ -120,6 +121,7 @@ class ServiceContext:
         self.anchors = tuple(anchors)
         self.collateral = collateral
         self.snp_endorsements = snp_endorsements
+        self.gpu_anchors = None if gpu_anchors is None else tuple(gpu_anchors)
         self.nonce_ttl = nonce_ttl
         self.token_ttl = token_ttl
         self.log = logger if logger is not None else logging.getLogger("teeflow.kbs.service")

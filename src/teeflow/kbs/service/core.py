@@ -103,10 +103,13 @@ class KbsService:
             --expect-agreement``: bootstrap, issue 10 (N)); None accepts any first agreement.
         head_file: where the newest signed state head is kept across restarts
             (:class:`~teeflow.kbs.service.heads.KbsHeadFile`); None keeps none.
+        gpu_anchors: roots for NVIDIA GPU evidence in ``additional_evidence`` (default: the
+            pinned NVIDIA Device Identity CA; add the emulated NVIDIA root for emulation,
+            which the agreement must still allow).
 
-    Integrity (adversary H): every agreement, upload, release and counter step is an audited
-    store write, so the audit chain is the state log; :attr:`heads` signs its head for the
-    responses. A row that fails authentication (``StorageTampered``, incl. rollbacks) is
+    Integrity (adversary H): every agreement, upload, release, counter step, enrollment use
+    and revocation is an audited store write, so the audit chain is the state log;
+    :attr:`heads` signs its head for the responses. A row that fails authentication (``StorageTampered``, incl. rollbacks) is
     refused with 503 and an audit entry (kind ``store``); the service keeps running. Stored
     agreements (signature chain) and grants (owner signature) are re-verified when first
     loaded, cached by digest.
@@ -130,6 +133,7 @@ class KbsService:
         on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
         first_agreement: bytes | None = None,
         head_file: KbsHeadFile | None = None,
+        gpu_anchors: Sequence[TrustAnchor] | None = None,
     ) -> None:
         self._ctx = ServiceContext(
             store,
@@ -146,6 +150,7 @@ class KbsService:
             agreement_refresh=agreement_refresh,
             first_agreement=first_agreement,
             head_file=head_file,
+            gpu_anchors=gpu_anchors,
         )
         #: Signs the state head of each response (``KBS-State-Head``).
         self.heads = self._ctx.heads

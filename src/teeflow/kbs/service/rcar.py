@@ -16,16 +16,19 @@ import hashlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from teeflow.attestation.additional_evidence import parse_additional_evidence
 from teeflow.attestation.appraisal import AttestationResult
 from teeflow.attestation.binding import runtime_data_digest
+from teeflow.attestation.composite import RuntimeData
 from teeflow.attestation.ear import Ear
 from teeflow.attestation.trust import TrustAnchor
+from teeflow.attestation.trust.nvidia import nvidia_device_identity_ca
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.api.problems import TokenVerifierError
 from teeflow.kbs.policy.agreement import FederationAgreement
@@ -36,6 +39,7 @@ from teeflow.kbs.protocol import (
 )
 from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
 from teeflow.kbs.service.evidence import VerifyInputs, evidence_platform, evidence_type
+from teeflow.kbs.service.gpu import appraise_gpus, unsupported_additional
 
 __all__ = [
     "ATTESTED_CLAIM",
@@ -59,12 +63,15 @@ class Appraisal:
         result: the appraisal (None when the evidence did not get that far).
         measurement: MRENCLAVE / MRTD / MEASUREMENT hex of verified evidence, else None.
         warnings: verification notes (e.g. a TDX event log that was not replayed).
+        submods: ``{"cpu0": ..., "gpu0": ...}`` when GPU evidence was appraised (the EAR
+            then carries one submodule each), else empty.
     """
 
     reasons: tuple[str, ...]
     result: AttestationResult | None
     measurement: str | None
     warnings: tuple[str, ...] = ()
+    submods: Mapping[str, AttestationResult] = field(default_factory=dict)
 
 
 def claim_problems(
@@ -101,13 +108,21 @@ def claim_problems(
     return out
 
 
-def _primary(request: AttestRequest) -> tuple[dict[str, Any] | None, list[str]]:
+def _primary(
+    request: AttestRequest,
+) -> tuple[dict[str, Any] | None, dict[str, Any], list[str]]:
+    """Primary evidence, the parsed additional-evidence map, and reasons to refuse."""
     if request.init_data is not None:
-        return None, ["init-data is not supported"]
+        return None, {}, ["init-data is not supported"]
     composite = request.composite()
-    if composite.additional_evidence:
-        return None, ["additional evidence is not supported"]
-    return dict(composite.primary_evidence), []
+    try:
+        additional = parse_additional_evidence(composite.additional_evidence)
+    except ParseError as exc:
+        return None, {}, [f"additional evidence rejected: {exc}"]
+    unsupported = unsupported_additional(additional)
+    if unsupported:
+        return None, {}, unsupported
+    return dict(composite.primary_evidence), additional, []
 
 
 def appraise_attestation(
@@ -121,12 +136,15 @@ def appraise_attestation(
     now: datetime,
     logger: logging.Logger | None = None,
     snp_endorsements: SnpEndorsementProvider | None = None,
+    gpu_anchors: Sequence[TrustAnchor] | None = None,
 ) -> Appraisal:
     """Verify and appraise the evidence of an ``Attestation`` message.
 
     Steps (each failure is a reason; later steps run only when earlier ones passed): the
     declared TEE has an evidence type (:func:`teeflow.kbs.service.evidence.evidence_type`);
-    no init-data and no additional evidence (not supported: fail closed); evidence that
+    no init-data (not supported: fail closed); additional evidence that parses
+    (:func:`teeflow.attestation.additional_evidence.parse_additional_evidence`) and names
+    only ``nvidia``; evidence that
     recognisably belongs to another platform (an SGX quote declared as ``tdx``, an SNP
     report declared as ``sgx`` …) is refused as such; the type's evidence shape, parse,
     collateral/endorsements and verify; agreement in force at ``now``; role and claims
@@ -143,11 +161,14 @@ def appraise_attestation(
         anchors, collateral, now: verification inputs.
         logger: for the emulated-evidence warning.
         snp_endorsements: VCEK/VLEK source for SNP evidence sent without ``cert_chain``.
+        gpu_anchors: roots for GPU evidence (default: the NVIDIA Device Identity CA);
+            GPU evidence in ``additional_evidence`` is appraised with the CPU evidence
+            (:func:`teeflow.kbs.service.gpu.appraise_gpus`).
     """
     kind = evidence_type(declared_tee)
     if kind is None:
         return Appraisal((f"TEE type {declared_tee} is not supported",), None, None)
-    primary, reasons = _primary(request)
+    primary, additional, reasons = _primary(request)
     if primary is None:
         return Appraisal(tuple(reasons), None, None)
     found = evidence_platform(primary)
@@ -184,7 +205,24 @@ def appraise_attestation(
     reasons = list(result.violations)
     if declared_tee != result.tee:
         reasons.append(f"declared tee {declared_tee} but the evidence is {result.tee}")
-    return Appraisal(tuple(reasons), result, measurement, verified.warnings)
+    gpus = appraise_gpus(
+        additional,
+        agreement=agreement,
+        role=role,
+        cpu_result=result,
+        runtime=RuntimeData(
+            tee_pubkey=runtime.tee_pubkey.as_jwk(),
+            nonce=runtime.nonce,
+            teeflow=runtime.teeflow_members(),
+            additional_evidence=request.composite().additional_evidence,
+        ),
+        anchors=gpu_anchors if gpu_anchors is not None else [nvidia_device_identity_ca()],
+        now=now,
+    )
+    reasons += gpus.reasons
+    return Appraisal(
+        tuple(reasons), result, measurement, verified.warnings, submods=gpus.results
+    )
 
 
 def attested_claims(
@@ -196,14 +234,16 @@ def attested_claims(
     role: str,
     claims: Mapping[str, Any] | None,
     enrollment: Mapping[str, Any] | None = None,
+    emulated: bool | None = None,
 ) -> dict[str, Any]:
     """The ``teeflow.attested`` EAR claim (and the stored session facts); ``enrollment``
-    is the verified enrollment's facts (:class:`~teeflow.kbs.protocol.Enrolled` as JSON)."""
+    is the verified enrollment's facts (:class:`~teeflow.kbs.protocol.Enrolled` as JSON);
+    ``emulated`` defaults to the result's (pass True when a GPU submodule is emulated)."""
     return {
         "enrollment": None if enrollment is None else dict(enrollment),
         "session_id": session_id,
         "tee": result.tee,
-        "emulated": result.emulated,
+        "emulated": result.emulated if emulated is None else emulated,
         "measurement": measurement,
         "agreement_digest": agreement_digest.hex(),
         "role": role,
