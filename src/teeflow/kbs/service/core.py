@@ -109,10 +109,10 @@ class KbsService:
 
     Integrity (adversary H): every agreement, upload, release, counter step, enrollment use
     and revocation is an audited store write, so the audit chain is the state log;
-    :attr:`heads` signs its head for the responses. A row that fails authentication (``StorageTampered``, incl. rollbacks) is
-    refused with 503 and an audit entry (kind ``store``); the service keeps running. Stored
-    agreements (signature chain) and grants (owner signature) are re-verified when first
-    loaded, cached by digest.
+    :attr:`heads` signs its head for the responses. A row that fails authentication
+    (``StorageTampered``, incl. rollbacks) is refused with 503 and an audit entry (kind
+    ``store``); the service keeps running. Stored agreements (signature chain) and grants
+    (owner signature) are re-verified when first loaded, cached by digest.
     """
 
     def __init__(
