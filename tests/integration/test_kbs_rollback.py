@@ -22,6 +22,7 @@ from teeflow.kbs.client.heads import StateRollback
 from teeflow.kbs.client.pinning import Pin
 from teeflow.kbs.client.sdk import KbsClient, verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, SgxReferenceValues, digest
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import SignedAgreement
@@ -79,21 +80,26 @@ def _setup(kbs: Kbs, home: Path) -> tuple[Pin, PartyKeys]:
     return pin, alice
 
 
-def _workload(kbs: Kbs, pin: Pin, home: Path) -> KbsClient:
+def _workload(kbs: Kbs, pin: Pin, home: Path, alice: PartyKeys) -> KbsClient:
+    """alice's client, enrolled by alice (a workload acts for a party only with its
+    enrollment)."""
     sgx = EmulatedSgx(EmulationAuthority.load_or_create(home), measurement=CLIENT_MR)
-    return KbsClient(kbs.server.url, pin, sgx)  # (a restarted KBS listens on another port)
+    enrollment = issue_enrollment(alice, federation="rb", role="client", now=datetime.now(UTC),
+                                  expires=timedelta(hours=1))
+    # (a restarted KBS listens on another port)
+    return KbsClient(kbs.server.url, pin, sgx, enrollment=enrollment)
 
 
 def test_restored_database_copy_is_refused(teeflow_home: Path, tmp_path: Path) -> None:
     db, state = tmp_path / "kbs.db", tmp_path / "state"
     kbs = Kbs(db, state, teeflow_home)
     try:
-        pin, _ = _setup(kbs, teeflow_home)
+        pin, alice = _setup(kbs, teeflow_home)
         kbs.stop()  # a consistent copy of the file and the KBS head file
         shutil.copy(db, tmp_path / "copy.db")
         shutil.copy(state / "kbs-head", tmp_path / "copy-head")
         kbs = Kbs(db, state, teeflow_home)
-        with _workload(kbs, pin, teeflow_home) as workload:  # uses one of the 2 releases
+        with _workload(kbs, pin, teeflow_home, alice) as workload:  # uses one of the 2 releases
             workload.attest("client", CLAIMS)
             workload.get_resource(PATHS[0])
     finally:
@@ -106,7 +112,7 @@ def test_restored_database_copy_is_refused(teeflow_home: Path, tmp_path: Path) -
     shutil.copy(tmp_path / "copy-head", state / "kbs-head")  # ... and the KBS head file
     kbs = Kbs(db, state, teeflow_home)
     try:
-        with _workload(kbs, pin, teeflow_home) as workload, pytest.raises(
+        with _workload(kbs, pin, teeflow_home, alice) as workload, pytest.raises(
             StateRollback, match="the KBS state was rolled back"
         ):
             workload.attest("client", CLAIMS)  # the release budget would be open again
@@ -126,7 +132,7 @@ def test_row_edited_while_running_is_refused_and_audited(
         with sqlite3.connect(db) as conn:  # widen one grant's budget behind the KBS's back
             conn.execute("UPDATE kbs_resources SET max_releases = 1000 WHERE path = ?",
                          (PATHS[0],))
-        with _workload(kbs, pin, teeflow_home) as workload:
+        with _workload(kbs, pin, teeflow_home, alice) as workload:
             workload.attest("client", CLAIMS)
             with pytest.raises(ServiceUnavailable, match="integrity"):
                 workload.get_resource(PATHS[0])
