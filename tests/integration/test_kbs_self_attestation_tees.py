@@ -30,6 +30,7 @@ from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.client.pinning import Pin, http_client, observing_tls_context, send
 from teeflow.kbs.client.sdk import KbsClient, verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
+from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant
 from teeflow.kbs.policy.kbs_reference import (
     load_reference_values,
@@ -191,7 +192,9 @@ def test_kbs_on_platform_is_verified_pinned_and_serves_a_workload(
     assert again.agreement_digest == digest(signed.agreement).hex()
 
     attester = PlatformOptions("emulated-sgx").attester(CLIENT_MR, home=kbs.home)
-    with KbsClient(None, again, attester) as workload:
+    enrollment = issue_enrollment(parties["alice"], federation="study", role="client",
+                                  now=datetime.now(UTC), expires=timedelta(minutes=10))
+    with KbsClient(None, again, attester, enrollment=enrollment) as workload:
         workload.attest("client", CLAIMS)
         assert workload.get_resource(PATH) == data_key
 
