@@ -192,9 +192,8 @@ def test_kbs_on_platform_is_verified_pinned_and_serves_a_workload(
     assert again.agreement_digest == digest(signed.agreement).hex()
 
     attester = PlatformOptions("emulated-sgx").attester(CLIENT_MR, home=kbs.home)
-    # the workload acts for alice with her enrollment (required since the enrollment merge)
     enrollment = issue_enrollment(parties["alice"], federation="study", role="client",
-                                  now=datetime.now(UTC), expires=timedelta(hours=1))
+                                  now=datetime.now(UTC), expires=timedelta(minutes=10))
     with KbsClient(None, again, attester, enrollment=enrollment) as workload:
         workload.attest("client", CLAIMS)
         assert workload.get_resource(PATH) == data_key
