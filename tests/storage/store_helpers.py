@@ -18,6 +18,7 @@ from teeflow.kbs.store.interface import (
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+STORAGE_KEY = bytes(range(32))
 D1, D2, D3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
 
 
@@ -31,7 +32,7 @@ class Backend:
         return self.name != "memory"
 
     def open(self) -> KbsStore:
-        return open_store(self.url)
+        return open_store(self.url, STORAGE_KEY)
 
 
 def put(store: KbsStore, path: str = "repo/key/a", owner: str = "alice", **kw: Any) -> Any:

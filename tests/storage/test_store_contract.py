@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from store_helpers import D1, D2, D3, T0, Backend
+from store_helpers import D1, D2, D3, STORAGE_KEY, T0, Backend
 from store_helpers import clock as _clock
 from store_helpers import entry as _entry
 from store_helpers import put as _put
@@ -339,7 +339,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from teeflow.kbs.service.audit import AuditLog
 from teeflow.kbs.store import open_store
 key = load_pem_private_key(sys.stdin.buffer.read(), None)
-store = open_store(sys.argv[1])
+store = open_store(sys.argv[1], bytes(range(32)))
 log = AuditLog(store, key, lambda: datetime.now(UTC))
 for i in range(100000):
     store.put_resource(f"repo/key/{i}", "alice", wrapped_key=b"k", grant=b"g",
@@ -358,7 +358,7 @@ def test_acknowledged_writes_survive_sigkill(sql_backend: Backend) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    open_store(sql_backend.url).close()  # migrate first
+    open_store(sql_backend.url, STORAGE_KEY).close()  # migrate first
     child = subprocess.Popen(
         [sys.executable, "-c", _CRASH_CHILD, sql_backend.url],
         stdin=subprocess.PIPE,
@@ -457,7 +457,7 @@ def test_errors_are_kbs_errors(store: KbsStore) -> None:
 def test_sqlite_is_wal_with_configured_sync(tmp_path: Path, query: str, level: int) -> None:
     from teeflow.kbs.store.sql import SqlStore
 
-    s = open_store(f"sqlite:///{tmp_path / 'k.db'}{query}")
+    s = open_store(f"sqlite:///{tmp_path / 'k.db'}{query}", STORAGE_KEY)
     assert isinstance(s, SqlStore) and s.relaxed_sync == (level == 1)
     with s.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -473,7 +473,7 @@ def test_sqlite_durable_operations_commit_with_full_sync(tmp_path: Path, sync: s
 
     from teeflow.kbs.store.sql import SqlStore
 
-    s = open_store(f"sqlite:///{tmp_path / 'k.db'}?synchronous={sync}")
+    s = open_store(f"sqlite:///{tmp_path / 'k.db'}?synchronous={sync}", STORAGE_KEY)
     assert isinstance(s, SqlStore)
     seen: list[int] = []
 
@@ -505,7 +505,7 @@ def test_synchronous_parameter_is_checked() -> None:
     for url in ["sqlite:///x.db?synchronous=off", "sqlite:///x.db?synchronous=extra",
                 "postgresql+psycopg://h/db?synchronous=full"]:
         with pytest.raises(StorageInputError):
-            open_store(url)
+            open_store(url, STORAGE_KEY)
 
 
 def _script_head() -> str:
@@ -556,12 +556,15 @@ def test_bad_urls_rejected() -> None:
         "sqlite+aiosqlite:///x.db",
     ]:
         with pytest.raises(StorageInputError):
-            open_store(url)
+            open_store(url, STORAGE_KEY)
 
 
 def test_unreachable_database_error_hides_password() -> None:
     with pytest.raises(StorageError) as info:
-        open_store("postgresql+psycopg://user:hunter2secret@127.0.0.1:1/db?connect_timeout=2")
+        open_store(
+            "postgresql+psycopg://user:hunter2secret@127.0.0.1:1/db?connect_timeout=2",
+            STORAGE_KEY,
+        )
     assert "hunter2secret" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 

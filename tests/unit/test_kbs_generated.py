@@ -42,7 +42,7 @@ AGG_CLAIMS: dict[str, Any] = {
 @pytest.fixture(params=["memory", "sqlite"])
 def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'kbs.db'}"
-    store = open_store(url)
+    store = open_store(url, bytes(32))
     try:
         yield Harness(store)
     finally:
@@ -126,7 +126,7 @@ def test_a_party_record_at_a_generated_path_is_never_released(h: Harness) -> Non
 
 
 def test_concurrent_first_requests_get_the_same_key(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:///{tmp_path / 'kbs.db'}")
+    store = open_store(f"sqlite:///{tmp_path / 'kbs.db'}", bytes(32))
     try:
         h = Harness(store)
         workloads = [h.attest(claims=AGG_CLAIMS, measurement=AGG_MR) for _ in range(4)]

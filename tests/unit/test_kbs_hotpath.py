@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def _second_process(h: Harness, refresh: timedelta = timedelta(hours=1)) -> KbsS
 @pytest.fixture(params=["memory", "sqlite"])
 def h(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'kbs.db'}"
-    store = open_store(url)
+    store = open_store(url, bytes(32))
     try:
         yield Harness(store)
     finally:
@@ -189,15 +190,22 @@ def test_grant_cache_follows_the_stored_bytes(h: Harness) -> None:
     h.service.put_resource(h.upload(os.urandom(32)))
     cache = GrantCache(max_entries=1)
     first = h.store.get_resource(PATH)
-    assert first is not None
-    g1 = cache.get(first)
-    assert g1 is not None and cache.get(first) is g1
+    signed = h.service.current_agreement()
+    record = h.store.current_agreement()
+    assert first is not None and signed is not None and record is not None
+    args = (signed.agreement, record.digest)
+    g1 = cache.get(first, *args)
+    assert g1 is not None and cache.get(first, *args) is g1
     h.clock.now = NOW + timedelta(seconds=1)
     h.service.put_resource(h.upload(os.urandom(32), grant=h.grant(created_at=NOW)))
     second = h.store.get_resource(PATH)
     assert second is not None and second.generation == 2
-    g2 = cache.get(second)
+    g2 = cache.get(second, *args)
     assert g2 is not None and g2.grant.id != g1.grant.id
+    # re-verified on load: a widened grant (the signature no longer covers it) is refused
+    widened = second.grant.replace(b'"max_releases":', b'"max_releases":9')
+    forged = replace(second, grant=widened, grant_digest=second.grant_digest)
+    assert widened != second.grant and cache.get(forged, *args) is None
 
 
 def test_stale_resource_views_of_two_processes_respect_the_budget(h: Harness) -> None:

@@ -55,14 +55,14 @@ def _pg_url() -> Iterator[str]:
 def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     if request.param == "postgresql":
         with _pg_url() as url:
-            store = open_store(url)
+            store = open_store(url, bytes(32))
             try:
                 yield Harness(store)
             finally:
                 store.close()
         return
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'kbs.db'}"
-    store = open_store(url)
+    store = open_store(url, bytes(32))
     try:
         yield Harness(store)
     finally:

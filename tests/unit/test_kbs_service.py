@@ -295,7 +295,7 @@ class Harness:
 @pytest.fixture(params=["memory", "sqlite"])
 def h(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'kbs.db'}"
-    store = open_store(url)
+    store = open_store(url, bytes(32))
     try:
         yield Harness(store)
     finally:

@@ -68,6 +68,7 @@ from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.agreement import (
     digest,
 )
+from teeflow.kbs.policy.heads import HEAD_HEADER
 from teeflow.kbs.policy.namespaces import counter_scope_problems
 from teeflow.kbs.policy.request_signing import (
     RequestSignatureError,
@@ -368,6 +369,22 @@ def create_app(
     verifier = RequestVerifier(party_keys)
     party_signed = verifier.dependency(max_body=0, on_error=unsigned)
 
+    async def stateful(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, str]:
+        """``fn`` in a worker thread and the signed state head of its effects (the
+        ``KBS-State-Head`` header; :mod:`teeflow.kbs.service.heads`)."""
+
+        def run() -> tuple[Any, str]:
+            with service.heads.capture() as box:
+                result = fn(*args, **kwargs)
+            assert box.header is not None
+            return result, box.header
+
+        return await run_in_threadpool(run)
+
+    def headed(response: Response, head: str) -> Response:
+        response.headers[HEAD_HEADER] = head
+        return response
+
     async def authorized(request: Request) -> AttestedSession:
         session = await call(
             service.authorize,
@@ -400,8 +417,8 @@ def create_app(
             reason = f"no {SESSION_COOKIE} cookie: call POST /kbs/v0/auth first"
             raise AttestationFailed(f"attestation denied: {reason}", [reason])
         body = await _decode(request, AttestRequest, MAX_ATTEST_BODY_BYTES)
-        result = await call(service.attest, session_id, body)
-        return _json(result.to_wire())
+        result, head = await stateful(service.attest, session_id, body)
+        return headed(_json(result.to_wire()), head)
 
     @app.get(
         "/kbs/v0/resource/{path:path}",
@@ -414,9 +431,11 @@ def create_app(
             session = service.authorize(session_id=session_id, token=token)
             return service.get_resource(session, path)
 
-        jwe_text = await call(release)
+        jwe_text, head = await stateful(release)
         return Response(
-            jwe_text, media_type="application/json", headers={"Cache-Control": "no-store"}
+            jwe_text,
+            media_type="application/json",
+            headers={"Cache-Control": "no-store", HEAD_HEADER: head},
         )
 
     # -- agreements -------------------------------------------------------------------------
@@ -434,26 +453,29 @@ def create_app(
     )
     async def submit_agreement(request: Request) -> Response:
         signed = await _decode(request, SignedAgreement, MAX_AGREEMENT_BYTES)
-        record = await call(service.submit_agreement, signed)
-        return _json(
-            {
-                "version": record.version,
-                "digest": record.digest.hex(),
-                "created_at": record.created_at.isoformat(),
-            }
+        record, head = await stateful(service.submit_agreement, signed)
+        return headed(
+            _json(
+                {
+                    "version": record.version,
+                    "digest": record.digest.hex(),
+                    "created_at": record.created_at.isoformat(),
+                }
+            ),
+            head,
         )
 
     @app.get("/v1/agreement", openapi_extra=_doc(ok={"type": "object"}, errors=(409,)))
     async def current_agreement() -> Response:
-        signed = await call(service.current_agreement)
+        signed, head = await stateful(service.current_agreement)
         if signed is None:
             raise NoAgreement()
-        return _json(_agreement_json(signed))
+        return headed(_json(_agreement_json(signed)), head)
 
     @app.get("/v1/agreement/history", openapi_extra=_doc(ok={"type": "object"}, errors=()))
     async def agreement_history() -> Response:
-        history = await call(service.agreement_history)
-        return _json({"agreements": [_agreement_json(s) for s in history]})
+        history, head = await stateful(service.agreement_history)
+        return headed(_json({"agreements": [_agreement_json(s) for s in history]}), head)
 
     # -- resources, certificates, counters ----------------------------------------------------
 
@@ -464,8 +486,8 @@ def create_app(
     )
     async def put_resource(request: Request) -> Response:
         upload = await _decode(request, ResourceUpload, MAX_UPLOAD_BODY_BYTES)
-        info = await call(service.put_resource, upload)
-        return _json(info.to_wire(), status=201)
+        info, head = await stateful(service.put_resource, upload)
+        return headed(_json(info.to_wire(), status=201), head)
 
     @app.post(
         "/v1/certificates",
@@ -480,9 +502,10 @@ def create_app(
             csr: bytes | str = request_doc.csr
         else:
             csr = raw  # application/pkcs10 or application/x-pem-file: the PEM itself
-        pem = await call(service.issue_certificate, session, csr)
+        pem, head = await stateful(service.issue_certificate, session, csr)
         ca_pem = keys.ca.certificate_pem().decode("ascii")
-        return _json(CertificateResponse(certificate=pem.decode("ascii"), ca=ca_pem).to_wire())
+        body = CertificateResponse(certificate=pem.decode("ascii"), ca=ca_pem).to_wire()
+        return headed(_json(body), head)
 
     @app.post(
         "/v1/enrollments/revocations",
@@ -491,7 +514,8 @@ def create_app(
     )
     async def revoke_enrollment(request: Request) -> Response:
         body = await _decode(request, EnrollmentRevocationRequest, MAX_REVOCATION_BODY_BYTES)
-        return _json(await call(service.revoke_enrollment, body.revocation))
+        result, head = await stateful(service.revoke_enrollment, body.revocation)
+        return headed(_json(result), head)
 
     @app.get(
         "/v1/ca",
@@ -511,28 +535,32 @@ def create_app(
     async def increment_counter(name: str, request: Request) -> Response:
         session = await authorized(request)
         step = await _decode(request, CounterIncrement, MAX_COUNTER_BODY_BYTES)
-        state = await call(
+        state, head = await stateful(
             service.increment_counter, session, name, step.expected, bytes.fromhex(step.digest)
         )
-        return _json(state.to_wire())
+        return headed(_json(state.to_wire()), head)
 
-    @app.get("/v1/counters/{name:path}",
-             openapi_extra=_doc(ok=CounterState, errors=(400, 401, 403, 404)))
+    @app.get(
+        "/v1/counters/{name:path}", openapi_extra=_doc(ok=CounterState, errors=(400, 401, 403, 404))
+    )
     async def get_counter(name: str, request: Request) -> Response:
         if request.headers.get("authorization") or request.cookies.get(SESSION_COOKIE):
             session = await authorized(request)
             claims = session.claims
             problems = counter_scope_problems(
-                name, role=session.role, party=session.party,
-                session=None if claims is None else claims.session)
+                name,
+                role=session.role,
+                party=session.party,
+                session=None if claims is None else claims.session,
+            )
             if problems:
                 raise PolicyDeny(problems[0])
         else:
             await party_signed(request)
-        state = await call(service.get_counter, name)
+        state, head = await stateful(service.get_counter, name)
         if state is None:
             raise ResourceNotFound("counter has never been stepped")
-        return _json(state.to_wire())
+        return headed(_json(state.to_wire()), head)
 
     # -- audit, evidence ----------------------------------------------------------------------
 
@@ -542,8 +570,8 @@ def create_app(
         limit: int = Query(100, ge=1, le=MAX_AUDIT_PAGE),
         _: SignedRequest = Depends(party_signed),  # noqa: B008
     ) -> Response:
-        entries = await call(service.audit_entries, after, limit)
-        return _json({"entries": [audit_entry_to_json(e) for e in entries]})
+        entries, head = await stateful(service.audit_entries, after, limit)
+        return headed(_json({"entries": [audit_entry_to_json(e) for e in entries]}), head)
 
     @app.get("/v1/kbs/evidence", openapi_extra=_doc(ok={"type": "object"}, errors=(400, 503)))
     async def kbs_evidence(nonce: str = Query(..., min_length=1, max_length=2048)) -> Response:
@@ -559,8 +587,9 @@ def create_app(
             # agreement must have (kbs serve --expect-agreement), so parties see what the
             # KBS will enforce before they upload anything; null only when insecure
             current = service.current_agreement()
-            agreement_digest = (service.first_agreement if current is None
-                                else digest(current.agreement))
+            agreement_digest = (
+                service.first_agreement if current is None else digest(current.agreement)
+            )
             return evidence.evidence(raw_nonce, agreement_digest)
 
         return _json(await call(make))

@@ -171,10 +171,10 @@ def _check_resume_allowed(rt: RecoveryRuntime, db_url: str) -> None:
     from teeflow.kbs.store import open_store
 
     plain = open_recovery_state(rt.coordinator.needs.blob, rt.coordinator.secret, rt.needs_record)
-    _, previous = parse_key_state(plain)
+    recovered_keys, previous = parse_key_state(plain)
     if previous == rt.measurement:
         return
-    store = open_store(db_url)
+    store = open_store(db_url, recovered_keys.storage_key)  # rows are authenticated under it
     try:
         record = store.current_agreement()
     finally:

@@ -81,6 +81,7 @@ from teeflow.kbs.service.collateral import (
     EmulatedCollateralProvider,
 )
 from teeflow.kbs.service.core import KbsService
+from teeflow.kbs.service.heads import KbsHeadFile, check_store_head
 from teeflow.kbs.service.identity import KbsKeys
 from teeflow.kbs.service.recovery_mode import (
     NeedsRecovery,
@@ -175,8 +176,11 @@ class KbsRuntime:
     attester: str = "emulated"
 
     def close(self) -> None:
-        """Close the store."""
-        self.store.close()
+        """Save the newest state head (``kbs-head``) and close the store."""
+        try:
+            self.service.heads.close()
+        finally:
+            self.store.close()
 
     def tls_context(self) -> ssl.SSLContext:
         """Server TLS context of this KBS (:func:`tls_context`).
@@ -278,6 +282,9 @@ def build_kbs(
         SealingError: the sealed keys belong to another measurement or platform and there
             is no recovery record.
         StorageError: the database cannot be opened.
+        StorageTampered, StorageRollback: the database fails its integrity check, or its
+            state head is older than the one this KBS saved in ``state_dir/kbs-head`` ("the
+            KBS state was rolled back").
     """
     options = platform if isinstance(platform, PlatformOptions) else PlatformOptions(platform)
     groot = options.gramine_root if options.gramine_root is not None else gramine_root
@@ -345,7 +352,7 @@ def build_kbs(
     providers.append(EmulatedCollateralProvider(authority))
     if expect_agreement is not None and len(expect_agreement) != 32:
         raise KbsError("--expect-agreement must be a SHA-256 agreement digest (64 hex)")
-    store = open_store(db_url)
+    store = open_store(db_url, keys.storage_key)
     try:
         if expect_agreement is None and not insecure_first_agreement \
                 and not store.agreement_history():
@@ -354,6 +361,10 @@ def build_kbs(
                 "Start with --expect-agreement DIGEST|FILE (the agreement the parties signed; "
                 "teeflow agreement show FILE prints its digest), or "
                 "--insecure-first-agreement for development")
+        head_file = None
+        if db_url != "memory://":  # a volatile store starts empty by design
+            head_file = KbsHeadFile(directory, keys.storage_key)
+            check_store_head(store.last_audit(), head_file.load())
         audit = AuditLog(store, keys.audit, now_fn)
         manager = RecoveryManager(
             directory,
@@ -369,6 +380,7 @@ def build_kbs(
             collateral=CompositeCollateralProvider(providers),
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,
+            head_file=head_file,
             on_agreement=lambda signed, d: ensure_share_set(manager, signed, d),
             first_agreement=expect_agreement,
             default_role=checked_default_role(default_role),

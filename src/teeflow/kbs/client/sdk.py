@@ -50,6 +50,7 @@ from teeflow.attestation.nvidia.trustee import gpu_nonce
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
 from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
+from teeflow.kbs.client.heads import HeadTracker, StateRollback
 from teeflow.kbs.client.pinning import (
     MAX_RESPONSE_BYTES,
     PIN_FORMAT,
@@ -62,6 +63,7 @@ from teeflow.kbs.client.pinning import (
     send,
 )
 from teeflow.kbs.policy.canonical import b64url_encode
+from teeflow.kbs.policy.heads import HEAD_HEADER
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
 )
@@ -285,6 +287,11 @@ class KbsClient:
         party: the party's keys, for what only parties may read (the audit log, counters):
             those requests are signed with its Ed25519 key (RFC 9421,
             :mod:`teeflow.kbs.policy.request_signing`).
+        heads: the tracker of the KBS's signed state heads (default: the process-wide one
+            of the pinned audit key, remembered in ``$TEEFLOW_HOME/kbs-heads``; see
+            :mod:`teeflow.kbs.client.heads`). Every state-dependent response must carry a
+            head no older than the one known when the request was sent, else
+            :class:`~teeflow.kbs.client.heads.StateRollback` ("the KBS state was rolled back").
         enrollment: the enrollment token (compact JWS) of the party this workload acts for
             (:mod:`teeflow.kbs.policy.enrollment`); :meth:`attest` sends it in the
             runtime-data ``teeflow`` claims. Without it the KBS refuses the attestation.
@@ -308,11 +315,13 @@ class KbsClient:
         timeout: float = 10.0,
         clock: Callable[[], datetime] | None = None,
         party: PartyKeys | None = None,
+        heads: HeadTracker | None = None,
         enrollment: str | None = None,
         workload_key: ECKey | None = None,
         gpu: GpuAttester | None = None,
     ) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
+        self.heads = heads if heads is not None else HeadTracker.for_pin(self.pin.audit_public_key)
         self._enrollment = enrollment
         self._workload_key = workload_key
         self._gpu = gpu
@@ -325,14 +334,13 @@ class KbsClient:
         self._platform = platform
         self._tee = tee or (platform.tee if platform is not None else "sgx")
         self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
-        self._http = http_client(
-            self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout
-        )
+        self._http = http_client(self.url, pinned_tls_context(self.pin.tls_spki_sha256), timeout)
         self._attested: _Attested | None = None
 
     def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and save the newest state head seen."""
         self._http.close()
+        self.heads.flush()
 
     def __enter__(self) -> KbsClient:
         return self
@@ -340,8 +348,16 @@ class KbsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, **kw: Any) -> tuple[httpx.Response, bytes]:
-        return send(self._http, method, path, **kw)
+    def _request(
+        self, method: str, path: str, *, state: bool = True, **kw: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One request; with ``state`` its response's signed head is checked and
+        remembered (:meth:`HeadTracker.check`: raises StateRollback)."""
+        before = self.heads.head
+        resp, body = send(self._http, method, path, **kw)
+        if state:
+            self.heads.check(resp.headers.get(HEAD_HEADER), before)
+        return resp, body
 
     # -- workload side -----------------------------------------------------------------------
 
@@ -381,7 +397,10 @@ class KbsClient:
                     extra["session"] = scope
         teeflow = json.loads(json.dumps({**extra, "role": role}))
         resp, body = self._request(
-            "POST", "/kbs/v0/auth", json={"version": PROTOCOL_VERSION, "tee": self._tee}
+            "POST",
+            "/kbs/v0/auth",
+            state=False,
+            json={"version": PROTOCOL_VERSION, "tee": self._tee},
         )
         session_id = resp.cookies.get(_SESSION_COOKIE)
         self._http.cookies.clear()  # sent explicitly below
@@ -422,13 +441,17 @@ class KbsClient:
         # (it travels in result lineage, so it is no bearer credential)
         if self._attested is None:
             raise KbsError("attest first")
-        return {"Authorization": f"Bearer {self._attested.token}",
-                "Cookie": f"{_SESSION_COOKIE}={self._attested.session_id}"}
+        return {
+            "Authorization": f"Bearer {self._attested.token}",
+            "Cookie": f"{_SESSION_COOKIE}={self._attested.session_id}",
+        }
 
     def _party_signed(self) -> dict[str, Any]:
         if self._party_auth is None:
-            raise KbsError("only parties may read this: give the client a party's keys "
-                           "(KbsClient(..., party=PartyKeys.load(NAME)); CLI: --party NAME)")
+            raise KbsError(
+                "only parties may read this: give the client a party's keys "
+                "(KbsClient(..., party=PartyKeys.load(NAME)); CLI: --party NAME)"
+            )
         return {"auth": self._party_auth}
 
     def get_resource(self, path: str) -> bytes:
@@ -507,8 +530,10 @@ class KbsClient:
         if not is_counter_name(name):
             raise KbsError("invalid counter name")
         auth: dict[str, Any] = (
-            {"headers": self._auth_headers()} if self._attested is not None
-            else self._party_signed())
+            {"headers": self._auth_headers()}
+            if self._attested is not None
+            else self._party_signed()
+        )
         try:
             _, body = self._request("GET", f"/v1/counters/{name}", **auth)
         except ResourceNotFound:
@@ -574,7 +599,7 @@ class KbsClient:
         Raises:
             VerificationError: it differs from the pin.
         """
-        _, body = self._request("GET", "/v1/ca")
+        _, body = self._request("GET", "/v1/ca", state=False)
         try:
             served = x509.load_pem_x509_certificate(body)
         except ValueError:
@@ -597,13 +622,21 @@ class KbsClient:
         entries: list[AuditEntry] = []
         after = 0
         while True:
-            _, body = self._request("GET", "/v1/audit", params={"after": after, "limit": page},
-                                    **self._party_signed())
+            _, body = self._request(
+                "GET", "/v1/audit", params={"after": after, "limit": page}, **self._party_signed()
+            )
             doc = json.loads(body)
             raw = doc.get("entries") if isinstance(doc, dict) else None
             if not isinstance(raw, list):
                 raise ParseError("audit response has no entries list")
             batch = [audit_entry_from_json(e) for e in raw]
+            known = self.heads.head
+            for e in batch:  # the remembered head must be in this chain (fork check)
+                if known is not None and e.seq == known.seq and e.hash != known.hash:
+                    raise StateRollback(
+                        f"the KBS state was rolled back: its audit entry {e.seq} differs "
+                        "from the state head seen before (a forked store)"
+                    )
             if verify:
                 verify_audit_chain(
                     batch, self.pin.audit_public(), after=entries[-1] if entries else None

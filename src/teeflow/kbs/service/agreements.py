@@ -113,25 +113,27 @@ class AgreementService:
                 AgreementRejected, "agreement", subject, reasons, detail="; ".join(reasons)
             )
         document = canonical_json(signed.model_dump(mode="json"))
+        build = self._ctx.builder(
+            "agreement",
+            subject,
+            "accept",
+            data={
+                "version": signed.agreement.version,
+                "agreement_digest": digest.hex(),
+                "signers": sorted(signed.signatures),
+            },
+        )
         try:
             with self._ctx.storage(StorageConflict):
-                record = self._ctx.store.append_agreement(
-                    signed.agreement.version, digest, document, now
+                record, entry = self._ctx.store.append_agreement_and_audit(
+                    signed.agreement.version, digest, document, now, build
                 )
         except StorageConflict:
             raise Conflict("another agreement version was accepted concurrently") from None
         finally:
             self._ctx.forget_agreement()  # the hot paths re-read the (possibly new) agreement
-        self._ctx.record(
-            "agreement",
-            subject,
-            "accept",
-            data={
-                "version": record.version,
-                "agreement_digest": digest.hex(),
-                "signers": sorted(signed.signatures),
-            },
-        )
+        self._ctx.verified_agreements.add(digest)
+        self._ctx.heads.saw(entry)
         if self._on_agreement is not None:
             try:
                 self._on_agreement(signed, digest)

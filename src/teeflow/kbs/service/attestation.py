@@ -162,7 +162,7 @@ class AttestationService:
                 with self._ctx.storage(
                     StorageExpired, StorageConflict, StorageNotFound, EnrollmentUseRefused
                 ):
-                    self._ctx.store.consume_nonce_and_audit(
+                    _, entry = self._ctx.store.consume_nonce_and_audit(
                         session_id,
                         now,
                         build,
@@ -170,6 +170,7 @@ class AttestationService:
                         agreement_digest=agreement_digest,
                         enrollment=use,
                     )
+                self._ctx.heads.saw(entry)
             except EnrollmentUseRefused as exc:
                 refuse(
                     [f"enrollment {exc.reason} (uses are counted per accepted attestation)"],

@@ -22,7 +22,7 @@ from joserfc.jwk import ECKey
 from pydantic import ValidationError
 
 from teeflow.attestation.trust import TrustAnchor
-from teeflow.errors import KbsError
+from teeflow.errors import KbsError, PolicyViolation, VerificationError
 from teeflow.kbs.api.problems import (
     InvalidRequest,
     KbsProblem,
@@ -31,12 +31,15 @@ from teeflow.kbs.api.problems import (
 from teeflow.kbs.ca.authority import FederationCA
 from teeflow.kbs.policy.signing import (
     SignedAgreement,
+    verify_initial,
+    verify_update,
 )
 from teeflow.kbs.service.audit import (
     AuditError,
     AuditLog,
 )
 from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
+from teeflow.kbs.service.heads import HeadRecorder, KbsHeadFile
 from teeflow.kbs.service.rcar import (
     TokenCache,
 )
@@ -45,11 +48,14 @@ from teeflow.kbs.service.release import (
     ResourceViews,
 )
 from teeflow.kbs.store.interface import (
+    AgreementRecord,
     AuditBuilder,
     AuditEntry,
     KbsStore,
     StorageError,
     StorageInputError,
+    StorageRollback,
+    StorageTampered,
 )
 
 __all__ = ["MAX_ID", "KbsKeyMaterial", "ServiceContext", "sha256_hex"]
@@ -101,6 +107,7 @@ class ServiceContext:
         snp_endorsements: SnpEndorsementProvider | None = None,
         agreement_refresh: timedelta = timedelta(seconds=1),
         first_agreement: bytes | None = None,
+        head_file: KbsHeadFile | None = None,
         gpu_anchors: Sequence[TrustAnchor] | None = None,
     ) -> None:
         if nonce_ttl <= timedelta(0) or token_ttl < timedelta(seconds=1):
@@ -130,6 +137,9 @@ class ServiceContext:
             raise KbsError("first_agreement must be a 32-byte agreement digest")
         #: digest the first agreement must have (``kbs serve --expect-agreement``), or None
         self.first_agreement = first_agreement
+        self.verified_agreements: set[bytes] = set()
+        #: signs the state head of each response (:mod:`teeflow.kbs.service.heads`)
+        self.heads = HeadRecorder(store, keys.audit, head_file)
 
     def forget_agreement(self) -> None:
         """Drop this process's copy of the agreement (the next hot-path read re-reads it)."""
@@ -154,11 +164,28 @@ class ServiceContext:
             yield
         except passthrough:
             raise
+        except StorageTampered as exc:
+            self.tampered(exc)
         except StorageInputError as exc:
             raise InvalidRequest(str(exc)) from None
         except (StorageError, AuditError) as exc:
             self.log.error("KBS store failure: %s", type(exc).__name__)
             raise ServiceUnavailable() from None
+
+    def tampered(self, exc: StorageTampered) -> NoReturn:
+        """Refuse a request that met a tampered (or rolled-back) row: audit (kind ``store``,
+        decision ``deny``), log, 503; the service keeps serving every other row."""
+        kind = "rollback" if isinstance(exc, StorageRollback) else "tampered row"
+        self.log.error("KBS store integrity failure: %s (%s)", kind, exc.table or "-")
+        try:
+            build = self.audit.builder("store", exc.table or "-", "deny", [str(exc)[:512]])
+            self.heads.saw(self.store.append_audit_built(build))
+        except (StorageError, AuditError) as again:
+            self.log.error("audit of the integrity failure failed: %s", type(again).__name__)
+        raise ServiceUnavailable(
+            "the KBS store failed an integrity check (its database was changed outside the "
+            "KBS); the operator must restore it"
+        ) from None
 
     def record(
         self,
@@ -170,10 +197,14 @@ class ServiceContext:
     ) -> AuditEntry:
         build = self.builder(kind, subject, decision, reasons, data)
         try:
-            return self.store.append_audit_built(build)
+            entry = self.store.append_audit_built(build)
+        except StorageTampered as exc:
+            self.tampered(exc)
         except (StorageError, AuditError) as exc:
             self.log.error("audit append failed: %s", type(exc).__name__)
             raise ServiceUnavailable() from None
+        self.heads.saw(entry)
+        return entry
 
     def builder(
         self,
@@ -229,5 +260,44 @@ class ServiceContext:
         except ValidationError:
             self.log.error("stored agreement version %d does not parse", record.version)
             raise ServiceUnavailable() from None
+        self.verify_stored_agreement(record)
         self._agreement_cache = (record.digest, signed, fetched)
         return signed, record.digest
+
+    def verify_stored_agreement(self, record: AgreementRecord) -> None:
+        """Re-verify a stored agreement before its first use (cached by digest): the chain
+        from version 1 (``verify_initial``, then ``verify_update`` of each version against
+        its predecessor) must hold and end at ``record``'s digest, for this federation.
+
+        Raises:
+            ServiceUnavailable: it does not (audited as a tampered ``kbs_agreements`` row).
+        """
+        if record.digest in self.verified_agreements:
+            return
+        with self.storage():
+            history = self.store.agreement_history()
+        upto = history[: record.version]
+        problem = ""
+        previous: SignedAgreement | None = None
+        try:
+            for stored in upto:
+                signed = SignedAgreement.model_validate_json(stored.document)
+                if stored.digest not in self.verified_agreements:
+                    if previous is None:
+                        computed = verify_initial(signed)
+                    else:
+                        computed = verify_update(signed, previous)
+                    if computed != stored.digest or signed.agreement.version != stored.version:
+                        problem = f"agreement version {stored.version} is not what was signed"
+                        break
+                    if signed.agreement.federation != self.keys.ca.federation:
+                        problem = f"agreement version {stored.version} names another federation"
+                        break
+                previous = signed
+        except (ValidationError, PolicyViolation, VerificationError) as exc:
+            problem = f"a stored agreement does not verify ({type(exc).__name__})"
+        if not problem and (not upto or upto[-1].digest != record.digest):
+            problem = "the agreement history does not lead to the active agreement"
+        if problem:
+            self.tampered(StorageTampered(problem, table="kbs_agreements"))
+        self.verified_agreements.update(h.digest for h in upto)

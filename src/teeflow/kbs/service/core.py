@@ -63,6 +63,7 @@ from teeflow.kbs.service.certificates import CertificateService
 from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
 from teeflow.kbs.service.context import KbsKeyMaterial, ServiceContext
 from teeflow.kbs.service.enrollments import EnrollmentService
+from teeflow.kbs.service.heads import KbsHeadFile
 from teeflow.kbs.service.ledger import Ledger
 from teeflow.kbs.service.resources import ResourceService
 from teeflow.kbs.store.interface import KbsStore
@@ -100,9 +101,18 @@ class KbsService:
             (:class:`~teeflow.kbs.service.agreements.AgreementService`).
         first_agreement: the digest (32 bytes) the first agreement must have (``kbs serve
             --expect-agreement``: bootstrap, issue 10 (N)); None accepts any first agreement.
+        head_file: where the newest signed state head is kept across restarts
+            (:class:`~teeflow.kbs.service.heads.KbsHeadFile`); None keeps none.
         gpu_anchors: roots for NVIDIA GPU evidence in ``additional_evidence`` (default: the
             pinned NVIDIA Device Identity CA; add the emulated NVIDIA root for emulation,
             which the agreement must still allow).
+
+    Integrity (adversary H): every agreement, upload, release, counter step, enrollment use
+    and revocation is an audited store write, so the audit chain is the state log;
+    :attr:`heads` signs its head for the responses. A row that fails authentication
+    (``StorageTampered``, incl. rollbacks) is refused with 503 and an audit entry (kind
+    ``store``); the service keeps running. Stored agreements (signature chain) and grants
+    (owner signature) are re-verified when first loaded, cached by digest.
     """
 
     def __init__(
@@ -122,6 +132,7 @@ class KbsService:
         agreement_refresh: timedelta = timedelta(seconds=1),
         on_agreement: Callable[[SignedAgreement, bytes], None] | None = None,
         first_agreement: bytes | None = None,
+        head_file: KbsHeadFile | None = None,
         gpu_anchors: Sequence[TrustAnchor] | None = None,
     ) -> None:
         self._ctx = ServiceContext(
@@ -138,8 +149,11 @@ class KbsService:
             snp_endorsements=snp_endorsements,
             agreement_refresh=agreement_refresh,
             first_agreement=first_agreement,
+            head_file=head_file,
             gpu_anchors=gpu_anchors,
         )
+        #: Signs the state head of each response (``KBS-State-Head``).
+        self.heads = self._ctx.heads
         #: The agreement in force and its history.
         self.agreements = AgreementService(self._ctx, on_agreement=on_agreement)
         #: RCAR sessions, attestation and token checks.

@@ -235,9 +235,10 @@ class EnrollmentService:
         data = {"party": revoked.party, "enrollment_id": revoked.jti, "action": "revoke"}
         build = self._ctx.builder("enrollment", f"enrollment:{key}", "accept", data=data)
         with self._ctx.storage():
-            record, _ = self._ctx.store.revoke_enrollment_and_audit(
+            record, entry = self._ctx.store.revoke_enrollment_and_audit(
                 key, revocation.encode("ascii"), now, build
             )
+        self._ctx.heads.saw(entry)
         self._ctx.log.info("enrollment %s of %s revoked", revoked.jti, revoked.party)
         return {
             "id": revoked.jti,

@@ -134,13 +134,14 @@ class GeneratedSecretService:
             )
             try:
                 with ctx.storage(StorageConflict, StorageNotFound):
-                    ctx.store.record_release_and_audit(
+                    _, entry = ctx.store.record_release_and_audit(
                         path,
                         record.release_count,
                         build,
                         generation=record.generation,
                         agreement_digest=agreement_digest,
                     )
+                ctx.heads.saw(entry)
                 return sealed
             except (StorageConflict, StorageNotFound):
                 # a concurrent release (or a new agreement) committed since the read
@@ -168,11 +169,19 @@ class GeneratedSecretService:
         )
         now = ctx.now()
         doc = descriptor(path, scope, now)
+        owner = kbs_owner(ctx.rng(16))
+        build = ctx.builder(  # the creation is a state change: audited in its transaction
+            "resource",
+            path,
+            "accept",
+            data={"owner": owner, "generated": True, "generation": 1},
+        )
         try:
             with ctx.storage(StorageConflict):
-                stored = ctx.store.put_resource(
+                stored, entry = ctx.store.put_resource_and_audit(
                     path,
-                    kbs_owner(ctx.rng(16)),
+                    owner,
+                    build,
                     wrapped_key=wrapped,
                     grant=doc,
                     grant_digest=hashlib.sha256(doc).digest(),
@@ -180,6 +189,7 @@ class GeneratedSecretService:
                     max_releases=None,
                     created_at=now,
                 )
+            ctx.heads.saw(entry)
             return stored, True
         except StorageConflict:
             # another request created it first (its owner differs from ours): use that one

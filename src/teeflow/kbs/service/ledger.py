@@ -76,13 +76,21 @@ class Ledger:
             self._ctx.deny(PolicyDeny, "counter", subject, [reason], data)
         claims = session.claims
         scope = counter_scope_problems(
-            name, role=session.role, party=session.party,
-            session=None if claims is None else claims.session)
+            name,
+            role=session.role,
+            party=session.party,
+            session=None if claims is None else claims.session,
+        )
         if scope:  # a counter belongs to one session/role/party scope (namespaces.py)
             self._ctx.deny(PolicyDeny, "counter", subject, scope, data)
+        build = self._ctx.builder(
+            "counter", subject, "accept", data={**data, "value": expected + 1}
+        )
         try:
             with self._ctx.storage(StorageConflict):
-                value = self._ctx.store.compare_and_increment(name, expected, digest)
+                value, entry = self._ctx.store.compare_and_increment_and_audit(
+                    name, expected, digest, build
+                )
         except StorageConflict:
             self._ctx.deny(
                 Conflict,
@@ -92,8 +100,7 @@ class Ledger:
                 data,
                 detail="counter is not at the expected value",
             )
-        data["value"] = value
-        self._ctx.record("counter", subject, "accept", data=data)
+        self._ctx.heads.saw(entry)
         return CounterState(name=name, value=value, digest=digest.hex())
 
     def get_counter(self, name: str) -> CounterState | None:

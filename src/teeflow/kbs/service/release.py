@@ -47,6 +47,7 @@ from joserfc.jwk import ECKey
 
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.policy.agreement import FederationAgreement
+from teeflow.kbs.policy.canonical import GRANT_DOMAIN, signing_input
 from teeflow.kbs.policy.generated import upload_problems
 from teeflow.kbs.policy.grants import Grant, SignedGrant, grant_allows, grant_digest, verify_grant
 from teeflow.kbs.policy.namespaces import upload_namespace_problems
@@ -164,30 +165,47 @@ def stored_grant(record: ResourceRecord) -> SignedGrant | None:
 
 
 class GrantCache:
-    """:func:`stored_grant` memoised on the stored grant bytes (a per-process cache of parsed
-    grants, so a release does not re-validate the same signed document each time).
+    """:func:`stored_grant` memoised on the stored grant bytes and *re-verified on load*: the
+    stored document must hash to the stored ``grant_digest`` and carry its owner's signature
+    under the owner's key in the active agreement (the host could rewrite the database; the
+    row tag covers that, the signature is checked as well). Verified grants are cached by
+    ``(grant bytes, agreement digest)``, so a release does not re-verify the same document.
 
-    The key is the exact stored bytes, so a replaced grant is a different entry; a document
-    that does not parse is not cached. At most ``max_entries`` are kept (all dropped when
-    full). Thread-safe.
+    A document that does not parse or verify is not cached and yields None (the release is
+    refused). At most ``max_entries`` are kept (all dropped when full). Thread-safe.
     """
 
     def __init__(self, max_entries: int = 1024) -> None:
         self._max = max(1, max_entries)
         self._lock = threading.Lock()
-        self._entries: dict[bytes, SignedGrant] = {}
+        self._entries: dict[tuple[bytes, bytes], SignedGrant] = {}
 
-    def get(self, record: ResourceRecord) -> SignedGrant | None:
-        """The record's parsed signed grant (None if it does not parse)."""
-        hit = self._entries.get(record.grant)
+    def get(
+        self, record: ResourceRecord, agreement: FederationAgreement, agreement_digest: bytes
+    ) -> SignedGrant | None:
+        """The record's verified signed grant (None if it does not parse or verify)."""
+        key = (record.grant, agreement_digest)
+        hit = self._entries.get(key)
         if hit is not None:
             return hit
         parsed = stored_grant(record)
-        if parsed is not None:
-            with self._lock:
-                if len(self._entries) >= self._max:
-                    self._entries = {}
-                self._entries[bytes(record.grant)] = parsed
+        if parsed is None or grant_digest(parsed.grant) != record.grant_digest:
+            return None
+        owner = agreement.parties.get(parsed.grant.owner)
+        if owner is None or parsed.grant.owner != record.owner:
+            return None
+        try:
+            verify_ed25519(
+                owner.sign_key,
+                parsed.signature,
+                signing_input(GRANT_DOMAIN, grant_digest(parsed.grant)),
+            )
+        except VerificationError:
+            return None
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries = {}
+            self._entries[(bytes(record.grant), agreement_digest)] = parsed
         return parsed
 
 

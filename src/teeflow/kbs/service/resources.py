@@ -116,11 +116,19 @@ class ResourceService:
             problems = replacement_problems(old_grant, existing.owner, grant)
             if problems:
                 self._ctx.deny(Conflict, "resource", subject, problems, data, detail=problems[0])
+        generation = 1 if existing is None else existing.generation + 1
+        build = self._ctx.builder(
+            "resource",
+            subject,
+            "accept",
+            data={**data, "generation": generation, "wrapped_key_sha256": _sha256_hex(wrapped)},
+        )
         try:
             with self._ctx.storage(StorageConflict):
-                stored = self._ctx.store.put_resource(
+                stored, entry = self._ctx.store.put_resource_and_audit(
                     upload.path,
                     upload.owner,
+                    build,
                     wrapped_key=wrapped,
                     grant=canonical_json(upload.signed_grant.model_dump(mode="json")),
                     grant_digest=digest,
@@ -130,9 +138,8 @@ class ResourceService:
                 )
         except StorageConflict:
             self._ctx.deny(Conflict, "resource", subject, ["concurrent upload"], data)
+        self._ctx.heads.saw(entry)
         self._ctx.known.drop(upload.path)
-        data.update(generation=stored.generation, wrapped_key_sha256=_sha256_hex(wrapped))
-        self._ctx.record("resource", subject, "accept", data=data)
         return resource_info(stored, grant.id)
 
     def resource_info(self, path: str) -> ResourceInfo | None:
@@ -210,13 +217,14 @@ class ResourceService:
             )
             try:
                 with self._ctx.storage(StorageConflict, StorageNotFound):
-                    self._ctx.store.record_release_and_audit(
+                    _, entry = self._ctx.store.record_release_and_audit(
                         path,
                         decision.releases_so_far,
                         build,
                         generation=record.generation,
                         agreement_digest=current[1],
                     )
+                self._ctx.heads.saw(entry)
                 self._ctx.known.put(replace(record, release_count=count))
                 return sealed[1]
             except (StorageConflict, StorageNotFound):
@@ -247,7 +255,11 @@ class ResourceService:
                 self._ctx.known.drop(path)
             else:
                 self._ctx.known.put(record)
-        signed_grant = self._ctx.grants.get(record) if record is not None else None
+        signed_grant = None
+        if record is not None:
+            current = self._ctx.current(self._ctx.agreement_max_age)
+            if current is not None and current[1] == agreement_digest:
+                signed_grant = self._ctx.grants.get(record, current[0].agreement, agreement_digest)
         return record, decide(
             session=session,
             path=path,

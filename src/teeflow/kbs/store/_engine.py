@@ -101,6 +101,8 @@ agreements = Table(
     Column("digest", LargeBinary(64), nullable=False, unique=True),
     Column("document", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("audit_seq", BigInteger, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 resources = Table(
@@ -116,6 +118,8 @@ resources = Table(
     Column("release_count", BigInteger, nullable=False),
     Column("generation", BigInteger, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("audit_seq", BigInteger, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 counters = Table(
@@ -124,19 +128,22 @@ counters = Table(
     Column("name", String(256), primary_key=True),
     Column("value", BigInteger, nullable=False),
     Column("digest", LargeBinary(64), nullable=False),
+    Column("audit_seq", BigInteger, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 sessions = Table(
     "kbs_sessions",
     metadata,
-    Column("session_id", String(256), primary_key=True),
+    Column("session_hash", String(64), primary_key=True),
     Column("nonce", LargeBinary(64), nullable=False),
     Column("tee", String(32), nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
     Column("consumed", Boolean, nullable=False),
     Column("token_digest", LargeBinary(64), nullable=True),
-    Column("claims_json", Text, nullable=True),
+    Column("claims", LargeBinary, nullable=True),
     Column("token_expires_at", UtcDateTime, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
     Index("ix_kbs_sessions_expires_at", "expires_at"),
 )
 
@@ -147,6 +154,8 @@ enrollments = Table(
     Column("uses", BigInteger, nullable=False),
     Column("revoked_at", UtcDateTime, nullable=True),
     Column("revocation", LargeBinary, nullable=True),
+    Column("audit_seq", BigInteger, nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 audit = Table(
@@ -162,6 +171,8 @@ audit = Table(
     Column("prev_hash", LargeBinary(32), nullable=False),
     Column("hash", LargeBinary(32), nullable=False, unique=True),
     Column("signature", LargeBinary, nullable=False),
+    Column("touches", String(600), nullable=True),
+    Column("tag", LargeBinary(32), nullable=True),
 )
 
 

@@ -35,6 +35,24 @@ Errors (all :class:`StorageError`, a :class:`teeflow.errors.KbsError`):
 * :class:`StorageNotFound` - the named session or resource does not exist.
 * :class:`StorageExpired` - the session's nonce has expired.
 * :class:`StorageInputError` - an argument is out of bounds or malformed.
+* :class:`StorageTampered` - a stored row failed authentication under the KBS storage key
+  (:mod:`teeflow.kbs.store.rows`): the host edited, inserted or moved it;
+  :class:`StorageRollback` - authentic rows older than the state log (a rolled-back row, a
+  deleted row or a truncated audit tail). The store keeps working for every other row.
+
+Integrity (adversary H, who reads and writes the database). Every row carries an HMAC tag
+under the KBS storage key bound to its table and primary key; wrapped data keys and session
+claims are AES-GCM encrypted; session ids are kept only as keyed hashes
+(:mod:`teeflow.kbs.store.rows`). Every state change of an agreement, resource (upload or
+release) or counter is made by an audited write (``*_and_audit``) and the changed row records
+the ``seq`` of its audit entry (``audit_seq``), the entry the row it changed (``touches``):
+the audit chain is the store's state log. :meth:`KbsStore.check_state` (run when a SQL store
+is opened) verifies every audit row and chain link and that each agreement, resource and
+counter row is the one the log's last entry for it wrote; afterwards the store remembers the
+``audit_seq`` of every such row it wrote or checked and refuses an older one
+(:class:`StorageRollback`). A rollback of the *whole* database to an earlier consistent state
+passes these checks: it is detected by the signed state heads the parties remember
+(:mod:`teeflow.kbs.service.heads`).
 
 Messages never contain SQL text, bound parameters, key material or connection passwords.
 """
@@ -78,6 +96,8 @@ __all__ = [
     "StorageExpired",
     "StorageInputError",
     "StorageNotFound",
+    "StorageRollback",
+    "StorageTampered",
     "TokenBinding",
 ]
 
@@ -134,6 +154,28 @@ class StorageExpired(StorageError):
     """The session's nonce expired before it was consumed."""
 
     code = "kbs-storage-expired"
+
+
+class StorageTampered(StorageError):
+    """A stored row failed authentication under the KBS storage key (edited, inserted, moved,
+    or written under another key set): the host changed the database. Nothing was written.
+
+    Attributes:
+        table: the table of the refused row (no values: they are untrusted).
+    """
+
+    code = "kbs-storage-tampered"
+
+    def __init__(self, message: str, *, table: str = "") -> None:
+        super().__init__(message)
+        self.table = table
+
+
+class StorageRollback(StorageTampered):
+    """Authentic rows are older than the state log says (a row or the audit tail was rolled
+    back or deleted): the store is not the state the KBS last wrote."""
+
+    code = "kbs-storage-rollback"
 
 
 class StorageInputError(StorageError):
@@ -320,6 +362,21 @@ class KbsStore(Protocol):
         """
         ...
 
+    def append_agreement_and_audit(
+        self,
+        version: int,
+        digest: bytes,
+        document: bytes,
+        created_at: datetime,
+        build: AuditBuilder,
+    ) -> tuple[AgreementRecord, AuditEntry]:
+        """:meth:`append_agreement` and the audit entry ``build`` makes in one transaction.
+
+        Raises:
+            StorageConflict, StorageInputError: as :meth:`append_agreement` (nothing written).
+        """
+        ...
+
     def current_agreement(self) -> AgreementRecord | None:
         """The highest version, or None when no agreement was accepted yet."""
         ...
@@ -349,8 +406,33 @@ class KbsStore(Protocol):
         """
         ...
 
+    def put_resource_and_audit(
+        self,
+        path: str,
+        owner: str,
+        build: AuditBuilder,
+        *,
+        wrapped_key: bytes,
+        grant: bytes,
+        grant_digest: bytes,
+        not_after: datetime | None,
+        max_releases: int | None,
+        created_at: datetime,
+    ) -> tuple[ResourceRecord, AuditEntry]:
+        """:meth:`put_resource` and the audit entry ``build`` makes in one transaction.
+
+        Raises:
+            StorageConflict, StorageInputError: as :meth:`put_resource` (nothing written).
+        """
+        ...
+
     def get_resource(self, path: str) -> ResourceRecord | None:
-        """The resource at ``path`` or None."""
+        """The resource at ``path`` or None.
+
+        Raises:
+            StorageTampered: the row fails authentication; StorageRollback: it is older than
+                the state log.
+        """
         ...
 
     def record_release(
@@ -404,6 +486,17 @@ class KbsStore(Protocol):
 
         Raises:
             StorageConflict: the counter is not at ``expected``.
+        """
+        ...
+
+    def compare_and_increment_and_audit(
+        self, name: str, expected: int, new_digest: bytes, build: AuditBuilder
+    ) -> tuple[int, AuditEntry]:
+        """:meth:`compare_and_increment` and the audit entry ``build`` makes in one
+        transaction.
+
+        Raises:
+            StorageConflict, StorageInputError: as :meth:`compare_and_increment`.
         """
         ...
 
@@ -530,6 +623,18 @@ class KbsStore(Protocol):
 
     def last_audit(self) -> AuditEntry | None:
         """The entry with the highest seq, or None."""
+        ...
+
+    def check_state(self) -> AuditEntry | None:
+        """Verify the whole store against its state log (module docstring, "Integrity") and
+        return the audit head (None when empty). Bounded by the size of the store: one pass
+        over the audit log and the agreement, resource and counter rows.
+
+        Raises:
+            StorageTampered: a row fails authentication or a chain link is broken.
+            StorageRollback: a row is older than the log's last entry for it, a row the log
+                wrote is missing, or a row names an audit entry past the head (truncated tail).
+        """
         ...
 
     def close(self) -> None:
