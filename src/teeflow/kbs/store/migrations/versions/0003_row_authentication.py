@@ -56,5 +56,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Not supported: the KBS never downgrades its schema."""
-    raise NotImplementedError("the KBS schema is not downgraded")
+    """Refused: going back would strip the rows' authentication tags (the KBS never downgrades
+    its schema; restore from a backup made before the upgrade instead).
+
+    Raises:
+        StorageError: always.
+    """
+    from teeflow.kbs.store.interface import StorageError
+
+    raise StorageError("the KBS schema is not downgraded below 0003 (row authentication)")
