@@ -15,6 +15,7 @@ import yaml
 from teeflow.attestation.evidence import TcbStatus
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.policy.agreement import (
+    OPTIONAL_SECTIONS,
     ComputeLimits,
     FederationAgreement,
     digest,
@@ -93,10 +94,13 @@ def test_digest_is_sha256_of_rfc8785_json_dump(keys: dict[str, PartyKeys]) -> No
     dump = a.to_document()
     assert digest(a) == hashlib.sha256(rfc8785.dumps(dump)).digest()
     assert a.digest() == digest(a)
-    # the optional compute_limits (issue 10) is left out when unset: older agreements keep
-    # their digest; when set it is digested like every other member
-    assert "compute_limits" not in dump
-    assert {k: v for k, v in a.model_dump(mode="json").items() if k != "compute_limits"} == dump
+    # the optional sections (compute_limits, training, attestation, serving, apps) are left
+    # out when unset: older agreements keep their digest; when set they are digested like
+    # every other member
+    assert not set(OPTIONAL_SECTIONS) & set(dump)
+    full = a.model_dump(mode="json")
+    assert all(full[k] is None for k in OPTIONAL_SECTIONS)
+    assert {k: v for k, v in full.items() if k not in OPTIONAL_SECTIONS} == dump
     limited = a.model_copy(update={"compute_limits": ComputeLimits(max_input_bytes=1 << 20)})
     assert limited.to_document()["compute_limits"]["max_input_bytes"] == 1 << 20
     assert digest(limited) != digest(a)

@@ -4,9 +4,12 @@ The agreement is a YAML document validated by :class:`FederationAgreement` (pyda
 frozen, unknown keys refused): ``federation``, ``version``, ``previous``, ``parties``,
 ``workloads``, ``packages``, ``outputs``, ``allow_emulated``, ``update_quorum``, ``fl``,
 ``recovery`` (``{k: K}``: K of the n parties' recovery shares restore the KBS state; default
-null = all n), ``valid_from``, ``not_after``, ``compute_limits`` (optional; left out of the
-digest when unset). The annotated document shape, the CLI workflow and the signature file
-format are in ``docs/agreement.md``.
+null = all n), ``valid_from``, ``not_after``, and the optional sections (left out of the
+digest when unset) ``compute_limits``, ``training`` (:mod:`teeflow.kbs.policy.training`),
+``attestation`` (:mod:`teeflow.kbs.policy.freshness`), ``serving``
+(:mod:`teeflow.kbs.policy.serving`) and ``apps`` (:mod:`teeflow.kbs.policy.apps`). The
+annotated document shape, the CLI workflow and the signature file format are in
+``docs/agreement.md``.
 
 **Digest** (:func:`digest`): ``SHA-256(RFC 8785 canonical JSON of
 agreement.model_dump(mode="json"))`` — the *validated, normalised* model, not the YAML text:
@@ -55,18 +58,23 @@ from teeflow.attestation.snp.abi import SnpProduct
 from teeflow.attestation.snp.policy import SnpPolicy, TcbMinimum
 from teeflow.attestation.tdx.policy import Hex8, Hex48, TdxPolicy
 from teeflow.errors import PolicyViolation
+from teeflow.kbs.policy.apps import AppTerms
 from teeflow.kbs.policy.canonical import (
     DocumentModel,
     sha256_digest,
     sorted_unique,
     validate_document,
 )
+from teeflow.kbs.policy.freshness import AttestationTerms
 from teeflow.kbs.policy.gpu_values import GpuReferenceValues
 from teeflow.kbs.policy.parties import B64Key32, Name, SignKey
+from teeflow.kbs.policy.serving import ServingTerms
+from teeflow.kbs.policy.training import TrainingTerms
 
 __all__ = [
     "MAX_EXAMPLES",
     "MAX_ITEMS",
+    "OPTIONAL_SECTIONS",
     "ComputeLimits",
     "FederationAgreement",
     "FlLimits",
@@ -91,6 +99,8 @@ MAX_ITEMS = 1000
 #: Largest example count an FL cap may name (2**53 - 1, exact in float64 and I-JSON).
 MAX_EXAMPLES = 2**53 - 1
 _MAX_VERSION = 2**31 - 1
+#: Sections left out of the digested document when unset (null).
+OPTIONAL_SECTIONS = ("compute_limits", "training", "attestation", "serving", "apps")
 
 
 class PartyRole(StrEnum):
@@ -112,6 +122,7 @@ class WorkloadRole(StrEnum):
     CLIENT = "client"
     COMPUTE = "compute"
     SERVE = "serve"
+    APP = "app"
 
 
 class OutputKind(StrEnum):
@@ -448,6 +459,10 @@ class FederationAgreement(DocumentModel):
     valid_from: UtcDatetime | None = None
     not_after: UtcDatetime | None = None
     compute_limits: ComputeLimits | None = None
+    training: TrainingTerms | None = None
+    attestation: AttestationTerms | None = None
+    serving: ServingTerms | None = None
+    apps: dict[Name, AppTerms] | None = None
 
     @field_validator("outputs", mode="after")
     @classmethod
@@ -517,11 +532,13 @@ class FederationAgreement(DocumentModel):
         return cls.from_mapping(load_policy_document(path))
 
     def to_document(self) -> dict[str, Any]:
-        """The JSON value that is digested (``model_dump(mode="json")``, without
-        ``compute_limits`` when unset, so agreements written before it keep their digest)."""
+        """The JSON value that is digested (``model_dump(mode="json")``, without the optional
+        sections (:data:`OPTIONAL_SECTIONS`) that are unset, so agreements written before a
+        section existed keep their digest)."""
         doc = self.model_dump(mode="json")
-        if doc.get("compute_limits") is None:
-            doc.pop("compute_limits", None)
+        for section in OPTIONAL_SECTIONS:
+            if doc.get(section) is None:
+                doc.pop(section, None)
         return doc
 
     def to_yaml(self) -> str:
