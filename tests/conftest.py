@@ -35,3 +35,11 @@ def teeflow_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "teeflow-home"
     monkeypatch.setenv("TEEFLOW_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _fresh_emulated_warnings() -> None:
+    """Each test sees the first emulated-evidence warning of each kind logged."""
+    from teeflow.attestation.appraise_common import reset_emulated_warnings
+
+    reset_emulated_warnings()

@@ -678,3 +678,19 @@ def test_first_agreement_is_fixed_at_start() -> None:
     with pytest.raises(KbsError):
         KbsService(fresh, h.keys, clock=h.clock, anchors=[],
                    collateral=EmulatedCollateralProvider(authority), first_agreement=b"short")
+
+
+def test_issued_token_cached_as_its_verified_session(h: Harness) -> None:
+    """The session cached at issuance is exactly what full EAR verification rebuilds, so
+    the first bearer use may skip ES256 (issue 10 performance) without changing meaning."""
+    from teeflow.attestation.ear import verify_ear
+    from teeflow.kbs.service.rcar import session_from_ear
+
+    w = h.attest()
+    ctx = h.service._ctx
+    cached = ctx.tokens.get(w.token, h.clock.now)
+    assert cached is not None
+    rebuilt = session_from_ear(verify_ear(w.token, ctx.ear_public, now=h.clock.now, nonce=None),
+                               w.token)
+    assert cached == rebuilt
+    assert h.service.authorize(session_id=w.session_id, token=w.token) == rebuilt

@@ -314,7 +314,9 @@ def test_emulated_allowed_is_warning_and_logs(caplog: pytest.LogCaptureFixture) 
         assert result.trust_vector.runtime_opaque == 0  # no memory protection claimed
         assert "emulated evidence accepted by policy (not hardware)" in result.warnings
     records = [r for r in caplog.records if EMULATED_WARNING in r.getMessage()]
-    assert len(records) == 2  # every time, not once
+    # logged at once, then throttled (once a minute with a count): each acceptance is
+    # still in the result's warnings above and, at the KBS, in the audit log
+    assert len(records) == 1
     assert all(r.levelno == logging.WARNING for r in records)
 
 
@@ -513,3 +515,22 @@ def test_default_advisories_follow_the_accepted_tcb_status() -> None:
     assert result.status is EarStatus.WARNING
     assert "advisory INTEL-SA-00289 accepted by policy" in result.warnings
     assert "advisory INTEL-SA-00615 accepted by policy" in result.warnings
+
+
+def test_emulated_warning_throttled_with_count(caplog: pytest.LogCaptureFixture) -> None:
+    """Under load the same acceptance is logged once, then once a minute with a count (the
+    audit log keeps every acceptance); another subject is logged at once."""
+    from teeflow.attestation.appraise_common import _ThrottledWarning
+
+    log = logging.getLogger("kbs.throttle")
+    caplog.set_level(logging.WARNING, logger="kbs.throttle")
+    throttle = _ThrottledWarning(interval=3600.0)
+    for _ in range(5):
+        throttle.warn(log, EMULATED_WARNING, ("mrenclave", "aa"))
+    throttle.warn(log, EMULATED_WARNING, ("mrenclave", "bb"))
+    assert [r.getMessage().split("(")[1] for r in caplog.records] == ["mrenclave aa)",
+                                                                      "mrenclave bb)"]
+    expired = _ThrottledWarning(interval=0.0)
+    expired.warn(log, EMULATED_WARNING, ("mrenclave", "cc"))
+    expired.warn(log, EMULATED_WARNING, ("mrenclave", "cc"))
+    assert caplog.records[-1].getMessage().endswith("mrenclave cc)")

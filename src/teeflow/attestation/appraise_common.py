@@ -26,6 +26,8 @@ other).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
@@ -52,6 +54,7 @@ __all__ = [
     "check_report_data",
     "check_tcb_status",
     "rate_executables",
+    "reset_emulated_warnings",
     "svn_below",
 ]
 
@@ -133,6 +136,51 @@ class Findings:
         )
 
 
+class _ThrottledWarning:
+    """Log each (logger, message, subject) at once, then at most every ``interval`` seconds
+    with the count of acceptances not logged since: a KBS under load accepting emulated
+    evidence must not spend its time writing the same line (the audit log has every one)."""
+
+    def __init__(self, interval: float = 60.0, max_keys: int = 1024) -> None:
+        self._interval = interval
+        self._max_keys = max_keys
+        self._lock = threading.Lock()
+        self._last: dict[tuple[str, str, tuple[str, str] | None], tuple[float, int]] = {}
+
+    def warn(
+        self, logger: logging.Logger, message: str, subject: tuple[str, str] | None
+    ) -> None:
+        key = (logger.name, message, subject)
+        now = time.monotonic()
+        with self._lock:
+            seen = self._last.get(key)
+            if seen is not None and now - seen[0] < self._interval:
+                self._last[key] = (seen[0], seen[1] + 1)
+                return
+            if len(self._last) >= self._max_keys:
+                self._last.clear()
+            self._last[key] = (now, 0)
+        more = "" if seen is None or not seen[1] else f"; {seen[1]} more since last logged"
+        if subject is None:
+            logger.warning("%s%s", message, more)
+        else:
+            logger.warning("%s (%s %s)%s", message, subject[0], subject[1], more)
+
+
+    def reset(self) -> None:
+        """Forget what was logged (the next warning of each kind is logged at once)."""
+        with self._lock:
+            self._last.clear()
+
+
+_EMULATED_LOG = _ThrottledWarning()
+
+
+def reset_emulated_warnings() -> None:
+    """Log the next emulated-evidence warning of each kind at once (tests, long runs)."""
+    _EMULATED_LOG.reset()
+
+
 def check_emulation(
     findings: Findings,
     *,
@@ -148,7 +196,8 @@ def check_emulation(
         findings: the accumulator.
         allowed: the policy's ``allow_emulated``.
         logger: when given and ``allowed``, log ``"<log_message> (<name> <value>)"`` (or
-            just ``log_message`` without ``subject``) at WARNING level.
+            just ``log_message`` without ``subject``) at WARNING level — the first time,
+            then at most once a minute per message and subject, with the count since.
         log_message: the log text.
         subject: ``(name, value)`` identifying the workload in the log line, e.g.
             ``("mrenclave", "<hex>")``.
@@ -158,10 +207,7 @@ def check_emulation(
         findings.warnings.append(f"emulated {what} accepted by policy (not hardware)")
         findings.put("hardware", HardwareClaim.UNSAFE)
         if logger is not None:
-            if subject is None:
-                logger.warning("%s", log_message)
-            else:
-                logger.warning("%s (%s %s)", log_message, subject[0], subject[1])
+            _EMULATED_LOG.warn(logger, log_message, subject)
     else:
         findings.violations.append(f"emulated {what} not allowed")
         findings.put("hardware", HardwareClaim.UNRECOGNIZED)

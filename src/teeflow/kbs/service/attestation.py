@@ -276,6 +276,9 @@ class AttestationService:
         binding = TokenBinding(token_digest, record.model_dump_json(), expires)
         use = None if enrollment is None else enrollment_use(enrollment)
         conclude("accept", warnings, data, binding, agreement_digest, use=use)
+        # the token was built from exactly these claims and signed here: cache its session
+        # (what verify_ear + session_from_ear would rebuild) so the first use skips ES256
+        self._ctx.tokens.put(token, record, now)
         return AttestResponse(token=token)
 
     def authorize(
