@@ -149,6 +149,13 @@ class Aggregator:
         self.o = options
         self._emit_fn = emit or (lambda event, fields: None)
         self._reports: list[RoundReport] = []
+        self._stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ask the session to end before its next round (thread-safe; a round in progress
+        finishes and is committed first); :meth:`run` then raises :class:`FLError` with
+        ``reason`` and the clients get Goodbye. Used by :mod:`teeflow.fl.service`."""
+        self._stop_reason = reason[:300] or "stopped"
 
     def emit(self, event: str, **fields: Any) -> None:
         """Report progress."""
@@ -331,6 +338,8 @@ class Aggregator:
         if start_round == 0:
             self._evaluate_initial(t0)
         for r in range(start_round + 1, o.rounds + 1):
+            if self._stop_reason is not None:
+                raise FLError(f"session stopped before round {r}: {self._stop_reason}")
             self._round(r)
         last = self._history[-1] if self._history else {}
         self.log.finish(metrics={k: v for k, v in last.items() if k.startswith("eval_")})
