@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 
 from teeflow.errors import Error, FLError, ParseError
 from teeflow.fl.aggregator import Aggregator, AggregatorOptions
@@ -397,18 +399,13 @@ class SessionService:
         return uvicorn.Server(config)
 
 
-def _problem(status: int, title: str, detail: str) -> Any:
-    from fastapi import Response
-
+def _problem(status: int, title: str, detail: str) -> Response:
     body = {"type": f"https://teeflow.dev/problems/{title.replace(' ', '')}", "title": title,
             "status": status, "detail": detail[:500]}
     return Response(json.dumps(body), status_code=status, media_type="application/problem+json")
 
 
-def _create_app(service: SessionService) -> Any:
-    from fastapi import Depends, FastAPI, Request, Response
-    from fastapi.concurrency import run_in_threadpool
-
+def _create_app(service: SessionService) -> FastAPI:
     app = FastAPI(title="teeflow aggregator service", docs_url=None, redoc_url=None,
                   openapi_url=None)
     verifier = RequestVerifier(service.party_keys)
@@ -419,7 +416,7 @@ def _create_app(service: SessionService) -> Any:
     async def _error(_: Request, exc: Error) -> Response:
         status = int(getattr(exc, "status", 400 if isinstance(exc, ParseError) else 500))
         detail = str(exc) if status < 500 else type(exc).__name__
-        return _problem(status, type(exc).__name__, detail)  # type: ignore[no-any-return]
+        return _problem(status, type(exc).__name__, detail)
 
     def dump(info: SessionInfo) -> dict[str, Any]:
         return info.model_dump()
