@@ -161,3 +161,27 @@ def test_control_client_refuses_a_server_that_is_not_the_aggregator(env: Env) ->
                          env.study.agreement_digest)
     with ctl, pytest.raises(ServiceUnverified):
         ctl.sessions()
+
+
+def test_session_commands(env: Env) -> None:
+    from typer.testing import CliRunner
+
+    from teeflow.cli.main import app
+
+    runner = CliRunner()
+    common = ["--url", env.url, "--party", "bob", "--pin", str(env.study.pin_path)]
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(app, [*args, *common, "--json"])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+    started = run("session", "start", "--package", "mnist", "--rounds", "1", "--name", "cli1")
+    assert started[0]["submitted_by"] == "bob"
+    assert "cli1" in [s["id"] for s in run("session", "ls")[0]]
+    assert run("session", "stop", "cli1")[0]["stopped_by"] == "bob"
+    events = run("session", "logs", "cli1", "--follow")
+    assert events[0]["event"] == "queued" and events[-1]["event"] == "ended"
+    refused = runner.invoke(app, ["session", "start", "--package", "mnist", "--rounds", "9",
+                                  *common])
+    assert refused.exit_code != 0 and "at most 3" in str(refused.exception)

@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from cryptography import x509
@@ -259,7 +259,7 @@ class Party:
 
     @classmethod
     def load(cls, name: str, *, kbs: str | None = None, pin: Pin | Path | str,
-             home: Path | None = None) -> Party:
+             home: Path | None = None) -> Self:
         """Party ``name`` from ``$TEEFLOW_HOME/parties/<name>`` with a pin file or Pin.
 
         Raises:
@@ -274,7 +274,7 @@ class Party:
             t.close()
         self.kbs.close()
 
-    def __enter__(self) -> Party:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
