@@ -86,25 +86,36 @@ class Party(ComputeParty):
     # -- workloads and packages ------------------------------------------------------------
 
     def enroll(self, role: str, *, session: str | None = None, uses: int | None = None,
-               expires: timedelta = timedelta(days=1)) -> str:
+               expires: timedelta = timedelta(days=1), out: Path | str | None = None) -> str:
         """Sign this party's enrollment of a ``role`` workload (``client``, ``aggregator``,
         ``compute``, …): a compact JWS the workload presents when it attests
         (:mod:`teeflow.kbs.policy.enrollment`); ``session`` scopes it to one FL session,
-        ``uses`` bounds its attestations. Write it to a 0600 file for ``--enrollment``.
+        ``uses`` bounds its attestations. With ``out`` it is also written there (mode
+        0600), the file ``--enrollment`` / ``enrollment=`` take.
 
         Raises:
-            ParseError: invalid fields; KbsError: no agreement in force.
+            ParseError: invalid fields; KbsError: no agreement in force; FLError: ``out``
+            cannot be written.
         """
         from teeflow.kbs.policy.enrollment import issue_enrollment
 
-        return issue_enrollment(self.keys, federation=self.agreement.federation, role=role,
-                                now=datetime.now(UTC), expires=expires, session=session,
-                                uses=uses)
+        token = issue_enrollment(self.keys, federation=self.agreement.federation, role=role,
+                                 now=datetime.now(UTC), expires=expires, session=session,
+                                 uses=uses)
+        if out is not None:
+            from teeflow._fs import atomic_write
 
-    def publish(self, package: Path | str, *, sealed_path: Path | None = None
-                ) -> PublishedPackage:
-        """Publish a compute package: build it if ``package`` is a folder (to
-        ``<folder>.tar`` next to it), seal it and upload its key with this party's grant
+            try:
+                atomic_write(Path(out), token.encode("ascii") + b"\n", mode=0o600)
+            except OSError as exc:
+                raise FLError(f"cannot write {out}: {exc.strerror or exc}") from None
+        return token
+
+    def publish(self, package: Path | str, *, archive: Path | str | None = None,
+                sealed_path: Path | None = None) -> PublishedPackage:
+        """Publish a compute package: build it if ``package`` is a folder (to ``archive``,
+        default ``<folder name>.tar`` in the working directory), seal it (to
+        ``sealed_path``, default ``<archive>.sealed``) and upload its key with this party's grant
         (released only to attested clients running exactly this package;
         :func:`teeflow.fl.publish.publish_package`).
 
@@ -116,10 +127,10 @@ class Party(ComputeParty):
         if path.is_dir():
             from teeflow.fl.package import build_package
 
-            archive, _ = build_package(path)
-            path = path.with_name(path.name + ".tar")
+            data, _ = build_package(path)
+            path = Path(archive) if archive is not None else Path(path.name + ".tar")
             try:
-                path.write_bytes(archive)
+                path.write_bytes(data)
             except OSError as exc:
                 raise FLError(f"cannot write {path}: {exc.strerror or exc}") from None
         return publish_package(path, self.kbs, self.keys, sealed_path=sealed_path)

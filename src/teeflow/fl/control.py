@@ -96,7 +96,7 @@ class SessionControl:
         self.close()
 
     def _call(self, method: str, path: str, *, timeout: float | None = None,
-              **kw: Any) -> Any:
+              raw: bool = False, **kw: Any) -> Any:
         try:
             resp = self._http.request(method, path, timeout=timeout or self._timeout, **kw)
         except httpx.HTTPError as exc:
@@ -113,7 +113,7 @@ class SessionControl:
                 detail = ""
             cls = _BY_STATUS.get(resp.status_code, FLError)
             raise cls(detail or f"HTTP {resp.status_code}")
-        return resp.json()
+        return resp.content if raw else resp.json()
 
     def service(self) -> dict[str, Any]:
         """The service's attested identity (``GET /v1/service``)."""
@@ -169,6 +169,26 @@ class SessionControl:
         """Stop a session. Raises: SessionNotFound; SessionConflict: already ended."""
         return SessionInfo.model_validate(self._call("POST", f"/v1/sessions/{session}/stop",
                                                      content=b""))
+
+    def download(self, session: str, folder: Path | str = ".") -> tuple[Path, Path]:
+        """Save a finished session's sealed model and provenance log in ``folder`` as
+        ``<session>.model`` and ``<session>.provenance.jsonl``; returns both paths (open
+        with :func:`teeflow.fl.outputs.verify_model` / ``open_model``).
+
+        Raises:
+            SessionConflict: not done; SessionNotFound; FLError: cannot write.
+        """
+        out = Path(folder)
+        paths = (out / f"{session}.model", out / f"{session}.provenance.jsonl")
+        for kind, path in zip(("model", "provenance"), paths, strict=True):
+            data = self._call("GET", f"/v1/sessions/{session}/{kind}", raw=True,
+                              timeout=max(self._timeout, 120.0))
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:
+                raise FLError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return paths
 
     def wait(self, session: str, timeout: float = 3600.0) -> SessionInfo:
         """Wait (following events) until the session ends or ``timeout`` seconds passed;

@@ -25,6 +25,9 @@ restarts between sessions.
                                           "state": ...}  (long poll ≤ 30 s while running)
     POST /v1/sessions/{id}/stop        → SessionInfo (a queued session is dropped; a
                                        running one ends before its next round)
+    GET  /v1/sessions/{id}/model       → the sealed model (application/octet-stream; only
+                                       its recipients can open it; 409 until it is done)
+    GET  /v1/sessions/{id}/provenance  → its signed provenance log (JSON lines)
     GET  /v1/service                   → {"role": "aggregator", "measurement", "agreement_digest",
                                           "transport": "host:port", "emulated"}
 
@@ -292,6 +295,20 @@ class SessionService:
                 s.aggregator.stop(s.stop_reason)
             return s.view()
 
+    def output(self, sid: str, kind: str) -> bytes:
+        """The sealed model (``kind`` ``model``) or provenance log (``provenance``) of a
+        finished session. Raises: SessionNotFound; SessionConflict: not done."""
+        with self._lock:
+            s = self._find(sid)
+            if s.info["state"] != "done":
+                raise SessionConflict(f"session {sid} has no model ({s.info['state']})")
+        suffix = ".model" if kind == "model" else ".provenance.jsonl"
+        path = self.o.state_dir / "sessions" / sid / f"{sid}{suffix}"
+        try:
+            return path.read_bytes()
+        except OSError:
+            raise SessionNotFound(f"session {sid}: its {kind} file is gone") from None
+
     # -- runner ---------------------------------------------------------------------------------
 
     def _find(self, sid: str) -> _Session:
@@ -380,6 +397,15 @@ class SessionService:
                 "agreement_digest": d, "transport": self.o.transport_listen,
                 "emulated": bool(getattr(self.identity, "emulated", False))}
 
+    def serve_in_background(self) -> Any:
+        """Serve the control API in a daemon thread on ``listen`` (port 0: a free one);
+        returns the started :class:`teeflow.kbs.api.server.BackgroundServer` (``.url``,
+        ``.stop()``). Raises: KbsError: not started, or the server did not start."""
+        from teeflow.kbs.api.server import BackgroundServer
+
+        host, port = parse_listen(self.o.listen)
+        return BackgroundServer(self.make_server(), host, port).start()
+
     def make_server(self, *, log_level: str = "warning") -> Any:
         """A uvicorn server of the control API on ``listen`` with the attested certificate
         (not started). Raises: KbsError: :meth:`start` not called."""
@@ -450,5 +476,16 @@ def _create_app(service: SessionService) -> FastAPI:
     @app.post("/v1/sessions/{sid}/stop")
     async def stop(sid: str, who: SignedRequest = Depends(signed)) -> dict[str, Any]:  # noqa: B008
         return dump(service.stop(sid, who.party))
+
+    @app.get("/v1/sessions/{sid}/model")
+    async def model(sid: str, _: SignedRequest = Depends(signed)) -> Response:  # noqa: B008
+        data = await run_in_threadpool(service.output, sid, "model")
+        return Response(data, media_type="application/octet-stream")
+
+    @app.get("/v1/sessions/{sid}/provenance")
+    async def provenance(sid: str,
+                         _: SignedRequest = Depends(signed)) -> Response:  # noqa: B008
+        data = await run_in_threadpool(service.output, sid, "provenance")
+        return Response(data, media_type="application/jsonl")
 
     return app

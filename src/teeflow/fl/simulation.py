@@ -95,7 +95,8 @@ class LocalStudy:
                                      "min_clients": 1}
         self._stack = ExitStack()
 
-    def __enter__(self) -> LocalStudy:
+    def start(self) -> LocalStudy:
+        """Set everything up (the ``with`` block's entry); pair with :meth:`close`."""
         try:
             self._enter()
         except BaseException:
@@ -103,8 +104,15 @@ class LocalStudy:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop the KBS, restore ``$TEEFLOW_HOME``, delete a temporary folder."""
         self._stack.close()
+
+    def __enter__(self) -> LocalStudy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _enter(self) -> None:
         from teeflow.fl.package import build_package
