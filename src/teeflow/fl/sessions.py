@@ -92,7 +92,7 @@ class SessionRequest(BaseModel):
 
     package: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     rounds: int = Field(ge=1, le=100_000)
-    name: Annotated[str, StringConstraints(pattern=_NAME.pattern)] | None = None
+    name: Annotated[str, StringConstraints(pattern=rf"^{_NAME.pattern}$")] | None = None
     min_clients: int | None = Field(default=None, ge=1, le=10_000)
     wait_clients: int | None = Field(default=None, ge=1, le=10_000)
     train_config: dict[
