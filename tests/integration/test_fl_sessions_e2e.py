@@ -185,3 +185,43 @@ def test_session_commands(env: Env) -> None:
     refused = runner.invoke(app, ["session", "start", "--package", "mnist", "--rounds", "9",
                                   *common])
     assert refused.exit_code != 0 and "at most 3" in str(refused.exception)
+
+
+def test_after_an_agreement_update_the_service_follows_without_a_restart(env: Env) -> None:
+    # last in this module: it changes the agreement in force
+    import time
+
+    from teeflow.errors import FLError
+    from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.policy.agreement import FederationAgreement, digest
+    from teeflow.kbs.policy.signing import SignedAgreement
+
+    study = env.study
+    data = study.agreement.model_dump(mode="json", exclude_none=True)
+    data.update(version=2, previous=study.agreement_digest,
+                training={"strategy": {"name": "fedavg"}, "rounds": 4, "min_clients": 2})
+    new = FederationAgreement.from_mapping(data)
+    signed = SignedAgreement(agreement=new)
+    for keys in study.keys.values():
+        signed = signed.signed_by(keys)
+    with KbsClient(None, study.pin) as kbs:
+        kbs.submit_agreement(signed)
+    new_digest = digest(new).hex()
+    # the old agreement's client now refuses the service only once it has followed; the new
+    # one is accepted once the service re-attested (it checks every 5 s)
+    end = time.monotonic() + 60
+    while True:
+        ctl = SessionControl(env.url, study.pin, study.keys["bob"], new_digest)
+        try:
+            with ctl:
+                assert ctl.service()["agreement_digest"] == new_digest
+                info = ctl.start(SessionRequest(package="mnist", rounds=4, name="after-update"))
+                assert info.rounds == 4  # the new training terms apply
+                ctl.stop(info.id)
+            break
+        except (ServiceUnverified, FLError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    with pytest.raises(ServiceUnverified):
+        env.control("bob").sessions()  # a party still on the old agreement

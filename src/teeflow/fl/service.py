@@ -39,6 +39,8 @@ most :data:`MAX_EVENTS`, oldest dropped) and the last :data:`MAX_SESSIONS` sessi
 from __future__ import annotations
 
 import json
+import logging
+import ssl
 import threading
 import time
 from collections import deque
@@ -75,6 +77,7 @@ from teeflow.platform.selection import PlatformOptions
 
 __all__ = ["MAX_EVENTS", "MAX_QUEUED", "MAX_SESSIONS", "ServiceOptions", "SessionService"]
 
+_LOG = logging.getLogger("teeflow.fl.service")
 #: events kept per session; sessions kept; sessions waiting in the queue.
 MAX_EVENTS = 10_000
 MAX_SESSIONS = 100
@@ -151,6 +154,7 @@ class SessionService:
         self.identity: Any = None
         self._key: Any = None
         self.kbs: KbsClient | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -168,15 +172,37 @@ class SessionService:
         attester = o.platform.attester(fl_measurement("aggregator", o.manifest))
         self.kbs = KbsClient(o.kbs_url, o.pin, attester, enrollment=load_enrollment(o.enrollment),
                              gpu=gpu_attester_for(o.gpu))
-        self.agreement()
-        self.kbs.attest("aggregator", {})
-        cert_pem, key = self.kbs.get_certificate()
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        self.identity = self.kbs.check_certificate(cert)
-        self.certificate, self._key = cert, key
+        self._attest(self.agreement()[1])
         self._runner = threading.Thread(target=self._run_queue, name="sessions", daemon=True)
         self._runner.start()
         return self
+
+    def _attest(self, agreement_digest: str) -> None:
+        """Attest as ``aggregator`` and take the certificate the KBS issues (it names the
+        agreement in force); a serving TLS context presents it from the next handshake."""
+        from teeflow.kbs.ca.tls import load_credential
+
+        assert self.kbs is not None
+        self.kbs.attest("aggregator", {})
+        cert_pem, key = self.kbs.get_certificate()
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        identity = self.kbs.check_certificate(cert)
+        if identity.agreement_digest != agreement_digest:
+            raise FLError("the KBS certified the service under another agreement (changed "
+                          "meanwhile?): it retries on its next check")
+        if self._ssl is not None:
+            load_credential(self._ssl, cert, key)
+        self.certificate, self._key, self.identity = cert, key, identity
+
+    def _follow_agreement(self) -> None:
+        """Between sessions: after an agreement update, attest again so the control API's
+        certificate names the agreement in force (parties' clients require it)."""
+        try:
+            _, d = self.agreement()
+            if self.identity is not None and self.identity.agreement_digest != d:
+                self._attest(d)
+        except Error as exc:  # the KBS is unreachable or refused: keep serving, retry later
+            _LOG.warning("re-attestation under the new agreement failed: %s", exc)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the running session (before its next round), drop the queue, join."""
@@ -349,9 +375,11 @@ class SessionService:
 
     def _run_queue(self) -> None:
         while True:
+            self._follow_agreement()
             with self._lock:
-                while not self._queue and not self._closed:
-                    self._lock.wait(1.0)
+                if not self._queue and not self._closed:
+                    self._lock.wait(_AGREEMENT_TTL)
+                    continue
                 if self._closed:
                     return
                 s = self._sessions[self._queue.popleft()]
@@ -421,7 +449,7 @@ class SessionService:
                                 access_log=False, proxy_headers=False, server_header=False,
                                 lifespan="off", timeout_graceful_shutdown=5)
         config.load()
-        config.ssl = server_context(self.certificate, self._key)
+        config.ssl = self._ssl = server_context(self.certificate, self._key)
         return uvicorn.Server(config)
 
 

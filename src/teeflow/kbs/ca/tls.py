@@ -26,6 +26,7 @@ from teeflow.errors import KbsError, VerificationError
 from teeflow.kbs.ca.authority import WorkloadIdentity, _spki, verify_workload_certificate
 
 __all__ = [
+    "load_credential",
     "peer_identity",
     "scratch_file",
     "server_context",
@@ -141,11 +142,27 @@ def server_context(
     Raises:
         KbsError: the key does not match ``cert`` or OpenSSL refuses the credential.
     """
-    if _spki(cert.public_key()) != _spki(key.public_key()):
-        raise KbsError("TLS key does not match its certificate")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(["http/1.1"])
+    load_credential(ctx, cert, key)
+    return ctx
+
+
+def load_credential(
+    ctx: ssl.SSLContext,
+    cert: x509.Certificate,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey,
+) -> None:
+    """Load ``cert``/``key`` into ``ctx`` — also into a context already serving, whose *new*
+    handshakes then present it (a workload that re-attested under a new agreement). The key
+    reaches OpenSSL encrypted under a one-time password through :func:`scratch_file`.
+
+    Raises:
+        KbsError: the key does not match ``cert`` or OpenSSL refuses the credential.
+    """
+    if _spki(cert.public_key()) != _spki(key.public_key()):
+        raise KbsError("TLS key does not match its certificate")
     password = os.urandom(32).hex().encode()
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -157,7 +174,6 @@ def server_context(
             ctx.load_cert_chain(path, password=password)
     except (ssl.SSLError, OSError) as exc:
         raise KbsError(f"cannot load the TLS credential: {exc.__class__.__name__}") from None
-    return ctx
 
 
 class _CheckedObject(ssl.SSLObject):
