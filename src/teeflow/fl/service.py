@@ -75,13 +75,22 @@ from teeflow.kbs.policy.request_signing import (
 )
 from teeflow.platform.selection import PlatformOptions
 
-__all__ = ["MAX_EVENTS", "MAX_QUEUED", "MAX_SESSIONS", "ServiceOptions", "SessionService"]
+__all__ = [
+    "MAX_EVENTS",
+    "MAX_QUEUED",
+    "MAX_SESSIONS",
+    "MAX_WAITERS",
+    "ServiceOptions",
+    "SessionService",
+]
 
 _LOG = logging.getLogger("teeflow.fl.service")
 #: events kept per session; sessions kept; sessions waiting in the queue.
 MAX_EVENTS = 10_000
 MAX_SESSIONS = 100
 MAX_QUEUED = 16
+#: long polls that may wait at once (each holds a worker thread)
+MAX_WAITERS = 16
 _MAX_BODY = 48 << 20
 _AGREEMENT_TTL = 5.0
 
@@ -155,6 +164,7 @@ class SessionService:
         self._key: Any = None
         self.kbs: KbsClient | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -291,7 +301,16 @@ class SessionService:
 
     def events(self, sid: str, after: int = 0, wait: float = 0.0) -> dict[str, Any]:
         """Events with ``seq > after``; waits up to ``wait`` seconds (≤ 30) for one while the
-        session is queued or running. Raises: SessionNotFound."""
+        session is queued or running — at most :data:`MAX_WAITERS` requests wait at once (a
+        thread each), the others answer at once. Raises: SessionNotFound."""
+        if wait > 0 and self._waiters.acquire(blocking=False):
+            try:
+                return self._events(sid, after, wait)
+            finally:
+                self._waiters.release()
+        return self._events(sid, after, 0.0)
+
+    def _events(self, sid: str, after: int, wait: float) -> dict[str, Any]:
         end = time.monotonic() + min(max(wait, 0.0), 30.0)
         with self._lock:
             s = self._find(sid)
