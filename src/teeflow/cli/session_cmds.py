@@ -268,7 +268,7 @@ def register(app: typer.Typer) -> None:
         summary = {"rounds": result.rounds, "seconds": round(result.seconds, 3),
                    "digest": result.digest, "history": result.history,
                    "client_failures": result.client_failures,
-                   "model": str(result.model_path) if workdir else None}
+                   "model": None if result.model_path is None else str(result.model_path)}
         if as_json:
             typer.echo(json.dumps(summary, default=str))
             return

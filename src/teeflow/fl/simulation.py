@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from teeflow.errors import FLError
+from teeflow.fl.arrays import ArrayDict
 
 __all__ = ["DEFAULT_DATA", "LocalStudy", "SimulationResult", "simulate"]
 
@@ -240,18 +241,21 @@ class SimulationResult:
     Attributes:
         session: the session name; rounds: rounds run; history: per round (0 = the initial
         model) the aggregator's metrics (``eval_accuracy``, ``train_loss``, …) with
-        ``round``, ``clients`` and ``seconds``; model_path, provenance_path: the sealed model
-        and its provenance log (under ``workdir``); digest: hex SHA-256 of the final model
-        arrays; seconds: wall time of the session; client_failures: failed client tasks.
+        ``round``, ``clients`` and ``seconds``; arrays: the final model (named float32
+        arrays — plaintext: the simulation's parties are all yours); digest: hex SHA-256 of
+        its canonical encoding; model_path, provenance_path: the sealed model and its
+        provenance log under ``workdir``, None when the study lived in a temporary folder
+        (deleted); seconds: wall time of the session; client_failures: failed client tasks.
     """
 
     session: str
     rounds: int
     history: list[dict[str, Any]]
-    model_path: Path
-    provenance_path: Path
+    arrays: ArrayDict
     digest: str
     seconds: float
+    model_path: Path | None = None
+    provenance_path: Path | None = None
     client_failures: list[str] = field(default_factory=list)
 
 
@@ -347,8 +351,10 @@ def simulate(
                     **r.metrics} for r in result.reports]
         from teeflow.fl.arrays import arrays_digest
 
+        kept = workdir is not None
         return SimulationResult(
             session=result.session, rounds=result.rounds, history=history,
-            model_path=result.model_path, provenance_path=result.provenance_path,
-            digest=arrays_digest(agg.global_arrays).hex(), seconds=seconds,
+            arrays=agg.global_arrays, digest=arrays_digest(agg.global_arrays).hex(),
+            seconds=seconds, model_path=result.model_path if kept else None,
+            provenance_path=result.provenance_path if kept else None,
             client_failures=failures)
