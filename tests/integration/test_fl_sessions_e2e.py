@@ -187,6 +187,37 @@ def test_session_commands(env: Env) -> None:
     assert refused.exit_code != 0 and "at most 3" in str(refused.exception)
 
 
+def test_aggregator_serve_command_answers_and_stops_on_sigterm(env: Env) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    study = env.study
+    argv = [sys.executable, "-m", "teeflow", "aggregator", "serve",
+            "--enrollment", str(study.enroll("alice", "aggregator")),
+            "--pin", str(study.pin_path), "--listen", "127.0.0.1:0",
+            "--transport-listen", "127.0.0.1:0", "--state-dir", str(study.workdir / "cli-svc"),
+            "--platform", "emulated-sgx", "--json"]
+    environ = {**os.environ, "TEEFLOW_HOME": str(study.home), "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=environ, text=True)
+    try:
+        assert proc.stdout is not None
+        serving = json.loads(proc.stdout.readline())
+        assert serving["event"] == "serving" and serving["role"] == "aggregator"
+        ctl = SessionControl(serving["url"], study.pin, study.keys["bob"],
+                             serving["agreement_digest"])
+        with ctl:
+            assert ctl.sessions() == []
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_after_an_agreement_update_the_service_follows_without_a_restart(env: Env) -> None:
     # last in this module: it changes the agreement in force
     import time

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,7 +40,7 @@ from teeflow.cli.platform_options import (
     TsmRootOption,
     platform_options,
 )
-from teeflow.errors import ParseError
+from teeflow.errors import FLError, ParseError
 
 __all__ = ["register"]
 
@@ -60,6 +62,10 @@ def _control(url: str, party: str, pin: Path | None) -> Any:
 
     p = teeflow.Party.load(party, pin=pin or default_pin_path())
     return p, p.sessions(url)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _print_event(out: Console, e: Any, as_json: bool) -> None:
@@ -100,26 +106,54 @@ def register(app: typer.Typer) -> None:
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        as_json: JsonOption = False,
     ) -> None:
         """Run the aggregator as a service: attest once, then run the sessions parties
         submit (teeflow session start), one after another, until Ctrl-C."""
         if not os.environ.get("TEEFLOW_DEBUG"):
             os.environ.setdefault("GRPC_VERBOSITY", "NONE")
-        from teeflow.fl.service import ServiceOptions, SessionService
+        import socket
 
+        from teeflow.fl.service import ServiceOptions, SessionService
+        from teeflow.fl.workload import parse_listen
+
+        host, port = parse_listen(listen)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(128)  # connections wait in the backlog until the server accepts
+        except OSError as exc:
+            sock.close()
+            raise FLError(f"cannot listen on {listen}: {exc.strerror or exc} "
+                          "(choose another --listen)") from None
         service = SessionService(ServiceOptions(
             pin=pin, enrollment=enrollment, kbs_url=kbs, listen=listen,
             transport_listen=transport_listen, state_dir=state_dir,
             platform=platform_options(platform, tsm_root, gramine_root), manifest=manifest,
-            gpu=gpu, seed=seed)).start()
+            gpu=gpu, seed=seed))
         try:
+            service.start()
             info = service.info()
-            out.print(f"aggregator service on https://{listen} (measurement "
-                      f"{str(info['measurement'])[:16]}…, agreement "
-                      f"{info['agreement_digest'][:16]}…); Ctrl-C stops", highlight=False)
-            service.make_server().run()
+            bound = sock.getsockname()[1]
+            url = f"https://{f'[{host}]' if ':' in host else host}:{bound}"
+            if as_json:
+                typer.echo(json.dumps({"event": "serving", "url": url, **info}), nl=True)
+            else:
+                out.print(f"aggregator service at {url} (measurement "
+                          f"{str(info['measurement'])[:16]}…, agreement "
+                          f"{info['agreement_digest'][:16]}…); Ctrl-C stops", highlight=False)
+            sys.stdout.flush()
+            server = service.make_server()
+            # uvicorn shuts down gracefully, restores these handlers and re-raises the signal:
+            # make that a normal exit, so the running session is stopped and the KBS client
+            # closed below
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _exit_cleanly)
+            server.run(sockets=[sock])
         finally:
             service.close()
+            sock.close()
 
     @sess.command("start")
     def start(
