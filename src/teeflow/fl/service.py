@@ -80,6 +80,7 @@ __all__ = [
     "MAX_QUEUED",
     "MAX_SESSIONS",
     "MAX_WAITERS",
+    "PROBLEM_PREFIX",
     "ServiceOptions",
     "SessionService",
 ]
@@ -89,6 +90,8 @@ _LOG = logging.getLogger("teeflow.fl.service")
 MAX_EVENTS = 10_000
 MAX_SESSIONS = 100
 MAX_QUEUED = 16
+#: ``type`` URI prefix of the control API's RFC 7807 problems (an identifier, not a link)
+PROBLEM_PREFIX = "https://teeflow.dev/fl/errors"
 #: long polls that may wait at once (each holds a worker thread)
 MAX_WAITERS = 16
 _MAX_BODY = 48 << 20
@@ -473,7 +476,7 @@ class SessionService:
 
 
 def _problem(status: int, title: str, detail: str) -> Response:
-    body = {"type": f"https://teeflow.dev/problems/{title.replace(' ', '')}", "title": title,
+    body = {"type": f"{PROBLEM_PREFIX}/{title.replace(' ', '')}", "title": title,
             "status": status, "detail": detail[:500]}
     return Response(json.dumps(body), status_code=status, media_type="application/problem+json")
 
