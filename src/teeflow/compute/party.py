@@ -251,7 +251,10 @@ class Party:
                 raise KbsError("the KBS has no federation agreement")
             d = digest(signed.agreement).hex()
             if self.pin.agreement_digest is not None and d != self.pin.agreement_digest:
-                raise KbsError("the KBS enforces another agreement than the pinned one")
+                raise KbsError(
+                    "the KBS enforces another agreement than the pinned one (updated since "
+                    "you verified it?): verify the KBS again (teeflow kbs verify; "
+                    "teeflow.kbs.client.sdk.verify_kbs) to pin the agreement in force")
             self._agreement = signed.agreement
         return self._agreement
 
