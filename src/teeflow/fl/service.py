@@ -66,6 +66,7 @@ from teeflow.fl.sessions import (
     check_request,
 )
 from teeflow.fl.workload import fl_measurement, parse_listen
+from teeflow.kbs.ca.authority import WorkloadIdentity
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.request_signing import (
@@ -163,8 +164,9 @@ class SessionService:
         self._agreement: tuple[float, FederationAgreement, str] | None = None
         self._runner: threading.Thread | None = None
         self.certificate: x509.Certificate | None = None
-        self.identity: Any = None
+        self.identity: WorkloadIdentity | None = None
         self._key: Any = None
+        self._kbs_lock = threading.Lock()  # one KBS request at a time (state heads, RCAR)
         self.kbs: KbsClient | None = None
         self._ssl: ssl.SSLContext | None = None
         self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
@@ -196,8 +198,9 @@ class SessionService:
         from teeflow.kbs.ca.tls import load_credential
 
         assert self.kbs is not None
-        self.kbs.attest("aggregator", {})
-        cert_pem, key = self.kbs.get_certificate()
+        with self._kbs_lock:
+            self.kbs.attest("aggregator", {})
+            cert_pem, key = self.kbs.get_certificate()
         cert = x509.load_pem_x509_certificate(cert_pem)
         identity = self.kbs.check_certificate(cert)
         if identity.agreement_digest != agreement_digest:
@@ -234,7 +237,8 @@ class SessionService:
             self.kbs.close()
 
     def agreement(self) -> tuple[FederationAgreement, str]:
-        """The agreement in force and its digest (hex), cached for 5 s.
+        """The agreement in force and its digest (hex), cached for 5 s (the request verifier
+        asks for it per request: at most one KBS round trip per 5 s).
 
         Raises:
             FLError: the KBS has none; KbsError: the KBS is unreachable.
@@ -243,7 +247,8 @@ class SessionService:
         if cached is not None and time.monotonic() - cached[0] < _AGREEMENT_TTL:
             return cached[1], cached[2]
         assert self.kbs is not None
-        signed = self.kbs.current_agreement()
+        with self._kbs_lock:
+            signed = self.kbs.current_agreement()
         if signed is None:
             raise FLError("the KBS has no agreement")
         d = digest(signed.agreement).hex()
@@ -443,9 +448,10 @@ class SessionService:
     def info(self) -> dict[str, Any]:
         """``GET /v1/service``: the attested identity (public values)."""
         _, d = self.agreement()
-        return {"role": "aggregator", "measurement": getattr(self.identity, "measurement", None),
+        ident = self.identity
+        return {"role": "aggregator", "measurement": None if ident is None else ident.measurement,
                 "agreement_digest": d, "transport": self.o.transport_listen,
-                "emulated": bool(getattr(self.identity, "emulated", False))}
+                "emulated": bool(ident is not None and ident.emulated)}
 
     def serve_in_background(self) -> Any:
         """Serve the control API in a daemon thread on ``listen`` (port 0: a free one);
