@@ -66,6 +66,7 @@ def _register_all() -> None:
         quote_cmds,
         resource_cmds,
         sealing_cmds,
+        session_cmds,
         workload_cmds,
     )
 
@@ -86,6 +87,7 @@ def _register_all() -> None:
     ):
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
+    session_cmds.register(app)  # `aggregator serve` (into the aggregator group), `session`
 
 
 _register_all()

@@ -37,10 +37,9 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
-from cryptography import x509
 from pydantic import BaseModel, ConfigDict
 
 from teeflow.compute.jobs import (
@@ -57,7 +56,7 @@ from teeflow.compute.lineage import ResultRef, verify_lineage
 from teeflow.compute.values import decode_value, encode_value
 from teeflow.compute.worker import RESULT_WRAP_INFO, input_aad, result_aad
 from teeflow.errors import Error, KbsError, SealingError, VerificationError
-from teeflow.kbs.ca.authority import verify_workload_certificate
+from teeflow.kbs.ca.tls import workload_client_context
 from teeflow.kbs.client.pinning import (
     Pin,
 )
@@ -91,53 +90,12 @@ class SealedInput(BaseModel):
     size: int
 
 
-class _Checked(ssl.SSLObject):
-    def do_handshake(self) -> None:
-        super().do_handshake()
-        check = getattr(self.context, "teeflow_check", None)
-        der = self.getpeercert(binary_form=True)
-        if check is None or not der:
-            raise ssl.SSLCertVerificationError("teeflow: no worker certificate check")
-        check(der)
-
-
-class _CheckedSocket(ssl.SSLSocket):
-    def do_handshake(self, block: bool = False) -> None:
-        super().do_handshake(block)
-        check = getattr(self.context, "teeflow_check", None)
-        der = self.getpeercert(binary_form=True)
-        if check is None or not der:
-            raise ssl.SSLCertVerificationError("teeflow: no worker certificate check")
-        check(der)
-
-
-class _WorkerContext(ssl.SSLContext):
-    sslobject_class = _Checked
-    sslsocket_class = _CheckedSocket
-    teeflow_check: Any
-
-
 def worker_tls_context(pin: Pin, agreement_digest: str) -> ssl.SSLContext:
     """Client TLS context for a compute worker (module docstring): chain to the pinned
     federation CA checked by OpenSSL, then the teeflow identity (role ``compute``, this
-    agreement) checked inside the handshake."""
-    ctx = _WorkerContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False  # identity comes from the teeflow extension, not the host name
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=pin.ca_certificate)
-    ctx.set_alpn_protocols(["http/1.1"])
-
-    def check(der: bytes) -> None:
-        try:
-            verify_workload_certificate(
-                x509.load_der_x509_certificate(der), pin.ca(), now=datetime.now(UTC),
-                expected_agreement_digest=agreement_digest, required_role="compute")
-        except (VerificationError, ValueError) as exc:
-            raise ssl.SSLCertVerificationError(f"teeflow: worker not verified: {exc}") from None
-
-    ctx.teeflow_check = check
-    return ctx
+    agreement) checked inside the handshake
+    (:func:`teeflow.kbs.ca.tls.workload_client_context`)."""
+    return workload_client_context(pin.ca(), agreement_digest, "compute")
 
 
 def _server_timing(header: str) -> dict[str, float]:
@@ -188,7 +146,7 @@ class Teeu:
         try:
             resp = self._http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            if "worker not verified" in str(exc) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            if "workload not verified" in str(exc) or "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise WorkerUnverified(f"the worker at {self.url} is not an attested compute "
                                        "workload of this federation") from None
             raise ComputeError(f"cannot reach the worker: {type(exc).__name__}") from None
@@ -259,7 +217,7 @@ class Party:
 
     @classmethod
     def load(cls, name: str, *, kbs: str | None = None, pin: Pin | Path | str,
-             home: Path | None = None) -> Party:
+             home: Path | None = None) -> Self:
         """Party ``name`` from ``$TEEFLOW_HOME/parties/<name>`` with a pin file or Pin.
 
         Raises:
@@ -274,7 +232,7 @@ class Party:
             t.close()
         self.kbs.close()
 
-    def __enter__(self) -> Party:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -293,7 +251,10 @@ class Party:
                 raise KbsError("the KBS has no federation agreement")
             d = digest(signed.agreement).hex()
             if self.pin.agreement_digest is not None and d != self.pin.agreement_digest:
-                raise KbsError("the KBS enforces another agreement than the pinned one")
+                raise KbsError(
+                    "the KBS enforces another agreement than the pinned one (updated since "
+                    "you verified it?): verify the KBS again (teeflow kbs verify; "
+                    "teeflow.kbs.client.sdk.verify_kbs) to pin the agreement in force")
             self._agreement = signed.agreement
         return self._agreement
 

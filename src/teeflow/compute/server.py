@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI, Request, Response
 
 from teeflow.compute.jobs import (
@@ -31,6 +28,7 @@ from teeflow.compute.jobs import (
 from teeflow.compute.worker import ComputeWorker, compute_measurement
 from teeflow.errors import Error, KbsError
 from teeflow.kbs.api.problems import KbsProblem
+from teeflow.kbs.ca.tls import server_context
 from teeflow.kbs.policy.request_signing import (
     RequestSignatureError,
     RequestVerifier,
@@ -148,40 +146,15 @@ def _create_app(worker: ComputeWorker) -> FastAPI:
 
 def worker_tls_context(worker: ComputeWorker) -> ssl.SSLContext:
     """Server TLS 1.3 context with the worker's federation certificate (no client
-    certificates: inputs are sealed, results sealed to recipients). The key reaches OpenSSL
-    encrypted under a one-time password through an anonymous memory file where available.
+    certificates: inputs are sealed, results sealed to recipients, requests party-signed;
+    :func:`teeflow.kbs.ca.tls.server_context`).
 
     Raises:
         KbsError: not started, or OpenSSL refuses the credential.
     """
     if worker.certificate is None or worker._tls_key is None:
         raise KbsError("start the worker first")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(["http/1.1"])
-    password = os.urandom(32).hex().encode()
-    key_pem = worker._tls_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password))
-    pem = worker.certificate.public_bytes(serialization.Encoding.PEM) + key_pem
-    memfd = getattr(os, "memfd_create", None)
-    try:
-        if memfd is not None and Path("/proc/self/fd").is_dir():
-            fd = memfd("teeflow-compute-tls", 0)
-            try:
-                os.write(fd, pem)
-                ctx.load_cert_chain(f"/proc/self/fd/{fd}", password=password)
-            finally:
-                os.close(fd)
-        else:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "chain.pem"
-                path.write_bytes(pem)
-                path.chmod(0o600)
-                ctx.load_cert_chain(str(path), password=password)
-    except (ssl.SSLError, OSError) as exc:
-        raise KbsError(f"cannot load the worker TLS credential: {type(exc).__name__}") from None
-    return ctx
+    return server_context(worker.certificate, worker._tls_key)
 
 
 def make_worker_server(

@@ -7,8 +7,33 @@ Submodules (the aggregator never imports torch; nothing here does):
 - :mod:`teeflow.fl.package` — compute packages: deterministic build, safe unpack, entrypoints.
 - :mod:`teeflow.fl.provenance` — the aggregator's signed, hash-chained provenance log
   (verification; :mod:`teeflow.fl.provenance_log` builds it).
+- :mod:`teeflow.fl.sessions`, :mod:`teeflow.fl.service`, :mod:`teeflow.fl.control` — the
+  aggregator as a service running party-submitted sessions, and its control-API client.
+- :mod:`teeflow.fl.simulation` — the whole protocol in one process on the emulated platform.
+
+``teeflow.fl.simulate`` is :func:`teeflow.fl.simulation.simulate` (its only home), resolved on
+first use by the module ``__getattr__`` (PEP 562), so importing a submodule of this package
+(the aggregator's lean entry point does) never loads the simulation's KBS server.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from teeflow.fl.simulation import simulate
+
+__all__ = ["simulate"]
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: ``teeflow.fl.simulate`` on first use (module docstring)."""
+    if name == "simulate":
+        from teeflow.fl.simulation import simulate
+
+        return simulate
+    raise AttributeError(f"module 'teeflow.fl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"simulate"})

@@ -149,6 +149,18 @@ class Aggregator:
         self.o = options
         self._emit_fn = emit or (lambda event, fields: None)
         self._reports: list[RoundReport] = []
+        self._stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Ask the session to end before its next round (thread-safe; a round in progress
+        finishes and is committed first); :meth:`run` then raises :class:`FLError` with
+        ``reason`` and the clients get Goodbye. Waiting for the first clients is
+        interrupted too (within a second). Used by :mod:`teeflow.fl.service`."""
+        self._stop_reason = reason[:300] or "stopped"
+
+    def _check_stop(self, where: str) -> None:
+        if self._stop_reason is not None:
+            raise FLError(f"session stopped {where}: {self._stop_reason}")
 
     def emit(self, event: str, **fields: Any) -> None:
         """Report progress."""
@@ -331,6 +343,7 @@ class Aggregator:
         if start_round == 0:
             self._evaluate_initial(t0)
         for r in range(start_round + 1, o.rounds + 1):
+            self._check_stop(f"before round {r}")
             self._round(r)
         last = self._history[-1] if self._history else {}
         self.log.finish(metrics={k: v for k, v in last.items() if k.startswith("eval_")})
@@ -345,6 +358,7 @@ class Aggregator:
         arrays: ArrayDict | None = None
         tried: set[str] = set()
         while arrays is None:
+            self._check_stop("while waiting for clients")
             candidates = [p for p in self.hub.connected() if p not in tried]
             if not candidates:
                 left = deadline - time.monotonic()
