@@ -17,7 +17,7 @@ I/O.
 """
 
 
-class AppRefused(Exception):  # noqa: N818 - the name the replica runtime recognises
+class AppRefused(Exception):
     """Refuse one request (the state is unchanged)."""
 
 

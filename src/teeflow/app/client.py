@@ -10,7 +10,8 @@ least ``f + 1`` verified replicas announced — at least one of them is correct.
 client's next sequence number and a fresh reply key, publishes it on ``tfapp.<app>.req``
 and collects the signed replies on ``tfapp.<app>.reply.<client>``. Each reply must verify
 with the key of the replica it names (a reply naming an unknown replica, or signed with a
-wrong key, counts as misbehaviour). The result is accepted once **f + 1 distinct replicas**
+wrong key, is ignored: anyone on NATS can send bytes). The result is accepted once
+**f + 1 distinct replicas**
 signed the same (ciphertext, stream position) (:class:`Tally`); replicas that signed
 something else are reported in :attr:`Result.faulty`. Fewer than ``f + 1`` matching
 signatures within the timeout: :class:`QuorumError`.
@@ -68,7 +69,7 @@ class Result:
         seq: the request's sequence number.
         position: the request's position in the stream.
         signers: replicas whose matching signatures were counted (≥ f + 1).
-        faulty: replicas that signed another reply (or an invalid one) for this request.
+        faulty: replicas that validly signed another reply for this request.
     """
 
     value: Any
@@ -90,7 +91,6 @@ class Tally:
 
     quorum: int
     votes: dict[int, tuple[bytes, int]] = field(default_factory=dict)
-    invalid: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.quorum < 1:
@@ -111,9 +111,8 @@ class Tally:
         return None
 
     def dissenters(self, reply: bytes, position: int) -> tuple[int, ...]:
-        """Replicas whose vote differs from the accepted one, or whose reply was invalid."""
-        other = {r for r, v in self.votes.items() if v != (reply, position)}
-        return tuple(sorted(other | self.invalid))
+        """Replicas that signed something other than the accepted reply."""
+        return tuple(sorted(r for r, v in self.votes.items() if v != (reply, position)))
 
 
 class Client:
@@ -248,7 +247,7 @@ class Client:
         accepted: tuple[bytes, int, tuple[int, ...]] | None = None
         while True:
             accepted = tally.winner()
-            if accepted is not None and len(tally.votes) + len(tally.invalid) >= want:
+            if accepted is not None and len(tally.votes) >= want:
                 break
             left = end - asyncio.get_running_loop().time()
             if left <= 0:
@@ -282,8 +281,7 @@ class Client:
         try:
             check_reply(reply, public)
         except VerificationError:
-            tally.invalid.add(reply.replica)
-            return
+            return  # anyone on NATS can send bytes: an unsigned reply proves nothing
         tally.add(reply.replica, reply.reply, reply.position)
 
     async def close(self) -> None:

@@ -143,7 +143,8 @@ class ReplicaMachine:
             return Refused(position, req.client, f"replayed or stale sequence number {req.seq}")
         self.clients[req.client] = req.seq
         try:
-            self.state, reply = self.logic.handle(self.state, {"client": req.client, "body": req.body})
+            request = {"client": req.client, "body": req.body}
+            self.state, reply = self.logic.handle(self.state, request)
         except self.logic.refused as exc:
             reply = {"refused": str(exc)[:200]}
         except Exception as exc:  # app bug: deterministic too, so every replica agrees

@@ -55,7 +55,7 @@ APP_MODULE = "app.py"
 MAX_PACKAGE_FILES = 256
 
 
-class AppRefused(WorkloadError):  # noqa: N818 - the name app logic raises
+class AppRefused(WorkloadError):
     """Raised by app logic to refuse one request (the state is left unchanged)."""
 
     code = "app-refused"
@@ -124,7 +124,9 @@ def load_app(folder: str | Path, expected_digest: bytes | str) -> AppLogic:
         WorkloadError: the digest differs ("another package"), the folder is not a package,
             or ``app.py`` does not import or lacks ``init``/``handle``.
     """
-    expected = bytes.fromhex(expected_digest) if isinstance(expected_digest, str) else expected_digest
+    expected = (
+        bytes.fromhex(expected_digest) if isinstance(expected_digest, str) else expected_digest
+    )
     root = Path(folder).resolve()
     digest = package_digest(root)
     if digest != expected:

@@ -74,8 +74,8 @@ from teeflow.kbs.policy.canonical import canonical_json
 __all__ = [
     "MAX_REPLY_BYTES",
     "MAX_SEQ",
-    "AppKeys",
     "Announcement",
+    "AppKeys",
     "OpenedRequest",
     "SignedReply",
     "announce_subject",

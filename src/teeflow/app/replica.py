@@ -35,6 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+if "httpx" not in sys.modules:  # keep httpx's command line (rich, click) out of the replica
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
 from teeflow.app.machine import (
     Applied,
     ReplicaMachine,
@@ -60,10 +63,18 @@ __all__ = [
     "ensure_stream",
     "main",
     "parser",
+    "peak_rss_mb",
     "run",
     "serve",
     "start_replica",
 ]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (MiB; ``getrusage`` ``ru_maxrss``, KiB on Linux)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -212,7 +223,8 @@ async def serve(
         sub = await js.subscribe(
             request_subject(cfg.app), stream=stream, ordered_consumer=True, config=consumer
         )
-        emit("ready", app=cfg.app, replica=cfg.replica, position=machine.position)
+        emit("ready", app=cfg.app, replica=cfg.replica, position=machine.position,
+             peak_rss_mb=peak_rss_mb())
         since = 0
         while not stop.is_set():
             try:
@@ -278,14 +290,12 @@ def run(config: ReplicaConfig) -> int:
     except Error as exc:
         emit("error", type=type(exc).__name__, message=str(exc))
         return 1
-    emit("stopped", applied=applied)
+    emit("stopped", applied=applied, peak_rss_mb=peak_rss_mb())
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m teeflow.app.replica``."""
-    if "httpx" not in sys.modules:  # keep httpx's CLI (rich, click) out of the replica
-        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     a = parser().parse_args(argv)
     if a.snapshot_every < 1:
         parser().error("--snapshot-every must be >= 1")

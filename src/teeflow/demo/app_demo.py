@@ -175,7 +175,7 @@ def _agreement(keys: dict[str, Any], *, app: str, digest: bytes, replicas: int,
                 name: {"sign_key": k.public().sign_key,
                        "recipient_key": k.public().recipient_key, "roles": roles[name]}
                 for name, k in keys.items()
-            },  # fmt: skip
+            },
             "workloads": {
                 "kbs": {"sgx": {"mrenclave": [kbs_mr.hex()]}},
                 "app": emulated_workload_spec(platform, digest),
@@ -241,8 +241,10 @@ def deployment(
             pin.save(pin_path)
             with KbsClient(None, pin) as owner:
                 owner.submit_agreement(signed)
-            token = issue_enrollment(keys["operator"], federation=_FEDERATION, role="app",
-                                     now=datetime.now(UTC), expires=timedelta(hours=12))  # fmt: skip
+            token = issue_enrollment(
+                keys["operator"], federation=_FEDERATION, role="app", now=datetime.now(UTC),
+                expires=timedelta(hours=12),
+            )
             enrollment = workdir / "operator-app.jwt"
             atomic_write(enrollment, token.encode("ascii") + b"\n")
             dep = AppDeployment(app, home, workdir, package, nats, pin_path, pin, agreement,
