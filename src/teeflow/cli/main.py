@@ -54,6 +54,7 @@ def _root(
 def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
+        app_cmds,
         agreement_submit_cmd,
         compute_cmds,
         demo_cmd,
@@ -83,6 +84,7 @@ def _register_all() -> None:
         resource_cmds,
         fl_cmds,
         compute_cmds,
+        app_cmds,
     ):
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
