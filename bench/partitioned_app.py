@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_json  # noqa: E402
+from _common import machine, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "examples" / "sealed-auction" / "package"
@@ -108,7 +108,7 @@ async def teeflow_side(dep: Any, requests: int, concurrency: int) -> dict[str, f
 async def baseline_side(requests: int, concurrency: int) -> dict[str, float]:
     import httpx
 
-    proc = subprocess.Popen(  # noqa: S603
+    proc = subprocess.Popen(
         [sys.executable, "-c", BASELINE, str(PACKAGE)], stdout=subprocess.PIPE, text=True
     )
     try:

@@ -4,7 +4,8 @@ KBS on 127.0.0.1, replica processes on the emulated SGX platform, clients over N
 One test walks the whole story on one deployment (the machine has 2 cores): a replica with
 modified logic gets no key; an attested replica that signs wrong replies is outvoted and
 reported; a replayed bid is refused by every replica; killing one replica (f = 1, n = 4)
-does not stop the auction; every bidder checks f + 1 matching signatures on the result.
+does not stop the auction; every bidder checks f + 1 matching signatures on the result; a
+replica stopped gracefully resumes from its sealed snapshot.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from teeflow.app.package import AppLogic, package_digest
 from teeflow.app.replica import ReplicaConfig, serve, start_replica
 from teeflow.errors import KbsError, WorkloadError
-from teeflow.kbs.api.problems import AttestationFailed
+from teeflow.kbs.api.problems import AttestationFailed, PolicyDeny
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.apps import app_key_path
 from teeflow.platform.selection import PlatformOptions
@@ -60,6 +61,14 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                 kbs.attest("app", {"package_digest": package_digest(AUCTION).hex(),
                                    "resources": [path]})
             with pytest.raises(KbsError, match="attest first"):
+                kbs.get_resource(path)
+        # ATTACK: the agreed measurement, but no claim of the application's package
+        good_attester = PlatformOptions("emulated-sgx").attester(
+            measurement=package_digest(AUCTION), home=dep.home
+        )
+        with KbsClient(None, dep.pin_path, good_attester, enrollment=token) as kbs:
+            kbs.attest("app", {"resources": [path]})
+            with pytest.raises(PolicyDeny):
                 kbs.get_resource(path)
 
         for i in range(3):
@@ -117,7 +126,21 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                 for b in [*bidders, late]:
                     res = await b.request({"op": "result"}, wait_for=3)
                     assert res.value == closed.value and len(res.signers) >= b.quorum
+                for b in bidders:
                     await b.close()
+
+                # a graceful stop commits a sealed snapshot (KBS counter); the restarted
+                # replica resumes from it and answers again
+                before = dep.replicas[0]
+                before.stop()
+                stopped = [e for e in before.events if e.get("event") == "snapshot"]
+                assert stopped and stopped[-1]["position"] >= closed.position
+                again = await asyncio.to_thread(dep.start_replica, 0)
+                ready = [e for e in again.events if e.get("event") == "ready"][-1]
+                assert ready["position"] == stopped[-1]["position"]
+                res = await late.request({"op": "result"}, wait_for=3)
+                assert 0 in res.signers and res.value == closed.value
+                await late.close()
                 await seller.close()
             finally:
                 stop.set()

@@ -326,3 +326,56 @@ def test_app_key_release_rule():
     assert problems(role="client")
     other = app_key_path("other")
     assert problems(path=other, claimed_resources=(other,))  # no such application
+
+
+def _identity(agreement, **kw):
+    from teeflow.kbs.ca.authority import WorkloadIdentity
+
+    args = dict(role="app", party=None, measurement="11" * 32,
+                agreement_digest=agreement.digest().hex(), tee="emulated-sgx", emulated=True)
+    return WorkloadIdentity(**{**args, **kw})
+
+
+def test_announcements_from_unattested_or_other_replicas_are_refused(keys):
+    """ATTACK: the host announces its own key for the application, with a certificate of
+    another role, of another CA, of a non-agreed measurement or under another agreement."""
+    from datetime import UTC, datetime
+
+    from teeflow.app.protocol import Announcement, check_announcement, sign_announcement
+    from teeflow.kbs.ca.authority import FederationCA
+
+    now = datetime.now(UTC)
+    a = _agreement(auction={"package": "22" * 32, "replicas": 4})
+    ca = FederationCA.generate("f", now=now)
+
+    def announce(identity, issuer=ca, app_keys=keys):
+        k = ec.generate_private_key(ec.SECP256R1())
+        cert = issuer.issue(k.public_key(), identity, now=now)
+        ann = sign_announcement(app=APP, replica=0, certificate=cert, keys=app_keys, key=k)
+        return Announcement.from_wire(ann.to_wire())
+
+    def check(ann):
+        return check_announcement(ann, app=APP, ca=ca.certificate, agreement=a, now=now)
+
+    check(announce(_identity(a)))  # the genuine replica
+    bad = [
+        announce(_identity(a, role="client")),
+        announce(_identity(a, measurement="12" * 32)),
+        announce(_identity(a, agreement_digest="00" * 32)),
+        announce(_identity(a), issuer=FederationCA.generate("f", now=now)),
+    ]
+    for ann in bad:
+        with pytest.raises(VerificationError):
+            check(ann)
+    genuine = announce(_identity(a))
+    swapped = Announcement(genuine.app, 0, genuine.certificate,
+                           AppKeys.from_secret(bytes(32)).public_bytes(), genuine.sig)
+    with pytest.raises(VerificationError):  # a key swapped under a genuine signature
+        check(swapped)
+    with pytest.raises(VerificationError):
+        check_announcement(genuine, app="other", ca=ca.certificate, agreement=a, now=now)
+    strict = _agreement(auction={"package": "22" * 32, "replicas": 4})
+    strict = strict.model_copy(update={"allow_emulated": False})
+    with pytest.raises(VerificationError, match="emulated"):  # the agreement forbids it
+        check_announcement(announce(_identity(strict)), app=APP, ca=ca.certificate,
+                           agreement=strict, now=now)

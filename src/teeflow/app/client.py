@@ -10,7 +10,9 @@ least ``f + 1`` verified replicas announced — at least one of them is correct.
 client's next sequence number and a fresh reply key, publishes it on ``tfapp.<app>.req``
 and collects the signed replies on ``tfapp.<app>.reply.<client>``. Each reply must verify
 with the key of the replica it names (a reply naming an unknown replica, or signed with a
-wrong key, is ignored: anyone on NATS can send bytes). The result is accepted once
+wrong key, is ignored: anyone on NATS can send bytes; the client re-reads the announcements
+once per request when a reply does not verify, so a restarted replica's new certificate is
+picked up). The result is accepted once
 **f + 1 distinct replicas**
 signed the same (ciphertext, stream position) (:class:`Tally`); replicas that signed
 something else are reported in :attr:`Result.faulty`. Fewer than ``f + 1`` matching
@@ -24,6 +26,7 @@ per request; replicas refuse a number not above the client's last one (replay).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -245,10 +248,21 @@ class Client:
         want = min(wait_for or self.quorum, self.terms.replicas)
         end = asyncio.get_running_loop().time() + timeout
         accepted: tuple[bytes, int, tuple[int, ...]] | None = None
+        unverified: list[SignedReply] = []
+        refreshed = False
         while True:
             accepted = tally.winner()
             if accepted is not None and len(tally.votes) >= want:
                 break
+            if unverified and not refreshed:
+                # a replica restarted since connect() (new certificate): re-read the
+                # announcements once, then re-check what did not verify
+                refreshed = True
+                with contextlib.suppress(QuorumError):
+                    await self.refresh_replicas()
+                for pending in unverified:
+                    self._count(pending, tally, [])
+                continue
             left = end - asyncio.get_running_loop().time()
             if left <= 0:
                 break
@@ -256,7 +270,9 @@ class Client:
                 raw = await asyncio.wait_for(self._inbox.get(), left)
             except TimeoutError:
                 break
-            self._count(raw, seq, tally)
+            parsed = self._parse(raw, seq)
+            if parsed is not None:
+                self._count(parsed, tally, unverified)
         if accepted is None:
             raise QuorumError(
                 f"fewer than f+1={self.quorum} replicas signed the same reply to request "
@@ -268,20 +284,26 @@ class Client:
         )
         return Result(value, seq, position, signers, tally.dissenters(reply, position))
 
-    def _count(self, raw: bytes, seq: int, tally: Tally) -> None:
+    def _parse(self, raw: bytes, seq: int) -> SignedReply | None:
         try:
             reply = SignedReply.from_wire(raw)
         except Error:
-            return
+            return None
         if reply.app != self.app or reply.client != self.id or reply.seq != seq:
-            return  # a late reply to an earlier request, or not ours
+            return None  # a late reply to an earlier request, or not ours
+        return reply
+
+    def _count(self, reply: SignedReply, tally: Tally, unverified: list[SignedReply]) -> None:
         public = self.replicas.get(reply.replica)
-        if public is None:
-            return
         try:
+            if public is None:
+                raise VerificationError("unknown replica")
             check_reply(reply, public)
         except VerificationError:
-            return  # anyone on NATS can send bytes: an unsigned reply proves nothing
+            # anyone on NATS can send bytes: an unverified reply proves nothing (it is
+            # re-checked once after re-reading the announcements)
+            unverified.append(reply)
+            return
         tally.add(reply.replica, reply.reply, reply.position)
 
     async def close(self) -> None:

@@ -30,10 +30,10 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 if "httpx" not in sys.modules:  # keep httpx's command line (rich, click) out of the replica
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
@@ -44,7 +44,7 @@ from teeflow.app.machine import (
     SnapshotStore,
     counter_name,
 )
-from teeflow.app.package import load_app
+from teeflow.app.package import load_app, package_digest
 from teeflow.app.protocol import (
     AppKeys,
     announce_subject,
@@ -70,11 +70,21 @@ __all__ = [
 ]
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (MiB; ``getrusage`` ``ru_maxrss``, KiB on Linux)."""
-    import resource
+T = TypeVar("T")
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident set size in MiB (Linux ``VmHWM`` of
+    ``/proc/self/status``; not ``getrusage``, whose ``ru_maxrss`` survives ``execve`` and so
+    reports the forking parent's size), or None where there is no procfs."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -133,36 +143,45 @@ def start_replica(config: ReplicaConfig) -> StartedReplica:
     """
     from cryptography import x509
 
+    from teeflow.kbs.api.problems import TokenNotFound, TokenVerifierError
     from teeflow.kbs.client.sdk import KbsClient
     from teeflow.kbs.policy.enrollment import read_enrollment
 
     token = config.enrollment.read_text(encoding="ascii").strip()
     party = read_enrollment(token).party
-    kbs = KbsClient(None, config.pin, None, enrollment=token)
+    digest = package_digest(config.package)  # what the platform measures with the replica
+    attester = config.platform.attester(measurement=digest, home=config.home)
+    kbs = KbsClient(None, config.pin, attester, enrollment=token)
     signed = kbs.current_agreement()
     if signed is None:
         raise KbsError("the KBS has no agreement yet")
-    agreement = signed.agreement
-    terms = (agreement.apps or {}).get(config.app)
+    terms = (signed.agreement.apps or {}).get(config.app)
     if terms is None:
         raise WorkloadError(f"the agreement names no application {config.app!r} (apps)")
     if not 0 <= config.replica < terms.replicas:
         raise WorkloadError(f"replica index must be 0..{terms.replicas - 1}")
     logic = load_app(config.package, terms.package)
-    attester = config.platform.attester(measurement=logic.digest, home=config.home)
-    kbs.close()
-    kbs = KbsClient(None, config.pin, attester, enrollment=token)
     path = app_key_path(config.app)
-    kbs.attest("app", {"package_digest": terms.package, "resources": [path]})
+    claims = {"package_digest": terms.package, "resources": [path]}
+    kbs.attest("app", claims)
     keys = AppKeys.from_secret(kbs.get_resource(path))
     cert_pem, signing_key = kbs.get_certificate()
     cert = x509.load_pem_x509_certificate(cert_pem)
     name = counter_name(party, config.app, config.replica)
+
+    def fresh(call: Callable[[], T]) -> T:
+        # the EAR token lives minutes: re-attest once when the KBS no longer takes it
+        try:
+            return call()
+        except (TokenVerifierError, TokenNotFound):
+            kbs.attest("app", claims)
+            return call()
+
     store = SnapshotStore(
         config.state_dir / f"{config.app}.r{config.replica}.snapshot",
         app=config.app, replica=config.replica, keys=keys, package=logic.digest,
-        get_counter=lambda: kbs.get_counter(name),
-        increment=lambda expected, digest: kbs.increment_counter(name, expected, digest),
+        get_counter=lambda: fresh(lambda: kbs.get_counter(name)),
+        increment=lambda expected, d: fresh(lambda: kbs.increment_counter(name, expected, d)),
     )  # fmt: skip
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     restored = store.load()

@@ -54,8 +54,8 @@ def _root(
 def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
-        app_cmds,
         agreement_submit_cmd,
+        app_cmds,
         compute_cmds,
         demo_cmd,
         emulate_cmds,

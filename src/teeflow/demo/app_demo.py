@@ -135,7 +135,7 @@ class AppDeployment:
 
         argv = [
             *REPLICA_COMMAND, "--app", self.app, "--replica", str(index),
-            "--package", str(package or self.package), "--pin", str(self.pin_path),
+            "--package", str((package or self.package).resolve()), "--pin", str(self.pin_path),
             "--enrollment", str(self.enrollment), "--nats", self.nats.url,
             "--state-dir", str(self.workdir / "replicas"), "--platform", self.platform,
             "--snapshot-every", str(snapshot_every),
@@ -213,6 +213,7 @@ def deployment(
     from teeflow.kbs.policy.signing import SignedAgreement
     from teeflow.kbs.service.self_attestation import kbs_measurement
 
+    workdir = Path(workdir).resolve()
     home = ensure_private_dir(workdir / "home")
     keys = {name: PartyKeys.generate(name) for name in ("operator", "seller")}
     for name, k in keys.items():
