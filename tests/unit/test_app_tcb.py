@@ -26,7 +26,7 @@ from teeflow.app.package import load_app, package_digest
 PlatformOptions("emulated-sgx").attester(measurement=bytes(32), home=sys.argv[1])
 pkg = sys.argv[2]
 load_app(pkg, package_digest(pkg))
-print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
+print(json.dumps(sorted({m.split(".")[0] for m, mod in sys.modules.items() if mod is not None})))
 """
 
 

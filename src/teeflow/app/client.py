@@ -158,7 +158,8 @@ class Client:
         self._app_public: X25519PublicKey | None = None
         self._nc: Any = None
         self._js: Any = None
-        self._inbox: asyncio.Queue[bytes] | None = None
+        self._waiting: dict[int, asyncio.Queue[SignedReply]] = {}
+        self._subscribed = False
 
     @property
     def quorum(self) -> int:
@@ -181,13 +182,18 @@ class Client:
             raise WorkloadError(f"cannot reach NATS at {self._url}: {type(exc).__name__}") from None
         self._js = self._nc.jetstream()
         await self.refresh_replicas()
-        inbox: asyncio.Queue[bytes] = asyncio.Queue()
-        self._inbox = inbox
 
         async def on_reply(msg: Any) -> None:
-            inbox.put_nowait(msg.data)
+            try:
+                reply = SignedReply.from_wire(msg.data)
+            except Error:
+                return
+            queue = self._waiting.get(reply.seq)
+            if queue is not None and reply.app == self.app and reply.client == self.id:
+                queue.put_nowait(reply)  # else: a late reply to a finished request
 
         await self._nc.subscribe(reply_subject(self.app, self.id), cb=on_reply)
+        self._subscribed = True
         return self
 
     async def refresh_replicas(self) -> None:
@@ -237,9 +243,25 @@ class Client:
             QuorumError: fewer than f + 1 matching signatures within ``timeout``.
             ParseError: ``body`` is not a JSON value.
         """
-        if self._js is None or self._inbox is None or self._app_public is None:
+        if self._js is None or not self._subscribed or self._app_public is None:
             raise WorkloadError("connect() first")
         seq, self._next = self._next, self._next + 1
+        inbox: asyncio.Queue[SignedReply] = asyncio.Queue()
+        self._waiting[seq] = inbox
+        try:
+            return await self._exchange(seq, body, inbox, timeout, wait_for)
+        finally:
+            del self._waiting[seq]
+
+    async def _exchange(
+        self,
+        seq: int,
+        body: Any,
+        inbox: asyncio.Queue[SignedReply],
+        timeout: float,
+        wait_for: int | None,
+    ) -> Result:
+        assert self._app_public is not None
         reply_key = os.urandom(32)
         wire = seal_request(app=self.app, app_public=self._app_public, client_key=self._key,
                             seq=seq, body=body, reply_key=reply_key)  # fmt: skip
@@ -267,31 +289,20 @@ class Client:
             if left <= 0:
                 break
             try:
-                raw = await asyncio.wait_for(self._inbox.get(), left)
+                reply = await asyncio.wait_for(inbox.get(), left)
             except TimeoutError:
                 break
-            parsed = self._parse(raw, seq)
-            if parsed is not None:
-                self._count(parsed, tally, unverified)
+            self._count(reply, tally, unverified)
         if accepted is None:
             raise QuorumError(
                 f"fewer than f+1={self.quorum} replicas signed the same reply to request "
                 f"{seq} within {timeout:g} s"
             )
-        reply, position, signers = accepted
+        ciphertext, position, signers = accepted
         value = decrypt_reply(
-            SignedReply(self.app, signers[0], self.id, seq, position, reply, b""), reply_key
+            SignedReply(self.app, signers[0], self.id, seq, position, ciphertext, b""), reply_key
         )
-        return Result(value, seq, position, signers, tally.dissenters(reply, position))
-
-    def _parse(self, raw: bytes, seq: int) -> SignedReply | None:
-        try:
-            reply = SignedReply.from_wire(raw)
-        except Error:
-            return None
-        if reply.app != self.app or reply.client != self.id or reply.seq != seq:
-            return None  # a late reply to an earlier request, or not ours
-        return reply
+        return Result(value, seq, position, signers, tally.dissenters(ciphertext, position))
 
     def _count(self, reply: SignedReply, tally: Tally, unverified: list[SignedReply]) -> None:
         public = self.replicas.get(reply.replica)

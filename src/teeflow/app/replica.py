@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 
 if "httpx" not in sys.modules:  # keep httpx's command line (rich, click) out of the replica
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+if "nats" not in sys.modules:  # nats-py loads aiohttp (WebSocket transport) when installed;
+    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # replicas use TCP
 
 from teeflow.app.machine import (
     Applied,
@@ -274,7 +276,9 @@ def parser() -> argparse.ArgumentParser:
     """The options of ``python -m teeflow.app.replica`` (same as ``teeflow app replica``)."""
     from teeflow.platform.selection import PLATFORM_NAMES
 
-    p = argparse.ArgumentParser(prog="teeflow app replica", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="teeflow app replica", description="Run one replica of a partitioned application."
+    )
     p.add_argument("--app", required=True, help="application name (agreement apps.<name>)")
     p.add_argument("--replica", type=int, required=True, help="replica index 0..n-1")
     p.add_argument("--package", type=Path, required=True, help="app package folder")
