@@ -11,11 +11,13 @@ replica stopped gracefully resumes from its sealed snapshot.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
+from teeflow.app.client import QuorumError
 from teeflow.app.package import AppLogic, package_digest
 from teeflow.app.replica import ReplicaConfig, serve, start_replica
 from teeflow.errors import KbsError, WorkloadError
@@ -140,6 +142,21 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                 assert ready["position"] == stopped[-1]["position"]
                 res = await late.request({"op": "result"}, wait_for=3)
                 assert 0 in res.signers and res.value == closed.value
+
+                # with one honest replica left (and the faulty one) no reply has f + 1
+                # matching signatures: the client accepts nothing
+                dep.replicas[1].kill()
+                with pytest.raises(QuorumError):
+                    await late.request({"op": "result"}, timeout=3)
+
+                # the host never saw a bid: the stream holds only sealed requests
+                last = (await js.stream_info(stream)).state.last_seq
+                for position in range(1, last + 1):
+                    msg = await js.get_msg(stream, position)
+                    if msg.subject.endswith(".req"):
+                        data = msg.data or b""
+                        assert set(json.loads(data)) == {"v", "client", "enc"}
+                        assert b"amount" not in data and b"bid" not in data
                 await late.close()
                 await seller.close()
             finally:
@@ -147,3 +164,21 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                 await evil_task
 
         asyncio.run(story())
+
+
+def test_sealed_auction_example_runs_in_one_command(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "sealed-auction" / "run.py"), "--json",
+         "--bidders", "3", "--workdir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout)
+    assert summary["ok"] and summary["second_price_correct"]
+    assert summary["bidders_verified"] == 3 and summary["quorum"] == 2
+    assert set(summary) >= {"winner", "price", "lot"}

@@ -379,3 +379,15 @@ def test_announcements_from_unattested_or_other_replicas_are_refused(keys):
     with pytest.raises(VerificationError, match="emulated"):  # the agreement forbids it
         check_announcement(announce(_identity(strict)), app=APP, ca=ca.certificate,
                            agreement=strict, now=now)
+
+
+def test_cli_measure_prints_the_package_digest():
+    from typer.testing import CliRunner
+
+    from teeflow.cli.main import app
+
+    out = CliRunner().invoke(app, ["app", "measure", str(AUCTION), "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["digest"] == package_digest(AUCTION).hex()
+    bad = CliRunner().invoke(app, ["app", "measure", str(AUCTION / "app.py")])
+    assert bad.exit_code != 0
