@@ -6,12 +6,15 @@ An app package is a folder with ``app.py`` defining::
     def handle(state, request) -> (state, reply): ...  # one ordered request
 
 ``request`` is ``{"client": <the authenticated client id>, "body": <the client's body>}``;
-``state``, ``request`` and ``reply`` are JSON values (dict, list, str, int, bool, None; no
-floats: canonical JSON, RFC 8785, must give every replica the same bytes). ``handle`` must be
-deterministic (no clock, randomness, I/O or global state): replicas that process the same
-ordered requests must produce byte-identical replies, else clients see them disagree. It may
-raise :class:`AppRefused` (from this module, or any exception named ``AppRefused``) to refuse a
-request without changing the state; the client gets ``{"refused": "<message>"}``.
+``state``, ``request`` and ``reply`` are I-JSON values (dicts with string keys, lists, str,
+integers within ±(2**53 - 1), finite floats, bool, None), serialised as RFC 8785 canonical
+JSON so that every replica produces the same bytes. ``handle`` must be deterministic (no
+clock, randomness, I/O or global state): replicas that process the same ordered requests must
+produce byte-identical replies, else clients see them disagree. It should return a new state
+rather than mutate the one it gets. It may raise :class:`AppRefused` (from this module, or
+the package's own class named ``AppRefused``) to refuse a request: the replica keeps the state
+it passed in and the client gets ``{"refused": "<message>"}``; any other exception is
+answered ``{"refused": "app error (<type>)"}`` (deterministic too).
 
 **Digest** (:func:`package_digest`): the workload measurement (:func:`teeflow.workload.
 measurement`) of the manifest trusting every regular file of the folder (``__pycache__``,

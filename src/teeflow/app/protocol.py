@@ -226,7 +226,7 @@ def seal_request(
         app_public: the application's X25519 key (from f+1 matching announcements).
         client_key: the client's Ed25519 key.
         seq: the client's next sequence number (1..2**53-1).
-        body: the app request (JSON value, no floats).
+        body: the app request (an I-JSON value: RFC 8785 canonical form).
         reply_key: 32 fresh random bytes (the replies are encrypted under it).
 
     Raises:
@@ -240,10 +240,7 @@ def seal_request(
         "app": app, "body": body, "client": cid, "key": _b64(raw_public),
         "reply_key": _b64(reply_key), "seq": _seq(seq),
     }  # fmt: skip
-    try:
-        signed = canonical_json(inner)
-    except (TypeError, ValueError):
-        raise ParseError("request bodies are JSON values (no floats)") from None
+    signed = canonical_json(inner)  # ParseError: the body is not an I-JSON value
     inner["sig"] = _b64(client_key.sign(_REQ + signed))
     try:
         enc = _SUITE.encrypt(canonical_json(inner), app_public, info=_request_info(app, cid))
@@ -361,12 +358,9 @@ def sign_reply(
     """Encrypt ``reply`` (a JSON value) under the request's reply key and sign it.
 
     Raises:
-        ParseError: the reply is not canonical JSON.
+        ParseError: the reply is not an I-JSON value (RFC 8785).
     """
-    try:
-        plain = canonical_json(reply)
-    except (TypeError, ValueError):
-        raise ParseError("replies are JSON values (no floats)") from None
+    plain = canonical_json(reply)  # ParseError: not an I-JSON value
     ct = AESGCMSIV(request.reply_key).encrypt(
         bytes(12), plain, _reply_aad(app, request.client, request.seq)
     )

@@ -201,7 +201,9 @@ def start_replica(config: ReplicaConfig) -> StartedReplica:
 
 
 async def ensure_stream(js: Any, app: str, stream: str) -> None:
-    """Create the application's stream if missing (the host may also create it)."""
+    """Create the application's JetStream stream ``stream`` (subjects ``tfapp.<app>.req``
+    and ``tfapp.<app>.announce.*``) through the JetStream context ``js`` if it is missing
+    (the host may also create it, e.g. replicated under Raft). Raises nats-py errors."""
     from nats.js.api import StreamConfig
     from nats.js.errors import NotFoundError
 
