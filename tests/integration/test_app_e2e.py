@@ -137,15 +137,24 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                 before.stop()
                 stopped = [e for e in before.events if e.get("event") == "snapshot"]
                 assert stopped and stopped[-1]["position"] >= closed.position
+                snapshot = dep.workdir / "replicas" / f"{dep.app}.r0.snapshot"
+                old = snapshot.read_bytes()
                 again = await asyncio.to_thread(dep.start_replica, 0)
                 ready = [e for e in again.events if e.get("event") == "ready"][-1]
                 assert ready["position"] == stopped[-1]["position"]
                 res = await late.request({"op": "result"}, wait_for=3)
                 assert 0 in res.signers and res.value == closed.value
 
+                # ATTACK: the host puts the older sealed snapshot back; the KBS counter
+                # has moved on, so the replica refuses to start from it
+                again.stop()
+                snapshot.write_bytes(old)
+                rolled = dep.start_replica(0, wait=False)
+                error = await asyncio.to_thread(rolled.wait_event, "error", 60)
+                assert error["type"] == "RollbackError"
+
                 # with one honest replica left (and the faulty one) no reply has f + 1
                 # matching signatures: the client accepts nothing
-                dep.replicas[1].kill()
                 with pytest.raises(QuorumError):
                     await late.request({"op": "result"}, timeout=3)
 
