@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 def peak_rss_mb() -> float | None:
@@ -171,7 +171,7 @@ def start_replica(config: ReplicaConfig) -> StartedReplica:
     cert = x509.load_pem_x509_certificate(cert_pem)
     name = counter_name(party, config.app, config.replica)
 
-    def fresh(call: Callable[[], T]) -> T:
+    def fresh(call: Callable[[], _T]) -> _T:
         # the EAR token lives minutes: re-attest once when the KBS no longer takes it
         try:
             return call()

@@ -17,6 +17,7 @@ logic) and waits for its ``ready`` (or ``error``) event; :meth:`AppDeployment.cl
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -131,8 +132,6 @@ class AppDeployment:
                 ``.error``).
         """
         env = {"TEEFLOW_HOME": str(self.home), "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "2"}
-        import os
-
         argv = [
             *REPLICA_COMMAND, "--app", self.app, "--replica", str(index),
             "--package", str((package or self.package).resolve()), "--pin", str(self.pin_path),
