@@ -55,6 +55,7 @@ def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
         agreement_submit_cmd,
+        app_cmds,
         compute_cmds,
         demo_cmd,
         emulate_cmds,
@@ -84,6 +85,7 @@ def _register_all() -> None:
         resource_cmds,
         fl_cmds,
         compute_cmds,
+        app_cmds,
     ):
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group

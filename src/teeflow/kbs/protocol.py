@@ -184,7 +184,7 @@ EnrollmentToken = Annotated[
     str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$",
                            max_length=2048)
 ]
-WorkloadRoleName = Literal["kbs", "aggregator", "client", "compute", "serve"]
+WorkloadRoleName = Literal["kbs", "aggregator", "client", "compute", "serve", "app"]
 
 
 class _Wire(BaseModel):

@@ -58,7 +58,7 @@ from teeflow.attestation.snp.abi import SnpProduct
 from teeflow.attestation.snp.policy import SnpPolicy, TcbMinimum
 from teeflow.attestation.tdx.policy import Hex8, Hex48, TdxPolicy
 from teeflow.errors import PolicyViolation
-from teeflow.kbs.policy.apps import AppTerms
+from teeflow.kbs.policy.apps import MAX_APPS, AppTerms
 from teeflow.kbs.policy.canonical import (
     DocumentModel,
     sha256_digest,
@@ -462,7 +462,7 @@ class FederationAgreement(DocumentModel):
     training: TrainingTerms | None = None
     attestation: AttestationTerms | None = None
     serving: ServingTerms | None = None
-    apps: dict[Name, AppTerms] | None = None
+    apps: dict[Name, AppTerms] | None = Field(default=None, max_length=MAX_APPS)
 
     @field_validator("outputs", mode="after")
     @classmethod
@@ -505,6 +505,11 @@ class FederationAgreement(DocumentModel):
             if pkg.digest in seen:
                 problems.append(f"packages {seen[pkg.digest]} and {name} have the same digest")
             seen.setdefault(pkg.digest, name)
+        problems += [
+            f"apps.{name}: package {terms.package[:16]}... is not in packages"
+            for name, terms in sorted((self.apps or {}).items())
+            if self.package_by_digest(terms.package) is None
+        ]
         if self.valid_from and self.not_after and self.valid_from >= self.not_after:
             problems.append("valid_from must be before not_after")
         if problems:

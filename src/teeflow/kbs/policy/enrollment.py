@@ -37,7 +37,8 @@ revocations by :func:`use_key` = ``party/jti``).
 **Who may enroll which role** (:data:`ENROLLING_PARTY_ROLES`): an ``aggregator`` by an
 ``aggregator-operator``, a ``compute`` worker by a ``compute-operator``, a ``client`` by a
 ``data-owner`` or ``model-owner``, a ``serve`` workload by a ``model-owner``, a ``kbs`` by a
-``kbs-operator`` (the party's roles in the agreement in force).
+``kbs-operator``, an ``app`` replica by a ``compute-operator`` (the party's roles in the
+agreement in force).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ ENROLLING_PARTY_ROLES: Mapping[str, frozenset[PartyRole]] = {
     WorkloadRole.CLIENT: frozenset({PartyRole.DATA_OWNER, PartyRole.MODEL_OWNER}),
     WorkloadRole.SERVE: frozenset({PartyRole.MODEL_OWNER}),
     WorkloadRole.KBS: frozenset({PartyRole.KBS_OPERATOR}),
+    WorkloadRole.APP: frozenset({PartyRole.COMPUTE_OPERATOR}),
 }
 
 _REGISTRY = JWSRegistry(algorithms=[ENROLLMENT_ALG])

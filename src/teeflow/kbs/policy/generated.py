@@ -12,6 +12,11 @@ A **generated scope** is a resource-path prefix the KBS owns (:data:`GENERATED_S
 ``fl/checkpoint-key/<session>`` (:func:`checkpoint_key_path`)
     32 random bytes per FL session, released to role ``aggregator`` only.
 
+``app/app-key/<app>`` (:func:`teeflow.kbs.policy.apps.app_key_path`)
+    32 random bytes per partitioned application (issue 15), released to role ``app`` only,
+    and only when the agreement's ``apps`` names ``<app>`` and the workload claimed that
+    application's ``package`` digest in its attested runtime data.
+
 Rules (:func:`generated_release_problems`; the service applies them, :func:`upload_problems`
 guards the party upload path):
 
@@ -44,6 +49,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind, WorkloadRole
+from teeflow.kbs.policy.apps import APP_KEY_PREFIX, app_name_of_key
 from teeflow.kbs.policy.canonical import canonical_json
 
 __all__ = [
@@ -98,6 +104,12 @@ GENERATED_SCOPES: tuple[GeneratedScope, ...] = (
         WorkloadRole.AGGREGATOR,
         OutputKind.MODEL,
         "FL checkpoint key of one session",
+    ),
+    GeneratedScope(
+        APP_KEY_PREFIX,
+        WorkloadRole.APP,
+        OutputKind.RESULT,
+        "application key of one partitioned application",
     ),
 )
 
@@ -185,6 +197,7 @@ def generated_release_problems(
     claimed_resources: tuple[str, ...] | None,
     claimed_recipients: tuple[str, ...],
     agreement: FederationAgreement,
+    claimed_package: str | None = None,
 ) -> list[str]:
     """Every reason not to release the generated secret ``path`` (module docstring, rule 2);
     ``[]`` means allowed. Pure; the service checks the token's agreement and the owner.
@@ -196,8 +209,17 @@ def generated_release_problems(
         claimed_resources: the session's claimed resources, or None without teeflow claims.
         claimed_recipients: the session's claimed output recipients.
         agreement: the agreement in force.
+        claimed_package: the session's claimed package digest (hex) or None; an
+            application key needs the application's ``package``.
     """
     out: list[str] = []
+    if scope.prefix == APP_KEY_PREFIX:
+        app = app_name_of_key(path)
+        terms = None if app is None or agreement.apps is None else agreement.apps.get(app)
+        if terms is None:
+            out.append("the agreement names no such application (apps)")
+        elif claimed_package is None or claimed_package.lower() != terms.package:
+            out.append("the workload did not claim the application's package digest")
     if role != scope.role:
         out.append(f"role {role[:32]} may not receive {scope.prefix}... (only {scope.role})")
     listed = _named_measurements(agreement, scope.role, _platform(tee))

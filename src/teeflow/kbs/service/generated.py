@@ -102,6 +102,7 @@ class GeneratedSecretService:
                 claimed_resources=None if claims is None else tuple(claims.resources),
                 claimed_recipients=() if claims is None else tuple(claims.recipients),
                 agreement=signed.agreement,
+                claimed_package=None if claims is None else claims.package_digest,
             )
             if reasons:
                 ctx.deny(PolicyDeny, "release", path, reasons, data)
