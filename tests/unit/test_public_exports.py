@@ -52,10 +52,13 @@ def test_every_package_exports_what_the_docs_list() -> None:
 
 
 def test_lazy_names_resolve_without_loading_their_layers_on_import() -> None:
-    code = ("import sys, teeflow, teeflow.fl; "
+    code = ("import sys, teeflow, teeflow.fl, teeflow.app.replica; "
             "assert 'teeflow.api.party' not in sys.modules; "
             "assert 'teeflow.fl.simulation' not in sys.modules; "
+            "assert 'teeflow.app.client' not in sys.modules; "
             "from teeflow.api.party import Party; from teeflow.fl.simulation import simulate; "
+            "from teeflow.app.client import Client; "
             "assert teeflow.Party is Party and teeflow.fl.simulate is simulate; "
+            "assert teeflow.app.Client is Client and 'Client' in dir(teeflow.app); "
             "assert 'Party' in dir(teeflow) and 'simulate' in dir(teeflow.fl)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
