@@ -43,7 +43,7 @@ VOCABULARY: dict[str, set[str]] = {
     "result": {"accept", "deny"},
     "kind": {
         "agreement", "attestation", "release", "certificate", "counter", "resource",
-        "enrollment", "store", "recovery", "init", "train", "evaluate", OTHER,
+        "enrollment", "store", "recovery-shares", "init", "train", "evaluate", OTHER,
     },
     "reason": {name for name, _ in DENIAL_REASONS} | {OTHER},
     "role": {"aggregator", "client", "compute", "kbs", "serve", "app", OTHER},

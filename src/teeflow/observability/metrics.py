@@ -74,7 +74,7 @@ _REASON_PATTERNS = tuple((name, re.compile(p, re.IGNORECASE)) for name, p in DEN
 _DENIAL_CLASSES = frozenset(name for name, _ in DENIAL_REASONS)
 _AUDIT_KINDS = frozenset(
     {"agreement", "attestation", "release", "certificate", "counter", "resource",
-     "enrollment", "store", "recovery"}
+     "enrollment", "store", "recovery-shares"}
 )
 _ROLES = frozenset({"aggregator", "client", "compute", "kbs", "serve", "app"})
 _DECISIONS = frozenset({"accept", "deny", "info"})
