@@ -560,6 +560,18 @@ class KbsClient:
             return None
         return SignedAgreement.from_mapping(json.loads(body)["signed"])
 
+    def agreement_history(self) -> list[SignedAgreement]:
+        """Every accepted agreement, oldest first (``GET /v1/agreement/history``; signed by
+        the client's party key when it has one)."""
+        auth = {} if self._party_auth is None else self._party_signed()
+        _, body = self._request("GET", "/v1/agreement/history", **auth)
+        raw = json.loads(body).get("agreements")
+        if not isinstance(raw, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("signed"), dict) for item in raw
+        ):
+            raise ParseError("agreement history response has no agreements list")
+        return [SignedAgreement.from_mapping(item["signed"]) for item in raw]
+
     def put_resource(
         self, path: str, data_key: bytes, signed_grant: SignedGrant, owner_keys: PartyKeys
     ) -> ResourceInfo:
