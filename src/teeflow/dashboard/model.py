@@ -215,6 +215,9 @@ class DashboardSource:
         except (Error, httpx.HTTPError) as exc:
             doc["agreements"] = []
             doc["agreement_status"] = {"state": "error", "error": _describe(exc)}
+        # progress before the audit log: a round an aggregator reports was committed to the
+        # KBS counter before it was reported, so the audit read after it includes the step
+        self._read_progress()
         self._read_audit()
         entries = self._entries
         doc["audit_status"] = dict(self._audit_status)
@@ -225,7 +228,6 @@ class DashboardSource:
         doc["denials"] = sum(e.decision == "deny" for e in entries)
         doc["workloads"] = workloads_from_audit(entries, now)
         sessions = sessions_from_audit(entries)
-        self._read_progress()
         doc["sessions"] = self._merge_sessions(sessions)
         return doc
 
