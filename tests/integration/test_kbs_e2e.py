@@ -363,6 +363,49 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
         forged = dataclasses.replace(entries[-2], hash=bytes(32))
         party.audit(after=forged)  # ATTACK: a page that does not link to what was shown
     _check_kbs_metrics(url, pin, entries)
+    _follow_shows_new_entries(url, pin, pins["bob"], len(entries))
+
+
+def _audit_reads(url: str, pin: Pin) -> float:
+    """``GET /v1/audit`` requests the KBS has served (its ``/metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from teeflow.kbs.client.pinning import http_client, pinned_tls_context
+
+    with http_client(url, pinned_tls_context(pin.tls_spki_sha256), 10.0) as http:
+        text = http.get("/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "teeflow_kbs_requests_total" and s.labels["route"] == "/v1/audit")
+
+
+def _follow_shows_new_entries(url: str, pin: Pin, bob_pin: Path, known: int) -> None:
+    """``audit show --follow`` prints an entry appended after it started (an attestation on
+    an unknown session, denied and audited), then stops (``--stop-after``)."""
+    before = _audit_reads(url, pin)
+    out: list[str] = []
+    follow = threading.Thread(target=lambda: out.append(run(
+        "kbs", "audit", "show", "--party", "bob", "--pin", bob_pin, "--json", "--follow",
+        "--interval", "0.2", "--stop-after", str(known + 1))), daemon=True)
+    follow.start()
+    for _ in range(300):  # bounded: until the follower made its first read
+        if _audit_reads(url, pin) > before:
+            break
+        time.sleep(0.05)
+    jwk = {**ECKey.generate_key("P-256", private=True).as_dict(private=False),
+           "alg": "ECDH-ES+A256KW"}
+    body = {"runtime-data": {"nonce": "AAAA", "tee-pubkey": jwk},
+            "tee-evidence": {"primary_evidence": {"quote": "AAAA"}, "additional_evidence": ""}}
+    with httpx.Client(base_url=url, verify=pinned_tls_context(pin.tls_spki_sha256),
+                      timeout=10) as http:
+        denied = http.post("/kbs/v0/attest", json=body,
+                           headers={"Cookie": "kbs-session-id=not-a-session"})
+    assert denied.status_code == 401
+    follow.join(60)
+    assert not follow.is_alive() and out
+    shown = [json.loads(x) for x in out[0].splitlines()]
+    assert len(shown) == known + 1
+    assert (shown[-1]["kind"], shown[-1]["decision"]) == ("attestation", "deny")
+    assert shown[-1]["reasons"] == ["unknown session"]
 
 
 def _check_kbs_metrics(url: str, pin: Pin, entries: list[Any]) -> None:

@@ -4,7 +4,6 @@ prometheus_client's parser."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any

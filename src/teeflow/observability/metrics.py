@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -115,9 +116,9 @@ class HttpMetrics:
         component: ``kbs``, ``compute`` or ``serve`` (the metric name prefix).
     """
 
-    def __init__(self, registry: CollectorRegistry, component: str) -> None:
-        if component not in ("kbs", "compute", "serve", "dashboard"):
-            raise ValueError("component must be kbs, compute, serve or dashboard")
+    def __init__(
+        self, registry: CollectorRegistry, component: Literal["kbs", "compute", "serve"]
+    ) -> None:
         self.registry = registry
         self.requests = Counter(
             f"teeflow_{component}_requests",
