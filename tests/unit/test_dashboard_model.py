@@ -160,3 +160,32 @@ def test_unreachable_aggregator_is_reported() -> None:
     (session,) = source.snapshot()["sessions"]
     source.close()
     assert session["progress"]["reachable"] is False and session["progress"]["error"]
+
+
+def test_app_headers_and_host_check() -> None:
+    """ATTACK: a page of another site that rebinds its name to 127.0.0.1 sends its own Host:
+    refused; every response forbids framing, inline script and foreign sources."""
+    import httpx
+
+    from teeflow.dashboard.app import make_dashboard_server
+    from teeflow.kbs.api.server import BackgroundServer
+
+    source = DashboardSource(_FakeClient([]), clock=lambda: NOW)  # type: ignore[arg-type]
+    server = make_dashboard_server(source, party="bob", host="127.0.0.1", port=0)
+    with BackgroundServer(server) as bg, httpx.Client(
+        base_url=f"http://127.0.0.1:{bg.port}", timeout=10
+    ) as http:
+        page = http.get("/")
+        assert page.status_code == 200 and b"/static/dashboard.js" in page.content
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert page.headers["x-frame-options"] == "DENY"
+        snap = http.get("/api/snapshot").json()
+        assert snap["party"] == "bob" and snap["audit_status"]["state"] == "verified"
+        script = http.get("/static/dashboard.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert http.get("/static/..%2Fmodel.py").status_code == 404
+        assert http.get("/static/missing.js").status_code == 404
+        assert http.post("/api/snapshot").status_code == 405
+        rebound = http.get("/api/snapshot", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 400
+    source.close()
