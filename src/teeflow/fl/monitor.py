@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from typing import Any
 
 from teeflow.errors import FLError
-from teeflow.observability.metrics import AggregatorMetrics, new_registry
 
 __all__ = ["PROGRESS_FORMAT", "PROGRESS_PATH", "Progress", "monitor_aggregator"]
 
@@ -127,8 +126,9 @@ def monitor_aggregator(listen: str | None, session: str, emit: Emit) -> Iterator
     if listen is None:
         yield emit
         return
-    from teeflow.fl.workload import parse_listen
+    from teeflow.fl.workload import parse_listen  # imported only when serving: lean aggregator
     from teeflow.observability.http import MetricsServer
+    from teeflow.observability.metrics import AggregatorMetrics, new_registry
 
     host, port = parse_listen(listen)
     registry = new_registry()
