@@ -12,6 +12,8 @@ Content-Security-Policy (``default-src 'self'``: no inline script, nothing from 
 requests whose ``Host`` is not the listening address (or ``localhost``) are refused (400), so
 another web site cannot read the snapshot through DNS rebinding. The page renders every value
 with ``textContent`` (never as HTML).
+
+Specs: Content Security Policy Level 3 (W3C), RFC 7034 (X-Frame-Options), RFC 9110 (Host).
 """
 
 from __future__ import annotations

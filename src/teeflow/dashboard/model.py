@@ -44,6 +44,7 @@ from teeflow.kbs.store.interface import AuditEntry
 __all__ = [
     "MAX_AUDIT_SHOWN",
     "MAX_DIFF_LINES",
+    "MAX_PROGRESS_BYTES",
     "DashboardSource",
     "agreement_versions",
     "sessions_from_audit",

@@ -28,7 +28,7 @@ from typing import Any
 
 from teeflow.errors import FLError
 
-__all__ = ["PROGRESS_FORMAT", "PROGRESS_PATH", "Progress", "monitor_aggregator"]
+__all__ = ["MAX_ROUNDS", "PROGRESS_FORMAT", "PROGRESS_PATH", "Progress", "monitor_aggregator"]
 
 #: Format label of the progress document.
 PROGRESS_FORMAT = "teeflow-progress/1"

@@ -14,6 +14,10 @@ in one process, as in tests, never share counters):
 Label values are bounded: every label takes its value from a fixed vocabulary through
 :func:`bounded` (anything else becomes ``"other"``), so no secret, nonce, session name or
 resource id can reach a label (a metrics scrape is readable by whoever reaches the port).
+
+Spec: Prometheus data model and naming (https://prometheus.io/docs/concepts/data_model/,
+https://prometheus.io/docs/practices/naming/); counters get the ``_total`` suffix from
+:mod:`prometheus_client`.
 """
 
 from __future__ import annotations
