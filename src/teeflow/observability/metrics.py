@@ -158,8 +158,9 @@ class KbsMetrics:
         self._tees = frozenset(tees)
         self.attestations = Counter(
             "teeflow_kbs_attestations",
-            "Attestations appraised, by declared TEE type and result (accept|deny).",
-            ["tee", "result"],
+            "Attestations appraised, by declared TEE type, workload role and result "
+            "(accept|deny); a workload's re-attestations show as its role's rate.",
+            ["tee", "role", "result"],
             registry=registry,
         )
         self.denials = Counter(
@@ -212,9 +213,10 @@ class KbsMetrics:
         if decision == "deny":
             self.denials.labels(kind_label, denial_reason(reasons)).inc()
         if kind == "attestation" and decision in ("accept", "deny"):
-            self.attestations.labels(bounded(facts.get("tee"), self._tees), decision).inc()
+            tee, role = bounded(facts.get("tee"), self._tees), bounded(facts.get("role"), _ROLES)
+            self.attestations.labels(tee, role, decision).inc()
             if decision == "accept" and facts.get("enrollment_id"):
-                self.enrollment_uses.labels(bounded(facts.get("role"), _ROLES)).inc()
+                self.enrollment_uses.labels(role).inc()
         elif decision == "accept" and kind == "release":
             self.key_releases.inc()
         elif decision == "accept" and kind == "certificate":
