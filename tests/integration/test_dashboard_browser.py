@@ -9,6 +9,7 @@ test's temp dir.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -69,11 +70,12 @@ def test_metrics_and_dashboard_in_chromium(dashboard_env: dict[str, Any]) -> Non
     fed, lf, home, tmp = (dashboard_env[k] for k in ("fed", "lf", "home", "tmp"))
     driver = _browser()  # before any process starts: a skip leaves nothing behind
     dashboard: subprocess.Popen[bytes] | None = None
+    clients: list[Any] = []
     try:
         agg = lf.start_aggregator(
             pin=fed.pin_path,
             enrollment=fed.enroll(lf, "alice", "aggregator", session="ops-1"),
-            session="ops-1", rounds=3, min_clients=2, wait_clients=2,
+            session="ops-1", rounds=4, min_clients=2, wait_clients=2,
             manifest=fed.aggregator_manifest, package=fed.published.sealed_path,
             train_config=TRAIN_CONFIG, round_timeout=WAIT, connect_timeout=WAIT,
             state_dir=tmp / "agg-state", timeout=WAIT, metrics_listen="127.0.0.1:0",
@@ -88,12 +90,14 @@ def test_metrics_and_dashboard_in_chromium(dashboard_env: dict[str, Any]) -> Non
              "--aggregator", metrics_url, "--refresh", "0.5"],
             env={**os.environ, "TEEFLOW_HOME": str(home)}, stdout=log, stderr=log,
         )
-        for i, party in enumerate(("bob", "carol")):
+        clients = [
             lf.start_client(
                 party=party, pin=fed.pin_path, enrollment=fed.enroll(lf, party),
                 aggregator=agg.address, data=fed.data(i + 1), manifest=fed.client_manifest,
                 threads=1, connect_timeout=WAIT,
             )
+            for i, party in enumerate(("bob", "carol"))
+        ]
 
         # the aggregator's /metrics while the session runs (after round 1 was committed)
         agg.wait_event("round", WAIT, lambda e: e["round"] == 1)
@@ -106,6 +110,12 @@ def test_metrics_and_dashboard_in_chromium(dashboard_env: dict[str, Any]) -> Non
         assert scraped[("teeflow_fl_round_seconds_count", ())] >= 2
         assert [r["round"] for r in progress["rounds"]][:2] == [0, 1]
         assert sorted(progress["rounds"][1]["clients"]) == ["bob", "carol"]
+
+        # freeze the clients once round 2 is committed: the session (4 rounds) then waits for
+        # updates and its progress endpoint stays up however slowly the dashboard starts
+        agg.wait_event("round", WAIT, lambda e: e["round"] == 2)
+        for c in clients:
+            c.signal(signal.SIGSTOP)
 
         # the dashboard in the browser: round 2, confirmed by the KBS counter
         from selenium.webdriver.common.by import By
@@ -142,8 +152,13 @@ def test_metrics_and_dashboard_in_chromium(dashboard_env: dict[str, Any]) -> Non
         assert foreign.status_code == 400
         snap = httpx.get(url + "api/snapshot", timeout=5)
         assert "default-src 'none'" in snap.headers["content-security-policy"]
+        for c in clients:
+            c.signal(signal.SIGCONT)
         agg.wait_done(WAIT)
     finally:
+        for c in clients:  # never leave a stopped process behind
+            if c.returncode is None:
+                c.signal(signal.SIGCONT)
         driver.quit()
         if dashboard is not None:
             dashboard.terminate()

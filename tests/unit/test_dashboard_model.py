@@ -189,3 +189,33 @@ def test_app_headers_and_host_check() -> None:
         rebound = http.get("/api/snapshot", headers={"Host": "attacker.example"})
         assert rebound.status_code == 400
     source.close()
+
+
+def test_polling_keeps_the_last_progress_after_the_aggregator_ends() -> None:
+    """The poller reads progress without a browser; once the endpoint is gone (session over)
+    the rounds read stay shown, marked unreachable."""
+    import threading
+
+    progress = {"format": PROGRESS_FORMAT, "session": "s1", "state": "running", "round": 1,
+                "rounds": [{"round": 1, "clients": ["bob"], "seconds": 1.0, "digest": "d1",
+                            "metrics": {"eval_loss": 0.5}}], "clients": ["bob"]}
+    read = threading.Event()
+
+    def produce() -> dict[str, Any]:
+        read.set()
+        return progress
+
+    server = MetricsServer(new_registry(), "127.0.0.1", 0, documents={PROGRESS_PATH: produce})
+    source = DashboardSource(_FakeClient([]), [f"http://127.0.0.1:{server.port}"],
+                             clock=lambda: NOW, min_interval=0.05)  # type: ignore[arg-type]
+    try:
+        source.start_polling()
+        assert read.wait(30)
+        server.close()
+        doc = source.snapshot()
+    finally:
+        source.close()
+    (session,) = doc["sessions"]
+    assert session["progress"]["reachable"] is False
+    assert [r["round"] for r in session["rounds"]] == [1]
+    assert session["rounds"][0]["confirmed"] is False  # the KBS counter has no step

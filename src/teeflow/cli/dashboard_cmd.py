@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
         keys = PartyKeys.load(party)
         with KbsClient(kbs, pin_path, party=keys) as client:
             source = DashboardSource(client, aggregator or [], min_interval=refresh)
+            source.start_polling()
             try:
                 server = make_dashboard_server(source, party=party, host=host, port=port)
                 shown = f"[{host}]" if ":" in host else host

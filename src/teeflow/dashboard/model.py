@@ -192,9 +192,29 @@ class DashboardSource:
         self._cached: dict[str, Any] | None = None
         self._read_at = 0.0
         self._http = httpx.Client(timeout=5.0, trust_env=False, follow_redirects=False)
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def start_polling(self) -> None:
+        """Read the aggregators' progress every ``min_interval`` seconds in a daemon thread,
+        whether or not a browser asks, so rounds are caught while an aggregator runs (its
+        endpoint closes with the session; the last document read stays shown)."""
+        if self._poller is not None or not self._aggregators:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(self._min_interval):
+                with self._lock:
+                    self._read_progress()
+
+        self._poller = threading.Thread(target=poll, name="dashboard-progress", daemon=True)
+        self._poller.start()
 
     def close(self) -> None:
-        """Close the HTTP clients (the KBS client is the caller's)."""
+        """Stop polling and close the HTTP clients (the KBS client is the caller's)."""
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
         self._http.close()
 
     def snapshot(self) -> dict[str, Any]:

@@ -147,7 +147,8 @@ function renderSessions(doc) {
   const blocks = [];
   for (const s of sessions) {
     const p = s.progress || {};
-    const state = p.reachable === false ? badge("aggregator unreachable: " + (p.error || ""), "warn")
+    const state = p.reachable === false
+      ? badge("aggregator not reachable (" + (p.error || "?") + "; session over?): last progress read shown", "warn")
       : p.state ? badge(p.state, p.state === "failed" ? "bad" : "info") : badge("KBS counter only", "info");
     blocks.push(el("h3", { "data-session": s.session }, "Session " + s.session + " ", state,
       p.emulated ? badge("EMULATED aggregator", "warn") : null));
