@@ -1,7 +1,7 @@
 """``teeflow dashboard``: serve a party's read-only web view of its federation.
 
     teeflow dashboard --party NAME [--kbs URL] [--pin FILE] [--listen 127.0.0.1:8470]
-                      [--aggregator http://HOST:PORT ...]
+                      [--aggregator http://HOST:PORT ...] [--service https://HOST:PORT ...]
 
 See :mod:`teeflow.dashboard.model` for what is read and verified, and ``docs/dashboard.md``.
 """
@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
         aggregator: Annotated[list[str] | None, typer.Option(
             "--aggregator", help="Base URL of an aggregator's --metrics-listen endpoint "
             "(http://HOST:PORT) for live per-round charts; repeatable.")] = None,
+        service: Annotated[list[str] | None, typer.Option(
+            "--service", help="Base URL of an aggregator service ('teeflow aggregator serve', "
+            "https://HOST:PORT): its sessions' rounds, read with party-signed requests from "
+            "an attested aggregator only; repeatable.")] = None,
         refresh: Annotated[float, typer.Option(
             "--refresh", min=0.2, max=3600.0,
             help="Least seconds between two reads of the KBS.")] = 1.0,
@@ -59,9 +63,13 @@ def register(app: typer.Typer) -> None:
         for url in aggregator or []:
             if not url.startswith(("http://", "https://")):
                 raise KbsError(f"--aggregator expects http://HOST:PORT, got {url!r}")
+        for url in service or []:
+            if not url.startswith("https://"):
+                raise KbsError(f"--service expects https://HOST:PORT, got {url!r}")
         keys = PartyKeys.load(party)
         with KbsClient(kbs, pin_path, party=keys) as client:
-            source = DashboardSource(client, aggregator or [], min_interval=refresh)
+            source = DashboardSource(client, aggregator or [], services=service or [],
+                                     keys=keys, min_interval=refresh)
             source.start_polling()
             try:
                 server = make_dashboard_server(source, party=party, host=host, port=port)

@@ -14,10 +14,13 @@ RFC 9421, over the pinned TLS connection of :class:`teeflow.kbs.client.sdk.KbsCl
 * from the audit log: every workload that attested (TEE, measurement, TCB status, emulated
   flag, role, party, enrollment, attestation age), enrollment revocations, and per FL session
   the rounds the KBS's rollback counter recorded with their model digests;
-* optionally, the progress documents of aggregators (``--aggregator URL``, served by
-  ``aggregator run --metrics-listen``; :mod:`teeflow.fl.monitor`): per-round metrics and
-  clients. A round's model digest is marked *confirmed* when the KBS counter recorded the
-  same digest for that round - the aggregator's document is otherwise unauthenticated.
+* optionally, per-round metrics and clients from aggregators: the sessions of an aggregator
+  *service* (``--service URL``, ``teeflow aggregator serve``; :mod:`teeflow.fl.control`:
+  its certificate must be an attested aggregator's of the pinned federation CA and the
+  agreement in force, every request signed by the party), or the progress document of a
+  single ``aggregator run --metrics-listen`` (``--aggregator URL``; :mod:`teeflow.fl.monitor`,
+  unauthenticated). Either way a round's model digest is marked *confirmed* only when the KBS
+  counter recorded the same digest for that round.
 
 :meth:`DashboardSource.snapshot` returns one JSON-ready document; failures of a source are
 reported in it (``status``), never raised, so the page shows *why* a part is missing.
@@ -34,9 +37,11 @@ from typing import Any
 
 import httpx
 
-from teeflow.errors import Error, ParseError, VerificationError
+from teeflow.errors import Error, KbsError, ParseError, VerificationError
+from teeflow.fl.monitor import PROGRESS_FORMAT, PROGRESS_PATH, Progress
 from teeflow.kbs.client.heads import StateRollback
 from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import SignedAgreement, verify_initial, verify_update
 from teeflow.kbs.service.audit import AuditChainError, audit_entry_to_json
 from teeflow.kbs.store.interface import AuditEntry
@@ -168,6 +173,8 @@ class DashboardSource:
     Args:
         client: a :class:`KbsClient` with the party's keys (``party=``).
         aggregators: base URLs (``http://HOST:PORT``) of aggregator progress endpoints.
+        services: base URLs (``https://HOST:PORT``) of aggregator services.
+        keys: the party's keys (signs the services' requests; needed with ``services``).
         clock: current time (timezone-aware).
         min_interval: least seconds between two reads of the KBS (snapshots in between are
             served from the last read).
@@ -178,11 +185,19 @@ class DashboardSource:
         client: KbsClient,
         aggregators: Sequence[str] = (),
         *,
+        services: Sequence[str] = (),
+        keys: PartyKeys | None = None,
         clock: Callable[[], datetime] | None = None,
         min_interval: float = 1.0,
     ) -> None:
+        if services and keys is None:
+            raise KbsError("reading an aggregator service needs the party's keys")
         self._client = client
         self._aggregators = [u.rstrip("/") for u in aggregators]
+        self._services = [u.rstrip("/") for u in services]
+        self._keys = keys
+        self._agreement_digest: str | None = None
+        self._service_progress: dict[str, tuple[int, Progress]] = {}
         self._clock = clock or (lambda: datetime.now(UTC))
         self._min_interval = min_interval
         self._lock = threading.Lock()
@@ -199,13 +214,14 @@ class DashboardSource:
         """Read the aggregators' progress every ``min_interval`` seconds in a daemon thread,
         whether or not a browser asks, so rounds are caught while an aggregator runs (its
         endpoint closes with the session; the last document read stays shown)."""
-        if self._poller is not None or not self._aggregators:
+        if self._poller is not None or not (self._aggregators or self._services):
             return
 
         def poll() -> None:
             while not self._stop.wait(self._min_interval):
                 with self._lock:
                     self._read_progress()
+                    self._read_services()
 
         self._poller = threading.Thread(target=poll, name="dashboard-progress", daemon=True)
         self._poller.start()
@@ -233,12 +249,15 @@ class DashboardSource:
             history = self._client.agreement_history()
             doc["agreements"] = agreement_versions(history)
             doc["agreement_status"] = {"state": "ok"}
+            if doc["agreements"]:
+                self._agreement_digest = doc["agreements"][-1]["digest"]
         except (Error, httpx.HTTPError) as exc:
             doc["agreements"] = []
             doc["agreement_status"] = {"state": "error", "error": _describe(exc)}
         # progress before the audit log: a round an aggregator reports was committed to the
         # KBS counter before it was reported, so the audit read after it includes the step
         self._read_progress()
+        self._read_services()
         self._read_audit()
         entries = self._entries
         doc["audit_status"] = dict(self._audit_status)
@@ -273,8 +292,6 @@ class DashboardSource:
         }
 
     def _read_progress(self) -> None:
-        from teeflow.fl.monitor import PROGRESS_FORMAT, PROGRESS_PATH
-
         for url in self._aggregators:
             try:
                 response = self._http.get(url + PROGRESS_PATH)
@@ -292,6 +309,41 @@ class DashboardSource:
             except (httpx.HTTPError, ValueError, ParseError) as exc:
                 old = self._progress.get(url, {"source": url, "rounds": []})
                 self._progress[url] = {**old, "reachable": False, "error": _describe(exc)}
+
+    def _read_services(self) -> None:
+        """Every session of every ``--service`` and its new events (party-signed reads)."""
+        if not self._services or self._agreement_digest is None or self._keys is None:
+            return
+        from teeflow.fl.control import SessionControl
+
+        for url in self._services:
+            try:
+                with SessionControl(url, self._client.pin, self._keys, self._agreement_digest,
+                                    timeout=5.0) as ctl:
+                    for info in ctl.sessions():
+                        key = f"{url}#{info.id}"
+                        after, progress = self._service_progress.get(key, (0, Progress(info.id)))
+                        for _ in range(100):  # bounded: pages of new events
+                            events, cursor, _state = ctl.events(info.id, after)
+                            for event in events:
+                                progress.observe(event.event, dict(event.fields))
+                            if not events or cursor <= after:
+                                break
+                            after = cursor
+                        self._service_progress[key] = (after, progress)
+                        doc = progress.snapshot()
+                        doc.update(state=info.state, round=info.round, source=url,
+                                   reachable=True)
+                        self._progress[key] = doc
+            except (Error, httpx.HTTPError) as exc:
+                for key, old in list(self._progress.items()):
+                    if key.startswith(url + "#"):
+                        self._progress[key] = {**old, "reachable": False,
+                                               "error": _describe(exc)}
+                self._progress.setdefault(url, {"source": url, "rounds": [],
+                                                "reachable": False, "error": _describe(exc)})
+                continue
+            self._progress.pop(url, None)  # a past "unreachable" placeholder
 
     def _merge_sessions(self, sessions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         out = {name: {**s, "rounds": [], "progress": None} for name, s in sessions.items()}

@@ -30,6 +30,9 @@ restarts between sessions.
     GET  /v1/sessions/{id}/provenance  → its signed provenance log (JSON lines)
     GET  /v1/service                   → {"role": "aggregator", "measurement", "agreement_digest",
                                           "transport": "host:port", "emulated"}
+    GET  /metrics                      Prometheus text format, unauthenticated like any scrape
+                                       target: teeflow_fl_* of the sessions run and
+                                       teeflow_aggregator_requests_total (docs/metrics.md)
 
 Any party of the agreement may start, list, read and stop sessions; the submitter and the
 stopper are recorded (``submitted_by``, ``stopped_by``). Events are kept per session (at
@@ -74,6 +77,8 @@ from teeflow.kbs.policy.request_signing import (
     SignedRequest,
     agreement_party_keys,
 )
+from teeflow.observability.http import instrument
+from teeflow.observability.metrics import AggregatorMetrics, HttpMetrics, new_registry
 from teeflow.platform.selection import PlatformOptions
 
 __all__ = [
@@ -170,6 +175,8 @@ class SessionService:
         self.kbs: KbsClient | None = None
         self._ssl: ssl.SSLContext | None = None
         self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
+        self._registry = new_registry()  # GET /metrics (teeflow.observability)
+        self.metrics = AggregatorMetrics(self._registry)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -393,11 +400,13 @@ class SessionService:
     def _end(self, s: _Session, state: str, reason: str) -> None:
         s.info.update(state=state, ended=_now(), reason=reason[:300])
         self._record(s, "ended", {"state": state, "reason": reason[:300]})
+        self.metrics.clients_connected.set(0)  # the session's streams are closed
 
     def _emit_for(self, s: _Session) -> Callable[[str, dict[str, Any]], None]:
         def emit(event: str, fields: dict[str, Any]) -> None:
             with self._lock:
                 self._record(s, event, fields)
+            self.metrics.observe(event, fields)
         return emit
 
     def _run_queue(self) -> None:
@@ -491,6 +500,7 @@ def _create_app(service: SessionService) -> FastAPI:
     app = FastAPI(title="teeflow aggregator service", docs_url=None, redoc_url=None,
                   openapi_url=None)
     verifier = RequestVerifier(service.party_keys)
+    instrument(app, HttpMetrics(service._registry, "aggregator"))
 
     signed = verifier.dependency(max_body=_MAX_BODY)  # refusals: RequestSignatureError
 

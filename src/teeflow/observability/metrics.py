@@ -117,11 +117,14 @@ class HttpMetrics:
 
     Args:
         registry: where the families are registered.
-        component: ``kbs``, ``compute`` or ``serve`` (the metric name prefix).
+        component: ``kbs``, ``compute``, ``serve`` or ``aggregator`` (the session service's
+            control API): the metric name prefix.
     """
 
     def __init__(
-        self, registry: CollectorRegistry, component: Literal["kbs", "compute", "serve"]
+        self,
+        registry: CollectorRegistry,
+        component: Literal["kbs", "compute", "serve", "aggregator"],
     ) -> None:
         self.registry = registry
         self.requests = Counter(
