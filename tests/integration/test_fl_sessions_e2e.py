@@ -55,7 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     package_name="mnist", training=training) as study:
         options = ServiceOptions(pin=study.pin_path, enrollment=study.enroll("alice", "aggregator"),
                                  listen="127.0.0.1:0", state_dir=tmp / "service",
-                                 platform=PlatformOptions("emulated-sgx"))
+                                 platform=PlatformOptions("emulated-sgx"),
+                                 metrics_listen="127.0.0.1:0")
         service = SessionService(options).start()
         try:
             with BackgroundServer(service.make_server()) as server:
@@ -221,7 +222,7 @@ def test_aggregator_serve_command_answers_and_stops_on_sigterm(env: Env) -> None
 def test_dashboard_reads_the_service_and_metrics_count_its_sessions(env: Env) -> None:
     """The dashboard (``--service``) reads sessions with bob's signed requests from the attested
     service; each round is confirmed by the KBS counter. The service's ``/metrics`` counts the
-    rounds it ran and its control requests (by route template)."""
+    rounds it ran and its control requests (by route template) on its own listener."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from teeflow.dashboard.model import DashboardSource
@@ -241,8 +242,11 @@ def test_dashboard_reads_the_service_and_metrics_count_its_sessions(env: Env) ->
     assert [r["round"] for r in session["rounds"]] == [0, 1, 2]
     assert [r["confirmed"] for r in session["rounds"][1:]] == [True, True]
     assert sorted(session["rounds"][2]["clients"]) == ["alice", "bob"]
-    with _raw(env) as http:
-        text = http.get("/metrics").text
+    with _raw(env) as http:  # the control port serves no unsigned route
+        assert http.get("/metrics").status_code in (401, 404)
+    assert env.service.metrics_server is not None
+    scrape = f"http://127.0.0.1:{env.service.metrics_server.port}/metrics"
+    text = httpx.get(scrape, timeout=10).text
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
     assert samples[("teeflow_fl_rounds_total", (("outcome", "committed"),))] >= 3

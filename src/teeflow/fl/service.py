@@ -30,9 +30,10 @@ restarts between sessions.
     GET  /v1/sessions/{id}/provenance  → its signed provenance log (JSON lines)
     GET  /v1/service                   → {"role": "aggregator", "measurement", "agreement_digest",
                                           "transport": "host:port", "emulated"}
-    GET  /metrics                      Prometheus text format, unauthenticated like any scrape
-                                       target: teeflow_fl_* of the sessions run and
-                                       teeflow_aggregator_requests_total (docs/metrics.md)
+
+With ``metrics_listen`` a separate plain-HTTP listener serves ``GET /metrics`` (Prometheus:
+``teeflow_fl_*`` of the sessions run, ``teeflow_aggregator_requests_total`` of this API;
+``docs/metrics.md``): the control port itself stays party-signed only.
 
 Any party of the agreement may start, list, read and stop sessions; the submitter and the
 stopper are recorded (``submitted_by``, ``stopped_by``). Events are kept per session (at
@@ -77,7 +78,7 @@ from teeflow.kbs.policy.request_signing import (
     SignedRequest,
     agreement_party_keys,
 )
-from teeflow.observability.http import instrument
+from teeflow.observability.http import MetricsServer, instrument
 from teeflow.observability.metrics import AggregatorMetrics, HttpMetrics, new_registry
 from teeflow.platform.selection import PlatformOptions
 
@@ -122,6 +123,8 @@ class ServiceOptions:
         state_dir: checkpoints, provenance and sealed models (``sessions/<id>/``).
         platform: the attester; manifest: the workload manifest (default built-in);
         gpu: GPU attester name; seed: strategy seed.
+        metrics_listen: ``host:port`` of the Prometheus ``/metrics`` listener (plain HTTP,
+            not authenticated: loopback or the operator's monitoring network), None: none.
     """
 
     pin: Path
@@ -134,6 +137,7 @@ class ServiceOptions:
     manifest: Path | None = None
     gpu: str = "none"
     seed: int = 0
+    metrics_listen: str | None = None
 
 
 @dataclass
@@ -175,8 +179,9 @@ class SessionService:
         self.kbs: KbsClient | None = None
         self._ssl: ssl.SSLContext | None = None
         self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
-        self._registry = new_registry()  # GET /metrics (teeflow.observability)
+        self._registry = new_registry()  # served on metrics_listen (teeflow.observability)
         self.metrics = AggregatorMetrics(self._registry)
+        self.metrics_server: MetricsServer | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -197,6 +202,14 @@ class SessionService:
         self._attest(self.agreement()[1])
         self._runner = threading.Thread(target=self._run_queue, name="sessions", daemon=True)
         self._runner.start()
+        if o.metrics_listen is not None:
+            host, port = parse_listen(o.metrics_listen)
+            try:
+                self.metrics_server = MetricsServer(self._registry, host, port)
+            except OSError as exc:
+                self.close()
+                raise FLError(f"--metrics-listen {o.metrics_listen}: "
+                              f"{exc.strerror or exc}") from None
         return self
 
     def _attest(self, agreement_digest: str) -> None:
@@ -242,6 +255,9 @@ class SessionService:
             self._runner.join(timeout)
         if self.kbs is not None:
             self.kbs.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
 
     def agreement(self) -> tuple[FederationAgreement, str]:
         """The agreement in force and its digest (hex), cached for 5 s (the request verifier
@@ -500,7 +516,7 @@ def _create_app(service: SessionService) -> FastAPI:
     app = FastAPI(title="teeflow aggregator service", docs_url=None, redoc_url=None,
                   openapi_url=None)
     verifier = RequestVerifier(service.party_keys)
-    instrument(app, HttpMetrics(service._registry, "aggregator"))
+    instrument(app, HttpMetrics(service._registry, "aggregator"), expose=False)
 
     signed = verifier.dependency(max_body=_MAX_BODY)  # refusals: RequestSignatureError
 

@@ -72,13 +72,17 @@ class RequestMetricsMiddleware:
             )
 
 
-def instrument(app: Any, metrics: HttpMetrics) -> None:
-    """Add ``GET /metrics`` (``metrics.registry``) and :class:`RequestMetricsMiddleware` to
-    ``app`` (a FastAPI or Starlette application, before it starts serving).
+def instrument(app: Any, metrics: HttpMetrics, *, expose: bool = True) -> None:
+    """Add :class:`RequestMetricsMiddleware` and - with ``expose`` - ``GET /metrics``
+    (``metrics.registry``) to ``app`` (a FastAPI or Starlette application, before it starts
+    serving). Without ``expose`` the registry is served elsewhere (:class:`MetricsServer`).
 
     The endpoint carries no authentication, like every Prometheus target: its label values
     are bounded vocabularies (:mod:`teeflow.observability.metrics`), never secrets or ids.
     """
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    if not expose:
+        return
     registry = metrics.registry
 
     async def scrape(_: Request) -> Response:
@@ -89,7 +93,6 @@ def instrument(app: Any, metrics: HttpMetrics) -> None:
         )
 
     app.add_route(METRICS_PATH, scrape, methods=["GET"], include_in_schema=False)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
