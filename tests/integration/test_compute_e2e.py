@@ -343,3 +343,27 @@ def test_input_released_only_to_a_worker_of_the_named_operator(fed: LocalFederat
     yi = bob.seal(x, allow=["stats:average"], recipients=BOTH, to=bob.teeu(fed.worker_url))
     with pytest.raises(ReleaseRefused):
         teeu.run("stats:average", xi, yi)
+
+
+def test_worker_serves_prometheus_metrics(fed: LocalFederation) -> None:
+    """``GET /metrics`` on the worker's TLS port: jobs and uploads counted by route template;
+    no input id, result id or party in any label (ATTACK: the ids are in the request paths)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    alice, _bob, _x, _y, xi, yi = _seal_pair(fed, alice_allow=["stats:average"],
+                                             bob_allow=["stats:average"])
+    teeu = alice.teeu(fed.worker_url)
+    ref = teeu.run("stats:average", xi, yi)
+    teeu.fetch(ref)
+    response = teeu._http.get("/metrics")
+    assert response.status_code == 200
+    samples = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+    jobs = [s for s in samples if s.name == "teeflow_compute_requests_total"
+            and s.labels["route"] == "/v1/compute/jobs" and s.labels["status"] == "200"]
+    assert jobs and jobs[0].value >= 1
+    routes = {s.labels.get("route") for s in samples} - {None}
+    assert "/v1/compute/inputs/{owner}/teeu-input/{digest_hex}" in routes
+    assert "/v1/compute/results/{result_id}" in routes
+    for value in (v for s in samples for v in s.labels.values()):
+        assert xi.id not in value and ref.lineage.record.result_id not in value
+        assert "alice" not in value and "bob" not in value

@@ -55,7 +55,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     package_name="mnist", training=training) as study:
         options = ServiceOptions(pin=study.pin_path, enrollment=study.enroll("alice", "aggregator"),
                                  listen="127.0.0.1:0", state_dir=tmp / "service",
-                                 platform=PlatformOptions("emulated-sgx"))
+                                 platform=PlatformOptions("emulated-sgx"),
+                                 metrics_listen="127.0.0.1:0")
         service = SessionService(options).start()
         try:
             with BackgroundServer(service.make_server()) as server:
@@ -216,6 +217,43 @@ def test_aggregator_serve_command_answers_and_stops_on_sigterm(env: Env) -> None
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_dashboard_reads_the_service_and_metrics_count_its_sessions(env: Env) -> None:
+    """The dashboard (``--service``) reads sessions with bob's signed requests from the attested
+    service; each round is confirmed by the KBS counter. The service's ``/metrics`` counts the
+    rounds it ran and its control requests (by route template) on its own listener."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from teeflow.dashboard.model import DashboardSource
+    from teeflow.kbs.client.sdk import KbsClient
+
+    with env.control("bob") as ctl:
+        sid, _ = _run(env, ctl, 2, name="watched")
+    keys = env.study.keys["bob"]
+    with KbsClient(None, env.study.pin, party=keys) as kbs:
+        source = DashboardSource(kbs, services=[env.url], keys=keys)
+        try:
+            doc = source.snapshot()
+        finally:
+            source.close()
+    (session,) = [s for s in doc["sessions"] if s["session"] == sid]
+    assert session["progress"]["reachable"] is True and session["progress"]["state"] == "done"
+    assert [r["round"] for r in session["rounds"]] == [0, 1, 2]
+    assert [r["confirmed"] for r in session["rounds"][1:]] == [True, True]
+    assert sorted(session["rounds"][2]["clients"]) == ["alice", "bob"]
+    with _raw(env) as http:  # the control port serves no unsigned route
+        assert http.get("/metrics").status_code in (401, 404)
+    assert env.service.metrics_server is not None
+    scrape = f"http://127.0.0.1:{env.service.metrics_server.port}/metrics"
+    text = httpx.get(scrape, timeout=10).text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("teeflow_fl_rounds_total", (("outcome", "committed"),))] >= 3
+    assert samples[("teeflow_fl_clients_connected", ())] == 0  # the session is over
+    routes = {dict(labels).get("route") for name, labels in samples
+              if name == "teeflow_aggregator_requests_total"}
+    assert "/v1/sessions/{sid}/events" in routes and sid not in str(routes)
 
 
 def test_after_an_agreement_update_the_service_follows_without_a_restart(env: Env) -> None:

@@ -15,6 +15,7 @@ when no server answers.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -58,7 +59,7 @@ from teeflow.kbs.client.sdk import (
 )
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.enrollment import load_enrollment
-from teeflow.kbs.service.audit import verify_audit_chain
+from teeflow.kbs.service.audit import AuditChainError, verify_audit_chain
 from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulatedSgx, EmulationAuthority
 from teeflow.sealing.keys import write_key_file
@@ -346,6 +347,99 @@ def _scenario(url: str, tmp: Path, agreement: Path, d1: bytes, client_mr: str,
     out = run("kbs", "audit", "verify", "--party", "bob", "--pin", pins["bob"],
               "--expect-head", entries[-1].hash.hex())
     assert f"{len(entries)} entries" in out
+
+    # 8. ``kbs audit show`` prints the verified log (every reason of every denial) and
+    # ``/metrics`` counts what the log records (this KBS process wrote every entry)
+    shown = run("kbs", "audit", "show", "--party", "bob", "--pin", pins["bob"], "--json")
+    assert [json.loads(x)["seq"] for x in shown.splitlines()] == [e.seq for e in entries]
+    denials = run("kbs", "audit", "show", "--party", "carol", "--pin", pins["carol"], "--denied")
+    lines = [x for x in denials.splitlines() if not x.startswith("#")]  # "#": the stderr header
+    assert len(lines) == sum(e.decision == "deny" for e in entries)
+    assert "emulat" in denials.lower()
+    tail = run("kbs", "audit", "show", "--party", "bob", "--pin", pins["bob"], "--tail", "1")
+    assert tail.splitlines()[-1].split()[0] == str(entries[-1].seq)
+    with KbsClient(None, pin, party=PartyKeys.load("alice")) as party, \
+            pytest.raises(AuditChainError):
+        forged = dataclasses.replace(entries[-2], hash=bytes(32))
+        party.audit(after=forged)  # ATTACK: a page that does not link to what was shown
+    _check_kbs_metrics(url, pin, entries)
+    _follow_shows_new_entries(url, pin, pins["bob"], len(entries))
+
+
+def _audit_reads(url: str, pin: Pin) -> float:
+    """``GET /v1/audit`` requests the KBS has served (its ``/metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from teeflow.kbs.client.pinning import http_client, pinned_tls_context
+
+    with http_client(url, pinned_tls_context(pin.tls_spki_sha256), 10.0) as http:
+        text = http.get("/metrics").text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "teeflow_kbs_requests_total" and s.labels["route"] == "/v1/audit")
+
+
+def _follow_shows_new_entries(url: str, pin: Pin, bob_pin: Path, known: int) -> None:
+    """``audit show --follow`` prints an entry appended after it started (an attestation on
+    an unknown session, denied and audited), then stops (``--stop-after``)."""
+    before = _audit_reads(url, pin)
+    out: list[str] = []
+    follow = threading.Thread(target=lambda: out.append(run(
+        "kbs", "audit", "show", "--party", "bob", "--pin", bob_pin, "--json", "--follow",
+        "--interval", "0.2", "--stop-after", str(known + 1))), daemon=True)
+    follow.start()
+    for _ in range(300):  # bounded: until the follower made its first read
+        if _audit_reads(url, pin) > before:
+            break
+        time.sleep(0.05)
+    jwk = {**ECKey.generate_key("P-256", private=True).as_dict(private=False),
+           "alg": "ECDH-ES+A256KW"}
+    body = {"runtime-data": {"nonce": "AAAA", "tee-pubkey": jwk},
+            "tee-evidence": {"primary_evidence": {"quote": "AAAA"}, "additional_evidence": ""}}
+    with httpx.Client(base_url=url, verify=pinned_tls_context(pin.tls_spki_sha256),
+                      timeout=10) as http:
+        denied = http.post("/kbs/v0/attest", json=body,
+                           headers={"Cookie": "kbs-session-id=not-a-session"})
+    assert denied.status_code == 401
+    follow.join(60)
+    assert not follow.is_alive() and out
+    shown = [json.loads(x) for x in out[0].splitlines()]
+    assert len(shown) == known + 1
+    assert (shown[-1]["kind"], shown[-1]["decision"]) == ("attestation", "deny")
+    assert shown[-1]["reasons"] == ["unknown session"]
+
+
+def _check_kbs_metrics(url: str, pin: Pin, entries: list[Any]) -> None:
+    """``GET /metrics`` over the pinned TLS connection, parsed with prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from teeflow.kbs.client.pinning import http_client, pinned_tls_context
+
+    with http_client(url, pinned_tls_context(pin.tls_spki_sha256), 10.0) as http:
+        response = http.get("/metrics")
+    assert response.status_code == 200
+    samples = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name
+                   and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    attest = [e for e in entries if e.kind == "attestation"]
+    assert total("teeflow_kbs_attestations_total", result="deny") == sum(
+        e.decision == "deny" for e in attest)
+    assert total("teeflow_kbs_attestations_total", tee="emulated-sgx", result="accept") == sum(
+        e.decision == "accept" for e in attest)
+    assert total("teeflow_kbs_key_releases_total") == sum(
+        e.kind == "release" and e.decision == "accept" for e in entries)
+    assert total("teeflow_kbs_denials_total") == sum(e.decision == "deny" for e in entries)
+    for kind in {e.kind for e in entries} - {"recovery-shares"}:  # written as the KBS starts
+        assert total("teeflow_kbs_audit_entries_total", kind=kind) == sum(
+            e.kind == kind for e in entries), (kind, [(e.kind, e.decision) for e in entries])
+    assert total("teeflow_kbs_requests_total", route="/kbs/v0/attest", method="POST") >= len(
+        attest)
+    for s in samples:  # no session digest, resource path or measurement in any label
+        for value in s.labels.values():
+            assert "/" not in value or value.startswith("/"), value
+            assert len(value) < 40 and not any(e.subject == value for e in entries), value
 
 
 def test_kbs_measurement_cli_matches_manifest() -> None:

@@ -495,7 +495,8 @@ class _Ca:
 
 
 def test_unexpected_exception_is_a_generic_500(caplog: pytest.LogCaptureFixture) -> None:
-    app = create_app(_Exploding(), _Ca(), purge_interval=None)  # type: ignore[arg-type]
+    # metrics=False: the exploding stand-in has no audit head recorder to feed them
+    app = create_app(_Exploding(), _Ca(), purge_interval=None, metrics=False)  # type: ignore[arg-type]
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

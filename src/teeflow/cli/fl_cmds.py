@@ -39,6 +39,7 @@ from teeflow.cli.platform_options import (
     platform_options,
 )
 from teeflow.errors import Error, ParseError
+from teeflow.fl.entry import METRICS_LISTEN_HELP
 
 __all__ = ["main", "register"]
 
@@ -112,6 +113,9 @@ def register(app: typer.Typer) -> None:
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        metrics_listen: Annotated[
+            str | None, typer.Option("--metrics-listen", help=METRICS_LISTEN_HELP)
+        ] = None,
     ) -> None:
         """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
         _quiet_grpc()
@@ -142,6 +146,7 @@ def register(app: typer.Typer) -> None:
                 platform=platform_options(platform, tsm_root, gramine_root),
                 enrollment=enrollment,
                 gpu=gpu,
+                metrics_listen=metrics_listen,
             )
             Aggregator(options, _emit).run()
         except Error as exc:

@@ -1,4 +1,4 @@
-"""CLI commands: ``teeflow kbs serve|verify|measurement`` and ``teeflow kbs audit verify``.
+"""CLI commands: ``teeflow kbs serve|verify|measurement``, ``teeflow kbs audit verify|show``.
 
 * ``teeflow kbs serve --db URL --listen 127.0.0.1:PORT [--platform NAME] [--tsm-root DIR]
   [--gramine-root DIR] [--state-dir DIR] [--federation NAME] [--collateral-dir DIR]
@@ -339,6 +339,9 @@ def register(app: typer.Typer) -> None:
         if entries:
             typer.echo(f"head seq {entries[-1].seq} hash {entries[-1].hash.hex()}")
 
+    from teeflow.cli.kbs_audit_cmds import register_audit_show
+
+    register_audit_show(audit, _pin_path)
     kbs.add_typer(audit, name="audit")
     from teeflow.cli.kbs_recovery_cmds import register_recovery
 

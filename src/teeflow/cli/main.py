@@ -57,6 +57,7 @@ def _register_all() -> None:
         agreement_submit_cmd,
         app_cmds,
         compute_cmds,
+        dashboard_cmd,
         demo_cmd,
         emulate_cmds,
         fl_cmds,
@@ -86,6 +87,7 @@ def _register_all() -> None:
         fl_cmds,
         compute_cmds,
         app_cmds,
+        dashboard_cmd,
     ):
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group

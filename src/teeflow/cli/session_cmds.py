@@ -107,6 +107,10 @@ def register(app: typer.Typer) -> None:
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
         as_json: JsonOption = False,
+        metrics_listen: Annotated[str | None, typer.Option(
+            "--metrics-listen", help="HOST:PORT of a plain-HTTP Prometheus /metrics listener "
+            "(not authenticated: loopback or the monitoring network; default: none; "
+            "docs/metrics.md).")] = None,
     ) -> None:
         """Run the aggregator as a service: attest once, then run the sessions parties
         submit (teeflow session start), one after another, until Ctrl-C."""
@@ -131,7 +135,7 @@ def register(app: typer.Typer) -> None:
             pin=pin, enrollment=enrollment, kbs_url=kbs, listen=listen,
             transport_listen=transport_listen, state_dir=state_dir,
             platform=platform_options(platform, tsm_root, gramine_root), manifest=manifest,
-            gpu=gpu, seed=seed))
+            gpu=gpu, seed=seed, metrics_listen=metrics_listen))
         try:
             service.start()
             info = service.info()

@@ -1,6 +1,8 @@
 """The compute worker's HTTPS layer: FastAPI app, TLS context, uvicorn server, ``serve``.
 
-Routes and the job flow are documented in :mod:`teeflow.compute.worker`.
+Routes and the job flow are documented in :mod:`teeflow.compute.worker`; ``GET /metrics``
+serves Prometheus metrics (``teeflow_compute_requests_total`` by route template, method and
+status, ``teeflow_compute_request_seconds``; ``docs/metrics.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from teeflow.kbs.policy.request_signing import (
     RequestVerifier,
     SignedRequest,
 )
+from teeflow.observability.http import instrument
+from teeflow.observability.metrics import HttpMetrics, new_registry
 from teeflow.platform.selection import PlatformOptions
 
 __all__ = ["MAX_JOB_BYTES", "make_worker_server", "serve", "worker_tls_context"]
@@ -59,6 +63,7 @@ def _create_app(worker: ComputeWorker) -> FastAPI:
                   openapi_url=None)
     verifier = RequestVerifier(worker.party_keys)
     signed_small = verifier.dependency(max_body=MAX_JOB_BYTES, on_error=_unauthenticated)
+    instrument(app, HttpMetrics(new_registry(), "compute"))
 
     @app.exception_handler(ComputeError)
     async def _compute_error(_: Request, exc: ComputeError) -> Response:

@@ -67,6 +67,7 @@ from teeflow.fl.arrays import (
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
+from teeflow.fl.monitor import monitor_aggregator
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import ClientRecord, save_provenance
@@ -109,7 +110,8 @@ class AggregatorOptions:
 
     Times are seconds. ``wait_clients`` defaults to ``min_clients``. ``enrollment``: the token
     file of the aggregator operator's enrollment (role ``aggregator``; ``teeflow party
-    enroll``) — the KBS refuses the aggregator without it.
+    enroll``) — the KBS refuses the aggregator without it. ``metrics_listen``: ``HOST:PORT`` of
+    the metrics and progress endpoint (:mod:`teeflow.fl.monitor`), None for none.
     """
 
     pin: Path
@@ -136,6 +138,7 @@ class AggregatorOptions:
     platform: PlatformOptions = field(default_factory=PlatformOptions)
     enrollment: Path | None = None
     gpu: str = "none"
+    metrics_listen: str | None = None
 
 
 class Aggregator:
@@ -176,6 +179,7 @@ class Aggregator:
             return fn()
         except (TokenVerifierError, TokenNotFound):  # token expired: attest again once
             self._attest()
+            self.emit("reattested", role="aggregator")
             return fn()
 
     def _setup(self) -> None:
@@ -240,11 +244,13 @@ class Aggregator:
         """
         o = self.o
         o.state_dir.mkdir(parents=True, exist_ok=True)
-        self._setup()
-        try:
-            return self._serve()
-        finally:
-            self.kbs.close()
+        # metrics + progress endpoint (--metrics-listen): teeflow.fl.monitor
+        with monitor_aggregator(o.metrics_listen, o.session, self._emit_fn) as self._emit_fn:
+            self._setup()
+            try:
+                return self._serve()
+            finally:
+                self.kbs.close()
 
     def _serve(self) -> AggregatorResult:
         o = self.o

@@ -31,7 +31,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["aggregator_main", "aggregator_parser", "client_main", "client_parser"]
+__all__ = [
+    "METRICS_LISTEN_HELP",
+    "aggregator_main",
+    "aggregator_parser",
+    "client_main",
+    "client_parser",
+]
+
+#: Help of ``--metrics-listen`` (both aggregator entry points).
+METRICS_LISTEN_HELP = (
+    "HOST:PORT to serve Prometheus /metrics and the /v1/progress document on while the "
+    "session runs (port 0: any; default: none). Not authenticated: bind to loopback or a "
+    "network only the parties reach (docs/metrics.md)."
+)
 
 #: environment variables that size BLAS/OpenMP thread pools (read when the libraries load)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -118,6 +131,7 @@ def aggregator_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate-config", default=None, help="JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--metrics-listen", default=None, help=METRICS_LISTEN_HELP)
     return p
 
 
@@ -204,6 +218,7 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
             platform=_platform(a),
             enrollment=a.enrollment,
             gpu=a.gpu,
+            metrics_listen=a.metrics_listen,
         )
         Aggregator(options, _emit).run()
 

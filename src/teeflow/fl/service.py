@@ -31,6 +31,10 @@ restarts between sessions.
     GET  /v1/service                   → {"role": "aggregator", "measurement", "agreement_digest",
                                           "transport": "host:port", "emulated"}
 
+With ``metrics_listen`` a separate plain-HTTP listener serves ``GET /metrics`` (Prometheus:
+``teeflow_fl_*`` of the sessions run, ``teeflow_aggregator_requests_total`` of this API;
+``docs/metrics.md``): the control port itself stays party-signed only.
+
 Any party of the agreement may start, list, read and stop sessions; the submitter and the
 stopper are recorded (``submitted_by``, ``stopped_by``). Events are kept per session (at
 most :data:`MAX_EVENTS`, oldest dropped) and the last :data:`MAX_SESSIONS` sessions.
@@ -74,6 +78,8 @@ from teeflow.kbs.policy.request_signing import (
     SignedRequest,
     agreement_party_keys,
 )
+from teeflow.observability.http import MetricsServer, instrument
+from teeflow.observability.metrics import AggregatorMetrics, HttpMetrics, new_registry
 from teeflow.platform.selection import PlatformOptions
 
 __all__ = [
@@ -117,6 +123,8 @@ class ServiceOptions:
         state_dir: checkpoints, provenance and sealed models (``sessions/<id>/``).
         platform: the attester; manifest: the workload manifest (default built-in);
         gpu: GPU attester name; seed: strategy seed.
+        metrics_listen: ``host:port`` of the Prometheus ``/metrics`` listener (plain HTTP,
+            not authenticated: loopback or the operator's monitoring network), None: none.
     """
 
     pin: Path
@@ -129,6 +137,7 @@ class ServiceOptions:
     manifest: Path | None = None
     gpu: str = "none"
     seed: int = 0
+    metrics_listen: str | None = None
 
 
 @dataclass
@@ -170,6 +179,9 @@ class SessionService:
         self.kbs: KbsClient | None = None
         self._ssl: ssl.SSLContext | None = None
         self._waiters = threading.BoundedSemaphore(MAX_WAITERS)
+        self._registry = new_registry()  # served on metrics_listen (teeflow.observability)
+        self.metrics = AggregatorMetrics(self._registry)
+        self.metrics_server: MetricsServer | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -190,6 +202,14 @@ class SessionService:
         self._attest(self.agreement()[1])
         self._runner = threading.Thread(target=self._run_queue, name="sessions", daemon=True)
         self._runner.start()
+        if o.metrics_listen is not None:
+            host, port = parse_listen(o.metrics_listen)
+            try:
+                self.metrics_server = MetricsServer(self._registry, host, port)
+            except OSError as exc:
+                self.close()
+                raise FLError(f"--metrics-listen {o.metrics_listen}: "
+                              f"{exc.strerror or exc}") from None
         return self
 
     def _attest(self, agreement_digest: str) -> None:
@@ -235,6 +255,9 @@ class SessionService:
             self._runner.join(timeout)
         if self.kbs is not None:
             self.kbs.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
 
     def agreement(self) -> tuple[FederationAgreement, str]:
         """The agreement in force and its digest (hex), cached for 5 s (the request verifier
@@ -393,11 +416,13 @@ class SessionService:
     def _end(self, s: _Session, state: str, reason: str) -> None:
         s.info.update(state=state, ended=_now(), reason=reason[:300])
         self._record(s, "ended", {"state": state, "reason": reason[:300]})
+        self.metrics.clients_connected.set(0)  # the session's streams are closed
 
     def _emit_for(self, s: _Session) -> Callable[[str, dict[str, Any]], None]:
         def emit(event: str, fields: dict[str, Any]) -> None:
             with self._lock:
                 self._record(s, event, fields)
+            self.metrics.observe(event, fields)
         return emit
 
     def _run_queue(self) -> None:
@@ -491,6 +516,7 @@ def _create_app(service: SessionService) -> FastAPI:
     app = FastAPI(title="teeflow aggregator service", docs_url=None, redoc_url=None,
                   openapi_url=None)
     verifier = RequestVerifier(service.party_keys)
+    instrument(app, HttpMetrics(service._registry, "aggregator"), expose=False)
 
     signed = verifier.dependency(max_body=_MAX_BODY)  # refusals: RequestSignatureError
 

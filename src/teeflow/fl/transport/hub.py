@@ -155,7 +155,8 @@ class ClientHub:
         sealed_package: the sealed package sent to clients that ask, or None.
         max_arrays_bytes: bound on one received update (bytes).
         clock: time source (timezone-aware UTC).
-        on_event: called with ``(event, fields)`` on connect/disconnect (for progress lines).
+        on_event: called with ``(event, fields)`` on connect/disconnect and for each result
+            received (``update-received {party, kind, bytes}``; progress lines, metrics).
     """
 
     def __init__(
@@ -461,6 +462,9 @@ class ClientHub:
         if not known:
             return
         has_arrays = handle.kind in ("init", "train")
+        self._on_event(
+            "update-received", {"party": conn.party, "kind": handle.kind, "bytes": len(data)}
+        )
         num = int(incoming.header.num_examples)
         if handle.kind == "train" and not 1 <= num <= 2**53 - 1:
             handle._finish(None, "num_examples out of range")

@@ -19,6 +19,7 @@ Routes (Trustee KBS protocol 0.4.0 under ``/kbs/v0``, teeflow extensions under `
                                            (404 if never stepped)
     GET  /v1/audit?after=&limit= (party-signed) -> {"entries": [audit entry JSON, ...]}
     GET  /v1/kbs/evidence?nonce=B64        -> the KBS's own evidence (self_attestation)
+    GET  /metrics                          -> Prometheus metrics (:mod:`teeflow.kbs.api.metrics`)
 
 *party-signed*: an RFC 9421 signature by a party of the agreement in force
 (:mod:`teeflow.kbs.policy.request_signing`); otherwise 401 ``RequestUnsigned``. A workload
@@ -298,6 +299,7 @@ def create_app(
     *,
     evidence: KbsEvidenceSource | None = None,
     purge_interval: float | None = 60.0,
+    metrics: bool = True,
 ) -> FastAPI:
     """Build the KBS ASGI application.
 
@@ -308,6 +310,7 @@ def create_app(
         evidence: the KBS's own evidence source; None answers ``/v1/kbs/evidence`` with 503.
         purge_interval: seconds between :meth:`KbsService.purge_expired` runs while the app
             is served (its lifespan); None disables the purge task.
+        metrics: serve ``GET /metrics`` (:mod:`teeflow.kbs.api.metrics`).
 
     Returns:
         The FastAPI application (no TLS here: :mod:`teeflow.kbs.api.server` serves it).
@@ -346,6 +349,10 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(_RequestSizeGuard)
     _install_openapi(app)
+    if metrics:
+        from teeflow.kbs.api.metrics import install_metrics
+
+        install_metrics(app, service)
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await run_in_threadpool(fn, *args, **kwargs)

@@ -560,6 +560,18 @@ class KbsClient:
             return None
         return SignedAgreement.from_mapping(json.loads(body)["signed"])
 
+    def agreement_history(self) -> list[SignedAgreement]:
+        """Every accepted agreement, oldest first (``GET /v1/agreement/history``; signed by
+        the client's party key when it has one)."""
+        auth = {} if self._party_auth is None else self._party_signed()
+        _, body = self._request("GET", "/v1/agreement/history", **auth)
+        raw = json.loads(body).get("agreements")
+        if not isinstance(raw, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("signed"), dict) for item in raw
+        ):
+            raise ParseError("agreement history response has no agreements list")
+        return [SignedAgreement.from_mapping(item["signed"]) for item in raw]
+
     def put_resource(
         self, path: str, data_key: bytes, signed_grant: SignedGrant, owner_keys: PartyKeys
     ) -> ResourceInfo:
@@ -608,9 +620,13 @@ class KbsClient:
             raise VerificationError("the served CA key differs from the pinned CA key")
         return served
 
-    def audit(self, *, page: int = 1000, verify: bool = True) -> list[AuditEntry]:
+    def audit(
+        self, *, page: int = 1000, verify: bool = True, after: AuditEntry | None = None
+    ) -> list[AuditEntry]:
         """Every audit entry (paged), chain and signatures verified with the pinned key.
         Only parties may read it: the requests are signed with the client's party key.
+        ``after``: an entry already verified; only the entries after it are read, and the
+        first must link to it (``teeflow kbs audit show --follow``).
 
         Raises:
             KbsError: the client has no party keys; RequestUnsigned: refused by the KBS.
@@ -620,10 +636,10 @@ class KbsClient:
         from teeflow.kbs.service.audit import audit_entry_from_json, verify_audit_chain
 
         entries: list[AuditEntry] = []
-        after = 0
+        anchor, cursor = after, (0 if after is None else after.seq)
         while True:
             _, body = self._request(
-                "GET", "/v1/audit", params={"after": after, "limit": page}, **self._party_signed()
+                "GET", "/v1/audit", params={"after": cursor, "limit": page}, **self._party_signed()
             )
             doc = json.loads(body)
             raw = doc.get("entries") if isinstance(doc, dict) else None
@@ -639,9 +655,9 @@ class KbsClient:
                     )
             if verify:
                 verify_audit_chain(
-                    batch, self.pin.audit_public(), after=entries[-1] if entries else None
+                    batch, self.pin.audit_public(), after=entries[-1] if entries else anchor
                 )
             entries += batch
             if len(batch) < page:
                 return entries
-            after = batch[-1].seq
+            cursor = batch[-1].seq

@@ -21,7 +21,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +74,19 @@ class HeadRecorder:
         self._lock = threading.Lock()
         self._signed: tuple[StateHead, str] | None = None
         self._newest = StateHead(0, EMPTY_HASH)
+        self._listeners: list[Callable[[AuditEntry], None]] = []
+
+    def add_listener(self, listener: Callable[[AuditEntry], None]) -> None:
+        """Call ``listener`` with every committed entry :meth:`saw` is given (the KBS metrics,
+        :mod:`teeflow.kbs.api.metrics`); a listener that raises is ignored."""
+        self._listeners.append(listener)
 
     def saw(self, entry: AuditEntry) -> None:
-        """Note an entry the current request appended."""
+        """Note an entry the current request appended (committed: every audited write calls
+        this after its transaction) and tell the listeners."""
+        for listener in self._listeners:
+            with contextlib.suppress(Exception):  # metrics never break a decision
+                listener(entry)
         current: StateHead | None = getattr(self._local, "head", None)
         if current is None or entry.seq > current.seq:
             self._local.head = StateHead(entry.seq, entry.hash)
