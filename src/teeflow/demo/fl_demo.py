@@ -189,6 +189,8 @@ class FlDemoSummary:
     training_seconds: float = 0.0
     round_table: list[dict[str, Any]] = field(default_factory=list)
     aggregator: dict[str, Any] = field(default_factory=dict)
+    #: the agreement's training terms as run: strategy, strategy_params, epsilon (DP only)
+    training: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, int] = field(default_factory=dict)
     package: dict[str, str] = field(default_factory=dict)
     agreement_digest: str = ""
@@ -225,6 +227,7 @@ class FlDemoSummary:
             "training_seconds": round(self.training_seconds, 3),
             "round_table": self.round_table,
             "aggregator": self.aggregator,
+            "training": self.training,
             "kbs_audit": self.audit,
             "package": self.package,
             "agreement_digest": self.agreement_digest,
@@ -388,6 +391,11 @@ def _run(
                 kbs_spec=plat.kbs_spec(bytes.fromhex(kbs_mr)),
                 package_digest=pkg_digest,
                 workload_spec=plat.workload_spec,
+                training={
+                    "strategy": {"name": "fedavg"},
+                    "rounds": o.rounds,
+                    "min_clients": o.clients // 2 + 1,
+                },
             )
             d += [
                 "allow_emulated: true — EMULATED TEE, development only",
@@ -480,6 +488,11 @@ def _run(
             "max_rss_bytes": done.get("max_rss_bytes"),
             "torch_imported": done.get("torch_imported"),
             "address": agg.address,
+        }
+        summary.training = {  # the agreed rule the aggregator ran, and ε when DP is on
+            k: done[k]
+            for k in ("strategy", "strategy_params", "epsilon", "delta", "budget_epsilon")
+            if k in done
         }
         if summary.round_table:
             summary.initial_accuracy = summary.round_table[0].get("eval_accuracy")
