@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -138,16 +139,25 @@ class PrivacyLedger:
 
     terms: DpTerms
     rounds: list[tuple[float, float]]
+    _cache: dict[tuple[tuple[tuple[float, float], int], ...], float] = field(
+        default_factory=dict, repr=False
+    )
 
     def epsilon_after(self, extra: Sequence[tuple[float, float]] = ()) -> float:
-        """ε (at the agreement's δ) of the rounds so far plus ``extra`` ones; 0 before any."""
-        events = [*self.rounds, *extra]
-        if not events:
+        """ε (at the agreement's δ) of the rounds so far plus ``extra`` ones; 0 before any.
+        Identical rounds are composed as one self-composition (composition commutes)."""
+        counts = Counter([*self.rounds, *extra])
+        if not counts:
             return 0.0
-        acc = _accountant(self.terms.accountant)
-        for q, z in events:
-            acc.compose(round_event(q, z))
-        return float(acc.get_epsilon(self.terms.delta))
+        key = tuple(sorted(counts.items()))
+        cached = self._cache.get(key)
+        if cached is None:
+            acc = _accountant(self.terms.accountant)
+            for (q, z), count in sorted(counts.items()):
+                acc.compose(round_event(q, z), count)
+            cached = float(acc.get_epsilon(self.terms.delta))
+            self._cache = {key: cached, **dict(list(self._cache.items())[:7])}
+        return cached
 
     @property
     def spent(self) -> float:

@@ -13,9 +13,9 @@ utility". Per detection round (every ``every`` rounds of the agreement's ``train
    on the clients' validation data (the *median* of the clients' ``metric``, so a minority of
    lying evaluators cannot steer it) or by the agreement's evaluator party alone; a metric where
    lower is better is negated;
-4. **scores** (:func:`score_clients`): client ``i``'s score is the mean utility of the subsets
-   that include it minus the mean utility of those that do not — how its inclusion moves
-   utility (None when it is on one side only);
+4. **scores** (:func:`score_clients`): how client ``i``'s inclusion moves utility — its
+   coefficient when the subsets' utilities are regressed on who is in them (least squares),
+   minus the median coefficient (None when it is in all or none of the subsets);
 5. **decision** (:meth:`OutlierDetector.decide`): a score below ``−threshold`` makes the client
    an outlier: ``flag`` records it, ``exclude`` also leaves its update out of the round's
    aggregate (worst first, never below ``min_clients`` updates: the rest are only flagged);
@@ -88,25 +88,37 @@ def draw_subsets(
 def score_clients(
     n: int, subsets: Sequence[tuple[int, ...]], utilities: Sequence[float | None]
 ) -> list[float | None]:
-    """Score of each of ``n`` clients: mean utility of the subsets with it minus mean utility
-    of those without it (subsets whose utility is None are ignored; None when the client is on
-    one side only).
+    """Score of each of ``n`` clients: how its inclusion moves utility, relative to the
+    typical client.
+
+    The utilities are regressed on the inclusion indicators (least squares on the centred
+    design, ``numpy.linalg.lstsq`` minimum-norm solution: ``U_S ≈ b_0 + Σ_{i ∈ S} b_i``), so
+    each ``b_i`` is client ``i``'s marginal effect with the other members of its subsets
+    accounted for; the score is ``b_i − median_j b_j`` (with equal-size subsets the ``b``
+    are defined up to a common shift, and an honest majority puts the median at a benign
+    client). Subsets whose utility is None are ignored; a client in all or none of the
+    measured subsets scores None.
 
     Raises:
         FLError: ``subsets`` and ``utilities`` differ in length.
     """
     if len(subsets) != len(utilities):
         raise FLError("one utility per subset needed")
-    scores: list[float | None] = []
-    for i in range(n):
-        inside = [u for s, u in zip(subsets, utilities, strict=True) if u is not None and i in s]
-        outside = [
-            u for s, u in zip(subsets, utilities, strict=True) if u is not None and i not in s
-        ]
-        scores.append(
-            statistics.fmean(inside) - statistics.fmean(outside) if inside and outside else None
-        )
-    return scores
+    rows = [(s, u) for s, u in zip(subsets, utilities, strict=True) if u is not None]
+    if len(rows) < 2:
+        return [None] * n
+    x = np.zeros((len(rows), n), np.float64)
+    for j, (s, _) in enumerate(rows):
+        x[j, list(s)] = 1.0
+    u = np.asarray([float(v) for _, v in rows], np.float64)
+    varies = [bool(0 < x[:, i].sum() < len(rows)) for i in range(n)]
+    xc = x - x.mean(axis=0)
+    b = np.linalg.lstsq(xc, u - u.mean(), rcond=None)[0]
+    known = [float(b[i]) for i in range(n) if varies[i]]
+    if not known:
+        return [None] * n
+    mid = statistics.median(known)
+    return [float(b[i]) - mid if varies[i] else None for i in range(n)]
 
 
 def measure_utilities(
@@ -125,14 +137,15 @@ def measure_utilities(
     ``utility.metric`` (negated when lower is better); None when no evaluator answered.
 
     Evaluation tasks carry ``config`` plus ``round``, ``candidate`` (index) and, for an
-    evaluator, ``data`` = the agreement's validation dataset. A malformed or missing result is
-    ignored (reported as ``client-dropped``). Bounded by ``timeout`` seconds per candidate.
+    evaluator, ``validation`` = the agreement's validation dataset reference. A malformed or
+    missing result is ignored (reported as ``client-dropped``). Bounded by ``timeout`` seconds
+    per candidate.
     """
     if utility.source == "evaluator":
         assert utility.evaluator is not None  # UtilitySource validation
         evaluators = [utility.evaluator] if utility.evaluator in evaluators else []
         if utility.dataset is not None:
-            config = {**config, "data": utility.dataset}
+            config = {**config, "validation": utility.dataset}
     out: list[float | None] = []
     for j, arrays in enumerate(candidates):
         data = encode_arrays(arrays)

@@ -16,7 +16,7 @@ on revocation (issue 11)::
         subsets: 20         # random subsets of the round's updates, each aggregated
         subset_size: 3      # updates per subset (default: ceil(n / 3))
         seed: 7             # subsets are drawn from (seed, round): reproducible, recorded
-        threshold: 0.02     # a client whose inclusion lowers utility by more is an outlier
+        threshold: 0.1      # a client whose inclusion lowers utility by more is an outlier
         action: exclude     # flag (recorded only) | exclude (left out of the aggregate)
         drop_after: 3       # exclusions after which the client is dropped from the session
         utility: {source: federated, metric: accuracy}   # or source: evaluator, evaluator: P
@@ -188,7 +188,7 @@ class OutlierTerms(DocumentModel):
     subsets: int = Field(default=20, ge=2, le=1000)
     subset_size: int | None = Field(default=None, ge=1, le=10_000)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    threshold: float = Field(default=0.02, ge=0.0, le=1e9)
+    threshold: float = Field(default=0.1, ge=0.0, le=1e9)
     action: Literal["flag", "exclude"] = "exclude"
     drop_after: int | None = Field(default=None, ge=1, le=100_000)
     utility: UtilitySource = Field(default_factory=UtilitySource)
