@@ -273,9 +273,9 @@ class Aggregator:
 
     def _serve(self) -> AggregatorResult:
         o = self.o
+        self._prepare_training()  # refuse a request the agreement does not allow, first
         counter = self.kbs.get_counter(counter_name(o.session))
         ckpt = self.store.load(counter)
-        self._prepare_training()
         start_round = 0
         if ckpt is not None:
             start_round = self._resume(ckpt)
