@@ -36,7 +36,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fl_helpers import EXAMPLE, TRAIN_CONFIG, Fed, federation, write_manifest
+from typer.testing import CliRunner
 
+from teeflow.cli.main import app as cli_app
 from teeflow.errors import FLError, VerificationError
 from teeflow.fl.arrays import arrays_digest
 from teeflow.fl.checkpoint import checkpoint_aad, decode_checkpoint
@@ -357,6 +359,17 @@ def test_the_signed_rule_is_in_the_header_and_another_rule_is_refused(runs: Runs
     assert entries[0].training is not None
     assert entries[0].training.strategy.name == "fedavg" and entries[0].training.rounds == 10
     assert runs.run2_done["strategy"] == "fedavg"
+    done = runs.run2_done
+    out = CliRunner().invoke(
+        cli_app,
+        ["model", "verify", done["model"], done["provenance"], "--ca", str(runs.fed.pin_path),
+         "--json"],
+    )
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.output)
+    assert printed["verified"] is True and printed["rounds"] == 2
+    assert printed["training"]["strategy"] == {"name": "fedavg", "params": {}}
+    assert printed["privacy"] == {} and printed["outliers"] == []
     assert runs.run4_code == 1 and runs.run4_error is not None
     assert runs.run4_error["type"] == "FLError"
     assert "differs from the agreement's rule fedavg" in runs.run4_error["message"]

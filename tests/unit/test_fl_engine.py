@@ -13,6 +13,7 @@ from fl_memory_kit import SignFlipClient, ToyClient, agreement, parties, run
 from pydantic import ValidationError
 
 from teeflow.errors import FLError, ParseError
+from teeflow.fl.events import EVENT_NAMES, event_from
 from teeflow.fl.outputs import verified_training
 from teeflow.fl.provenance import (
     ProvenanceEntry,
@@ -185,3 +186,20 @@ def test_sign_flippers_wreck_fedavg_but_not_krum(tmp_path: Path) -> None:
         result, _ = run(tmp_path, agreement(7, training), clients, rounds=4, min_clients=7)
         accs[name] = judge.evaluate(result.arrays, {})[1]["accuracy"]
     assert accs["krum"] > 0.85 > accs["fedavg"]
+
+
+def test_progress_events_are_typed(tmp_path: Path) -> None:
+    clients: dict = honest(4)
+    clients["p04"] = SignFlipClient(4)
+    agr = agreement(5, {"rounds": 5, "min_clients": 3,
+                        "outliers": {"subset_size": 2, "threshold": 0.1}})
+    _, events = run(tmp_path, agr, clients, rounds=2)
+    names = {e.name for e in events}
+    assert names <= EVENT_NAMES
+    assert {"training", "initial-model", "round-start", "outlier-scores", "client-excluded",
+            "round", "committed", "done"} <= names
+    assert all(isinstance(e.round, int) for e in events.named("round"))
+    with pytest.raises(FLError, match="unknown progress event"):
+        event_from("made-up", {}, strict=True)
+    with pytest.raises(FLError, match="round must be an integer"):
+        event_from("round", {"round": "1"})

@@ -5,7 +5,7 @@ training computation and randomly taking a sample of clients … to detect outli
 utility". Per detection round (every ``every`` rounds of the agreement's ``training.outliers``):
 
 1. **subsets** (:func:`draw_subsets`): ``subsets`` random subsets of the ``n`` received updates,
-   each of ``subset_size`` (default ``ceil(n / 3)``) parties, drawn by a PCG64 generator seeded
+   each of ``subset_size`` (default 2) parties, drawn by a PCG64 generator seeded
    with ``(seed, round)`` — reproducible by anyone holding the provenance;
 2. **candidates**: each subset aggregated (example-weighted mean of its updates, the FedAvg
    computation cloned);
@@ -27,7 +27,6 @@ Every subset, utility, score and decision goes into the round's provenance entry
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -219,8 +218,8 @@ class OutlierDetector:
         return round % self.terms.every == 0 and received >= 3
 
     def subset_size(self, n: int) -> int:
-        """The agreed size, else ``ceil(n / 3)``; always in ``1..n−1``."""
-        size = self.terms.subset_size or math.ceil(n / 3)
+        """The agreed size, else 2; always in ``1..n−1``."""
+        size = self.terms.subset_size or 2
         return max(1, min(size, n - 1))
 
     def run(

@@ -13,8 +13,8 @@ on revocation (issue 11)::
       on_revocation: drop   # drop the client (session goes on if >= min_clients) | stop
       outliers:             # SECFL-style detection by client sampling (teeflow.fl.outliers)
         every: 1            # detection every k rounds
-        subsets: 20         # random subsets of the round's updates, each aggregated
-        subset_size: 3      # updates per subset (default: ceil(n / 3))
+        subsets: 40         # random subsets of the round's updates, each aggregated
+        subset_size: 2      # updates per subset (default 2)
         seed: 7             # subsets are drawn from (seed, round): reproducible, recorded
         threshold: 0.1      # a client whose inclusion lowers utility by more is an outlier
         action: exclude     # flag (recorded only) | exclude (left out of the aggregate)
@@ -175,7 +175,9 @@ class OutlierTerms(DocumentModel):
     Attributes:
         every: run detection every ``every`` rounds (round r with ``r % every == 0``).
         subsets: random subsets formed per detection round (2..1000).
-        subset_size: updates per subset (default ``ceil(n / 3)``, at least 1, below ``n``).
+        subset_size: updates per subset (default 2; below ``n``). Small subsets keep one
+            attacker from masking another's effect (a subset's utility collapses with any
+            strong attacker in it), so the inclusion effects are estimated more sharply.
         seed: seed of the subsets (drawn from ``(seed, round)``; recorded in the provenance).
         threshold: a client whose score (utility with it minus utility without it) is below
             ``-threshold`` is an outlier (utility units: the metric's, e.g. accuracy 0..1).
@@ -185,7 +187,7 @@ class OutlierTerms(DocumentModel):
     """
 
     every: int = Field(default=1, ge=1, le=100_000)
-    subsets: int = Field(default=20, ge=2, le=1000)
+    subsets: int = Field(default=40, ge=2, le=1000)
     subset_size: int | None = Field(default=None, ge=1, le=10_000)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     threshold: float = Field(default=0.1, ge=0.0, le=1e9)
