@@ -123,3 +123,30 @@ def test_scores_are_inclusion_effects() -> None:
     assert scores[1:] == [pytest.approx(0.0)] * 3
     assert score_clients(2, [(0,)], [None]) == [None, None]
     assert score_clients(3, [(0, 1), (0, 2)], [0.5, 0.5])[0] is None  # always in
+
+
+def test_a_restarted_aggregator_keeps_removed_clients_out(tmp_path: Path) -> None:
+    """Resume from round 2's checkpoint in a new instance (new key, hand-over): the clients
+    removed at round 2 stay removed — the detector's state comes back from the checkpoint's
+    provenance log."""
+    import dataclasses
+
+    from fl_memory_kit import trust
+
+    from teeflow.fl.aggregator import AggregatorOptions
+    from teeflow.fl.events import EventLog
+    from teeflow.fl.inmemory import InMemoryAggregator, InMemoryHub
+
+    agr = agreement(10, training(drop_after=2))
+    first, _ = run(tmp_path, agr, federation(), rounds=2, min_clients=5)
+    second = dataclasses.replace(trust(agr), certify=lambda cert, entry: None)
+    opts = AggregatorOptions(pin=tmp_path / "x", session="s1", rounds=4, min_clients=5,
+                             state_dir=tmp_path)
+    events = EventLog()
+    agg = InMemoryAggregator(opts, second, InMemoryHub(federation()), events,
+                             resume=first.checkpoints[-1])
+    result = agg.run_in_memory()
+    kinds = [e.kind for e in result.provenance]
+    assert kinds == ["session-start", "round", "round", "handover", "round", "round", "final"]
+    for entry in result.provenance[4:6]:
+        assert not set(entry.update_digests) & MALICIOUS

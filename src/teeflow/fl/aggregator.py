@@ -359,6 +359,7 @@ class Aggregator:
         self.emit("handover", round=ckpt.round, entry=handover.seq)
         self.global_arrays = decode_arrays(ckpt.arrays)
         self.strategy.load_state_arrays(decode_arrays(ckpt.strategy_state))
+        self.plan.restore(self.log.entries)  # outlier exclusions and removals so far
         self._history = [dict(m) for m in ckpt.metrics]
         self._last_round = ckpt.round
         self.emit("resumed", round=ckpt.round, digest=ckpt.arrays_digest.hex())

@@ -28,6 +28,7 @@ from teeflow.errors import FLError
 from teeflow.fl.arrays import ArrayDict
 from teeflow.fl.dp import DpFedAvg
 from teeflow.fl.outliers import OutlierDetector
+from teeflow.fl.provenance import ProvenanceEntry
 from teeflow.fl.provenance_records import DetectionRecord, PrivacyRecord
 from teeflow.fl.strategy import strategy_for_terms
 from teeflow.fl.strategy.base import Config, FitResult, Metrics, Strategy
@@ -173,6 +174,18 @@ class TrainingPlan:
         if terms.outliers is not None:
             detector = OutlierDetector(terms.outliers, min_clients)
         return cls(terms, strategy, detector, dp, emit)
+
+    def restore(self, entries: Iterable[ProvenanceEntry]) -> None:
+        """After a restart: the exclusion counts and removed clients from the (verified)
+        provenance log of the checkpoint, so a removed client stays removed."""
+        if self.detector is None:
+            return
+        for e in entries:
+            if e.kind != "round" or e.detection is None:
+                continue
+            for p in e.detection.excluded:
+                self.detector.exclusions[p] = self.detector.exclusions.get(p, 0) + 1
+            self.detector.removed.update(e.detection.removed)
 
     # -- per round ---------------------------------------------------------------------------
 
