@@ -41,6 +41,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -188,6 +189,8 @@ def run_one(
     rounds: int,
     secfl_threshold: float,
     dp_epsilon: float | None = None,
+    fraction: float = 1.0,
+    min_clients: int | None = None,
 ) -> dict[str, Any]:
     n = len(shards)
     names = [f"c{i:02d}" for i in range(n)]
@@ -200,7 +203,9 @@ def run_one(
     # robust rules need every update (Krum: n >= 2f + 3); FedAvg(+SECFL) may aggregate fewer,
     # which lets detection exclude up to n − min_clients = 3 updates a round
     k = n if rule in ("krum", "multi-krum", "median", "trimmed-mean") else n - 3
-    training: dict[str, Any] = {"strategy": strategy, "rounds": rounds, "min_clients": k}
+    k = min_clients or k
+    training: dict[str, Any] = {"strategy": strategy, "rounds": rounds, "min_clients": k,
+                                "fraction_fit": fraction}
     if rule == "fedavg+secfl":
         training["outliers"] = {"subsets": SECFL["subsets"], "subset_size": SECFL["size"],
                                 "seed": 1, "threshold": secfl_threshold, "action": "exclude"}
@@ -217,6 +222,8 @@ def run_one(
         result = agg.run_in_memory()
         wall = time.perf_counter() - t0
     out: dict[str, Any] = {
+        "clients": n,
+        "fraction_fit": fraction,
         "rule": rule if dp_epsilon is None else "fedavg+dp",
         "attack": attack,
         "malicious": sorted(bad),
@@ -263,10 +270,14 @@ def main() -> None:
                     help="SECFL threshold (utility = accuracy)")
     ap.add_argument("--secfl-subsets", type=int, default=80, help="SECFL subsets per round")
     ap.add_argument("--secfl-size", type=int, default=2, help="SECFL subset size")
+    ap.add_argument("--dp-population", type=int, default=0,
+                    help="also run no-DP and DP at ε 1/4/8 with this many clients (1/10 "
+                    "sampled per round, ~60 examples each): client-level DP needs a population")
     ap.add_argument("--only", default=None, help="run only this rule (or 'dp')")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated attacks")
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     a = ap.parse_args()
+    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's RDP order warnings
     SECFL.update(subsets=a.secfl_subsets, size=a.secfl_size)
     ds = load_mnist(a.data)
     x = (ds.train.x.reshape(len(ds.train.y), -1).astype(np.float32) / 255.0)
@@ -280,7 +291,7 @@ def main() -> None:
     def record(r: dict[str, Any]) -> None:
         results.append(r)
         det = r.get("detection") or {}
-        print(f"{r['rule']:>14} {r['attack']:>9}  acc {r['accuracy']:.4f}  "
+        print(f"{r['clients']:>5} {r['rule']:>14} {r['attack']:>9}  acc {r['accuracy']:.4f}  "
               f"{r['wall_seconds']:7.1f}s  rounds {r['rounds_run']}"
               + (f"  P {det.get('precision')} R {det.get('recall')} "
                  f"FPR {det.get('false_positive_rate')}" if det else "")
@@ -298,6 +309,12 @@ def main() -> None:
         for eps in (1.0, 4.0, 8.0):
             record(run_one(shards, test, rule="fedavg", attack="none", malicious=0,
                            rounds=a.rounds, secfl_threshold=a.secfl_threshold, dp_epsilon=eps))
+    if a.dp_population:
+        population = [(x[idx], y[idx]) for idx in np.array_split(order, a.dp_population)]
+        for eps in (None, 1.0, 4.0, 8.0):
+            record(run_one(population, test, rule="fedavg", attack="none", malicious=0,
+                           rounds=a.rounds, secfl_threshold=a.secfl_threshold, dp_epsilon=eps,
+                           fraction=0.1, min_clients=10))
     path = write_json("fl_poisoning", {
         "machine": machine(),
         "setup": {"clients": a.clients, "malicious": a.malicious, "rounds": a.rounds,
