@@ -115,6 +115,9 @@ def test_another_rule_by_flag_object_or_parameters_is_refused(tmp_path: Path) ->
         run(tmp_path, agr, honest(5), **kw, strategy_obj=Krum(num_byzantine=0))
     with pytest.raises(FLError, match="is not the agreement's rule"):
         run(tmp_path, agr, honest(5), **kw, strategy_obj=FedMedian())
+    # a parameter the agreement left at its default (num_selected = 1) changed to 3
+    with pytest.raises(FLError, match="is not the agreement's rule"):
+        run(tmp_path, agr, honest(5), **kw, strategy_obj=Krum(num_byzantine=1, num_selected=3))
     with pytest.raises(FLError, match="fraction_fit"):
         run(tmp_path, agr, honest(5), **kw, fraction_fit=0.5)
     with pytest.raises(FLError, match="the agreement allows 10"):

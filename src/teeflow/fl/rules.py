@@ -33,7 +33,7 @@ from teeflow.fl.provenance_records import DetectionRecord, PrivacyRecord
 from teeflow.fl.strategy import strategy_for_terms
 from teeflow.fl.strategy.base import Config, FitResult, Metrics, Strategy
 from teeflow.kbs.policy.agreement import FederationAgreement
-from teeflow.kbs.policy.training import StrategyTerms, TrainingTerms
+from teeflow.kbs.policy.training import TrainingTerms
 
 __all__ = ["RoundOutcome", "TrainingPlan", "rule_of"]
 
@@ -51,14 +51,6 @@ def rule_of(strategy: Strategy) -> tuple[str, dict[str, float | int]]:
     if not isinstance(name, str) or not callable(params):
         raise FLError("the strategy does not name its rule (rule, rule_params())")
     return name, dict(params())
-
-
-def _same_params(agreed: StrategyTerms, params: dict[str, float | int]) -> bool:
-    """The object's parameters equal the agreed ones (defaults filled in by the object)."""
-    return all(
-        k in params and float(params[k]) == float(v)
-        for k, v in agreed.params.items()
-    )
 
 
 @dataclass
@@ -146,20 +138,21 @@ class TrainingPlan:
             raise FLError(
                 f"--min-clients {min_clients} is below the agreement's {terms.min_clients}"
             )
+        built = strategy_for_terms(
+            terms,
+            min_clients=min_clients,
+            seed=seed,
+            train_config=train_config,
+            evaluate_config=evaluate_config or train_config,
+        )
         if strategy is None:
-            built = strategy_for_terms(
-                terms,
-                min_clients=min_clients,
-                seed=seed,
-                train_config=train_config,
-                evaluate_config=evaluate_config or train_config,
-            )
             strategy = built
+        # the agreed rule with every parameter (defaults included) must be what runs
         name, params = rule_of(strategy)
-        if name != agreed.name or not _same_params(agreed, params):
+        if (name, params) != rule_of(built):
             raise FLError(
                 f"the strategy {name} {params} is not the agreement's rule "
-                f"{agreed.name} {dict(agreed.params)}: refused"
+                f"{agreed.name} {rule_of(built)[1]}: refused"
             )
         dp = None
         if terms.dp is not None:
