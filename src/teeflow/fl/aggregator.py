@@ -28,6 +28,10 @@ still attesting and connecting; the result's digest starts the provenance log
 (``session-start``) and, once ``wait_clients`` clients are connected, it is evaluated as
 round 0.
 
+**Rules.** The strategy, its parameters, outlier detection and DP come from the agreement's
+``training`` section (:mod:`teeflow.fl.rules`; a different request is refused); a DP budget
+that the next round would exceed ends the session before it.
+
 **Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
@@ -68,7 +72,6 @@ from teeflow.fl.arrays import (
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
-from teeflow.fl.outliers import measure_utilities
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import ClientRecord, save_provenance
@@ -323,18 +326,8 @@ class Aggregator:
     def _prepare_training(self) -> None:
         """The rules from the agreement in force (:class:`~teeflow.fl.rules.TrainingPlan`;
         refuses a request that differs from it)."""
-        o = self.o
-        self.plan = TrainingPlan.from_agreement(
-            self.agreement,
-            rounds=o.rounds,
-            min_clients=o.min_clients,
-            fraction_fit=o.fraction_fit,
-            strategy_name=o.strategy,
-            strategy=self._given_strategy,
-            seed=o.seed,
-            train_config=dict(o.train_config),
-            evaluate_config=dict(o.evaluate_config or o.train_config),
-            emit=self._emit_fn,
+        self.plan = TrainingPlan.for_options(
+            self.agreement, self.o, self._given_strategy, self._emit_fn
         )
         self.strategy = self.plan.strategy
         self.emit("training", **self.plan.summary())
@@ -495,7 +488,14 @@ class Aggregator:
                 outcome = self.plan.aggregate(
                     r,
                     self.collect.updates(r, handles, deadline, self.global_arrays, tally),
-                    functools.partial(self._utilities, r),
+                    functools.partial(
+                        self.plan.utilities,
+                        self.hub,
+                        r,
+                        evaluators=self.plan.eligible(self.hub.connected()),
+                        config=dict(o.evaluate_config or o.train_config),
+                        timeout=o.round_timeout,
+                    ),
                 )
                 new_global, fit_metrics = outcome.arrays, outcome.metrics
             except FLError as exc:
@@ -533,22 +533,6 @@ class Aggregator:
         self._report(r, tuple(clients), metrics, time.monotonic() - t0, new_digest.hex())
         del global_bytes, new_global, fit_metrics
         trim_heap()  # the round's models, updates and messages are garbage now
-
-    def _utilities(self, r: int, candidates: list[ArrayDict]) -> list[float | None]:
-        """Utility of outlier-detection candidates (:func:`~teeflow.fl.outliers.
-        measure_utilities`) by the eligible connected clients."""
-        detector = self.plan.detector
-        assert detector is not None
-        return measure_utilities(
-            self.hub,
-            r,
-            candidates,
-            self.plan.eligible(self.hub.connected()),
-            config=dict(self.o.evaluate_config or self.o.train_config),
-            utility=detector.terms.utility,
-            timeout=self.o.round_timeout,
-            emit=self._emit_fn,
-        )
 
     def _evaluate(self, r: int, arrays: ArrayDict) -> Metrics:
         """Federated evaluation of ``arrays`` (best effort; :meth:`ResultCollector.evaluate`):

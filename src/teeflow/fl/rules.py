@@ -22,12 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from teeflow.errors import FLError
 from teeflow.fl.arrays import ArrayDict
 from teeflow.fl.dp import DpFedAvg
-from teeflow.fl.outliers import OutlierDetector
+from teeflow.fl.outliers import OutlierDetector, measure_utilities
 from teeflow.fl.provenance import ProvenanceEntry
 from teeflow.fl.provenance_records import DetectionRecord, PrivacyRecord
 from teeflow.fl.strategy import strategy_for_terms
@@ -35,9 +35,21 @@ from teeflow.fl.strategy.base import Config, FitResult, Metrics, Strategy
 from teeflow.kbs.policy.agreement import FederationAgreement
 from teeflow.kbs.policy.training import TrainingTerms
 
-__all__ = ["RoundOutcome", "TrainingPlan", "rule_of"]
+__all__ = ["RoundOutcome", "SessionOptions", "TrainingPlan", "rule_of"]
 
 Emit = Callable[[str, dict[str, Any]], None]
+
+
+class SessionOptions(Protocol):
+    """What a plan reads from :class:`teeflow.fl.aggregator.AggregatorOptions`."""
+
+    rounds: int
+    min_clients: int
+    fraction_fit: float | None
+    strategy: str | None
+    seed: int
+    train_config: Config
+    evaluate_config: Config
 
 
 def rule_of(strategy: Strategy) -> tuple[str, dict[str, float | int]]:
@@ -87,6 +99,34 @@ class TrainingPlan:
         self.detector = detector
         self.dp = dp
         self._emit = emit
+
+    @classmethod
+    def for_options(
+        cls,
+        agreement: FederationAgreement,
+        options: SessionOptions,
+        strategy: Strategy | None,
+        emit: Emit,
+    ) -> TrainingPlan:
+        """:meth:`from_agreement` with the aggregator's options (rounds, min_clients,
+        fraction_fit and strategy as checks, seed, train and evaluate configs).
+
+        Raises:
+            FLError: as :meth:`from_agreement`.
+        """
+        o = options
+        return cls.from_agreement(
+            agreement,
+            rounds=o.rounds,
+            min_clients=o.min_clients,
+            fraction_fit=o.fraction_fit,
+            strategy_name=o.strategy,
+            strategy=strategy,
+            seed=o.seed,
+            train_config=dict(o.train_config),
+            evaluate_config=dict(o.evaluate_config or o.train_config),
+            emit=emit,
+        )
 
     @classmethod
     def from_agreement(
@@ -270,6 +310,30 @@ class TrainingPlan:
         if excluded:
             metrics["outliers_excluded"] = float(len(excluded))
         return RoundOutcome(arrays, metrics, excluded, detection, privacy)
+
+    def utilities(
+        self,
+        hub: Any,
+        r: int,
+        candidates: list[ArrayDict],
+        *,
+        evaluators: Sequence[str],
+        config: Config,
+        timeout: float,
+    ) -> list[float | None]:
+        """Utility of round ``r``'s detection candidates, measured through ``hub`` by
+        ``evaluators`` (:func:`~teeflow.fl.outliers.measure_utilities`)."""
+        assert self.detector is not None  # only called when detection runs
+        return measure_utilities(
+            hub,
+            r,
+            candidates,
+            evaluators,
+            config=config,
+            utility=self.detector.terms.utility,
+            timeout=timeout,
+            emit=self._emit,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The rule and its parameters, and ε spent / budget when DP is on (``done`` event,
