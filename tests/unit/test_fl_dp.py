@@ -166,3 +166,11 @@ def test_local_dp_clips_and_noises_the_clients_update() -> None:
                           np.random.default_rng(1))
     noise = out["w"] - 1.0 / np.sqrt(10_000) * np.ones(10_000)  # clipped to norm 1
     assert float(np.std(noise)) == pytest.approx(0.5, rel=0.05)
+
+
+def test_outlier_detection_and_dp_cannot_be_combined() -> None:
+    """Detection evaluates un-noised subset aggregates: with DP it would leak around the
+    noise, so the agreement refuses both together."""
+    with pytest.raises(ValidationError, match="outliers and dp cannot be combined"):
+        TrainingTerms.model_validate({**training(), "min_clients": 5,
+                                      "outliers": {"threshold": 0.1}})

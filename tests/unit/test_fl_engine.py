@@ -206,3 +206,22 @@ def test_progress_events_are_typed(tmp_path: Path) -> None:
         event_from("made-up", {}, strict=True)
     with pytest.raises(FLError, match="round must be an integer"):
         event_from("round", {"round": "1"})
+
+
+def test_norm_bounded_fedavg_bounds_one_clients_pull(tmp_path: Path) -> None:
+    """Attack: a boosted update (×10); under the agreed norm bound the global model moves by
+    at most M per round whatever one client sends."""
+    import numpy as np
+
+    from teeflow.fl.strategy import NormBoundedFedAvg, update_norm
+    from teeflow.fl.strategy.base import FitResult
+
+    s = NormBoundedFedAvg(max_norm=0.5, min_fit_clients=2, min_evaluate_clients=0,
+                          min_available_clients=2)
+    glob = {"w": np.zeros(100, np.float32)}
+    s.configure_train(1, glob, ["a", "b"])
+    boosted = FitResult("a", {"w": np.full(100, 50.0, np.float32)}, 1)
+    quiet = FitResult("b", glob, 1)
+    new, metrics = s.aggregate_train(1, [boosted, quiet])
+    assert update_norm(new, glob) == pytest.approx(0.25, rel=1e-5)  # (0.5 + 0) / 2
+    assert metrics["norm_clipped"] == 1.0
