@@ -79,6 +79,7 @@ def test_options_and_data_specs(tmp_path: Path) -> None:
         {"clients": 0},
         {"rounds": 0},
         {"non_iid": 0.0},
+        {"dp_epsilon": 0.0},
         {"platform": "auto"},  # the demo names its platform; auto is not one
         {"platform": "emulated"},
     ):

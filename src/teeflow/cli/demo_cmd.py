@@ -70,6 +70,13 @@ def demo(
     package: Path | None = typer.Option(
         None, "--package", help="Compute package folder (default examples/mnist / shipped copy)."
     ),
+    dp_epsilon: float | None = typer.Option(
+        None,
+        "--dp-epsilon",
+        metavar="EPS",
+        help="Sign central differential privacy into the agreement with this ε budget "
+        "(δ 1e-5, clip 1.0); the summary shows the ε spent. Costs accuracy with few clients.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
     attestation_only: bool = typer.Option(
         False, "--attestation-only", help="Run the attestation round trip instead."
@@ -106,6 +113,7 @@ def demo(
         non_iid=non_iid,
         package_dir=package,
         platform=platform,
+        dp_epsilon=dp_epsilon,
     )
     options.check()
     view = _View(quiet=as_json, rounds=rounds)
