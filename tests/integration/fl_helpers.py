@@ -131,6 +131,7 @@ def federation(home: Path, tmp: Path) -> Iterator[Fed]:
                 }
             },
             "outputs": {"model": ["alice"]},
+            "training": {"strategy": {"name": "fedavg"}, "rounds": 10, "min_clients": 2},
             "allow_emulated": True,
             "update_quorum": {"k": 2},
         }

@@ -79,6 +79,7 @@ def test_options_and_data_specs(tmp_path: Path) -> None:
         {"clients": 0},
         {"rounds": 0},
         {"non_iid": 0.0},
+        {"dp_epsilon": 0.0},
         {"platform": "auto"},  # the demo names its platform; auto is not one
         {"platform": "emulated"},
     ):
@@ -142,6 +143,8 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     else:
         assert s["warnings"]
     assert s["aggregator"]["torch_imported"] is False
+    # issue 13: the rule the parties signed is what ran; no DP in the demo agreement: no ε
+    assert s["training"] == {"strategy": "fedavg", "strategy_params": {}}
     assert s["kbs_audit"]["attestations_accepted"] >= 4  # the aggregator and three clients
     assert s["kbs_audit"]["counter_increments"] == 2
     for key in ("agreement", "KBS pin", "sealed model", "provenance log", "opened model"):
@@ -150,6 +153,7 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     assert opened.stat().st_mode & 0o777 == 0o600  # plaintext model: owner only
     agreement = Path(s["files"]["agreement"]).read_text()
     assert "allow_emulated: true" in agreement and "EMULATED TEE" in agreement
+    assert "training:" in agreement
     commands = " ".join(c["command"] for c in s["commands"])
     for piece in ("kbs serve", "aggregator run", "client run", "model verify", "model open",
                   "party enroll", "--enrollment"):

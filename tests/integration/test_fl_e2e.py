@@ -36,7 +36,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fl_helpers import EXAMPLE, TRAIN_CONFIG, Fed, federation, write_manifest
+from typer.testing import CliRunner
 
+from teeflow.cli.main import app as cli_app
 from teeflow.errors import FLError, VerificationError
 from teeflow.fl.arrays import arrays_digest
 from teeflow.fl.checkpoint import checkpoint_aad, decode_checkpoint
@@ -75,6 +77,8 @@ class Runs:
     run2_events: list[dict[str, Any]] = field(default_factory=list)
     run3_error: dict[str, Any] | None = None
     run3_code: int | None = None
+    run4_error: dict[str, Any] | None = None
+    run4_code: int | None = None
     probes: dict[str, Any] = field(default_factory=dict)
     tampered: dict[str, Any] | None = None
     tampered_code: int | None = None
@@ -285,6 +289,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             assert agg2.wait(WAIT) == 0
             r.run3_code = agg3.wait(WAIT)
             r.run3_error = agg3.error()
+            # -- run 4: the operator asks for another rule than the signed one ----------------
+            agg4 = _aggregator(lf, fed, 3, "agg4", strategy="median", wait_listening=False)
+            r.run4_code, r.run4_error = agg4.wait(WAIT), agg4.error()
             yield r
 
 
@@ -343,6 +350,29 @@ def test_provenance_verifies_and_the_model_opens(runs: Runs) -> None:
     short.write_text("".join(line + "\n" for line in prov.read_text().splitlines()[:-1]))
     with pytest.raises(VerificationError):
         verify_model(model, short, runs.fed.pin.ca())
+
+
+def test_the_signed_rule_is_in_the_header_and_another_rule_is_refused(runs: Runs) -> None:
+    """The agreement's training section drove the aggregator (header records it); an
+    aggregator started with ``--strategy median`` against the signed FedAvg is refused."""
+    entries = load_provenance(Path(runs.run2_done["provenance"]))
+    assert entries[0].training is not None
+    assert entries[0].training.strategy.name == "fedavg" and entries[0].training.rounds == 10
+    assert runs.run2_done["strategy"] == "fedavg"
+    done = runs.run2_done
+    out = CliRunner().invoke(
+        cli_app,
+        ["model", "verify", done["model"], done["provenance"], "--ca", str(runs.fed.pin_path),
+         "--json"],
+    )
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.output)
+    assert printed["verified"] is True and printed["rounds"] == 2
+    assert printed["training"]["strategy"] == {"name": "fedavg", "params": {}}
+    assert printed["privacy"] == {} and printed["outliers"] == []
+    assert runs.run4_code == 1 and runs.run4_error is not None
+    assert runs.run4_error["type"] == "FLError"
+    assert "differs from the agreement's rule fedavg" in runs.run4_error["message"]
 
 
 def test_checkpoints_hold_no_private_key(runs: Runs) -> None:

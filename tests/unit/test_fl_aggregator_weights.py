@@ -26,7 +26,7 @@ from teeflow.errors import FLError
 from teeflow.fl.aggregator import Aggregator, AggregatorOptions
 from teeflow.fl.arrays import encode_arrays
 from teeflow.fl.collect import ResultCollector, RoundTally
-from teeflow.fl.strategy import EvaluateResult, make_strategy
+from teeflow.fl.strategy import EvaluateResult
 from teeflow.fl.strategy.base import validate_evaluate_result
 from teeflow.fl.transport.hub import TaskOutcome
 from teeflow.kbs.policy.agreement import FederationAgreement
@@ -90,7 +90,7 @@ def aggregator(tmp_path: Path, fl: dict[str, Any], outcomes: dict[str, TaskOutco
     agg.hub = FakeHub(outcomes)  # type: ignore[assignment]
     agg.collect = ResultCollector(agg.hub, agg.agreement.fl, lambda e, f: events.append((e, f)))
     agg.global_arrays = GLOBAL
-    agg.strategy = make_strategy("fedavg", min_fit_clients=2, min_evaluate_clients=1)
+    agg._prepare_training()  # the agreement has no training section: FedAvg, K = 2
     return agg, events
 
 

@@ -129,7 +129,7 @@ def test_lean_entry_points_take_the_cli_options() -> None:
     )
     a = aggregator_parser().parse_args(args.split())
     assert (a.rounds, a.min_clients, a.wait_clients, a.round_timeout) == (3, 2, 3, 9.0)
-    assert (a.connect_timeout, a.strategy, a.fraction_fit) == (120.0, "fedavg", 1.0)
+    assert (a.connect_timeout, a.strategy, a.fraction_fit) == (120.0, None, None)  # agreement
     c = client_parser().parse_args(
         ["run", "--enrollment", "e.jwt", "--party", "x", "--pin", "p", "--aggregator", "h:1",
          "--data", "digits"]

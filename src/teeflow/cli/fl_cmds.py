@@ -3,7 +3,7 @@
 ``register(app)`` adds::
 
     teeflow aggregator run --enrollment TOKEN --kbs URL --pin FILE --session NAME --rounds N
-        --min-clients K [--fraction-fit F] [--strategy fedavg] [--listen HOST:PORT] ...
+        --min-clients K [--listen HOST:PORT] ...   (rule: the agreement's training section)
     teeflow aggregator measurement [--manifest FILE]
     teeflow client run --enrollment TOKEN --party NAME --kbs URL --pin FILE
         --aggregator HOST:PORT --data SPEC ...
@@ -90,8 +90,22 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[int, typer.Option("--rounds", help="Rounds to run (in all).")],
         min_clients: Annotated[int, typer.Option("--min-clients", help="K: fewest updates.")],
         kbs: Annotated[str | None, typer.Option("--kbs", help="KBS URL (default: pin).")] = None,
-        fraction_fit: Annotated[float, typer.Option("--fraction-fit")] = 1.0,
-        strategy: Annotated[str, typer.Option("--strategy")] = "fedavg",
+        fraction_fit: Annotated[
+            float | None,
+            typer.Option(
+                "--fraction-fit",
+                help="Consistency check: refused unless it is the agreement's "
+                "training.fraction_fit (default: the agreement's).",
+            ),
+        ] = None,
+        strategy: Annotated[
+            str | None,
+            typer.Option(
+                "--strategy",
+                help="Consistency check: refused unless it is the agreement's "
+                "training.strategy.name (the rule and its parameters come from the agreement).",
+            ),
+        ] = None,
         listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (0: any).")] = (
             "127.0.0.1:8450"
         ),
@@ -263,18 +277,50 @@ def register(app: typer.Typer) -> None:
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
         provenance: Annotated[Path, typer.Argument(help="Provenance log (JSON lines).")],
         ca: Annotated[Path, typer.Option("--ca", help="Federation CA (PEM) or a KBS pin.")],
+        as_json: Annotated[
+            bool,
+            typer.Option(
+                "--json",
+                help="Print one JSON object: session, rounds, digests, the training terms "
+                "(rule, parameters, outliers, dp), ε per round and in total, outlier decisions.",
+            ),
+        ] = False,
     ) -> None:
         """Re-check the provenance chain, every signature against its aggregator certificate
         (federation CA, role aggregator, agreed measurement; hand-overs included) and the
-        final digest."""
-        from teeflow.fl.outputs import verify_model
+        final digest; show the agreed training rule and the privacy spent."""
+        from teeflow.fl.outputs import verified_training, verify_model
 
         checked = verify_model(model_file, provenance, _load_ca(ca))
+        training = verified_training(checked.entries)
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "verified": True,
+                        "session": checked.header.session,
+                        "rounds": checked.rounds,
+                        "model_digest": checked.header.arrays_digest,
+                        "agreement_digest": checked.header.agreement_digest,
+                        "aggregator_measurement": checked.aggregator.measurement,
+                        "handovers": checked.handovers,
+                        "emulated": checked.aggregator.emulated,
+                        **training,
+                    },
+                    sort_keys=True,
+                )
+            )
+            return
+        terms = training.get("training") or {}
+        rule = terms.get("strategy", {})
+        eps = training.get("privacy", {}).get("epsilon_total")
         typer.echo(
             f"verified: session {checked.header.session}, {checked.rounds} rounds, model "
             f"{checked.header.arrays_digest}, aggregator {checked.aggregator.measurement}"
             + (f", {checked.handovers} hand-over(s)" if checked.handovers else "")
             + (" (EMULATED TEE)" if checked.aggregator.emulated else "")
+            + (f"; rule {rule.get('name')} {rule.get('params', {})}" if rule else "")
+            + (f"; ε spent {eps:.4g}" if isinstance(eps, float) else "")
         )
 
     @model.command("open")

@@ -111,6 +111,9 @@ class DemoOptions:
         timeout: bound on the whole run (seconds; default 300 + 120 per round).
         platform: the workloads' platform, one of
             :data:`teeflow.demo.platforms.DEMO_PLATFORMS` (default ``emulated-sgx``).
+        dp_epsilon: central differential privacy with this ε budget (δ = 1e-5, clip 1.0,
+            noise calibrated over the rounds; the agreement's ``training.dp``), None: off.
+            With 3 clients expect a large accuracy cost (client-level DP needs many clients).
     """
 
     workdir: Path
@@ -124,6 +127,7 @@ class DemoOptions:
     round_timeout: float = 300.0
     timeout: float | None = None
     platform: str = "emulated-sgx"
+    dp_epsilon: float | None = None
 
     def check(self) -> None:
         """Raises FLError on an option outside its range."""
@@ -137,6 +141,8 @@ class DemoOptions:
             raise FLError("--rounds must be at least 1")
         if self.non_iid is not None and not self.non_iid > 0:
             raise FLError("--non-iid ALPHA must be > 0")
+        if self.dp_epsilon is not None and not 0 < self.dp_epsilon <= 1e4:
+            raise FLError("--dp-epsilon must be in (0, 10000]")
         from teeflow.demo.platforms import DEMO_PLATFORMS
 
         if self.platform not in DEMO_PLATFORMS:
@@ -189,6 +195,8 @@ class FlDemoSummary:
     training_seconds: float = 0.0
     round_table: list[dict[str, Any]] = field(default_factory=list)
     aggregator: dict[str, Any] = field(default_factory=dict)
+    #: the agreement's training terms as run: strategy, strategy_params, epsilon (DP only)
+    training: dict[str, Any] = field(default_factory=dict)
     audit: dict[str, int] = field(default_factory=dict)
     package: dict[str, str] = field(default_factory=dict)
     agreement_digest: str = ""
@@ -225,6 +233,7 @@ class FlDemoSummary:
             "training_seconds": round(self.training_seconds, 3),
             "round_table": self.round_table,
             "aggregator": self.aggregator,
+            "training": self.training,
             "kbs_audit": self.audit,
             "package": self.package,
             "agreement_digest": self.agreement_digest,
@@ -295,6 +304,7 @@ def run_fl_demo(
             "model": options.model,
             "clients": options.clients,
             "non_iid_alpha": options.non_iid,
+            "dp_epsilon": options.dp_epsilon,
             "train_config": options.train_config(),
         },
     )
@@ -388,6 +398,14 @@ def _run(
                 kbs_spec=plat.kbs_spec(bytes.fromhex(kbs_mr)),
                 package_digest=pkg_digest,
                 workload_spec=plat.workload_spec,
+                training={
+                    "strategy": {"name": "fedavg"},
+                    "rounds": o.rounds,
+                    "min_clients": o.clients // 2 + 1,
+                    **({"dp": {"clip_norm": 1.0, "target_epsilon": o.dp_epsilon,
+                               "delta": 1e-5, "budget_epsilon": o.dp_epsilon}}
+                       if o.dp_epsilon is not None else {}),
+                },
             )
             d += [
                 "allow_emulated: true — EMULATED TEE, development only",
@@ -480,6 +498,11 @@ def _run(
             "max_rss_bytes": done.get("max_rss_bytes"),
             "torch_imported": done.get("torch_imported"),
             "address": agg.address,
+        }
+        summary.training = {  # the agreed rule the aggregator ran, and ε when DP is on
+            k: done[k]
+            for k in ("strategy", "strategy_params", "epsilon", "delta", "budget_epsilon")
+            if k in done
         }
         if summary.round_table:
             summary.initial_accuracy = summary.round_table[0].get("eval_accuracy")

@@ -146,6 +146,7 @@ def write_agreement(
     package_digest: str,
     workload_spec: Callable[[str, bytes], dict[str, Any]] | None = None,
     kbs_spec: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
 ) -> str:
     """Write the demo agreement to ``path`` and every party's signature to
     ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
@@ -157,7 +158,9 @@ def write_agreement(
     ``workload_spec(role, measurement)`` (default: SGX MRENCLAVE; the demo platform's
     :attr:`~teeflow.demo.platforms.DemoPlatform.workload_spec`; ``kbs_spec``, when given,
     replaces the KBS's SGX entry); one package ``mnist``;
-    ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it).
+    ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it);
+    ``training`` (the aggregation rule the parties sign, :mod:`teeflow.kbs.policy.training`)
+    when given.
 
     Returns:
         The agreement digest (64 hex).
@@ -212,6 +215,7 @@ def write_agreement(
             "outputs": {"model": names[:1]},
             # no client update weighs more than MNIST's whole training split
             "fl": {"max_examples": DEMO_MAX_EXAMPLES},
+            **({"training": training} if training is not None else {}),
             "allow_emulated": True,
             "update_quorum": {"k": len(names) // 2 + 1},
         }

@@ -3,7 +3,13 @@
 Submodules (the aggregator never imports torch; nothing here does):
 
 - :mod:`teeflow.fl.arrays` — named float32 arrays ↔ canonical safetensors bytes, digests.
-- :mod:`teeflow.fl.strategy` — FedAvg (streaming), FedAdam, median, trimmed mean, Krum.
+- :mod:`teeflow.fl.strategy` — FedAvg (streaming), norm-bounded FedAvg, FedAdam, median,
+  trimmed mean, Krum / Multi-Krum.
+- :mod:`teeflow.fl.rules` — the rules a session runs, from the agreement's ``training``
+  section (refuses anything else); :mod:`teeflow.fl.outliers` (SECFL detection by client
+  sampling) and :mod:`teeflow.fl.dp` (central DP, dp-accounting) plug in there.
+- :mod:`teeflow.fl.inmemory` — whole sessions in one process (tests, benchmarks);
+  :mod:`teeflow.fl.events` — typed progress events.
 - :mod:`teeflow.fl.package` — compute packages: deterministic build, safe unpack, entrypoints.
 - :mod:`teeflow.fl.provenance` — the aggregator's signed, hash-chained provenance log
   (verification; :mod:`teeflow.fl.provenance_log` builds it).

@@ -28,6 +28,10 @@ still attesting and connecting; the result's digest starts the provenance log
 (``session-start``) and, once ``wait_clients`` clients are connected, it is evaluated as
 round 0.
 
+**Rules.** The strategy, its parameters, outlier detection and DP come from the agreement's
+``training`` section (:mod:`teeflow.fl.rules`; a different request is refused); a DP budget
+that the next round would exceed ends the session before it.
+
 **Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
@@ -46,6 +50,7 @@ reads them). This module never imports torch (``tests`` check ``sys.modules``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -73,8 +78,9 @@ from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import ClientRecord, save_provenance
 from teeflow.fl.provenance_log import ProvenanceLog
 from teeflow.fl.publish import choose_package, fetch_resource
-from teeflow.fl.strategy import EvaluateResult, make_strategy
-from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
+from teeflow.fl.rules import TrainingPlan
+from teeflow.fl.strategy import EvaluateResult
+from teeflow.fl.strategy.base import Config, Metrics, Strategy, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
 from teeflow.fl.workload import (
     AggregatorResult,
@@ -110,7 +116,10 @@ class AggregatorOptions:
 
     Times are seconds. ``wait_clients`` defaults to ``min_clients``. ``enrollment``: the token
     file of the aggregator operator's enrollment (role ``aggregator``; ``teeflow party
-    enroll``) — the KBS refuses the aggregator without it. ``metrics_listen``: ``HOST:PORT`` of
+    enroll``) — the KBS refuses the aggregator without it. The aggregation rule, its
+    parameters and ``fraction_fit`` come from the agreement's ``training`` section
+    (:mod:`teeflow.fl.rules`): ``strategy`` and ``fraction_fit`` are consistency checks only
+    (None: not checked), a different value is refused. ``metrics_listen``: ``HOST:PORT`` of
     the metrics and progress endpoint (:mod:`teeflow.fl.monitor`), None for none.
     """
 
@@ -119,8 +128,8 @@ class AggregatorOptions:
     rounds: int
     min_clients: int
     kbs_url: str | None = None
-    fraction_fit: float = 1.0
-    strategy: str = "fedavg"
+    fraction_fit: float | None = None
+    strategy: str | None = None
     listen: str = "127.0.0.1:0"
     state_dir: Path = Path(".")
     checkpoint: Path | None = None
@@ -142,9 +151,26 @@ class AggregatorOptions:
 
 
 class Aggregator:
-    """One aggregator run (module docstring)."""
+    """One aggregator run (module docstring).
 
-    def __init__(self, options: AggregatorOptions, emit: Emit | None = None) -> None:
+    Args:
+        options: the run's options.
+        emit: progress sink ``emit(event, fields)`` (:class:`teeflow.fl.events.EventLog`
+            keeps them typed).
+        strategy: a strategy object to run; it must be the agreement's rule with its agreed
+            parameters (default: built from the agreement, :mod:`teeflow.fl.rules`).
+
+    Raises:
+        FLError: bad options (rounds, clients, timeouts, session name).
+    """
+
+    def __init__(
+        self,
+        options: AggregatorOptions,
+        emit: Emit | None = None,
+        *,
+        strategy: Strategy | None = None,
+    ) -> None:
         o = options
         if o.rounds < 1 or o.min_clients < 1 or o.round_timeout <= 0 or o.connect_timeout <= 0:
             raise FLError("rounds and min_clients must be >= 1, timeouts > 0")
@@ -153,6 +179,8 @@ class Aggregator:
         self._emit_fn = emit or (lambda event, fields: None)
         self._reports: list[RoundReport] = []
         self._stop_reason: str | None = None
+        self._given_strategy = strategy
+        self._last_round = 0
 
     def stop(self, reason: str) -> None:
         """Ask the session to end before its next round (thread-safe; a round in progress
@@ -254,18 +282,9 @@ class Aggregator:
 
     def _serve(self) -> AggregatorResult:
         o = self.o
+        self._prepare_training()  # refuse a request the agreement does not allow, first
         counter = self.kbs.get_counter(counter_name(o.session))
         ckpt = self.store.load(counter)
-        self.strategy = make_strategy(
-            o.strategy,
-            fraction_fit=o.fraction_fit,
-            min_fit_clients=o.min_clients,
-            min_evaluate_clients=1,
-            min_available_clients=o.min_clients,
-            seed=o.seed,
-            train_config=dict(o.train_config),
-            evaluate_config=dict(o.evaluate_config or o.train_config),
-        )
         start_round = 0
         if ckpt is not None:
             start_round = self._resume(ckpt)
@@ -283,7 +302,7 @@ class Aggregator:
             sealed_package=sealed_package,
             on_event=lambda event, fields: self.emit(event, **fields),
         )
-        self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
+        self._collector()
         host, port = parse_listen(o.listen)
         server = TransportServer(
             self.hub,
@@ -310,6 +329,18 @@ class Aggregator:
             self.hub.shutdown(ok=ok, reason=reason[:500], rounds=self.hub.round)
             server.stop(grace=1.0)
 
+    def _prepare_training(self) -> None:
+        """The rules from the agreement in force (:class:`~teeflow.fl.rules.TrainingPlan`;
+        refuses a request that differs from it)."""
+        self.plan = TrainingPlan.for_options(
+            self.agreement, self.o, self._given_strategy, self._emit_fn
+        )
+        self.strategy = self.plan.strategy
+        self.emit("training", **self.plan.summary())
+
+    def _collector(self) -> None:
+        self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
+
     def _resume(self, ckpt: Checkpoint) -> int:
         if ckpt.agreement_digest != self.agreement_digest.hex():
             raise CheckpointError(
@@ -327,7 +358,9 @@ class Aggregator:
         self.emit("handover", round=ckpt.round, entry=handover.seq)
         self.global_arrays = decode_arrays(ckpt.arrays)
         self.strategy.load_state_arrays(decode_arrays(ckpt.strategy_state))
+        self.plan.restore(self.log.entries)  # outlier exclusions and removals so far
         self._history = [dict(m) for m in ckpt.metrics]
+        self._last_round = ckpt.round
         self.emit("resumed", round=ckpt.round, digest=ckpt.arrays_digest.hex())
         return ckpt.round
 
@@ -350,7 +383,10 @@ class Aggregator:
             self._evaluate_initial(t0)
         for r in range(start_round + 1, o.rounds + 1):
             self._check_stop(f"before round {r}")
+            if not self.plan.budget_allows(r, len(self.plan.eligible(self.hub.connected()))):
+                break  # the agreed privacy budget ends the session before this round
             self._round(r)
+            self._last_round = r
         last = self._history[-1] if self._history else {}
         self.log.finish(metrics={k: v for k, v in last.items() if k.startswith("eval_")})
         return self._write_outputs(start_round)
@@ -403,6 +439,7 @@ class Aggregator:
             aggregator_certificate=self.cert_pem.decode("ascii"),
             package_digest=self.package_digest,
             initial_digest=arrays_digest(arrays),
+            training=self.plan.terms,
         )
         self._history = []
 
@@ -422,7 +459,7 @@ class Aggregator:
         for attempt in (1, 2):
             try:
                 instructions = self.strategy.configure_train(
-                    r, self.global_arrays, self.hub.connected()
+                    r, self.global_arrays, self.plan.eligible(self.hub.connected())
                 )
             except FLError as exc:
                 if attempt == 2:
@@ -454,9 +491,19 @@ class Aggregator:
             deadline = time.monotonic() + o.round_timeout
             tally = RoundTally()
             try:
-                new_global, fit_metrics = self.strategy.aggregate_train(
-                    r, self.collect.updates(r, handles, deadline, self.global_arrays, tally)
+                outcome = self.plan.aggregate(
+                    r,
+                    self.collect.updates(r, handles, deadline, self.global_arrays, tally),
+                    functools.partial(
+                        self.plan.utilities,
+                        self.hub,
+                        r,
+                        evaluators=self.plan.eligible(self.hub.connected()),
+                        config=dict(o.evaluate_config or o.train_config),
+                        timeout=o.round_timeout,
+                    ),
                 )
+                new_global, fit_metrics = outcome.arrays, outcome.metrics
             except FLError as exc:
                 for h in handles:
                     if not h.done():
@@ -480,10 +527,12 @@ class Aggregator:
             r,
             clients=[ClientRecord(party=p, measurement=measurements[p]) for p in clients],
             update_digests=tally.digests,
-            weights=tally.weights,
-            clipped=tally.clipped,
+            weights={p: w for p, w in tally.weights.items() if p not in outcome.excluded},
+            clipped=tally.clipped - outcome.excluded,
             aggregate_digest=new_digest,
             metrics=metrics,
+            detection=outcome.detection,
+            privacy=outcome.privacy,
         )
         self._history.append(dict(metrics))
         self._commit(r, new_global)
@@ -493,8 +542,9 @@ class Aggregator:
 
     def _evaluate(self, r: int, arrays: ArrayDict) -> Metrics:
         """Federated evaluation of ``arrays`` (best effort; :meth:`ResultCollector.evaluate`):
-        round 0 by every connected client, later rounds by the strategy's choice."""
-        clients = self.hub.connected()
+        round 0 by every connected client, later rounds by the strategy's choice (clients
+        removed by outlier detection left out)."""
+        clients = self.plan.eligible(self.hub.connected())
         try:
             if r == 0:
                 config: Config = {**(self.o.evaluate_config or self.o.train_config), "round": 0}
@@ -513,8 +563,8 @@ class Aggregator:
 
         return self.collect.evaluate(r, arrays, configs, self.o.round_timeout, aggregate)
 
-    def _commit(self, r: int, arrays: ArrayDict) -> None:
-        ckpt = Checkpoint(
+    def _checkpoint(self, r: int, arrays: ArrayDict) -> Checkpoint:
+        return Checkpoint(
             session=self.o.session,
             round=r,
             arrays=encode_arrays(arrays),
@@ -524,6 +574,9 @@ class Aggregator:
             package_digest=self.package_digest.hex(),
             metrics=tuple(self._history),
         )
+
+    def _commit(self, r: int, arrays: ArrayDict) -> None:
+        ckpt = self._checkpoint(r, arrays)
         name = counter_name(self.o.session)
 
         def increment(expected: int, model_digest: bytes) -> None:
@@ -568,17 +621,21 @@ class Aggregator:
         except OSError as exc:
             raise FLError(f"cannot write {model_path}: {exc.strerror or exc}") from None
         save_provenance(self.log.entries, prov_path)
+        self._emit_done(model_path, prov_path, recipients=sorted(self.recipients))
+        return AggregatorResult(
+            o.session, self._last_round, start_round, model_path, prov_path, tuple(self._reports)
+        )
+
+    def _emit_done(self, model_path: Path, prov_path: Path, **extra: Any) -> None:
         self.emit(
             "done",
-            session=o.session,
-            rounds=o.rounds,
+            session=self.o.session,
+            rounds=self._last_round,
             model=str(model_path),
             provenance=str(prov_path),
-            recipients=sorted(self.recipients),
             digest=arrays_digest(self.global_arrays).hex(),
             torch_imported="torch" in sys.modules,
             max_rss_bytes=peak_rss_bytes(),
-        )
-        return AggregatorResult(
-            o.session, o.rounds, start_round, model_path, prov_path, tuple(self._reports)
+            **extra,
+            **self.plan.summary(),
         )

@@ -54,7 +54,7 @@ from pydantic import ValidationError
 
 from teeflow.errors import FLError, ParseError
 from teeflow.fl.arrays import decode_arrays
-from teeflow.fl.provenance import ProvenanceEntry
+from teeflow.fl.provenance import ProvenanceEntry, entry_json
 from teeflow.kbs.protocol import CounterState
 from teeflow.sealing import seal, unseal
 
@@ -150,7 +150,7 @@ def encode_checkpoint(ckpt: Checkpoint) -> bytes:
     if ckpt.round < 1:
         raise FLError("checkpoints start at round 1")
     provenance = "".join(
-        json.dumps(e.model_dump(mode="json"), separators=(",", ":")) + "\n" for e in ckpt.provenance
+        json.dumps(entry_json(e), separators=(",", ":")) + "\n" for e in ckpt.provenance
     ).encode("utf-8")
     sections = [ckpt.arrays, ckpt.strategy_state, provenance]
     header = {

@@ -38,6 +38,7 @@ from cryptography import x509
 
 from teeflow.errors import FLError, ParseError
 from teeflow.fl.arrays import decode_arrays, encode_arrays
+from teeflow.fl.dp import local_dp_update
 from teeflow.fl.package import load_entrypoint, unpack_package
 from teeflow.fl.publish import (
     CLIENT_FUNCTION,
@@ -50,6 +51,7 @@ from teeflow.fl.transport.client import AggregatorStream, IncomingTask
 from teeflow.fl.workload import fl_measurement
 from teeflow.kbs.client.sdk import KbsClient
 from teeflow.kbs.policy.agreement import digest
+from teeflow.kbs.policy.training import DpTerms
 from teeflow.platform.nvidia import gpu_attester_for
 from teeflow.platform.selection import PlatformOptions
 
@@ -112,6 +114,7 @@ class Client:
         self.o = options
         self._emit_fn = emit or (lambda event, fields: None)
         self._entry: dict[str, Callable[..., Any]] = {}
+        self._local_dp: DpTerms | None = None
 
     def emit(self, event: str, **fields: Any) -> None:
         """Report progress."""
@@ -138,6 +141,9 @@ class Client:
             if signed is None:
                 raise FLError("the KBS has no agreement")
             agreement_digest = digest(signed.agreement)
+            terms = signed.agreement.training
+            # local DP (agreement training.dp.local): clip and noise every update here
+            self._local_dp = terms.dp if terms and terms.dp and terms.dp.local else None
             _, pkg_hex = choose_package(signed.agreement, o.package_ref)
             pkg = bytes.fromhex(pkg_hex)
             key_path = package_key_path(pkg_hex)
@@ -244,6 +250,8 @@ class Client:
         model = decode_arrays(task.arrays)
         if task.kind == "train":
             new, n, metrics = self._fn(root, "train")(model, config)
+            if self._local_dp is not None:
+                new = local_dp_update(new, model, self._local_dp)
             stream.send_result(
                 task.task_id, num_examples=int(n), metrics=dict(metrics), arrays=encode_arrays(new)
             )

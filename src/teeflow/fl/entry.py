@@ -116,8 +116,10 @@ def aggregator_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, required=True, help="rounds to run (in all)")
     p.add_argument("--min-clients", type=int, required=True, help="K: fewest updates")
     p.add_argument("--kbs", default=None, help="KBS URL (default: the pin's)")
-    p.add_argument("--fraction-fit", type=float, default=1.0)
-    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--fraction-fit", type=float, default=None,
+                   help="check only: must equal the agreement's training.fraction_fit")
+    p.add_argument("--strategy", default=None,
+                   help="check only: must equal the agreement's training.strategy.name")
     p.add_argument("--listen", default="127.0.0.1:8450", help="HOST:PORT (port 0: any)")
     p.add_argument("--state-dir", type=Path, default=Path("aggregator-state"))
     p.add_argument("--checkpoint", type=Path, default=None)

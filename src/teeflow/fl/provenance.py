@@ -9,6 +9,9 @@ One entry per event (format ``teeflow-provenance/2``)::
         the participants), update_digests {party: digest}, weights {party: FedAvg weight
         used}, clipped [parties whose num_examples was clipped to the agreement's cap],
         aggregate_digest (the new global model), metrics {name: number}
+    optional (left out of the hashed body when unset): ``training`` on session-start (the
+        agreement's training terms), ``detection`` and ``privacy`` on rounds
+        (:mod:`teeflow.fl.provenance_records`)
     kind "handover" (an aggregator restart): round = the last committed round,
         aggregate_digest = the resumed model, aggregator_certificate = the new instance's
         certificate, aggregator_measurement = its measurement, handover_from = SHA-256 of the
@@ -65,9 +68,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from teeflow.attestation.policy import Hex32, normalize_hex
 from teeflow.errors import FLError, ParseError, VerificationError
+from teeflow.fl.provenance_records import DetectionRecord, PrivacyRecord
 from teeflow.hazmat.ecdsa import verify_p256_sha256
 from teeflow.kbs.policy.canonical import canonical_json, format_validation_error
 from teeflow.kbs.policy.parties import Name
+from teeflow.kbs.policy.training import TrainingTerms
 
 __all__ = [
     "GENESIS_HASH",
@@ -81,6 +86,7 @@ __all__ = [
     "certificate_fingerprint",
     "embedded_certificate",
     "entry_hash",
+    "entry_json",
     "load_provenance",
     "save_provenance",
     "verify_provenance",
@@ -104,6 +110,10 @@ Measurement = Annotated[
     str, BeforeValidator(lambda v: normalize_hex(v, length=None, max_length=64))
 ]
 Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+
+#: Entry fields left out of the hashed body (and the saved line) when unset.
+_OPTIONAL = ("training", "detection", "privacy")
 
 
 class ProvenanceError(VerificationError):
@@ -152,6 +162,9 @@ class ProvenanceEntry(BaseModel):
     metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
         default_factory=dict, max_length=64
     )
+    training: TrainingTerms | None = None
+    detection: DetectionRecord | None = None
+    privacy: PrivacyRecord | None = None
     prev_hash: Hex32
     hash: Hex32
     signature: Signature
@@ -159,8 +172,20 @@ class ProvenanceEntry(BaseModel):
     def body(self) -> dict[str, Any]:
         """The hashed JSON value (every field but ``hash``/``signature``, plus ``format``)."""
         value = self.model_dump(mode="json", exclude={"hash", "signature"})
+        for optional in _OPTIONAL:
+            if value.get(optional) is None:
+                value.pop(optional, None)
         value["format"] = PROVENANCE_FORMAT
         return value
+
+
+def entry_json(entry: ProvenanceEntry) -> dict[str, Any]:
+    """The entry as saved (JSON value): every field, the optional ones only when set."""
+    value = entry.model_dump(mode="json")
+    for optional in _OPTIONAL:
+        if value.get(optional) is None:
+            value.pop(optional, None)
+    return value
 
 
 def entry_hash(entry: ProvenanceEntry) -> str:
@@ -196,6 +221,10 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
         entry.clients or entry.update_digests or entry.weights or entry.clipped
     ):
         return f"{entry.kind} carries no clients, updates or weights"
+    if entry.training is not None and entry.kind != "session-start":
+        return "only session-start carries the training terms"
+    if entry.kind != "round" and (entry.detection is not None or entry.privacy is not None):
+        return f"{entry.kind} carries no detection or privacy record"
     if entry.kind == "session-start" and entry.round is not None:
         return "session-start carries no round"
     if entry.kind != "session-start" and entry.round is None:
@@ -212,6 +241,11 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
             entry.weights
         ):
             return "clipped parties must be distinct and have a recorded weight"
+        if entry.detection is not None and (
+            not set(entry.detection.parties) <= set(parties)
+            or set(entry.detection.excluded) & set(entry.weights)
+        ):
+            return "detection must name participants, and excluded updates carry no weight"
     if any(not math.isfinite(v) for v in entry.metrics.values()):
         return "metrics must be finite"
     return None
@@ -394,9 +428,7 @@ def save_provenance(entries: Sequence[ProvenanceEntry], path: str | os.PathLike[
         FLError: the file cannot be written.
     """
     target = Path(path)
-    text = "".join(
-        json.dumps(e.model_dump(mode="json"), separators=(",", ":")) + "\n" for e in entries
-    )
+    text = "".join(json.dumps(entry_json(e), separators=(",", ":")) + "\n" for e in entries)
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent or Path(), prefix=f".{target.name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -33,8 +33,10 @@ from teeflow.fl.provenance import (
     save_provenance,
     verify_provenance,
 )
+from teeflow.fl.provenance_records import DetectionRecord, PrivacyRecord
 from teeflow.hazmat.ecdsa import der_to_raw_signature
 from teeflow.kbs.policy.canonical import format_validation_error
+from teeflow.kbs.policy.training import TrainingTerms
 
 __all__ = ["ProvenanceLog"]
 
@@ -128,6 +130,9 @@ class ProvenanceLog:
         clipped: Iterable[str] = (),
         handover_from: str | None = None,
         metrics: Mapping[str, float] | None = None,
+        training: TrainingTerms | None = None,
+        detection: DetectionRecord | None = None,
+        privacy: PrivacyRecord | None = None,
     ) -> ProvenanceEntry:
         """Sign and append one entry; the result keeps the whole log valid.
 
@@ -163,6 +168,9 @@ class ProvenanceLog:
             "handover_from": handover_from,
             "aggregate_digest": _hex32(aggregate_digest, "aggregate_digest"),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "training": training,
+            "detection": detection,
+            "privacy": privacy,
             "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
             "hash": GENESIS_HASH,
             "signature": "0" * 128,
@@ -207,8 +215,10 @@ class ProvenanceLog:
         aggregator_certificate: str,
         package_digest: bytes | str,
         initial_digest: bytes | str,
+        training: TrainingTerms | None = None,
     ) -> ProvenanceEntry:
-        """Append the ``session-start`` entry (``initial_digest``: the initial global model).
+        """Append the ``session-start`` entry (``initial_digest``: the initial global model;
+        ``training``: the agreement's training terms the session runs under).
 
         Raises:
             FLError: as :meth:`append` (e.g. the log is not empty).
@@ -221,6 +231,7 @@ class ProvenanceLog:
             aggregator_certificate=aggregator_certificate,
             package_digest=package_digest,
             aggregate_digest=initial_digest,
+            training=training,
         )
 
     def handover(
@@ -266,10 +277,13 @@ class ProvenanceLog:
         weights: Mapping[str, int] | None = None,
         clipped: Iterable[str] = (),
         metrics: Mapping[str, float] | None = None,
+        detection: DetectionRecord | None = None,
+        privacy: PrivacyRecord | None = None,
     ) -> ProvenanceEntry:
         """Append a ``round`` entry (session fields copied from the current segment);
         ``weights``: the FedAvg weight used per party, ``clipped``: the parties whose
-        ``num_examples`` was clipped to the agreement's cap.
+        ``num_examples`` was clipped to the agreement's cap; ``detection``/``privacy``: the
+        round's outlier detection and DP records.
 
         Raises:
             FLError: as :meth:`append`.
@@ -284,6 +298,8 @@ class ProvenanceLog:
             clipped=clipped,
             aggregate_digest=aggregate_digest,
             metrics=metrics,
+            detection=detection,
+            privacy=privacy,
         )
 
     def finish(self, *, metrics: Mapping[str, float] | None = None) -> ProvenanceEntry:

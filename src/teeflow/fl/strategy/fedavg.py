@@ -15,7 +15,7 @@ folded and drop it afterwards.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -133,8 +133,12 @@ class FedAvg:
         train_config: extra config sent with every training instruction (``lr``, ``data``...).
         evaluate_config: extra config sent with every evaluation instruction.
 
-    Every instruction's config also carries ``round`` (int).
+    Every instruction's config also carries ``round`` (int). :attr:`rule` and
+    :meth:`rule_params` name the rule as the agreement's ``training.strategy`` does.
     """
+
+    #: The rule's name in the agreement (``training.strategy.name``).
+    rule: ClassVar[str] = "fedavg"
 
     def __init__(
         self,
@@ -160,6 +164,10 @@ class FedAvg:
         self.evaluate_config: Config = dict(evaluate_config or {})
         self._reference: Arrays | None = None
         self._reference_round: int | None = None
+
+    def rule_params(self) -> dict[str, float | int]:
+        """The rule's parameters as the agreement's ``training.strategy.params`` (FedAvg: none)."""
+        return {}
 
     # -- configuration ---------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -211,6 +211,8 @@ class _Collecting(FedAvg):
 class FedMedian(_Collecting):
     """Coordinate-wise median of the updates (keyword arguments as :class:`FedAvg`)."""
 
+    rule: ClassVar[str] = "median"
+
     def aggregate_train(
         self, round: int, results: Iterable[FitResult]
     ) -> tuple[ArrayDict, Metrics]:
@@ -232,6 +234,12 @@ class FedTrimmedAvg(_Collecting):
         if not (math.isfinite(beta) and 0.0 <= beta < 0.5):
             raise FLError(f"trimmed mean beta must be in [0, 0.5), got {beta}")
         self.beta = beta
+
+    rule: ClassVar[str] = "trimmed-mean"
+
+    def rule_params(self) -> dict[str, float | int]:
+        """``{"beta": β}``."""
+        return {"beta": self.beta}
 
     def aggregate_train(
         self, round: int, results: Iterable[FitResult]
@@ -258,6 +266,12 @@ class Krum(_Collecting):
             raise FLError("Krum needs num_byzantine >= 0 and num_selected >= 1")
         self.num_byzantine = num_byzantine
         self.num_selected = num_selected
+
+    rule: ClassVar[str] = "krum"
+
+    def rule_params(self) -> dict[str, float | int]:
+        """``{"num_byzantine": f, "num_selected": m}``."""
+        return {"num_byzantine": self.num_byzantine, "num_selected": self.num_selected}
 
     def aggregate_train(
         self, round: int, results: Iterable[FitResult]
@@ -297,6 +311,12 @@ class FedAdam(FedAvg):
         self.eta, self.beta1, self.beta2, self.tau = eta, beta1, beta2, tau
         self.m: ArrayDict | None = None
         self.v: ArrayDict | None = None
+
+    rule: ClassVar[str] = "fedadam"
+
+    def rule_params(self) -> dict[str, float | int]:
+        """``{"eta", "beta1", "beta2", "tau"}``."""
+        return {"eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
 
     def aggregate_train(
         self, round: int, results: Iterable[FitResult]

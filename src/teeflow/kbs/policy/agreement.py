@@ -510,6 +510,10 @@ class FederationAgreement(DocumentModel):
             for name, terms in sorted((self.apps or {}).items())
             if self.package_by_digest(terms.package) is None
         ]
+        t = self.training
+        evaluator = t.outliers.utility.evaluator if t and t.outliers else None
+        if evaluator is not None and evaluator not in self.parties:
+            problems.append(f"training.outliers.utility.evaluator: {evaluator} is not a party")
         if self.valid_from and self.not_after and self.valid_from >= self.not_after:
             problems.append("valid_from must be before not_after")
         if problems:
