@@ -258,18 +258,66 @@ def register(app: typer.Typer) -> None:
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
         provenance: Annotated[Path, typer.Argument(help="Provenance log (JSON lines).")],
         ca: Annotated[Path, typer.Option("--ca", help="Federation CA (PEM) or a KBS pin.")],
+        party: Annotated[
+            str | None,
+            typer.Option(
+                "--party",
+                help=(
+                    "Recipient party whose keys authenticate the encrypted payload (AEAD "
+                    "tags + digest). Default: the first model recipient whose keys are in "
+                    "$TEEFLOW_HOME; none: only the payload's length and binding are checked."
+                ),
+            ),
+        ] = None,
+        key_dir: Annotated[
+            Path | None, typer.Option("--dir", help="Party key folder (with --party).")
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the result as one JSON object.")
+        ] = False,
     ) -> None:
         """Re-check the provenance chain, every signature against its aggregator certificate
-        (federation CA, role aggregator, agreed measurement; hand-overs included) and the
-        final digest."""
-        from teeflow.fl.outputs import verify_model
+        (federation CA, role aggregator, agreed measurement; hand-overs included), the final
+        digest and the encrypted payload (its AEAD tags when a recipient's keys are at hand)."""
+        from teeflow.fl.outputs import read_model_header, verify_model
+        from teeflow.kbs.policy.parties import PartyKeys
 
-        checked = verify_model(model_file, provenance, _load_ca(ca))
+        data = _read_model(model_file)
+        keys: PartyKeys | None = None
+        if party is not None:
+            keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
+        else:
+            keys = _recipient_keys(read_model_header(data).recipients)
+        checked = verify_model(data, provenance, _load_ca(ca), party_keys=keys)
+        payload = (
+            f"payload authenticated with {keys.name}'s key (AEAD tags, digest)"
+            if keys is not None
+            else "payload length and binding checked; AEAD tags NOT checked (no recipient "
+            "key here: pass --party NAME)"
+        )
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "verified": True,
+                        "session": checked.header.session,
+                        "rounds": checked.rounds,
+                        "model_digest": checked.header.arrays_digest,
+                        "aggregator_measurement": checked.aggregator.measurement,
+                        "handovers": checked.handovers,
+                        "emulated": checked.aggregator.emulated,
+                        "payload_authenticated": checked.payload_authenticated,
+                        "payload_authenticated_by": keys.name if keys is not None else None,
+                    }
+                )
+            )
+            return
         typer.echo(
             f"verified: session {checked.header.session}, {checked.rounds} rounds, model "
             f"{checked.header.arrays_digest}, aggregator {checked.aggregator.measurement}"
             + (f", {checked.handovers} hand-over(s)" if checked.handovers else "")
             + (" (EMULATED TEE)" if checked.aggregator.emulated else "")
+            + f"; {payload}"
         )
 
     @model.command("open")
@@ -293,6 +341,26 @@ def register(app: typer.Typer) -> None:
         except OSError as exc:
             raise ParseError(f"cannot write {target}: {exc.strerror or exc}") from None
         typer.echo(f"{len(arrays)} arrays written to {target}")
+
+
+def _read_model(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _recipient_keys(recipients: dict[str, str]) -> Any:
+    """The keys of the first recipient (sorted) found in ``$TEEFLOW_HOME``, else None."""
+    from teeflow.kbs.policy.parties import PartyKeys, party_dir
+
+    for name in sorted(recipients):
+        try:
+            if party_dir(name).is_dir():
+                return PartyKeys.load(name)
+        except Error:
+            continue
+    return None
 
 
 def _load_ca(path: Path) -> Any:
