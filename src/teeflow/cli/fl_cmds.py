@@ -39,13 +39,17 @@ from teeflow.cli.platform_options import (
     platform_options,
 )
 from teeflow.errors import Error, ParseError
+from teeflow.fl.console import EventPrinter
 
 __all__ = ["main", "register"]
 
 
-def _emit(event: str, fields: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
+JsonOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="One JSON object per line (for scripts); default: timestamped text."
+    ),
+]
 
 
 def _quiet_grpc() -> None:
@@ -66,8 +70,10 @@ def _json_config(text: str | None, what: str) -> dict[str, Any]:
         raise ParseError(f"{what}: {exc}") from None
 
 
-def _fail(exc: Error) -> None:
-    _emit("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
+def _fail(printer: EventPrinter, exc: Error) -> None:
+    # human mode: the root CLI prints the error (with what to do) on stderr
+    if printer.json_mode:
+        printer("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
 
 
 def register(app: typer.Typer) -> None:
@@ -89,32 +95,70 @@ def register(app: typer.Typer) -> None:
         rounds: Annotated[int, typer.Option("--rounds", help="Rounds to run (in all).")],
         min_clients: Annotated[int, typer.Option("--min-clients", help="K: fewest updates.")],
         kbs: Annotated[str | None, typer.Option("--kbs", help="KBS URL (default: pin).")] = None,
-        fraction_fit: Annotated[float, typer.Option("--fraction-fit")] = 1.0,
-        strategy: Annotated[str, typer.Option("--strategy")] = "fedavg",
+        fraction_fit: Annotated[
+            float,
+            typer.Option("--fraction-fit", help="Share of connected clients trained per round."),
+        ] = 1.0,
+        strategy: Annotated[
+            str,
+            typer.Option(
+                "--strategy", help="Aggregation: fedavg, fedadam, median, trimmed-mean or krum."
+            ),
+        ] = "fedavg",
         listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (0: any).")] = (
             "127.0.0.1:8450"
         ),
-        state_dir: Annotated[Path, typer.Option("--state-dir")] = Path("aggregator-state"),
-        checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
+        state_dir: Annotated[
+            Path,
+            typer.Option("--state-dir", help="Folder of checkpoints and the provenance log."),
+        ] = Path("aggregator-state"),
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option("--checkpoint", help="Resume from this checkpoint file."),
+        ] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Model output folder.")] = None,
         package: Annotated[
             Path | None, typer.Option("--package", help="Sealed package to hand to clients.")
         ] = None,
-        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
-        wait_clients: Annotated[int | None, typer.Option("--wait-clients")] = None,
-        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 120.0,
-        round_timeout: Annotated[float, typer.Option("--round-timeout")] = 300.0,
-        train_config: Annotated[str | None, typer.Option("--train-config", help="JSON")] = None,
-        evaluate_config: Annotated[str | None, typer.Option("--evaluate-config")] = None,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        package_ref: Annotated[
+            str | None,
+            typer.Option(
+                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
+            ),
+        ] = None,
+        wait_clients: Annotated[
+            int | None,
+            typer.Option("--wait-clients", help="Clients to wait for before round 1 (default K)."),
+        ] = None,
+        connect_timeout: Annotated[
+            float, typer.Option("--connect-timeout", help="Seconds to wait for clients.")
+        ] = 120.0,
+        round_timeout: Annotated[
+            float, typer.Option("--round-timeout", help="Seconds a round may take.")
+        ] = 300.0,
+        train_config: Annotated[
+            str | None,
+            typer.Option("--train-config", help="JSON object sent with every train task."),
+        ] = None,
+        evaluate_config: Annotated[
+            str | None,
+            typer.Option("--evaluate-config", help="JSON object sent with every evaluate task."),
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of client selection.")] = 0,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        as_json: JsonOption = False,
     ) -> None:
-        """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
+        """Run the aggregator (attests as role aggregator). Prints one timestamped line per
+        event (rounds, clients, failures); --json prints JSON lines for scripts."""
         _quiet_grpc()
+        printer = EventPrinter(json_mode=as_json)
         from teeflow.fl.aggregator import Aggregator, AggregatorOptions
 
         try:
@@ -143,14 +187,17 @@ def register(app: typer.Typer) -> None:
                 enrollment=enrollment,
                 gpu=gpu,
             )
-            Aggregator(options, _emit).run()
+            Aggregator(options, printer).run()
         except Error as exc:
-            _fail(exc)
+            _fail(printer, exc)
             raise
 
     @agg.command("measurement")
     def aggregator_measurement(
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
     ) -> None:
         """Print the aggregator measurement (hex) for the agreement's workloads.aggregator."""
         from teeflow.fl.workload import fl_measurement
@@ -161,30 +208,60 @@ def register(app: typer.Typer) -> None:
     def client_run(
         enrollment: EnrollmentOption,
         party: Annotated[str, typer.Option("--party", help="The party it acts for (enrolled).")],
-        pin: Annotated[Path, typer.Option("--pin")],
-        aggregator: Annotated[str, typer.Option("--aggregator", help="HOST:PORT")],
-        data: Annotated[str, typer.Option("--data", help="Data spec (teeflow.datasets).")],
-        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
-        package_file: Annotated[Path | None, typer.Option("--package-file")] = None,
-        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
-        workdir: Annotated[Path | None, typer.Option("--workdir")] = None,
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
-        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 60.0,
+        pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
+        aggregator: Annotated[
+            str, typer.Option("--aggregator", help="Aggregator address HOST:PORT.")
+        ],
+        data: Annotated[
+            str,
+            typer.Option("--data", help="Data spec (teeflow.datasets), e.g. digits?index=0."),
+        ],
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
+        package_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--package-file", help="Sealed package file (default: sent by the aggregator)."
+            ),
+        ] = None,
+        package_ref: Annotated[
+            str | None,
+            typer.Option(
+                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
+            ),
+        ] = None,
+        workdir: Annotated[
+            Path | None,
+            typer.Option("--workdir", help="Where the package is unpacked (default: a temp dir)."),
+        ] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
+        connect_timeout: Annotated[
+            float, typer.Option("--connect-timeout", help="Seconds to reach the aggregator.")
+        ] = 60.0,
         threads: Annotated[
             int, typer.Option("--threads", help="torch threads (0: the library default).")
         ] = 1,
-        session: Annotated[str | None, typer.Option("--session")] = None,
+        session: Annotated[
+            str | None, typer.Option("--session", help="Session to join (bound in its claims).")
+        ] = None,
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        as_json: JsonOption = False,
     ) -> None:
-        """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
+        """Run a client (attests as role client for PARTY; dials out). Prints one timestamped
+        line per event; --json prints JSON lines. Exits 1 if any of its tasks failed."""
         _quiet_grpc()
+        printer = EventPrinter(json_mode=as_json)
         from teeflow.fl.client import Client, ClientOptions
 
         try:
-            Client(
+            result = Client(
                 ClientOptions(
                     party=party,
                     pin=pin,
@@ -202,15 +279,20 @@ def register(app: typer.Typer) -> None:
                     enrollment=enrollment,
                     gpu=gpu,
                 ),
-                _emit,
+                printer,
             ).run()
         except Error as exc:
-            _fail(exc)
+            _fail(printer, exc)
             raise
+        if not result.ok:
+            raise typer.Exit(1)
 
     @cli.command("measurement")
     def client_measurement(
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
     ) -> None:
         """Print the client measurement (hex) for the agreement's workloads.client."""
         from teeflow.fl.workload import fl_measurement
@@ -220,7 +302,7 @@ def register(app: typer.Typer) -> None:
     @pkg.command("build")
     def package_build(
         directory: Annotated[Path, typer.Argument(help="Package folder (teeflow.yaml).")],
-        output: Annotated[Path, typer.Option("-o", "--output")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Archive file to write.")],
     ) -> None:
         """Pack a folder deterministically; print the SHA-256 digest for the agreement."""
         from teeflow.fl.package import build_package
@@ -235,10 +317,15 @@ def register(app: typer.Typer) -> None:
     @pkg.command("publish")
     def package_publish(
         archive: Annotated[Path, typer.Argument(help="Package archive (package build).")],
-        pin: Annotated[Path, typer.Option("--pin")],
+        pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
         party: Annotated[str, typer.Option("--party", help="Publishing party (its keys).")],
-        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
-        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
+        output: Annotated[
+            Path | None,
+            typer.Option("-o", "--output", help="Sealed package file (default ARCHIVE.sealed)."),
+        ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
     ) -> None:
         """Seal the package and upload its key (attested clients only). The checkpoint key is
@@ -323,8 +410,11 @@ def register(app: typer.Typer) -> None:
     @model.command("open")
     def model_open(
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
-        party: Annotated[str, typer.Option("--party")],
-        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        party: Annotated[str, typer.Option("--party", help="Recipient party (its keys).")],
+        output: Annotated[
+            Path | None,
+            typer.Option("-o", "--output", help="Safetensors file (default MODEL.safetensors)."),
+        ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
     ) -> None:
         """Decrypt the model for an authorised recipient; write safetensors (mode 0600)."""

@@ -299,26 +299,26 @@ def run_fl_demo(
         },
     )
     step = Steps(summary, on_step or (lambda s: None))
-    prepare_workdir(workdir)
     home = workdir / "home"
-    with teeflow_home_env(home):
-        _run(
-            options,
-            workdir=workdir,
-            home=home,
-            summary=summary,
-            step=step,
-            on_progress=on_progress or (lambda p: None),
+    with prepare_workdir(workdir):  # held until the summary is written
+        with teeflow_home_env(home):
+            _run(
+                options,
+                workdir=workdir,
+                home=home,
+                summary=summary,
+                step=step,
+                on_progress=on_progress or (lambda p: None),
+            )
+        summary.wall_seconds = time.monotonic() - t_start
+        summary.ok = bool(
+            summary.provenance_verified
+            and summary.model_opened
+            and summary.rounds == options.rounds
+            and summary.final_accuracy is not None
         )
-    summary.wall_seconds = time.monotonic() - t_start
-    summary.ok = bool(
-        summary.provenance_verified
-        and summary.model_opened
-        and summary.rounds == options.rounds
-        and summary.final_accuracy is not None
-    )
-    summary.files["summary"] = str(workdir / "summary.json")
-    (workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+        summary.files["summary"] = str(workdir / "summary.json")
+        (workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 
