@@ -1,10 +1,13 @@
-"""CLI commands: ``teeflow compute serve | seal | run | open | lineage`` (authorised compute).
+"""CLI commands: ``teeflow compute serve | measurement | seal | run | open | lineage``
+(authorised compute).
 
 Mirrors :mod:`teeflow.compute` for users who script rather than import:
 
 * ``serve --enrollment TOKEN --kbs URL --pin FILE --package PKG [--listen HOST:PORT] [--store DIR]
   [--timeout S] [--max-memory BYTES] [--isolation thread|fork]`` — the compute worker
   (emulated SGX, measurement :func:`teeflow.compute.worker.compute_measurement`);
+* ``measurement [PACKAGE_DIR] [--platform P] [--json]`` — that measurement and the package's
+  digest, as the agreement's ``workloads.compute`` and ``packages`` entries;
 * ``seal FILE --party P --worker URL --allow PKG:FN… --recipient R… [--pin PIN] -o REF`` —
   ``FILE`` by suffix: ``.npy`` (array, no pickle), ``.npz`` (arrays), ``.arrow``
   (Arrow IPC stream or file → table), ``.json``, anything else raw bytes; writes the input
@@ -123,6 +126,32 @@ def write_value_file(path: Path, value: Any) -> None:
         raise ParseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _package_info(path: Path) -> dict[str, Any]:
+    """Name, version, digest (hex) and functions of a package folder or ``.tar`` archive."""
+    import tempfile
+
+    from teeflow.fl.package import build_package, load_manifest, package_digest, unpack_package
+
+    if path.is_dir():
+        archive, pkg_digest = build_package(path)
+        manifest = load_manifest(path)
+    else:
+        try:
+            archive = path.read_bytes()
+        except OSError as exc:
+            raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+        pkg_digest = package_digest(archive)
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = unpack_package(archive, Path(tmp) / "p", pkg_digest)
+    del archive
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "digest": pkg_digest.hex(),
+        "functions": sorted(manifest.functions),
+    }
+
+
 def _party(name: str, pin: Path | None) -> Any:
     from teeflow.compute import Party
     from teeflow.kbs.client.pinning import default_pin_path
@@ -182,6 +211,54 @@ def register(app: typer.Typer) -> None:
         run(kbs, pin or default_pin_path(), package, listen=listen, store_dir=store,
             limits=limits, on_ready=ready, log_level=log_level, platform=options,
             enrollment=load_enrollment(enrollment), gpu=gpu)
+
+    @grp.command("measurement")
+    def compute_measurement_cmd(
+        package_dir: Annotated[
+            Path | None,
+            typer.Argument(help="Compute package folder (teeflow.yaml) or .tar (optional)."),
+        ] = None,
+        platform: Annotated[
+            str,
+            typer.Option(
+                "--platform",
+                help="Emulated platform whose agreement entry to print: emulated-sgx, "
+                "emulated-tdx or emulated-snp.",
+            ),
+        ] = "emulated-sgx",
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print one JSON object (for scripts).")
+        ] = False,
+    ) -> None:
+        """Print the compute worker's measurement (what `compute serve` attests with on an
+        emulated platform) and, given PACKAGE_DIR, the package's name, digest and functions:
+        the agreement's workloads.compute and packages entries."""
+        import yaml
+
+        from teeflow.compute.worker import compute_measurement
+        from teeflow.platform.selection import emulated_workload_spec
+
+        mr = compute_measurement()
+        agreement: dict[str, Any] = {
+            "workloads": {"compute": emulated_workload_spec(platform, mr)}
+        }
+        doc: dict[str, Any] = {"measurement": mr.hex(), "platform": platform}
+        if package_dir is not None:
+            doc["package"] = _package_info(package_dir)
+            info = doc["package"]
+            agreement["packages"] = {
+                info["name"]: {"digest": info["digest"], "functions": info["functions"]}
+            }
+        doc["agreement"] = agreement
+        if as_json:
+            typer.echo(json.dumps(doc, indent=2))
+            return
+        typer.echo(f"measurement {mr.hex()}")
+        if package_dir is not None:
+            info = doc["package"]
+            typer.echo(f"package {info['name']} {info['version']} digest {info['digest']}")
+        typer.echo(f"# agreement entries ({platform}):")
+        typer.echo(yaml.safe_dump(agreement, sort_keys=False).rstrip())
 
     @grp.command("seal")
     def seal(
