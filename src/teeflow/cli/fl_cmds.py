@@ -303,15 +303,42 @@ def register(app: typer.Typer) -> None:
     def package_build(
         directory: Annotated[Path, typer.Argument(help="Package folder (teeflow.yaml).")],
         output: Annotated[Path, typer.Option("-o", "--output", help="Archive file to write.")],
+        no_check: Annotated[
+            bool,
+            typer.Option(
+                "--no-check",
+                help="Skip importing the entrypoints in a child process (e.g. building on a "
+                "machine without the package's requirements).",
+            ),
+        ] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print name, digest, file and checked names.")
+        ] = False,
     ) -> None:
-        """Pack a folder deterministically; print the SHA-256 digest for the agreement."""
-        from teeflow.fl.package import build_package
+        """Pack a folder deterministically, check that every entrypoint/function imports (in a
+        separate process), and print the SHA-256 digest for the agreement."""
+        from teeflow.fl.package import build_package, load_manifest
+        from teeflow.fl.package_check import check_entrypoints
 
         archive, d = build_package(directory)
+        checked = [] if no_check else check_entrypoints(archive, d)
         try:
             output.write_bytes(archive)
         except OSError as exc:
             raise ParseError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "name": load_manifest(directory).name,
+                        "digest": d.hex(),
+                        "archive": str(output),
+                        "size": len(archive),
+                        "checked": checked,
+                    }
+                )
+            )
+            return
         typer.echo(f"{d.hex()}  {output}")
 
     @pkg.command("publish")
