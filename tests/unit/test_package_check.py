@@ -89,3 +89,12 @@ def test_a_good_package_builds_and_reports_what_was_checked(tmp_path: Path) -> N
     doc = json.loads(out.output)
     assert doc["checked"] == ["init", "train", "validate"] and doc["name"] == "demo"
     assert doc["digest"] == build_package(pkg)[1].hex()
+
+
+def test_a_package_needing_torch_names_the_extra(tmp_path: Path) -> None:
+    """Issue 14, item 9: without PyTorch the error names ``pip install 'teeflow[torch]'``
+    (simulated: a package importing ``torch.nonexistent_submodule_for_test``)."""
+    pkg = _package(tmp_path / "t", "import torch.nonexistent_submodule_for_test\n" + GOOD)
+    with pytest.raises(PackageError) as exc:
+        check_entrypoints(*build_package(pkg))
+    assert "pip install 'teeflow[torch]'" in str(exc.value)

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from teeflow.cli.enrollment_cmds import EnrollmentOption
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.cli.platform_options import (
     GpuOption,
     GramineRootOption,
@@ -226,9 +227,7 @@ def register(app: typer.Typer) -> None:
                 "emulated-tdx or emulated-snp.",
             ),
         ] = "emulated-sgx",
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print one JSON object (for scripts).")
-        ] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Print the compute worker's measurement (what `compute serve` attests with on an
         emulated platform) and, given PACKAGE_DIR, the package's name, digest and functions:
@@ -277,6 +276,7 @@ def register(app: typer.Typer) -> None:
         min_owners: Annotated[int, typer.Option(
             "--min-owners", min=1, help="Distinct owners every job's inputs must have "
             "(2 for a joint function).")] = 1,
+        as_json: JsonOption = False,
     ) -> None:
         """Seal FILE for the worker and grant it to the allowed functions."""
         with _party(party, pin) as p:
@@ -284,6 +284,9 @@ def register(app: typer.Typer) -> None:
                          to=p.teeu(worker), max_releases=max_releases,
                          co_owners=with_owner or (), min_owners=min_owners)
         output.write_text(ref.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if as_json:
+            echo_json({"input_id": ref.id, "size": ref.size, "reference": str(output)})
+            return
         out.print(f"sealed {file} as {ref.id} ({ref.size} bytes) -> {output}")
 
     @grp.command("run")
@@ -292,8 +295,10 @@ def register(app: typer.Typer) -> None:
         refs: Annotated[list[Path], typer.Argument(help="Input reference files, in order.")],
         party: _PartyOpt,
         output: Annotated[Path, typer.Option("-o", "--output", help="Result reference file.")],
-        recipient: Annotated[list[str] | None, typer.Option("--recipient")] = None,
+        recipient: Annotated[list[str] | None, typer.Option(
+            "--recipient", help="Result recipient (repeatable; default: the inputs').")] = None,
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Run FUNCTION over the sealed inputs; the result stays sealed."""
         from teeflow.compute import SealedInput
@@ -305,6 +310,10 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             result = p.teeu(workers.pop()).run(function, *inputs, recipients=recipient or None)
         output.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if as_json:
+            echo_json({"result_id": result.result_id, "recipients": list(result.recipients),
+                       "reference": str(output)})
+            return
         out.print(f"result {result.result_id} sealed to {', '.join(result.recipients)} "
                   f"-> {output}")
 
@@ -314,6 +323,7 @@ def register(app: typer.Typer) -> None:
         party: _PartyOpt,
         output: Annotated[Path, typer.Option("-o", "--output", help="Where to write it.")],
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Verify and open a result this party is a recipient of (written with mode 0600)."""
         from teeflow.compute import ResultRef
@@ -322,6 +332,10 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             value = p.open(ref)
         write_value_file(output, value)
+        if as_json:
+            echo_json({"result_id": ref.result_id, "kind": ref.lineage.record.result.kind,
+                       "path": str(output)})
+            return
         out.print(f"opened result {ref.result_id} ({ref.lineage.record.result.kind}) -> {output}")
 
     @grp.command("lineage")
@@ -329,6 +343,7 @@ def register(app: typer.Typer) -> None:
         result: Annotated[Path, typer.Argument(help="Result reference file.")],
         party: _PartyOpt,
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Show (and verify) which inputs, function and worker produced a result."""
         from teeflow.compute import ResultRef
@@ -337,6 +352,21 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             audit = p.audit_lineage(ref)
         rec = ref.lineage.record
+        if as_json:
+            echo_json({
+                "verified": True, "result_id": rec.result_id, "package": rec.package.name,
+                "package_digest": rec.package.digest, "function": rec.function,
+                "kind": rec.result.kind, "recipients": list(rec.recipients),
+                "worker": {"tee": rec.worker.tee, "emulated": rec.worker.emulated,
+                           "measurement": rec.worker.measurement},
+                "audit_seq": audit.counter_seq, "recorded_at": audit.recorded_at.isoformat(),
+                "inputs": [
+                    {"input_id": i, "owner": audit.grants.get(i, ("?", "?"))[0],
+                     "grant": audit.grants.get(i, ("?", "?"))[1], "release_seq": seq}
+                    for i, seq in audit.releases
+                ],
+            })
+            return
         out.print(f"result {rec.result_id}: {rec.package.name}:{rec.function} "
                   f"(package {rec.package.digest[:16]}…) -> {rec.result.kind}, sealed to "
                   f"{', '.join(rec.recipients)}")

@@ -90,6 +90,7 @@ def quote_cmd(
         int, typer.Option("--isv-prod-id", help="ISVPRODID of the workload.")
     ] = 0,
     isv_svn: Annotated[int, typer.Option("--isv-svn", help="ISVSVN of the workload.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Produce an emulated SGX DCAP quote v3 for a workload."""
     report_data = _hex(report_data_hex, "--report-data", 64)
@@ -121,12 +122,20 @@ def quote_cmd(
     except OSError as exc:
         raise PlatformError(f"cannot create {output.parent}: {exc.strerror}") from None
     atomic_write(output, quote, mode=0o644)
+    if collateral_out is not None:
+        authority.write_collateral_dir(collateral_out, now)
+    if as_json:
+        typer.echo(json.dumps({
+            "quote": str(output), "bytes": len(quote), "mrenclave": mrenclave.hex(),
+            "mrsigner": authority.mrsigner.hex(), "emulated": True,
+            "collateral": str(collateral_out) if collateral_out is not None else None,
+        }))
+        return
     err_console.print(_BANNER)
     console.print(f"wrote [bold]{output}[/] ({len(quote)} bytes)")
     console.print(f"mrenclave {mrenclave.hex()}")
     console.print(f"mrsigner  {authority.mrsigner.hex()}")
     if collateral_out is not None:
-        authority.write_collateral_dir(collateral_out, now)
         console.print(f"collateral written to [bold]{collateral_out}[/]")
 
 

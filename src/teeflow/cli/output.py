@@ -1,0 +1,27 @@
+"""Machine-readable output shared by the commands: the ``--json`` option and its printer.
+
+Every command that reports something takes ``--json`` and then prints exactly one JSON
+object (RFC 8259) on stdout, nothing else; errors still go to stderr with a non-zero exit.
+Long-running services (``kbs serve``, ``compute serve``, ``emulate tsm|gramine``,
+``workload run``) are not reports; ``aggregator run`` / ``client run`` print JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["JsonOption", "echo_json"]
+
+#: ``--json``: print one JSON object instead of text.
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object (for scripts) instead of text.")
+]
+
+
+def echo_json(doc: Mapping[str, Any]) -> None:
+    """Print ``doc`` as one indented JSON object (non-JSON values via ``str``)."""
+    typer.echo(json.dumps(dict(doc), indent=2, default=str))
