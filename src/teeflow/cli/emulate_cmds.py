@@ -1,9 +1,12 @@
-"""``teeflow emulate quote|info|tsm|gramine``: emulated platforms (software, NOT hardware).
+"""``teeflow emulate quote|info|export|trust|tsm|gramine``: emulated platforms (NOT hardware).
 
 ``quote`` writes a real-format DCAP quote v3 for a workload manifest (or a raw measurement),
 creating or refreshing ``$TEEFLOW_HOME/emulation`` on the way; ``--collateral-out DIR``
 also writes the emulated collateral so ``teeflow quote verify --collateral DIR`` works.
-``info`` shows where the emulation root lives and its fingerprint. ``tsm DIR --tee
+``info`` shows where the emulation root lives, its fingerprint and the other sites' roots
+this home trusts. ``export DIR`` writes this home's root certificate and public collateral;
+``trust DIR`` (another site) trusts that root by its certificate — several sites under
+emulation, no private key copied (:mod:`teeflow.platform.emulated_trust`). ``tsm DIR --tee
 tdx|sev-snp`` and ``gramine DIR`` serve stand-ins of the kernel's configfs-tsm tree and of
 Gramine's ``/dev/attestation`` (FUSE, :mod:`teeflow.testing.standins`) so the real attesters
 run against emulated evidence (``--tsm-root DIR`` / ``--gramine-root DIR``).
@@ -139,6 +142,61 @@ def quote_cmd(
         console.print(f"collateral written to [bold]{collateral_out}[/]")
 
 
+@emulate_app.command("export")
+def export_cmd(
+    *,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder to write the public bundle into.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write this home's emulation root certificate and public collateral (no private key)
+    for other sites to trust with `teeflow emulate trust DIR`."""
+    from teeflow.platform.emulated_trust import export_public
+
+    fingerprint = export_public(directory, now=datetime.now(UTC))
+    if as_json:
+        typer.echo(json.dumps({"directory": str(directory), "root_sha256": fingerprint}))
+        return
+    err_console.print(_BANNER)
+    console.print(f"wrote the public emulation bundle to [bold]{directory}[/]")
+    console.print(f"root SHA-256 {fingerprint} (compare it with the other site out of band)")
+    console.print(f"on each other site: teeflow emulate trust {directory}")
+
+
+@emulate_app.command("trust")
+def trust_cmd(
+    *,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Bundle written by `teeflow emulate export`.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Trust another site's emulation root by its certificate (EMULATED evidence only; the
+    agreement must still say allow_emulated: true)."""
+    from teeflow.platform.emulated_trust import trust_public
+
+    root = trust_public(directory, now=datetime.now(UTC))
+    until_by_tee = {
+        tee: files.next_update.isoformat() for tee, files in sorted(root.collateral.items())
+    }
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "root_sha256": root.fingerprint,
+                    "stored": str(root.directory),
+                    "collateral": until_by_tee,
+                }
+            )
+        )
+        return
+    err_console.print(_BANNER)
+    console.print(f"trusting emulation root {root.fingerprint} (stored in {root.directory})")
+    for tee, until in until_by_tee.items():
+        console.print(f"  {tee} collateral valid until {until} (export and trust again after)")
+
+
 @emulate_app.command("info")
 def info_cmd(
     *,
@@ -162,6 +220,7 @@ def info_cmd(
             f"no emulation authority at {directory} "
             "(created by `teeflow emulate quote` or `teeflow emulate info --create`)"
         )
+        _print_trusted()
         return
     authority = EmulationAuthority.load_or_create(now=now)
     files = authority.collateral_files(now)
@@ -175,6 +234,7 @@ def info_cmd(
         "root_not_after": root.not_valid_after_utc.isoformat(),
         "mrsigner": authority.mrsigner.hex(),
         "collateral_next_update": files.next_update.isoformat(),
+        "trusted_roots": _trusted_fingerprints(),
     }
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -186,6 +246,20 @@ def info_cmd(
     console.print(f"root valid until {doc['root_not_after']}")
     console.print(f"workload MRSIGNER {doc['mrsigner']}")
     console.print(f"collateral until {doc['collateral_next_update']}")
+    _print_trusted()
+
+
+def _trusted_fingerprints() -> list[str]:
+    from teeflow.platform.emulated_trust import trusted_roots
+
+    return [r.fingerprint for r in trusted_roots()]
+
+
+def _print_trusted() -> None:
+    from teeflow.platform.emulated_trust import trusted_roots
+
+    for root in trusted_roots():
+        console.print(f"trusted root     {root.fingerprint} ({root.directory})")
 
 
 def _standin_measurement(
