@@ -135,3 +135,4 @@ def test_cli_export_and_trust(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["root_sha256"] == fp
     out = runner.invoke(app, ["emulate", "info", "--json"], env={"TEEFLOW_HOME": str(b)})
     assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["trusted_roots"] == [fp]

@@ -213,7 +213,15 @@ def info_cmd(
     anchor = EmulationAuthority.existing_trust_anchor()
     if anchor is None:
         if as_json:
-            typer.echo(json.dumps({"directory": str(directory), "exists": False}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "directory": str(directory),
+                        "exists": False,
+                        "trusted_roots": _trusted_fingerprints(),
+                    }
+                )
+            )
             return
         console.print(_BANNER)
         console.print(
