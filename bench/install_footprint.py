@@ -1,14 +1,16 @@
 """Install footprint: ``pip install teeflow`` (no extras) against ``pip install flwr``.
 
 Each target is installed into its own fresh virtual environment, one after the other in the
-same run, with ``--no-cache-dir`` (so neither profits from the other's downloads). Reported
-per target: wall seconds of the ``pip install`` and the megabytes it added to the venv
-(``site-packages`` plus ``bin``, minus the size of the empty venv). teeflow is installed from
+same run, with ``--no-cache-dir`` (so neither profits from the other's downloads); with
+``--repeat N`` the pair is installed N times in alternating order (ABBA...), so load from
+other processes on the machine hits both alike. Reported per target: wall seconds of each
+``pip install`` (and their minimum and median) and the megabytes it added to the venv (the
+whole venv folder minus the size of the empty venv). teeflow is installed from
 a wheel built beforehand from this checkout (the build is not timed: users install a wheel).
 
 Run from the repository root::
 
-    python bench/install_footprint.py [--flwr-spec flwr] [--extra ''] [--out FILE]
+    python bench/install_footprint.py [--flwr-spec flwr] [--extra ''] [--repeat N] [--out FILE]
 
 Results go to ``bench/results/install_footprint.json``.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flwr-spec", default="flwr", help="pip requirement for Flower")
     parser.add_argument("--extra", default="", help="teeflow extra to add, e.g. 'demo'")
+    parser.add_argument("--repeat", type=int, default=1, help="install each target N times")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="footprint-") as d:
@@ -90,14 +94,25 @@ def main() -> None:
             raise SystemExit(f"wheel build failed:\n{build.stderr[-2000:]}")
         wheel = next((tmp / "dist").glob("teeflow-*.whl"))
         spec = f"{wheel}[{args.extra}]" if args.extra else str(wheel)
-        results = {
-            "machine": machine(),
-            "teeflow": _install(tmp, "teeflow", spec),
-            "flwr": _install(tmp, "flwr", args.flwr_spec),
-            "build_warnings": [
-                ln for ln in build.stderr.splitlines() if "deprecat" in ln.lower()
-            ][:10],
-        }
+        runs: dict[str, list[dict[str, Any]]] = {"teeflow": [], "flwr": []}
+        for i in range(args.repeat):
+            order = ["teeflow", "flwr"] if i % 2 == 0 else ["flwr", "teeflow"]
+            for label in order:
+                target = spec if label == "teeflow" else args.flwr_spec
+                runs[label].append(_install(tmp, f"{label}-{i}", target))
+        results: dict[str, Any] = {"machine": machine(), "repeat": args.repeat}
+        for label, items in runs.items():
+            ok = [r for r in items if r.get("ok")]
+            seconds = sorted(r["seconds"] for r in ok)
+            results[label] = {
+                **(ok[0] if ok else items[0]),
+                "seconds_all": seconds,
+                "seconds_min": seconds[0] if seconds else None,
+                "seconds_median": statistics.median(seconds) if seconds else None,
+            }
+        results["build_warnings"] = [
+            ln for ln in build.stderr.splitlines() if "deprecat" in ln.lower()
+        ][:10]
     path = write_json("install_footprint", results, args.out)
     print(path.read_text())
 
