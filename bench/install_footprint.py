@@ -4,8 +4,9 @@ Each target is installed into its own fresh virtual environment, one after the o
 same run, with ``--no-cache-dir`` (so neither profits from the other's downloads); with
 ``--repeat N`` the pair is installed N times in alternating order (ABBA...), so load from
 other processes on the machine hits both alike. Reported per target: wall seconds of each
-``pip install`` (and their minimum and median) and the megabytes it added to the venv (the
-whole venv folder minus the size of the empty venv). teeflow is installed from
+``pip install`` (and their minimum and median), the CPU seconds of pip and its children
+(user + system: less sensitive to other load than wall time) and the megabytes it added to
+the venv (the whole venv folder minus the size of the empty venv). teeflow is installed from
 a wheel built beforehand from this checkout (the build is not timed: users install a wheel).
 
 Run from the repository root::
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,7 @@ def _install(tmp: Path, label: str, spec: str) -> dict[str, Any]:
     venv = tmp / f"venv-{label}"
     py = _fresh_venv(venv)
     empty = _du(venv)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [str(py), "-m", "pip", "install", "--no-cache-dir", "--quiet", spec],
@@ -60,6 +63,8 @@ def _install(tmp: Path, label: str, spec: str) -> dict[str, Any]:
         check=False,
     )
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         return {"spec": spec, "ok": False, "stderr": proc.stderr[-2000:]}
     freeze = subprocess.run(
@@ -70,6 +75,7 @@ def _install(tmp: Path, label: str, spec: str) -> dict[str, Any]:
         "spec": spec,
         "ok": True,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),
         "megabytes": round(added / 1e6, 1),
         "distributions": len(freeze),
         "warnings": [ln for ln in proc.stderr.splitlines() if "warn" in ln.lower()][:10],
@@ -109,6 +115,7 @@ def main() -> None:
                 "seconds_all": seconds,
                 "seconds_min": seconds[0] if seconds else None,
                 "seconds_median": statistics.median(seconds) if seconds else None,
+                "cpu_seconds_all": sorted(r["cpu_seconds"] for r in ok),
             }
         results["build_warnings"] = [
             ln for ln in build.stderr.splitlines() if "deprecat" in ln.lower()
