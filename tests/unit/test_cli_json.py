@@ -21,6 +21,7 @@ SERVICES = {
     "emulate tsm",
     "emulate gramine",
     "workload run",
+    "app replica",
 }
 
 

@@ -2,8 +2,9 @@
 
 Every command that reports something takes ``--json`` and then prints exactly one JSON
 object (RFC 8259) on stdout, nothing else; errors still go to stderr with a non-zero exit.
-Long-running services (``kbs serve``, ``compute serve``, ``emulate tsm|gramine``,
-``workload run``) are not reports; ``aggregator run`` / ``client run`` print JSON lines.
+Long-running services (``kbs serve``, ``compute serve``, ``app replica``, ``emulate
+tsm|gramine``, ``workload run``) are not reports; ``aggregator run`` / ``client run`` print
+JSON lines.
 """
 
 from __future__ import annotations
