@@ -1,7 +1,8 @@
 """Machine-readable output shared by the commands: the ``--json`` option and its printer.
 
 Every command that reports something takes ``--json`` and then prints exactly one JSON
-object (RFC 8259) on stdout, nothing else; errors still go to stderr with a non-zero exit.
+object (RFC 8259) on stdout, nothing else (commands that follow a stream of events print one
+object per line); errors still go to stderr with a non-zero exit.
 Long-running services (``kbs serve``, ``compute serve``, ``app replica``, ``emulate
 tsm|gramine``, ``workload run``) are not reports; ``aggregator run`` / ``client run`` print
 JSON lines.
@@ -19,7 +20,11 @@ __all__ = ["JsonOption", "echo_json"]
 
 #: ``--json``: print one JSON object instead of text.
 JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object (for scripts) instead of text.")
+    bool,
+    typer.Option(
+        "--json",
+        help="JSON for scripts instead of text (one object; one per line when following).",
+    ),
 ]
 
 
