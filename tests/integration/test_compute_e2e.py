@@ -305,6 +305,36 @@ def test_cli_seal_run_open_lineage(fed: LocalFederation, tmp_path: Path) -> None
     assert isinstance(bad.exception, NotARecipient)
 
 
+def test_compute_measurement_command_is_what_the_worker_attests(
+    fed: LocalFederation, tmp_path: Path
+) -> None:
+    """Issue 14, item 8: one function, one command. ``teeflow compute measurement PKG
+    --json`` prints the measurement the running worker attests with (its ``info``) and the
+    agreement entries the KBS accepted it under (workloads.compute, packages.stats)."""
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """test root"""
+
+    compute_cmds.register(app)
+    archive = tmp_path / "stats.tar"
+    archive.write_bytes(fed.package_archive)
+    out = CliRunner().invoke(app, ["compute", "measurement", str(archive), "--json"])
+    assert out.exit_code == 0, (out.output, out.exception)
+    doc = json.loads(out.output)
+    assert doc["measurement"] == fed.worker.info()["measurement"]
+    compute = fed.agreement.model_dump(mode="json")["workloads"]["compute"]
+    assert doc["agreement"]["workloads"]["compute"]["sgx"]["mrenclave"] == (
+        compute["sgx"]["mrenclave"]
+    )
+    pkg = fed.agreement.packages["stats"]
+    assert doc["package"]["digest"] == pkg.digest
+    assert doc["agreement"]["packages"]["stats"]["functions"] == sorted(pkg.functions)
+    text = CliRunner().invoke(app, ["compute", "measurement"])
+    assert text.exit_code == 0 and f"measurement {doc['measurement']}" in text.output
+
+
 def test_party_load_from_files(fed: LocalFederation) -> None:
     with Party.load("carol", pin=fed.home.parent / "pin.json", home=fed.home) as carol:
         assert carol.teeu(fed.worker_url).info["package"]["name"] == "stats"

@@ -52,17 +52,43 @@ def test_shipped_package_is_the_example_folder_built() -> None:
 
 def test_workdir_is_fresh_and_only_a_demo_folder_is_replaced(tmp_path: Path) -> None:
     work = tmp_path / "wd"
-    prepare_workdir(work)
+    prepare_workdir(work).release()
     assert (work / DEMO_MARKER).is_file()
     (work / "old-output").write_text("x")
-    prepare_workdir(work)  # a previous demo's folder: replaced
-    assert sorted(p.name for p in work.iterdir()) == [DEMO_MARKER]
+    with prepare_workdir(work):  # a previous demo's folder: replaced
+        assert sorted(p.name for p in work.iterdir()) == [DEMO_MARKER]
     other = tmp_path / "precious"
     other.mkdir()
     (other / "data.csv").write_text("1,2\n")
     with pytest.raises(FLError, match="not a teeflow demo folder"):
         prepare_workdir(other)
     assert (other / "data.csv").read_text() == "1,2\n"
+
+
+def test_a_second_demo_in_a_running_demos_workdir_is_refused(tmp_path: Path) -> None:
+    """Issue 14, item 6: a second demo in the same --workdir used to delete the running
+    demo's folder. Now the running demo holds a flock on the folder's marker; the second is
+    refused (naming the running demo's pid) and every file stays; a demo in a separate
+    process is refused just the same, and once the first ends the folder is reused."""
+    work = tmp_path / "wd"
+    with prepare_workdir(work):
+        (work / "kbs.db").write_text("running")
+        with pytest.raises(FLError, match=rf"another teeflow demo is running .*pid {os.getpid()}"):
+            prepare_workdir(work)
+        code = (
+            "import sys; from pathlib import Path; from teeflow.errors import FLError\n"
+            "from teeflow.demo.fl_support import prepare_workdir\n"
+            "try:\n    prepare_workdir(Path(sys.argv[1]))\n"
+            "except FLError as e:\n    print(e); sys.exit(3)\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(work)], capture_output=True, text=True, check=False
+        )
+        assert proc.returncode == 3, proc.stderr
+        assert "pass another --workdir" in proc.stdout
+        assert (work / "kbs.db").read_text() == "running"
+    with prepare_workdir(work):
+        assert not (work / "kbs.db").exists()
 
 
 def test_options_and_data_specs(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ def test_emulate_info(teeflow_home: Path) -> None:
     assert json.loads(empty.output) == {
         "directory": str(teeflow_home / "emulation"),
         "exists": False,
+        "trusted_roots": [],
     }
     created = runner.invoke(app, ["emulate", "info", "--create"])
     assert created.exit_code == 0, created.output

@@ -325,3 +325,40 @@ def test_npz_spec(tmp_path: Path) -> None:
 
 def test_dataset_error_is_an_fl_error() -> None:
     assert issubclass(DatasetError, FLError)
+
+
+def test_digits_load_without_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14, item 10: the digits ship with teeflow (no scikit-learn/scipy, 194 MB); the
+    arrays are the UCI test part, pinned by digest."""
+    import hashlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn → ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    ds = load_digits(test_fraction=0.2, seed=0)
+    x = np.concatenate([ds.train.x, ds.test.x])
+    y = np.concatenate([ds.train.y, ds.test.y])
+    assert x.shape == (1797, 8, 8) and x.dtype == np.uint8 and int(x.max()) == 16
+    assert np.bincount(y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    order = np.lexsort(np.column_stack([x.reshape(len(x), -1), y]).T)  # content order
+    digest = hashlib.sha256(x[order].tobytes() + y[order].astype(np.uint8).tobytes())
+    assert digest.hexdigest() == DIGITS_CONTENT_SHA256
+
+
+def test_install_has_no_scikit_learn_and_an_spdx_license() -> None:
+    """Issue 14, item 10: `pip install teeflow` pulls neither scikit-learn nor scipy, and the
+    licence is an SPDX expression with license-files (no setuptools deprecation warning)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    deps = " ".join(project["dependencies"]).lower()
+    assert "scikit-learn" not in deps and "scipy" not in deps
+    assert project["license"] == "Apache-2.0"
+    for name in project["license-files"]:
+        assert (root / name).is_file()
+
+
+#: SHA-256 of the 1,797 digits sorted by content (pixels then label), = scikit-learn's copy
+DIGITS_CONTENT_SHA256 = "e52e0683ca9dcd0da8d5ced82235db5870211a04a30588ec0cff58d38267538d"

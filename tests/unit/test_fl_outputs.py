@@ -180,9 +180,9 @@ def test_package_build_is_deterministic(tmp_path: Path) -> None:
     fl_cmds.register(app)
     example = Path(__file__).resolve().parents[2] / "examples" / "mnist"
     outs = []
-    for name in ("a.tar", "b.tar"):
+    for name, check in (("a.tar", []), ("b.tar", ["--no-check"])):
         result = CliRunner().invoke(
-            app, ["package", "build", str(example), "-o", str(tmp_path / name)]
+            app, ["package", "build", str(example), "-o", str(tmp_path / name), *check]
         )
         assert result.exit_code == 0, result.output
         outs.append(result.output.split()[0])
@@ -313,3 +313,65 @@ def test_restart_handover_verifies_and_forged_handover_fails(
     for cert_pem in (_cert(other_ca, forger), _cert(ca, forger, role="client")):
         with pytest.raises(ProvenanceError, match=r"^provenance entry 3: hand-over certificate: "):
             verify_model(data, resumed(forger, cert_pem), ca.certificate)
+
+
+def test_verify_model_checks_the_encrypted_payload(
+    parties: dict[str, PartyKeys], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack (issue 14, item 7): a model whose encrypted payload is corrupt used to verify.
+    A bit flip inside the ciphertext fails the AEAD tag check with a recipient's key (library
+    and CLI, which finds the recipient's keys in TEEFLOW_HOME); a truncated or extended
+    payload and a payload swapped in from another model fail even without a key."""
+    ca = FederationCA.generate("study", now=datetime.now(UTC))
+    entries, _ = _log(ca, ARRAYS)
+    data = model_bytes(parties, "alice")
+    ok = verify_model(data, entries, ca.certificate, party_keys=parties["alice"])
+    assert ok.payload_authenticated
+    assert not verify_model(data, entries, ca.certificate).payload_authenticated
+    flipped = bytearray(data)
+    flipped[-40] ^= 1
+    with pytest.raises(SealingError):
+        verify_model(bytes(flipped), entries, ca.certificate, party_keys=parties["alice"])
+    with pytest.raises(VerificationError, match="truncated or extended"):
+        verify_model(data[:-16], entries, ca.certificate)
+    with pytest.raises(VerificationError, match="truncated or extended"):
+        verify_model(data + b"\0" * 16, entries, ca.certificate)
+    header = read_model_header(data)
+    swapped = data[: header.body_offset] + seal_payload_for_other_session(data)
+    with pytest.raises(VerificationError, match="not bound"):
+        verify_model(swapped, entries, ca.certificate)
+    # the CLI: keys found in TEEFLOW_HOME → the corrupt payload fails
+    monkeypatch.setenv("TEEFLOW_HOME", str(tmp_path / "home"))
+    parties["alice"].save(tmp_path / "home" / "parties" / "alice")
+    model, prov, ca_pem = tmp_path / "m.model", tmp_path / "p.jsonl", tmp_path / "ca.pem"
+    save_provenance(entries, prov)
+    ca_pem.write_bytes(ca.certificate_pem())
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """test"""
+
+    fl_cmds.register(app)
+    runner = CliRunner()
+    model.write_bytes(data)
+    out = runner.invoke(
+        app, ["model", "verify", str(model), str(prov), "--ca", str(ca_pem), "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.output)
+    assert doc["payload_authenticated"] and doc["payload_authenticated_by"] == "alice"
+    model.write_bytes(bytes(flipped))
+    out = runner.invoke(app, ["model", "verify", str(model), str(prov), "--ca", str(ca_pem)])
+    assert out.exit_code != 0 and isinstance(out.exception, SealingError)
+
+
+def seal_payload_for_other_session(model: bytes) -> bytes:
+    """The sealed body of a model of another session (same size, other binding)."""
+    from teeflow.sealing import generate_key, seal
+
+    header = read_model_header(model)
+    body_len = len(model) - header.body_offset
+    sealed = seal(b"\0" * header.arrays_size, generate_key(), aad=b"another session")
+    assert len(sealed) == body_len
+    return sealed

@@ -26,7 +26,7 @@ from teeflow.kbs.policy.generated import (
     generated_scope,
     is_kbs_owner,
 )
-from teeflow.kbs.service.release import open_jwe
+from teeflow.kbs.service.release import RELEASE_DENIED_DETAIL, open_jwe
 from teeflow.kbs.store import open_store
 
 SESSION = "study-1"
@@ -95,7 +95,8 @@ def _denied(h: Harness, claims: dict[str, Any], needle: str, measurement: bytes 
     w = h.attest(claims=claims, measurement=measurement)
     with pytest.raises(PolicyDeny) as exc:
         h.service.get_resource(h.session(w), CKPT)
-    assert exc.value.status == 403 and exc.value.to_dict() == PolicyDeny().to_dict()
+    assert exc.value.status == 403
+    assert exc.value.to_dict() == PolicyDeny(RELEASE_DENIED_DETAIL).to_dict()
     deny = h.denies("release")[-1]
     assert deny.subject == CKPT and any(needle in r for r in deny.reasons), deny.reasons
 

@@ -24,7 +24,7 @@ from teeflow.kbs.api.problems import (
     PolicyDeny,
 )
 from teeflow.kbs.protocol import TeePubKey, sign_resource_upload
-from teeflow.kbs.service.release import decide, open_jwe, seal_for_tee
+from teeflow.kbs.service.release import RELEASE_DENIED_DETAIL, decide, open_jwe, seal_for_tee
 from teeflow.kbs.store import open_store
 
 
@@ -41,7 +41,7 @@ def _release_denied(h: Harness, claims: dict[str, Any], needle: str, *, path: st
     with pytest.raises(PolicyDeny) as exc:
         h.service.get_resource(h.session(w), path)
     assert exc.value.status == 403
-    assert exc.value.to_dict() == PolicyDeny().to_dict()  # constant body, no reasons
+    assert exc.value.to_dict() == PolicyDeny(RELEASE_DENIED_DETAIL).to_dict()  # constant body
     deny = h.denies("release")[-1]
     assert deny.subject == path and any(needle in r for r in deny.reasons), deny.reasons
     after = h.store.get_resource(path)

@@ -61,7 +61,7 @@ from teeflow.kbs.protocol import (
 from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.kbs.service.collateral import EmulatedCollateralProvider
 from teeflow.kbs.service.core import KbsService
-from teeflow.kbs.service.release import open_jwe
+from teeflow.kbs.service.release import RELEASE_DENIED_DETAIL, open_jwe
 from teeflow.kbs.store import (
     open_store,
 )
@@ -570,6 +570,37 @@ def test_agreement_update_invalidates_tokens(mem: Harness) -> None:
         mem.service.authorize(session_id=w.session_id, token=w.token)
     with pytest.raises(TokenVerifierError, match="agreement"):
         mem.service.authorize(session_id=w.session_id)
+
+
+def test_a_grant_made_before_an_agreement_update_is_refused_with_what_to_do(
+    mem: Harness,
+) -> None:
+    """Issue 14, item 2: an agreement update invalidates every grant made before it. The
+    refusal used to say only "Access denied by policy". Now the RFC 7807 detail says the
+    common cause and what to run — the same text for a missing resource, so existence is
+    not revealed — and the audit entry names the exact term (the grant's agreement)."""
+    mem.service.put_resource(mem.upload(os.urandom(32)))
+    v2 = signed_agreement(
+        agreement_doc(version=2, previous=mem.agreement_digest.hex(),
+                      outputs={"model": ["alice"]}),
+        signers=("alice", "carol"),
+    )
+    mem.service.submit_agreement(v2)
+    mem.signed = v2
+    session = mem.session(mem.attest())
+    with pytest.raises(PolicyDeny) as refused:
+        mem.service.get_resource(session, PATH)
+    body = refused.value.to_dict()
+    assert body["detail"] == RELEASE_DENIED_DETAIL
+    assert "agreement was updated" in body["detail"]
+    assert "teeflow package publish" in body["detail"] and "teeflow kbs audit show" in body[
+        "detail"]
+    with pytest.raises(PolicyDeny) as missing:
+        mem.service.get_resource(session, "alice/dataset-key/none")
+    assert missing.value.to_dict() == body  # no existence oracle
+    entry = mem.denies("release")[0]
+    assert any(r.startswith("grant was made under another agreement (") and
+               "teeflow package publish" in r for r in entry.reasons), entry.reasons
 
 
 def test_agreement_rejections_are_audited(mem: Harness) -> None:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from teeflow._fs import atomic_write
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.policy.agreement import (
     FederationAgreement,
@@ -122,6 +123,46 @@ def _signature_status(signed: SignedAgreement, party: str, key: str) -> str:
     return "signed"
 
 
+def _show_doc(
+    file: Path, signed: SignedAgreement, d: str, stale: bool, previous: Path | None
+) -> dict[str, Any]:
+    """``agreement show --json``: the facts the text output shows."""
+    agreement = signed.agreement
+    status = "complete"
+    problem = None
+    try:
+        if previous is not None:
+            verify_update(signed, load_signed(previous))
+        elif agreement.version == 1:
+            verify_initial(signed)
+        else:
+            status = "update-unchecked"
+    except (PolicyViolation, VerificationError) as exc:
+        status, problem = "incomplete", str(exc)
+    return {
+        "path": str(file),
+        "federation": agreement.federation,
+        "version": agreement.version,
+        "digest": d,
+        "previous": agreement.previous,
+        "allow_emulated": agreement.allow_emulated,
+        "update_quorum": agreement.update_quorum.k,
+        "parties": {
+            name: {
+                "roles": list(spec.roles),
+                "signature": _signature_status(signed, name, spec.sign_key),
+            }
+            for name, spec in sorted(agreement.parties.items())
+        },
+        "signature_file_stale": stale,
+        "workloads": sorted(agreement.workloads),
+        "packages": {n: p.digest for n, p in sorted(agreement.packages.items())},
+        "outputs": {str(k): list(v) for k, v in sorted(agreement.outputs.items())},
+        "status": status,
+        "problem": problem,
+    }
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``agreement`` command group to the root app."""
     grp = typer.Typer(
@@ -139,6 +180,7 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option("--quorum", help="Update quorum k (default: majority).")
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite OUTPUT.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Write an agreement template with the parties' public keys."""
         parties: dict[str, PartyPublic] = {}
@@ -170,6 +212,10 @@ def register(app: typer.Typer) -> None:
         }
         agreement = FederationAgreement.from_mapping(doc)
         output.write_text(_TEMPLATE_HEADER.format(file=output.name) + agreement.to_yaml())
+        if as_json:
+            echo_json({"path": str(output), "federation": federation, "parties": names,
+                       "digest": digest(agreement).hex()})
+            return
         typer.echo(f"wrote {output} (federation {federation}, {len(names)} parties)")
         typer.echo(f"digest {digest(agreement).hex()}")
 
@@ -183,6 +229,7 @@ def register(app: typer.Typer) -> None:
         merge: Annotated[
             list[str] | None, typer.Option("--merge", help="Other .sigs.json files to merge.")
         ] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Add PARTY's signature to FILE.sigs.json (creating or refreshing it)."""
         agreement = FederationAgreement.load(file)
@@ -193,7 +240,9 @@ def register(app: typer.Typer) -> None:
         if listed is None and agreement.version == 1:
             raise KbsError(f"{party} is not a party of this agreement")
         if listed is None:
-            typer.echo(f"note: {party} is not in this version (signing as a current party)")
+            typer.echo(
+                f"note: {party} is not in this version (signing as a current party)", err=True
+            )
         d = digest(agreement).hex()
         sig_file = signature_path(file)
         existing = load_signatures(sig_file)
@@ -221,6 +270,11 @@ def register(app: typer.Typer) -> None:
         )
         _write_json(sig_file, sigs.model_dump(mode="json"))
         n = sum(1 for p in agreement.parties if p in signatures)
+        if as_json:
+            echo_json({"party": party, "digest": d, "signature_file": str(sig_file),
+                       "signed_by": sorted(signatures), "signed": n,
+                       "parties": len(agreement.parties)})
+            return
         typer.echo(f"{party} signed {file} (digest {d}); {n} of {len(agreement.parties)} signed")
         typer.echo(f"signatures in {sig_file}")
 
@@ -230,6 +284,7 @@ def register(app: typer.Typer) -> None:
         previous: Annotated[
             Path | None, typer.Option("--previous", help="Current agreement (for updates).")
         ] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Digest, parties, signatures, completeness; allow_emulated loudly."""
         agreement = FederationAgreement.load(file)
@@ -238,6 +293,9 @@ def register(app: typer.Typer) -> None:
         stale = existing is not None and existing.digest != d
         sigs = existing.signatures if existing is not None and not stale else {}
         signed = SignedAgreement(agreement=agreement, signatures=sigs)
+        if as_json:
+            echo_json(_show_doc(file, signed, d, stale, previous))
+            return
         typer.echo(f"agreement   {file}")
         typer.echo(f"federation  {agreement.federation}  version {agreement.version}")
         typer.echo(f"digest      {d}")
@@ -295,10 +353,18 @@ def register(app: typer.Typer) -> None:
     def diff(
         old: Annotated[Path, typer.Argument(help="Old agreement YAML.")],
         new: Annotated[Path, typer.Argument(help="New agreement YAML.")],
+        as_json: JsonOption = False,
     ) -> None:
         """Human-readable structural diff of two agreements."""
         a, b = FederationAgreement.load(old), FederationAgreement.load(new)
         da = digest(a).hex()
+        successor = b.previous == da and b.version == a.version + 1 and b.federation == a.federation
+        if as_json:
+            echo_json({"old": {"path": str(old), "version": a.version, "digest": da},
+                       "new": {"path": str(new), "version": b.version,
+                               "digest": digest(b).hex()},
+                       "successor": successor, "changes": diff_agreements(a, b)})
+            return
         typer.echo(f"old {old}: version {a.version} digest {da}")
         typer.echo(f"new {new}: version {b.version} digest {digest(b).hex()}")
         if b.previous == da and b.version == a.version + 1 and b.federation == a.federation:

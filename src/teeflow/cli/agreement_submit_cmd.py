@@ -49,6 +49,9 @@ def register(app: typer.Typer) -> None:
         sigs: Annotated[
             Path | None, typer.Option("--sigs", help="Signature file (default FILE.sigs.json).")
         ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print the KBS's answer as one JSON object.")
+        ] = False,
     ) -> None:
         """Submit FILE with its signatures to the verified KBS."""
         from teeflow.kbs.client.pinning import (
@@ -65,7 +68,27 @@ def register(app: typer.Typer) -> None:
         signed = load_signed(file, sigs)
         with KbsClient(None, pin_path) as client:
             result = client.submit_agreement(signed)
+        version = int(result["version"])
+        packages = sorted(signed.agreement.packages)
+        republish = (
+            "grants are bound to the agreement they were made under: every resource uploaded "
+            "before this update (package keys, data keys) no longer releases. Republish "
+            + (f"each package ({', '.join(packages)}): `teeflow package publish ARCHIVE "
+               "--party NAME`, and " if packages else "")
+            + "re-upload data keys: `teeflow resource put ...`"
+        ) if version > 1 else None
+        if as_json:
+            import json
+
+            typer.echo(
+                json.dumps(
+                    {"url": client.url, "version": version, "digest": result["digest"],
+                     "republish": packages if version > 1 else [], "note": republish}
+                )
+            )
+            return
         typer.echo(
-            f"agreement accepted by {client.url}: version {result['version']} "
-            f"digest {result['digest']}"
+            f"agreement accepted by {client.url}: version {version} digest {result['digest']}"
         )
+        if republish is not None:
+            typer.echo(f"note: {republish}", err=True)

@@ -1,10 +1,13 @@
-"""CLI commands: ``teeflow compute serve | seal | run | open | lineage`` (authorised compute).
+"""CLI commands: ``teeflow compute serve | measurement | seal | run | open | lineage``
+(authorised compute).
 
 Mirrors :mod:`teeflow.compute` for users who script rather than import:
 
 * ``serve --enrollment TOKEN --kbs URL --pin FILE --package PKG [--listen HOST:PORT] [--store DIR]
   [--timeout S] [--max-memory BYTES] [--isolation thread|fork]`` — the compute worker
   (emulated SGX, measurement :func:`teeflow.compute.worker.compute_measurement`);
+* ``measurement [PACKAGE_DIR] [--platform P] [--json]`` — that measurement and the package's
+  digest, as the agreement's ``workloads.compute`` and ``packages`` entries;
 * ``seal FILE --party P --worker URL --allow PKG:FN… --recipient R… [--pin PIN] -o REF`` —
   ``FILE`` by suffix: ``.npy`` (array, no pickle), ``.npz`` (arrays), ``.arrow``
   (Arrow IPC stream or file → table), ``.json``, anything else raw bytes; writes the input
@@ -27,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from teeflow.cli.enrollment_cmds import EnrollmentOption
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.cli.platform_options import (
     GpuOption,
     GramineRootOption,
@@ -123,6 +127,32 @@ def write_value_file(path: Path, value: Any) -> None:
         raise ParseError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _package_info(path: Path) -> dict[str, Any]:
+    """Name, version, digest (hex) and functions of a package folder or ``.tar`` archive."""
+    import tempfile
+
+    from teeflow.fl.package import build_package, load_manifest, package_digest, unpack_package
+
+    if path.is_dir():
+        archive, pkg_digest = build_package(path)
+        manifest = load_manifest(path)
+    else:
+        try:
+            archive = path.read_bytes()
+        except OSError as exc:
+            raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+        pkg_digest = package_digest(archive)
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = unpack_package(archive, Path(tmp) / "p", pkg_digest)
+    del archive
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "digest": pkg_digest.hex(),
+        "functions": sorted(manifest.functions),
+    }
+
+
 def _party(name: str, pin: Path | None) -> Any:
     from teeflow.compute import Party
     from teeflow.kbs.client.pinning import default_pin_path
@@ -183,6 +213,52 @@ def register(app: typer.Typer) -> None:
             limits=limits, on_ready=ready, log_level=log_level, platform=options,
             enrollment=load_enrollment(enrollment), gpu=gpu)
 
+    @grp.command("measurement")
+    def compute_measurement_cmd(
+        package_dir: Annotated[
+            Path | None,
+            typer.Argument(help="Compute package folder (teeflow.yaml) or .tar (optional)."),
+        ] = None,
+        platform: Annotated[
+            str,
+            typer.Option(
+                "--platform",
+                help="Emulated platform whose agreement entry to print: emulated-sgx, "
+                "emulated-tdx or emulated-snp.",
+            ),
+        ] = "emulated-sgx",
+        as_json: JsonOption = False,
+    ) -> None:
+        """Print the compute worker's measurement (what `compute serve` attests with on an
+        emulated platform) and, given PACKAGE_DIR, the package's name, digest and functions:
+        the agreement's workloads.compute and packages entries."""
+        import yaml
+
+        from teeflow.compute.worker import compute_measurement
+        from teeflow.platform.selection import emulated_workload_spec
+
+        mr = compute_measurement()
+        agreement: dict[str, Any] = {
+            "workloads": {"compute": emulated_workload_spec(platform, mr)}
+        }
+        doc: dict[str, Any] = {"measurement": mr.hex(), "platform": platform}
+        if package_dir is not None:
+            doc["package"] = _package_info(package_dir)
+            info = doc["package"]
+            agreement["packages"] = {
+                info["name"]: {"digest": info["digest"], "functions": info["functions"]}
+            }
+        doc["agreement"] = agreement
+        if as_json:
+            typer.echo(json.dumps(doc, indent=2))
+            return
+        typer.echo(f"measurement {mr.hex()}")
+        if package_dir is not None:
+            info = doc["package"]
+            typer.echo(f"package {info['name']} {info['version']} digest {info['digest']}")
+        typer.echo(f"# agreement entries ({platform}):")
+        typer.echo(yaml.safe_dump(agreement, sort_keys=False).rstrip())
+
     @grp.command("seal")
     def seal(
         file: Annotated[Path, typer.Argument(help="Value file (.npy .npz .arrow .json raw).")],
@@ -200,6 +276,7 @@ def register(app: typer.Typer) -> None:
         min_owners: Annotated[int, typer.Option(
             "--min-owners", min=1, help="Distinct owners every job's inputs must have "
             "(2 for a joint function).")] = 1,
+        as_json: JsonOption = False,
     ) -> None:
         """Seal FILE for the worker and grant it to the allowed functions."""
         with _party(party, pin) as p:
@@ -207,6 +284,9 @@ def register(app: typer.Typer) -> None:
                          to=p.teeu(worker), max_releases=max_releases,
                          co_owners=with_owner or (), min_owners=min_owners)
         output.write_text(ref.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if as_json:
+            echo_json({"input_id": ref.id, "size": ref.size, "reference": str(output)})
+            return
         out.print(f"sealed {file} as {ref.id} ({ref.size} bytes) -> {output}")
 
     @grp.command("run")
@@ -215,8 +295,10 @@ def register(app: typer.Typer) -> None:
         refs: Annotated[list[Path], typer.Argument(help="Input reference files, in order.")],
         party: _PartyOpt,
         output: Annotated[Path, typer.Option("-o", "--output", help="Result reference file.")],
-        recipient: Annotated[list[str] | None, typer.Option("--recipient")] = None,
+        recipient: Annotated[list[str] | None, typer.Option(
+            "--recipient", help="Result recipient (repeatable; default: the inputs').")] = None,
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Run FUNCTION over the sealed inputs; the result stays sealed."""
         from teeflow.compute import SealedInput
@@ -228,6 +310,10 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             result = p.teeu(workers.pop()).run(function, *inputs, recipients=recipient or None)
         output.write_text(result.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        if as_json:
+            echo_json({"result_id": result.result_id, "recipients": list(result.recipients),
+                       "reference": str(output)})
+            return
         out.print(f"result {result.result_id} sealed to {', '.join(result.recipients)} "
                   f"-> {output}")
 
@@ -237,6 +323,7 @@ def register(app: typer.Typer) -> None:
         party: _PartyOpt,
         output: Annotated[Path, typer.Option("-o", "--output", help="Where to write it.")],
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Verify and open a result this party is a recipient of (written with mode 0600)."""
         from teeflow.compute import ResultRef
@@ -245,6 +332,10 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             value = p.open(ref)
         write_value_file(output, value)
+        if as_json:
+            echo_json({"result_id": ref.result_id, "kind": ref.lineage.record.result.kind,
+                       "path": str(output)})
+            return
         out.print(f"opened result {ref.result_id} ({ref.lineage.record.result.kind}) -> {output}")
 
     @grp.command("lineage")
@@ -252,6 +343,7 @@ def register(app: typer.Typer) -> None:
         result: Annotated[Path, typer.Argument(help="Result reference file.")],
         party: _PartyOpt,
         pin: _PinOpt = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Show (and verify) which inputs, function and worker produced a result."""
         from teeflow.compute import ResultRef
@@ -260,6 +352,21 @@ def register(app: typer.Typer) -> None:
         with _party(party, pin) as p:
             audit = p.audit_lineage(ref)
         rec = ref.lineage.record
+        if as_json:
+            echo_json({
+                "verified": True, "result_id": rec.result_id, "package": rec.package.name,
+                "package_digest": rec.package.digest, "function": rec.function,
+                "kind": rec.result.kind, "recipients": list(rec.recipients),
+                "worker": {"tee": rec.worker.tee, "emulated": rec.worker.emulated,
+                           "measurement": rec.worker.measurement},
+                "audit_seq": audit.counter_seq, "recorded_at": audit.recorded_at.isoformat(),
+                "inputs": [
+                    {"input_id": i, "owner": audit.grants.get(i, ("?", "?"))[0],
+                     "grant": audit.grants.get(i, ("?", "?"))[1], "release_seq": seq}
+                    for i, seq in audit.releases
+                ],
+            })
+            return
         out.print(f"result {rec.result_id}: {rec.package.name}:{rec.function} "
                   f"(package {rec.package.digest[:16]}…) -> {rec.result.kind}, sealed to "
                   f"{', '.join(rec.recipients)}")

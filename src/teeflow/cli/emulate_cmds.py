@@ -1,9 +1,12 @@
-"""``teeflow emulate quote|info|tsm|gramine``: emulated platforms (software, NOT hardware).
+"""``teeflow emulate quote|info|export|trust|tsm|gramine``: emulated platforms (NOT hardware).
 
 ``quote`` writes a real-format DCAP quote v3 for a workload manifest (or a raw measurement),
 creating or refreshing ``$TEEFLOW_HOME/emulation`` on the way; ``--collateral-out DIR``
 also writes the emulated collateral so ``teeflow quote verify --collateral DIR`` works.
-``info`` shows where the emulation root lives and its fingerprint. ``tsm DIR --tee
+``info`` shows where the emulation root lives, its fingerprint and the other sites' roots
+this home trusts. ``export DIR`` writes this home's root certificate and public collateral;
+``trust DIR`` (another site) trusts that root by its certificate — several sites under
+emulation, no private key copied (:mod:`teeflow.platform.emulated_trust`). ``tsm DIR --tee
 tdx|sev-snp`` and ``gramine DIR`` serve stand-ins of the kernel's configfs-tsm tree and of
 Gramine's ``/dev/attestation`` (FUSE, :mod:`teeflow.testing.standins`) so the real attesters
 run against emulated evidence (``--tsm-root DIR`` / ``--gramine-root DIR``).
@@ -90,6 +93,7 @@ def quote_cmd(
         int, typer.Option("--isv-prod-id", help="ISVPRODID of the workload.")
     ] = 0,
     isv_svn: Annotated[int, typer.Option("--isv-svn", help="ISVSVN of the workload.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Produce an emulated SGX DCAP quote v3 for a workload."""
     report_data = _hex(report_data_hex, "--report-data", 64)
@@ -121,13 +125,76 @@ def quote_cmd(
     except OSError as exc:
         raise PlatformError(f"cannot create {output.parent}: {exc.strerror}") from None
     atomic_write(output, quote, mode=0o644)
+    if collateral_out is not None:
+        authority.write_collateral_dir(collateral_out, now)
+    if as_json:
+        typer.echo(json.dumps({
+            "quote": str(output), "bytes": len(quote), "mrenclave": mrenclave.hex(),
+            "mrsigner": authority.mrsigner.hex(), "emulated": True,
+            "collateral": str(collateral_out) if collateral_out is not None else None,
+        }))
+        return
     err_console.print(_BANNER)
     console.print(f"wrote [bold]{output}[/] ({len(quote)} bytes)")
     console.print(f"mrenclave {mrenclave.hex()}")
     console.print(f"mrsigner  {authority.mrsigner.hex()}")
     if collateral_out is not None:
-        authority.write_collateral_dir(collateral_out, now)
         console.print(f"collateral written to [bold]{collateral_out}[/]")
+
+
+@emulate_app.command("export")
+def export_cmd(
+    *,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Folder to write the public bundle into.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Write this home's emulation root certificate and public collateral (no private key)
+    for other sites to trust with `teeflow emulate trust DIR`."""
+    from teeflow.platform.emulated_trust import export_public
+
+    fingerprint = export_public(directory, now=datetime.now(UTC))
+    if as_json:
+        typer.echo(json.dumps({"directory": str(directory), "root_sha256": fingerprint}))
+        return
+    err_console.print(_BANNER)
+    console.print(f"wrote the public emulation bundle to [bold]{directory}[/]")
+    console.print(f"root SHA-256 {fingerprint} (compare it with the other site out of band)")
+    console.print(f"on each other site: teeflow emulate trust {directory}")
+
+
+@emulate_app.command("trust")
+def trust_cmd(
+    *,
+    directory: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Bundle written by `teeflow emulate export`.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Trust another site's emulation root by its certificate (EMULATED evidence only; the
+    agreement must still say allow_emulated: true)."""
+    from teeflow.platform.emulated_trust import trust_public
+
+    root = trust_public(directory, now=datetime.now(UTC))
+    until_by_tee = {
+        tee: files.next_update.isoformat() for tee, files in sorted(root.collateral.items())
+    }
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "root_sha256": root.fingerprint,
+                    "stored": str(root.directory),
+                    "collateral": until_by_tee,
+                }
+            )
+        )
+        return
+    err_console.print(_BANNER)
+    console.print(f"trusting emulation root {root.fingerprint} (stored in {root.directory})")
+    for tee, until in until_by_tee.items():
+        console.print(f"  {tee} collateral valid until {until} (export and trust again after)")
 
 
 @emulate_app.command("info")
@@ -146,13 +213,22 @@ def info_cmd(
     anchor = EmulationAuthority.existing_trust_anchor()
     if anchor is None:
         if as_json:
-            typer.echo(json.dumps({"directory": str(directory), "exists": False}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "directory": str(directory),
+                        "exists": False,
+                        "trusted_roots": _trusted_fingerprints(),
+                    }
+                )
+            )
             return
         console.print(_BANNER)
         console.print(
             f"no emulation authority at {directory} "
             "(created by `teeflow emulate quote` or `teeflow emulate info --create`)"
         )
+        _print_trusted()
         return
     authority = EmulationAuthority.load_or_create(now=now)
     files = authority.collateral_files(now)
@@ -166,6 +242,7 @@ def info_cmd(
         "root_not_after": root.not_valid_after_utc.isoformat(),
         "mrsigner": authority.mrsigner.hex(),
         "collateral_next_update": files.next_update.isoformat(),
+        "trusted_roots": _trusted_fingerprints(),
     }
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
@@ -177,6 +254,20 @@ def info_cmd(
     console.print(f"root valid until {doc['root_not_after']}")
     console.print(f"workload MRSIGNER {doc['mrsigner']}")
     console.print(f"collateral until {doc['collateral_next_update']}")
+    _print_trusted()
+
+
+def _trusted_fingerprints() -> list[str]:
+    from teeflow.platform.emulated_trust import trusted_roots
+
+    return [r.fingerprint for r in trusted_roots()]
+
+
+def _print_trusted() -> None:
+    from teeflow.platform.emulated_trust import trusted_roots
+
+    for root in trusted_roots():
+        console.print(f"trusted root     {root.fingerprint} ({root.directory})")
 
 
 def _standin_measurement(

@@ -172,6 +172,7 @@ def register(party: typer.Typer) -> None:
             Path | None, typer.Option("-o", "--output", help="Also write the revocation here.")
         ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key directory.")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Revoke one of PARTY's enrollments at the KBS (refused at every later attestation)."""
         from teeflow._fs import atomic_write
@@ -197,4 +198,10 @@ def register(party: typer.Typer) -> None:
                 raise ParseError(f"cannot write {output}: {exc.strerror or exc}") from None
         with KbsClient(kbs, pinned) as client:
             client.revoke_enrollment(revocation)
+        if as_json:
+            import json
+
+            typer.echo(json.dumps({"enrollment_id": enrollment_id, "party": name,
+                                   "revoked": True, "kbs": pinned.url}))
+            return
         typer.echo(f"enrollment {enrollment_id} of {name} revoked at {pinned.url}")

@@ -31,6 +31,7 @@ from typing import Annotated, Any
 import typer
 
 from teeflow.cli.enrollment_cmds import EnrollmentOption
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.cli.platform_options import (
     GpuOption,
     GramineRootOption,
@@ -39,14 +40,19 @@ from teeflow.cli.platform_options import (
     platform_options,
 )
 from teeflow.errors import Error, ParseError
+from teeflow.fl.console import EventPrinter
 from teeflow.fl.entry import METRICS_LISTEN_HELP
 
 __all__ = ["main", "register"]
 
 
-def _emit(event: str, fields: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
+#: ``aggregator run`` / ``client run``: one JSON object per event line
+JsonLinesOption = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="One JSON object per line (for scripts); default: timestamped text."
+    ),
+]
 
 
 def _quiet_grpc() -> None:
@@ -67,8 +73,10 @@ def _json_config(text: str | None, what: str) -> dict[str, Any]:
         raise ParseError(f"{what}: {exc}") from None
 
 
-def _fail(exc: Error) -> None:
-    _emit("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
+def _fail(printer: EventPrinter, exc: Error) -> None:
+    # human mode: the root CLI prints the error (with what to do) on stderr
+    if printer.json_mode:
+        printer("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
 
 
 def register(app: typer.Typer) -> None:
@@ -109,20 +117,47 @@ def register(app: typer.Typer) -> None:
         listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (0: any).")] = (
             "127.0.0.1:8450"
         ),
-        state_dir: Annotated[Path, typer.Option("--state-dir")] = Path("aggregator-state"),
-        checkpoint: Annotated[Path | None, typer.Option("--checkpoint")] = None,
+        state_dir: Annotated[
+            Path,
+            typer.Option("--state-dir", help="Folder of checkpoints and the provenance log."),
+        ] = Path("aggregator-state"),
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option("--checkpoint", help="Resume from this checkpoint file."),
+        ] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Model output folder.")] = None,
         package: Annotated[
             Path | None, typer.Option("--package", help="Sealed package to hand to clients.")
         ] = None,
-        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
-        wait_clients: Annotated[int | None, typer.Option("--wait-clients")] = None,
-        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 120.0,
-        round_timeout: Annotated[float, typer.Option("--round-timeout")] = 300.0,
-        train_config: Annotated[str | None, typer.Option("--train-config", help="JSON")] = None,
-        evaluate_config: Annotated[str | None, typer.Option("--evaluate-config")] = None,
-        seed: Annotated[int, typer.Option("--seed")] = 0,
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        package_ref: Annotated[
+            str | None,
+            typer.Option(
+                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
+            ),
+        ] = None,
+        wait_clients: Annotated[
+            int | None,
+            typer.Option("--wait-clients", help="Clients to wait for before round 1 (default K)."),
+        ] = None,
+        connect_timeout: Annotated[
+            float, typer.Option("--connect-timeout", help="Seconds to wait for clients.")
+        ] = 120.0,
+        round_timeout: Annotated[
+            float, typer.Option("--round-timeout", help="Seconds a round may take.")
+        ] = 300.0,
+        train_config: Annotated[
+            str | None,
+            typer.Option("--train-config", help="JSON object sent with every train task."),
+        ] = None,
+        evaluate_config: Annotated[
+            str | None,
+            typer.Option("--evaluate-config", help="JSON object sent with every evaluate task."),
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of client selection.")] = 0,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
@@ -130,9 +165,12 @@ def register(app: typer.Typer) -> None:
         metrics_listen: Annotated[
             str | None, typer.Option("--metrics-listen", help=METRICS_LISTEN_HELP)
         ] = None,
+        as_json: JsonLinesOption = False,
     ) -> None:
-        """Run the aggregator (attests as role aggregator; JSON progress lines on stdout)."""
+        """Run the aggregator (attests as role aggregator). Prints one timestamped line per
+        event (rounds, clients, failures); --json prints JSON lines for scripts."""
         _quiet_grpc()
+        printer = EventPrinter(json_mode=as_json)
         from teeflow.fl.aggregator import Aggregator, AggregatorOptions
 
         try:
@@ -162,48 +200,86 @@ def register(app: typer.Typer) -> None:
                 gpu=gpu,
                 metrics_listen=metrics_listen,
             )
-            Aggregator(options, _emit).run()
+            Aggregator(options, printer).run()
         except Error as exc:
-            _fail(exc)
+            _fail(printer, exc)
             raise
 
     @agg.command("measurement")
     def aggregator_measurement(
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Print the aggregator measurement (hex) for the agreement's workloads.aggregator."""
         from teeflow.fl.workload import fl_measurement
 
-        typer.echo(fl_measurement("aggregator", manifest).hex())
+        mr = fl_measurement("aggregator", manifest).hex()
+        if as_json:
+            echo_json({"role": "aggregator", "measurement": mr})
+            return
+        typer.echo(mr)
 
     @cli.command("run")
     def client_run(
         enrollment: EnrollmentOption,
         party: Annotated[str, typer.Option("--party", help="The party it acts for (enrolled).")],
-        pin: Annotated[Path, typer.Option("--pin")],
-        aggregator: Annotated[str, typer.Option("--aggregator", help="HOST:PORT")],
-        data: Annotated[str, typer.Option("--data", help="Data spec (teeflow.datasets).")],
-        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
-        package_file: Annotated[Path | None, typer.Option("--package-file")] = None,
-        package_ref: Annotated[str | None, typer.Option("--package-ref")] = None,
-        workdir: Annotated[Path | None, typer.Option("--workdir")] = None,
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
-        connect_timeout: Annotated[float, typer.Option("--connect-timeout")] = 60.0,
+        pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
+        aggregator: Annotated[
+            str, typer.Option("--aggregator", help="Aggregator address HOST:PORT.")
+        ],
+        data: Annotated[
+            str,
+            typer.Option("--data", help="Data spec (teeflow.datasets), e.g. digits?index=0."),
+        ],
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
+        package_file: Annotated[
+            Path | None,
+            typer.Option(
+                "--package-file", help="Sealed package file (default: sent by the aggregator)."
+            ),
+        ] = None,
+        package_ref: Annotated[
+            str | None,
+            typer.Option(
+                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
+            ),
+        ] = None,
+        workdir: Annotated[
+            Path | None,
+            typer.Option("--workdir", help="Where the package is unpacked (default: a temp dir)."),
+        ] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
+        connect_timeout: Annotated[
+            float, typer.Option("--connect-timeout", help="Seconds to reach the aggregator.")
+        ] = 60.0,
         threads: Annotated[
             int, typer.Option("--threads", help="torch threads (0: the library default).")
         ] = 1,
-        session: Annotated[str | None, typer.Option("--session")] = None,
+        session: Annotated[
+            str | None, typer.Option("--session", help="Session to join (bound in its claims).")
+        ] = None,
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        as_json: JsonLinesOption = False,
     ) -> None:
-        """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
+        """Run a client (attests as role client for PARTY; dials out). Prints one timestamped
+        line per event; --json prints JSON lines. Exits 1 if any of its tasks failed."""
         _quiet_grpc()
+        printer = EventPrinter(json_mode=as_json)
         from teeflow.fl.client import Client, ClientOptions
 
         try:
-            Client(
+            result = Client(
                 ClientOptions(
                     party=party,
                     pin=pin,
@@ -221,44 +297,85 @@ def register(app: typer.Typer) -> None:
                     enrollment=enrollment,
                     gpu=gpu,
                 ),
-                _emit,
+                printer,
             ).run()
         except Error as exc:
-            _fail(exc)
+            _fail(printer, exc)
             raise
+        if not result.ok:
+            raise typer.Exit(1)
 
     @cli.command("measurement")
     def client_measurement(
-        manifest: Annotated[Path | None, typer.Option("--manifest")] = None,
+        manifest: Annotated[
+            Path | None,
+            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+        ] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Print the client measurement (hex) for the agreement's workloads.client."""
         from teeflow.fl.workload import fl_measurement
 
-        typer.echo(fl_measurement("client", manifest).hex())
+        mr = fl_measurement("client", manifest).hex()
+        if as_json:
+            echo_json({"role": "client", "measurement": mr})
+            return
+        typer.echo(mr)
 
     @pkg.command("build")
     def package_build(
         directory: Annotated[Path, typer.Argument(help="Package folder (teeflow.yaml).")],
-        output: Annotated[Path, typer.Option("-o", "--output")],
+        output: Annotated[Path, typer.Option("-o", "--output", help="Archive file to write.")],
+        no_check: Annotated[
+            bool,
+            typer.Option(
+                "--no-check",
+                help="Skip importing the entrypoints in a child process (e.g. building on a "
+                "machine without the package's requirements).",
+            ),
+        ] = False,
+        as_json: JsonOption = False,
     ) -> None:
-        """Pack a folder deterministically; print the SHA-256 digest for the agreement."""
-        from teeflow.fl.package import build_package
+        """Pack a folder deterministically, check that every entrypoint/function imports (in a
+        separate process), and print the SHA-256 digest for the agreement."""
+        from teeflow.fl.package import build_package, load_manifest
+        from teeflow.fl.package_check import check_entrypoints
 
         archive, d = build_package(directory)
+        checked = [] if no_check else check_entrypoints(archive, d)
         try:
             output.write_bytes(archive)
         except OSError as exc:
             raise ParseError(f"cannot write {output}: {exc.strerror or exc}") from None
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "name": load_manifest(directory).name,
+                        "digest": d.hex(),
+                        "archive": str(output),
+                        "size": len(archive),
+                        "checked": checked,
+                    }
+                )
+            )
+            return
         typer.echo(f"{d.hex()}  {output}")
 
     @pkg.command("publish")
     def package_publish(
         archive: Annotated[Path, typer.Argument(help="Package archive (package build).")],
-        pin: Annotated[Path, typer.Option("--pin")],
+        pin: Annotated[Path, typer.Option("--pin", help="KBS pin file.")],
         party: Annotated[str, typer.Option("--party", help="Publishing party (its keys).")],
-        kbs: Annotated[str | None, typer.Option("--kbs")] = None,
-        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
+        output: Annotated[
+            Path | None,
+            typer.Option("-o", "--output", help="Sealed package file (default ARCHIVE.sealed)."),
+        ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Seal the package and upload its key (attested clients only). The checkpoint key is
         generated by the KBS per session; no party holds it."""
@@ -269,6 +386,16 @@ def register(app: typer.Typer) -> None:
         keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
         with KbsClient(kbs, pin) as client:
             done = publish_package(archive, client, keys, sealed_path=output)
+        if as_json:
+            echo_json(
+                {
+                    "name": done.name,
+                    "digest": done.digest,
+                    "sealed": str(done.sealed_path),
+                    "key_resource": done.package_key_path,
+                }
+            )
+            return
         typer.echo(f"package {done.name} {done.digest} sealed to {done.sealed_path}")
         typer.echo(f"resource {done.package_key_path} stored (role client)")
 
@@ -277,22 +404,51 @@ def register(app: typer.Typer) -> None:
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
         provenance: Annotated[Path, typer.Argument(help="Provenance log (JSON lines).")],
         ca: Annotated[Path, typer.Option("--ca", help="Federation CA (PEM) or a KBS pin.")],
+        party: Annotated[
+            str | None,
+            typer.Option(
+                "--party",
+                help=(
+                    "Recipient party whose keys authenticate the encrypted payload (AEAD "
+                    "tags + digest). Default: the first model recipient whose keys are in "
+                    "$TEEFLOW_HOME; none: only the payload's length and binding are checked."
+                ),
+            ),
+        ] = None,
+        key_dir: Annotated[
+            Path | None, typer.Option("--dir", help="Party key folder (with --party).")
+        ] = None,
         as_json: Annotated[
             bool,
             typer.Option(
                 "--json",
-                help="Print one JSON object: session, rounds, digests, the training terms "
-                "(rule, parameters, outliers, dp), ε per round and in total, outlier decisions.",
+                help="Print one JSON object: session, rounds, digests, payload check, the "
+                "training terms (rule, parameters, outliers, dp), ε per round and in total, "
+                "outlier decisions.",
             ),
         ] = False,
     ) -> None:
         """Re-check the provenance chain, every signature against its aggregator certificate
-        (federation CA, role aggregator, agreed measurement; hand-overs included) and the
-        final digest; show the agreed training rule and the privacy spent."""
-        from teeflow.fl.outputs import verified_training, verify_model
+        (federation CA, role aggregator, agreed measurement; hand-overs included), the final
+        digest and the encrypted payload (its AEAD tags when a recipient's keys are at hand);
+        show the agreed training rule and the privacy spent."""
+        from teeflow.fl.outputs import read_model_header, verified_training, verify_model
+        from teeflow.kbs.policy.parties import PartyKeys
 
-        checked = verify_model(model_file, provenance, _load_ca(ca))
+        data = _read_model(model_file)
+        keys: PartyKeys | None = None
+        if party is not None:
+            keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
+        else:
+            keys = _recipient_keys(read_model_header(data).recipients)
+        checked = verify_model(data, provenance, _load_ca(ca), party_keys=keys)
         training = verified_training(checked.entries)
+        payload = (
+            f"payload authenticated with {keys.name}'s key (AEAD tags, digest)"
+            if keys is not None
+            else "payload length and binding checked; AEAD tags NOT checked (no recipient "
+            "key here: pass --party NAME)"
+        )
         if as_json:
             typer.echo(
                 json.dumps(
@@ -305,6 +461,8 @@ def register(app: typer.Typer) -> None:
                         "aggregator_measurement": checked.aggregator.measurement,
                         "handovers": checked.handovers,
                         "emulated": checked.aggregator.emulated,
+                        "payload_authenticated": checked.payload_authenticated,
+                        "payload_authenticated_by": keys.name if keys is not None else None,
                         **training,
                     },
                     sort_keys=True,
@@ -321,14 +479,19 @@ def register(app: typer.Typer) -> None:
             + (" (EMULATED TEE)" if checked.aggregator.emulated else "")
             + (f"; rule {rule.get('name')} {rule.get('params', {})}" if rule else "")
             + (f"; ε spent {eps:.4g}" if isinstance(eps, float) else "")
+            + f"; {payload}"
         )
 
     @model.command("open")
     def model_open(
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
-        party: Annotated[str, typer.Option("--party")],
-        output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+        party: Annotated[str, typer.Option("--party", help="Recipient party (its keys).")],
+        output: Annotated[
+            Path | None,
+            typer.Option("-o", "--output", help="Safetensors file (default MODEL.safetensors)."),
+        ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
+        as_json: JsonOption = False,
     ) -> None:
         """Decrypt the model for an authorised recipient; write safetensors (mode 0600)."""
         from teeflow._fs import atomic_write
@@ -343,7 +506,30 @@ def register(app: typer.Typer) -> None:
             atomic_write(target, encode_arrays(arrays), mode=0o600)  # plaintext: owner only
         except OSError as exc:
             raise ParseError(f"cannot write {target}: {exc.strerror or exc}") from None
+        if as_json:
+            echo_json({"arrays": len(arrays), "path": str(target)})
+            return
         typer.echo(f"{len(arrays)} arrays written to {target}")
+
+
+def _read_model(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _recipient_keys(recipients: dict[str, str]) -> Any:
+    """The keys of the first recipient (sorted) found in ``$TEEFLOW_HOME``, else None."""
+    from teeflow.kbs.policy.parties import PartyKeys, party_dir
+
+    for name in sorted(recipients):
+        try:
+            if party_dir(name).is_dir():
+                return PartyKeys.load(name)
+        except Error:
+            continue
+    return None
 
 
 def _load_ca(path: Path) -> Any:

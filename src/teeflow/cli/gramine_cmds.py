@@ -37,12 +37,26 @@ def gramine_manifest_cmd(
     max_threads: Annotated[
         int | None, typer.Option("--max-threads", help="sgx.max_threads.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {role, path, manifest} as one JSON object.")
+    ] = False,
 ) -> None:
     """Print a Gramine manifest template (TOML) for a teeflow workload role."""
     manifest = WorkloadManifest.load(manifest_path) if manifest_path is not None else None
     text = render_gramine_manifest(
         role, manifest, enclave_size=enclave_size, max_threads=max_threads
     )
+    if as_json:
+        import json
+
+        if output is not None:
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise WorkloadError(f"cannot write {output}: {exc.strerror}") from None
+        path = str(output) if output is not None else None
+        typer.echo(json.dumps({"role": role, "path": path, "manifest": text}))
+        return
     if output is None:
         typer.echo(text, nl=False)
         return

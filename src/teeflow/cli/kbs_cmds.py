@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -219,6 +220,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--expect-agreement", help="Agreement digest the KBS must enforce."),
         ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Verify the KBS's evidence and write its pin file."""
         from teeflow.kbs.client.pinning import (
@@ -254,6 +256,14 @@ def register(app: typer.Typer) -> None:
             url, values, allow_emulated=allow_emulated, expected_agreement_digest=expected
         )
         path = pin.save(output if output is not None else default_pin_path())
+        if as_json:
+            typer.echo(json.dumps({
+                "url": pin.url, "federation": pin.federation, "tee": pin.tee,
+                "measurement": pin.measurement, "tls_spki_sha256": pin.tls_spki_sha256,
+                "agreement_digest": pin.agreement_digest, "emulated": pin.emulated,
+                "pin": str(path),
+            }, indent=2))
+            return
         typer.echo(f"KBS at {pin.url} verified (federation {pin.federation})")
         typer.echo(f"  tee              {pin.tee}")
         typer.echo(f"  measurement      {pin.measurement}")
@@ -282,13 +292,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         as_json: Annotated[
-            bool, typer.Option("--json", help="With --platform: print the values as JSON.")
+            bool, typer.Option("--json", help="Print one JSON object (the values with --platform).")
         ] = False,
     ) -> None:
         """Print the KBS measurement of the installed teeflow (emulated MRENCLAVE), or with
         --platform its reference values for that platform."""
-        import json
-
         import yaml
 
         from teeflow.kbs.service.self_attestation import kbs_manifest, kbs_reference_values
@@ -303,7 +311,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(yaml.safe_dump(values, sort_keys=True), nl=False)
             return
         doc = kbs_manifest()
-        if manifest:
+        if as_json:
+            typer.echo(json.dumps({"measurement": measurement(doc).hex()}))
+        elif manifest:
             typer.echo(doc.to_yaml(), nl=False)
         else:
             typer.echo(measurement(doc).hex())
@@ -320,6 +330,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--expect-head", help="Hash (hex) the log must end with (truncation)."),
         ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Fetch the audit log and verify its chain with the pinned audit key."""
         from teeflow.kbs.client.sdk import KbsClient
@@ -335,6 +346,13 @@ def register(app: typer.Typer) -> None:
                     raise KbsError("--expect-head must be hex") from None
                 verify_audit_chain(entries, client.pin.audit_public(), expected_head=head)
         denies = sum(1 for e in entries if e.decision == "deny")
+        if as_json:
+            typer.echo(json.dumps({
+                "verified": True, "entries": len(entries), "denials": denies,
+                "head_seq": entries[-1].seq if entries else None,
+                "head_hash": entries[-1].hash.hex() if entries else None,
+            }))
+            return
         typer.echo(f"audit log verified: {len(entries)} entries ({denies} denials)")
         if entries:
             typer.echo(f"head seq {entries[-1].seq} hash {entries[-1].hash.hex()}")

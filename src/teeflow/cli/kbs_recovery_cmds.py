@@ -117,7 +117,9 @@ def register_recovery(kbs: typer.Typer) -> None:
             providers.append(DirectoryCollateralProvider(collateral_dir))
         if allow_emulated:
             if EmulationAuthority.existing_trust_anchor(None) is None:
-                raise KbsError("no emulation authority in $TEEFLOW_HOME to verify an emulated KBS")
+                from teeflow.kbs.client.sdk import NO_EMULATION_ROOT
+
+                raise KbsError(NO_EMULATION_ROOT)
             authority = EmulationAuthority.load_or_create(None, now=now)
             anchors.append(authority.trust_anchor())
             anchors.append(emulated_snp_anchor(None, now=now))

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="teeflow",
     help="Confidential collaborative machine learning on Trusted Execution Environments.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.kbs.policy.parties import PartyKeys, party_dir
 
 __all__ = ["register"]
@@ -41,12 +42,24 @@ def register(app: typer.Typer) -> None:
         force: Annotated[
             bool, typer.Option("--force", help="Replace existing keys (irreversible).")
         ] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Create NAME's Ed25519 signing key and X25519 recipient key."""
         target = directory if directory is not None else party_dir(name)
         keys = PartyKeys.generate(name)
         pub_path = keys.save(target, overwrite=force)
         pub = keys.public()
+        if as_json:
+            echo_json(
+                {
+                    "name": name,
+                    "directory": str(target),
+                    "public_file": str(pub_path),
+                    "sign_key": pub.sign_key,
+                    "recipient_key": pub.recipient_key,
+                }
+            )
+            return
         typer.echo(f"party {name}: keys written to {target} (private keys mode 0600)")
         typer.echo(f"  public file    {pub_path}   <- share this with the other parties")
         typer.echo(f"  sign_key       {pub.sign_key}")
@@ -56,8 +69,11 @@ def register(app: typer.Typer) -> None:
     def show(
         name: Annotated[str, typer.Argument(help="Party name.")],
         directory: _DirOption = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Accepted for uniformity: the output is JSON.")
+        ] = False,
     ) -> None:
-        """Print NAME's public key file (after checking it matches the private keys)."""
+        """Print NAME's public key file (JSON; after checking it matches the private keys)."""
         target = directory if directory is not None else party_dir(name)
         keys = PartyKeys.load_dir(target, name)
         typer.echo(keys.public().to_json(), nl=False)

@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--agreement", help="Agreement YAML whose digest the grant names."),
         ] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     ) -> None:
         """Wrap KEY to the pinned KBS, sign GRANT and upload both."""
         from teeflow.attestation.policy import load_policy_document
@@ -112,6 +113,15 @@ def register(app: typer.Typer) -> None:
         signed = sign_grant(Grant.from_mapping(doc), keys)
         with KbsClient(None, pinned) as client:
             info = client.put_resource(name, data_key, signed, keys)
+        if as_json:
+            import json
+
+            typer.echo(json.dumps({
+                "path": info.path, "generation": info.generation, "owner": info.owner,
+                "grant_id": info.grant_id, "grant_digest": info.grant_digest,
+                "max_releases": info.max_releases, "not_after": str(info.not_after),
+            }))
+            return
         typer.echo(f"resource {info.path} stored (generation {info.generation})")
         typer.echo(f"  owner {info.owner}  grant {info.grant_id}  digest {info.grant_digest}")
         typer.echo(f"  max releases {info.max_releases}  not after {info.not_after}")

@@ -29,6 +29,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.errors import SealingError
 from teeflow.sealing import (
     DEFAULT_CHUNK_SIZE,
@@ -69,14 +70,21 @@ def keygen(
         typer.Option("--output", "-o", help="Key file to create (0600). Default: stdout."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite the key file.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate a new random 32-byte data key."""
     key = generate_key()
     if output is None:
+        if as_json:  # the key itself is the output here (as without --json)
+            echo_json({"key_id": key_id(key).hex(), "key_file": encode_key_file(key)})
+            return
         sys.stdout.write(encode_key_file(key))
         sys.stdout.flush()
         return
     write_key_file(output, key, force=force)
+    if as_json:
+        echo_json({"path": str(output), "key_id": key_id(key).hex()})
+        return
     err_console.print(f"wrote {output} (key id {key_id(key).hex()})", highlight=False)
 
 
@@ -90,12 +98,15 @@ def seal(
         int, typer.Option("--chunk-size", help="Plaintext bytes per chunk (4 KiB..64 MiB).")
     ] = DEFAULT_CHUNK_SIZE,
     force: Force = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Seal IN into OUT (chunked AES-256-GCM; format in docs/formats.md)."""
     key = read_key_file(key_file)
     _check_paths(src, dst, force)
     with _progress(src, "sealing") as advance:
         seal_file(src, dst, key, aad=aad.encode(), chunk_size=chunk_size, progress=advance)
+    if as_json:
+        echo_json(_report(src, dst, key))
 
 
 def unseal(
@@ -105,12 +116,25 @@ def unseal(
     key_file: KeyFile,
     aad: Aad = "",
     force: Force = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Authenticate and decrypt IN into OUT; OUT appears only if everything verified."""
     key = read_key_file(key_file)
     _check_paths(src, dst, force)
     with _progress(src, "unsealing") as advance:
         unseal_file(src, dst, key, aad=aad.encode(), progress=advance)
+    if as_json:
+        echo_json(_report(src, dst, key))
+
+
+def _report(src: Path, dst: Path, key: bytes) -> dict[str, object]:
+    return {
+        "input": str(src),
+        "output": str(dst),
+        "input_bytes": src.stat().st_size,
+        "output_bytes": dst.stat().st_size,
+        "key_id": key_id(key).hex(),
+    }
 
 
 def _check_paths(src: Path, dst: Path, force: bool) -> None:

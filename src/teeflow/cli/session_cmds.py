@@ -33,6 +33,7 @@ from rich.table import Table
 
 from teeflow.cli.agreement_submit_cmd import find_group
 from teeflow.cli.enrollment_cmds import EnrollmentOption
+from teeflow.cli.output import JsonOption
 from teeflow.cli.platform_options import (
     GpuOption,
     GramineRootOption,
@@ -53,7 +54,6 @@ PartyOption = Annotated[str, typer.Option(
     help="Your party name (keys in $TEEFLOW_HOME/parties/NAME sign every request).")]
 PinOption = Annotated[Path | None, typer.Option(
     "--pin", help="KBS pin file (default: $TEEFLOW_HOME/pin.json, from teeflow kbs verify).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")]
 
 
 def _control(url: str, party: str, pin: Path | None) -> Any:

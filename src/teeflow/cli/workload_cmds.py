@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from teeflow.cli.output import JsonOption, echo_json
 from teeflow.errors import WorkloadError
 from teeflow.workload import WorkloadManifest, measurement, verify_trusted_files
 
@@ -119,6 +120,7 @@ def init_cmd(
         list[str] | None, typer.Option("--env", help="Security-relevant NAME=VALUE (repeatable).")
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Hash every regular file under DIR into a new workload manifest."""
     if env is None:
@@ -151,6 +153,16 @@ def init_cmd(
         out.write_text(manifest.to_yaml())
     except OSError as exc:
         raise WorkloadError(f"cannot write {out}: {exc.strerror}") from None
+    if as_json:
+        echo_json(
+            {
+                "manifest": str(out),
+                "name": manifest.name,
+                "trusted_files": len(manifest.trusted_files),
+                "measurement": measurement(manifest).hex(),
+            }
+        )
+        return
     console.print(
         f"wrote [bold]{out}[/] ({len(manifest.trusted_files)} trusted files)\n"
         f"measurement {measurement(manifest).hex()}"

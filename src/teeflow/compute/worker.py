@@ -142,10 +142,12 @@ def result_aad(result_id: str) -> bytes:
     return RESULT_AAD_PREFIX + result_id.encode("ascii")
 
 
-def compute_manifest(package_dir: Path | None = None) -> WorkloadManifest:
-    """The worker's workload manifest: every ``.py``/``.pem``/``.der`` file of the teeflow
-    package, entrypoint ``teeflow compute serve`` (emulated measurement = its SHA-256)."""
-    root = Path(package_dir) if package_dir is not None else Path(teeflow.__file__).parent
+def compute_manifest() -> WorkloadManifest:
+    """The worker's workload manifest: every ``.py``/``.pem``/``.der`` file of the installed
+    teeflow package, entrypoint ``teeflow compute serve`` (emulated measurement = its
+    SHA-256). The compute *package* a worker serves is not part of it: the agreement names
+    that package by its digest (``packages.NAME.digest``)."""
+    root = Path(teeflow.__file__).parent
     files = sorted(
         p.relative_to(root).as_posix() for p in root.rglob("*")
         if p.suffix in (".py", ".pem", ".der") and "__pycache__" not in p.parts
@@ -155,11 +157,14 @@ def compute_manifest(package_dir: Path | None = None) -> WorkloadManifest:
                                   name="teeflow-compute", version=teeflow.__version__)
 
 
-@functools.lru_cache(maxsize=4)
-def compute_measurement(package_dir: Path | None = None) -> bytes:
-    """SHA-256 measurement (32 bytes) of :func:`compute_manifest` (computed once per
-    process and folder)."""
-    return measurement(compute_manifest(package_dir))
+@functools.lru_cache(maxsize=1)
+def compute_measurement() -> bytes:
+    """The compute worker's measurement (32 bytes): SHA-256 of :func:`compute_manifest`
+    (computed once per process). The one definition: ``teeflow compute serve`` (and
+    :func:`teeflow.compute.server.serve`, the sandbox) attest with it on emulated
+    platforms, and ``teeflow compute measurement`` prints it for the agreement's
+    ``workloads.compute``."""
+    return measurement(compute_manifest())
 
 
 def _load_archive(package: Path | bytes) -> bytes:

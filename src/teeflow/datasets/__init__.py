@@ -1,4 +1,4 @@
-"""Data sets for federated learning examples: MNIST (IDX files), scikit-learn digits, and
+"""Data sets for federated learning examples: MNIST (IDX files), UCI digits (shipped), and
 deterministic per-client partitions (IID, Dirichlet non-IID).
 
 Typical use in a compute package::

@@ -1,7 +1,7 @@
 """``teeflow demo``: a confidential federated-learning run on the emulated TEE, end to end.
 
 :func:`run_fl_demo` plays every role of DESIGN's "Federated learning" flow on one machine, in
-a fresh work directory, offline (scikit-learn's ``digits`` ships with scikit-learn):
+a fresh work directory, offline (the ``digits`` data set ships with teeflow):
 
 1. starts the KBS (``teeflow kbs serve --platform emulated-sgx``, SQLite) as a child process;
 2. creates three parties ``hospital-a/b/c`` (Ed25519 + X25519 keys under ``home/parties``);
@@ -309,26 +309,26 @@ def run_fl_demo(
         },
     )
     step = Steps(summary, on_step or (lambda s: None))
-    prepare_workdir(workdir)
     home = workdir / "home"
-    with teeflow_home_env(home):
-        _run(
-            options,
-            workdir=workdir,
-            home=home,
-            summary=summary,
-            step=step,
-            on_progress=on_progress or (lambda p: None),
+    with prepare_workdir(workdir):  # held until the summary is written
+        with teeflow_home_env(home):
+            _run(
+                options,
+                workdir=workdir,
+                home=home,
+                summary=summary,
+                step=step,
+                on_progress=on_progress or (lambda p: None),
+            )
+        summary.wall_seconds = time.monotonic() - t_start
+        summary.ok = bool(
+            summary.provenance_verified
+            and summary.model_opened
+            and summary.rounds == options.rounds
+            and summary.final_accuracy is not None
         )
-    summary.wall_seconds = time.monotonic() - t_start
-    summary.ok = bool(
-        summary.provenance_verified
-        and summary.model_opened
-        and summary.rounds == options.rounds
-        and summary.final_accuracy is not None
-    )
-    summary.files["summary"] = str(workdir / "summary.json")
-    (workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+        summary.files["summary"] = str(workdir / "summary.json")
+        (workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 
@@ -569,12 +569,16 @@ def _outputs(
 
     files = summary.files
     model_path = Path(files["sealed model"])
-    with step("provenance verified (chain, signatures, aggregator certificate, digest)") as d:
+    with step(
+        "provenance verified (chain, signatures, aggregator certificate, digest, "
+        "the payload's AEAD tags)"
+    ) as d:
         checked = verify_model(
             model_path,
             Path(files["provenance log"]),
             Pin.load(pin_path).ca(),
             expected_agreement_digest=summary.agreement_digest,
+            party_keys=owner,
         )
         summary.provenance_verified = True
         d.append(f"{checked.rounds} rounds, aggregator {checked.aggregator.measurement[:16]}…")

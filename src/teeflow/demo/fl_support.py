@@ -5,6 +5,7 @@ agreement, following the workloads' progress events, and the by-hand commands.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -32,6 +33,7 @@ __all__ = [
     "RoundProgress",
     "RoundTracker",
     "Steps",
+    "WorkdirLock",
     "manual_commands",
     "prepare_workdir",
     "restore_sigint",
@@ -110,31 +112,90 @@ class Steps:
         self.on_step(step)
 
 
-def prepare_workdir(workdir: Path) -> None:
-    """Make ``workdir`` a fresh, empty demo folder.
+class WorkdirLock:
+    """An exclusive ``flock(2)`` on a demo folder's :data:`DEMO_MARKER` (held while a demo
+    runs; released by :meth:`release`, on ``with`` exit or when the process ends)."""
 
-    A previous demo's folder (it holds :data:`DEMO_MARKER`) is deleted; an empty or absent
-    folder is used as is.
+    def __init__(self, fd: int, workdir: Path) -> None:
+        self._fd: int | None = fd
+        self.workdir = workdir
+
+    def release(self) -> None:
+        """Unlock and close (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> WorkdirLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def prepare_workdir(workdir: Path) -> WorkdirLock:
+    """Lock ``workdir`` for one demo and make it a fresh, empty demo folder.
+
+    The lock is an exclusive, non-blocking ``flock`` on ``workdir/``:data:`DEMO_MARKER`
+    (the kernel drops it when the holder exits, even on a crash). A previous demo's folder
+    (it holds the marker) is emptied only once the lock is held; an empty or absent folder is
+    used as is.
+
+    Returns:
+        The held lock: keep it (``with prepare_workdir(d):``) while the demo runs.
 
     Raises:
-        FLError: ``workdir`` is a file, or a non-empty folder that is not a demo folder.
+        FLError: ``workdir`` is a file, a non-empty folder that is not a demo folder, or
+            another demo holds its lock (the running demo's files are left untouched).
     """
     if workdir.exists():
         if not workdir.is_dir():
             raise FLError(f"{workdir} is not a folder")
-        if (workdir / DEMO_MARKER).is_file():
-            shutil.rmtree(workdir)
-        elif any(workdir.iterdir()):
+        if not (workdir / DEMO_MARKER).is_file() and any(workdir.iterdir()):
             raise FLError(
                 f"{workdir} exists and is not a teeflow demo folder: choose another --workdir"
             )
+    marker = workdir / DEMO_MARKER
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / DEMO_MARKER).write_text(
-            "teeflow demo work directory: the next `teeflow demo` here replaces it\n"
-        )
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         raise FLError(f"cannot create {workdir}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 256).decode("utf-8", "replace").strip().splitlines()
+        os.close(fd)
+        who = f" ({holder[-1]})" if holder and holder[-1].startswith("pid ") else ""
+        raise FLError(
+            f"another teeflow demo is running in {workdir}{who}: wait for it to finish, or "
+            "pass another --workdir"
+        ) from None
+    lock = WorkdirLock(fd, workdir)
+    try:
+        for child in workdir.iterdir():
+            if child.name == DEMO_MARKER:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd,
+            "teeflow demo work directory: the next `teeflow demo` here replaces it\n"
+            f"pid {os.getpid()}\n".encode(),
+            0,
+        )
+    except OSError as exc:
+        lock.release()
+        raise FLError(f"cannot prepare {workdir}: {exc.strerror or exc}") from None
+    return lock
 
 
 def write_agreement(
@@ -304,7 +365,11 @@ class RoundTracker:
     def _client_event(self, party: str, e: dict[str, Any]) -> None:
         kind, r = e.get("event"), e.get("round")
         if kind == "task-failed":
-            self.warnings.append(f"{party}: {e.get('kind')} task of round {r} failed")
+            self.warnings.append(
+                f"{party}: {e.get('kind')} task of round {r} failed: {e.get('reason')}"
+            )
+        elif kind == "package-import-failed":
+            self.warnings.append(f"{party}: the package does not import: {e.get('reason')}")
         elif kind == "error":
             self.warnings.append(f"client {party} failed: {e.get('message')}")
         if kind != "task" or not isinstance(r, int):

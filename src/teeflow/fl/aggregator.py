@@ -71,6 +71,7 @@ from teeflow.fl.arrays import (
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
+from teeflow.fl.console import no_initial_model
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.monitor import monitor_aggregator
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
@@ -399,6 +400,7 @@ class Aggregator:
         config: Config = {**self.o.train_config, "round": 0, "seed": self.o.seed}
         arrays: ArrayDict | None = None
         tried: set[str] = set()
+        failures: dict[str, str] = {}  # party → the client's reported error (type: message)
         while arrays is None:
             self._check_stop("while waiting for clients")
             candidates = [p for p in self.hub.connected() if p not in tried]
@@ -415,7 +417,8 @@ class Aggregator:
                     party, pb.TASK_KIND_INIT, 0, config, None, deadline_seconds=self.o.round_timeout
                 )
             except FLError as exc:  # disconnected meanwhile
-                self.emit("init-failed", party=party, reason=str(exc)[:300])
+                failures[party] = str(exc)[:300]
+                self.emit("init-failed", party=party, reason=failures[party])
                 continue
             done = list(self.hub.as_completed([handle], time.monotonic() + self.o.round_timeout))
             try:
@@ -425,11 +428,12 @@ class Aggregator:
                 check_compatible(arrays, arrays, who=f"initial model from {party}")
             except (FLError, ParseError, AssertionError) as exc:
                 arrays = None
-                self.emit("init-failed", party=party, reason=str(exc)[:300])
+                failures[party] = str(exc)[:300]
+                self.emit("init-failed", party=party, reason=failures[party])
                 continue
             self.emit("initial-model", party=party, digest=arrays_digest(arrays).hex())
         if arrays is None:
-            raise FLError("no client produced an initial model (package init function)")
+            raise FLError(no_initial_model(failures))
         self.global_arrays = arrays
         self.log = ProvenanceLog(self.key, certify=self._certify)
         self.log.start(

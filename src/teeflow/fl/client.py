@@ -19,8 +19,10 @@
    ``init(config)``; ``train`` → ``train(arrays, config) -> (arrays, num_examples, metrics)``;
    ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``. The client's data
    spec is put into every config as ``config["data"]`` (overriding the aggregator's). A task
-   whose code raises is reported as failed (type and message, ≤ 300 characters) and the client
-   keeps serving.
+   whose code raises is reported as failed to the aggregator (type and message, ≤ 300
+   characters, never data) and the client keeps serving; so is every task when the package's
+   ``train``/``validate`` does not import (``package-import-failed``). The final ``done``
+   event has ``ok: true`` only if the session ended well *and* none of its tasks failed.
 
 The client never opens a port. Progress goes to ``emit(event, fields)``.
 """
@@ -95,6 +97,7 @@ class ClientResult:
     session: str
     tasks: int
     failed: int
+    #: the session ended well and no task of this client failed
     ok: bool
     reason: str
 
@@ -205,7 +208,10 @@ class Client:
                 aggregator_measurement=welcome.identity.measurement,
             )
             for name in ("train", "validate"):  # import the package code (torch) up front
-                self._fn(unpacked, name)
+                try:
+                    self._fn(unpacked, name)
+                except FLError as exc:  # reported: each task then fails with this reason
+                    self.emit("package-import-failed", function=name, reason=str(exc)[:300])
             return self._serve(stream, unpacked, welcome.session)
         finally:
             stream.close()
@@ -232,8 +238,12 @@ class Client:
         bye = stream.goodbye
         if bye is None:
             raise FLError("the aggregator closed the connection without Goodbye")
-        self.emit("done", ok=bool(bye.ok), reason=bye.reason, tasks=done, failed=failed)
-        return ClientResult(self.o.party, session, done, failed, bool(bye.ok), bye.reason)
+        # ok only if the session ended well AND every task of this client succeeded
+        ok = bool(bye.ok) and failed == 0
+        self.emit(
+            "done", ok=ok, session_ok=bool(bye.ok), reason=bye.reason, tasks=done, failed=failed
+        )
+        return ClientResult(self.o.party, session, done, failed, ok, bye.reason)
 
     def _run_task(self, stream: AggregatorStream, root: Path, task: IncomingTask) -> None:
         config: dict[str, Any] = {**task.config, "data": self.o.data}

@@ -2,7 +2,8 @@
 
 ``python -m teeflow.fl.aggregator_main [run] OPTIONS`` and ``python -m teeflow.fl.client_main
 [run] OPTIONS`` take exactly the options of ``teeflow aggregator run`` / ``teeflow client run``
-(:mod:`teeflow.cli.fl_cmds`, ``docs/fl.md``) and print the same JSON progress lines; they are
+(:mod:`teeflow.cli.fl_cmds`, ``docs/fl.md``) and print the same progress lines (timestamped
+lines for people, or JSON lines with ``--json``: :mod:`teeflow.fl.console`); they are
 what :class:`teeflow.fl.session.LocalFederation` starts. Compared with the full CLI they:
 
 - parse options with :mod:`argparse` (the typer/rich/click stack is ~6 MB of resident memory
@@ -15,7 +16,8 @@ what :class:`teeflow.fl.session.LocalFederation` starts. Compared with the full 
   done, the stream closed and the temporary files removed, and tearing down a torch-laden
   interpreter takes seconds (much more on a loaded machine) for nothing.
 
-Exit status: 0 on success; 1 after an ``error`` event (a :class:`teeflow.errors.Error`); 2 for
+Exit status: 0 on success; 1 after an ``error`` event (a :class:`teeflow.errors.Error`) or,
+for a client, when a task failed or the aggregator ended the session as failed; 2 for
 invalid options (argparse). ``TEEFLOW_DEBUG=1`` lets errors propagate with a traceback.
 """
 
@@ -23,13 +25,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from teeflow.fl.console import EventPrinter
 
 __all__ = [
     "METRICS_LISTEN_HELP",
@@ -49,10 +52,6 @@ METRICS_LISTEN_HELP = (
 #: environment variables that size BLAS/OpenMP thread pools (read when the libraries load)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
-
-def _emit(event: str, fields: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
 
 
 def _lean_imports() -> None:
@@ -93,6 +92,10 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--gpu", default="none",
         help="GPU attester: none, nvml, emulated-hopper, emulated-blackwell",
     )  # fmt: skip
+    p.add_argument(
+        "--json", action="store_true",
+        help="one JSON object per line (machines); default: timestamped lines for people",
+    )  # fmt: skip
     return p
 
 
@@ -121,18 +124,25 @@ def aggregator_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default=None,
                    help="check only: must equal the agreement's training.strategy.name")
     p.add_argument("--listen", default="127.0.0.1:8450", help="HOST:PORT (port 0: any)")
-    p.add_argument("--state-dir", type=Path, default=Path("aggregator-state"))
-    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--state-dir", type=Path, default=Path("aggregator-state"),
+                   help="folder of checkpoints and the provenance log")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="resume from this checkpoint file")
     p.add_argument("--out", type=Path, default=None, help="model output folder")
     p.add_argument("--package", type=Path, default=None, help="sealed package for clients")
-    p.add_argument("--package-ref", default=None)
-    p.add_argument("--wait-clients", type=int, default=None)
-    p.add_argument("--connect-timeout", type=float, default=120.0)
-    p.add_argument("--round-timeout", type=float, default=300.0)
-    p.add_argument("--train-config", default=None, help="JSON")
-    p.add_argument("--evaluate-config", default=None, help="JSON")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--manifest", type=Path, default=None)
+    p.add_argument("--package-ref", default=None,
+                   help="agreement package NAME or DIGEST (default: the only one)")
+    p.add_argument("--wait-clients", type=int, default=None,
+                   help="clients to wait for before round 1 (default K)")
+    p.add_argument("--connect-timeout", type=float, default=120.0,
+                   help="seconds to wait for clients")
+    p.add_argument("--round-timeout", type=float, default=300.0, help="seconds a round may take")
+    p.add_argument("--train-config", default=None, help="JSON object sent with every train task")
+    p.add_argument("--evaluate-config", default=None,
+                   help="JSON object sent with every evaluate task")
+    p.add_argument("--seed", type=int, default=0, help="seed of client selection")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="Gramine manifest whose trusted files are measured")
     p.add_argument("--metrics-listen", default=None, help=METRICS_LISTEN_HELP)
     return p
 
@@ -141,20 +151,25 @@ def client_parser() -> argparse.ArgumentParser:
     """Options of ``teeflow client run`` (same names and defaults)."""
     p = _parser("python -m teeflow.fl.client_main", "Run an attested FL client.")
     _enrollment_option(p)
-    p.add_argument("--party", required=True)
-    p.add_argument("--pin", type=Path, required=True)
+    p.add_argument("--party", required=True, help="the party it acts for (enrolled)")
+    p.add_argument("--pin", type=Path, required=True, help="KBS pin file")
     p.add_argument("--aggregator", required=True, help="HOST:PORT")
     p.add_argument("--data", required=True, help="data spec (teeflow.datasets)")
-    p.add_argument("--kbs", default=None)
-    p.add_argument("--package-file", type=Path, default=None)
-    p.add_argument("--package-ref", default=None)
-    p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--manifest", type=Path, default=None)
-    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("--kbs", default=None, help="KBS URL (default: the pin's)")
+    p.add_argument("--package-file", type=Path, default=None,
+                   help="sealed package file (default: sent by the aggregator)")
+    p.add_argument("--package-ref", default=None,
+                   help="agreement package NAME or DIGEST (default: the only one)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where the package is unpacked (default: a temporary folder)")
+    p.add_argument("--manifest", type=Path, default=None,
+                   help="Gramine manifest whose trusted files are measured")
+    p.add_argument("--connect-timeout", type=float, default=60.0,
+                   help="seconds to reach the aggregator")
     p.add_argument(
         "--threads", type=int, default=1, help="torch/BLAS threads (0: the libraries' default)"
     )
-    p.add_argument("--session", default=None)
+    p.add_argument("--session", default=None, help="session to join (bound in its claims)")
     return p
 
 
@@ -168,17 +183,22 @@ def _finish(code: int) -> NoReturn:
         os._exit(code)
 
 
-def _run(body: Callable[[], object], exit_process: bool) -> int:
+def _run(body: Callable[[], object], exit_process: bool, printer: EventPrinter) -> int:
     from teeflow.errors import Error
 
     code = 0
     try:
-        body()
+        code = 1 if body() is False else 0
     except Error as exc:
-        _emit("error", {"code": exc.code, "type": type(exc).__name__, "message": str(exc)})
+        fields = {"code": exc.code, "type": type(exc).__name__, "message": str(exc)}
+        if printer.json_mode:
+            printer("error", fields)
+        else:
+            EventPrinter(stream=sys.stderr)("error", fields)
         if os.environ.get("TEEFLOW_DEBUG"):
             raise
-        sys.stderr.write(f"error ({exc.code}): {exc}\n")
+        if printer.json_mode:
+            sys.stderr.write(f"error ({exc.code}): {exc}\n")
         code = 1
     if exit_process:
         _finish(code)
@@ -192,6 +212,7 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
     """
     _lean_imports()
     a = aggregator_parser().parse_args(argv)
+    printer = EventPrinter(json_mode=a.json)
 
     def body() -> None:
         from teeflow.fl.aggregator import Aggregator, AggregatorOptions
@@ -222,9 +243,9 @@ def aggregator_main(argv: Sequence[str] | None = None, *, exit_process: bool = T
             gpu=a.gpu,
             metrics_listen=a.metrics_listen,
         )
-        Aggregator(options, _emit).run()
+        Aggregator(options, printer).run()
 
-    return _run(body, exit_process)
+    return _run(body, exit_process, printer)
 
 
 def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True) -> int:
@@ -234,14 +255,15 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
     """
     _lean_imports()
     a = client_parser().parse_args(argv)
+    printer = EventPrinter(json_mode=a.json)
     if a.threads > 0:
         for name in THREAD_VARIABLES:
             os.environ[name] = str(a.threads)
 
-    def body() -> None:
+    def body() -> bool:
         from teeflow.fl.client import Client, ClientOptions
 
-        Client(
+        return Client(
             ClientOptions(
                 party=a.party,
                 pin=a.pin,
@@ -259,7 +281,7 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
                 enrollment=a.enrollment,
                 gpu=a.gpu,
             ),
-            _emit,
-        ).run()
+            printer,
+        ).run().ok
 
-    return _run(body, exit_process)
+    return _run(body, exit_process, printer)

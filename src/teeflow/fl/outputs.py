@@ -17,7 +17,8 @@ it is also the sealed blob's associated data. So the digest, session and agreeme
 header cannot be changed without every opening failing.
 
 :func:`open_model` unwraps the party's copy, unseals, checks the plaintext digest against the
-header and returns the arrays. :func:`verify_model` needs no key: it checks the provenance log
+header and returns the arrays. :func:`verify_model` needs no key (with a recipient's key it
+also authenticates the encrypted payload, every AEAD tag): it checks the provenance log
 (chain; every entry's signature by the certificate of its segment — the session-start
 aggregator's, then each restarted aggregator's from its hand-over on — and each of those
 certificates under the federation CA, :func:`aggregator_certificate_check`) and that the log's
@@ -51,7 +52,15 @@ from teeflow.kbs.ca.authority import CLOCK_SKEW, WorkloadIdentity, verify_worklo
 from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, canonical_json
 from teeflow.kbs.policy.parties import PartyKeys
-from teeflow.sealing import generate_key, seal, unseal, unwrap_key, wrap_key
+from teeflow.sealing import (
+    generate_key,
+    parse_header,
+    seal,
+    unseal,
+    unsealed_size,
+    unwrap_key,
+    wrap_key,
+)
 
 __all__ = [
     "MODEL_FORMAT",
@@ -283,6 +292,8 @@ class VerifiedModel:
     rounds: int
     #: every aggregator instance that signed a segment, session-start's first
     aggregators: tuple[WorkloadIdentity, ...] = ()
+    #: the payload's AEAD tags and plaintext digest were checked (a recipient's keys given)
+    payload_authenticated: bool = False
 
     @property
     def handovers(self) -> int:
@@ -296,8 +307,9 @@ def verify_model(
     ca: x509.Certificate,
     *,
     expected_agreement_digest: str | None = None,
+    party_keys: PartyKeys | None = None,
 ) -> VerifiedModel:
-    """Check a model file against its provenance log (no key needed).
+    """Check a model file against its provenance log and check its encrypted payload.
 
     Checks: every segment certificate of the log — the session-start certificate and each
     hand-over's — passes :func:`aggregator_certificate_check` (federation CA ``ca``, role
@@ -307,13 +319,29 @@ def verify_model(
     agreement digest equal the log's; ``expected_agreement_digest`` if given. So a log or a
     model signed by any key other than certified aggregator keys is refused.
 
+    The encrypted payload (the sealed blob after the header) is checked too. Without a key:
+    its header commits to the model header (``aad_digest`` of the binding) and its length is
+    exactly the sealed size of ``arrays_size`` bytes (a truncated, extended or swapped
+    payload fails). With ``party_keys`` of a recipient: the payload is unsealed in memory —
+    every chunk's AES-GCM tag (:func:`teeflow.sealing.unseal`) — and the plaintext's SHA-256
+    must be the header's digest, i.e. the provenance log's final digest; the plaintext is
+    not returned. AEAD tags cannot be checked without the data key, so a keyless check does
+    not catch a bit flip inside the ciphertext: ``payload_authenticated`` says which.
+
+    Args:
+        party_keys: keys of a model recipient (``outputs.model``) to authenticate the payload.
+
     Raises:
         ProvenanceError (VerificationError): the log does not verify (``provenance entry N:
             aggregator certificate: ...`` for a session-start certificate the CA did not
             issue to an agreed aggregator; ``... hand-over certificate: ...`` for a
             hand-over's; ``... signature is invalid`` for an entry not signed by its
             segment's key).
-        VerificationError: header mismatch.
+        VerificationError: header mismatch, or the payload is not the sealed model the header
+            describes (length, binding or plaintext digest).
+        SealingError: with ``party_keys``: an AEAD tag does not verify (corrupt payload) or
+            the wrapped key does not open.
+        FLError: ``party_keys``' party is not a recipient of this model.
         ParseError: malformed model file or log.
     """
     data = model_file if isinstance(model_file, bytes) else _read(Path(model_file))
@@ -334,8 +362,34 @@ def verify_model(
         first.agreement_digest != expected_agreement_digest.lower()
     ):
         raise VerificationError("the model was produced under another agreement")
+    _check_payload(data, header)
+    if party_keys is not None:
+        open_model(data, party_keys)  # AEAD tags of every chunk + plaintext digest
     rounds = sum(1 for e in entries if e.kind == "round")
-    return VerifiedModel(header, tuple(entries), identities[0], rounds, tuple(identities))
+    return VerifiedModel(
+        header,
+        tuple(entries),
+        identities[0],
+        rounds,
+        tuple(identities),
+        payload_authenticated=party_keys is not None,
+    )
+
+
+def _check_payload(data: bytes, header: ModelHeader) -> None:
+    body = memoryview(data)[header.body_offset :]
+    try:
+        sealed = parse_header(body)
+        size = unsealed_size(body)
+    except SealingError as exc:
+        raise VerificationError(f"the model's encrypted payload is malformed: {exc}") from None
+    if not sealed.binds(header.binding):
+        raise VerificationError("the model's encrypted payload is not bound to its header")
+    if size != header.arrays_size:
+        raise VerificationError(
+            f"the model's encrypted payload holds {size} bytes, the header says "
+            f"{header.arrays_size} (truncated or extended file)"
+        )
 
 
 def verified_training(entries: Sequence[ProvenanceEntry]) -> dict[str, Any]:

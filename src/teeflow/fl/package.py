@@ -404,9 +404,12 @@ def load_entrypoint(unpacked_dir: str | os.PathLike[str], name: str) -> Callable
     try:
         module = importlib.import_module(full)
     except Exception as exc:
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] == "torch":
+            hint = " (PyTorch is not installed here: pip install 'teeflow[torch]')"
         raise PackageError(
             f"importing {module_name!r} of package {manifest.name!r} failed: "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}{hint}"
         ) from None
     func = getattr(module, func_name, None)
     if not callable(func):

@@ -22,8 +22,10 @@ Every workload gets ``--platform``: the federation's (``platform=``) for the agg
 clients, the one given to :meth:`~LocalFederation.start_kbs` for the KBS — always named
 explicitly (emulated platforms are never a default).
 
-Each :class:`WorkloadProcess` reads the child's JSON progress lines (stdout) in a thread into
-:attr:`~WorkloadProcess.events`; stderr goes to a log file (``<workdir>/logs/<name>.log``).
+Each :class:`WorkloadProcess` reads the child's JSON progress lines (stdout; the FL workloads
+run with ``--json``) in a thread into :attr:`~WorkloadProcess.events`; the log file
+``<workdir>/logs/<name>.log`` gets the child's stderr and every event as a timestamped
+human-readable line (:func:`teeflow.fl.console.format_event`).
 :meth:`WorkloadProcess.wait_event` waits (bounded) for an event; :meth:`AggregatorProcess.
 rounds` gives the per-round metrics (``round`` events: ``round``, ``clients``, ``seconds``,
 ``train_loss``, ``eval_accuracy``, ...). Every wait has a timeout and raises
@@ -43,11 +45,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from teeflow.errors import FLError
+from teeflow.fl.console import format_event, format_time
 
 if TYPE_CHECKING:
     from teeflow.kbs.policy.parties import PartyKeys
@@ -153,9 +157,17 @@ class WorkloadProcess:
                 else:
                     self.lines.append(text)
                 self._cond.notify_all()
+            self._log_line(event if isinstance(event, dict) and "event" in event else None, text)
         with self._cond:
             self._eof = True
             self._cond.notify_all()
+
+    def _log_line(self, event: dict[str, Any] | None, text: str) -> None:
+        # the log holds the workload's events as timestamped lines next to its stderr
+        line = format_event(event) if event is not None else text
+        with contextlib.suppress(OSError, ValueError):  # ValueError: log closed by stop()
+            self._log.write(f"{format_time(datetime.now(UTC))}  {line}\n".encode())
+            self._log.flush()
 
     @property
     def pid(self) -> int:
@@ -489,6 +501,7 @@ class LocalFederation:
             str(min_clients),
             "--platform",
             self.platform,
+            "--json",
             *self.platform_args,
             *_options(options),
             *extra,
@@ -525,6 +538,7 @@ class LocalFederation:
             data,
             "--platform",
             self.platform,
+            "--json",
             *self.platform_args,
             *_options(options),
             *extra,

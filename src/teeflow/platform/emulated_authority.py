@@ -59,6 +59,7 @@ __all__ = [
     "create_dir_atomically",
     "encode_sgx_extension",
     "generate_keys",
+    "is_emulation_root",
     "load_keys",
     "resolve_now",
     "save_keys",
@@ -228,13 +229,25 @@ class AuthorityKeys:
     signer_key: ec.EllipticCurvePrivateKey
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ROOT_O),
-        ]
-    )
+def _name(cn: str, authority_id: str | None = None) -> x509.Name:
+    attributes = [
+        x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, ROOT_O),
+    ]
+    if authority_id is not None:  # tells two sites' emulation roots apart (same CN)
+        attributes.append(
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, f"authority {authority_id}")
+        )
+    return x509.Name(attributes)
+
+
+def is_emulation_root(cert: x509.Certificate) -> bool:
+    """Whether ``cert``'s subject is a teeflow emulation root's: CN :data:`ROOT_CN` and O
+    :data:`ROOT_O` (and, for authorities made since issue 14, an ``OU`` of ``authority
+    <16 hex>`` that tells two sites' roots apart). Says nothing about trust."""
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return [a.value for a in cns] == [ROOT_CN] and [a.value for a in orgs] == [ROOT_O]
 
 
 def _serial(rng: Callable[[int], bytes]) -> int:
@@ -295,7 +308,7 @@ def generate_keys(now: datetime, rng: Callable[[int], bytes] = os.urandom) -> Au
     nb = now.astimezone(UTC).replace(microsecond=0) - _BACKDATE
     gen = [ec.generate_private_key(ec.SECP256R1()) for _ in _KEY_NAMES]
     root_key, pck_ca_key, pck_key, tcb_key, att_key, signer_key = gen
-    root_name = _name(ROOT_CN)
+    root_name = _name(ROOT_CN, rng(8).hex())
     root = _cert(
         subject=root_name,
         key=root_key,
@@ -410,7 +423,7 @@ def load_keys(directory: Path) -> AuthorityKeys:
     except (OSError, ValueError) as exc:
         raise PlatformError(f"cannot load emulation authority from {directory}: {exc}") from None
     keys = AuthorityKeys(**loaded)  # type: ignore[arg-type]
-    if keys.root_ca.subject != _name(ROOT_CN):
+    if not is_emulation_root(keys.root_ca):
         raise PlatformError(f"{directory} does not hold a teeflow emulation root")
     return keys
 

@@ -89,6 +89,14 @@ class SealedHeader:
     nonce_prefix: bytes
     raw: bytes
 
+    def binds(self, aad: bytes) -> bool:
+        """Whether the header commits to associated data ``aad`` (its ``aad_digest``).
+
+        Needs no key: a keyless check that a blob belongs to a context; the AEAD tags
+        (checked by :func:`unseal`) are what authenticate it.
+        """
+        return hmac.compare_digest(self.aad_digest, _aad_digest(aad))
+
 
 def _aad_digest(aad: bytes) -> bytes:
     return hashlib.sha256(_AAD_LABEL + aad).digest()

@@ -336,20 +336,32 @@ def _reject_imitations(chain: Sequence[x509.Certificate], anchors: Sequence[Trus
     subject and key, other extensions or validity) that would be taken for the anchor.
     """
     roots = [
-        (a.certificate.public_bytes(Encoding.DER), a.certificate.subject, _spki(a.certificate))
+        (
+            a.certificate.public_bytes(Encoding.DER),
+            a.certificate.subject,
+            _spki(a.certificate),
+            a.emulated,
+        )
         for a in anchors
     ]
-    anchor_ders = {der for der, _, _ in roots}
+    anchor_ders = {der for der, _, _, _ in roots}
     for cert in chain:
         if cert.public_bytes(Encoding.DER) in anchor_ders:
             continue
         subject, spki = cert.subject, _spki(cert)
-        for _, root_subject, root_spki in roots:
+        for _, root_subject, root_spki, emulated in roots:
             if subject == root_subject or spki == root_spki:
+                hint = (
+                    " — this is another site's emulation root (same name as this home's): "
+                    "trust it by its certificate with `teeflow emulate export` there and "
+                    "`teeflow emulate trust` here (docs/emulation.md)"
+                    if emulated
+                    else ""
+                )
                 raise VerificationError(
                     "certificate chain does not terminate in a trusted root: certificate "
                     f"{_name(cert)!r} imitates a trust anchor (same subject or public key, "
-                    "DER differs)"
+                    f"DER differs){hint}"
                 )
 
 
@@ -368,9 +380,16 @@ def _find_anchor(
             except VerificationError:
                 continue
             return anchor, False
+    issuer = last.issuer.rfc4514_string()
+    hint = (
+        " — an emulation root this home does not trust: if it is another site's, trust it "
+        "by its certificate (`teeflow emulate export` there, `teeflow emulate trust` here; "
+        "docs/emulation.md)"
+        if "O=teeflow emulation" in issuer
+        else ""
+    )
     raise VerificationError(
-        f"certificate chain does not terminate in a trusted root "
-        f"(last issuer {last.issuer.rfc4514_string()!r})"
+        f"certificate chain does not terminate in a trusted root (last issuer {issuer!r}){hint}"
     )
 
 

@@ -79,6 +79,7 @@ from teeflow.kbs.service.collateral import (
     CompositeCollateralProvider,
     DirectoryCollateralProvider,
     EmulatedCollateralProvider,
+    TrustedEmulationCollateralProvider,
 )
 from teeflow.kbs.service.core import KbsService
 from teeflow.kbs.service.heads import KbsHeadFile, check_store_head
@@ -104,6 +105,7 @@ from teeflow.platform.base import DEFAULT_GRAMINE_ROOT, DEFAULT_TSM_ROOT, detect
 from teeflow.platform.emulated import EmulationAuthority
 from teeflow.platform.emulated_nvidia import emulated_nvidia_anchor
 from teeflow.platform.emulated_snp import emulated_snp_anchor
+from teeflow.platform.emulated_trust import trusted_roots
 from teeflow.platform.sealing import PlatformSealer, sealer_for
 from teeflow.platform.selection import PlatformOptions
 from teeflow.platform.sev_guest import DEFAULT_SEV_GUEST_DEVICE
@@ -349,6 +351,10 @@ def build_kbs(
     providers: list[CollateralProvider] = []
     if collateral_dirs:
         providers.append(DirectoryCollateralProvider(collateral_dirs))
+    # other sites' emulation roots trusted by certificate (`teeflow emulate trust`): their
+    # emulated workloads sign with their own authority; answered only for their own chains
+    trusted_emulation = trusted_roots(home)
+    providers += [TrustedEmulationCollateralProvider(r) for r in trusted_emulation]
     providers.append(EmulatedCollateralProvider(authority))
     if expect_agreement is not None and len(expect_agreement) != 32:
         raise KbsError("--expect-agreement must be a SHA-256 agreement digest (64 hex)")
@@ -376,7 +382,12 @@ def build_kbs(
             store,
             keys,
             clock=now_fn,
-            anchors=[intel_sgx_root_ca(), authority.trust_anchor(), snp_anchor],
+            anchors=[
+                intel_sgx_root_ca(),
+                authority.trust_anchor(),
+                snp_anchor,
+                *(r.anchor for r in trusted_emulation),
+            ],
             collateral=CompositeCollateralProvider(providers),
             nonce_ttl=nonce_ttl,
             token_ttl=token_ttl,

@@ -103,6 +103,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_RESPONSE_BYTES",
+    "NO_EMULATION_ROOT",
     "PIN_FORMAT",
     "KbsClient",
     "KbsHttpError",
@@ -114,6 +115,13 @@ __all__ = [
 ]
 
 _SESSION_COOKIE = "kbs-session-id"
+#: What to do when an emulated KBS is verified without any emulation root at hand.
+NO_EMULATION_ROOT = (
+    "no emulation root in $TEEFLOW_HOME to verify an emulated KBS: on the KBS operator's "
+    "machine run `teeflow emulate export DIR`, bring DIR here (public certificate and "
+    "collateral only) and run `teeflow emulate trust DIR` (docs/emulation.md); never copy "
+    "an emulation/ folder, it holds private keys"
+)
 _LOG = logging.getLogger(__name__)
 
 
@@ -142,8 +150,10 @@ def verify_kbs(
             ``workloads.kbs``: :func:`teeflow.kbs.policy.kbs_reference.load_reference_values`)
             or one platform's values; the KBS's evidence is appraised against the values of
             its TEE (SGX, TDX or SNP).
-        allow_emulated: accept an emulated KBS (its root must be this machine's emulation
-            authority, ``$TEEFLOW_HOME/emulation``, unless ``anchors``/``collateral`` given).
+        allow_emulated: accept an emulated KBS: its root must be this home's emulation
+            authority (``$TEEFLOW_HOME/emulation``) or a root trusted by certificate
+            (``teeflow emulate trust``: :mod:`teeflow.platform.emulated_trust`), unless
+            ``anchors``/``collateral`` are given.
         anchors, collateral: override the trust anchors (default Intel SGX Root CA, plus the
             emulation roots of SGX/TDX and SNP when allowed; AMD's ARKs are always trusted
             for SNP) and the collateral provider (default: emulated collateral when
@@ -162,24 +172,36 @@ def verify_kbs(
     """
     from teeflow.attestation.trust import intel_sgx_root_ca
     from teeflow.kbs.service.collateral import (
+        CollateralProvider as _Provider,
+    )
+    from teeflow.kbs.service.collateral import (
         CompositeCollateralProvider,
         EmulatedCollateralProvider,
+        TrustedEmulationCollateralProvider,
     )
     from teeflow.kbs.service.self_attestation import MAX_EVIDENCE_BYTES, verify_kbs_evidence
     from teeflow.platform.emulated import EmulationAuthority
+    from teeflow.platform.emulated_trust import trusted_roots
 
     when = now if now is not None else datetime.now(UTC)
     base = url.rstrip("/")
     trusted = list(anchors) if anchors is not None else [intel_sgx_root_ca()]
     provider = collateral
     if allow_emulated and (anchors is None or collateral is None):
-        if EmulationAuthority.existing_trust_anchor(home) is None:
-            raise KbsError("no emulation authority in $TEEFLOW_HOME to verify an emulated KBS")
-        authority = EmulationAuthority.load_or_create(home, now=when)
+        roots = trusted_roots(home)
+        own = EmulationAuthority.existing_trust_anchor(home) is not None
+        if not own and not roots:
+            raise KbsError(NO_EMULATION_ROOT)
+        providers: list[_Provider] = [TrustedEmulationCollateralProvider(r) for r in roots]
         if anchors is None:
-            trusted.append(authority.trust_anchor())
+            trusted += [r.anchor for r in roots]
+        if own:
+            authority = EmulationAuthority.load_or_create(home, now=when)
+            if anchors is None:
+                trusted.append(authority.trust_anchor())
+            providers.append(EmulatedCollateralProvider(authority))
         if provider is None:
-            provider = EmulatedCollateralProvider(authority)
+            provider = CompositeCollateralProvider(providers)
     if provider is None:
         provider = CompositeCollateralProvider([])
     nonce = rng(32)

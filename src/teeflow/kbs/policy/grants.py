@@ -356,7 +356,11 @@ def grant_allows(
     """
     out: list[str] = []
     if agreement_digest is not None and grant.agreement != agreement_digest.hex():
-        out.append("grant was made under another agreement")
+        out.append(
+            f"grant was made under another agreement ({grant.agreement[:16]}…, active "
+            f"{agreement_digest.hex()[:16]}…): its owner must upload it again under the "
+            "active agreement (teeflow package publish / teeflow resource put)"
+        )
     if role not in grant.roles:
         out.append(f"role {role} not granted")
     if grant.parties and party not in grant.parties:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from teeflow.attestation.collateral import CachingAmdKdsClient
 from teeflow.attestation.dcap.collateral import IntelCollateral
@@ -46,8 +47,9 @@ from teeflow.attestation.snp.abi import AttestationReport, SigningKey
 from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import CollateralError, Error
 from teeflow.platform.emulated import EmulationAuthority
-from teeflow.platform.emulated_collateral import CollateralFiles
+from teeflow.platform.emulated_collateral import CollateralFiles, collateral_from_files
 from teeflow.platform.emulated_tdx import make_tdx_collateral_files
+from teeflow.platform.emulated_trust import TrustedEmulationRoot
 
 __all__ = [
     "CollateralProvider",
@@ -57,6 +59,7 @@ __all__ = [
     "KdsSnpEndorsementProvider",
     "SnpEndorsementProvider",
     "SnpEndorsements",
+    "TrustedEmulationCollateralProvider",
     "quote_fmspc",
     "quote_tee",
 ]
@@ -217,6 +220,55 @@ class EmulatedCollateralProvider:
             coll = self._authority.collateral(now) if tee == "SGX" else self._tdx_collateral(now)
         except Error:
             return None
+        return coll if coll.tcb_info.fmspc == fmspc else None
+
+
+class TrustedEmulationCollateralProvider:
+    """Collateral of another site's emulation root trusted by certificate
+    (:class:`teeflow.platform.emulated_trust.TrustedEmulationRoot`): answers only for quotes
+    whose chain ended at *that* root (``anchor``), with the public collateral the site
+    exported (SGX or TDX by the quote's TEE), while it is valid and its FMSPC matches."""
+
+    def __init__(self, root: TrustedEmulationRoot) -> None:
+        self._root = root
+        self._der = root.anchor.certificate.public_bytes(Encoding.DER)
+        self._parsed: dict[str, IntelCollateral] = {}
+        self._lock = threading.Lock()
+
+    def for_quote(
+        self, quote: Quote, *, now: datetime, anchor: TrustAnchor | None = None
+    ) -> IntelCollateral | None:
+        """See :meth:`CollateralProvider.for_quote`. Without ``anchor``, the quote's PCK
+        chain must end in this root (its top certificate is the root or was issued by it;
+        emulation roots made since issue 14 have distinct subjects); verification checks the
+        signatures later."""
+        root = self._root.anchor.certificate
+        if anchor is not None:
+            if anchor.certificate.public_bytes(Encoding.DER) != self._der:
+                return None
+        else:
+            pem = quote.pck_chain_pem
+            try:
+                top = load_pck_chain(pem)[0][-1] if pem is not None else None
+            except Error:
+                return None
+            if top is None or (
+                top.public_bytes(Encoding.DER) != self._der and top.issuer != root.subject
+            ):
+                return None
+        fmspc, tee = quote_fmspc(quote), quote_tee(quote)
+        key = {"SGX": "sgx", "TDX": "tdx"}.get(tee or "")
+        files = self._root.collateral.get(key or "")
+        if fmspc is None or files is None or not files.issue_date <= now < files.next_update:
+            return None
+        with self._lock:
+            coll = self._parsed.get(key or "")
+            if coll is None:
+                try:
+                    coll = collateral_from_files(files, source=f"emulated-trusted-{key}")
+                except Error:
+                    return None
+                self._parsed[key or ""] = coll
         return coll if coll.tcb_info.fmspc == fmspc else None
 
 

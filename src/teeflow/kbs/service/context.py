@@ -26,6 +26,7 @@ from teeflow.errors import KbsError, PolicyViolation, VerificationError
 from teeflow.kbs.api.problems import (
     InvalidRequest,
     KbsProblem,
+    PolicyDeny,
     ServiceUnavailable,
 )
 from teeflow.kbs.ca.authority import FederationCA
@@ -44,6 +45,7 @@ from teeflow.kbs.service.rcar import (
     TokenCache,
 )
 from teeflow.kbs.service.release import (
+    RELEASE_DENIED_DETAIL,
     GrantCache,
     ResourceViews,
 )
@@ -236,6 +238,15 @@ class ServiceContext:
         self.record(kind, subject, "deny", reasons, data)
         self.log.info("%s %s denied: %s", kind, subject[:64], "; ".join(reasons)[:512])
         raise problem(detail, list(reasons))
+
+    def deny_release(
+        self, path: str, reasons: Sequence[str], data: dict[str, Any] | None = None
+    ) -> NoReturn:
+        """Refuse a resource release: audited with every reason, answered with
+        :class:`~teeflow.kbs.api.problems.PolicyDeny` and the one public
+        :data:`~teeflow.kbs.service.release.RELEASE_DENIED_DETAIL` (same body whatever the
+        reason, whether the resource exists or not)."""
+        self.deny(PolicyDeny, "release", path, reasons, data, detail=RELEASE_DENIED_DETAIL)
 
     # -- agreements -------------------------------------------------------------------------
 

@@ -67,6 +67,7 @@ from teeflow.kbs.store.interface import ResourceRecord
 
 __all__ = [
     "MAX_RESOURCE_BYTES",
+    "RELEASE_DENIED_DETAIL",
     "GrantCache",
     "ReleaseDecision",
     "ResourceViews",
@@ -84,6 +85,17 @@ MAX_RESOURCE_BYTES = 64 * 1024
 
 #: The single reason recorded for a missing resource (audit only; never sent to clients).
 MISSING_REASON = "resource does not exist"
+#: The RFC 7807 ``detail`` of every release denial — the same text whether the resource is
+#: missing or refused (so it reveals nothing about existence), saying what usually causes it,
+#: what to run, and where a party reads the exact reason (the audit entry's ``reasons``).
+RELEASE_DENIED_DETAIL = (
+    "access denied by policy: the resource does not exist, or this workload may not receive "
+    "it. Common cause: the federation agreement was updated after the resource was uploaded "
+    "- a grant is bound to the agreement it was made under, so its owner must upload it "
+    "again under the active agreement (`teeflow package publish` for a package key, "
+    "`teeflow resource put` for a data key). A party reads the exact reason in the KBS "
+    "audit log: `teeflow kbs audit show`."
+)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ from teeflow.kbs.api.problems import (
     InvalidRequest,
     InvalidRequestPath,
     NoAgreement,
-    PolicyDeny,
     ServiceUnavailable,
 )
 from teeflow.kbs.policy.canonical import canonical_json
@@ -186,7 +185,7 @@ class ResourceService:
         for attempt in range(RELEASE_ATTEMPTS):
             current = self._ctx.current(self._ctx.agreement_max_age if attempt == 0 else 0.0)
             if current is None:
-                self._ctx.deny(PolicyDeny, "release", path, ["no federation agreement"], data)
+                self._ctx.deny_release(path, ["no federation agreement"], data)
             # this process's last view of the resource (steady state: no read at all); the
             # store re-checks generation and count in the release transaction, and a
             # refusal is only ever decided on a fresh read
@@ -195,7 +194,7 @@ class ResourceService:
             if view is not None and not decision.allowed:
                 record, decision = self._decide(session, path, None, current[1], now)
             if not decision.allowed or record is None or decision.releases_so_far is None:
-                self._ctx.deny(PolicyDeny, "release", path, decision.reasons or ["denied"], data)
+                self._ctx.deny_release(path, decision.reasons or ["denied"], data)
             if sealed is None or sealed[0] != record.wrapped_key:
                 try:
                     secret = unwrap_key(
@@ -207,7 +206,7 @@ class ResourceService:
                     sealed = (record.wrapped_key, seal_for_tee(secret, session.tee_pubkey))
                 except (SealingError, KbsError):
                     reason = "stored key cannot be released"
-                    self._ctx.deny(PolicyDeny, "release", path, [reason], data)
+                    self._ctx.deny_release(path, [reason], data)
             count = decision.releases_so_far + 1
             build = self._ctx.builder(
                 "release",
