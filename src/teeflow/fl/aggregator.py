@@ -66,6 +66,7 @@ from teeflow.fl.arrays import (
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
+from teeflow.fl.liveness import LiveTrust, SelfAttestation
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
@@ -75,6 +76,7 @@ from teeflow.fl.publish import choose_package, fetch_resource
 from teeflow.fl.strategy import EvaluateResult, make_strategy
 from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
+from teeflow.fl.trust import AgreementInForce, RoundTrust, trust_summary
 from teeflow.fl.workload import (
     AggregatorResult,
     RoundReport,
@@ -194,6 +196,7 @@ class Aggregator:
         if signed is None:
             raise FLError("the KBS has no agreement")
         self.agreement: FederationAgreement = signed.agreement
+        self.signed_agreement = signed
         self.agreement_digest = digest(self.agreement)
         name, pkg_hex = choose_package(self.agreement, o.package_ref)
         self.package_digest = bytes.fromhex(pkg_hex)
@@ -278,6 +281,8 @@ class Aggregator:
             on_event=lambda event, fields: self.emit(event, **fields),
         )
         self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
+        self.live = self._live_trust()
+        self.collect.admit = self.live.admit
         host, port = parse_listen(o.listen)
         server = TransportServer(
             self.hub,
@@ -303,6 +308,27 @@ class Aggregator:
             # Goodbye ends every stream; clients close theirs on it, so the grace is rarely used
             self.hub.shutdown(ok=ok, reason=reason[:500], rounds=self.hub.round)
             server.stop(grace=1.0)
+
+    # -- live trust (issue 11; the rules: teeflow.fl.trust, the driver: teeflow.fl.liveness) --
+
+    def _live_trust(self) -> LiveTrust:
+        def self_attest() -> SelfAttestation:
+            self._attest()
+            cert_pem, key = self.kbs.get_certificate()
+            ident = self.kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+            return SelfAttestation(cert_pem, key, ident)
+
+        self._round_secs = 0.0
+        return LiveTrust(
+            current=self.kbs.current_agreement,
+            self_attest=self_attest,
+            hub=self.hub,
+            force=AgreementInForce.of(self.signed_agreement),
+            me=SelfAttestation(self.cert_pem, self.key, self.identity),
+            min_clients=self.o.min_clients,
+            reattest_timeout=min(self.o.round_timeout, 120.0),
+            emit=self._emit_fn,
+        )
 
     def _resume(self, ckpt: Checkpoint) -> int:
         if ckpt.agreement_digest != self.agreement_digest.hex():
@@ -412,6 +438,7 @@ class Aggregator:
         o = self.o
         t0 = time.monotonic()
         self.hub.round = r
+        trust = self.live.before_round(r, self._round_secs)
         global_bytes = encode_arrays(self.global_arrays)
         for attempt in (1, 2):
             try:
@@ -478,10 +505,12 @@ class Aggregator:
             clipped=tally.clipped,
             aggregate_digest=new_digest,
             metrics=metrics,
+            trust=self.live.record(trust, clients),
         )
         self._history.append(dict(metrics))
         self._commit(r, new_global)
-        self._report(r, tuple(clients), metrics, time.monotonic() - t0, new_digest.hex())
+        self._round_secs = time.monotonic() - t0
+        self._report(r, tuple(clients), metrics, self._round_secs, new_digest.hex(), trust=trust)
         del global_bytes, new_global, fit_metrics
         trim_heap()  # the round's models, updates and messages are garbage now
 
@@ -533,12 +562,26 @@ class Aggregator:
         self.emit("committed", round=r, digest=ckpt.arrays_digest.hex(), counter=name)
 
     def _report(
-        self, r: int, clients: tuple[str, ...], metrics: Metrics, secs: float, d: str
+        self,
+        r: int,
+        clients: tuple[str, ...],
+        metrics: Metrics,
+        secs: float,
+        d: str,
+        *,
+        trust: RoundTrust | None = None,
     ) -> None:
-        report = RoundReport(r, clients, metrics, secs, d)
+        live = trust_summary(trust, clients)
+        report = RoundReport(r, clients, metrics, secs, d, **live)
         self._reports.append(report)
         self.emit(
-            "round", round=r, clients=list(clients), seconds=round(secs, 4), digest=d, **metrics
+            "round",
+            round=r,
+            clients=list(clients),
+            seconds=round(secs, 4),
+            digest=d,
+            **live,
+            **metrics,
         )
 
     # -- outputs ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 
 from cryptography import x509
 
-from teeflow.errors import FLError, ParseError
+from teeflow.errors import Error, FLError, ParseError
 from teeflow.fl.arrays import decode_arrays, encode_arrays
 from teeflow.fl.package import load_entrypoint, unpack_package
 from teeflow.fl.publish import (
@@ -112,6 +112,7 @@ class Client:
         self.o = options
         self._emit_fn = emit or (lambda event, fields: None)
         self._entry: dict[str, Callable[..., Any]] = {}
+        self._claims: dict[str, Any] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
         """Report progress."""
@@ -133,6 +134,7 @@ class Client:
         self.emit("platform", tee=platform.tee, attester=platform.kind)
         kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=_enrollment(o.enrollment),
                         gpu=gpu_attester_for(o.gpu))
+        self._kbs = kbs
         try:
             signed = kbs.current_agreement()
             if signed is None:
@@ -141,22 +143,21 @@ class Client:
             _, pkg_hex = choose_package(signed.agreement, o.package_ref)
             pkg = bytes.fromhex(pkg_hex)
             key_path = package_key_path(pkg_hex)
-            kbs.attest(
-                "client",
-                {
-                    "party": o.party,
-                    "package_digest": pkg_hex,
-                    "function": CLIENT_FUNCTION,
-                    "resources": [key_path],
-                    **({"session": o.session} if o.session else {}),
-                },
-            )
+            self._claims = {
+                "party": o.party,
+                "package_digest": pkg_hex,
+                "function": CLIENT_FUNCTION,
+                "resources": [key_path],
+                **({"session": o.session} if o.session else {}),
+            }
+            kbs.attest("client", self._claims)
             cert_pem, key = kbs.get_certificate()
             identity = kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
             package_key = fetch_resource(kbs, key_path)
             ca = kbs.pin.ca()
-        finally:
+        except BaseException:
             kbs.close()
+            raise
         self.emit(
             "attested",
             role="client",
@@ -203,6 +204,7 @@ class Client:
             return self._serve(stream, unpacked, welcome.session)
         finally:
             stream.close()
+            kbs.close()
             if o.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
 
@@ -215,6 +217,9 @@ class Client:
         done = failed = 0
         for task in stream.tasks():
             self.emit("task", kind=task.kind, round=task.round)
+            if task.kind == "reattest":
+                self._reattest(stream, task)
+                continue
             try:
                 self._run_task(stream, root, task)
                 done += 1
@@ -228,6 +233,23 @@ class Client:
             raise FLError("the aggregator closed the connection without Goodbye")
         self.emit("done", ok=bool(bye.ok), reason=bye.reason, tasks=done, failed=failed)
         return ClientResult(self.o.party, session, done, failed, bool(bye.ok), bye.reason)
+
+    def _reattest(self, stream: AggregatorStream, task: IncomingTask) -> None:
+        """Attest again to the KBS (fresh RCAR nonce, same claims) and prove the new
+        certificate to the aggregator (issue 11); a refusal is reported as the task's failure
+        (the aggregator then drops this client)."""
+        try:
+            self._kbs.attest("client", self._claims)
+            cert_pem, key = self._kbs.get_certificate()
+            identity = self._kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+            stream.agreement_digest = bytes.fromhex(identity.agreement_digest)
+            stream.send_attested(task, cert_pem, key)
+        except Error as exc:
+            reason = f"re-attestation failed: {type(exc).__name__}: {exc}"[:300]
+            stream.send_failure(task.task_id, reason)
+            self.emit("reattest-failed", round=task.round, reason=reason)
+            return
+        self.emit("reattested", round=task.round, agreement_digest=identity.agreement_digest)
 
     def _run_task(self, stream: AggregatorStream, root: Path, task: IncomingTask) -> None:
         config: dict[str, Any] = {**task.config, "data": self.o.data}

@@ -9,6 +9,10 @@ One entry per event (format ``teeflow-provenance/2``)::
         the participants), update_digests {party: digest}, weights {party: FedAvg weight
         used}, clipped [parties whose num_examples was clipped to the agreement's cap],
         aggregate_digest (the new global model), metrics {name: number}
+        and, from issue 11 on, trust {agreement_version, agreement_digest (the agreement in
+        force for the round), attestation_age {party: seconds at round start},
+        aggregator_attestation_age, dropped [{party, reason}]} — left out of the entry (and
+        its hash) when absent, so earlier logs keep verifying
     kind "handover" (an aggregator restart): round = the last committed round,
         aggregate_digest = the resumed model, aggregator_certificate = the new instance's
         certificate, aggregator_measurement = its measurement, handover_from = SHA-256 of the
@@ -76,8 +80,10 @@ __all__ = [
     "PROVENANCE_FORMAT",
     "CertificateCheck",
     "ClientRecord",
+    "DropRecord",
     "ProvenanceEntry",
     "ProvenanceError",
+    "RoundTrustRecord",
     "certificate_fingerprint",
     "embedded_certificate",
     "entry_hash",
@@ -128,6 +134,32 @@ class ClientRecord(BaseModel):
     measurement: Measurement
 
 
+class DropRecord(BaseModel):
+    """A participant dropped from a round: party and reason (≤ 300 characters)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    party: Name
+    reason: Annotated[str, Field(max_length=300)]
+
+
+Age = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
+
+
+class RoundTrustRecord(BaseModel):
+    """Live trust of one round (issue 11): the agreement in force (version and digest, which
+    may differ from the session-start agreement after an update), the attestation age in
+    seconds of every participant at round start and of the aggregator, and every drop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agreement_version: int = Field(ge=1, le=2**31 - 1)
+    agreement_digest: Hex32
+    attestation_age: dict[Name, Age] = Field(default_factory=dict, max_length=100_000)
+    aggregator_attestation_age: Age = 0.0
+    dropped: tuple[DropRecord, ...] = Field(default=(), max_length=100_000)
+
+
 class ProvenanceEntry(BaseModel):
     """One signed entry (fields as in the module docstring)."""
 
@@ -152,6 +184,7 @@ class ProvenanceEntry(BaseModel):
     metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
         default_factory=dict, max_length=64
     )
+    trust: RoundTrustRecord | None = None
     prev_hash: Hex32
     hash: Hex32
     signature: Signature
@@ -159,6 +192,8 @@ class ProvenanceEntry(BaseModel):
     def body(self) -> dict[str, Any]:
         """The hashed JSON value (every field but ``hash``/``signature``, plus ``format``)."""
         value = self.model_dump(mode="json", exclude={"hash", "signature"})
+        if value.get("trust") is None:  # absent before issue 11: old hashes stay valid
+            value.pop("trust", None)
         value["format"] = PROVENANCE_FORMAT
         return value
 
@@ -193,7 +228,7 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
     if (entry.kind == "handover") != (entry.handover_from is not None):
         return "handover_from belongs to (and only to) a handover"
     if entry.kind != "round" and (
-        entry.clients or entry.update_digests or entry.weights or entry.clipped
+        entry.clients or entry.update_digests or entry.weights or entry.clipped or entry.trust
     ):
         return f"{entry.kind} carries no clients, updates or weights"
     if entry.kind == "session-start" and entry.round is not None:
@@ -212,6 +247,8 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
             entry.weights
         ):
             return "clipped parties must be distinct and have a recorded weight"
+        if entry.trust is not None and not set(entry.trust.attestation_age) >= set(parties):
+            return "trust must record the attestation age of every participant"
     if any(not math.isfinite(v) for v in entry.metrics.values()):
         return "metrics must be finite"
     return None

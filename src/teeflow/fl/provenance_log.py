@@ -27,6 +27,7 @@ from teeflow.fl.provenance import (
     ClientRecord,
     ProvenanceEntry,
     ProvenanceError,
+    RoundTrustRecord,
     certificate_fingerprint,
     embedded_certificate,
     entry_hash,
@@ -128,6 +129,7 @@ class ProvenanceLog:
         clipped: Iterable[str] = (),
         handover_from: str | None = None,
         metrics: Mapping[str, float] | None = None,
+        trust: RoundTrustRecord | None = None,
     ) -> ProvenanceEntry:
         """Sign and append one entry; the result keeps the whole log valid.
 
@@ -163,6 +165,7 @@ class ProvenanceLog:
             "handover_from": handover_from,
             "aggregate_digest": _hex32(aggregate_digest, "aggregate_digest"),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+            "trust": trust,
             "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
             "hash": GENESIS_HASH,
             "signature": "0" * 128,
@@ -266,10 +269,12 @@ class ProvenanceLog:
         weights: Mapping[str, int] | None = None,
         clipped: Iterable[str] = (),
         metrics: Mapping[str, float] | None = None,
+        trust: RoundTrustRecord | None = None,
     ) -> ProvenanceEntry:
         """Append a ``round`` entry (session fields copied from the current segment);
         ``weights``: the FedAvg weight used per party, ``clipped``: the parties whose
-        ``num_examples`` was clipped to the agreement's cap.
+        ``num_examples`` was clipped to the agreement's cap; ``trust``: the round's live
+        trust record (agreement in force, attestation ages, drops; issue 11).
 
         Raises:
             FLError: as :meth:`append`.
@@ -284,6 +289,7 @@ class ProvenanceLog:
             clipped=clipped,
             aggregate_digest=aggregate_digest,
             metrics=metrics,
+            trust=trust,
         )
 
     def finish(self, *, metrics: Mapping[str, float] | None = None) -> ProvenanceEntry:
