@@ -10,7 +10,7 @@
     teeflow client measurement [--manifest FILE]
     teeflow package build DIR -o pkg.tar
     teeflow package publish pkg.tar --kbs URL --pin FILE --party NAME [-o pkg.tar.sealed]
-    teeflow model verify MODEL PROVENANCE --ca CA.pem
+    teeflow model verify MODEL PROVENANCE --ca CA.pem [--agreements HISTORY | --pin PIN] [--json]
     teeflow model open MODEL --party NAME [-o out.safetensors]
 
 ``aggregator run`` and ``client run`` print one JSON object per line on stdout (``{"event":
@@ -258,19 +258,70 @@ def register(app: typer.Typer) -> None:
         model_file: Annotated[Path, typer.Argument(help="Sealed model file.")],
         provenance: Annotated[Path, typer.Argument(help="Provenance log (JSON lines).")],
         ca: Annotated[Path, typer.Option("--ca", help="Federation CA (PEM) or a KBS pin.")],
+        agreements: Annotated[
+            Path | None,
+            typer.Option(
+                "--agreements",
+                help="Agreement history file (teeflow agreement history -o FILE): check every "
+                "round's participants against the agreement in force for that round.",
+            ),
+        ] = None,
+        pin: Annotated[
+            Path | None,
+            typer.Option(
+                "--pin",
+                help="KBS pin: fetch the agreement history from the pinned KBS instead of "
+                "--agreements.",
+            ),
+        ] = None,
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print rounds, agreement versions and drops as JSON.")
+        ] = False,
     ) -> None:
         """Re-check the provenance chain, every signature against its aggregator certificate
         (federation CA, role aggregator, agreed measurement; hand-overs included) and the
-        final digest."""
+        final digest; with --agreements/--pin also every round's participants against the
+        agreement in force (fails naming the round)."""
+        from teeflow.fl.history import check_rounds, load_history
         from teeflow.fl.outputs import verify_model
 
         checked = verify_model(model_file, provenance, _load_ca(ca))
+        history = None
+        if agreements is not None:
+            history = load_history(agreements)
+        elif pin is not None:
+            from teeflow.kbs.client.sdk import KbsClient
+
+            with KbsClient(kbs, pin) as client:
+                history = client.agreement_history()
+        rounds = check_rounds(checked.entries, history) if history is not None else None
+        if as_json:
+            doc: dict[str, Any] = {
+                "verified": True,
+                "session": checked.header.session,
+                "rounds": checked.rounds,
+                "model": checked.header.arrays_digest,
+                "aggregator": checked.aggregator.measurement,
+                "handovers": checked.handovers,
+                "emulated": checked.aggregator.emulated,
+                "agreements_checked": rounds is not None,
+                "round_checks": [r.as_json() for r in rounds or []],
+            }
+            typer.echo(json.dumps(doc, sort_keys=True))
+            return
         typer.echo(
             f"verified: session {checked.header.session}, {checked.rounds} rounds, model "
             f"{checked.header.arrays_digest}, aggregator {checked.aggregator.measurement}"
             + (f", {checked.handovers} hand-over(s)" if checked.handovers else "")
             + (" (EMULATED TEE)" if checked.aggregator.emulated else "")
         )
+        for r in rounds or []:
+            version = "unrecorded" if r.version is None else f"v{r.version}"
+            drops = "".join(f"; dropped {p}: {why}" for p, why in sorted(r.dropped.items()))
+            typer.echo(f"  round {r.round}: agreement {version}, {', '.join(r.clients)}{drops}")
 
     @model.command("open")
     def model_open(

@@ -150,6 +150,12 @@ class ClientConnection:
     alive: bool = True
     error: str | None = None
     nonces: dict[int, bytes] = field(default_factory=dict)
+    #: the certificate of the TLS channel (``certificate`` moves on with re-attestation)
+    channel_certificate: x509.Certificate | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel_certificate is None:
+            self.channel_certificate = self.certificate
 
 
 class ClientHub:
@@ -497,7 +503,7 @@ class ClientHub:
                 ca=self.ca,
                 now=self._clock(),
                 nonce=nonce,
-                old_cert=conn.certificate,
+                old_cert=conn.channel_certificate or conn.certificate,
                 session=self.session,
                 agreement_digest=agreement_digest,
                 party=conn.party,

@@ -560,6 +560,25 @@ class KbsClient:
             return None
         return SignedAgreement.from_mapping(json.loads(body)["signed"])
 
+    def agreement_history(self) -> list[SignedAgreement]:
+        """Every accepted agreement, oldest first (``GET /v1/agreement/history``), the chain
+        verified (:class:`~teeflow.kbs.policy.signing.AgreementHistory`: every party signed the
+        first, k-of-n of the previous each update).
+
+        Raises:
+            ParseError: malformed body. VerificationError, PolicyViolation: a broken chain.
+        """
+        from teeflow.kbs.policy.signing import AgreementHistory
+
+        _, body = self._request("GET", "/v1/agreement/history")
+        try:
+            items = json.loads(body)["agreements"]
+            signed = [SignedAgreement.from_mapping(item["signed"]) for item in items]
+        except (ValueError, KeyError, TypeError):
+            raise ParseError("malformed agreement history from the KBS") from None
+        AgreementHistory(signed)
+        return signed
+
     def put_resource(
         self, path: str, data_key: bytes, signed_grant: SignedGrant, owner_keys: PartyKeys
     ) -> ResourceInfo:
