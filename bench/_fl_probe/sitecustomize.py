@@ -56,6 +56,9 @@ _TARGETS: dict[str, list[tuple[str, str]]] = {
         ("ProvenanceLog.finish", "provenance"),
     ],
     "teeflow.fl.transport.client": [("AggregatorStream.open", "tls")],
+    # issue 11: the per-round admission (agreement in force, re-attestation of the aggregator
+    # and of every client, which the round waits for) is on the critical path
+    "teeflow.fl.liveness": [("LiveTrust.before_round", "attestation")],
 }
 
 _local = threading.local()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,7 @@ class Client:
         """Attest again to the KBS (fresh RCAR nonce, same claims) and prove the new
         certificate to the aggregator (issue 11); a refusal is reported as the task's failure
         (the aggregator then drops this client)."""
+        t0 = time.monotonic()
         try:
             self._kbs.attest("client", self._claims)
             cert_pem, key = self._kbs.get_certificate()
@@ -249,7 +251,12 @@ class Client:
             stream.send_failure(task.task_id, reason)
             self.emit("reattest-failed", round=task.round, reason=reason)
             return
-        self.emit("reattested", round=task.round, agreement_digest=identity.agreement_digest)
+        self.emit(
+            "reattested",
+            round=task.round,
+            agreement_digest=identity.agreement_digest,
+            seconds=round(time.monotonic() - t0, 4),
+        )
 
     def _run_task(self, stream: AggregatorStream, root: Path, task: IncomingTask) -> None:
         config: dict[str, Any] = {**task.config, "data": self.o.data}

@@ -4,12 +4,14 @@ The rules are in :mod:`teeflow.fl.trust`; this module drives them against the pi
 the client hub. :meth:`LiveTrust.before_round` runs before a round's global model is sent;
 :meth:`LiveTrust.admit` checks each update as it arrives (``ResultCollector.admit``).
 Progress events: ``agreement-changed {version, digest}``, ``reattested {round, role,
-party}``, ``client-dropped {round, party, reason}``.
+party}``, ``client-dropped {round, party, reason}``, ``admission {round, seconds,
+agreement_version, reattested, dropped}`` (the admission's wall time: it is on the round's
+critical path).
 """
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,8 +36,6 @@ from teeflow.kbs.ca.authority import WorkloadIdentity
 from teeflow.kbs.policy.signing import SignedAgreement
 
 __all__ = ["LiveTrust", "SelfAttestation"]
-
-_LOG = logging.getLogger("teeflow.fl.liveness")
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class LiveTrust:
                 ``on_revocation`` is ``stop``, or too few clients remain.
             KbsError subclasses: the KBS could not be read (StateRollback included).
         """
+        t0 = time.monotonic()
         self._refresh_agreement()
         self._check_self(horizon)
         now = self._clock()
@@ -170,6 +171,16 @@ class LiveTrust:
             if cert is not None:
                 trust.ages[party] = round(attestation_age(cert, now), 3)
         trust.aggregator_age = round(attestation_age(self.me.certificate, now), 3)
+        self._emit(
+            "admission",
+            {
+                "round": r,
+                "seconds": round(time.monotonic() - t0, 4),
+                "agreement_version": trust.version,
+                "reattested": len(trust.reattested),
+                "dropped": len(trust.drops),
+            },
+        )
         return trust
 
     def _refresh_agreement(self) -> None:
