@@ -6,7 +6,8 @@ per_round``, ``training.on_revocation: drop``, and a second client build (carol'
 client reference values. Then:
 
 * session 1 (:func:`live`, 3 rounds, at least 1 client): every client re-attests before every
-  round (c); while round 1 runs, alice and bob sign v3, which revokes carol's build — carol is
+  round after the first (c; the attestation it connected with is fresh for round 1); while
+  round 1 runs, alice and bob sign v3, which revokes carol's build — carol is
   dropped before round 2 (a); while round 2 runs, bob revokes his client's enrollment — bob's
   re-attestation is refused and he is dropped before round 3 (b); alice finishes round 3.
   ``teeflow agreement history`` exports the signed history and ``teeflow model verify
@@ -223,7 +224,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
                 training={"on_revocation": "drop"},
                 publish=True,
             )
-            agg = _aggregator(lf, fed, "live-2", 6, 2)
+            # up to 30 rounds: the session stops at the first admission after the refresh
+            agg = _aggregator(lf, fed, "live-2", 30, 2)
             procs = {
                 p: _client(lf, fed, agg, p, fed.client_manifest, "out")[0] for p in PARTIES
             }
@@ -244,6 +246,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
 
 def _drops(events: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    """Each party's last drop: ``(round, reason)``."""
     return {
         e["party"]: (e["round"], e["reason"]) for e in events if e["event"] == "client-dropped"
     }
@@ -252,7 +255,7 @@ def _drops(events: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
 def test_every_client_reattests_before_every_round(runs: Runs) -> None:
     re = [e for e in runs.live_events if e["event"] == "reattested" and e["role"] == "client"]
     by_round = {r: {e["party"] for e in re if e["round"] == r} for r in (1, 2, 3)}
-    assert by_round[1] == {"alice", "bob", "carol"}
+    assert by_round[1] == set()  # they attested after the session started: fresh for round 1
     assert by_round[2] == {"alice", "bob"}  # carol was dropped without asking: revoked build
     assert by_round[3] == {"alice"}
     assert [e["round"] for e in runs.live_rounds] == [0, 1, 2, 3]
@@ -268,8 +271,12 @@ def test_revoked_build_is_dropped_before_the_next_round(runs: Runs) -> None:
     assert "carol" not in rounds[2]["clients"]
     rnd, reason = _drops(runs.live_events)["carol"]
     assert rnd == 2 and "revoked build" in reason
-    bye = [e for e in runs.live_clients["carol"] if e["event"] == "done"]
+    carol = runs.live_clients["carol"]
+    bye = [e for e in carol if e["event"] == "done"]
     assert bye and not bye[0]["ok"] and "dropped" in bye[0]["reason"]
+    # a dropped client tries to rejoin: the KBS refuses the revoked build, which ends it
+    assert any(e["event"] == "rejoining" for e in carol)
+    assert carol[-1]["event"] == "error" and carol[-1]["type"] == "AttestationFailed"
     changed = [e for e in runs.live_events if e["event"] == "agreement-changed"]
     assert [e["version"] for e in changed] == [3]
 
@@ -304,7 +311,7 @@ def test_killed_client_rejoins_a_later_round(runs: Runs) -> None:
 
 def test_platform_turned_out_of_date_is_dropped(runs: Runs) -> None:
     drops = _drops(runs.out_events)
-    assert drops, runs.out_events[-5:]
-    assert all("OutOfDate" in reason or "TCB" in reason for _, reason in drops.values()), drops
+    assert set(drops) == {"alice", "bob", "carol"}, runs.out_events[-5:]
+    assert all("tcb status OutOfDate not accepted" in why for _, why in drops.values()), drops
     assert runs.out_code != 0 and runs.out_error is not None
     assert "session stopped" in runs.out_error["message"]

@@ -126,16 +126,22 @@ def test_reattest_when_the_agreement_changed_or_the_age_would_pass_max_age() -> 
     a = agreement(attestation={"max_age": "10m"})
     c, i = cert("alice", a)
     assert reattest_reason(c, i, force(a), NOW + timedelta(minutes=1), horizon=60) is None
-    assert "max_age" in (reattest_reason(c, i, force(a), NOW + timedelta(minutes=9), 61) or "")
+    late = NOW + timedelta(minutes=9)
+    assert "max_age" in (reattest_reason(c, i, force(a), late, horizon=61) or "")
     b = agreement(2, attestation={"max_age": "10m"})
-    assert "another agreement" in (reattest_reason(c, i, force(b), NOW, 0) or "")
+    assert "another agreement" in (reattest_reason(c, i, force(b), NOW, horizon=0) or "")
     p = agreement(attestation={"max_age": "per_round"})
     cp, ip = cert("alice", p)
-    assert reattest_reason(cp, ip, force(p), NOW, 0) == "max_age per_round"
+    assert reattest_reason(cp, ip, force(p), NOW, horizon=0) == "max_age per_round"
+    # attested since the previous round ended: fresh for this round
+    assert reattest_reason(cp, ip, force(p), NOW, horizon=0, since=NOW) is None
+    assert reattest_reason(cp, ip, force(p), NOW, horizon=0,
+                           since=NOW + timedelta(seconds=1)) == "max_age per_round"
     none = agreement()
     cn, i_n = cert("alice", none)
-    assert reattest_reason(cn, i_n, force(none), NOW + timedelta(hours=1), 60) is None
-    assert "expires" in (reattest_reason(cn, i_n, force(none), NOW + timedelta(hours=24), 60) or "")
+    assert reattest_reason(cn, i_n, force(none), NOW + timedelta(hours=1), horizon=60) is None
+    day = NOW + timedelta(hours=24)
+    assert "expires" in (reattest_reason(cn, i_n, force(none), day, horizon=60) or "")
 
 
 def test_update_under_a_stale_or_old_agreement_certificate_is_refused() -> None:

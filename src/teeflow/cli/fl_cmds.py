@@ -178,6 +178,15 @@ def register(app: typer.Typer) -> None:
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        rejoin: Annotated[
+            int,
+            typer.Option(
+                "--rejoin",
+                min=0,
+                help="Times a client the aggregator dropped (e.g. a missed re-attestation) "
+                "attests again and reconnects; a KBS refusal ends it.",
+            ),
+        ] = 3,
     ) -> None:
         """Run a client (attests as role client for PARTY; dials out; JSON lines on stdout)."""
         _quiet_grpc()
@@ -201,6 +210,7 @@ def register(app: typer.Typer) -> None:
                     platform=platform_options(platform, tsm_root, gramine_root),
                     enrollment=enrollment,
                     gpu=gpu,
+                    rejoin=rejoin,
                 ),
                 _emit,
             ).run()

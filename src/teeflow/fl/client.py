@@ -17,12 +17,15 @@
 4. dial out to the aggregator (:class:`~teeflow.fl.transport.client.AggregatorStream`: mutual
    TLS, aggregator identity verified) and run tasks until Goodbye: ``init`` → the package's
    ``init(config)``; ``train`` → ``train(arrays, config) -> (arrays, num_examples, metrics)``;
-   ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``. The client's data
+   ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``; ``reattest`` →
+   attest again to the KBS and prove the new certificate (issue 11). The client's data
    spec is put into every config as ``config["data"]`` (overriding the aggregator's). A task
    whose code raises is reported as failed (type and message, ≤ 300 characters) and the client
    keeps serving.
 
-The client never opens a port. Progress goes to ``emit(event, fields)``.
+Dropped by the aggregator (``Goodbye`` reason ``dropped: ...``), the client attests again and
+reconnects up to ``rejoin`` times (a KBS refusal ends it). The client never opens a port.
+Progress goes to ``emit(event, fields)``.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class ClientOptions:
     several clients on one small machine train much faster with one thread each; 0 leaves the
     package's/torch's default. ``enrollment``: the token file of ``party``'s enrollment (role
     ``client``; ``teeflow party enroll``) — the KBS refuses the client without it.
+    ``rejoin``: how many times a client the aggregator dropped (``Goodbye`` reason
+    ``dropped: ...``, e.g. a missed re-attestation) attests again and reconnects (issue 11); a
+    KBS refusal (revoked build, enrollment or platform) ends it.
     """
 
     party: str
@@ -84,6 +90,7 @@ class ClientOptions:
     platform: PlatformOptions = field(default_factory=PlatformOptions)
     enrollment: Path | None = None
     gpu: str = "none"
+    rejoin: int = 3
 
 
 @dataclass(frozen=True)
@@ -202,12 +209,44 @@ class Client:
             )
             for name in ("train", "validate"):  # import the package code (torch) up front
                 self._fn(unpacked, name)
-            return self._serve(stream, unpacked, welcome.session)
+            result = self._serve(stream, unpacked, welcome.session)
+            for attempt in range(1, o.rejoin + 1):
+                if result.ok or not result.reason.startswith("dropped:"):
+                    break
+                stream.close()
+                stream = self._rejoin(ca, pkg, attempt, result.reason)
+                result = self._serve(stream, unpacked, welcome.session)
+            return result
         finally:
             stream.close()
             kbs.close()
             if o.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _rejoin(
+        self, ca: x509.Certificate, pkg: bytes, attempt: int, reason: str
+    ) -> AggregatorStream:
+        """After a drop (issue 11): attest again (the KBS re-appraises under the agreement in
+        force; a refusal raises and ends the client) and reconnect for the next round."""
+        o = self.o
+        self.emit("rejoining", attempt=attempt, reason=reason[:300])
+        self._kbs.attest("client", self._claims)
+        cert_pem, key = self._kbs.get_certificate()
+        identity = self._kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+        stream = AggregatorStream(
+            o.aggregator,
+            certificate_pem=cert_pem,
+            key=key,
+            ca=ca,
+            party=o.party,
+            package_digest=pkg,
+            agreement_digest=bytes.fromhex(identity.agreement_digest),
+            session=o.session,
+        )
+        welcome = stream.open(o.connect_timeout)
+        self.emit("connected", session=welcome.session, rejoined=True,
+                  aggregator_measurement=welcome.identity.measurement)
+        return stream
 
     def _fn(self, root: Path, name: str) -> Callable[..., Any]:
         if name not in self._entry:

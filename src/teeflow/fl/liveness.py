@@ -111,6 +111,8 @@ class LiveTrust:
         self._emit = emit
         self._clock = clock or (lambda: datetime.now(UTC))
         self.round: RoundTrust | None = None
+        #: ``per_round`` freshness bound: the end of the last admission (first: now)
+        self._since = self._clock()
 
     # -- before a round ----------------------------------------------------------------------
 
@@ -124,10 +126,12 @@ class LiveTrust:
             KbsError subclasses: the KBS could not be read (StateRollback included).
         """
         t0 = time.monotonic()
-        self._refresh_agreement()
-        self._check_self(horizon)
+        changed = self._refresh_agreement()
+        self._qualify_self()
+        if changed:  # the hub must check answers against the new agreement: renew first
+            self._renew_self(horizon)
         now = self._clock()
-        trust = RoundTrust(self.force.version, self.force.digest.hex(), now)
+        trust = RoundTrust(self.force.version, self.force.digest.hex(), now, self._since)
         self.round = trust
         asked: dict[str, Any] = {}
         for party in self.hub.connected():
@@ -138,13 +142,17 @@ class LiveTrust:
             if problem is not None:
                 trust.drops.append(Drop(party, problem))
                 continue
-            why = reattest_reason(cert, ident, self.force, now, horizon)
+            why = reattest_reason(
+                cert, ident, self.force, now, horizon=horizon, since=self._since
+            )
             if why is None:
                 continue
             try:
                 asked[party] = self.hub.reattest(party, r)
             except FLError:  # disconnected meanwhile
                 continue
+        if not changed:  # overlaps with the clients' re-attestations
+            self._renew_self(horizon)
         late = wait_all({p: h.done for p, h in asked.items()}, self._timeout)
         for party, handle in asked.items():
             if party in late:
@@ -171,6 +179,7 @@ class LiveTrust:
             if cert is not None:
                 trust.ages[party] = round(attestation_age(cert, now), 3)
         trust.aggregator_age = round(attestation_age(self.me.certificate, now), 3)
+        self._since = now
         self._emit(
             "admission",
             {
@@ -183,26 +192,34 @@ class LiveTrust:
         )
         return trust
 
-    def _refresh_agreement(self) -> None:
+    def _refresh_agreement(self) -> bool:
+        """Read the agreement in force; True when it changed."""
         signed = self._current()
         if signed is None:
             raise FLError("the KBS has no agreement")
         new = AgreementInForce.of(signed)
         if new.digest == self.force.digest:
-            return
+            return False
         if new.version < self.force.version:
             raise FLError(
                 f"the KBS serves agreement v{new.version} after v{self.force.version} — stopping"
             )
         self.force = new
         self._emit("agreement-changed", {"version": new.version, "digest": new.digest.hex()})
+        return True
 
-    def _check_self(self, horizon: float) -> None:
-        me = self.me
-        problem = qualifies(me.identity, self.force.agreement, "aggregator")
+    def _qualify_self(self) -> None:
+        problem = qualifies(self.me.identity, self.force.agreement, "aggregator")
         if problem is not None:
             raise FLError(f"the aggregator no longer satisfies the agreement in force: {problem}")
-        if reattest_reason(me.certificate, me.identity, self.force, self._clock(), horizon) is None:
+
+    def _renew_self(self, horizon: float) -> None:
+        me = self.me
+        why = reattest_reason(
+            me.certificate, me.identity, self.force, self._clock(), horizon=horizon,
+            since=self._since,
+        )
+        if why is None:
             return
         try:
             me = self._self_attest()
@@ -248,7 +265,7 @@ class LiveTrust:
         if cert is None or ident is None:
             problem: str | None = "client no longer connected"
         else:
-            problem = update_problem(cert, ident, self.force, self._clock(), trust.started)
+            problem = update_problem(cert, ident, self.force, self._clock(), trust.since)
         if problem is not None:
             trust.drops.append(Drop(party, problem))
             trust.ages.pop(party, None)

@@ -54,6 +54,10 @@ __all__ = [
     "wait_all",
 ]
 
+#: Resolution of certificate times (whole seconds).
+_RESOLUTION = timedelta(seconds=1)
+
+
 def attested_at(cert: x509.Certificate) -> datetime:
     """When the KBS issued ``cert`` (right after the attestation it certifies), UTC."""
     return cert.not_valid_before_utc + CLOCK_SKEW
@@ -148,7 +152,9 @@ def reattest_reason(
     identity: WorkloadIdentity,
     force: AgreementInForce,
     now: datetime,
+    *,
     horizon: float,
+    since: datetime | None = None,
 ) -> str | None:
     """Why a participant must attest again before this round, or None.
 
@@ -157,11 +163,15 @@ def reattest_reason(
         force: the agreement in force.
         now: current time (UTC).
         horizon: seconds the coming round is expected to take (the last round's duration).
+        since: ``per_round``: the end of the previous round (round 1: the session's start);
+            an attestation from before it must be renewed. None: always renew.
     """
     if identity.agreement_digest != force.digest.hex():
         return f"certificate bound to another agreement version (v{force.version} in force)"
     terms = force.terms
     if terms is not None and terms.per_round:
+        if since is not None and attested_at(cert) >= since:
+            return None  # attested since the previous round ended: fresh for this one
         return "max_age per_round"
     max_age = terms.max_age_delta if terms is not None else None
     age = attestation_age(cert, now)
@@ -177,11 +187,12 @@ def update_problem(
     identity: WorkloadIdentity,
     force: AgreementInForce,
     now: datetime,
-    round_started: datetime,
+    since: datetime,
 ) -> str | None:
     """Why an update from a client standing on ``cert`` must be refused, or None: the
     certificate is bound to an older agreement version, older than ``max_age``, expired, or
-    (``per_round``) issued before the round started."""
+    (``per_round``) issued before ``since`` (the end of the previous round; round 1: the
+    session's start)."""
     if identity.agreement_digest != force.digest.hex():
         return f"update from an older agreement version (v{force.version} in force)"
     if now > cert.not_valid_after_utc:
@@ -190,7 +201,9 @@ def update_problem(
     if terms is None:
         return None
     if terms.per_round:
-        if attested_at(cert) < round_started - CLOCK_SKEW:
+        # certificate times have a resolution of one second (RFC 5280 UTCTime): a certificate
+        # issued in the second ``since`` falls in counts as fresh
+        if attested_at(cert) < since - _RESOLUTION:
             return "update under a certificate from before this round (max_age per_round)"
         return None
     max_age = terms.max_age_delta
@@ -211,11 +224,14 @@ class RoundTrust:
         drops: participants dropped before or during the round, with reasons.
         reattested: parties that re-attested for this round.
         started: round start (UTC).
+        since: ``per_round`` freshness bound: attestations from before it were renewed
+            (the end of the previous round; round 1: the session's start).
     """
 
     version: int
     agreement_digest: str
     started: datetime
+    since: datetime
     ages: dict[str, float] = field(default_factory=dict)
     aggregator_age: float = 0.0
     drops: list[Drop] = field(default_factory=list)
