@@ -227,6 +227,10 @@ def _probe_summary(probe_dir: Path, pids: dict[str, int]) -> dict[str, Any]:
         "clients_max_total": round(max(client_tot, default=0.0), 4),
         "clients_sum_total": round(sum(client_tot), 4),
         "client_calls_example": clients[0].get("calls", {}) if clients else {},
+        # per-round re-attestation (issue 11): inside the aggregator's admission, so not in
+        # the clients' critical-path totals above
+        "clients_reattest_max": round(max((cat(d, "reattest") for d in clients), default=0.0), 4),
+        "clients_reattest_sum": round(sum(cat(d, "reattest") for d in clients), 4),
         "processes_reporting": len(by_pid),
         "missing_probes": sorted({m for d in by_pid.values() for m in d.get("missing", [])}),
     }

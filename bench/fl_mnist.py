@@ -265,7 +265,9 @@ def security_share(res: dict[str, Any], hp: C.HParams, wall: float) -> dict[str,
       start-up, per round the update/model digests, provenance entries, the sealed checkpoint
       with its fsync and KBS counter increment, the sealed model at the end);
     - plus the slowest client's (clients attest, fetch their key, connect with mutual TLS
-      and open the package concurrently before round 1);
+      and open the package concurrently before round 1); with ``--reattest per_round`` the
+      clients' per-round re-attestations are inside the aggregator's admission
+      (``LiveTrust.before_round``, which waits for the slowest) and counted there, once;
     - plus an *estimate* of TLS record protection, which gRPC does in C where the probe cannot
       see it: every model/update byte crosses TLS once down or up (3 × model size per client
       per round: train model, update, evaluate model), encrypted at one end and decrypted at

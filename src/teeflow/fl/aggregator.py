@@ -28,14 +28,20 @@ still attesting and connecting; the result's digest starts the provenance log
 (``session-start``) and, once ``wait_clients`` clients are connected, it is evaluated as
 round 0.
 
-**Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
+**Round r** (1..``rounds``): first the live-trust admission (:class:`teeflow.fl.liveness.
+LiveTrust`, issue 11: the agreement in force read from the KBS, the aggregator and every
+client re-checked and, when the agreement changed or ``attestation.max_age`` requires it,
+re-attested; clients that no longer qualify are dropped, or the session stops per
+``training.on_revocation``; each arriving update is refused when its client's certificate
+stopped qualifying); then ``configure_train`` over the connected clients; each selected client
 gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
 fails or misses the round deadline is dropped from the round; each update weighs its
 client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
 in the round's provenance entry). Fewer than ``min_clients`` updates: the round is retried
 once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated evaluation
-(best effort, each result checked alone), then the commit: provenance ``round`` entry, sealed
+(best effort, each result checked alone), then the commit: provenance ``round`` entry (with
+the round's trust record: agreement version, attestation ages, drops), sealed
 checkpoint, KBS counter compare-and-increment to ``r`` bound to the model digest. After the
 last round the ``final`` entry is appended and the model is sealed to the recipients
 (:mod:`teeflow.fl.outputs`).
