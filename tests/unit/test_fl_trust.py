@@ -36,6 +36,7 @@ from teeflow.fl.provenance import ClientRecord, DropRecord, RoundTrustRecord, ve
 from teeflow.fl.provenance_log import ProvenanceLog
 from teeflow.fl.trust import (
     AgreementInForce,
+    earlier_version,
     qualifies,
     reattest_reason,
     update_problem,
@@ -447,3 +448,43 @@ def test_old_provenance_entries_hash_as_before() -> None:
     e = log.record_round(1, clients=[ClientRecord(party="a", measurement=d("c").hex())],
                          update_digests={"a": d("u")}, aggregate_digest=d("m1"))
     assert "trust" not in e.body()
+
+
+# -- an aggregator restart after an agreement update ----------------------------------------
+
+
+def test_a_session_resumes_only_from_an_earlier_version_of_the_chain() -> None:
+    signed, v1, v2 = history()
+    assert earlier_version(signed, digest(v1).hex(), digest(v2))
+    assert not earlier_version(signed, digest(v2).hex(), digest(v1))  # newer checkpoint
+    assert not earlier_version(signed, "00" * 32, digest(v2))  # another federation's
+
+
+def test_handover_after_an_update_is_certified_under_the_agreement_in_force() -> None:
+    """The restarted instance's certificate is bound to the agreement in force (v2); the
+    hand-over records it, and the CA check accepts it — only with that record (ATTACK: a
+    hand-over certificate of another agreement is refused)."""
+    from teeflow.fl.outputs import aggregator_certificate_check
+
+    _, v1, v2 = history()
+    log = ProvenanceLog(KEY)
+    log.start(**{**COMMON, "agreement_digest": digest(v1), "aggregator_measurement": AGG_MR.hex()},
+              aggregator_certificate=_pem(), initial_digest=d("m0"))
+    log.record_round(1, clients=[ClientRecord(party="alice", measurement=CLIENT_MR.hex())],
+                     update_digests={"alice": d("u1")}, aggregate_digest=d("m1"))
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    ident = WorkloadIdentity(role="aggregator", party=None, measurement=AGG_MR.hex(),
+                             agreement_digest=digest(v2).hex(), tee="emulated-sgx",
+                             emulated=True)
+    new_cert = CA.issue(new_key.public_key(), ident, now=datetime.now(UTC))
+    from cryptography.hazmat.primitives import serialization
+
+    new_pem = new_cert.public_bytes(serialization.Encoding.PEM).decode()
+    certify = aggregator_certificate_check(CA.certificate)
+    cont = ProvenanceLog(new_key, log.entries, certify=certify)
+    with pytest.raises(FLError, match="hand-over certificate"):
+        cont.handover(aggregator_certificate=new_pem, aggregator_measurement=AGG_MR.hex())
+    h = cont.handover(aggregator_certificate=new_pem, aggregator_measurement=AGG_MR.hex(),
+                      agreement_in_force=digest(v2))
+    assert h.agreement_in_force == digest(v2).hex()
+    verify_provenance(list(cont.entries), KEY.public_key(), certify=certify)

@@ -82,7 +82,7 @@ from teeflow.fl.publish import choose_package, fetch_resource
 from teeflow.fl.strategy import EvaluateResult, make_strategy
 from teeflow.fl.strategy.base import Config, Metrics, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
-from teeflow.fl.trust import AgreementInForce, RoundTrust, trust_summary
+from teeflow.fl.trust import AgreementInForce, RoundTrust, earlier_version, trust_summary
 from teeflow.fl.workload import (
     AggregatorResult,
     RoundReport,
@@ -278,7 +278,7 @@ class Aggregator:
             raise FLError(f"cannot read {o.package}: {exc.strerror or exc}") from None
         self.hub = ClientHub(
             session=o.session,
-            agreement_digest=self.agreement_digest,
+            agreement_digest=digest(self.signed_agreement.agreement),  # the one in force
             package_digest=self.package_digest,
             ca=self.kbs.pin.ca(),
             certificate_pem=self.cert_pem,
@@ -337,10 +337,18 @@ class Aggregator:
         )
 
     def _resume(self, ckpt: Checkpoint) -> int:
+        in_force = None
         if ckpt.agreement_digest != self.agreement_digest.hex():
-            raise CheckpointError(
-                "the checkpoint was made under another agreement: start a new session"
-            )
+            # an update accepted during the session (issue 11): resume only a session of an
+            # earlier version of this federation's verified agreement chain
+            if not earlier_version(
+                self.kbs.agreement_history(), ckpt.agreement_digest, self.agreement_digest
+            ):
+                raise CheckpointError(
+                    "the checkpoint was made under another agreement: start a new session"
+                )
+            in_force = self.agreement_digest
+            self.agreement_digest = bytes.fromhex(ckpt.agreement_digest)  # the session's
         if ckpt.package_digest != self.package_digest.hex():
             raise CheckpointError("the checkpoint was made with another package")
         # the log of the checkpoint was signed by the previous instance(s); this instance
@@ -349,6 +357,7 @@ class Aggregator:
         handover = self.log.handover(
             aggregator_certificate=self.cert_pem.decode("ascii"),
             aggregator_measurement=self.identity.measurement,
+            agreement_in_force=in_force,
         )
         self.emit("handover", round=ckpt.round, entry=handover.seq)
         self.global_arrays = decode_arrays(ckpt.arrays)
@@ -601,7 +610,7 @@ class Aggregator:
         data = encode_arrays(self.global_arrays)
         sealed = seal_model(
             data,
-            self.recipients,
+            model_recipients(self.live.force.agreement),  # the agreement in force at the end
             session=o.session,
             federation=self.agreement.federation,
             agreement_digest=self.agreement_digest.hex(),

@@ -180,6 +180,7 @@ class ProvenanceEntry(BaseModel):
     )
     clipped: tuple[Name, ...] = Field(default=(), max_length=100_000)
     handover_from: Hex32 | None = None
+    agreement_in_force: Hex32 | None = None
     aggregate_digest: Hex32
     metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
         default_factory=dict, max_length=64
@@ -192,8 +193,9 @@ class ProvenanceEntry(BaseModel):
     def body(self) -> dict[str, Any]:
         """The hashed JSON value (every field but ``hash``/``signature``, plus ``format``)."""
         value = self.model_dump(mode="json", exclude={"hash", "signature"})
-        if value.get("trust") is None:  # absent before issue 11: old hashes stay valid
-            value.pop("trust", None)
+        for optional in ("trust", "agreement_in_force"):  # absent before issue 11: old
+            if value.get(optional) is None:  # hashes stay valid
+                value.pop(optional, None)
         value["format"] = PROVENANCE_FORMAT
         return value
 
@@ -227,6 +229,8 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
         return "only session-start and handover carry a certificate"
     if (entry.kind == "handover") != (entry.handover_from is not None):
         return "handover_from belongs to (and only to) a handover"
+    if entry.kind != "handover" and entry.agreement_in_force is not None:
+        return "agreement_in_force belongs to a handover"
     if entry.kind != "round" and (
         entry.clients or entry.update_digests or entry.weights or entry.clipped or entry.trust
     ):

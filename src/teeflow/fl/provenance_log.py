@@ -130,6 +130,7 @@ class ProvenanceLog:
         handover_from: str | None = None,
         metrics: Mapping[str, float] | None = None,
         trust: RoundTrustRecord | None = None,
+        agreement_in_force: bytes | str | None = None,
     ) -> ProvenanceEntry:
         """Sign and append one entry; the result keeps the whole log valid.
 
@@ -166,6 +167,9 @@ class ProvenanceLog:
             "aggregate_digest": _hex32(aggregate_digest, "aggregate_digest"),
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
             "trust": trust,
+            "agreement_in_force": None
+            if agreement_in_force is None
+            else _hex32(agreement_in_force, "agreement_in_force"),
             "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
             "hash": GENESIS_HASH,
             "signature": "0" * 128,
@@ -227,11 +231,16 @@ class ProvenanceLog:
         )
 
     def handover(
-        self, *, aggregator_certificate: str, aggregator_measurement: bytes | str
+        self,
+        *,
+        aggregator_certificate: str,
+        aggregator_measurement: bytes | str,
+        agreement_in_force: bytes | str | None = None,
     ) -> ProvenanceEntry:
         """Append a ``handover`` entry: this instance (``aggregator_certificate``, whose key
         must be the signing key; ``aggregator_measurement``, its attested measurement) takes
-        over the log at its last round.
+        over the log at its last round; ``agreement_in_force``: the digest its certificate is
+        bound to when an agreement update was accepted during the session (issue 11).
 
         Raises:
             FLError: nothing to take over (no round yet, or the log is final), the
@@ -257,6 +266,7 @@ class ProvenanceLog:
             round=rounds[-1].round,
             handover_from=certificate_fingerprint(self._segment),
             aggregate_digest=self._entries[-1].aggregate_digest,
+            agreement_in_force=agreement_in_force,
         )
 
     def record_round(

@@ -46,6 +46,7 @@ __all__ = [
     "RoundTrust",
     "attestation_age",
     "attested_at",
+    "earlier_version",
     "qualifies",
     "reattest_reason",
     "stop_or_drop",
@@ -286,3 +287,12 @@ def trust_summary(trust: RoundTrust | None, clients: tuple[str, ...]) -> dict[st
         "attestation_age": max(ages) if ages else None,
         "dropped": {d.party: d.reason for d in trust.drops},
     }
+
+
+def earlier_version(history: list[SignedAgreement], older_hex: str, current: bytes) -> bool:
+    """True when the agreement with digest ``older_hex`` precedes ``current`` in the
+    (verified) agreement ``history`` — a session begun under it may resume under the agreement
+    in force (an aggregator restart after an update)."""
+    versions = {digest(s.agreement).hex(): s.agreement.version for s in history}
+    older, now = versions.get(older_hex.lower()), versions.get(current.hex())
+    return older is not None and now is not None and older < now
