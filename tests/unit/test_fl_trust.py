@@ -488,3 +488,41 @@ def test_handover_after_an_update_is_certified_under_the_agreement_in_force() ->
                       agreement_in_force=digest(v2))
     assert h.agreement_in_force == digest(v2).hex()
     verify_provenance(list(cont.entries), KEY.public_key(), certify=certify)
+
+
+# -- revoking an enrollment stops releases and certificates at once --------------------------
+
+
+def test_revoked_enrollment_stops_releases_and_certificates_at_once() -> None:
+    """ATTACK: a workload whose enrollment was revoked keeps using its still-valid token to
+    fetch keys or certificates (the token lives up to 5 min)."""
+    import os
+
+    from test_kbs_service import CLAIMS, PARTIES, PATH
+
+    from teeflow.kbs.api.problems import PolicyDeny
+    from teeflow.kbs.policy.enrollment import issue_enrollment, read_enrollment, sign_revocation
+
+    store = open_store("memory://")
+    try:
+        h = Harness(store)
+        h.service.put_resource(h.upload(os.urandom(32)))
+        t = issue_enrollment(PARTIES["alice"], federation="study", role="client",
+                             now=h.clock.now, expires=timedelta(hours=1))
+        w = h.attest(claims={**CLAIMS, "enrollment": t})
+        session = h.session(w)
+        priv = w.key.private_key
+        assert isinstance(priv, ec.EllipticCurvePrivateKey)
+        h.service.get_resource(session, PATH)  # allowed before the revocation
+        h.service.revoke_enrollment(sign_revocation(
+            PARTIES["alice"], federation="study", enrollment_id=read_enrollment(t).jti,
+            now=NOW))
+        with pytest.raises(PolicyDeny):
+            h.service.get_resource(session, PATH)
+        with pytest.raises(PolicyDeny, match="enrollment revoked"):
+            h.service.issue_certificate(session, csr_for(priv))
+        denies = [e for e in store.audit_entries(0, 100) if e.decision == "deny"]
+        revoked = [e.kind for e in denies if "enrollment revoked" in e.reasons]
+        assert revoked == ["release", "certificate"]
+    finally:
+        store.close()

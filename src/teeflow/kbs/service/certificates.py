@@ -24,7 +24,7 @@ from teeflow.kbs.protocol import (
     AttestedSession,
 )
 from teeflow.kbs.service.context import ServiceContext
-from teeflow.kbs.service.enrollments import CERTIFICATE_PARTY_ROLES
+from teeflow.kbs.service.enrollments import CERTIFICATE_PARTY_ROLES, enrollment_revoked
 
 __all__ = ["CertificateService"]
 
@@ -68,6 +68,9 @@ class CertificateService:
         data: dict[str, Any] = {"role": session.role, "measurement": session.measurement}
         if session.enrollment is None:
             reason = "the workload acts for no enrolled party (no enrollment)"
+            self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
+        if enrollment_revoked(self._ctx, session.enrollment):  # issue 11: at once
+            reason = "enrollment revoked"
             self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
         try:
             identity = WorkloadIdentity(
