@@ -28,13 +28,10 @@ still attesting and connecting; the result's digest starts the provenance log
 (``session-start``) and, once ``wait_clients`` clients are connected, it is evaluated as
 round 0.
 
-**Round r** (1..``rounds``): first the live-trust admission (:class:`teeflow.fl.liveness.
-LiveTrust`, issue 11: the agreement in force read from the KBS, the aggregator and every
-client re-checked and, when the agreement changed or ``attestation.max_age`` requires it,
-re-attested; clients that no longer qualify are dropped, or the session stops per
-``training.on_revocation``; each arriving update is refused when its client's certificate
-stopped qualifying); then ``configure_train`` over the connected clients; each selected client
-gets the global model and config; updates are decoded, checked and folded into the strategy *as
+**Round r** (1..``rounds``): first the live-trust admission (issue 11,
+:class:`teeflow.fl.liveness.LiveTrust`: agreement in force, re-attestation, drops; updates
+re-checked as they arrive); then ``configure_train`` over the connected clients; each
+selected client gets the global model and config; updates are decoded, checked and folded into the strategy *as
 they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
 fails or misses the round deadline is dropped from the round; each update weighs its
 client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
@@ -72,7 +69,7 @@ from teeflow.fl.arrays import (
 )
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
-from teeflow.fl.liveness import LiveTrust, SelfAttestation
+from teeflow.fl.liveness import LiveTrust, SelfAttestation, reattest_with
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
@@ -318,16 +315,10 @@ class Aggregator:
     # -- live trust (issue 11; the rules: teeflow.fl.trust, the driver: teeflow.fl.liveness) --
 
     def _live_trust(self) -> LiveTrust:
-        def self_attest() -> SelfAttestation:
-            self._attest()
-            cert_pem, key = self.kbs.get_certificate()
-            ident = self.kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
-            return SelfAttestation(cert_pem, key, ident)
-
         self._round_secs = 0.0
         return LiveTrust(
             current=self.kbs.current_agreement,
-            self_attest=self_attest,
+            self_attest=reattest_with(self.kbs, self._attest),
             hub=self.hub,
             force=AgreementInForce.of(self.signed_agreement),
             me=SelfAttestation(self.cert_pem, self.key, self.identity),
@@ -576,28 +567,12 @@ class Aggregator:
         self.store.commit(ckpt, increment)
         self.emit("committed", round=r, digest=ckpt.arrays_digest.hex(), counter=name)
 
-    def _report(
-        self,
-        r: int,
-        clients: tuple[str, ...],
-        metrics: Metrics,
-        secs: float,
-        d: str,
-        *,
-        trust: RoundTrust | None = None,
-    ) -> None:
-        live = trust_summary(trust, clients)
-        report = RoundReport(r, clients, metrics, secs, d, **live)
-        self._reports.append(report)
-        self.emit(
-            "round",
-            round=r,
-            clients=list(clients),
-            seconds=round(secs, 4),
-            digest=d,
-            **live,
-            **metrics,
-        )
+    def _report(self, r: int, clients: tuple[str, ...], metrics: Metrics, secs: float, d: str,
+                *, trust: RoundTrust | None = None) -> None:
+        live = trust_summary(trust, clients)  # agreement version, attestation age, drops
+        self._reports.append(RoundReport(r, clients, metrics, secs, d, **live))
+        self.emit("round", round=r, clients=list(clients), seconds=round(secs, 4), digest=d,
+                  **live, **metrics)
 
     # -- outputs ----------------------------------------------------------------------------------
 

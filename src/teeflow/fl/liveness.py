@@ -35,7 +35,7 @@ from teeflow.fl.trust import (
 from teeflow.kbs.ca.authority import WorkloadIdentity
 from teeflow.kbs.policy.signing import SignedAgreement
 
-__all__ = ["LiveTrust", "SelfAttestation"]
+__all__ = ["LiveTrust", "SelfAttestation", "reattest_with"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,30 @@ class SelfAttestation:
     def certificate(self) -> x509.Certificate:
         """The parsed certificate."""
         return x509.load_pem_x509_certificate(self.certificate_pem)
+
+
+class _Kbs(Protocol):
+    def get_certificate(self) -> tuple[bytes, Any]: ...
+
+    def check_certificate(self, cert: x509.Certificate) -> WorkloadIdentity: ...
+
+
+def reattest_with(kbs: _Kbs, attest: Callable[[], object]) -> Callable[[], SelfAttestation]:
+    """The aggregator's ``self_attest``: ``attest()`` (RCAR with a fresh nonce, as at start),
+    then a workload certificate for the attested key from ``kbs``
+    (:class:`~teeflow.kbs.client.sdk.KbsClient`), checked under the pinned CA.
+
+    The returned callable raises what ``attest`` and ``KbsClient.get_certificate`` raise
+    (KbsError subclasses, VerificationError, PlatformError).
+    """
+
+    def run() -> SelfAttestation:
+        attest()
+        pem, key = kbs.get_certificate()
+        identity = kbs.check_certificate(x509.load_pem_x509_certificate(pem))
+        return SelfAttestation(pem, key, identity)
+
+    return run
 
 
 class _Handle(Protocol):
