@@ -30,15 +30,15 @@ round 0.
 
 **Round r** (1..``rounds``): first the live-trust admission (issue 11,
 :class:`teeflow.fl.liveness.LiveTrust`: agreement in force, re-attestation, drops; updates
-re-checked as they arrive); then ``configure_train`` over the connected clients; each
-selected client gets the global model and config; updates are decoded, checked and folded into the strategy *as
-they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
-fails or misses the round deadline is dropped from the round; each update weighs its
-client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
-in the round's provenance entry). Fewer than ``min_clients`` updates: the round is retried
-once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated evaluation
-(best effort, each result checked alone), then the commit: provenance ``round`` entry (with
-the round's trust record: agreement version, attestation ages, drops), sealed
+re-checked as they arrive); then ``configure_train`` over the connected clients; each selected
+client gets the global model and config; updates are decoded, checked and folded into the
+strategy *as they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client
+that disconnects, fails or misses the round deadline is dropped from the round; each update
+weighs its client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`;
+recorded in the round's provenance entry). Fewer than ``min_clients`` updates: the round is
+retried once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated
+evaluation (best effort, each result checked alone), then the commit: provenance ``round``
+entry (with the round's trust record: agreement version, attestation ages, drops), sealed
 checkpoint, KBS counter compare-and-increment to ``r`` bound to the model digest. After the
 last round the ``final`` entry is appended and the model is sealed to the recipients
 (:mod:`teeflow.fl.outputs`).
