@@ -23,6 +23,10 @@ client the same IID part as ``_fl_common.prepare_split``; the train config (``mo
 ``batch_size``, ``epochs``, ``seed``, ``threads=1``) makes ``examples/mnist/task.py`` run the
 same arithmetic (round numbers 1..R, initial model from ``init_arrays`` with the same seed).
 
+``--reattest per_round`` gives the agreement ``attestation: {max_age: per_round}`` (issue 11):
+the aggregator and every client attest again to the KBS before every round; the result then
+carries ``reattestation`` (KBS flows, their latency p50/p99, flows per second).
+
 Timing of the security work: the aggregator and clients run with ``bench/_fl_probe`` on
 ``PYTHONPATH`` (a ``sitecustomize`` that times the runtime's attestation, TLS-connect, sealing
 and provenance functions and writes one JSON per process). Prints one ``FLBENCH_RESULT`` line.
@@ -68,7 +72,7 @@ def _party(i: int) -> str:
     return f"party-{i:02d}"
 
 
-def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
+def _setup(hp: C.HParams, work: Path, lf: Any, reattest: str = "once") -> dict[str, Any]:
     from teeflow.fl.aggregator import fl_measurement
     from teeflow.fl.package import build_package
     from teeflow.fl.publish import publish_package
@@ -132,6 +136,8 @@ def _setup(hp: C.HParams, work: Path, lf: Any) -> dict[str, Any]:
             "outputs": {"model": [parties[0]]},
             "allow_emulated": True,
             "update_quorum": {"k": min(2, len(parties))},
+            # issue 11: every workload re-attests to the KBS before every round
+            **({"attestation": {"max_age": reattest}} if reattest != "once" else {}),
         }
     )
     signed = SignedAgreement(agreement=agreement)
@@ -221,12 +227,50 @@ def _probe_summary(probe_dir: Path, pids: dict[str, int]) -> dict[str, Any]:
         "clients_max_total": round(max(client_tot, default=0.0), 4),
         "clients_sum_total": round(sum(client_tot), 4),
         "client_calls_example": clients[0].get("calls", {}) if clients else {},
+        # per-round re-attestation (issue 11): inside the aggregator's admission, so not in
+        # the clients' critical-path totals above
+        "clients_reattest_max": round(max((cat(d, "reattest") for d in clients), default=0.0), 4),
+        "clients_reattest_sum": round(sum(cat(d, "reattest") for d in clients), 4),
         "processes_reporting": len(by_pid),
         "missing_probes": sorted({m for d in by_pid.values() for m in d.get("missing", [])}),
     }
 
 
-def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
+def _percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) by nearest rank, or None."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.999999) - 1))]
+
+
+def _reattest_stats(events: list[dict[str, Any]], client_events: list[list[dict[str, Any]]],
+                    loop: float | None) -> dict[str, Any]:
+    """KBS re-attestation flows during the rounds (issue 11): per-flow latency (a client's
+    auth + attest + certificate, from its ``reattested`` events) p50/p99, flows per second
+    during the admission windows and over the whole training loop, and the admission time
+    (on the critical path) per round."""
+    lat = [float(e["seconds"]) for ev in client_events for e in ev
+           if e["event"] == "reattested" and "seconds" in e]
+    adm = [e for e in events if e["event"] == "admission"]
+    window = sum(float(e["seconds"]) for e in adm)
+    flows = sum(int(e["reattested"]) for e in adm) + sum(
+        1 for e in events if e["event"] == "reattested" and e.get("role") == "aggregator"
+    )
+    return {
+        "flows": flows,
+        "client_flows": len(lat),
+        "flow_latency_p50_seconds": _percentile(lat, 0.5),
+        "flow_latency_p99_seconds": _percentile(lat, 0.99),
+        "flows_per_second_in_admission": round(flows / window, 2) if window else None,
+        "flows_per_second_over_loop": round(flows / loop, 2) if loop else None,
+        "admission_seconds_total": round(window, 3),
+        "admission_seconds_per_round": round(window / len(adm), 4) if adm else None,
+        "rounds_admitted": len(adm),
+    }
+
+
+def run(data_dir: Path, hp: C.HParams, work: Path, reattest: str = "once") -> dict[str, Any]:
     """The whole teeflow federation; returns measurements (module docstring)."""
     from teeflow.fl.outputs import verify_model
     from teeflow.fl.session import LocalFederation
@@ -254,7 +298,7 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
     }
     wait = 600.0
     with LocalFederation(work / "procs", platform="emulated-sgx", home=home, env=env) as lf:
-        fed = _setup(hp, work, lf)
+        fed = _setup(hp, work, lf, reattest)
         t_setup = time.perf_counter()
         agg = lf.start_aggregator(
             pin=fed["pin_path"],
@@ -294,6 +338,7 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
             exits[name] = round(time.perf_counter() - t_done, 3)
         rounds = agg.rounds()
         events = list(agg.events)
+        client_events = [list(c.events) for c in clients.values()]
         pids = {"aggregator": agg.pid, **{p: c.pid for p, c in clients.items()}}
     t_stopped = time.perf_counter()
     checked = verify_model(
@@ -343,6 +388,8 @@ def run(data_dir: Path, hp: C.HParams, work: Path) -> dict[str, Any]:
         # launching process's peak over fork/exec)
         "aggregator_vmhwm_mb": round(int(done.get("max_rss_bytes", 0)) / 2**20, 1),
         "security_probe": probe,
+        "reattest": reattest,
+        "reattestation": _reattest_stats(events, client_events, loop),
         "pids": pids,
         "kbs_pid": fed["kbs_pid"],
     }
@@ -353,13 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", required=True, type=Path)
     ap.add_argument("--hparams", required=True)
     ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--reattest", choices=["once", "per_round"], default="once",
+                    help="agreement attestation.max_age: none (attest once) or per_round")
     args = ap.parse_args(argv)
     ok, why = available()
     if not ok:
         C.emit_result({"skipped": True, "reason": why})
         return 0
     hp = C.HParams.from_dict(json.loads(args.hparams))
-    out = run(args.data_dir.resolve(), hp, args.workdir.resolve())
+    out = run(args.data_dir.resolve(), hp, args.workdir.resolve(), args.reattest)
     out["orchestrator_peak_rss_mb"] = C.self_peak_rss_mb()
     C.emit_result(out)
     return 0

@@ -89,7 +89,7 @@ def write_manifest(folder: Path, name: str, entry: list[str]) -> Path:
 
 
 @contextmanager
-def federation(home: Path, tmp: Path) -> Iterator[Fed]:
+def federation(home: Path, tmp: Path, *, collateral_dirs: tuple[Path, ...] = ()) -> Iterator[Fed]:
     keys = {}
     for p in PARTIES:
         keys[p] = PartyKeys.generate(p)
@@ -148,6 +148,7 @@ def federation(home: Path, tmp: Path) -> Iterator[Fed]:
         measurement=kbs_mr,
         purge_interval=None,
         expect_agreement=digest(agreement),
+        collateral_dirs=collateral_dirs,
     )
     try:
         with BackgroundServer(make_server(runtime, graceful_timeout=2)) as server:

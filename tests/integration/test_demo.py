@@ -162,6 +162,9 @@ def test_fl_demo_two_rounds_json(tmp_path: Path) -> None:
     # every round had at least K = 2 of the three hospitals (all three unless one was dropped:
     # then the demo lists a warning)
     assert all(len(set(r["clients"]) & parties) >= 2 for r in s["round_table"][1:])
+    # live trust (issue 11): the agreement version in force and the oldest attestation age
+    assert all(r["agreement_version"] == 1 for r in s["round_table"][1:])
+    assert all(0 <= r["attestation_age"] < BOUND for r in s["round_table"][1:])
     if last["eval_num_examples"] == s["test_examples"]:
         # all clients evaluated: their example-weighted mean is the accuracy on the whole test
         # split, which the demo measured itself on the opened model

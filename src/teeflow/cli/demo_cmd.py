@@ -216,12 +216,17 @@ def _training_line(t: dict[str, Any]) -> str:
 
 def _report(s: FlDemoSummary) -> None:
     table = Table(title="federated training (aggregator's round events)")
-    for col in ("round", "clients", "train loss", "eval accuracy", "seconds"):
+    columns = ("round", "clients", "agreement", "attestation age (s)", "train loss",
+               "eval accuracy", "seconds")
+    for col in columns:
         table.add_column(col, justify="left" if col == "clients" else "right")
     for r in s.round_table:
+        version = r.get("agreement_version")
         table.add_row(
             str(r["round"]) + (" (initial)" if r["round"] == 0 else ""),
             ", ".join(r.get("clients", [])) or "-",
+            f"v{version}" if isinstance(version, int) else "-",
+            _fmt(r.get("attestation_age"), ".1f"),  # the oldest participant's, at round start
             _fmt(r.get("train_loss"), ".4f"),
             _fmt(r.get("eval_accuracy"), ".4f"),
             _fmt(r.get("seconds"), ".2f"),

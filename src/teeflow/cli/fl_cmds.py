@@ -10,7 +10,7 @@
     teeflow client measurement [--manifest FILE]
     teeflow package build DIR -o pkg.tar
     teeflow package publish pkg.tar --kbs URL --pin FILE --party NAME [-o pkg.tar.sealed]
-    teeflow model verify MODEL PROVENANCE --ca CA.pem
+    teeflow model verify MODEL PROVENANCE --ca CA.pem [--agreements HISTORY | --pin PIN] [--json]
     teeflow model open MODEL --party NAME [-o out.safetensors]
 
 ``aggregator run`` and ``client run`` print one JSON object per line on stdout (``{"event":
@@ -270,6 +270,15 @@ def register(app: typer.Typer) -> None:
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
         gpu: GpuOption = "none",
+        rejoin: Annotated[
+            int,
+            typer.Option(
+                "--rejoin",
+                min=0,
+                help="Times a client the aggregator dropped (e.g. a missed re-attestation) "
+                "attests again and reconnects; a KBS refusal ends it.",
+            ),
+        ] = 3,
         as_json: JsonLinesOption = False,
     ) -> None:
         """Run a client (attests as role client for PARTY; dials out). Prints one timestamped
@@ -296,6 +305,7 @@ def register(app: typer.Typer) -> None:
                     platform=platform_options(platform, tsm_root, gramine_root),
                     enrollment=enrollment,
                     gpu=gpu,
+                    rejoin=rejoin,
                 ),
                 printer,
             ).run()
@@ -418,20 +428,42 @@ def register(app: typer.Typer) -> None:
         key_dir: Annotated[
             Path | None, typer.Option("--dir", help="Party key folder (with --party).")
         ] = None,
+        agreements: Annotated[
+            Path | None,
+            typer.Option(
+                "--agreements",
+                help="Agreement history file (teeflow agreement history -o FILE): check every "
+                "round's participants against the agreement in force for that round.",
+            ),
+        ] = None,
+        pin: Annotated[
+            Path | None,
+            typer.Option(
+                "--pin",
+                help="KBS pin: fetch the agreement history from the pinned KBS instead of "
+                "--agreements.",
+            ),
+        ] = None,
+        kbs: Annotated[
+            str | None, typer.Option("--kbs", help="KBS URL (default: the pin's).")
+        ] = None,
         as_json: Annotated[
             bool,
             typer.Option(
                 "--json",
                 help="Print one JSON object: session, rounds, digests, payload check, the "
                 "training terms (rule, parameters, outliers, dp), ε per round and in total, "
-                "outlier decisions.",
+                "outlier decisions, and (with --agreements/--pin) each round's agreement "
+                "version, participants and drops.",
             ),
         ] = False,
     ) -> None:
         """Re-check the provenance chain, every signature against its aggregator certificate
         (federation CA, role aggregator, agreed measurement; hand-overs included), the final
         digest and the encrypted payload (its AEAD tags when a recipient's keys are at hand);
-        show the agreed training rule and the privacy spent."""
+        show the agreed training rule and the privacy spent; with --agreements/--pin also
+        every round's participants against the agreement in force (fails naming the round)."""
+        from teeflow.fl.history import check_rounds, load_history
         from teeflow.fl.outputs import read_model_header, verified_training, verify_model
         from teeflow.kbs.policy.parties import PartyKeys
 
@@ -443,6 +475,15 @@ def register(app: typer.Typer) -> None:
             keys = _recipient_keys(read_model_header(data).recipients)
         checked = verify_model(data, provenance, _load_ca(ca), party_keys=keys)
         training = verified_training(checked.entries)
+        history = None
+        if agreements is not None:
+            history = load_history(agreements)
+        elif pin is not None:
+            from teeflow.kbs.client.sdk import KbsClient
+
+            with KbsClient(kbs, pin) as client:
+                history = client.agreement_history()
+        rounds = check_rounds(checked.entries, history) if history is not None else None
         payload = (
             f"payload authenticated with {keys.name}'s key (AEAD tags, digest)"
             if keys is not None
@@ -463,6 +504,8 @@ def register(app: typer.Typer) -> None:
                         "emulated": checked.aggregator.emulated,
                         "payload_authenticated": checked.payload_authenticated,
                         "payload_authenticated_by": keys.name if keys is not None else None,
+                        "agreements_checked": rounds is not None,
+                        "round_checks": [r.as_json() for r in rounds or []],
                         **training,
                     },
                     sort_keys=True,
@@ -481,6 +524,10 @@ def register(app: typer.Typer) -> None:
             + (f"; ε spent {eps:.4g}" if isinstance(eps, float) else "")
             + f"; {payload}"
         )
+        for r in rounds or []:
+            version = "unrecorded" if r.version is None else f"v{r.version}"
+            drops = "".join(f"; dropped {p}: {why}" for p, why in sorted(r.dropped.items()))
+            typer.echo(f"  round {r.round}: agreement {version}, {', '.join(r.clients)}{drops}")
 
     @model.command("open")
     def model_open(

@@ -54,6 +54,7 @@ def _root(
 def _register_all() -> None:
     from teeflow.cli import (
         agreement_cmds,
+        agreement_history_cmd,
         agreement_submit_cmd,
         app_cmds,
         compute_cmds,
@@ -92,6 +93,7 @@ def _register_all() -> None:
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
     session_cmds.register(app)  # `aggregator serve` (into the aggregator group), `session`
+    agreement_history_cmd.register(app)  # adds `agreement history`
 
 
 _register_all()

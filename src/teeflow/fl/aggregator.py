@@ -32,14 +32,17 @@ round 0.
 ``training`` section (:mod:`teeflow.fl.rules`; a different request is refused); a DP budget
 that the next round would exceed ends the session before it.
 
-**Round r** (1..``rounds``): ``configure_train`` over the connected clients; each selected client
-gets the global model and config; updates are decoded, checked and folded into the strategy *as
-they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client that disconnects,
-fails or misses the round deadline is dropped from the round; each update weighs its
-client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`; recorded
-in the round's provenance entry). Fewer than ``min_clients`` updates: the round is retried
-once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated evaluation
-(best effort, each result checked alone), then the commit: provenance ``round`` entry, sealed
+**Round r** (1..``rounds``): first the live-trust admission (issue 11,
+:class:`teeflow.fl.liveness.LiveTrust`: agreement in force, re-attestation, drops; updates
+re-checked as they arrive); then ``configure_train`` over the connected clients; each selected
+client gets the global model and config; updates are decoded, checked and folded into the
+strategy *as they arrive* (``aggregate_train`` consumes a stream: memory O(model)); a client
+that disconnects, fails or misses the round deadline is dropped from the round; each update
+weighs its client's ``num_examples`` clipped to the agreement's cap (:mod:`teeflow.fl.collect`;
+recorded in the round's provenance entry). Fewer than ``min_clients`` updates: the round is
+retried once, then the session fails with :class:`~teeflow.errors.FLError`. Then federated
+evaluation (best effort, each result checked alone), then the commit: provenance ``round``
+entry (with the round's trust record: agreement version, attestation ages, drops), sealed
 checkpoint, KBS counter compare-and-increment to ``r`` bound to the model digest. After the
 last round the ``final`` entry is appended and the model is sealed to the recipients
 (:mod:`teeflow.fl.outputs`).
@@ -72,6 +75,7 @@ from teeflow.fl.arrays import (
 from teeflow.fl.checkpoint import Checkpoint, CheckpointError, CheckpointStore, counter_name
 from teeflow.fl.collect import ResultCollector, RoundTally
 from teeflow.fl.console import no_initial_model
+from teeflow.fl.liveness import LiveTrust, SelfAttestation, reattest_with
 from teeflow.fl.memory import peak_rss_bytes, trim_heap
 from teeflow.fl.monitor import monitor_aggregator
 from teeflow.fl.outputs import aggregator_certificate_check, model_recipients, seal_model
@@ -83,6 +87,7 @@ from teeflow.fl.rules import TrainingPlan
 from teeflow.fl.strategy import EvaluateResult
 from teeflow.fl.strategy.base import Config, Metrics, Strategy, weighted_metrics
 from teeflow.fl.transport.server import ClientHub, TaskHandle, TransportServer
+from teeflow.fl.trust import AgreementInForce, RoundTrust, earlier_version, trust_summary
 from teeflow.fl.workload import (
     AggregatorResult,
     RoundReport,
@@ -227,6 +232,7 @@ class Aggregator:
         if signed is None:
             raise FLError("the KBS has no agreement")
         self.agreement: FederationAgreement = signed.agreement
+        self.signed_agreement = signed
         self.agreement_digest = digest(self.agreement)
         name, pkg_hex = choose_package(self.agreement, o.package_ref)
         self.package_digest = bytes.fromhex(pkg_hex)
@@ -295,7 +301,7 @@ class Aggregator:
             raise FLError(f"cannot read {o.package}: {exc.strerror or exc}") from None
         self.hub = ClientHub(
             session=o.session,
-            agreement_digest=self.agreement_digest,
+            agreement_digest=digest(self.signed_agreement.agreement),  # the one in force
             package_digest=self.package_digest,
             ca=self.kbs.pin.ca(),
             certificate_pem=self.cert_pem,
@@ -304,6 +310,8 @@ class Aggregator:
             on_event=lambda event, fields: self.emit(event, **fields),
         )
         self._collector()
+        self.live = self._live_trust()
+        self.collect.admit = self.live.admit
         host, port = parse_listen(o.listen)
         server = TransportServer(
             self.hub,
@@ -342,11 +350,34 @@ class Aggregator:
     def _collector(self) -> None:
         self.collect = ResultCollector(self.hub, self.agreement.fl, self._emit_fn)
 
+    # -- live trust (issue 11; the rules: teeflow.fl.trust, the driver: teeflow.fl.liveness) --
+
+    def _live_trust(self) -> LiveTrust:
+        self._round_secs = 0.0
+        return LiveTrust(
+            current=self.kbs.current_agreement,
+            self_attest=reattest_with(self.kbs, self._attest),
+            hub=self.hub,
+            force=AgreementInForce.of(self.signed_agreement),
+            me=SelfAttestation(self.cert_pem, self.key, self.identity),
+            min_clients=self.o.min_clients,
+            reattest_timeout=min(self.o.round_timeout, 120.0),
+            emit=self._emit_fn,
+        )
+
     def _resume(self, ckpt: Checkpoint) -> int:
+        in_force = None
         if ckpt.agreement_digest != self.agreement_digest.hex():
-            raise CheckpointError(
-                "the checkpoint was made under another agreement: start a new session"
-            )
+            # an update accepted during the session (issue 11): resume only a session of an
+            # earlier version of this federation's verified agreement chain
+            if not earlier_version(
+                self.kbs.agreement_history(), ckpt.agreement_digest, self.agreement_digest
+            ):
+                raise CheckpointError(
+                    "the checkpoint was made under another agreement: start a new session"
+                )
+            in_force = self.agreement_digest
+            self.agreement_digest = bytes.fromhex(ckpt.agreement_digest)  # the session's
         if ckpt.package_digest != self.package_digest.hex():
             raise CheckpointError("the checkpoint was made with another package")
         # the log of the checkpoint was signed by the previous instance(s); this instance
@@ -355,6 +386,7 @@ class Aggregator:
         handover = self.log.handover(
             aggregator_certificate=self.cert_pem.decode("ascii"),
             aggregator_measurement=self.identity.measurement,
+            agreement_in_force=in_force,
         )
         self.emit("handover", round=ckpt.round, entry=handover.seq)
         self.global_arrays = decode_arrays(ckpt.arrays)
@@ -459,6 +491,7 @@ class Aggregator:
         o = self.o
         t0 = time.monotonic()
         self.hub.round = r
+        trust = self.live.before_round(r, self._round_secs)
         global_bytes = encode_arrays(self.global_arrays)
         for attempt in (1, 2):
             try:
@@ -537,10 +570,12 @@ class Aggregator:
             metrics=metrics,
             detection=outcome.detection,
             privacy=outcome.privacy,
+            trust=self.live.record(trust, clients),
         )
         self._history.append(dict(metrics))
         self._commit(r, new_global)
-        self._report(r, tuple(clients), metrics, time.monotonic() - t0, new_digest.hex())
+        self._round_secs = time.monotonic() - t0
+        self._report(r, tuple(clients), metrics, self._round_secs, new_digest.hex(), trust=trust)
         del global_bytes, new_global, fit_metrics
         trim_heap()  # the round's models, updates and messages are garbage now
 
@@ -595,14 +630,12 @@ class Aggregator:
         self.store.commit(ckpt, increment)
         self.emit("committed", round=r, digest=ckpt.arrays_digest.hex(), counter=name)
 
-    def _report(
-        self, r: int, clients: tuple[str, ...], metrics: Metrics, secs: float, d: str
-    ) -> None:
-        report = RoundReport(r, clients, metrics, secs, d)
-        self._reports.append(report)
-        self.emit(
-            "round", round=r, clients=list(clients), seconds=round(secs, 4), digest=d, **metrics
-        )
+    def _report(self, r: int, clients: tuple[str, ...], metrics: Metrics, secs: float, d: str,
+                *, trust: RoundTrust | None = None) -> None:
+        live = trust_summary(trust, clients)  # agreement version, attestation age, drops
+        self._reports.append(RoundReport(r, clients, metrics, secs, d, **live))
+        self.emit("round", round=r, clients=list(clients), seconds=round(secs, 4), digest=d,
+                  **live, **metrics)
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -615,7 +648,7 @@ class Aggregator:
         data = encode_arrays(self.global_arrays)
         sealed = seal_model(
             data,
-            self.recipients,
+            model_recipients(self.live.force.agreement),  # the agreement in force at the end
             session=o.session,
             federation=self.agreement.federation,
             agreement_digest=self.agreement_digest.hex(),

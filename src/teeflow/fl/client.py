@@ -17,20 +17,24 @@
 4. dial out to the aggregator (:class:`~teeflow.fl.transport.client.AggregatorStream`: mutual
    TLS, aggregator identity verified) and run tasks until Goodbye: ``init`` → the package's
    ``init(config)``; ``train`` → ``train(arrays, config) -> (arrays, num_examples, metrics)``;
-   ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``. The client's data
+   ``evaluate`` → ``validate(arrays, config) -> (num_examples, metrics)``; ``reattest`` →
+   attest again to the KBS and prove the new certificate (issue 11). The client's data
    spec is put into every config as ``config["data"]`` (overriding the aggregator's). A task
    whose code raises is reported as failed to the aggregator (type and message, ≤ 300
    characters, never data) and the client keeps serving; so is every task when the package's
    ``train``/``validate`` does not import (``package-import-failed``). The final ``done``
    event has ``ok: true`` only if the session ended well *and* none of its tasks failed.
 
-The client never opens a port. Progress goes to ``emit(event, fields)``.
+Dropped by the aggregator (``Goodbye`` reason ``dropped: ...``), the client attests again and
+reconnects up to ``rejoin`` times (a KBS refusal ends it). The client never opens a port.
+Progress goes to ``emit(event, fields)``.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +42,7 @@ from typing import Any
 
 from cryptography import x509
 
-from teeflow.errors import FLError, ParseError
+from teeflow.errors import Error, FLError, ParseError
 from teeflow.fl.arrays import decode_arrays, encode_arrays
 from teeflow.fl.dp import local_dp_update
 from teeflow.fl.package import load_entrypoint, unpack_package
@@ -70,6 +74,9 @@ class ClientOptions:
     several clients on one small machine train much faster with one thread each; 0 leaves the
     package's/torch's default. ``enrollment``: the token file of ``party``'s enrollment (role
     ``client``; ``teeflow party enroll``) — the KBS refuses the client without it.
+    ``rejoin``: how many times a client the aggregator dropped (``Goodbye`` reason
+    ``dropped: ...``, e.g. a missed re-attestation) attests again and reconnects (issue 11); a
+    KBS refusal (revoked build, enrollment or platform) ends it.
     """
 
     party: str
@@ -87,6 +94,7 @@ class ClientOptions:
     platform: PlatformOptions = field(default_factory=PlatformOptions)
     enrollment: Path | None = None
     gpu: str = "none"
+    rejoin: int = 3
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ class Client:
         self._emit_fn = emit or (lambda event, fields: None)
         self._entry: dict[str, Callable[..., Any]] = {}
         self._local_dp: DpTerms | None = None
+        self._claims: dict[str, Any] = {}
 
     def emit(self, event: str, **fields: Any) -> None:
         """Report progress."""
@@ -139,6 +148,7 @@ class Client:
         self.emit("platform", tee=platform.tee, attester=platform.kind)
         kbs = KbsClient(o.kbs_url, o.pin, platform, enrollment=_enrollment(o.enrollment),
                         gpu=gpu_attester_for(o.gpu))
+        self._kbs = kbs
         try:
             signed = kbs.current_agreement()
             if signed is None:
@@ -150,22 +160,21 @@ class Client:
             _, pkg_hex = choose_package(signed.agreement, o.package_ref)
             pkg = bytes.fromhex(pkg_hex)
             key_path = package_key_path(pkg_hex)
-            kbs.attest(
-                "client",
-                {
-                    "party": o.party,
-                    "package_digest": pkg_hex,
-                    "function": CLIENT_FUNCTION,
-                    "resources": [key_path],
-                    **({"session": o.session} if o.session else {}),
-                },
-            )
+            self._claims = {
+                "party": o.party,
+                "package_digest": pkg_hex,
+                "function": CLIENT_FUNCTION,
+                "resources": [key_path],
+                **({"session": o.session} if o.session else {}),
+            }
+            kbs.attest("client", self._claims)
             cert_pem, key = kbs.get_certificate()
             identity = kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
             package_key = fetch_resource(kbs, key_path)
             ca = kbs.pin.ca()
-        finally:
+        except BaseException:
             kbs.close()
+            raise
         self.emit(
             "attested",
             role="client",
@@ -212,11 +221,44 @@ class Client:
                     self._fn(unpacked, name)
                 except FLError as exc:  # reported: each task then fails with this reason
                     self.emit("package-import-failed", function=name, reason=str(exc)[:300])
-            return self._serve(stream, unpacked, welcome.session)
+            result = self._serve(stream, unpacked, welcome.session)
+            for attempt in range(1, o.rejoin + 1):
+                if result.ok or not result.reason.startswith("dropped:"):
+                    break
+                stream.close()
+                stream = self._rejoin(ca, pkg, attempt, result.reason)
+                result = self._serve(stream, unpacked, welcome.session)
+            return result
         finally:
             stream.close()
+            kbs.close()
             if o.workdir is None:
                 shutil.rmtree(workdir, ignore_errors=True)
+
+    def _rejoin(
+        self, ca: x509.Certificate, pkg: bytes, attempt: int, reason: str
+    ) -> AggregatorStream:
+        """After a drop (issue 11): attest again (the KBS re-appraises under the agreement in
+        force; a refusal raises and ends the client) and reconnect for the next round."""
+        o = self.o
+        self.emit("rejoining", attempt=attempt, reason=reason[:300])
+        self._kbs.attest("client", self._claims)
+        cert_pem, key = self._kbs.get_certificate()
+        identity = self._kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+        stream = AggregatorStream(
+            o.aggregator,
+            certificate_pem=cert_pem,
+            key=key,
+            ca=ca,
+            party=o.party,
+            package_digest=pkg,
+            agreement_digest=bytes.fromhex(identity.agreement_digest),
+            session=o.session,
+        )
+        welcome = stream.open(o.connect_timeout)
+        self.emit("connected", session=welcome.session, rejoined=True,
+                  aggregator_measurement=welcome.identity.measurement)
+        return stream
 
     def _fn(self, root: Path, name: str) -> Callable[..., Any]:
         if name not in self._entry:
@@ -227,6 +269,9 @@ class Client:
         done = failed = 0
         for task in stream.tasks():
             self.emit("task", kind=task.kind, round=task.round)
+            if task.kind == "reattest":
+                self._reattest(stream, task)
+                continue
             try:
                 self._run_task(stream, root, task)
                 done += 1
@@ -244,6 +289,29 @@ class Client:
             "done", ok=ok, session_ok=bool(bye.ok), reason=bye.reason, tasks=done, failed=failed
         )
         return ClientResult(self.o.party, session, done, failed, ok, bye.reason)
+
+    def _reattest(self, stream: AggregatorStream, task: IncomingTask) -> None:
+        """Attest again to the KBS (fresh RCAR nonce, same claims) and prove the new
+        certificate to the aggregator (issue 11); a refusal is reported as the task's failure
+        (the aggregator then drops this client)."""
+        t0 = time.monotonic()
+        try:
+            self._kbs.attest("client", self._claims)
+            cert_pem, key = self._kbs.get_certificate()
+            identity = self._kbs.check_certificate(x509.load_pem_x509_certificate(cert_pem))
+            stream.agreement_digest = bytes.fromhex(identity.agreement_digest)
+            stream.send_attested(task, cert_pem, key)
+        except Error as exc:
+            reason = f"re-attestation failed: {type(exc).__name__}: {exc}"[:300]
+            stream.send_failure(task.task_id, reason)
+            self.emit("reattest-failed", round=task.round, reason=reason)
+            return
+        self.emit(
+            "reattested",
+            round=task.round,
+            agreement_digest=identity.agreement_digest,
+            seconds=round(time.monotonic() - t0, 4),
+        )
 
     def _run_task(self, stream: AggregatorStream, root: Path, task: IncomingTask) -> None:
         config: dict[str, Any] = {**task.config, "data": self.o.data}

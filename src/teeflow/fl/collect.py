@@ -79,6 +79,9 @@ class ResultCollector:
         self._hub = hub
         self._limits = limits
         self._emit = emit
+        #: ``admit(party) -> reason | None``: refuse an update whose client no longer stands
+        #: on a valid attestation (issue 11: :meth:`teeflow.fl.liveness.LiveTrust.admit`).
+        self.admit: Callable[[str], str | None] | None = None
 
     def weight(self, r: int, party: str, reported: int, stage: str) -> tuple[int, bool]:
         """``(weight, clipped)``: ``reported`` clipped to ``party``'s cap; a clipping is
@@ -105,6 +108,9 @@ class ResultCollector:
         for handle in self._hub.as_completed(handles, deadline):
             try:
                 out = handle.outcome()
+                refused = self.admit(out.party) if self.admit is not None else None
+                if refused is not None:
+                    raise FLError(refused)
                 assert out.arrays is not None and out.arrays_sha256 is not None
                 result = FitResult(
                     out.party, decode_arrays(out.arrays), out.num_examples, out.metrics

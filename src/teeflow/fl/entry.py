@@ -170,6 +170,10 @@ def client_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=1, help="torch/BLAS threads (0: the libraries' default)"
     )
     p.add_argument("--session", default=None, help="session to join (bound in its claims)")
+    p.add_argument(
+        "--rejoin", type=int, default=3,
+        help="times a dropped client attests again and reconnects (0: never)",
+    )
     return p
 
 
@@ -280,6 +284,7 @@ def client_main(argv: Sequence[str] | None = None, *, exit_process: bool = True)
                 platform=_platform(a),
                 enrollment=a.enrollment,
                 gpu=a.gpu,
+                rejoin=max(a.rejoin, 0),
             ),
             printer,
         ).run().ok

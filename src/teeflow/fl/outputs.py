@@ -271,7 +271,8 @@ def aggregator_certificate_check(
             cert,
             ca,
             now=cert.not_valid_before_utc + CLOCK_SKEW,
-            expected_agreement_digest=entry.agreement_digest,
+            # a hand-over after an agreement update: the agreement the instance attested under
+            expected_agreement_digest=entry.agreement_in_force or entry.agreement_digest,
             required_role="aggregator",
         )
         if identity.measurement != entry.aggregator_measurement:

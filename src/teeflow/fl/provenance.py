@@ -9,6 +9,10 @@ One entry per event (format ``teeflow-provenance/2``)::
         the participants), update_digests {party: digest}, weights {party: FedAvg weight
         used}, clipped [parties whose num_examples was clipped to the agreement's cap],
         aggregate_digest (the new global model), metrics {name: number}
+        and, from issue 11 on, trust {agreement_version, agreement_digest (the agreement in
+        force for the round), attestation_age {party: seconds at round start},
+        aggregator_attestation_age, dropped [{party, reason}]} — left out of the entry (and
+        its hash) when absent, so earlier logs keep verifying
     optional (left out of the hashed body when unset): ``training`` on session-start (the
         agreement's training terms), ``detection`` and ``privacy`` on rounds
         (:mod:`teeflow.fl.provenance_records`)
@@ -81,8 +85,10 @@ __all__ = [
     "PROVENANCE_FORMAT",
     "CertificateCheck",
     "ClientRecord",
+    "DropRecord",
     "ProvenanceEntry",
     "ProvenanceError",
+    "RoundTrustRecord",
     "certificate_fingerprint",
     "embedded_certificate",
     "entry_hash",
@@ -113,7 +119,8 @@ Signature = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
 
 #: Entry fields left out of the hashed body (and the saved line) when unset.
-_OPTIONAL = ("training", "detection", "privacy")
+#: members left out of the entry (and its hash) when unset, so earlier logs keep verifying
+_OPTIONAL = ("training", "detection", "privacy", "trust", "agreement_in_force")
 
 
 class ProvenanceError(VerificationError):
@@ -138,6 +145,32 @@ class ClientRecord(BaseModel):
     measurement: Measurement
 
 
+class DropRecord(BaseModel):
+    """A participant dropped from a round: party and reason (≤ 300 characters)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    party: Name
+    reason: Annotated[str, Field(max_length=300)]
+
+
+Age = Annotated[float, Field(ge=0.0, le=1e9, allow_inf_nan=False)]
+
+
+class RoundTrustRecord(BaseModel):
+    """Live trust of one round (issue 11): the agreement in force (version and digest, which
+    may differ from the session-start agreement after an update), the attestation age in
+    seconds of every participant at round start and of the aggregator, and every drop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agreement_version: int = Field(ge=1, le=2**31 - 1)
+    agreement_digest: Hex32
+    attestation_age: dict[Name, Age] = Field(default_factory=dict, max_length=100_000)
+    aggregator_attestation_age: Age = 0.0
+    dropped: tuple[DropRecord, ...] = Field(default=(), max_length=100_000)
+
+
 class ProvenanceEntry(BaseModel):
     """One signed entry (fields as in the module docstring)."""
 
@@ -158,6 +191,7 @@ class ProvenanceEntry(BaseModel):
     )
     clipped: tuple[Name, ...] = Field(default=(), max_length=100_000)
     handover_from: Hex32 | None = None
+    agreement_in_force: Hex32 | None = None
     aggregate_digest: Hex32
     metrics: dict[Annotated[str, Field(min_length=1, max_length=64)], float] = Field(
         default_factory=dict, max_length=64
@@ -165,6 +199,7 @@ class ProvenanceEntry(BaseModel):
     training: TrainingTerms | None = None
     detection: DetectionRecord | None = None
     privacy: PrivacyRecord | None = None
+    trust: RoundTrustRecord | None = None
     prev_hash: Hex32
     hash: Hex32
     signature: Signature
@@ -217,8 +252,10 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
         return "only session-start and handover carry a certificate"
     if (entry.kind == "handover") != (entry.handover_from is not None):
         return "handover_from belongs to (and only to) a handover"
+    if entry.kind != "handover" and entry.agreement_in_force is not None:
+        return "agreement_in_force belongs to a handover"
     if entry.kind != "round" and (
-        entry.clients or entry.update_digests or entry.weights or entry.clipped
+        entry.clients or entry.update_digests or entry.weights or entry.clipped or entry.trust
     ):
         return f"{entry.kind} carries no clients, updates or weights"
     if entry.training is not None and entry.kind != "session-start":
@@ -246,6 +283,8 @@ def _shape_problem(entry: ProvenanceEntry) -> str | None:
             or set(entry.detection.excluded) & set(entry.weights)
         ):
             return "detection must name participants, and excluded updates carry no weight"
+        if entry.trust is not None and not set(entry.trust.attestation_age) >= set(parties):
+            return "trust must record the attestation age of every participant"
     if any(not math.isfinite(v) for v in entry.metrics.values()):
         return "metrics must be finite"
     return None

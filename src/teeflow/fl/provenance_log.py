@@ -27,6 +27,7 @@ from teeflow.fl.provenance import (
     ClientRecord,
     ProvenanceEntry,
     ProvenanceError,
+    RoundTrustRecord,
     certificate_fingerprint,
     embedded_certificate,
     entry_hash,
@@ -133,6 +134,8 @@ class ProvenanceLog:
         training: TrainingTerms | None = None,
         detection: DetectionRecord | None = None,
         privacy: PrivacyRecord | None = None,
+        trust: RoundTrustRecord | None = None,
+        agreement_in_force: bytes | str | None = None,
     ) -> ProvenanceEntry:
         """Sign and append one entry; the result keeps the whole log valid.
 
@@ -171,6 +174,10 @@ class ProvenanceLog:
             "training": training,
             "detection": detection,
             "privacy": privacy,
+            "trust": trust,
+            "agreement_in_force": None
+            if agreement_in_force is None
+            else _hex32(agreement_in_force, "agreement_in_force"),
             "prev_hash": self._entries[-1].hash if self._entries else GENESIS_HASH,
             "hash": GENESIS_HASH,
             "signature": "0" * 128,
@@ -235,11 +242,16 @@ class ProvenanceLog:
         )
 
     def handover(
-        self, *, aggregator_certificate: str, aggregator_measurement: bytes | str
+        self,
+        *,
+        aggregator_certificate: str,
+        aggregator_measurement: bytes | str,
+        agreement_in_force: bytes | str | None = None,
     ) -> ProvenanceEntry:
         """Append a ``handover`` entry: this instance (``aggregator_certificate``, whose key
         must be the signing key; ``aggregator_measurement``, its attested measurement) takes
-        over the log at its last round.
+        over the log at its last round; ``agreement_in_force``: the digest its certificate is
+        bound to when an agreement update was accepted during the session (issue 11).
 
         Raises:
             FLError: nothing to take over (no round yet, or the log is final), the
@@ -265,6 +277,7 @@ class ProvenanceLog:
             round=rounds[-1].round,
             handover_from=certificate_fingerprint(self._segment),
             aggregate_digest=self._entries[-1].aggregate_digest,
+            agreement_in_force=agreement_in_force,
         )
 
     def record_round(
@@ -279,11 +292,13 @@ class ProvenanceLog:
         metrics: Mapping[str, float] | None = None,
         detection: DetectionRecord | None = None,
         privacy: PrivacyRecord | None = None,
+        trust: RoundTrustRecord | None = None,
     ) -> ProvenanceEntry:
         """Append a ``round`` entry (session fields copied from the current segment);
         ``weights``: the FedAvg weight used per party, ``clipped``: the parties whose
         ``num_examples`` was clipped to the agreement's cap; ``detection``/``privacy``: the
-        round's outlier detection and DP records.
+        round's outlier detection and DP records; ``trust``: the round's live trust record
+        (agreement in force, attestation ages, drops; issue 11).
 
         Raises:
             FLError: as :meth:`append`.
@@ -300,6 +315,7 @@ class ProvenanceLog:
             metrics=metrics,
             detection=detection,
             privacy=privacy,
+            trust=trust,
         )
 
     def finish(self, *, metrics: Mapping[str, float] | None = None) -> ProvenanceEntry:

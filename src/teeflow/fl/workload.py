@@ -12,7 +12,7 @@ print the values the agreement lists under ``workloads``.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import teeflow
@@ -75,13 +75,20 @@ def fl_measurement(role: str, manifest_path: Path | None = None) -> bytes:
 
 @dataclass(frozen=True)
 class RoundReport:
-    """One committed round (round 0: the initial model's evaluation)."""
+    """One committed round (round 0: the initial model's evaluation).
+
+    ``agreement_version``: the agreement in force for the round; ``attestation_age``: the
+    oldest participant attestation in seconds at round start; ``dropped``: ``{party:
+    reason}`` (issue 11; None / empty for round 0)."""
 
     round: int
     clients: tuple[str, ...]
     metrics: Metrics
     seconds: float
     digest: str
+    agreement_version: int | None = None
+    attestation_age: float | None = None
+    dropped: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

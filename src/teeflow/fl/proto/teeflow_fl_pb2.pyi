@@ -124,30 +124,54 @@ class Goodbye(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., reason: _Optional[str] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "result", "chunk", "failed")
+    __slots__ = ("hello", "result", "chunk", "failed", "attested")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    ATTESTED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: Result
     chunk: Chunk
     failed: TaskFailed
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., failed: _Optional[_Union[TaskFailed, _Mapping]] = ...) -> None: ...
+    attested: Attested
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., failed: _Optional[_Union[TaskFailed, _Mapping]] = ..., attested: _Optional[_Union[Attested, _Mapping]] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "task", "chunk", "goodbye", "package")
+    __slots__ = ("welcome", "task", "chunk", "goodbye", "package", "reattest")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    REATTEST_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     task: Task
     chunk: Chunk
     goodbye: Goodbye
     package: Package
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., package: _Optional[_Union[Package, _Mapping]] = ...) -> None: ...
+    reattest: Reattest
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., package: _Optional[_Union[Package, _Mapping]] = ..., reattest: _Optional[_Union[Reattest, _Mapping]] = ...) -> None: ...
+
+class Reattest(_message.Message):
+    __slots__ = ("task_id", "round", "nonce")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    round: int
+    nonce: bytes
+    def __init__(self, task_id: _Optional[int] = ..., round: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+
+class Attested(_message.Message):
+    __slots__ = ("task_id", "certificate", "signature")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    certificate: str
+    signature: bytes
+    def __init__(self, task_id: _Optional[int] = ..., certificate: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()

@@ -44,7 +44,15 @@ from teeflow.fl.transport.framing import (
     iter_chunks,
 )
 from teeflow.fl.transport.server import PROTOCOL
-from teeflow.fl.transport.tls import channel_credentials, channel_options, verify_welcome
+from teeflow.fl.transport.tls import (
+    certificate_digest,
+    channel_credentials,
+    channel_options,
+    load_certificate,
+    reattest_message,
+    sign_welcome,
+    verify_welcome,
+)
 from teeflow.kbs.ca.authority import WorkloadIdentity
 
 pb_grpc: Any = _pb_grpc  # generated code is untyped
@@ -75,11 +83,13 @@ class IncomingTask:
 
     Attributes:
         task_id: id to answer with.
-        kind: ``init`` | ``train`` | ``evaluate``.
+        kind: ``init`` | ``train`` | ``evaluate`` | ``reattest`` (attest again to the KBS
+            and answer with :meth:`AggregatorStream.send_attested`; issue 11).
         round: round number (0 for init).
-        config: the parsed config.
+        config: the parsed config (empty for ``reattest``).
         arrays: canonical safetensors bytes of the global model (train/evaluate) or None.
         deadline_seconds: the aggregator's round deadline (informational).
+        nonce: the aggregator's 32-byte nonce of a ``reattest``, else None.
     """
 
     task_id: int
@@ -88,6 +98,7 @@ class IncomingTask:
     config: Config
     arrays: bytes | None
     deadline_seconds: float
+    nonce: bytes | None = None
 
 
 class AggregatorStream:
@@ -343,6 +354,13 @@ class AggregatorStream:
             if body == "goodbye":
                 self.goodbye = msg.goodbye
                 return
+            if body == "reattest":
+                r = msg.reattest
+                if len(r.nonce) != 32:
+                    raise TransportError("Reattest without a 32-byte nonce")
+                yield IncomingTask(int(r.task_id), "reattest", int(r.round), {}, None, 0.0,
+                                   bytes(r.nonce))
+                continue
             if body != "task":
                 raise TransportError(f"unexpected message {body!r} outside a task")
             t = msg.task
@@ -391,6 +409,37 @@ class AggregatorStream:
         chunk = self.welcome.chunk_size if self.welcome else 1 << 20
         for piece in iter_chunks(payload, chunk):
             self._outbox.put(pb.ClientMessage(chunk=pb.Chunk(task_id=task_id, data=piece)))
+
+    def send_attested(
+        self, task: IncomingTask, certificate_pem: bytes, key: ec.EllipticCurvePrivateKey
+    ) -> None:
+        """Answer a ``reattest`` task with the new workload certificate, signed by its key
+        over :func:`~teeflow.fl.transport.tls.reattest_message` (this connection's
+        certificate, the nonce, session and agreement digest).
+
+        Raises:
+            FLError: not a reattest task, or no Welcome yet. VerificationError: not a
+                certificate.
+        """
+        if task.kind != "reattest" or task.nonce is None or self.welcome is None:
+            raise FLError("send_attested answers a reattest task after Welcome")
+        new = load_certificate(certificate_pem)
+        message = reattest_message(
+            nonce=task.nonce,
+            old_cert_sha256=certificate_digest(self._cert),
+            new_cert_sha256=certificate_digest(new),
+            session=self.welcome.session,
+            agreement_digest=self.agreement_digest,
+        )
+        self._outbox.put(
+            pb.ClientMessage(
+                attested=pb.Attested(
+                    task_id=task.task_id,
+                    certificate=certificate_pem.decode("ascii"),
+                    signature=sign_welcome(key, message),
+                )
+            )
+        )
 
     def send_failure(self, task_id: int, reason: str) -> None:
         """Tell the aggregator this task failed (``reason`` ≤ 500 characters, no secrets)."""

@@ -31,7 +31,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from teeflow.errors import FLError
+from teeflow.errors import FLError, VerificationError
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.strategy.base import Config, Metrics, check_metrics
 from teeflow.fl.transport.framing import (
@@ -42,11 +42,17 @@ from teeflow.fl.transport.framing import (
     encode_config,
     iter_chunks,
 )
-from teeflow.fl.transport.tls import certificate_digest, sign_welcome, welcome_message
+from teeflow.fl.transport.tls import (
+    certificate_digest,
+    sign_welcome,
+    verify_reattested,
+    welcome_message,
+)
 from teeflow.kbs.ca.authority import WorkloadIdentity
 
 __all__ = [
     "PROTOCOL",
+    "REATTEST",
     "ClientConnection",
     "ClientHub",
     "Refusal",
@@ -56,6 +62,8 @@ __all__ = [
 
 PROTOCOL = "teeflow-fl/1"
 _LOG = logging.getLogger("teeflow.fl.transport")
+#: Task kind name of a re-attestation request (a Reattest message, not a Task; issue 11).
+REATTEST = "reattest"
 _KIND_NAMES: dict[int, str] = {
     pb.TASK_KIND_INIT: "init",
     pb.TASK_KIND_TRAIN: "train",
@@ -141,6 +149,13 @@ class ClientConnection:
     incoming: _Incoming | None = None
     alive: bool = True
     error: str | None = None
+    nonces: dict[int, bytes] = field(default_factory=dict)
+    #: the certificate of the TLS channel (``certificate`` moves on with re-attestation)
+    channel_certificate: x509.Certificate | None = None
+
+    def __post_init__(self) -> None:
+        if self.channel_certificate is None:
+            self.channel_certificate = self.certificate
 
 
 class ClientHub:
@@ -201,6 +216,65 @@ class ClientHub:
         with self._cond:
             conn = self._conns.get(party)
             return conn.identity if conn is not None else None
+
+    def certificate(self, party: str) -> x509.Certificate | None:
+        """The workload certificate a connected party currently stands on (its TLS one, or
+        the newest it proved with Attested), or None."""
+        with self._cond:
+            conn = self._conns.get(party)
+            return conn.certificate if conn is not None and conn.alive else None
+
+    def renew(
+        self,
+        *,
+        agreement_digest: bytes,
+        certificate_pem: bytes,
+        key: ec.EllipticCurvePrivateKey,
+    ) -> None:
+        """Switch to the agreement in force and the aggregator's renewed certificate (issue
+        11): new streams are checked against ``agreement_digest`` and welcomed (and, at their
+        TLS handshake, served) with the new certificate."""
+        with self._cond:
+            self.agreement_digest = agreement_digest
+            self.certificate_pem = certificate_pem
+            self._key = key
+
+    def reattest(self, party: str, round: int) -> TaskHandle:
+        """Ask ``party`` to attest again to the KBS (a Reattest with a fresh 32-byte nonce);
+        the handle completes when its Attested answer was verified and the connection now
+        stands on the new certificate (:meth:`certificate`), or fails (TaskFailed, a
+        certificate that does not verify, disconnect).
+
+        Raises:
+            FLError: the party is not connected.
+        """
+        import secrets
+
+        nonce = secrets.token_bytes(32)
+        with self._cond:
+            conn = self._conns.get(party)
+            if conn is None or not conn.alive:
+                raise FLError(f"client {party} is not connected")
+            task_id = self._next_task
+            self._next_task += 1
+            handle = TaskHandle(self, party, task_id, REATTEST)
+            conn.tasks[task_id] = handle
+            conn.nonces[task_id] = nonce
+            conn.outbox.put(
+                pb.ServerMessage(reattest=pb.Reattest(task_id=task_id, round=round, nonce=nonce))
+            )
+        return handle
+
+    def drop(self, party: str, reason: str) -> None:
+        """End ``party``'s stream with ``Goodbye(ok=false, reason="dropped: ...")`` (it no
+        longer satisfies the agreement in force); it may attest again and reconnect."""
+        with self._cond:
+            conn = self._conns.get(party)
+            if conn is None or not conn.alive:
+                return
+            bye = pb.Goodbye(ok=False, reason=f"dropped: {reason}"[:500], rounds=self.round)
+            conn.outbox.put(pb.ServerMessage(goodbye=bye))
+        self.disconnect(conn, f"dropped: {reason}"[:300])
 
     def wait_for(self, count: int, timeout: float) -> int:
         """Wait until ``count`` clients are connected or ``timeout`` seconds passed; return
@@ -404,10 +478,43 @@ class ClientHub:
         elif body == "failed":
             with self._cond:
                 handle = conn.tasks.pop(message.failed.task_id, None)
+                conn.nonces.pop(message.failed.task_id, None)
             if handle is not None:
                 handle._finish(None, message.failed.reason[:500])
+        elif body == "attested":
+            self._on_attested(conn, message.attested)
         else:
             raise TransportError(f"unexpected client message {body!r}")
+
+    def _on_attested(self, conn: ClientConnection, msg: Any) -> None:
+        """A client's answer to Reattest: verified (:func:`~teeflow.fl.transport.tls.
+        verify_reattested`) against the agreement in force; the connection then stands on
+        the new certificate. An answer to no pending request is ignored."""
+        with self._cond:
+            handle = conn.tasks.get(msg.task_id)
+            nonce = conn.nonces.pop(msg.task_id, None)
+            if handle is None or handle.kind != REATTEST or nonce is None:
+                return
+            conn.tasks.pop(msg.task_id, None)
+            agreement_digest = self.agreement_digest
+        try:
+            identity, cert = verify_reattested(
+                certificate_pem=str(msg.certificate),
+                signature=bytes(msg.signature),
+                ca=self.ca,
+                now=self._clock(),
+                nonce=nonce,
+                old_cert=conn.channel_certificate or conn.certificate,
+                session=self.session,
+                agreement_digest=agreement_digest,
+                party=conn.party,
+            )
+        except VerificationError as exc:
+            handle._finish(None, f"re-attestation refused: {exc}")
+            return
+        with self._cond:
+            conn.identity, conn.certificate = identity, cert
+        handle._finish(TaskOutcome(conn.party, REATTEST, 0, {}, None, None), None)
 
     def _on_result(self, conn: ClientConnection, header: Any) -> None:
         if conn.incoming is not None:

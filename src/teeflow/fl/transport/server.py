@@ -75,12 +75,15 @@ class FlServicer(pb_grpc.FederatedLearningServicer):  # type: ignore[misc]
         self,
         hub: ClientHub,
         *,
-        agreement_digest_hex: str,
         hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
     ) -> None:
         self.hub = hub
-        self._agreement = agreement_digest_hex
         self._hello_timeout = hello_timeout
+
+    @property
+    def _agreement(self) -> str:
+        """The agreement in force (the hub's; it changes when the agreement is updated)."""
+        return self.hub.agreement_digest.hex()
 
     def Connect(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         import grpc
@@ -226,14 +229,15 @@ class TransportServer:
             maximum_concurrent_rpcs=workers,
         )
         pb_grpc.add_FederatedLearningServicer_to_server(
-            FlServicer(
-                hub,
-                agreement_digest_hex=hub.agreement_digest.hex(),
-                hello_timeout=hello_timeout,
-            ),
+            FlServicer(hub, hello_timeout=hello_timeout),
             self._server,
         )
-        creds = server_credentials(hub.certificate_pem, hub._key, _ca_pem(hub.ca))
+        creds = server_credentials(
+            hub.certificate_pem,
+            hub._key,
+            _ca_pem(hub.ca),
+            current=lambda: (hub.certificate_pem, hub._key),
+        )
         shown = f"[{host}]" if ":" in host else host
         try:
             self.port: int = self._server.add_secure_port(f"{shown}:{port}", creds)

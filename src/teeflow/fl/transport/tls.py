@@ -33,6 +33,7 @@ If a gRPC release ever stopped accepting the bracketed name, connections would f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -55,8 +56,10 @@ __all__ = [
     "load_certificate",
     "peer_identity_from_context",
     "private_key_pem",
+    "reattest_message",
     "server_credentials",
     "sign_welcome",
+    "verify_reattested",
     "verify_welcome",
     "welcome_message",
 ]
@@ -67,6 +70,10 @@ AGGREGATOR_TLS_NAME = "[aggregator:-]"
 AGGREGATOR_AUTHORITY = "teeflow-aggregator"
 #: Signing domain of the Welcome signature.
 WELCOME_DOMAIN = b"teeflow-fl-welcome-v1\0"
+#: Signing domain of a client's Attested answer to Reattest (issue 11).
+REATTEST_DOMAIN = b"teeflow-fl-reattest-v1\0"
+#: Largest certificate PEM an Attested message may carry.
+MAX_CERTIFICATE_PEM = 16 * 1024
 
 
 def _grpc() -> Any:
@@ -82,12 +89,42 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def server_credentials(cert_pem: bytes, key: ec.EllipticCurvePrivateKey, ca_pem: bytes) -> Any:
+def server_credentials(
+    cert_pem: bytes,
+    key: ec.EllipticCurvePrivateKey,
+    ca_pem: bytes,
+    *,
+    current: Callable[[], tuple[bytes, ec.EllipticCurvePrivateKey]] | None = None,
+) -> Any:
     """``grpc.ServerCredentials``: this certificate, client certificates required and verified
-    against the federation CA only."""
+    against the federation CA only.
+
+    ``current``: where the server's certificate lives while it runs (issue 11: the aggregator
+    re-attests and its certificate is renewed); gRPC asks it at every new handshake
+    (``grpc.dynamic_ssl_server_credentials``) and serves the newest pair.
+    """
     grpc = _grpc()
-    return grpc.ssl_server_credentials(
-        [(private_key_pem(key), cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    if current is None:
+        return grpc.ssl_server_credentials(
+            [(private_key_pem(key), cert_pem)], root_certificates=ca_pem, require_client_auth=True
+        )
+
+    def config(pem: bytes, k: ec.EllipticCurvePrivateKey) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(private_key_pem(k), pem)], root_certificates=ca_pem
+        )
+
+    served = [cert_pem]
+
+    def fetch() -> Any:
+        pem, k = current()
+        if pem == served[0]:
+            return None  # keep the configuration in use
+        served[0] = pem
+        return config(pem, k)
+
+    return grpc.dynamic_ssl_server_credentials(
+        config(cert_pem, key), fetch, require_client_authentication=True
     )
 
 
@@ -214,3 +251,66 @@ def verify_welcome(
     except (VerificationError, ParseError, InvalidSignature, ValueError):
         raise VerificationError("the aggregator's Welcome signature does not verify") from None
     return identity
+
+
+def reattest_message(
+    *, nonce: bytes, old_cert_sha256: bytes, new_cert_sha256: bytes, session: str,
+    agreement_digest: bytes,
+) -> bytes:
+    """The bytes a client signs with its *new* attested key when it answers Reattest: domain,
+    the aggregator's nonce, the digests of the certificate of its TLS connection and of the new
+    certificate, session, agreement digest (each length-prefixed, 4-byte big-endian). Binding
+    the live connection's certificate keeps a fresh certificate from being handed to another
+    connection."""
+    parts = [nonce, old_cert_sha256, new_cert_sha256, session.encode("utf-8"), agreement_digest]
+    return REATTEST_DOMAIN + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def verify_reattested(
+    *,
+    certificate_pem: str,
+    signature: bytes,
+    ca: x509.Certificate,
+    now: datetime,
+    nonce: bytes,
+    old_cert: x509.Certificate,
+    session: str,
+    agreement_digest: bytes,
+    party: str,
+) -> tuple[WorkloadIdentity, x509.Certificate]:
+    """Check a client's Attested answer: a client certificate of this CA under
+    ``agreement_digest`` for ``party``, P-256 key, signature over :func:`reattest_message`.
+
+    Raises:
+        VerificationError: too large, not a certificate of this CA / agreement / role /
+            party, or the signature does not verify.
+    """
+    if len(certificate_pem) > MAX_CERTIFICATE_PEM:
+        raise VerificationError("the re-attested certificate is larger than 16 KiB")
+    cert = load_certificate(certificate_pem)
+    identity = verify_workload_certificate(
+        cert,
+        ca,
+        now=now,
+        expected_agreement_digest=agreement_digest.hex(),
+        required_role="client",
+    )
+    if identity.party != party:
+        raise VerificationError(
+            f"the re-attested certificate is for party {identity.party!r}, not {party!r}"
+        )
+    key = cert.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise VerificationError("the re-attested key is not ECDSA P-256")
+    message = reattest_message(
+        nonce=nonce,
+        old_cert_sha256=certificate_digest(old_cert),
+        new_cert_sha256=certificate_digest(cert),
+        session=session,
+        agreement_digest=agreement_digest,
+    )
+    try:
+        verify_p256_sha256(key, bytes(signature), message, "re-attestation signature")
+    except (VerificationError, ParseError, InvalidSignature, ValueError):
+        raise VerificationError("the re-attestation signature does not verify") from None
+    return identity, cert

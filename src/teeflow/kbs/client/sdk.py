@@ -584,15 +584,24 @@ class KbsClient:
 
     def agreement_history(self) -> list[SignedAgreement]:
         """Every accepted agreement, oldest first (``GET /v1/agreement/history``; signed by
-        the client's party key when it has one)."""
+        the client's party key when it has one), the chain verified
+        (:class:`~teeflow.kbs.policy.signing.AgreementHistory`: every party signed the first,
+        k-of-n of the previous each update).
+
+        Raises:
+            ParseError: malformed body. VerificationError, PolicyViolation: a broken chain.
+        """
+        from teeflow.kbs.policy.signing import AgreementHistory
+
         auth = {} if self._party_auth is None else self._party_signed()
         _, body = self._request("GET", "/v1/agreement/history", **auth)
-        raw = json.loads(body).get("agreements")
-        if not isinstance(raw, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("signed"), dict) for item in raw
-        ):
-            raise ParseError("agreement history response has no agreements list")
-        return [SignedAgreement.from_mapping(item["signed"]) for item in raw]
+        try:
+            items = json.loads(body)["agreements"]
+            signed = [SignedAgreement.from_mapping(item["signed"]) for item in items]
+        except (ValueError, KeyError, TypeError):
+            raise ParseError("malformed agreement history from the KBS") from None
+        AgreementHistory(signed)
+        return signed
 
     def put_resource(
         self, path: str, data_key: bytes, signed_grant: SignedGrant, owner_keys: PartyKeys

@@ -7,6 +7,7 @@ the protocol and the order of checks); state and plumbing are shared through
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
@@ -17,13 +18,13 @@ from teeflow.kbs.api.problems import (
     InvalidRequest,
     PolicyDeny,
 )
-from teeflow.kbs.ca.authority import WorkloadIdentity
+from teeflow.kbs.ca.authority import MAX_CERT_LIFETIME, WorkloadIdentity
 from teeflow.kbs.protocol import (
     MAX_CSR_BODY_BYTES,
     AttestedSession,
 )
 from teeflow.kbs.service.context import ServiceContext
-from teeflow.kbs.service.enrollments import CERTIFICATE_PARTY_ROLES
+from teeflow.kbs.service.enrollments import CERTIFICATE_PARTY_ROLES, enrollment_revoked
 
 __all__ = ["CertificateService"]
 
@@ -45,7 +46,10 @@ class CertificateService:
 
         The identity (role, party, measurement, agreement digest, tee, emulated) comes from
         the session, never from the CSR; the party is the enrolled party, for the roles of
-        :data:`~teeflow.kbs.service.enrollments.CERTIFICATE_PARTY_ROLES` only.
+        :data:`~teeflow.kbs.service.enrollments.CERTIFICATE_PARTY_ROLES` only. The
+        certificate expires with the agreement's ``attestation.max_age`` (issue 11:
+        :meth:`~teeflow.kbs.policy.freshness.AttestationTerms.certificate_lifetime`), at most
+        24 h.
 
         Raises:
             InvalidRequest: not one PEM CSR, or larger than 16 KiB.
@@ -65,6 +69,9 @@ class CertificateService:
         if session.enrollment is None:
             reason = "the workload acts for no enrolled party (no enrollment)"
             self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
+        if enrollment_revoked(self._ctx, session.enrollment):  # issue 11: at once
+            reason = "enrollment revoked"
+            self._ctx.deny(PolicyDeny, "certificate", subject, [reason], data, detail=reason)
         try:
             identity = WorkloadIdentity(
                 role=session.role,
@@ -75,7 +82,11 @@ class CertificateService:
                 emulated=session.emulated,
             )
             cert = self._ctx.keys.ca.issue_from_csr(
-                csr, identity, now=now, expected_public_key=session.tee_pubkey.public_key()
+                csr,
+                identity,
+                now=now,
+                expected_public_key=session.tee_pubkey.public_key(),
+                lifetime=self._lifetime(),
             )
         except VerificationError as exc:
             self._ctx.deny(PolicyDeny, "certificate", subject, [str(exc)], data, detail=str(exc))
@@ -89,3 +100,9 @@ class CertificateService:
         )
         self._ctx.record("certificate", subject, "accept", data=data)
         return cert.public_bytes(serialization.Encoding.PEM)
+
+    def _lifetime(self) -> timedelta:
+        """Certificate lifetime under the agreement in force (``attestation.max_age``)."""
+        current = self._ctx.current(max_age=1.0)
+        terms = None if current is None else current[0].agreement.attestation
+        return MAX_CERT_LIFETIME if terms is None else terms.certificate_lifetime(MAX_CERT_LIFETIME)

@@ -119,6 +119,12 @@ class DirectoryCollateralProvider:
     "TDX"), the one whose TCB Info was issued last wins. :meth:`reload` re-reads
     everything (e.g. after a refresh job).
 
+    Refresh (issue 11): a set whose TCB Info or QE Identity passed its ``nextUpdate``, or a
+    ``tcb_info.json`` that changed on disk (a refresh job wrote a new set — e.g. a TCB
+    recovery that makes a platform ``OutOfDate``), makes the next request re-read the
+    directories (at most once a second); a reload that fails keeps the sets in use (the
+    verifier still refuses an expired one: fail closed).
+
     Raises (constructor and :meth:`reload`):
         CollateralError: a path does not exist, more than :data:`MAX_DIRECTORIES` sets, or a
             collateral directory is incomplete or malformed (the message names it).
@@ -128,7 +134,39 @@ class DirectoryCollateralProvider:
         self._dirs = tuple(Path(d) for d in dirs)
         self._lock = threading.Lock()
         self._by_fmspc: dict[tuple[bytes, str], IntelCollateral] = {}
+        self._stamp: tuple[tuple[str, int], ...] = ()
+        self._checked = 0.0
         self.reload()
+
+    def _disk_stamp(self) -> tuple[tuple[str, int], ...]:
+        """``(path, mtime_ns)`` of every ``tcb_info.json`` (a refresh job replaces it last)."""
+        stamp: list[tuple[str, int]] = []
+        for d in self._collateral_dirs():
+            try:
+                stamp.append((str(d), (d / "tcb_info.json").stat().st_mtime_ns))
+            except OSError:
+                continue
+        return tuple(stamp)
+
+    def _refresh(self, now: datetime) -> None:
+        """Re-read when a held set is past its ``nextUpdate`` or the files changed (at most
+        once a second; errors keep the sets in use)."""
+        import time
+
+        t = time.monotonic()
+        with self._lock:
+            if t - self._checked < 1.0:
+                return
+            self._checked = t
+            stale = any(
+                min(c.tcb_info.next_update, c.qe_identity.next_update) <= now
+                for c in self._by_fmspc.values()
+            )
+        try:
+            if stale or self._disk_stamp() != self._stamp:
+                self.reload()
+        except CollateralError:
+            return
 
     def _collateral_dirs(self) -> list[Path]:
         found: list[Path] = []
@@ -146,6 +184,7 @@ class DirectoryCollateralProvider:
     def reload(self) -> None:
         """Re-read every collateral directory (atomically replaces the index)."""
         index: dict[tuple[bytes, str], IntelCollateral] = {}
+        stamp = self._disk_stamp()
         for d in self._collateral_dirs():
             coll = IntelCollateral.from_dir(d)
             key = (coll.tcb_info.fmspc, coll.tcb_info.id.upper())
@@ -154,6 +193,7 @@ class DirectoryCollateralProvider:
                 index[key] = coll
         with self._lock:
             self._by_fmspc = index
+            self._stamp = stamp
 
     @property
     def fmspcs(self) -> tuple[bytes, ...]:
@@ -164,8 +204,9 @@ class DirectoryCollateralProvider:
     def for_quote(
         self, quote: Quote, *, now: datetime, anchor: TrustAnchor | None = None
     ) -> IntelCollateral | None:
-        """See :meth:`CollateralProvider.for_quote` (``now`` and ``anchor`` unused: the
-        verifier checks validity windows and chains)."""
+        """See :meth:`CollateralProvider.for_quote` (``anchor`` unused: the verifier checks
+        validity windows and chains; ``now`` decides a refresh, class docstring)."""
+        self._refresh(now)
         fmspc, tee = quote_fmspc(quote), quote_tee(quote)
         if fmspc is None or tee is None:
             return None

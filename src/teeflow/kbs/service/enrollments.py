@@ -49,6 +49,7 @@ __all__ = [
     "EnrollmentService",
     "check_enrollment",
     "enrolled",
+    "enrollment_revoked",
     "enrollment_use",
     "token_lifetime",
     "verified_revocation",
@@ -246,3 +247,18 @@ class EnrollmentService:
             "revoked_at": None if record.revoked_at is None else record.revoked_at.isoformat(),
             "uses": record.uses,
         }
+
+
+def enrollment_revoked(ctx: ServiceContext, enrollment: Enrolled | None) -> bool:
+    """True when the enrollment an attested session acts under was revoked since it
+    attested (issue 11: a revocation stops releases and certificates at once, not only when
+    the session's token expires). One authenticated store read.
+
+    Raises:
+        ServiceUnavailable: the store failed.
+    """
+    if enrollment is None:
+        return False
+    with ctx.storage():
+        record = ctx.store.get_enrollment(use_key(enrollment.party, enrollment.id))
+    return record is not None and record.revoked_at is not None

@@ -35,6 +35,7 @@ from teeflow.kbs.protocol import (
 )
 from teeflow.kbs.service.context import ServiceContext
 from teeflow.kbs.service.context import sha256_hex as _sha256_hex
+from teeflow.kbs.service.enrollments import enrollment_revoked
 from teeflow.kbs.service.generated import GeneratedSecretService
 from teeflow.kbs.service.release import (
     ReleaseDecision,
@@ -173,14 +174,16 @@ class ResourceService:
         now = self._ctx.now()
         if not isinstance(path, str) or not is_resource_path(path):
             raise InvalidRequestPath()
-        scope = generated_scope(path)
-        if scope is not None:
-            return self._generated.release(session, path, scope)
         data: dict[str, Any] = {
             "role": session.role,
             "measurement": session.measurement,
             "token_digest": session.token_digest,
         }
+        if enrollment_revoked(self._ctx, session.enrollment):  # issue 11: at once
+            self._ctx.deny_release(path, ["enrollment revoked"], data)
+        scope = generated_scope(path)
+        if scope is not None:
+            return self._generated.release(session, path, scope)
         sealed: tuple[bytes, str] | None = None  # (wrapped key, JWE) of the last attempt
         for attempt in range(RELEASE_ATTEMPTS):
             current = self._ctx.current(self._ctx.agreement_max_age if attempt == 0 else 0.0)
