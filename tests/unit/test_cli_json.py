@@ -22,6 +22,8 @@ SERVICES = {
     "emulate gramine",
     "workload run",
     "app replica",
+    "dashboard",
+    "serve",
 }
 
 

@@ -187,6 +187,7 @@ class Aggregator:
         self._stop_reason: str | None = None
         self._given_strategy = strategy
         self._last_round = 0
+        self._round_secs = 0.0  # the last round's seconds (the next admission's horizon)
 
     def stop(self, reason: str) -> None:
         """Ask the session to end before its next round (thread-safe; a round in progress
@@ -353,7 +354,6 @@ class Aggregator:
     # -- live trust (issue 11; the rules: teeflow.fl.trust, the driver: teeflow.fl.liveness) --
 
     def _live_trust(self) -> LiveTrust:
-        self._round_secs = 0.0
         return LiveTrust(
             current=self.kbs.current_agreement,
             self_attest=reattest_with(self.kbs, self._attest),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -32,11 +33,13 @@ from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.provenance import CertificateCheck, ProvenanceEntry
 from teeflow.fl.strategy.base import Config, Metrics, Strategy, check_metrics
 from teeflow.fl.transport.hub import TaskOutcome
+from teeflow.fl.trust import RoundTrust
 from teeflow.fl.workload import AggregatorResult
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 
 __all__ = [
     "ClientApp",
+    "FixedTrust",
     "InMemoryAggregator",
     "InMemoryHub",
     "InMemoryResult",
@@ -233,6 +236,30 @@ class _Identity:
     emulated: bool = True
 
 
+class FixedTrust:
+    """The in-memory stand-in of :class:`teeflow.fl.liveness.LiveTrust`: no KBS, so the
+    agreement given is in force for the whole session, nobody re-attests and no update is
+    refused for freshness; rounds carry no ``trust`` provenance record (live trust is
+    tested over real sockets, ``tests/integration/test_fl_live_trust.py``)."""
+
+    def __init__(self, agreement: FederationAgreement) -> None:
+        self.version = agreement.version
+        self.digest = digest(agreement).hex()
+
+    def before_round(self, r: int, horizon: float) -> RoundTrust:
+        """Round ``r``'s (empty) admission: the fixed agreement, no drops."""
+        now = datetime.now(UTC)
+        return RoundTrust(self.version, self.digest, now, now)
+
+    def record(self, trust: RoundTrust, clients: list[str]) -> None:
+        """No trust record (None) in an in-memory session's provenance."""
+        return None
+
+    def admit(self, party: str) -> str | None:
+        """Every update is admitted (None)."""
+        return None
+
+
 class InMemoryAggregator(Aggregator):
     """:class:`Aggregator` over an :class:`InMemoryHub` (module docstring).
 
@@ -283,6 +310,8 @@ class InMemoryAggregator(Aggregator):
             start_round = self._resume(self._resume_from)
         self.hub = self._memory_hub  # type: ignore[assignment]
         self._collector()
+        self.live = FixedTrust(t.agreement)  # type: ignore[assignment]  # no KBS in memory
+        self.collect.admit = self.live.admit
         ok, reason = False, "aborted"
         try:
             result = self._session(start_round)
