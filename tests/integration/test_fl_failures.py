@@ -32,7 +32,7 @@ def test_client_failure_reaches_the_aggregator_and_the_logs(
             enrollment=fed.enroll(lf, "alice", "aggregator", session="s-fail"),
             session="s-fail",
             rounds=1,
-            min_clients=1,
+            min_clients=2,  # the agreement's training.min_clients
             wait_clients=1,
             manifest=fed.aggregator_manifest,
             package=fed.published.sealed_path,

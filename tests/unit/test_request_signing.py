@@ -138,3 +138,26 @@ class _Resolver:
 class _Msg:
     def __init__(self, req: httpx.Request) -> None:
         self.method, self.url, self.headers = req.method, str(req.url), req.headers
+
+
+def test_dependency_refuses_a_non_ascii_content_length_typed() -> None:
+    """``Content-Length: ¹`` passes ``str.isdigit`` but not ``int``: a typed refusal, not a
+    500 (ValueError) from the party-signed request dependency."""
+    import asyncio
+
+    req = _signed()
+
+    class _Fake:
+        method = req.method
+        url = str(req.url)
+        headers = {**dict(req.headers), "content-length": "\u00b9"}
+
+        async def body(self) -> bytes:
+            return req.content
+
+    dep = _verifier().dependency(max_body=1024)
+    with pytest.raises(RequestSignatureError):
+        asyncio.run(dep(_Fake()))
+    ok = _Fake()
+    ok.headers = dict(req.headers)  # type: ignore[misc]
+    assert asyncio.run(_verifier().dependency(max_body=1024)(ok)).party == "alice"

@@ -426,7 +426,10 @@ class RequestVerifier:
             try:
                 signed = self.verify_headers(request.method, str(request.url), request.headers)
                 declared = request.headers.get("content-length", "0")
-                if not declared.isdigit() or int(declared) > max_body:
+                # ASCII digits only (str.isdigit also accepts e.g. "¹", which int() refuses)
+                if not (declared.isascii() and declared.isdigit() and len(declared) <= 20) or (
+                    int(declared) > max_body
+                ):
                     raise RequestSignatureError(f"signed body larger than {max_body} bytes")
                 body = await request.body()
                 if len(body) > max_body:
