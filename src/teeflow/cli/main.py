@@ -69,6 +69,7 @@ def _register_all() -> None:
         resource_cmds,
         sealing_cmds,
         session_cmds,
+        serve_cmds,
         workload_cmds,
     )
 
@@ -92,6 +93,7 @@ def _register_all() -> None:
         module.register(app)
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
     session_cmds.register(app)  # `aggregator serve` (into the aggregator group), `session`
+    serve_cmds.register(app)  # `serve`, and `model publish` in the model group
 
 
 _register_all()

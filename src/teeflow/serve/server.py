@@ -41,6 +41,7 @@ from teeflow.kbs.policy.request_signing import (
     RequestVerifier,
     agreement_party_keys,
 )
+from teeflow.platform.selection import PlatformOptions
 from teeflow.serve.access import (
     BadRequest,
     InferenceFailed,
@@ -67,7 +68,7 @@ from teeflow.serve.oip import (
 )
 from teeflow.serve.workload import ServeWorkload
 
-__all__ = ["MAX_INFER_BYTES", "create_app", "make_server", "tls_context"]
+__all__ = ["MAX_INFER_BYTES", "create_app", "make_server", "serve", "tls_context"]
 
 #: Largest inference request body (bytes).
 MAX_INFER_BYTES = 64 << 20
@@ -271,3 +272,37 @@ def make_server(workload: ServeWorkload, host: str = "127.0.0.1", port: int = 0,
     config.load()
     config.ssl = tls_context(workload)
     return uvicorn.Server(config)
+
+
+def serve(
+    kbs_url: str | None, pin: Path, model: Path, *, package: Path | None = None,
+    listen: str = "127.0.0.1:8443", platform: PlatformOptions | None = None,
+    enrollment: str | None = None, config: dict[str, Any] | None = None,
+    on_ready: Callable[[ServeWorkload], None] | None = None, log_level: str = "info",
+) -> None:
+    """Run a serving workload until interrupted (``teeflow serve``; blocking). The attester
+    comes from ``platform`` (:class:`~teeflow.platform.selection.PlatformOptions`, default
+    ``auto``); an emulated platform reports :func:`~teeflow.serve.workload.serve_measurement`.
+    The last usage batch is written at shutdown.
+
+    Raises:
+        PlatformError: unknown platform, no TEE for ``auto``.
+        KbsError, AttestationFailed, PolicyDeny, SealingError, PackageError: as
+            :meth:`ServeWorkload.start`.
+    """
+    from teeflow.kbs.api.server import parse_listen
+    from teeflow.serve.workload import serve_measurement
+
+    host, port = parse_listen(listen)
+    options = platform if platform is not None else PlatformOptions()
+    attester = options.attester(serve_measurement())
+    workload = ServeWorkload(pin, attester, model, package=package, kbs_url=kbs_url,
+                             enrollment=enrollment, config=config)
+    try:
+        workload.start()
+        server = make_server(workload, host, port, log_level=log_level)
+        if on_ready is not None:
+            on_ready(workload)
+        server.run()
+    finally:
+        workload.close()
