@@ -22,7 +22,7 @@ from teeflow.kbs.api.problems import PolicyDeny
 from teeflow.kbs.policy.serving import api_key_digest
 from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.platform.emulated import EmulatedSgx
-from teeflow.serve.client import Client, ServeRefused, ServerUnverified
+from teeflow.serve.client import Client, ServeRefused, ServerUnverified, tls_context
 from teeflow.serve.e2e import envelope_request, seal_request
 from teeflow.serve.oip import HEADER_LENGTH, encode_request
 from teeflow.serve.sandbox import LocalServing, local_serving
@@ -95,7 +95,7 @@ def test_encrypted_inference_matches_the_model_and_is_audited(srv: LocalServing)
 
 
 def test_plaintext_refused_under_require_e2e_and_metadata_is_oip(srv: LocalServing) -> None:
-    with httpx.Client(base_url=srv.url, verify=False) as h:
+    with httpx.Client(base_url=srv.url, verify=tls_context(srv.pin)) as h:
         assert h.get("/v2/health/live").json() == {"live": True}
         assert h.get("/v2/health/ready").status_code == 200
         meta = h.get("/v2/models/linear").json()
@@ -119,7 +119,7 @@ def test_tampered_request_and_response_are_detected(srv: LocalServing) -> None:
         bad = bytearray(ct)
         bad[-3] ^= 1
         body, length = envelope_request(bytes(bad))
-        with httpx.Client(base_url=srv.url, verify=False) as h:
+        with httpx.Client(base_url=srv.url, verify=tls_context(srv.pin)) as h:
             r = h.post("/v2/models/linear/infer", content=body,
                        headers={HEADER_LENGTH: str(length)})
         assert r.status_code == 400 and r.json()["type"].endswith("/BadRequest")

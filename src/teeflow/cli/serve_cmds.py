@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
             "--name", help="Model name served (default: the file's stem).")] = None,
         package: Annotated[str | None, typer.Option(
             "--package", help="Package (name or digest) whose predict serves it.")] = None,
+        onnx: Annotated[bool, typer.Option(
+            "--onnx", help="MODEL is an ONNX file the party holds (served by onnxruntime).")
+        ] = False,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
@@ -114,7 +117,7 @@ def register(app: typer.Typer) -> None:
         keys = PartyKeys.load_dir(key_dir, party) if key_dir else PartyKeys.load(party)
         with KbsClient(kbs, pin or default_pin_path()) as client:
             out, path = publish_serving_model(model_file, client, keys, out_path=output,
-                                              name=name, package=package)
+                                              name=name, package=package, onnx=onnx)
         if as_json:
             typer.echo(json.dumps({"serving_model": str(out), "resource": path}))
         else:

@@ -237,6 +237,7 @@ def publish_serving_model(
     out_path: Path | None = None,
     name: str | None = None,
     package: str | None = None,
+    onnx: bool = False,
     lifetime: timedelta = timedelta(days=30),
     max_releases: int = 10_000,
     now: datetime | None = None,
@@ -249,6 +250,9 @@ def publish_serving_model(
     agreement's ``predict`` package, function ``predict`` — released only to an attested
     serving workload with the agreed ``serve`` reference values that claims that package.
     The serving host then needs no party key and never sees the plaintext model.
+    With ``onnx``, ``model_file`` is an ONNX model the party holds (plaintext, e.g. exported
+    from the opened model): it is sealed as is (kind ``onnx``, run by onnxruntime) and the
+    grant names no package or function (the workload claims none).
 
     Returns:
         ``(sealed path, KBS resource path)``.
@@ -269,14 +273,24 @@ def publish_serving_model(
     agreement = signed.agreement
     if owner.name not in agreement.outputs.get(OutputKind.SERVE, ()):
         raise FLError(f"party {owner.name} is not in outputs.serve of the agreement")
-    _, pkg = serving_package(agreement, package)
-    payload = encode_arrays(open_model(Path(model_file), owner))
     import hashlib
+
+    pkg: str | None
+    if onnx:
+        pkg, kind = None, "onnx"
+        try:
+            payload = Path(model_file).read_bytes()
+        except OSError as exc:
+            raise FLError(f"cannot read {model_file}: {exc.strerror or exc}") from None
+    else:
+        _, pkg = serving_package(agreement, package)
+        kind = "arrays"
+        payload = encode_arrays(open_model(Path(model_file), owner))
 
     path = serving_key_path(owner.name, hashlib.sha256(payload).hexdigest())
     key = generate_key()
     sealed = seal_serving_model(
-        payload, key, name=name or Path(model_file).stem, kind="arrays",
+        payload, key, name=name or Path(model_file).stem, kind=kind,
         federation=agreement.federation, agreement_digest=digest(agreement).hex(),
         package_digest=pkg, key_path=path,
     )
@@ -288,8 +302,9 @@ def publish_serving_model(
     when = (now or datetime.now(UTC)).astimezone(UTC)
     g = Grant.from_mapping({
         "id": new_grant_id(), "resource": path, "owner": owner.name,
-        "agreement": digest(agreement).hex(), "roles": ["serve"], "packages": [pkg],
-        "functions": [SERVE_FUNCTION], "recipients": [],
+        "agreement": digest(agreement).hex(), "roles": ["serve"],
+        "packages": [pkg] if pkg else [], "functions": [SERVE_FUNCTION] if pkg else [],
+        "recipients": [],
         "created_at": (when - timedelta(seconds=60)).isoformat(),
         "not_after": (when + lifetime).isoformat(), "max_releases": max_releases,
     })

@@ -76,8 +76,8 @@ class LocalServing:
 @contextmanager
 def local_serving(
     workdir: Path,
-    package_dir: Path,
-    arrays: ArrayDict,
+    package_dir: Path | None,
+    arrays: ArrayDict | None,
     *,
     parties: Mapping[str, Sequence[str]],
     owner: str,
@@ -85,13 +85,16 @@ def local_serving(
     platform: str = "emulated-sgx",
     config: Mapping[str, Any] | None = None,
     federation: str = "serving",
+    onnx_model: bytes | None = None,
 ) -> Iterator[LocalServing]:
     """Start a local serving federation (module docstring); stop it on exit.
 
     Args:
         workdir: folder for the KBS database, the model files and the teeflow home.
-        package_dir: the compute package folder (with a ``predict`` entrypoint).
-        arrays: the model's arrays.
+        package_dir: the compute package folder (with a ``predict`` entrypoint), or None
+            for an ONNX model.
+        arrays: the model's arrays (package models), or None.
+        onnx_model: an ONNX model (bytes) to serve instead (onnxruntime).
         parties: party → agreement roles; ``owner`` must have ``model-owner``.
         serving: the agreement's ``serving`` section (None: omitted).
         platform: the serving workload's emulated platform.
@@ -105,8 +108,6 @@ def local_serving(
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"
     authority = EmulationAuthority.load_or_create(home, now=datetime.now(UTC))
-    archive, pkg_digest = build_package(package_dir)
-    manifest = load_manifest(package_dir)
     keys = {name: PartyKeys.generate(name) for name in parties}
     kbs_mr = kbs_measurement()
     doc: dict[str, Any] = {
@@ -116,13 +117,18 @@ def local_serving(
                         "roles": list(parties[n])} for n, k in keys.items()},
         "workloads": {"kbs": {"sgx": {"mrenclave": [kbs_mr.hex()]}},
                       "serve": emulated_workload_spec(platform, serve_measurement())},
-        "packages": {manifest.name: {"digest": pkg_digest.hex(),
-                                     "entrypoints": sorted(manifest.entrypoints),
-                                     "functions": sorted(manifest.functions),
-                                     "readers": [owner]}},  # predict reads owner's model
         "outputs": {"model": [owner], "serve": [owner]},
         "allow_emulated": True, "update_quorum": {"k": len(keys)},
     }
+    archive, name = b"", "model"
+    if package_dir is not None:
+        archive, pkg_digest = build_package(package_dir)
+        manifest = load_manifest(package_dir)
+        name = manifest.name
+        doc["packages"] = {manifest.name: {
+            "digest": pkg_digest.hex(), "entrypoints": sorted(manifest.entrypoints),
+            "functions": sorted(manifest.functions),
+            "readers": [owner]}}  # predict reads the owner's model
     if serving is not None:
         doc["serving"] = dict(serving)
     agreement = FederationAgreement.from_mapping(doc)
@@ -142,18 +148,24 @@ def local_serving(
         pin.save(workdir / "pin.json")
         with KbsClient(None, pin) as kbs:
             kbs.submit_agreement(signed)
-        model_file = workdir / "model.model"
-        model_file.write_bytes(seal_model(
-            encode_arrays(arrays), model_recipients(agreement), session="serving",
-            federation=federation, agreement_digest=digest(agreement).hex()))
+        if onnx_model is not None:  # the owner holds an ONNX model (plaintext, its own disk)
+            model_file = workdir / "model.onnx"
+            model_file.write_bytes(onnx_model)
+        else:
+            assert arrays is not None, "give arrays or onnx_model"
+            model_file = workdir / "model.model"
+            model_file.write_bytes(seal_model(
+                encode_arrays(arrays), model_recipients(agreement), session="serving",
+                federation=federation, agreement_digest=digest(agreement).hex()))
         with KbsClient(None, pin) as kbs:
-            serve_file, _ = publish_serving_model(model_file, kbs, keys[owner],
-                                                  name=manifest.name)
+            serve_file, _ = publish_serving_model(
+                model_file, kbs, keys[owner], name=name, onnx=onnx_model is not None,
+                out_path=workdir / "served.serve")
         enrollment = issue_enrollment(keys[owner], federation=federation, role="serve",
                                       now=datetime.now(UTC), expires=timedelta(days=1))
         attester = attester_for(platform, measurement=serve_measurement(),
                                 authority=authority, home=home)
-        workload = ServeWorkload(pin, attester, serve_file, package=archive,
+        workload = ServeWorkload(pin, attester, serve_file, package=archive or None,
                                  enrollment=enrollment, config=config)
         stack.callback(workload.close)
         workload.start()
