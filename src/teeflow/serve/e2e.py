@@ -7,13 +7,15 @@ HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM,
 attested HPKE key ``pkS`` (:mod:`teeflow.serve.attestation`), with
 ``info = "teeflow-serve/request/v1\\0" || model name``::
 
-    pt = pkC (32) || u16 len(api_key) || api_key || u32 header length (0xFFFFFFFF: none)
-         || inner OIP request body (JSON, or JSON + binary tensors)
+    pt = pkC (32) || u64 created (POSIX seconds) || u16 len(api_key) || api_key
+         || u32 header length (0xFFFFFFFF: none) || inner OIP request body
 
 and sends an ordinary OIP request whose only input is the ciphertext, as a ``UINT8`` tensor
 :data:`E2E_TENSOR` in the binary extension, with request parameter
 ``"teeflow_e2e": "hpke-v1"``. An API key travels inside the envelope, so a proxy that
-terminates TLS sees neither it nor the tensors.
+terminates TLS sees neither it nor the tensors. The server accepts an envelope only within
+:data:`MAX_ENVELOPE_AGE` seconds of ``created`` and only once (a replay cache keyed by the
+ciphertext's SHA-256), so a captured envelope cannot be replayed to spend a party's quota.
 
 **Response**: the server seals the inner OIP response to ``pkC`` with ``info =
 "teeflow-serve/response/v1\\0" || SHA-256(request ciphertext)``, so a response opens only for
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +41,7 @@ __all__ = [
     "E2E_PARAMETER",
     "E2E_SCHEME",
     "E2E_TENSOR",
+    "MAX_ENVELOPE_AGE",
     "OpenedRequest",
     "envelope_of",
     "envelope_request",
@@ -57,6 +61,8 @@ _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
 _REQ_INFO = b"teeflow-serve/request/v1\0"
 _RESP_INFO = b"teeflow-serve/response/v1\0"
 _NONE = 0xFFFFFFFF
+#: Seconds an envelope stays acceptable after its ``created`` time (either direction).
+MAX_ENVELOPE_AGE = 120
 _MAX_API_KEY = 512
 
 
@@ -66,20 +72,22 @@ def raw_public(key: X25519PublicKey) -> bytes:
 
 
 class OpenedRequest:
-    """A decrypted request: the inner body, its header length, the client's response key
-    and the API key it carried (or None)."""
+    """A decrypted request: the inner body, its header length, the client's response key,
+    the API key it carried (or None) and its ``created`` time (POSIX seconds)."""
 
-    __slots__ = ("api_key", "body", "client_key", "header_length")
+    __slots__ = ("api_key", "body", "client_key", "created", "header_length")
 
     def __init__(self, body: bytes, header_length: str | None, client_key: X25519PublicKey,
-                 api_key: str | None) -> None:
+                 api_key: str | None, created: int) -> None:
         self.body, self.header_length = body, header_length
-        self.client_key, self.api_key = client_key, api_key
+        self.client_key, self.api_key, self.created = client_key, api_key, created
 
 
 def seal_request(body: bytes, header_length: int | None, server_key: X25519PublicKey,
-                 model: str, *, api_key: str | None = None) -> tuple[bytes, X25519PrivateKey]:
-    """Seal an inner OIP request body → ``(ciphertext, the client's ephemeral private key)``.
+                 model: str, *, api_key: str | None = None, created: int | None = None,
+                 ) -> tuple[bytes, X25519PrivateKey]:
+    """Seal an inner OIP request body → ``(ciphertext, the client's ephemeral private key)``;
+    ``created`` defaults to now (POSIX seconds).
 
     Raises:
         SealingError: API key too long, or an HPKE failure.
@@ -89,7 +97,8 @@ def seal_request(body: bytes, header_length: int | None, server_key: X25519Publi
     if len(api) > _MAX_API_KEY:
         raise SealingError(f"API key longer than {_MAX_API_KEY} bytes")
     hl = _NONE if header_length is None else header_length
-    pt = b"".join([raw_public(key.public_key()), struct.pack(">H", len(api)), api,
+    when = int(time.time()) if created is None else created
+    pt = b"".join([raw_public(key.public_key()), struct.pack(">QH", when, len(api)), api,
                    struct.pack(">I", hl), body])
     try:
         return _SUITE.encrypt(pt, server_key, info=_REQ_INFO + model.encode("utf-8")), key
@@ -107,18 +116,18 @@ def open_request(ciphertext: bytes, server_key: X25519PrivateKey, model: str) ->
         pt = _SUITE.decrypt(ciphertext, server_key, info=_REQ_INFO + model.encode("utf-8"))
     except Exception:
         raise SealingError("the request envelope does not open (tampered or wrong key)") from None
-    if len(pt) < 38:
+    if len(pt) < 46:
         raise SealingError("the request envelope is too short")
-    n = struct.unpack_from(">H", pt, 32)[0]
-    if len(pt) < 38 + n:
+    created, n = struct.unpack_from(">QH", pt, 32)
+    if len(pt) < 46 + n:
         raise SealingError("the request envelope is truncated")
     try:
-        api = pt[34 : 34 + n].decode("utf-8") if n else None
+        api = pt[42 : 42 + n].decode("utf-8") if n else None
         client = X25519PublicKey.from_public_bytes(pt[:32])
     except (UnicodeDecodeError, ValueError):
         raise SealingError("the request envelope is malformed") from None
-    hl = struct.unpack_from(">I", pt, 34 + n)[0]
-    return OpenedRequest(pt[38 + n :], None if hl == _NONE else str(hl), client, api)
+    hl = struct.unpack_from(">I", pt, 42 + n)[0]
+    return OpenedRequest(pt[46 + n :], None if hl == _NONE else str(hl), client, api, created)
 
 
 def seal_response(body: bytes, header_length: int | None, client_key: X25519PublicKey,

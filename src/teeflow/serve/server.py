@@ -13,18 +13,21 @@ Routes (``docs/serve.md``; errors are RFC 7807 :class:`~teeflow.serve.access.Ser
   (:meth:`teeflow.serve.workload.ServeWorkload.attestation`).
 
 **Infer order**: model name (404) → body bound (400) → party signature if present (401) →
-decode (400) → envelope open (400) or plaintext refused under ``require_e2e`` (403) →
+decode (400) → envelope open, fresh and not replayed (400) or plaintext refused under
+``require_e2e`` (403) →
 caller (401/403) → quota (429) → predict (500) → response (sealed to the request's key).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from fastapi import FastAPI, Query, Request, Response
 import teeflow
 from teeflow.errors import Error, KbsError, SealingError
 from teeflow.kbs.policy.request_signing import (
+    NonceCache,
     RequestSignatureError,
     RequestVerifier,
     agreement_party_keys,
@@ -55,6 +59,7 @@ from teeflow.serve.e2e import (
     E2E_PARAMETER,
     E2E_SCHEME,
     E2E_TENSOR,
+    MAX_ENVELOPE_AGE,
     envelope_of,
     open_request,
     seal_response,
@@ -106,6 +111,7 @@ def create_app(workload: ServeWorkload) -> FastAPI:
     verifier = RequestVerifier(lambda: keys)
     access = workload.access
     flushing = threading.Lock()
+    envelopes = NonceCache()  # each envelope is accepted once (teeflow.serve.e2e)
 
     def flush() -> None:
         if flushing.acquire(blocking=False):
@@ -189,7 +195,12 @@ def create_app(workload: ServeWorkload) -> FastAPI:
             try:
                 opened = open_request(ct, workload.hpke_key, name)
                 inner = decode_request(opened.body, opened.header_length)
-            except (SealingError, OipError) as exc:
+                now = time.time()
+                if abs(now - opened.created) > MAX_ENVELOPE_AGE:
+                    raise SealingError("the envelope is stale or from the future (clock?)")
+                envelopes.remember("e2e", hashlib.sha256(ct).hexdigest(), now=now,
+                                   until=opened.created + MAX_ENVELOPE_AGE)
+            except (SealingError, OipError, RequestSignatureError) as exc:
                 raise BadRequest(str(exc)) from None
             api_key = opened.api_key or api_key
         elif access.require_e2e:
