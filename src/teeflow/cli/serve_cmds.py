@@ -33,6 +33,14 @@ _PinOpt = Annotated[
 ]
 
 
+def _print_measurement(value: bool) -> None:
+    if value:
+        from teeflow.serve.workload import serve_measurement
+
+        typer.echo(serve_measurement().hex())
+        raise typer.Exit(0)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``serve`` to the root app and ``publish`` to the ``model`` group."""
 
@@ -55,6 +63,10 @@ def register(app: typer.Typer) -> None:
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
+        measurement: Annotated[bool, typer.Option(
+            "--measurement", is_eager=True, callback=_print_measurement,
+            help="Print the serving workload's measurement (emulated platforms; the "
+            "agreement's workloads.serve) and exit.")] = False,
     ) -> None:
         """Serve a sealed model over the Open Inference Protocol (role serve) until
         interrupted: attests, gets the model key from the KBS, unseals in memory."""
