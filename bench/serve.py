@@ -5,8 +5,9 @@ run, same process layout, loopback.
 Models: the examples/mnist MLP and CNN (28x28 inputs, random weights: throughput does not
 depend on the values), batch 1 and 32, ``--clients`` concurrent client threads each sending
 ``--requests`` requests. Reports requests/s, p50/p99 latency (ms) per system and the ratios
-(targets: throughput >= 0.8x plain, p99 <= 1.5x plain), and the benchmark process's RSS
-(servers and clients share it). JSON to ``bench/results/serve.json``.
+(targets: throughput >= 0.8x plain, p99 <= 1.5x plain) and each server process's RSS (the
+teeflow process also runs the KBS, in threads). Each server runs in its own process; the
+clients are threads of this one. JSON to ``bench/results/serve.json``.
 
     PYTHONPATH=src python bench/serve.py --clients 4 --requests 100
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import tempfile
 import threading
@@ -103,66 +105,99 @@ def _drive(call: Any, clients: int, requests: int) -> dict[str, float]:
             "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
 
 
-def _rss() -> int:
+def _rss(pid: int) -> int:
     import psutil
 
-    return int(psutil.Process().memory_info().rss)
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def _teeflow_server(conn: Any, model: str, workdir: str) -> None:
+    """Child process: a local serving federation (KBS + teeflow serve) for ``model``."""
+    serving = {"require_e2e": True, "usage_batch": 1000,
+               "callers": {"hospital-b": {"signed": True}}}
+    with local_serving(Path(workdir) / "fed", MNIST, _arrays(model), owner="hospital-a",
+                       parties={"hospital-a": ["model-owner"], "hospital-b": ["data-owner"]},
+                       serving=serving, config={"model": model, "threads": 1}) as srv:
+        srv.keys["hospital-b"].save(Path(workdir) / "hospital-b", overwrite=True)
+        conn.send((srv.url, str(Path(workdir) / "fed" / "pin.json")))
+        conn.recv()  # stop
+
+
+def _plain_server(conn: Any, model: str) -> None:
+    """Child process: the same predict behind a plain FastAPI OIP endpoint (HTTP)."""
+    import uvicorn
+
+    archive, digest = build_package(MNIST)
+    pred = PackagePredictor(archive, digest.hex(), _arrays(model), {"model": model, "threads": 1})
+    config = uvicorn.Config(_plain_app(pred, "mnist"), log_level="warning", lifespan="off",
+                            access_log=False)
+    config.load()
+    with BackgroundServer(uvicorn.Server(config)) as plain:
+        conn.send(plain.url.replace("https://", "http://"))
+        conn.recv()
+    pred.close()
 
 
 def run(clients: int, requests: int) -> dict[str, Any]:
-    import uvicorn
+    import multiprocessing as mp
 
+    from teeflow.kbs.policy.parties import PartyKeys
+
+    ctx = mp.get_context("spawn")
     rows = []
     rng = np.random.default_rng(0)
     for model in ("mlp", "cnn"):
-        arrays = _arrays(model)
         with tempfile.TemporaryDirectory() as tmp:
-            serving = {"require_e2e": True, "usage_batch": 1000,
-                       "callers": {"hospital-b": {"signed": True}}}
-            cfg = {"model": model, "threads": 1}
-            with local_serving(Path(tmp) / "fed", MNIST, arrays, owner="hospital-a",
-                               parties={"hospital-a": ["model-owner"],
-                                        "hospital-b": ["data-owner"]},
-                               serving=serving, config=cfg) as srv:
-                archive, digest = build_package(MNIST)
-                plain_pred = PackagePredictor(archive, digest.hex(), arrays, cfg)
-                config = uvicorn.Config(_plain_app(plain_pred, "mnist"), log_level="warning",
-                                        lifespan="off", access_log=False)
-                config.load()
-                with BackgroundServer(uvicorn.Server(config)) as plain:
-                    plain_url = plain.url.replace("https://", "http://")
-                    for batch in (1, 32):
-                        x = rng.random((batch, 28, 28), dtype=np.float32)
+            tee_conn, tee_child = ctx.Pipe()
+            plain_conn, plain_child = ctx.Pipe()
+            tee_proc = ctx.Process(target=_teeflow_server, args=(tee_child, model, tmp))
+            plain_proc = ctx.Process(target=_plain_server, args=(plain_child, model))
+            tee_proc.start()
+            plain_proc.start()
+            try:
+                url, pin = tee_conn.recv()
+                plain_url = plain_conn.recv()
+                party = PartyKeys.load_dir(Path(tmp) / "hospital-b", "hospital-b")
+                for batch in (1, 32):
+                    x = rng.random((batch, 28, 28), dtype=np.float32)
 
-                        def teeflow_call(x: Any = x) -> Any:
-                            c = Client(srv.url, pin=srv.pin, party=srv.keys["hospital-b"])
-                            c.verify_server()
-                            return lambda: c.infer({"input": x})
+                    def teeflow_call(x: Any = x, url: str = url, pin: str = pin,
+                                     party: Any = party) -> Any:
+                        c = Client(url, pin=pin, party=party)
+                        c.verify_server()
+                        return lambda: c.infer({"input": x})
 
-                        def plain_call(x: Any = x, plain_url: str = plain_url) -> Any:
-                            h = httpx.Client(base_url=plain_url, timeout=60)
-                            body, n = encode_request({"input": x})
-                            hdr = {HEADER_LENGTH: str(n)}
+                    def plain_call(x: Any = x, plain_url: str = plain_url) -> Any:
+                        h = httpx.Client(base_url=plain_url, timeout=60)
+                        body, n = encode_request({"input": x})
+                        hdr = {HEADER_LENGTH: str(n)}
 
-                            def go() -> Any:
-                                r = h.post("/v2/models/mnist/infer", content=body, headers=hdr)
-                                r.raise_for_status()
-                                return decode_response(r.content, r.headers.get(HEADER_LENGTH))
-                            return go
+                        def go() -> Any:
+                            r = h.post("/v2/models/mnist/infer", content=body, headers=hdr)
+                            r.raise_for_status()
+                            return decode_response(r.content, r.headers.get(HEADER_LENGTH))
+                        return go
 
-                        _drive(plain_call, 1, 5)  # warm up both
-                        _drive(teeflow_call, 1, 5)
-                        base = _drive(plain_call, clients, requests)
-                        tee = _drive(teeflow_call, clients, requests)
-                        rows.append({
-                            "model": model, "batch": batch, "clients": clients,
-                            "plain": base, "teeflow": tee,
-                            "throughput_ratio": tee["rps"] / base["rps"],
-                            "p99_ratio": tee["p99_ms"] / base["p99_ms"],
-                            "rss_bytes": _rss(),
-                        })
-                plain_pred.close()
-    return {"benchmark": "serve", "machine": machine(), "rows": rows}
+                    _drive(plain_call, 1, 5)  # warm up both
+                    _drive(teeflow_call, 1, 5)
+                    base = _drive(plain_call, clients, requests)
+                    tee = _drive(teeflow_call, clients, requests)
+                    rows.append({
+                        "model": model, "batch": batch, "clients": clients,
+                        "plain": base, "teeflow": tee,
+                        "throughput_ratio": tee["rps"] / base["rps"],
+                        "p99_ratio": tee["p99_ms"] / base["p99_ms"],
+                        # the teeflow process also runs the KBS (in threads)
+                        "teeflow_server_rss_bytes": _rss(tee_proc.pid or 0),
+                        "plain_server_rss_bytes": _rss(plain_proc.pid or 0),
+                    })
+            finally:
+                for conn in (tee_conn, plain_conn):
+                    conn.send("stop")
+                tee_proc.join(60)
+                plain_proc.join(60)
+    return {"benchmark": "serve", "machine": machine(), "load_average": os.getloadavg(),
+            "rows": rows}
 
 
 def main() -> None:
@@ -174,12 +209,17 @@ def main() -> None:
     result = run(a.clients, a.requests)
     path = write_json("serve", result, a.out)
     print(f"{'model':5} {'batch':>5} {'plain rps':>10} {'tee rps':>8} {'ratio':>6} "
-          f"{'plain p99':>10} {'tee p99':>8} {'ratio':>6} {'RSS MiB':>8}")
+          f"{'plain p50':>10} {'tee p50':>8} {'plain p99':>10} {'tee p99':>8} {'ratio':>6} "
+          f"{'RSS MiB tee/plain':>18}")
     for r in result["rows"]:
         print(f"{r['model']:5} {r['batch']:5d} {r['plain']['rps']:10.1f} "
               f"{r['teeflow']['rps']:8.1f} {r['throughput_ratio']:6.2f} "
+              f"{r['plain']['p50_ms']:10.2f} {r['teeflow']['p50_ms']:8.2f} "
               f"{r['plain']['p99_ms']:10.2f} {r['teeflow']['p99_ms']:8.2f} "
-              f"{r['p99_ratio']:6.2f} {r['rss_bytes'] / 2**20:8.0f}")
+              f"{r['p99_ratio']:6.2f} "
+              f"{r['teeflow_server_rss_bytes'] / 2**20:9.0f}/"
+              f"{r['plain_server_rss_bytes'] / 2**20:.0f}")
+    print(f"load average {result['load_average']}")
     print(f"results: {path}")
 
 
