@@ -22,6 +22,7 @@ from teeflow.errors import SealingError
 from teeflow.kbs.api.problems import PolicyDeny
 from teeflow.kbs.policy.serving import api_key_digest
 from teeflow.kbs.service.audit import verify_audit_chain
+from teeflow.kbs.service.usage import usage_of
 from teeflow.platform.emulated import EmulatedSgx
 from teeflow.serve.client import Client, ServeRefused, ServerUnverified, tls_context
 from teeflow.serve.e2e import envelope_request, seal_request
@@ -92,7 +93,7 @@ def test_encrypted_inference_matches_the_model_and_is_audited(srv: LocalServing)
     verify_audit_chain(entries, srv.pin.audit_public())
     usage = [e for e in entries if e.kind == "usage"]
     assert usage and all(e.subject == f"serve:{srv.workload.header.digest}" for e in usage)
-    assert sum(e.data["batch"]["counts"].get("hospital-b", 0) for e in usage) >= 5
+    assert sum(usage_of(e.data)[0].get("hospital-b", 0) for e in usage) >= 5
     assert all(e.data["role"] == "serve" for e in usage)
 
 
@@ -157,9 +158,9 @@ def test_unauthorised_caller_and_exhausted_quota_get_rfc7807(srv: LocalServing) 
     assert refused.value.problem["type"].endswith("/QuotaExceeded")
     srv.workload.flush_usage()
     usage = [e for e in srv.audit() if e.kind == "usage"]
-    assert sum(e.data["batch"]["counts"].get("dave", 0) for e in usage) == QUOTA
-    assert sum(e.data["batch"]["refused"].get("dave", 0) for e in usage) == 1
-    assert sum(e.data["batch"]["refused"].get("carol", 0) for e in usage) >= 1
+    assert sum(usage_of(e.data)[0].get("dave", 0) for e in usage) == QUOTA
+    assert sum(usage_of(e.data)[1].get("dave", 0) for e in usage) == 1
+    assert sum(usage_of(e.data)[1].get("carol", 0) for e in usage) >= 1
 
 
 def test_workload_with_another_measurement_gets_no_model_key(srv: LocalServing) -> None:

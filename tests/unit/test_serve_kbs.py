@@ -15,11 +15,17 @@ from test_kbs_service import agreement_doc as base_doc
 
 from teeflow.kbs.api.problems import InvalidRequest, PolicyDeny
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
-from teeflow.kbs.policy.canonical import b64url_encode
+from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode
 from teeflow.kbs.policy.generated import serve_key_path
 from teeflow.kbs.policy.signing import SignedAgreement
 from teeflow.kbs.service.release import open_jwe
-from teeflow.kbs.service.usage import UsageBatch, UsageReport, usage_signing_input
+from teeflow.kbs.service.usage import (
+    UsageBatch,
+    UsageReport,
+    batch_of,
+    usage_of,
+    usage_signing_input,
+)
 from teeflow.kbs.store import open_store
 
 SERVE_MR = bytes.fromhex("5e" * 32)
@@ -84,8 +90,10 @@ def _report(w: Any, batch: UsageBatch, key: Any = None) -> UsageReport:
     return UsageReport(batch=batch, signature=b64url_encode(sig))
 
 
-BATCH = UsageBatch(model="mnist", model_digest="ab" * 32, seq=0, counts={"bob": 7},
-                   refused={"carol": 1})
+# party names that look like secret audit-data keys ("private-...", "key") are fine: they
+# are values in the entry, never keys
+BATCH = UsageBatch(model="mnist", model_digest="ab" * 32, seq=0,
+                   counts={"bob": 7, "private-clinic": 0}, refused={"carol": 1, "key": 0})
 
 
 def test_usage_batch_is_verified_and_audited(h: Harness) -> None:
@@ -93,7 +101,14 @@ def test_usage_batch_is_verified_and_audited(h: Harness) -> None:
     result = h.service.record_usage(h.session(w), _report(w, BATCH))
     entry = [e for e in h.store.audit_entries(0, 10_000) if e.kind == "usage"][-1]
     assert entry.seq == result["seq"] and entry.subject == f"serve:{'ab' * 32}"
-    assert entry.data["batch"]["counts"] == {"bob": 7} and entry.data["requests"] == 7
+    assert usage_of(entry.data) == ({"bob": 7, "private-clinic": 0}, {"carol": 1, "key": 0})
+    assert entry.data["requests"] == 7
+    # the entry holds what the workload signed: its signature re-verifies from the log
+    signed = batch_of(entry.data)
+    assert signed == BATCH
+    w.key.private_key.public_key().verify(
+        b64url_decode(entry.data["signature"]), usage_signing_input(signed),
+        ec.ECDSA(hashes.SHA256()))
     assert entry.data["measurement"] == SERVE_MR.hex() and entry.data["party"] == "alice"
     h.verify_audit()
 

@@ -82,6 +82,7 @@ def run_serve_stage(
     from teeflow.fl.session import WorkloadProcess, free_port
     from teeflow.kbs.client.pinning import Pin
     from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.service.usage import usage_of
     from teeflow.serve.client import Client
 
     owner, caller = parties[0], parties[1 % len(parties)]
@@ -132,7 +133,6 @@ def run_serve_stage(
             entries = kbs.audit()
         usage = [e for e in entries if e.kind == "usage"
                  and e.subject == f"serve:{out.get('model_digest')}"]
-        out["audited_requests"] = sum(int(e.data["batch"]["counts"].get(caller, 0))
-                                      for e in usage)
+        out["audited_requests"] = sum(usage_of(e.data)[0].get(caller, 0) for e in usage)
         d.append(f"{out['audited_requests']} requests by {caller} in {len(usage)} batch(es)")
     return out

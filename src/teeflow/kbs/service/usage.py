@@ -14,14 +14,19 @@ The signature is by the workload's attested key (the key of its RCAR session, wh
 RFC 8785(batch)`` (:func:`usage_signing_input`). The KBS accepts it only from a session of
 role ``serve`` that acts for an enrolled party under the agreement in force, verifies the
 signature with the session's attested key and appends one audit entry ``kind: usage``,
-``subject: serve:<model_digest>``, ``data``: the batch, its digest, the signature, the
-measurement and the party — so model owners reading ``GET /v1/audit`` see who used their
-model, how many times, and which model digest, signed by the workload that served it.
+``subject: serve:<model_digest>``, ``data``: ``model``, ``model_digest``, ``seq``,
+``counts`` and ``refused`` as sorted ``[party, n]`` pairs (party names are never audit-data
+keys), ``requests`` (their sum), ``batch_digest`` (SHA-256 of the signed canonical batch),
+``signature``, ``measurement``, ``role`` and ``party`` (the workload's enrolling party) — so
+model owners reading ``GET /v1/audit`` see who used their model, how many times, and which
+model digest, signed by the workload that served it (:func:`usage_of` reads an entry back,
+:func:`batch_of` rebuilds the signed batch).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from cryptography.exceptions import InvalidSignature
@@ -42,6 +47,8 @@ __all__ = [
     "UsageBatch",
     "UsageReport",
     "UsageService",
+    "batch_of",
+    "usage_of",
     "usage_signing_input",
 ]
 
@@ -80,6 +87,41 @@ class UsageReport(_Wire):
 def usage_signing_input(batch: UsageBatch) -> bytes:
     """What the serving workload signs: :data:`USAGE_DOMAIN` || RFC 8785 JSON of the batch."""
     return USAGE_DOMAIN + canonical_json(batch.to_wire())
+
+
+def _pairs(counts: dict[str, int]) -> list[list[Any]]:
+    return [[p, n] for p, n in sorted(counts.items())]
+
+
+def usage_of(data: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """``(answered, refused)`` per party from a ``usage`` audit entry's ``data`` ({} for
+    malformed members: the entry's signature chain is checked separately)."""
+
+    def back(value: object) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if isinstance(value, list):
+            for item in value:
+                if (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+                        and isinstance(item[1], int)):
+                    out[item[0]] = item[1]
+        return out
+
+    return back(data.get("counts")), back(data.get("refused"))
+
+
+def batch_of(data: Mapping[str, Any]) -> UsageBatch:
+    """The signed batch a ``usage`` audit entry records (to re-check ``signature`` with the
+    serving workload's certified key, or ``batch_digest``).
+
+    Raises:
+        ParseError: the entry is not a usage entry.
+    """
+    answered, refused = usage_of(data)
+    try:
+        return UsageBatch(model=data["model"], model_digest=data["model_digest"],
+                          seq=data["seq"], counts=answered, refused=refused)
+    except (KeyError, ValueError):
+        raise ParseError("not a usage audit entry") from None
 
 
 class UsageService:
@@ -127,13 +169,16 @@ class UsageService:
         except (InvalidSignature, ValueError, TypeError, ParseError):
             ctx.deny(InvalidRequest, "usage", subject,
                      ["the batch signature does not verify with the attested key"], data)
-        doc = batch.to_wire()
         entry = ctx.record("usage", subject, "accept", data={
             **data,
             "party": session.party,
-            "batch": doc,
-            "batch_digest": hashlib.sha256(canonical_json(doc)).hexdigest(),
-            "signature": report.signature,
+            "model": batch.model,
+            "model_digest": batch.model_digest,
+            "seq": batch.seq,
+            "counts": _pairs(batch.counts),
+            "refused": _pairs(batch.refused),
             "requests": sum(batch.counts.values()),
+            "batch_digest": hashlib.sha256(canonical_json(batch.to_wire())).hexdigest(),
+            "signature": report.signature,
         })
         return {"seq": entry.seq}
