@@ -50,7 +50,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_TENSORS = 64
 #: Most elements in one tensor.
 MAX_ELEMENTS = 1 << 26
-_MAX_HEADER = 1 << 20
+_MAX_HEADER = 16 << 20
 _MAX_DIMS = 8
 #: OIP datatype → numpy dtype (little-endian).
 DATATYPES: dict[str, np.dtype[Any]] = {
