@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,7 @@ MAX_TENSORS = 64
 MAX_ELEMENTS = 1 << 26
 _MAX_HEADER = 16 << 20
 _MAX_DIMS = 8
+_DIGITS = re.compile(r"[0-9]{1,12}")  # ASCII only: str.isdigit() accepts "¹"
 #: OIP datatype → numpy dtype (little-endian).
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
@@ -116,7 +118,7 @@ def _json(raw: bytes) -> dict[str, Any]:
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     if header_length is None:
         return _json(body), b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not _DIGITS.fullmatch(header_length) or int(header_length) > len(body):
         raise OipError(f"{HEADER_LENGTH} is not a length within the body")
     n = int(header_length)
     return _json(body[:n]), body[n:]

@@ -78,6 +78,7 @@ __all__ = ["MAX_INFER_BYTES", "create_app", "make_server", "serve", "tls_context
 #: Largest inference request body (bytes).
 MAX_INFER_BYTES = 64 << 20
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+_LENGTH = re.compile(r"[0-9]{1,12}")  # ASCII digits only (str.isdigit() accepts "¹")
 
 
 def _problem(exc: ServeError) -> Response:
@@ -173,7 +174,7 @@ def create_app(workload: ServeWorkload) -> FastAPI:
     async def infer(name: str, request: Request) -> Response:
         model(name)
         declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > MAX_INFER_BYTES:
+        if not _LENGTH.fullmatch(declared) or int(declared) > MAX_INFER_BYTES:
             raise BadRequest(f"give Content-Length ≤ {MAX_INFER_BYTES} bytes")
         body = await request.body()
         if len(body) > MAX_INFER_BYTES:
