@@ -61,15 +61,18 @@ _LOG = logging.getLogger("teeflow.serve")
 
 @functools.lru_cache(maxsize=2)
 def serve_measurement(package_dir: Path | None = None) -> bytes:
-    """SHA-256 measurement (32 bytes) of the serving workload's manifest: every ``.py`` /
-    ``.pem`` / ``.der`` file of the teeflow package, entrypoint ``teeflow serve`` (what an
-    emulated platform reports; a real TEE reports its own)."""
+    """SHA-256 measurement (32 bytes) of the serving workload's built-in manifest: the files
+    of the KBS manifest (:func:`teeflow.kbs.service.self_attestation.kbs_manifest`: every
+    ``.py``/``.pem``/``.der`` of the teeflow package), entrypoint ``teeflow serve`` — what an
+    emulated platform reports (a real TEE reports its own; ``teeflow serve --measurement``).
+
+    Raises:
+        WorkloadError: a file cannot be read.
+    """
+    from teeflow.kbs.service.self_attestation import kbs_manifest
+
     root = Path(package_dir) if package_dir is not None else Path(teeflow.__file__).parent
-    files = sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*")
-        if p.suffix in (".py", ".pem", ".der") and "__pycache__" not in p.parts
-        and p.is_file() and not p.is_symlink()
-    )
+    files = [f.path for f in kbs_manifest(root).trusted_files]
     return measurement(WorkloadManifest.build(root, entrypoint=list(SERVE_ENTRYPOINT),
                                               files=files, name="teeflow-serve",
                                               version=teeflow.__version__))
