@@ -550,6 +550,11 @@ def _run(
             kbs_platform=("--platform", plat.kbs_platform, *plat.kbs_args),
             workload_platform=("--platform", plat.name, *plat.workload_args),
         )
+        if o.serve:
+            from teeflow.demo.serve_demo import serve_commands
+
+            summary.commands += serve_commands(workdir, parties, files["serving model"],
+                                               ("--platform", plat.name, *plat.workload_args))
     _outputs(
         o,
         workdir=workdir,

@@ -31,7 +31,7 @@ import numpy as np
 
 from teeflow.errors import FLError
 
-__all__ = ["SERVE_REQUESTS", "run_serve_stage"]
+__all__ = ["SERVE_REQUESTS", "run_serve_stage", "serve_commands"]
 
 #: Requests hospital-b sends in the demo.
 SERVE_REQUESTS = 100
@@ -136,3 +136,27 @@ def run_serve_stage(
         out["audited_requests"] = sum(usage_of(e.data)[0].get(caller, 0) for e in usage)
         d.append(f"{out['audited_requests']} requests by {caller} in {len(usage)} batch(es)")
     return out
+
+
+def serve_commands(workdir: Path, parties: list[str], serving_model: str,
+                   platform_args: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The serving stage's commands, to run by hand (``(what, command)`` pairs, as
+    :func:`teeflow.demo.fl_support.manual_commands`)."""
+    import shlex
+
+    from teeflow.demo.fl_support import teeflow_command
+
+    tf, w = teeflow_command(), shlex.quote(str(workdir))
+    owner = parties[0]
+    return [
+        (f"{owner} enrolls a serving workload",
+         f"{tf} party enroll --party {owner} --role serve --pin {w}/pin.json "
+         f"-o {w}/serve.jwt"),
+        ("the serving workload (own terminal): attests, gets the model key, serves OIP",
+         f"{tf} serve --model {shlex.quote(serving_model)} --package {w}/mnist.tar "
+         f"--pin {w}/pin.json --enrollment {w}/serve.jwt --listen 127.0.0.1:8443 "
+         + " ".join(shlex.quote(a) for a in platform_args)),
+        (f"or: {owner} publishes the model it opened for serving (its own key in the KBS)",
+         f"{tf} model publish {w}/aggregator/demo.model --party {owner} --serve "
+         f"--pin {w}/pin.json"),
+    ]
