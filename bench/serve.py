@@ -3,11 +3,12 @@ model behind a plain FastAPI OIP endpoint (plain HTTP, no encryption, no attesta
 run, same process layout, loopback.
 
 Models: the examples/mnist MLP and CNN (28x28 inputs, random weights: throughput does not
-depend on the values), batch 1 and 32, ``--clients`` concurrent client threads each sending
-``--requests`` requests. Reports requests/s, p50/p99 latency (ms) per system and the ratios
-(targets: throughput >= 0.8x plain, p99 <= 1.5x plain) and each server process's RSS (the
-teeflow process also runs the KBS, in threads). Each server runs in its own process; the
-clients are threads of this one. JSON to ``bench/results/serve.json``.
+depend on the values), batch 1 and 32, ``--clients`` concurrent client processes each
+sending ``--requests`` sequential requests (after 5 warm-up requests, started together).
+Reports requests/s, p50/p99 latency (ms) per system and the ratios (targets: throughput
+>= 0.8x plain, p99 <= 1.5x plain) and each server process's RSS (the teeflow process also
+runs the KBS, in threads). Each server and each client runs in its own process, all on the
+same machine (they share its cores). JSON to ``bench/results/serve.json``.
 
     PYTHONPATH=src python bench/serve.py --clients 4 --requests 100
 """
@@ -19,7 +20,6 @@ import importlib.util
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -73,34 +73,56 @@ def _plain_app(predictor: PackagePredictor, name: str) -> Any:
     return app
 
 
-def _drive(call: Any, clients: int, requests: int) -> dict[str, float]:
-    lat: list[float] = []
-    lock = threading.Lock()
-    errors: list[BaseException] = []
+def _client_proc(kind: str, target: dict[str, str], batch: int, requests: int,
+                 go: Any) -> tuple[list[float], float, float]:
+    """One client process: ``requests`` sequential requests → (latencies ms, start, end) on
+    the system-wide monotonic clock (comparable across processes)."""
+    x = np.random.default_rng(batch).random((batch, 28, 28), dtype=np.float32)
+    if kind == "teeflow":
+        from teeflow.kbs.policy.parties import PartyKeys
 
-    def worker() -> None:
-        mine = []
-        try:
-            fn = call()
-            for _ in range(requests):
-                t0 = time.perf_counter()
-                fn()
-                mine.append((time.perf_counter() - t0) * 1e3)
-        except BaseException as exc:
-            errors.append(exc)
-        with lock:
-            lat.extend(mine)
+        party = PartyKeys.load_dir(Path(target["keys"]), "hospital-b")
+        c = Client(target["url"], pin=target["pin"], party=party)
+        c.verify_server()
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    if errors:
-        raise errors[0]
-    lat.sort()
+        def call() -> Any:
+            return c.infer({"input": x})
+    else:
+        h = httpx.Client(base_url=target["url"], timeout=60)
+        body, n = encode_request({"input": x})
+        hdr = {HEADER_LENGTH: str(n)}
+
+        def call() -> Any:
+            r = h.post("/v2/models/mnist/infer", content=body, headers=hdr)
+            r.raise_for_status()
+            return decode_response(r.content, r.headers.get(HEADER_LENGTH))
+    for _ in range(5):  # warm up (connection, TLS, first inference)
+        call()
+    go.wait(120)
+    lat = []
+    t0 = time.monotonic()
+    for _ in range(requests):
+        t = time.perf_counter()
+        call()
+        lat.append((time.perf_counter() - t) * 1e3)
+    return lat, t0, time.monotonic()
+
+
+def _drive(kind: str, target: dict[str, str], batch: int, clients: int,
+           requests: int) -> dict[str, float]:
+    """``clients`` client processes against one server, started together."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        go = manager.Barrier(clients)
+        with ProcessPoolExecutor(clients, mp_context=ctx) as pool:
+            futures = [pool.submit(_client_proc, kind, target, batch, requests, go)
+                       for _ in range(clients)]
+            done = [f.result(timeout=900) for f in futures]
+    lat = sorted(v for d in done for v in d[0])
+    wall = max(d[2] for d in done) - min(d[1] for d in done)
     return {"requests": len(lat), "rps": len(lat) / wall,
             "p50_ms": lat[len(lat) // 2], "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
 
@@ -141,11 +163,8 @@ def _plain_server(conn: Any, model: str) -> None:
 def run(clients: int, requests: int) -> dict[str, Any]:
     import multiprocessing as mp
 
-    from teeflow.kbs.policy.parties import PartyKeys
-
     ctx = mp.get_context("spawn")
     rows = []
-    rng = np.random.default_rng(0)
     for model in ("mlp", "cnn"):
         with tempfile.TemporaryDirectory() as tmp:
             tee_conn, tee_child = ctx.Pipe()
@@ -157,31 +176,10 @@ def run(clients: int, requests: int) -> dict[str, Any]:
             try:
                 url, pin = tee_conn.recv()
                 plain_url = plain_conn.recv()
-                party = PartyKeys.load_dir(Path(tmp) / "hospital-b", "hospital-b")
+                tee_target = {"url": url, "pin": pin, "keys": str(Path(tmp) / "hospital-b")}
                 for batch in (1, 32):
-                    x = rng.random((batch, 28, 28), dtype=np.float32)
-
-                    def teeflow_call(x: Any = x, url: str = url, pin: str = pin,
-                                     party: Any = party) -> Any:
-                        c = Client(url, pin=pin, party=party)
-                        c.verify_server()
-                        return lambda: c.infer({"input": x})
-
-                    def plain_call(x: Any = x, plain_url: str = plain_url) -> Any:
-                        h = httpx.Client(base_url=plain_url, timeout=60)
-                        body, n = encode_request({"input": x})
-                        hdr = {HEADER_LENGTH: str(n)}
-
-                        def go() -> Any:
-                            r = h.post("/v2/models/mnist/infer", content=body, headers=hdr)
-                            r.raise_for_status()
-                            return decode_response(r.content, r.headers.get(HEADER_LENGTH))
-                        return go
-
-                    _drive(plain_call, 1, 5)  # warm up both
-                    _drive(teeflow_call, 1, 5)
-                    base = _drive(plain_call, clients, requests)
-                    tee = _drive(teeflow_call, clients, requests)
+                    base = _drive("plain", {"url": plain_url}, batch, clients, requests)
+                    tee = _drive("teeflow", tee_target, batch, clients, requests)
                     rows.append({
                         "model": model, "batch": batch, "clients": clients,
                         "plain": base, "teeflow": tee,
@@ -202,7 +200,7 @@ def run(clients: int, requests: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    p.add_argument("--clients", type=int, default=4, help="concurrent client processes")
     p.add_argument("--requests", type=int, default=100, help="requests per client")
     p.add_argument("--out", type=Path, default=None, help="JSON output file")
     a = p.parse_args()
