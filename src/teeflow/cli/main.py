@@ -68,8 +68,8 @@ def _register_all() -> None:
         quote_cmds,
         resource_cmds,
         sealing_cmds,
-        session_cmds,
         serve_cmds,
+        session_cmds,
         workload_cmds,
     )
 
