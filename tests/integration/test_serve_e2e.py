@@ -9,6 +9,7 @@ The model is a numpy linear classifier in a small compute package (no torch in t
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,11 +25,12 @@ from teeflow.kbs.policy.serving import api_key_digest
 from teeflow.kbs.service.audit import verify_audit_chain
 from teeflow.kbs.service.usage import usage_of
 from teeflow.platform.emulated import EmulatedSgx
+from teeflow.platform.selection import attester_for
 from teeflow.serve.client import Client, ServeRefused, ServerUnverified, tls_context
 from teeflow.serve.e2e import envelope_request, seal_request
 from teeflow.serve.oip import HEADER_LENGTH, encode_request
 from teeflow.serve.sandbox import LocalServing, local_serving
-from teeflow.serve.workload import ServeWorkload
+from teeflow.serve.workload import ServeWorkload, serve_measurement
 
 PACKAGE = {
     "teeflow.yaml": (
@@ -222,3 +224,43 @@ def test_replayed_or_stale_envelope_is_refused(srv: LocalServing) -> None:
         assert again.status_code == 400 and "replayed" in again.json()["detail"]
         old = post(stale)
         assert old.status_code == 400 and "stale" in old.json()["detail"]
+
+
+def test_cli_model_publish_serve_then_a_workload_opens_it(srv: LocalServing,
+                                                          tmp_path: Path) -> None:
+    """``teeflow model publish MODEL --party NAME --serve``: the owner re-seals the FL model it
+    holds; a serving workload with the agreed measurement then gets the new key and serves."""
+    from typer.testing import CliRunner
+
+    from teeflow.cli.main import app
+
+    keydir = tmp_path / "keys"
+    srv.keys["hospital-a"].save(keydir / "hospital-a")
+    out = tmp_path / "published.serve"
+    model = srv.home.parent / "model.model"
+    pin = srv.home.parent / "pin.json"
+    result = CliRunner().invoke(app, [
+        "model", "publish", str(model), "--party", "hospital-a", "--serve", "--dir",
+        str(keydir / "hospital-a"), "--pin", str(pin), "-o", str(out), "--name", "linear",
+        "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["serving_model"] == str(out) and doc["resource"].startswith("hospital-a/serve-key/")
+    measured = CliRunner().invoke(app, ["serve", "--measurement"])
+    assert measured.exit_code == 0 and measured.output.strip() == serve_measurement().hex()
+    attester = attester_for("emulated-sgx", measurement=serve_measurement(),
+                            authority=srv.authority, home=srv.home)
+    second = ServeWorkload(srv.pin, attester, out, package=srv.package_archive,
+                           enrollment=srv.enrollment)
+    try:
+        second.start()
+        x = np.ones((2, 4), dtype=np.float32)
+        assert second.predictor is not None
+        np.testing.assert_allclose(second.predictor.predict({"input": x})["scores"], x @ W + B,
+                                   rtol=1e-6)
+    finally:
+        second.close()
+    result = CliRunner().invoke(app, [
+        "model", "publish", str(model), "--party", "hospital-a", "--dir",
+        str(keydir / "hospital-a"), "--pin", str(pin)])
+    assert result.exit_code != 0  # says where to publish: --serve
