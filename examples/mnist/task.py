@@ -29,7 +29,7 @@ from teeflow.fl.datacache import load_client_data
 
 from .models import build_model, load_arrays, to_arrays
 
-__all__ = ["init_arrays", "sgd_step", "train", "validate"]
+__all__ = ["init_arrays", "predict", "predict_metadata", "sgd_step", "train", "validate"]
 
 Arrays = dict[str, NDArray[np.float32]]
 
@@ -194,3 +194,44 @@ def validate(arrays: Arrays, config: dict[str, Any]) -> tuple[int, dict[str, flo
         )
         correct += int((out.argmax(1) == y[start : start + 1024]).sum())
     return n, {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+_SERVED: dict[tuple[int, str, tuple[int, ...]], nn.Module] = {}
+
+
+@torch.no_grad()
+def predict(arrays: Arrays, inputs: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Serving entrypoint (``teeflow serve``): ``inputs["input"]`` is a float32 batch of
+    images in [0, 1], shape ``[N, H, W]`` (or ``[N, H*W]`` for the MLP); returns
+    ``{"probabilities": [N, classes] float32, "label": [N] int64}``. The model (config
+    ``model``, ``normalize`` as in training) is built once per arrays object."""
+    _setup(config)
+    x = np.asarray(inputs.get("input"), dtype=np.float32)
+    if x.ndim < 2:
+        raise FLError('predict needs inputs["input"] of shape [N, ...]')
+    name = str(_cfg(config, "model"))
+    shape = tuple(int(d) for d in x.shape[1:])
+    key = (id(arrays), name, shape)
+    model = _SERVED.get(key)
+    if model is None:
+        classes = int(np.asarray(arrays[sorted(arrays)[-1]]).shape[0])
+        model = build_model(name, shape, classes)
+        load_arrays(model, dict(arrays))
+        model.eval()
+        _SERVED.clear()
+        _SERVED[key] = model
+    if bool(_cfg(config, "normalize")):
+        x = (x - np.float32(0.5)) / np.float32(0.5)
+    logits = model(torch.from_numpy(np.ascontiguousarray(x)))
+    probs = torch.softmax(logits, dim=1)
+    return {"probabilities": probs.numpy().astype(np.float32),
+            "label": probs.argmax(dim=1).numpy().astype(np.int64)}
+
+
+def predict_metadata(arrays: Arrays, config: dict[str, Any]) -> dict[str, Any]:
+    """Tensor metadata of :func:`predict` for OIP ``GET /v2/models/{name}``."""
+    return {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1, -1]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, -1]},
+                    {"name": "label", "datatype": "INT64", "shape": [-1]}],
+    }

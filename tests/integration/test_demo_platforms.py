@@ -21,6 +21,7 @@ from standin_helpers import require_fuse
 from teeflow.demo.standins import is_mounted
 from teeflow.fl.workload import fl_measurement
 from teeflow.kbs.service.self_attestation import kbs_measurement
+from teeflow.serve.workload import serve_measurement
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,7 +50,8 @@ def test_demo_runs_every_attestation_path(platform: str, tmp_path: Path) -> None
     tee, attester, key, field = PATHS[platform]
     work = tmp_path / "demo"
     env = {**os.environ, "TEEFLOW_HOME": str(tmp_path / "unused-home")}
-    argv = [*DEMO, "--json", "--platform", platform, "--rounds", "1", "--clients", "2"]
+    argv = [*DEMO, "--json", "--platform", platform, "--rounds", "1", "--clients", "2",
+            "--serve"]  # issue 12: the serving workload on the same attestation path
     out = subprocess.run(
         [*argv, "--workdir", str(work)],
         capture_output=True,
@@ -75,6 +77,7 @@ def test_demo_runs_every_attestation_path(platform: str, tmp_path: Path) -> None
         "kbs": kbs_measurement(),
         "aggregator": fl_measurement("aggregator"),
         "client": fl_measurement("client"),
+        "serve": serve_measurement(),
     }
     for role, m in expected.items():
         spec = doc["workloads"][role]
@@ -82,6 +85,13 @@ def test_demo_runs_every_attestation_path(platform: str, tmp_path: Path) -> None
         assert spec[key][field] == [_identity(key, m)], role
     if platform == "tdx":
         assert doc["workloads"]["aggregator"]["tdx"]["rtmr0"] == bytes(48).hex()
+    # issue 12: the served model answered hospital-b's 100 encrypted requests, every one of
+    # them is in the KBS audit log, and the server attested on this path with its measurement
+    served = s["serve"]
+    assert served["server"]["tee"] == tee and served["server"]["emulated"] is True
+    assert served["server"]["measurement"] == _identity(key, serve_measurement())
+    assert served["requests"] == served["audited_requests"] == 100
+    assert served["accuracy"] > 0.5
     if platform != "emulated-sgx":
         steps = " ".join(f"{st['title']} {st['detail']}" for st in s["steps"])
         assert "EMULATED" in steps and "stand-in at" in steps

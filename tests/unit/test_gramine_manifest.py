@@ -124,7 +124,6 @@ def test_non_python_entrypoint_must_be_trusted(tmp_path: Path) -> None:
     ("kwargs", "match"),
     [
         ({"role": "mallory"}, "unknown workload role"),
-        ({"role": "serve"}, "unknown workload role"),  # no serving command yet
         ({"role": "kbs", "enclave_size": "lots"}, "enclave size"),
         ({"role": "kbs", "max_threads": 0}, "max_threads"),
         ({"role": "kbs", "isvsvn": 70000}, "isvsvn"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -150,7 +151,7 @@ def test_dependency_refuses_a_non_ascii_content_length_typed() -> None:
     class _Fake:
         method = req.method
         url = str(req.url)
-        headers = {**dict(req.headers), "content-length": "\u00b9"}
+        headers: ClassVar[dict[str, str]] = {**dict(req.headers), "content-length": "\u00b9"}
 
         async def body(self) -> bytes:
             return req.content
@@ -159,5 +160,5 @@ def test_dependency_refuses_a_non_ascii_content_length_typed() -> None:
     with pytest.raises(RequestSignatureError):
         asyncio.run(dep(_Fake()))
     ok = _Fake()
-    ok.headers = dict(req.headers)  # type: ignore[misc]
+    ok.headers = dict(req.headers)  # type: ignore[misc]  # the untouched request
     assert asyncio.run(_verifier().dependency(max_body=1024)(ok)).party == "alice"

@@ -78,6 +78,9 @@ def demo(
         "(δ 1e-5, clip 1.0); the summary shows the ε spent. Costs accuracy with few clients.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    serve: bool = typer.Option(
+        False, "--serve", help="After training, serve the model in an attested serving "
+        "workload and send 100 end-to-end encrypted requests as hospital-b."),
     attestation_only: bool = typer.Option(
         False, "--attestation-only", help="Run the attestation round trip instead."
     ),
@@ -114,6 +117,7 @@ def demo(
         package_dir=package,
         platform=platform,
         dp_epsilon=dp_epsilon,
+        serve=serve,
     )
     options.check()
     view = _View(quiet=as_json, rounds=rounds)
@@ -251,6 +255,15 @@ def _report(s: FlDemoSummary) -> None:
             f"{s.aggregator.get('torch_imported')}; KBS audit: {s.audit}",
             highlight=False,
         )
+    if s.serve is not None:
+        v = s.serve
+        console.print(
+            f"[bold]served[/] on {v['server']['tee']} (measurement "
+            f"{v['server']['measurement'][:16]}…): {v['requests']} end-to-end encrypted "
+            f"requests by hospital-b, accuracy {v['accuracy']:.4f}, p50 {v['p50_ms']:.1f} ms, "
+            f"p99 {v['p99_ms']:.1f} ms; KBS audit log counts {v['audited_requests']} requests",
+            highlight=False,
+        )
     files = Table(title="where everything is", show_header=False)
     for name, path in s.files.items():
         files.add_row(name, path)
@@ -268,6 +281,9 @@ def attestation(
         Path(".teeflow-demo-attestation"), "--workdir", help="Where the demo writes its files."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary."),
+    serve: bool = typer.Option(
+        False, "--serve", help="After training, serve the model in an attested serving "
+        "workload and send 100 end-to-end encrypted requests as hospital-b."),
 ) -> None:
     """Attestation round trip on the EMULATED TEE: seal, quote, verify, release, unseal."""
     from teeflow.demo import run_attestation_demo

@@ -69,6 +69,7 @@ def _register_all() -> None:
         quote_cmds,
         resource_cmds,
         sealing_cmds,
+        serve_cmds,
         session_cmds,
         workload_cmds,
     )
@@ -94,6 +95,7 @@ def _register_all() -> None:
     agreement_submit_cmd.register(app)  # adds `agreement submit` to the agreement group
     session_cmds.register(app)  # `aggregator serve` (into the aggregator group), `session`
     agreement_history_cmd.register(app)  # adds `agreement history`
+    serve_cmds.register(app)  # `serve`, and `model publish` in the model group
 
 
 _register_all()

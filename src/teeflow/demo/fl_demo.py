@@ -114,6 +114,8 @@ class DemoOptions:
         dp_epsilon: central differential privacy with this ε budget (δ = 1e-5, clip 1.0,
             noise calibrated over the rounds; the agreement's ``training.dp``), None: off.
             With 3 clients expect a large accuracy cost (client-level DP needs many clients).
+        serve: after training, serve the model confidentially and have hospital-b query it
+            (:mod:`teeflow.demo.serve_demo`).
     """
 
     workdir: Path
@@ -128,6 +130,7 @@ class DemoOptions:
     timeout: float | None = None
     platform: str = "emulated-sgx"
     dp_epsilon: float | None = None
+    serve: bool = False
 
     def check(self) -> None:
         """Raises FLError on an option outside its range."""
@@ -209,6 +212,8 @@ class FlDemoSummary:
     platform_notes: list[str] = field(default_factory=list)
     #: workload name (``kbs``, ``aggregator``, ``client-<party>``) -> {"tee", "attester"}
     workloads: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    #: the serving stage (``--serve``): requests, accuracy, p50/p99 ms, audited requests
+    serve: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable view (accuracies in [0, 1], seconds as floats)."""
@@ -241,6 +246,7 @@ class FlDemoSummary:
             "files": self.files,
             "commands": [{"what": w, "command": c} for w, c in self.commands],
             "warnings": self.warnings,
+            **({} if self.serve is None else {"serve": self.serve}),
         }
 
 
@@ -326,6 +332,7 @@ def run_fl_demo(
             and summary.model_opened
             and summary.rounds == options.rounds
             and summary.final_accuracy is not None
+            and (not options.serve or (summary.serve or {}).get("audited_requests") is not None)
         )
         summary.files["summary"] = str(workdir / "summary.json")
         (workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
@@ -349,7 +356,7 @@ def _run(
     files = summary.files
     with contextlib.ExitStack() as stack:  # exits in reverse: shield, stop children, restore
         stack.enter_context(restore_sigint())
-        plat = demo_platform(o.platform, workdir, stack)
+        plat = demo_platform(o.platform, workdir, stack, serve=o.serve)
         summary.platform, summary.emulated = plat.name, plat.emulated
         summary.platform_notes = list(plat.notes)
         lf = stack.enter_context(
@@ -406,6 +413,7 @@ def _run(
                                "delta": 1e-5, "budget_epsilon": o.dp_epsilon}}
                        if o.dp_epsilon is not None else {}),
                 },
+                serve=o.serve,
             )
             d += [
                 "allow_emulated: true — EMULATED TEE, development only",
@@ -521,6 +529,16 @@ def _run(
                 "counter_increments": sum(1 for e in entries if e.kind == "counter"),
             }
             d.append(f"{len(entries)} entries, {len(accepted)} accepted attestations")
+        if o.serve:
+            from teeflow.demo.serve_demo import run_serve_stage
+
+            files["serving model"] = str(done["serving_model"])
+            summary.serve = run_serve_stage(
+                lf=lf, step=step, keys=keys, parties=parties, pin_path=pin_path,
+                serving_model=Path(done["serving_model"]), archive_path=archive_path,
+                federation=FEDERATION, source=o.source(), model=o.model,
+                platform_args=("--platform", plat.name, *plat.workload_args,
+                               *plat.role_args.get("serve", ())))
         summary.commands = manual_commands(
             workdir=workdir,
             kbs_url=kbs.url,
@@ -532,6 +550,11 @@ def _run(
             kbs_platform=("--platform", plat.kbs_platform, *plat.kbs_args),
             workload_platform=("--platform", plat.name, *plat.workload_args),
         )
+        if o.serve:
+            from teeflow.demo.serve_demo import serve_commands
+
+            summary.commands += serve_commands(workdir, parties, files["serving model"],
+                                               ("--platform", plat.name, *plat.workload_args))
     _outputs(
         o,
         workdir=workdir,

@@ -208,6 +208,7 @@ def write_agreement(
     workload_spec: Callable[[str, bytes], dict[str, Any]] | None = None,
     kbs_spec: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    serve: bool = False,
 ) -> str:
     """Write the demo agreement to ``path`` and every party's signature to
     ``<path>.sigs.json`` (the files ``teeflow agreement init``/``sign`` produce).
@@ -222,6 +223,10 @@ def write_agreement(
     ``fl.max_examples`` = :data:`DEMO_MAX_EXAMPLES` (a client's FedAvg weight is clipped to it);
     ``training`` (the aggregation rule the parties sign, :mod:`teeflow.kbs.policy.training`)
     when given.
+    With ``serve`` (issue 12): ``workloads.serve`` (the serving workload's measurement),
+    ``outputs.serve`` = the first party (the aggregator also seals the final model for the
+    serving role) and ``serving``: end-to-end encryption required, the second party (or the
+    only one) may call.
 
     Returns:
         The agreement digest (64 hex).
@@ -245,7 +250,7 @@ def write_agreement(
         return {"sgx": {"mrenclave": [mr.hex()]}}
 
     spec = workload_spec if workload_spec is not None else sgx_spec
-    agreement = FederationAgreement.from_mapping(
+    doc: dict[str, Any] = (
         {
             "federation": federation,
             "version": 1,
@@ -281,6 +286,15 @@ def write_agreement(
             "update_quorum": {"k": len(names) // 2 + 1},
         }
     )
+    if serve:
+        from teeflow.serve.workload import serve_measurement
+
+        doc["workloads"]["serve"] = spec("serve", serve_measurement())
+        doc["outputs"]["serve"] = names[:1]
+        doc["packages"]["mnist"]["entrypoints"].append("predict")
+        doc["packages"]["mnist"]["functions"].append("predict_metadata")
+        doc["serving"] = {"require_e2e": True, "callers": {names[1 % len(names)]: {}}}
+    agreement = FederationAgreement.from_mapping(doc)
     header = (
         "# teeflow demo agreement. allow_emulated: true — EMULATED TEE, development only:\n"
         "# software TEEs give NO hardware protection. Signatures: agreement.yaml.sigs.json\n"

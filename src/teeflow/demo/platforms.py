@@ -79,19 +79,21 @@ class DemoPlatform:
         return self.name in covered and self.kbs_platform in covered
 
 
-def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) -> DemoPlatform:
+def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any], *,
+                  serve: bool = False) -> DemoPlatform:
     """The :class:`DemoPlatform` of ``name``, its helpers started on ``stack``.
 
     Args:
         name: one of :data:`DEMO_PLATFORMS`.
         workdir: the demo's work directory (for helpers' files).
         stack: where helpers register their shutdown.
+        serve: also start a stand-in for the serving workload (``teeflow demo --serve``).
 
     Raises:
         FLError: an unknown demo platform.
     """
     if name in STANDIN_PLATFORMS:
-        return _standin_platform(name, workdir, stack)
+        return _standin_platform(name, workdir, stack, serve=serve)
     if name in EMULATED_PLATFORMS:
         tee = name.removeprefix("emulated-").upper()
         return DemoPlatform(
@@ -107,23 +109,30 @@ def demo_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) ->
     raise FLError(f"--platform must be one of {', '.join(DEMO_PLATFORMS)}, not {name!r}")
 
 
-def _role_measurements() -> dict[str, bytes]:
+def _role_measurements(serve: bool = False) -> dict[str, bytes]:
     from teeflow.fl.workload import fl_measurement
     from teeflow.kbs.service.self_attestation import kbs_measurement
 
-    return {
+    out = {
         "kbs": kbs_measurement(),
         "aggregator": fl_measurement("aggregator"),
         "client": fl_measurement("client"),
     }
+    if serve:
+        from teeflow.serve.workload import serve_measurement
+
+        out["serve"] = serve_measurement()
+    return out
 
 
-def _standin_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any]) -> DemoPlatform:
-    """Start one stand-in per role, the KBS's included, on ``stack``."""
+def _standin_platform(name: str, workdir: Path, stack: contextlib.ExitStack[Any], *,
+                      serve: bool = False) -> DemoPlatform:
+    """Start one stand-in per role, the KBS's included (and the serving workload's with
+    ``serve``), on ``stack``."""
     from teeflow.demo.standins import start_standin
 
-    measurements = _role_measurements()
-    roles = ["kbs", "aggregator", "client"]
+    measurements = _role_measurements(serve)
+    roles = list(measurements)
     procs = {}
     for role in roles:
         proc = start_standin(

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from teeflow.fl.provenance import (
     verify_provenance,
 )
 from teeflow.kbs.ca.authority import CLOCK_SKEW, WorkloadIdentity, verify_workload_certificate
-from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind
+from teeflow.kbs.policy.agreement import FederationAgreement, OutputKind, digest
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, canonical_json
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.sealing import (
@@ -65,13 +65,20 @@ from teeflow.sealing import (
 __all__ = [
     "MODEL_FORMAT",
     "MODEL_WRAP_INFO",
+    "SERVING_FORMAT",
     "ModelHeader",
+    "ServingHeader",
     "VerifiedModel",
     "aggregator_certificate_check",
     "model_recipients",
     "open_model",
+    "open_serving_model",
     "read_model_header",
+    "read_serving_header",
+    "seal_for_serving",
     "seal_model",
+    "seal_serving_model",
+    "serving_resources",
     "verified_training",
     "verify_model",
 ]
@@ -430,3 +437,174 @@ def verified_training(entries: Sequence[ProvenanceEntry]) -> dict[str, Any]:
         if e.kind == "round" and e.detection is not None
     ]
     return {"training": terms, "privacy": privacy, "outliers": outliers}
+
+
+# -- models sealed for the serving workload (issue 12) ----------------------------------------
+
+#: ``format`` of a model file sealed for serving (:func:`seal_serving_model`).
+SERVING_FORMAT = "teeflow-serve-model/1"
+_SERVE_MAGIC = b"TFSERVE\x00\x01"
+_SERVE_KINDS = ("arrays", "onnx")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class ServingHeader:
+    """The public header of a model sealed for serving (:func:`seal_serving_model`).
+
+    Attributes:
+        name: the model name the server publishes (OIP ``/v2/models/{name}``).
+        kind: ``arrays`` (canonical safetensors for a package's ``predict``) or ``onnx``.
+        federation, agreement_digest: where it was sealed.
+        package_digest: the compute package whose ``predict`` runs it (hex) or None (ONNX).
+        key_path: the KBS resource holding the 32-byte key (released to role ``serve``).
+        digest, size: SHA-256 (hex) and size of the plaintext payload.
+        binding: the canonical header, the sealed blob's associated data.
+    """
+
+    name: str
+    kind: str
+    federation: str
+    agreement_digest: str
+    package_digest: str | None
+    key_path: str
+    digest: str
+    size: int
+    binding: bytes
+    body_offset: int
+
+
+def seal_serving_model(
+    payload: bytes,
+    key: bytes,
+    *,
+    name: str,
+    kind: str,
+    federation: str,
+    agreement_digest: str,
+    package_digest: str | None,
+    key_path: str,
+) -> bytes:
+    """A serving model file: ``"TFSERVE\\x00\\x01" | u32 BE header length | header (RFC 8785
+    JSON) | seal(payload, key, aad=header)`` (:func:`teeflow.sealing.seal`: AES-256-GCM
+    stream). Every header field is bound to the ciphertext.
+
+    Raises:
+        FLError: bad name/kind, or ``payload`` is not canonical safetensors for ``arrays``.
+        SealingError: ``key`` is not 32 bytes.
+    """
+    if not _NAME.fullmatch(name) or kind not in _SERVE_KINDS:
+        raise FLError("a serving model needs a name [A-Za-z0-9._-]{1,64} and kind arrays|onnx")
+    if kind == "arrays":
+        try:
+            decode_arrays(payload)
+        except ParseError as exc:
+            raise FLError(f"the model is not canonical safetensors: {exc}") from None
+    header = {
+        "format": SERVING_FORMAT,
+        "name": name,
+        "kind": kind,
+        "federation": federation,
+        "agreement_digest": agreement_digest.lower(),
+        "package_digest": None if package_digest is None else package_digest.lower(),
+        "key_path": key_path,
+        "digest": hashlib.sha256(payload).hexdigest(),
+        "size": len(payload),
+    }
+    raw = canonical_json(header)
+    return b"".join([_SERVE_MAGIC, len(raw).to_bytes(4, "big"), raw, seal(payload, key, aad=raw)])
+
+
+def read_serving_header(data: bytes) -> ServingHeader:
+    """Parse a serving model file's header (bounded, total; not yet authenticated: the
+    header is the ciphertext's associated data, checked by :func:`open_serving_model`).
+
+    Raises:
+        ParseError: bad magic, length, JSON or fields.
+    """
+    m = len(_SERVE_MAGIC)
+    if len(data) < m + 4 or data[:m] != _SERVE_MAGIC:
+        raise ParseError("not a teeflow serving model (bad magic)")
+    n = int.from_bytes(data[m : m + 4], "big")
+    if n > _MAX_HEADER or m + 4 + n > len(data):
+        raise ParseError("serving model header length out of range")
+    raw = data[m + 4 : m + 4 + n]
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ParseError("serving model header is not JSON") from None
+    keys = {"format", "name", "kind", "federation", "agreement_digest", "package_digest",
+            "key_path", "digest", "size"}
+    if not isinstance(doc, dict) or set(doc) != keys or doc["format"] != SERVING_FORMAT:
+        raise ParseError(f"serving model header: not a {SERVING_FORMAT} header")
+    strs = ("name", "kind", "federation", "key_path")
+    if not all(isinstance(doc[k], str) and 0 < len(doc[k]) <= 400 for k in strs):
+        raise ParseError("serving model header: bad string field")
+    pkg = doc["package_digest"]
+    hexes = [doc["agreement_digest"], doc["digest"]] + ([] if pkg is None else [pkg])
+    if not all(isinstance(h, str) and _HEX32.fullmatch(h) for h in hexes):
+        raise ParseError("serving model header: digests must be 64 lower-case hex digits")
+    size = doc["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= 8 << 30:
+        raise ParseError("serving model header: bad size")
+    if doc["kind"] not in _SERVE_KINDS or canonical_json(doc) != raw:
+        raise ParseError("serving model header: bad kind or not canonical JSON")
+    return ServingHeader(doc["name"], doc["kind"], doc["federation"], doc["agreement_digest"],
+                         pkg, doc["key_path"], doc["digest"], size, raw, m + 4 + n)
+
+
+def open_serving_model(data: bytes, key: bytes) -> tuple[ServingHeader, bytes]:
+    """Unseal a serving model in memory → ``(header, payload)``.
+
+    Raises:
+        ParseError: malformed file.
+        SealingError: wrong key, tampered body or header.
+        VerificationError: the payload's digest or size differs from the header's.
+    """
+    header = read_serving_header(data)
+    payload = unseal(data[header.body_offset :], key, aad=header.binding)
+    if hashlib.sha256(payload).hexdigest() != header.digest or len(payload) != header.size:
+        raise VerificationError("the serving model's content does not match its digest")
+    return header, payload
+
+
+def serving_resources(agreement: FederationAgreement, session: str) -> list[str]:
+    """KBS resources an aggregator claims to seal its final model for serving:
+    ``[fl/serve-key/<session>]`` when the agreement has ``outputs.serve``, else ``[]``."""
+    from teeflow.kbs.policy.generated import serve_key_path
+
+    return [serve_key_path(session)] if agreement.outputs.get(OutputKind.SERVE) else []
+
+
+def seal_for_serving(
+    arrays: bytes,
+    agreement: FederationAgreement,
+    *,
+    session: str,
+    package_digest: str,
+    fetch_key: Callable[[str], bytes],
+    out_dir: Path,
+) -> Path | None:
+    """The aggregator's hook: when the agreement has ``outputs.serve``, seal the final model
+    (canonical safetensors) under the KBS-generated ``fl/serve-key/<session>`` (fetched with
+    ``fetch_key``; released only to attested aggregators and ``serve`` workloads) as
+    ``<out_dir>/<session>.serve`` and return its path; else None.
+
+    Raises:
+        FLError: cannot write the file; KbsError subclasses from ``fetch_key``.
+    """
+    paths = serving_resources(agreement, session)
+    if not paths:
+        return None
+    key = fetch_key(paths[0])
+    sealed = seal_serving_model(
+        arrays, key, name=session, kind="arrays", federation=agreement.federation,
+        agreement_digest=digest(agreement).hex(), package_digest=package_digest,
+        key_path=paths[0],
+    )
+    out = Path(out_dir) / f"{session}.serve"
+    try:
+        out.write_bytes(sealed)
+    except OSError as exc:
+        raise FLError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out

@@ -39,13 +39,17 @@ from teeflow.sealing import generate_key, seal, unseal
 __all__ = [
     "CLIENT_FUNCTION",
     "PACKAGE_AAD_PREFIX",
+    "SERVE_FUNCTION",
     "PublishedPackage",
     "choose_package",
     "fetch_resource",
     "open_package",
     "package_key_path",
     "publish_package",
+    "publish_serving_model",
     "seal_package",
+    "serving_key_path",
+    "serving_package",
 ]
 
 PACKAGE_AAD_PREFIX = b"teeflow-fl-package/1\0"
@@ -194,3 +198,115 @@ def publish_package(
     )
     kbs.put_resource(path, key, sign_grant(g, owner), owner)
     return PublishedPackage(found[0], d, out, path)
+
+
+#: Function the serving workload claims (the serving grant allows only it).
+SERVE_FUNCTION = "predict"
+
+
+def serving_package(agreement: FederationAgreement, wanted: str | None = None) -> tuple[str, str]:
+    """``(name, digest hex)`` of the package whose ``predict`` serves a model: ``wanted`` (a
+    name or digest), else the agreement's only package with a ``predict`` entrypoint.
+
+    Raises:
+        FLError: no such package, it has no ``predict``, or several and none chosen.
+    """
+    if wanted:
+        name, d = choose_package(agreement, wanted)
+        if SERVE_FUNCTION not in agreement.packages[name].callables:
+            raise FLError(f"package {name} has no {SERVE_FUNCTION} entrypoint in the agreement")
+        return name, d
+    found = [(n, s.digest) for n, s in sorted(agreement.packages.items())
+             if SERVE_FUNCTION in s.callables]
+    if len(found) != 1:
+        raise FLError(
+            f"the agreement has {len(found)} packages with a predict entrypoint: name one")
+    return found[0]
+
+
+def serving_key_path(owner: str, model_digest: str) -> str:
+    """KBS resource path of a published serving key: ``<owner>/serve-key/<model digest>``."""
+    return f"{owner}/serve-key/{model_digest.lower()}"
+
+
+def publish_serving_model(
+    model_file: Path,
+    kbs: KbsClient,
+    owner: PartyKeys,
+    *,
+    out_path: Path | None = None,
+    name: str | None = None,
+    package: str | None = None,
+    onnx: bool = False,
+    lifetime: timedelta = timedelta(days=30),
+    max_releases: int = 10_000,
+    now: datetime | None = None,
+) -> tuple[Path, str]:
+    """``teeflow model publish MODEL --party NAME --serve``: open a model the party holds
+    (it is an ``outputs.model`` recipient), seal it for serving under a fresh 32-byte key
+    (:func:`teeflow.fl.outputs.seal_serving_model`, written to ``out_path``, default
+    ``<model>.serve``) and upload that key to the KBS as
+    :func:`serving_key_path` with an owner-signed grant: roles ``[serve]``, package = the
+    agreement's ``predict`` package, function ``predict`` — released only to an attested
+    serving workload with the agreed ``serve`` reference values that claims that package.
+    The serving host then needs no party key and never sees the plaintext model.
+    With ``onnx``, ``model_file`` is an ONNX model the party holds (plaintext, e.g. exported
+    from the opened model): it is sealed as is (kind ``onnx``, run by onnxruntime) and the
+    grant names no package or function (the workload claims none).
+
+    Returns:
+        ``(sealed path, KBS resource path)``.
+
+    Raises:
+        FLError: no agreement, the party is not in ``outputs.serve``, no predict package,
+            the model cannot be written.
+        SealingError, VerificationError, ParseError: the model does not open for the party.
+        KbsError subclasses: the KBS refused the upload.
+    """
+    from teeflow.fl.arrays import encode_arrays
+    from teeflow.fl.outputs import open_model, seal_serving_model
+    from teeflow.kbs.policy.agreement import OutputKind
+
+    signed = kbs.current_agreement()
+    if signed is None:
+        raise FLError("the KBS has no agreement yet")
+    agreement = signed.agreement
+    if owner.name not in agreement.outputs.get(OutputKind.SERVE, ()):
+        raise FLError(f"party {owner.name} is not in outputs.serve of the agreement")
+    import hashlib
+
+    pkg: str | None
+    if onnx:
+        pkg, kind = None, "onnx"
+        try:
+            payload = Path(model_file).read_bytes()
+        except OSError as exc:
+            raise FLError(f"cannot read {model_file}: {exc.strerror or exc}") from None
+    else:
+        _, pkg = serving_package(agreement, package)
+        kind = "arrays"
+        payload = encode_arrays(open_model(Path(model_file), owner))
+
+    path = serving_key_path(owner.name, hashlib.sha256(payload).hexdigest())
+    key = generate_key()
+    sealed = seal_serving_model(
+        payload, key, name=name or Path(model_file).stem, kind=kind,
+        federation=agreement.federation, agreement_digest=digest(agreement).hex(),
+        package_digest=pkg, key_path=path,
+    )
+    out = Path(out_path) if out_path is not None else Path(f"{model_file}.serve")
+    try:
+        out.write_bytes(sealed)
+    except OSError as exc:
+        raise FLError(f"cannot write {out}: {exc.strerror or exc}") from None
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    g = Grant.from_mapping({
+        "id": new_grant_id(), "resource": path, "owner": owner.name,
+        "agreement": digest(agreement).hex(), "roles": ["serve"],
+        "packages": [pkg] if pkg else [], "functions": [SERVE_FUNCTION] if pkg else [],
+        "recipients": [],
+        "created_at": (when - timedelta(seconds=60)).isoformat(),
+        "not_after": (when + lifetime).isoformat(), "max_releases": max_releases,
+    })
+    kbs.put_resource(path, key, sign_grant(g, owner), owner)
+    return out, path

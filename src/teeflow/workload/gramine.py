@@ -123,9 +123,19 @@ ROLE_PROFILES: dict[str, RoleProfile] = {
             "authorised compute worker",
             (("listen", "0.0.0.0:9443"),),
         ),
+        RoleProfile(
+            "serve",
+            ("-m", "teeflow", "serve", *_PLATFORM, "--pin", PIN_PATH,
+             "--model", "/state/model/{{ model }}", "--package", "{{ app_dir }}/package",
+             "--enrollment", "/state/serve.jwt", "--listen", "{{ listen }}"),
+            "4G",
+            32,
+            "confidential model server (Open Inference Protocol, docs/serve.md)",
+            (("model", "study-1.serve"), ("listen", "0.0.0.0:8443")),
+        ),
     )
 }  # fmt: skip
-#: Workload roles with a template (the serving role has no command yet).
+#: Workload roles with a template.
 ROLES = tuple(ROLE_PROFILES)
 _VARIABLE = re.compile(r"\{\{ ([a-z_]+) \}\}")
 

@@ -104,6 +104,7 @@ from teeflow.kbs.protocol import (
 from teeflow.kbs.service.audit import audit_entry_to_json
 from teeflow.kbs.service.core import KbsService
 from teeflow.kbs.service.self_attestation import KbsEvidenceSource, decode_nonce
+from teeflow.kbs.service.usage import MAX_USAGE_BODY_BYTES, UsageReport
 from teeflow.kbs.store.interface import MAX_AGREEMENT_BYTES, MAX_AUDIT_PAGE
 
 __all__ = [
@@ -568,6 +569,14 @@ def create_app(
         if state is None:
             raise ResourceNotFound("counter has never been stepped")
         return headed(_json(state.to_wire()), head)
+
+    @app.post("/v1/usage", openapi_extra=_doc(UsageReport, ok={"type": "object"},
+                                               errors=(400, 401, 403, 413)))
+    async def record_usage(request: Request) -> Response:
+        session = await authorized(request)  # a serving workload's signed usage batch
+        report = await _decode(request, UsageReport, MAX_USAGE_BODY_BYTES)
+        result, head = await stateful(service.record_usage, session, report)
+        return headed(_json(result), head)
 
     # -- audit, evidence ----------------------------------------------------------------------
 

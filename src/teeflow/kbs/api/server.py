@@ -538,7 +538,9 @@ class BackgroundServer:
     def __init__(self, server: uvicorn.Server, host: str = "127.0.0.1", port: int = 0) -> None:
         self.server = server
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+        # with proto 0 every response waits ~40 ms for a delayed ACK (Nagle)
+        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host = host

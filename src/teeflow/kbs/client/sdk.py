@@ -520,6 +520,34 @@ class KbsClient:
         self.check_certificate(cert)
         return issued.certificate.encode("ascii"), private
 
+    def report_usage(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Sign a usage batch with the attested key and ``POST /v1/usage`` it (serving
+        workloads; :mod:`teeflow.kbs.service.usage`) → ``{"seq": audit sequence number}``.
+
+        Raises:
+            KbsError: not attested, or an invalid batch.
+            PolicyDeny, TokenVerifierError, InvalidRequest: refused by the KBS.
+        """
+        from pydantic import ValidationError
+
+        from teeflow.kbs.policy.canonical import b64url_encode
+        from teeflow.kbs.service.usage import UsageBatch, usage_signing_input
+
+        headers = self._auth_headers()
+        assert self._attested is not None
+        private = self._attested.key.private_key
+        if not isinstance(private, ec.EllipticCurvePrivateKey):  # pragma: no cover
+            raise KbsError("the attested key is not a P-256 private key")
+        try:
+            parsed = UsageBatch.model_validate(dict(batch))
+        except ValidationError:
+            raise KbsError("invalid usage batch") from None
+        signature = private.sign(usage_signing_input(parsed), ec.ECDSA(hashes.SHA256()))
+        body = {"batch": parsed.to_wire(), "signature": b64url_encode(signature)}
+        _, raw = self._request("POST", "/v1/usage", json=body, headers=headers)
+        result: dict[str, Any] = json.loads(raw)
+        return result
+
     def check_certificate(self, cert: x509.Certificate) -> WorkloadIdentity:
         """:func:`verify_workload_certificate` under the pinned CA at the client's time."""
         return verify_workload_certificate(cert, self.pin.ca(), now=self._clock())

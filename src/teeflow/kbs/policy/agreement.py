@@ -130,6 +130,9 @@ class OutputKind(StrEnum):
 
     MODEL = "model"
     RESULT = "result"
+    #: parties that own the served model: the aggregator also seals the final model for
+    #: the attested ``serve`` workload, and they may ``teeflow model publish --serve``
+    SERVE = "serve"
 
 
 #: A function or entrypoint name: ASCII letter or ``_`` then letters, digits, ``_ . -``; ≤ 128.
@@ -514,6 +517,14 @@ class FederationAgreement(DocumentModel):
         evaluator = t.outliers.utility.evaluator if t and t.outliers else None
         if evaluator is not None and evaluator not in self.parties:
             problems.append(f"training.outliers.utility.evaluator: {evaluator} is not a party")
+        if OutputKind.SERVE in self.outputs and WorkloadRole.SERVE not in self.workloads:
+            problems.append("outputs.serve needs reference values for workloads.serve")
+        if self.serving is not None:
+            problems += [
+                f"serving.callers: {n} is not a party"
+                for n in sorted(self.serving.callers)
+                if n not in self.parties
+            ]
         if self.valid_from and self.not_after and self.valid_from >= self.not_after:
             problems.append("valid_from must be before not_after")
         if problems:

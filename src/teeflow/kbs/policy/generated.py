@@ -11,6 +11,10 @@ A **generated scope** is a resource-path prefix the KBS owns (:data:`GENERATED_S
 
 ``fl/checkpoint-key/<session>`` (:func:`checkpoint_key_path`)
     32 random bytes per FL session, released to role ``aggregator`` only.
+``fl/serve-key/<session>`` (:func:`serve_key_path`)
+    32 random bytes per FL session under which the aggregator seals the final model for the
+    serving workload (agreements with ``outputs.serve``); released to roles ``aggregator``
+    and ``serve`` (issue 12), each only with its own agreed measurement.
 
 ``app/app-key/<app>`` (:func:`teeflow.kbs.policy.apps.app_key_path`)
     32 random bytes per partitioned application (issue 15), released to role ``app`` only,
@@ -58,6 +62,7 @@ __all__ = [
     "GENERATED_KEY_BYTES",
     "GENERATED_SCOPES",
     "KBS_OWNER",
+    "SERVE_KEY_PREFIX",
     "GeneratedScope",
     "checkpoint_key_path",
     "descriptor",
@@ -65,11 +70,14 @@ __all__ = [
     "generated_scope",
     "is_kbs_owner",
     "kbs_owner",
+    "serve_key_path",
     "upload_problems",
 ]
 
 #: Resource-path prefix of FL checkpoint keys (one per session).
 CHECKPOINT_KEY_PREFIX = "fl/checkpoint-key/"
+#: Resource-path prefix of the keys final models are sealed under for serving (per session).
+SERVE_KEY_PREFIX = "fl/serve-key/"
 #: Size of every generated secret (bytes).
 GENERATED_KEY_BYTES = 32
 #: Owner prefix of generated resources: not a valid party name (party names are DNS
@@ -86,15 +94,22 @@ class GeneratedScope:
 
     Attributes:
         prefix: resource-path prefix (``<repository>/<type>/``); the tag names the instance.
-        role: the only workload role the secrets are released to.
+        role: the workload role the secrets are released to.
         outputs: the output kind whose agreed recipients bound the claimed recipients.
         description: one line for audit and docs.
+        also: further roles the secrets are released to (each with its own agreed
+            measurement).
     """
 
     prefix: str
     role: WorkloadRole
     outputs: OutputKind
     description: str
+    also: tuple[WorkloadRole, ...] = ()
+
+    def allows(self, role: str) -> bool:
+        """True if ``role`` may receive secrets of this scope."""
+        return role == self.role or role in self.also
 
 
 #: The generated scopes (module docstring).
@@ -111,6 +126,13 @@ GENERATED_SCOPES: tuple[GeneratedScope, ...] = (
         OutputKind.RESULT,
         "application key of one partitioned application",
     ),
+    GeneratedScope(
+        SERVE_KEY_PREFIX,
+        WorkloadRole.AGGREGATOR,
+        OutputKind.MODEL,
+        "key of one session's final model sealed for serving",
+        also=(WorkloadRole.SERVE,),
+    ),
 )
 
 
@@ -125,6 +147,17 @@ def checkpoint_key_path(session: str) -> str:
     if not isinstance(session, str) or not _SESSION.fullmatch(session):
         raise ValueError("invalid session name")
     return CHECKPOINT_KEY_PREFIX + session
+
+
+def serve_key_path(session: str) -> str:
+    """The resource path of a session's serving key: ``fl/serve-key/<session>``.
+
+    Raises:
+        ValueError: invalid session name (as :func:`checkpoint_key_path`).
+    """
+    if not isinstance(session, str) or not _SESSION.fullmatch(session):
+        raise ValueError("invalid session name")
+    return SERVE_KEY_PREFIX + session
 
 
 def generated_scope(path: str) -> GeneratedScope | None:
@@ -220,13 +253,16 @@ def generated_release_problems(
             out.append("the agreement names no such application (apps)")
         elif claimed_package is None or claimed_package.lower() != terms.package:
             out.append("the workload did not claim the application's package digest")
-    if role != scope.role:
-        out.append(f"role {role[:32]} may not receive {scope.prefix}... (only {scope.role})")
-    listed = _named_measurements(agreement, scope.role, _platform(tee))
+    if not scope.allows(role):
+        allowed = ", ".join(str(r) for r in (scope.role, *scope.also))
+        out.append(f"role {role[:32]} may not receive {scope.prefix}... (only {allowed})")
+    # each allowed role is held to its own reference values (a refused role: the scope's)
+    wrole = WorkloadRole(role) if scope.allows(role) else scope.role
+    listed = _named_measurements(agreement, wrole, _platform(tee))
     if listed is None:
-        out.append(f"the agreement names no {scope.role} reference values for {tee[:32]}")
+        out.append(f"the agreement names no {wrole} reference values for {tee[:32]}")
     elif listed and measurement_hex.lower() not in listed:
-        out.append(f"measurement {measurement_hex[:96]} is not an agreed {scope.role} measurement")
+        out.append(f"measurement {measurement_hex[:96]} is not an agreed {wrole} measurement")
     if claimed_resources is not None and path not in claimed_resources:
         out.append("resource not claimed in the attested runtime data")
     agreed = set(agreement.outputs.get(scope.outputs, ()))

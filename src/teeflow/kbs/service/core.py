@@ -66,6 +66,7 @@ from teeflow.kbs.service.enrollments import EnrollmentService
 from teeflow.kbs.service.heads import KbsHeadFile
 from teeflow.kbs.service.ledger import Ledger
 from teeflow.kbs.service.resources import ResourceService
+from teeflow.kbs.service.usage import UsageService
 from teeflow.kbs.store.interface import KbsStore
 
 __all__ = ["KbsService"]
@@ -182,6 +183,9 @@ class KbsService:
         self.get_counter = self.ledger.get_counter
         self.audit_entries = self.ledger.audit_entries
         self.revoke_enrollment = self.enrollments.revoke_enrollment
+        #: Signed usage batches of served models (issue 12).
+        self.usage = UsageService(self._ctx)
+        self.record_usage = self.usage.record_usage
 
     @property
     def first_agreement(self) -> bytes | None:
