@@ -248,3 +248,26 @@ def test_session_scoped_aggregator_gets_only_its_sessions_checkpoint_key(h: Harn
         h.service.get_resource(session, paths[1])
     assert any("scoped to session s1" in r for r in h.denies("release")[0].reasons)
     assert h.service.resource_info(paths[1]) is None  # a refusal creates nothing
+
+
+def test_revocation_cache_keeps_revoked_and_rereads_not_revoked_after_max_age(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Releases do not read the store for every request, but a not-revoked state is only
+    trusted for the agreement refresh interval; a revoked one never expires."""
+    import teeflow.kbs.service.context as context
+
+    clock = [100.0]
+    monkeypatch.setattr(context.time, "monotonic", lambda: clock[0])
+    cache = context.RevocationCache(max_age=1.0, max_entries=2)
+    assert cache.get("alice:e1") is None
+    cache.put("alice:e1", False)
+    assert cache.get("alice:e1") is False
+    clock[0] += 1.5
+    assert cache.get("alice:e1") is None  # stale: read the store again
+    cache.mark("alice:e2")
+    clock[0] += 1000.0
+    assert cache.get("alice:e2") is True
+    cache.put("bob:e3", False)
+    cache.put("bob:e4", False)  # full: only revoked states survive the trim
+    assert cache.get("alice:e2") is True and cache.get("bob:e4") is False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -60,7 +61,7 @@ from teeflow.kbs.store.interface import (
     StorageTampered,
 )
 
-__all__ = ["MAX_ID", "KbsKeyMaterial", "ServiceContext", "sha256_hex"]
+__all__ = ["MAX_ID", "KbsKeyMaterial", "RevocationCache", "ServiceContext", "sha256_hex"]
 
 #: Longest session id, audit subject or other identifier the core accepts (characters).
 MAX_ID = 256
@@ -82,6 +83,47 @@ class KbsKeyMaterial(Protocol):
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+class RevocationCache:
+    """Enrollment revocation states as this process last read them from the store.
+
+    A revoked enrollment stays revoked (kept for good); a not-revoked one is answered from
+    memory for ``max_age`` seconds (the agreement refresh interval), so a release does not pay
+    a store read each time. A revocation accepted by *this* process is seen at once
+    (:meth:`mark`); one accepted by another KBS process sharing the database within
+    ``max_age`` seconds. At most ``max_entries`` states are kept (then all are dropped).
+    Thread-safe.
+    """
+
+    def __init__(self, max_age: float, max_entries: int = 4096) -> None:
+        self._max_age = max_age
+        self._max = max(1, max_entries)
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[bool, float]] = {}
+
+    def get(self, key: str) -> bool | None:
+        """True (revoked), False (not revoked, read within ``max_age``) or None (read it)."""
+        found = self._states.get(key)
+        if found is None:
+            return None
+        revoked, read_at = found
+        if revoked or time.monotonic() - read_at < self._max_age:
+            return revoked
+        return None
+
+    def put(self, key: str, revoked: bool) -> None:
+        """Remember a state just read from the store."""
+        with self._lock:
+            if len(self._states) >= self._max:
+                self._states = {k: v for k, v in self._states.items() if v[0]}
+                if len(self._states) >= self._max:
+                    self._states = {}
+            self._states[key] = (revoked, time.monotonic())
+
+    def mark(self, key: str) -> None:
+        """A revocation this process stored: revoked from now on."""
+        self.put(key, True)
 
 
 class ServiceContext:
@@ -135,6 +177,7 @@ class ServiceContext:
         self.tokens = TokenCache()
         self.grants = GrantCache()
         self.known = ResourceViews()
+        self.revocations = RevocationCache(self.agreement_max_age)
         if first_agreement is not None and len(first_agreement) != 32:
             raise KbsError("first_agreement must be a 32-byte agreement digest")
         #: digest the first agreement must have (``kbs serve --expect-agreement``), or None

@@ -240,6 +240,7 @@ class EnrollmentService:
                 key, revocation.encode("ascii"), now, build
             )
         self._ctx.heads.saw(entry)
+        self._ctx.revocations.mark(key)
         self._ctx.log.info("enrollment %s of %s revoked", revoked.jti, revoked.party)
         return {
             "id": revoked.jti,
@@ -252,13 +253,21 @@ class EnrollmentService:
 def enrollment_revoked(ctx: ServiceContext, enrollment: Enrolled | None) -> bool:
     """True when the enrollment an attested session acts under was revoked since it
     attested (issue 11: a revocation stops releases and certificates at once, not only when
-    the session's token expires). One authenticated store read.
+    the session's token expires). One authenticated store read, remembered for the
+    agreement refresh interval (:class:`~teeflow.kbs.service.context.RevocationCache`; a
+    revocation through this KBS process is seen at once).
 
     Raises:
         ServiceUnavailable: the store failed.
     """
     if enrollment is None:
         return False
+    key = use_key(enrollment.party, enrollment.id)
+    cached = ctx.revocations.get(key)
+    if cached is not None:
+        return cached
     with ctx.storage():
-        record = ctx.store.get_enrollment(use_key(enrollment.party, enrollment.id))
-    return record is not None and record.revoked_at is not None
+        record = ctx.store.get_enrollment(key)
+    revoked = record is not None and record.revoked_at is not None
+    ctx.revocations.put(key, revoked)
+    return revoked
