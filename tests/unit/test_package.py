@@ -290,4 +290,5 @@ def test_example_package_builds_the_same_in_a_fresh_process(tmp_path: Path) -> N
     assert load_manifest(EXAMPLE).entrypoints == {
         "train": "task:train",
         "validate": "task:validate",
+        "predict": "task:predict",  # the serving entrypoint (issue 12)
     }
