@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from teeflow.cli.output import JsonOption
 from teeflow.cli.platform_options import (
     GramineRootOption,
     PlatformOption,
@@ -78,7 +79,7 @@ def replica_cmd(
 @app_app.command("measure")
 def measure_cmd(
     package: Annotated[Path, typer.Argument(help="The app package folder (with app.py).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the package digest (agreement apps.<name>.package; the emulated replica
     measurement)."""

@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from teeflow.cli.output import JsonOption
 from teeflow.errors import PlatformError
 from teeflow.platform.emulated import EmulationAuthority, emulated_sgx_quote
 from teeflow.platform.emulated_authority import atomic_write, teeflow_home
@@ -93,7 +94,7 @@ def quote_cmd(
         int, typer.Option("--isv-prod-id", help="ISVPRODID of the workload.")
     ] = 0,
     isv_svn: Annotated[int, typer.Option("--isv-svn", help="ISVSVN of the workload.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Produce an emulated SGX DCAP quote v3 for a workload."""
     report_data = _hex(report_data_hex, "--report-data", 64)
@@ -148,7 +149,7 @@ def export_cmd(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="Folder to write the public bundle into.")
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Write this home's emulation root certificate and public collateral (no private key)
     for other sites to trust with `teeflow emulate trust DIR`."""
@@ -170,7 +171,7 @@ def trust_cmd(
     directory: Annotated[
         Path, typer.Argument(metavar="DIR", help="Bundle written by `teeflow emulate export`.")
     ],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Trust another site's emulation root by its certificate (EMULATED evidence only; the
     agreement must still say allow_emulated: true)."""
@@ -200,7 +201,7 @@ def trust_cmd(
 @emulate_app.command("info")
 def info_cmd(
     *,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     create: Annotated[
         bool, typer.Option("--create", help="Create the emulation authority if it does not exist.")
     ] = False,

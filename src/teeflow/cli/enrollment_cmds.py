@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import typer
 
+from teeflow.cli.output import JsonOption
 from teeflow.errors import ParseError
 
 __all__ = ["EnrollmentOption", "load_workload_key", "parse_duration", "register"]
@@ -121,7 +122,7 @@ def register(party: typer.Typer) -> None:
             Path | None, typer.Option("--pin", help="KBS pin file (for the federation name).")
         ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key directory.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Sign an enrollment: a workload acts for PARTY in ROLE only with it."""
         from teeflow._fs import atomic_write
@@ -172,7 +173,7 @@ def register(party: typer.Typer) -> None:
             Path | None, typer.Option("-o", "--output", help="Also write the revocation here.")
         ] = None,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key directory.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Revoke one of PARTY's enrollments at the KBS (refused at every later attestation)."""
         from teeflow._fs import atomic_write

@@ -47,6 +47,16 @@ __all__ = ["main", "register"]
 
 
 #: ``aggregator run`` / ``client run``: one JSON object per event line
+#: ``--manifest`` of the FL workloads (aggregator and client).
+_ManifestOption = Annotated[
+    Path | None,
+    typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
+]
+#: ``--package-ref`` of the FL workloads.
+_PackageRefOption = Annotated[
+    str | None,
+    typer.Option("--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."),
+]
 JsonLinesOption = Annotated[
     bool,
     typer.Option(
@@ -129,12 +139,7 @@ def register(app: typer.Typer) -> None:
         package: Annotated[
             Path | None, typer.Option("--package", help="Sealed package to hand to clients.")
         ] = None,
-        package_ref: Annotated[
-            str | None,
-            typer.Option(
-                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
-            ),
-        ] = None,
+        package_ref: _PackageRefOption = None,
         wait_clients: Annotated[
             int | None,
             typer.Option("--wait-clients", help="Clients to wait for before round 1 (default K)."),
@@ -154,10 +159,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--evaluate-config", help="JSON object sent with every evaluate task."),
         ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of client selection.")] = 0,
-        manifest: Annotated[
-            Path | None,
-            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
-        ] = None,
+        manifest: _ManifestOption = None,
         platform: PlatformOption = "auto",
         tsm_root: TsmRootOption = None,
         gramine_root: GramineRootOption = None,
@@ -207,10 +209,7 @@ def register(app: typer.Typer) -> None:
 
     @agg.command("measurement")
     def aggregator_measurement(
-        manifest: Annotated[
-            Path | None,
-            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
-        ] = None,
+        manifest: _ManifestOption = None,
         as_json: JsonOption = False,
     ) -> None:
         """Print the aggregator measurement (hex) for the agreement's workloads.aggregator."""
@@ -243,20 +242,12 @@ def register(app: typer.Typer) -> None:
                 "--package-file", help="Sealed package file (default: sent by the aggregator)."
             ),
         ] = None,
-        package_ref: Annotated[
-            str | None,
-            typer.Option(
-                "--package-ref", help="Agreement package NAME or DIGEST (default: the only one)."
-            ),
-        ] = None,
+        package_ref: _PackageRefOption = None,
         workdir: Annotated[
             Path | None,
             typer.Option("--workdir", help="Where the package is unpacked (default: a temp dir)."),
         ] = None,
-        manifest: Annotated[
-            Path | None,
-            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
-        ] = None,
+        manifest: _ManifestOption = None,
         connect_timeout: Annotated[
             float, typer.Option("--connect-timeout", help="Seconds to reach the aggregator.")
         ] = 60.0,
@@ -317,10 +308,7 @@ def register(app: typer.Typer) -> None:
 
     @cli.command("measurement")
     def client_measurement(
-        manifest: Annotated[
-            Path | None,
-            typer.Option("--manifest", help="Gramine manifest whose trusted files are measured."),
-        ] = None,
+        manifest: _ManifestOption = None,
         as_json: JsonOption = False,
     ) -> None:
         """Print the client measurement (hex) for the agreement's workloads.client."""

@@ -29,6 +29,7 @@ from typing import Annotated
 
 import typer
 
+from teeflow.cli.output import JsonOption
 from teeflow.cli.platform_options import (
     GramineRootOption,
     PlatformOption,
@@ -220,7 +221,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--expect-agreement", help="Agreement digest the KBS must enforce."),
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Verify the KBS's evidence and write its pin file."""
         from teeflow.kbs.client.pinning import (
@@ -330,7 +331,7 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option("--expect-head", help="Hash (hex) the log must end with (truncation)."),
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Fetch the audit log and verify its chain with the pinned audit key."""
         from teeflow.kbs.client.sdk import KbsClient

@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
+from teeflow.cli.output import JsonOption
 from teeflow.errors import KbsError
 
 __all__ = ["register_recovery"]
 
 _Party = Annotated[str, typer.Option("--party", help="Your party name (keys in $TEEFLOW_HOME).")]
-_Json = Annotated[bool, typer.Option("--json", help="Print a JSON object (for scripts).")]
 
 
 def register_recovery(kbs: typer.Typer) -> None:
@@ -39,7 +39,7 @@ def register_recovery(kbs: typer.Typer) -> None:
                 help="Share file (default $TEEFLOW_HOME/parties/NAME/kbs-recovery-share.json).",
             ),
         ] = None,
-        as_json: _Json = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Fetch the KBS share-set record, check your share opens, and save it (0600)."""
         from teeflow.kbs.client.pinning import Pin, default_pin_path
@@ -92,7 +92,7 @@ def register_recovery(kbs: typer.Typer) -> None:
                 help="Intel collateral directory for a hardware KBS's quote (repeat).",
             ),
         ] = None,
-        as_json: _Json = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Verify the recovering KBS's evidence, then submit your share to its attested key."""
         from datetime import UTC, datetime

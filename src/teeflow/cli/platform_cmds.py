@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from teeflow.cli.output import JsonOption
 from teeflow.platform.base import (
     DEFAULT_DEV_ROOT,
     DEFAULT_GRAMINE_ROOT,
@@ -38,7 +39,7 @@ def register(app: typer.Typer) -> None:
 @platform_app.command("detect")
 def detect_cmd(
     *,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
     gramine_root: Annotated[
         Path, typer.Option("--gramine-root", hidden=True, help="Gramine /dev/attestation.")
     ] = DEFAULT_GRAMINE_ROOT,

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
+from teeflow.cli.output import JsonOption
 from teeflow.errors import KbsError, ParseError
 
 __all__ = ["complete_grant", "register"]
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--agreement", help="Agreement YAML whose digest the grant names."),
         ] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Wrap KEY to the pinned KBS, sign GRANT and upload both."""
         from teeflow.attestation.policy import load_policy_document

@@ -17,6 +17,7 @@ import typer
 
 from teeflow.cli.agreement_submit_cmd import find_group
 from teeflow.cli.enrollment_cmds import EnrollmentOption
+from teeflow.cli.output import JsonOption
 from teeflow.cli.platform_options import (
     GramineRootOption,
     PlatformOption,
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
             "--onnx", help="MODEL is an ONNX file the party holds (served by onnxruntime).")
         ] = False,
         key_dir: Annotated[Path | None, typer.Option("--dir", help="Party key folder.")] = None,
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        as_json: JsonOption = False,
     ) -> None:
         """Re-seal a model the party holds for the serving role and store its key in the
         KBS (released only to attested serve workloads with the agreed measurement)."""

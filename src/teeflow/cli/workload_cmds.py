@@ -47,7 +47,7 @@ def measure_cmd(
         bool,
         typer.Option("--verify-files/--no-verify-files", help="Re-hash every trusted file first."),
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the workload measurement (SHA-256 of the canonical manifest)."""
     manifest = WorkloadManifest.load(manifest_path)
