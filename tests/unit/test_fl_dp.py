@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from teeflow.errors import FLError
 from teeflow.fl.dp import DpFedAvg, calibrate_noise, local_dp_update
-from teeflow.fl.outputs import verified_training
+from teeflow.fl.provenance import verified_training
 from teeflow.fl.strategy import FedAvg, FitResult, update_norm
 from teeflow.kbs.policy.training import DpTerms, TrainingTerms
 

@@ -14,11 +14,11 @@ from pydantic import ValidationError
 
 from teeflow.errors import FLError, ParseError
 from teeflow.fl.events import EVENT_NAMES, event_from
-from teeflow.fl.outputs import verified_training
 from teeflow.fl.provenance import (
     ProvenanceEntry,
     ProvenanceError,
     load_provenance,
+    verified_training,
     verify_provenance,
 )
 from teeflow.fl.strategy import FedAvg, FedMedian, Krum

@@ -11,7 +11,7 @@ from fl_memory_kit import SignFlipClient, ToyClient, agreement, parties, run
 
 from teeflow.errors import FLError, ParseError
 from teeflow.fl.outliers import OutlierDetector, draw_subsets, score_clients
-from teeflow.fl.outputs import verified_training
+from teeflow.fl.provenance import verified_training
 from teeflow.kbs.policy.training import OutlierTerms
 
 MALICIOUS = {"p07", "p08", "p09"}

@@ -452,7 +452,8 @@ def register(app: typer.Typer) -> None:
         show the agreed training rule and the privacy spent; with --agreements/--pin also
         every round's participants against the agreement in force (fails naming the round)."""
         from teeflow.fl.history import check_rounds, load_history
-        from teeflow.fl.outputs import read_model_header, verified_training, verify_model
+        from teeflow.fl.outputs import read_model_header, verify_model
+        from teeflow.fl.provenance import verified_training
         from teeflow.kbs.policy.parties import PartyKeys
 
         data = _read_model(model_file)

@@ -30,10 +30,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -79,7 +78,6 @@ __all__ = [
     "seal_model",
     "seal_serving_model",
     "serving_resources",
-    "verified_training",
     "verify_model",
 ]
 
@@ -398,45 +396,6 @@ def _check_payload(data: bytes, header: ModelHeader) -> None:
             f"the model's encrypted payload holds {size} bytes, the header says "
             f"{header.arrays_size} (truncated or extended file)"
         )
-
-
-def verified_training(entries: Sequence[ProvenanceEntry]) -> dict[str, Any]:
-    """What a *verified* log says about training (``teeflow model verify --json``).
-
-    Returns:
-        ``{"training": the session-start's training terms (JSON) or None, "privacy":
-        {"epsilon_total", "delta", "budget_epsilon", "per_round": [{round, epsilon_round,
-        epsilon_total, clip_norm, noise_multiplier, sampling_rate}]} (empty without DP),
-        "outliers": [{round, flagged, excluded, removed, scores}] }``.
-    """
-    start = entries[0] if entries else None
-    terms = start.training.model_dump(mode="json") if start and start.training else None
-    per_round = [
-        {"round": e.round, **e.privacy.model_dump(mode="json")}
-        for e in entries
-        if e.kind == "round" and e.privacy is not None
-    ]
-    privacy: dict[str, Any] = {}
-    if per_round:
-        last = per_round[-1]
-        privacy = {
-            "epsilon_total": last["epsilon_total"],
-            "delta": last["delta"],
-            "budget_epsilon": last["budget_epsilon"],
-            "per_round": per_round,
-        }
-    outliers = [
-        {
-            "round": e.round,
-            "flagged": list(e.detection.flagged),
-            "excluded": list(e.detection.excluded),
-            "removed": list(e.detection.removed),
-            "scores": dict(e.detection.scores),
-        }
-        for e in entries
-        if e.kind == "round" and e.detection is not None
-    ]
-    return {"training": terms, "privacy": privacy, "outliers": outliers}
 
 
 # -- models sealed for the serving workload (issue 12) ----------------------------------------

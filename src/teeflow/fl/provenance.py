@@ -95,6 +95,7 @@ __all__ = [
     "entry_json",
     "load_provenance",
     "save_provenance",
+    "verified_training",
     "verify_provenance",
 ]
 
@@ -519,3 +520,42 @@ def load_provenance(path: str | os.PathLike[str]) -> list[ProvenanceEntry]:
     except OSError as exc:
         raise ParseError(f"cannot read {path}: {exc.strerror or exc}") from None
     return entries
+
+
+def verified_training(entries: Sequence[ProvenanceEntry]) -> dict[str, Any]:
+    """What a *verified* log says about training (``teeflow model verify --json``).
+
+    Returns:
+        ``{"training": the session-start's training terms (JSON) or None, "privacy":
+        {"epsilon_total", "delta", "budget_epsilon", "per_round": [{round, epsilon_round,
+        epsilon_total, clip_norm, noise_multiplier, sampling_rate}]} (empty without DP),
+        "outliers": [{round, flagged, excluded, removed, scores}] }``.
+    """
+    start = entries[0] if entries else None
+    terms = start.training.model_dump(mode="json") if start and start.training else None
+    per_round = [
+        {"round": e.round, **e.privacy.model_dump(mode="json")}
+        for e in entries
+        if e.kind == "round" and e.privacy is not None
+    ]
+    privacy: dict[str, Any] = {}
+    if per_round:
+        last = per_round[-1]
+        privacy = {
+            "epsilon_total": last["epsilon_total"],
+            "delta": last["delta"],
+            "budget_epsilon": last["budget_epsilon"],
+            "per_round": per_round,
+        }
+    outliers = [
+        {
+            "round": e.round,
+            "flagged": list(e.detection.flagged),
+            "excluded": list(e.detection.excluded),
+            "removed": list(e.detection.removed),
+            "scores": dict(e.detection.scores),
+        }
+        for e in entries
+        if e.kind == "round" and e.detection is not None
+    ]
+    return {"training": terms, "privacy": privacy, "outliers": outliers}
