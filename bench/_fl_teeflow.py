@@ -76,7 +76,8 @@ def _setup(hp: C.HParams, work: Path, lf: Any, reattest: str = "once") -> dict[s
     from teeflow.fl.aggregator import fl_measurement
     from teeflow.fl.package import build_package
     from teeflow.fl.publish import publish_package
-    from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+    from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.client.verification import verify_kbs
     from teeflow.kbs.policy.agreement import (
         FederationAgreement,
         SgxReferenceValues,

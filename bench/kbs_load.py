@@ -135,7 +135,8 @@ def _start_server(home: Path, tmp: Path, db_dir: Path, sync: str | None,
 
 
 def _setup(url: str, measurement: str, home: Path, tmp: Path) -> Path:
-    from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+    from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.client.verification import verify_kbs
     from teeflow.kbs.policy.agreement import (
         FederationAgreement,
         SgxReferenceValues,

@@ -12,7 +12,7 @@ import pytest
 
 from teeflow.errors import VerificationError
 from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
-from teeflow.kbs.client.sdk import verify_kbs
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import SgxReferenceValues
 from teeflow.kbs.service.self_attestation import kbs_measurement
 from teeflow.platform.emulated import EmulationAuthority

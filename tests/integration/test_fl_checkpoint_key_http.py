@@ -22,7 +22,8 @@ from test_kbs_http import AGG_MR, CLIENT_MR, KBS_MR, PKG, _agreement, assert_pro
 from teeflow.kbs.api.problems import AttestationFailed, GrantRejected, PolicyDeny
 from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
 from teeflow.kbs.client.pinning import Pin, pinned_tls_context
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import SgxReferenceValues, digest
 from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.generated import checkpoint_key_path, is_kbs_owner

@@ -41,10 +41,8 @@ from teeflow.kbs.client.pinning import (
     Pin,
     pinned_tls_context,
 )
-from teeflow.kbs.client.sdk import (
-    KbsClient,
-    verify_kbs,
-)
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import (
     FederationAgreement,
     SgxReferenceValues,

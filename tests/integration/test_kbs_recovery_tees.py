@@ -21,7 +21,8 @@ from teeflow.errors import PolicyViolation
 from teeflow.kbs.api.recovery_runtime import RecoveryRequired
 from teeflow.kbs.api.server import BackgroundServer, build_kbs, complete_recovery, make_server
 from teeflow.kbs.client.recovery import fetch_share, recover
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import SignedAgreement, sign_agreement

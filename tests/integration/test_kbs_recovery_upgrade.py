@@ -28,7 +28,8 @@ from teeflow.kbs.api.problems import Conflict
 from teeflow.kbs.api.recovery_runtime import RecoveryRequired, RecoveryRuntime
 from teeflow.kbs.api.server import BackgroundServer, build_kbs, complete_recovery, make_server
 from teeflow.kbs.client.recovery import ShareFile, fetch_share, recover
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.kbs_reference import load_reference_values
 from teeflow.kbs.policy.parties import PartyKeys

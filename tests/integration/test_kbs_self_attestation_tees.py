@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 from teeflow.errors import ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.client.pinning import Pin, http_client, observing_tls_context, send
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, digest
 from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.grants import Grant, sign_grant

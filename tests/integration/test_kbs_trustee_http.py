@@ -28,7 +28,8 @@ from teeflow.attestation.binding import runtime_data_digest
 from teeflow.attestation.nvidia.trustee import gpu_nonce
 from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
 from teeflow.kbs.client.pinning import Pin, pinned_tls_context
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, SgxReferenceValues
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.signing import SignedAgreement

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from teeflow.attestation.registry import verify_primary
 from teeflow.cli.main import app
 from teeflow.errors import KbsError, PlatformError, VerificationError
-from teeflow.kbs.client.sdk import NO_EMULATION_ROOT, verify_kbs
+from teeflow.kbs.client.verification import NO_EMULATION_ROOT, verify_kbs
 from teeflow.kbs.policy.agreement import SgxReferenceValues
 from teeflow.kbs.service.collateral import (
     CompositeCollateralProvider,

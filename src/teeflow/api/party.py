@@ -2,7 +2,7 @@
 
 Shaped like FEDn's ``APIClient`` and NVFlare's session API — one object per party that holds
 its keys and a *verified* connection to the KBS (the pin from
-:func:`teeflow.kbs.client.sdk.verify_kbs`)::
+:func:`teeflow.kbs.client.verification.verify_kbs`)::
 
     import teeflow
     alice = teeflow.Party.load("alice", pin="pin.json")        # keys: $TEEFLOW_HOME/parties

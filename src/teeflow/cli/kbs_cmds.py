@@ -227,9 +227,7 @@ def register(app: typer.Typer) -> None:
         from teeflow.kbs.client.pinning import (
             default_pin_path,
         )
-        from teeflow.kbs.client.sdk import (
-            verify_kbs,
-        )
+        from teeflow.kbs.client.verification import verify_kbs
         from teeflow.kbs.policy.kbs_reference import (
             load_reference_values,
             reference_values_for_measurements,

@@ -117,7 +117,7 @@ def register_recovery(kbs: typer.Typer) -> None:
             providers.append(DirectoryCollateralProvider(collateral_dir))
         if allow_emulated:
             if EmulationAuthority.existing_trust_anchor(None) is None:
-                from teeflow.kbs.client.sdk import NO_EMULATION_ROOT
+                from teeflow.kbs.client.verification import NO_EMULATION_ROOT
 
                 raise KbsError(NO_EMULATION_ROOT)
             authority = EmulationAuthority.load_or_create(None, now=now)

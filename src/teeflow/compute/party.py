@@ -254,7 +254,7 @@ class Party:
                 raise KbsError(
                     "the KBS enforces another agreement than the pinned one (updated since "
                     "you verified it?): verify the KBS again (teeflow kbs verify; "
-                    "teeflow.kbs.client.sdk.verify_kbs) to pin the agreement in force")
+                    "teeflow.kbs.client.verification.verify_kbs) to pin the agreement in force")
             self._agreement = signed.agreement
         return self._agreement
 

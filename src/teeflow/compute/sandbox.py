@@ -36,10 +36,8 @@ from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make
 from teeflow.kbs.client.pinning import (
     Pin,
 )
-from teeflow.kbs.client.sdk import (
-    KbsClient,
-    verify_kbs,
-)
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import (
     FederationAgreement,
     SgxReferenceValues,

@@ -205,7 +205,8 @@ def deployment(
     """
     from teeflow._fs import atomic_write, ensure_private_dir
     from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
-    from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+    from teeflow.kbs.client.sdk import KbsClient
+    from teeflow.kbs.client.verification import verify_kbs
     from teeflow.kbs.policy.agreement import SgxReferenceValues
     from teeflow.kbs.policy.enrollment import issue_enrollment
     from teeflow.kbs.policy.parties import PartyKeys

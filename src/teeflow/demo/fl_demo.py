@@ -434,7 +434,8 @@ def _run(
             files["kbs database"] = str(workdir / "kbs.db")
         pin_path = workdir / "pin.json"
         with step(f"KBS verified ({kbs.tee} evidence) and pinned") as d:
-            from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+            from teeflow.kbs.client.sdk import KbsClient
+            from teeflow.kbs.client.verification import verify_kbs
             from teeflow.kbs.policy.kbs_reference import load_reference_values
 
             pin = verify_kbs(

@@ -120,7 +120,8 @@ class LocalStudy:
         from teeflow.fl.publish import publish_package
         from teeflow.fl.workload import fl_measurement
         from teeflow.kbs.api.server import BackgroundServer, build_kbs, make_server
-        from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+        from teeflow.kbs.client.sdk import KbsClient
+        from teeflow.kbs.client.verification import verify_kbs
         from teeflow.kbs.policy.agreement import (
             FederationAgreement,
             SgxReferenceValues,

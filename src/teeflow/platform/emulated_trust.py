@@ -13,7 +13,7 @@ appraising a hospital's emulated clients — needs only that authority's **publi
   teeflow emulation root; every issuer chain ends in it; bounded file sizes) and copies it to
   ``$TEEFLOW_HOME/emulation-trusted/<root SHA-256 prefix>/``;
 - :func:`trusted_roots` lists what a home trusts, for the verifiers
-  (:func:`teeflow.kbs.client.sdk.verify_kbs`, :func:`teeflow.kbs.api.server.build_kbs`).
+  (:func:`teeflow.kbs.client.verification.verify_kbs`, :func:`teeflow.kbs.api.server.build_kbs`).
 
 Everything here is EMULATED: a trusted emulation root is flagged ``emulated`` and its evidence
 is refused unless the agreement says ``allow_emulated: true``.

@@ -27,7 +27,8 @@ from teeflow.fl.package import build_package, load_manifest
 from teeflow.fl.publish import publish_serving_model
 from teeflow.kbs.api.server import BackgroundServer, KbsRuntime, build_kbs, make_server
 from teeflow.kbs.client.pinning import Pin
-from teeflow.kbs.client.sdk import KbsClient, verify_kbs
+from teeflow.kbs.client.sdk import KbsClient
+from teeflow.kbs.client.verification import verify_kbs
 from teeflow.kbs.policy.agreement import FederationAgreement, SgxReferenceValues, digest
 from teeflow.kbs.policy.enrollment import issue_enrollment
 from teeflow.kbs.policy.parties import PartyKeys

@@ -2,15 +2,13 @@
 
 **Transport.** Every connection is pinned to the KBS's TLS key (SPKI SHA-256), checked
 inside the TLS handshake before any request byte is sent; see :mod:`teeflow.kbs.client.pinning`
-(:class:`Pin`, :func:`pinned_tls_context`, :class:`KbsHttpError` are re-exported here).
+(:class:`Pin`, :func:`pinned_tls_context`, :class:`KbsHttpError` live there).
 
-**Parties.** :func:`verify_kbs` fetches ``/v1/kbs/evidence`` with a fresh 32-byte nonce,
-records the TLS key the connection saw, verifies the evidence
-(:func:`teeflow.kbs.service.self_attestation.verify_kbs_evidence`) and returns a :class:`Pin`,
-saved as the pin file (``teeflow kbs verify``; format in :mod:`teeflow.kbs.client.pinning`).
-:class:`KbsClient` then talks only to that key: ``submit_agreement``, ``put_resource`` (the
-data key HPKE-wrapped to the pinned HPKE key and the upload signed by the owner),
-``audit`` (chain verified with the pinned audit key).
+**Parties.** :func:`teeflow.kbs.client.verification.verify_kbs` verifies the KBS's fresh
+evidence and returns a :class:`Pin`, saved as the pin file (``teeflow kbs verify``; format in
+:mod:`teeflow.kbs.client.pinning`). :class:`KbsClient` then talks only to that key:
+``submit_agreement``, ``put_resource`` (the data key HPKE-wrapped to the pinned HPKE key and
+the upload signed by the owner), ``audit`` (chain verified with the pinned audit key).
 
 **Workloads.** :meth:`KbsClient.attest` runs RCAR: ``/kbs/v0/auth`` → nonce; a fresh P-256
 key; evidence for ``runtime_data_digest(tee-pubkey, nonce, "", teeflow=claims)`` from the
@@ -31,7 +29,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,13 +49,8 @@ from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
 from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
 from teeflow.kbs.client.heads import HeadTracker, StateRollback
 from teeflow.kbs.client.pinning import (
-    MAX_RESPONSE_BYTES,
-    PIN_FORMAT,
-    KbsHttpError,
     Pin,
-    default_pin_path,
     http_client,
-    observing_tls_context,
     pinned_tls_context,
     send,
 )
@@ -90,11 +82,8 @@ if TYPE_CHECKING:
     import httpx
 
     from teeflow.attestation.evidence import Evidence
-    from teeflow.attestation.trust import TrustAnchor
     from teeflow.kbs.policy.grants import SignedGrant
-    from teeflow.kbs.policy.kbs_reference import AnyKbsReferenceValues
     from teeflow.kbs.policy.parties import PartyKeys
-    from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
     from teeflow.kbs.store.interface import (
         AuditEntry,
     )
@@ -102,157 +91,12 @@ if TYPE_CHECKING:
     from teeflow.platform.nvidia import GpuAttester
 
 __all__ = [
-    "MAX_RESPONSE_BYTES",
-    "NO_EMULATION_ROOT",
-    "PIN_FORMAT",
     "KbsClient",
-    "KbsHttpError",
-    "Pin",
-    "default_pin_path",
-    "pinned_tls_context",
     "primary_evidence",
-    "verify_kbs",
 ]
 
 _SESSION_COOKIE = "kbs-session-id"
-#: What to do when an emulated KBS is verified without any emulation root at hand.
-NO_EMULATION_ROOT = (
-    "no emulation root in $TEEFLOW_HOME to verify an emulated KBS: on the KBS operator's "
-    "machine run `teeflow emulate export DIR`, bring DIR here (public certificate and "
-    "collateral only) and run `teeflow emulate trust DIR` (docs/emulation.md); never copy "
-    "an emulation/ folder, it holds private keys"
-)
 _LOG = logging.getLogger(__name__)
-
-
-# -- party side: verify the KBS ------------------------------------------------------------------
-
-
-def verify_kbs(
-    url: str,
-    reference_values: AnyKbsReferenceValues,
-    allow_emulated: bool = False,
-    *,
-    anchors: list[TrustAnchor] | None = None,
-    collateral: CollateralProvider | None = None,
-    home: Path | None = None,
-    expected_agreement_digest: bytes | None = None,
-    now: datetime | None = None,
-    rng: Callable[[int], bytes] = os.urandom,
-    timeout: float = 10.0,
-    snp_endorsements: SnpEndorsementProvider | None = None,
-) -> Pin:
-    """Verify the KBS at ``url`` and return its :class:`Pin` (module docstring).
-
-    Args:
-        url: ``https://host:port``.
-        reference_values: the KBS reference values, per platform (the agreement's
-            ``workloads.kbs``: :func:`teeflow.kbs.policy.kbs_reference.load_reference_values`)
-            or one platform's values; the KBS's evidence is appraised against the values of
-            its TEE (SGX, TDX or SNP).
-        allow_emulated: accept an emulated KBS: its root must be this home's emulation
-            authority (``$TEEFLOW_HOME/emulation``) or a root trusted by certificate
-            (``teeflow emulate trust``: :mod:`teeflow.platform.emulated_trust`), unless
-            ``anchors``/``collateral`` are given.
-        anchors, collateral: override the trust anchors (default Intel SGX Root CA, plus the
-            emulation roots of SGX/TDX and SNP when allowed; AMD's ARKs are always trusted
-            for SNP) and the collateral provider (default: emulated collateral when
-            allowed, else none — hardware SGX/TDX needs collateral).
-        snp_endorsements: VCEK/VLEK source for SNP evidence without a certificate table.
-        home: teeflow home of the emulation authority.
-        expected_agreement_digest: require the KBS to enforce this agreement.
-        now: verification time (default: the wall clock).
-        rng: nonce source (32 bytes).
-        timeout: per-request timeout (seconds).
-
-    Raises:
-        KbsError: transport failure, or no emulation authority for ``allow_emulated``.
-        ParseError, VerificationError, PolicyViolation: as
-            :func:`teeflow.kbs.service.self_attestation.verify_kbs_evidence`.
-    """
-    from teeflow.attestation.trust import intel_sgx_root_ca
-    from teeflow.kbs.service.collateral import (
-        CollateralProvider as _Provider,
-    )
-    from teeflow.kbs.service.collateral import (
-        CompositeCollateralProvider,
-        EmulatedCollateralProvider,
-        TrustedEmulationCollateralProvider,
-    )
-    from teeflow.kbs.service.self_attestation import MAX_EVIDENCE_BYTES, verify_kbs_evidence
-    from teeflow.platform.emulated import EmulationAuthority
-    from teeflow.platform.emulated_trust import trusted_roots
-
-    when = now if now is not None else datetime.now(UTC)
-    base = url.rstrip("/")
-    trusted = list(anchors) if anchors is not None else [intel_sgx_root_ca()]
-    provider = collateral
-    if allow_emulated and (anchors is None or collateral is None):
-        roots = trusted_roots(home)
-        own = EmulationAuthority.existing_trust_anchor(home) is not None
-        if not own and not roots:
-            raise KbsError(NO_EMULATION_ROOT)
-        providers: list[_Provider] = [TrustedEmulationCollateralProvider(r) for r in roots]
-        if anchors is None:
-            trusted += [r.anchor for r in roots]
-        if own:
-            authority = EmulationAuthority.load_or_create(home, now=when)
-            if anchors is None:
-                trusted.append(authority.trust_anchor())
-            providers.append(EmulatedCollateralProvider(authority))
-        if provider is None:
-            provider = CompositeCollateralProvider(providers)
-    if provider is None:
-        provider = CompositeCollateralProvider([])
-    nonce = rng(32)
-    observed: list[str] = []
-    with http_client(base, observing_tls_context(observed.append), timeout) as http:
-        _, body = send(
-            http,
-            "GET",
-            "/v1/kbs/evidence",
-            params={"nonce": b64url_encode(nonce)},
-            limit=MAX_EVIDENCE_BYTES,
-        )
-    if not observed:
-        raise VerificationError("no TLS certificate was observed from the KBS")
-    if allow_emulated and anchors is None and b'"emulated-snp"' in body:
-        # the emulated SNP root is loaded only for (claimed) emulated SNP evidence: loading it
-        # costs about a second; the claim decides nothing else (verification checks it)
-        from teeflow.platform.emulated_snp import emulated_snp_anchor
-
-        trusted.append(emulated_snp_anchor(home, now=when))
-    verified = verify_kbs_evidence(
-        body,
-        nonce=nonce,
-        reference_values=reference_values,
-        allow_emulated=allow_emulated,
-        anchors=trusted,
-        collateral=provider,
-        now=when,
-        observed_tls_spki=observed,
-        expected_agreement_digest=expected_agreement_digest,
-        snp_endorsements=snp_endorsements,
-    )
-    if verified.emulated:
-        _LOG.warning("the KBS at %s runs on an EMULATED TEE (no hardware protection)", base)
-    b = verified.bundle
-    return Pin(
-        url=base,
-        federation=b["federation"],
-        tls_spki_sha256=b["tls_spki_sha256"],
-        hpke_public_key=b["hpke_public_key"],
-        ca_certificate=b["ca_certificate"],
-        ear_public_jwk=b["ear_public_jwk"],
-        audit_public_key=b["audit_public_key"],
-        agreement_digest=None
-        if verified.agreement_digest is None
-        else verified.agreement_digest.hex(),
-        measurement=verified.measurement,
-        tee=verified.tee,
-        emulated=verified.emulated,
-        verified_at=when.astimezone(UTC),
-    )
 
 
 def _b64(data: bytes) -> str:
@@ -299,7 +143,8 @@ class KbsClient:
 
     Args:
         url: base URL (``https://...``); None uses ``pin.url``.
-        pin: the :class:`Pin` (or a pin file path) from :func:`verify_kbs`.
+        pin: the :class:`Pin` (or a pin file path) from
+            :func:`~teeflow.kbs.client.verification.verify_kbs`.
         platform: the workload's :class:`~teeflow.platform.base.Attester` (from
             :func:`teeflow.platform.attester_for`); only needed for :meth:`attest`.
         tee: the TEE type declared in ``/kbs/v0/auth`` (default: the attester's ``tee``;
@@ -530,7 +375,6 @@ class KbsClient:
         """
         from pydantic import ValidationError
 
-        from teeflow.kbs.policy.canonical import b64url_encode
         from teeflow.kbs.service.usage import UsageBatch, usage_signing_input
 
         headers = self._auth_headers()
