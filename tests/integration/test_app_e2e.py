@@ -11,6 +11,7 @@ replica stopped gracefully resumes from its sealed snapshot.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -165,7 +166,12 @@ def test_auction_end_to_end(tmp_path: Path) -> None:
                     if msg.subject.endswith(".req"):
                         data = msg.data or b""
                         assert set(json.loads(data)) == {"v", "client", "enc"}
-                        assert b"amount" not in data and b"bid" not in data
+                        # quoted JSON keys: base64url text cannot contain '"', so a
+                        # bare substring check would flake on random ciphertext
+                        envelope = json.loads(data)
+                        sealed = base64.urlsafe_b64decode(envelope["enc"] + "==")
+                        for blob in (data, sealed):
+                            assert b'"amount"' not in blob and b'"op"' not in blob
                 await late.close()
                 await seller.close()
             finally:
