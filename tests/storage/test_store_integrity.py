@@ -270,3 +270,59 @@ def test_restored_sqlite_copy_is_detected(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "copy-head", tmp_path / "kbs-head")  # ... and the head file
     with pytest.raises(StateRollback, match="the KBS state was rolled back"):
         serve_once(False)
+
+
+def test_writer_committing_behind_a_newer_writer_is_not_a_rollback(
+    sql_backend: Backend,
+) -> None:
+    """Two honest writers of one counter: A commits seq n, B commits seq n+1 and remembers
+    it, then A (after its commit, outside the write lock) records what it wrote. That is
+    progress, not a rollback: A must succeed (a KBS under concurrent attestations returned
+    "the KBS store failed an integrity check" here)."""
+    import threading
+
+    from teeflow.kbs.store import _codec as codec
+
+    store = sql_backend.open()
+    log = _log(store)
+    key = codec.touch_key(codec.COUNTERS, "fl/race")
+    real = store._seen  # type: ignore[attr-defined]
+    a_committed, b_done = threading.Event(), threading.Event()
+    a_thread: list[threading.Thread] = []
+
+    class PausingSeen:
+        """Holds writer A between its commit and its bookkeeping until B has finished."""
+
+        def __getattr__(self, name: str) -> Any:
+            attr = getattr(real, name)
+            if name not in ("check", "remember"):
+                return attr
+
+            def call(k: str, *args: Any) -> Any:
+                if k == key and a_thread and threading.current_thread() is a_thread[0]:
+                    a_committed.set()
+                    assert b_done.wait(10)
+                return attr(k, *args)
+
+            return call
+
+    store._seen = PausingSeen()  # type: ignore[attr-defined]
+    results: list[Any] = []
+
+    def writer_a() -> None:
+        try:
+            results.append(store.compare_and_increment_and_audit(
+                "fl/race", 0, D1, log.builder("counter", "race", "accept")))
+        except BaseException as exc:  # reported below
+            results.append(exc)
+
+    a_thread.append(threading.Thread(target=writer_a))
+    a_thread[0].start()
+    assert a_committed.wait(10)
+    value, _ = store.compare_and_increment_and_audit(
+        "fl/race", 1, D2, log.builder("counter", "race", "accept"))
+    b_done.set()
+    a_thread[0].join(10)
+    store.close()
+    assert value == 2
+    assert not isinstance(results[0], BaseException), repr(results[0])

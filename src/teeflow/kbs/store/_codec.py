@@ -389,6 +389,15 @@ class Seen:
                 if seq > self._rows.get(key, -1):
                     self._rows[key] = seq
 
+    def remember(self, key: str, audit_seq: int, version: int = 0) -> None:
+        """Raise the memory to a row this store just committed, without checking it: a
+        concurrent writer may already have committed (and remembered) a newer one, which
+        is progress, not a rollback."""
+        with self._lock:
+            if audit_seq > self._rows.get(key, -1):
+                self._rows[key] = audit_seq
+            self.agreement_version = max(self.agreement_version, version)
+
     def check_absent(self, key: str) -> None:
         """Refuse a missing row this store wrote or checked (it was deleted)."""
         if key in self._rows:

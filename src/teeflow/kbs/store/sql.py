@@ -241,9 +241,9 @@ class SqlStore:
                 with self._tx_unlocked(write=write, durable=durable) as conn:
                     yield conn
             for key, seq, version, row in self._local.notes:  # committed: remember them
-                self._seen.check(key, seq)
-                if version:
-                    self._seen.check_agreement(version)
+                # after the commit and the write lock: another writer may have moved the
+                # row on already, so remember (never check) what this one wrote
+                self._seen.remember(key, seq, version)
                 if row is not None:
                     if len(self._rows) >= _MAX_CACHED_ROWS:
                         self._rows.clear()
