@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from teeflow.errors import ParseError, VerificationError
 from teeflow.kbs.service.audit import (
@@ -338,3 +340,44 @@ def test_two_writers_on_one_store_keep_one_chain() -> None:
     entries = store.audit_entries()
     assert len(entries) == 100
     verify_audit_chain(entries, KEY.public_key())
+
+
+_JSON_LEAVES = (
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
+)  # fmt: skip
+_SAFE_KEYS = st.text(min_size=1, max_size=8).map(lambda k: "k" + k)  # never secret-looking
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    subject=st.text(min_size=1, max_size=40),
+    reasons=st.lists(st.text(max_size=30), max_size=4),
+    data=st.dictionaries(
+        _SAFE_KEYS,
+        st.recursive(_JSON_LEAVES, lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(_SAFE_KEYS, inner, max_size=3), max_leaves=8),
+        max_size=5,
+    ),
+    seq=st.integers(1, 2**53 - 1),
+    prev=st.binary(min_size=32, max_size=32),
+    micros=st.integers(0, 10**12),
+)
+def test_built_entries_hash_exactly_the_canonical_input(
+    subject: str, reasons: list[str], data: dict[str, Any], seq: int, prev: bytes, micros: int
+) -> None:
+    """The builder splices seq/time/prev_hash into canonical text made before the store's
+    lock; the result must be byte-identical to RFC 8785 of the whole entry."""
+    when = T0 + timedelta(microseconds=micros)
+    log = AuditLog(MemoryStore(), KEY, lambda: when)
+    try:
+        build = log.builder("release", subject, "accept", reasons, data)
+    except AuditError:
+        return  # not I-JSON (rfc8785 refuses it): nothing to compare
+    entry = build(seq, prev)
+    assert entry.hash == audit_entry_hash(entry)
+    assert entry.hash == hashlib.sha256(audit_hash_input(
+        seq=seq, time=when, kind="release", subject=subject, decision="accept",
+        reasons=reasons, data=json.loads(json.dumps(data)), prev_hash=prev,
+    )).digest()  # fmt: skip
+    verify_audit_chain([entry], KEY.public_key(), after=replace(entry, seq=seq - 1, hash=prev))

@@ -94,6 +94,7 @@ DECISIONS = ("accept", "deny", "info")
 MAX_REASONS = 64
 MAX_REASON_CHARS = 1024
 
+_EXACT_LIMIT = float(2**53)
 _KIND = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX_SIG = re.compile(r"(?:[0-9a-f]{2}){1,256}")
@@ -205,6 +206,10 @@ def _check_public(value: Any, depth: int = 0) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             _check_public(item, depth + 1)
+    elif isinstance(value, float) and value.is_integer() and abs(value) >= _EXACT_LIMIT:
+        # RFC 8785 writes it without a fraction, it reads back as an integer beyond the
+        # I-JSON exact range (RFC 7493 §2.2), and the stored entry would not re-hash
+        raise AuditError("audit data numbers must be below 2**53 in magnitude")
 
 
 class AuditLog:
@@ -264,10 +269,10 @@ class AuditLog:
             StorageInputError: the store's own bounds refused the entry.
             StorageError: the store failed.
         """
-        reasons_list, data_norm = self._validate(kind, subject, decision, reasons, data)
+        prepared = self._validate(kind, subject, decision, reasons, data)
         with self._lock:
             for _ in range(self._max_attempts):
-                entry = self._build(kind, subject, decision, reasons_list, data_norm)
+                entry = self._build(prepared)
                 try:
                     self._store.append_audit(entry)
                 except StorageConflict:
@@ -295,18 +300,10 @@ class AuditLog:
             AuditError: as :meth:`append` (here, before anything is written); the builder
                 itself raises AuditError only for a clock returning naive datetimes.
         """
-        reasons_list, data_norm = self._validate(kind, subject, decision, reasons, data)
+        prepared = self._validate(kind, subject, decision, reasons, data)
 
         def build(seq: int, prev_hash: bytes) -> AuditEntry:
-            return self._signed(
-                seq,
-                prev_hash,
-                kind=kind,
-                subject=subject,
-                decision=decision,
-                reasons=reasons_list,
-                data=data_norm,
-            )
+            return self._signed(seq, prev_hash, prepared)
 
         return build
 
@@ -317,7 +314,7 @@ class AuditLog:
         decision: object,
         reasons: object,
         data: object,
-    ) -> tuple[list[str], dict[str, Any]]:
+    ) -> _Prepared:
         if not isinstance(kind, str) or not _KIND.fullmatch(kind):
             raise AuditError("audit kind must match [a-z][a-z0-9_.-]{0,31}")
         if not isinstance(subject, str) or not 0 < len(subject) <= MAX_NAME_CHARS:
@@ -336,7 +333,7 @@ class AuditLog:
             raise AuditError("audit data must be a JSON object")
         _check_public(data)
         try:
-            canonical = rfc8785.dumps([reasons_list, dict(data)])
+            reasons_c, data_c = rfc8785.dumps(reasons_list), rfc8785.dumps(dict(data))
         except (
             rfc8785.CanonicalizationError,
             TypeError,
@@ -345,49 +342,80 @@ class AuditLog:
             RecursionError,
         ):
             raise AuditError("audit reasons/data are not I-JSON") from None
-        if len(canonical) > MAX_AUDIT_DATA_BYTES - 64:
+        if len(reasons_c) + len(data_c) + 3 > MAX_AUDIT_DATA_BYTES - 64:
             raise AuditError(f"audit reasons+data larger than {MAX_AUDIT_DATA_BYTES} bytes")
         # Normalise through canonical JSON: what we hash is exactly what the store returns.
-        data_norm: dict[str, Any] = json.loads(canonical)[1]
-        return reasons_list, data_norm
+        data_norm: dict[str, Any] = json.loads(data_c)
+        return _Prepared(
+            kind, subject, decision,
+            reasons=reasons_list, data=data_norm, reasons_c=reasons_c, data_c=data_c,
+        )  # fmt: skip
 
-    def _build(
-        self, kind: str, subject: str, decision: str, reasons: list[str], data: dict[str, Any]
-    ) -> AuditEntry:
+    def _build(self, prepared: _Prepared) -> AuditEntry:
         last = self._store.last_audit()
         seq = 1 if last is None else last.seq + 1
         prev = GENESIS_HASH if last is None else last.hash
-        return self._signed(
-            seq, prev, kind=kind, subject=subject, decision=decision, reasons=reasons, data=data
-        )
+        return self._signed(seq, prev, prepared)
 
-    def _signed(
-        self,
-        seq: int,
-        prev: bytes,
-        *,
-        kind: str,
-        subject: str,
-        decision: str,
-        reasons: list[str],
-        data: dict[str, Any],
-    ) -> AuditEntry:
+    def _signed(self, seq: int, prev: bytes, prepared: _Prepared) -> AuditEntry:
         now = self._clock()
         if not isinstance(now, datetime) or now.tzinfo is None or now.utcoffset() is None:
             raise AuditError("the audit clock must return timezone-aware datetimes")
-        fields: dict[str, Any] = {
-            "seq": seq,
-            "time": now.astimezone(UTC),
-            "kind": kind,
-            "subject": subject,
-            "decision": decision,
-            "reasons": list(reasons),
-            "data": data,
-            "prev_hash": prev,
-        }
-        digest = hashlib.sha256(audit_hash_input(**fields)).digest()
+        when = now.astimezone(UTC)
+        digest = hashlib.sha256(prepared.hash_input(seq, when, prev)).digest()
         signature = self._key.sign(AUDIT_DOMAIN + digest)
-        return AuditEntry(**fields, hash=digest, signature=signature)
+        return AuditEntry(
+            seq=seq,
+            time=when,
+            kind=prepared.kind,
+            subject=prepared.subject,
+            decision=prepared.decision,
+            reasons=list(prepared.reasons),
+            data=prepared.data,
+            prev_hash=prev,
+            hash=digest,
+            signature=signature,
+        )
+
+
+class _Prepared:
+    """A validated entry waiting for its position: the RFC 8785 text of every member but
+    ``seq``, ``time`` and ``prev_hash`` is made once, before the store's write lock, and
+    :meth:`hash_input` splices the three in (members in RFC 8785 §3.2.3 order: all keys are
+    ASCII, so code-unit order is byte order). Equal to :func:`audit_hash_input` - tested."""
+
+    __slots__ = ("_head", "_middle", "_tail", "data", "decision", "kind", "reasons", "subject")
+
+    def __init__(
+        self,
+        kind: str,
+        subject: str,
+        decision: str,
+        *,
+        reasons: list[str],
+        data: dict[str, Any],
+        reasons_c: bytes,
+        data_c: bytes,
+    ) -> None:
+        self.kind, self.subject, self.decision = kind, subject, decision
+        self.reasons, self.data = reasons, data
+        self._head = b"".join((
+            b'{"data":', data_c, b',"decision":', rfc8785.dumps(decision),
+            b',"format":', rfc8785.dumps(AUDIT_FORMAT), b',"kind":', rfc8785.dumps(kind),
+            b',"prev_hash":"',
+        ))  # fmt: skip
+        self._middle = b'","reasons":' + reasons_c + b',"seq":'
+        self._tail = b',"subject":' + rfc8785.dumps(subject) + b',"time":"'
+
+    def hash_input(self, seq: int, when: datetime, prev: bytes) -> bytes:
+        """:func:`audit_hash_input` of this entry at ``seq`` (an int below 2**53, as
+        RFC 8785 numbers), ``when`` (aware) and ``prev`` (32 bytes)."""
+        if not 0 <= seq < 1 << 53 or when.tzinfo is None:
+            raise AuditError("audit seq or time out of range")
+        return b"".join((
+            self._head, bytes(prev).hex().encode("ascii"), self._middle,
+            str(int(seq)).encode("ascii"), self._tail, _time_text(when).encode("ascii"), b'"}',
+        ))  # fmt: skip
 
 
 def verify_audit_chain(

@@ -33,6 +33,7 @@ tag check.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -372,6 +373,17 @@ _REGISTRY = _make_registry()
 _READ_REGISTRY = JWERegistry(algorithms=[JWE_ALG, JWE_ENC])
 
 
+@functools.lru_cache(maxsize=1024)
+def _recipient_key(x: str, y: str) -> ECKey:
+    """The attested P-256 public key as a JWK object, imported once per key (a session
+    fetches many resources to the same key; the import validates the point each time).
+
+    Raises:
+        JoseError, ValueError: not a P-256 point (not cached: lru_cache keeps no failures).
+    """
+    return ECKey.import_key({"kty": "EC", "crv": "P-256", "x": x, "y": y})
+
+
 def seal_for_tee(plaintext: bytes, tee_pubkey: TeePubKey) -> str:
     """Encrypt ``plaintext`` to the attested key as a flattened JWE JSON text (module doc).
 
@@ -388,7 +400,7 @@ def seal_for_tee(plaintext: bytes, tee_pubkey: TeePubKey) -> str:
     if len(plaintext) > MAX_RESOURCE_BYTES:
         raise KbsError(f"resource larger than {MAX_RESOURCE_BYTES} bytes")
     try:
-        key = ECKey.import_key({"kty": "EC", "crv": "P-256", "x": tee_pubkey.x, "y": tee_pubkey.y})
+        key = _recipient_key(tee_pubkey.x, tee_pubkey.y)
         compact = jwe.encrypt_compact(
             {"alg": JWE_ALG, "enc": JWE_ENC}, plaintext, key, registry=_REGISTRY
         )
