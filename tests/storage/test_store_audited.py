@@ -232,3 +232,41 @@ def test_audited_writes_survive_reopen(sql_backend: Backend) -> None:
         assert s.get_resource(PATH).release_count == 1  # type: ignore[union-attr]
     finally:
         s.close()
+
+
+def test_a_failed_commit_does_not_move_the_remembered_head(sql_backend: Backend) -> None:
+    """An audited write remembers the head it appended only once it committed: an insert
+    whose commit failed must not make the next entry skip a seq (a gap breaks the chain)."""
+    from sqlalchemy import event
+
+    store = sql_backend.open()
+    log = _log(store)
+    store.append_audit_built(log.builder("info", "first", "info"))
+    engine = store.engine  # type: ignore[attr-defined]
+
+    def fail(_conn: object) -> None:
+        raise RuntimeError("disk full at commit")
+
+    event.listen(engine, "commit", fail)
+    with pytest.raises(RuntimeError):
+        store.append_audit_built(log.builder("info", "lost", "info"))
+    event.remove(engine, "commit", fail)
+    third = store.append_audit_built(log.builder("info", "after", "info"))
+    assert third.seq == 2
+    _verify(store, 2)
+    store.close()
+
+
+def test_an_append_by_another_process_is_followed(sql_backend: Backend) -> None:
+    """A store appends after the head it remembers; when another KBS process appended in
+    between, the primary key refuses the insert and the store re-reads the head."""
+    a, b = sql_backend.open(), sql_backend.open()
+    log_a, log_b = _log(a), _log(b)
+    a.append_audit_built(log_a.builder("info", "a1", "info"))
+    b.append_audit_built(log_b.builder("info", "b1", "info"))
+    b.append_audit_built(log_b.builder("info", "b2", "info"))
+    entry = a.append_audit_built(log_a.builder("info", "a2", "info"))
+    assert entry.seq == 4
+    _verify(a, 4)
+    a.close()
+    b.close()

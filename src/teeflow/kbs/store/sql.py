@@ -223,6 +223,11 @@ class SqlStore:
             name == "sqlite" and engine.get_execution_options().get(SQLITE_SYNC_OPTION) == "normal"
         )
         self._write_lock = threading.Lock() if name == "sqlite" else None
+        #: (seq, hash) of the newest audit entry this process committed: an audited write
+        #: appends after it without reading the head; the primary key on ``seq`` refuses
+        #: the insert when another writer got there first, and the retry reads the head
+        self._audit_head: tuple[int, bytes] | None = None
+        self._head_lock = threading.Lock()
 
     @contextmanager
     def _tx(self, *, write: bool = True, durable: bool = False) -> Iterator[Connection]:
@@ -232,14 +237,17 @@ class SqlStore:
         with sleeps of up to 100 ms (the busy handler). Writers of this process therefore
         queue on a lock first, so only other processes ever meet the busy handler.
         """
-        self._local.notes = []
+        self._local.notes, self._local.appended = [], None
         try:
             if write and self._write_lock is not None:
-                with self._write_lock, self._tx_unlocked(write=True, durable=durable) as conn:
-                    yield conn
+                with self._write_lock:
+                    with self._tx_unlocked(write=True, durable=durable) as conn:
+                        yield conn
+                    self._committed_head()  # before the next writer of this process
             else:
                 with self._tx_unlocked(write=write, durable=durable) as conn:
                     yield conn
+                self._committed_head()
             for key, seq, version, row in self._local.notes:  # committed: remember them
                 # after the commit and the write lock: another writer may have moved the
                 # row on already, so remember (never check) what this one wrote
@@ -249,7 +257,17 @@ class SqlStore:
                         self._rows.clear()
                     self._rows[row["path"]] = row
         finally:
-            self._local.notes = []
+            self._local.notes, self._local.appended = [], None
+
+    def _committed_head(self) -> None:
+        """Remember the audit entry the committed transaction appended (never lower)."""
+        head = getattr(self._local, "appended", None)
+        if head is None:
+            return
+        self._local.appended = None
+        with self._head_lock:
+            if self._audit_head is None or head[0] > self._audit_head[0]:
+                self._audit_head = head
 
     def _note(
         self, key: str, seq: int, version: int = 0, *, row: dict[str, Any] | None = None
@@ -298,14 +316,18 @@ class SqlStore:
         transaction; retried as a whole (bounded) when the audit insert lost a race. SQLite
         holds the write lock (BEGIN IMMEDIATE); PostgreSQL takes a transaction-scoped
         advisory lock first, so audit writers queue instead of conflicting."""
+        cached = True
         for _ in range(_AUDIT_ATTEMPTS):
             try:
                 with self._tx(durable=durable) as c:
                     if self._postgres:
                         c.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
-                    last = c.execute(q.AUDIT_HEAD).first()
-                    seq = 1 if last is None else int(last.seq) + 1
-                    prev = GENESIS_HASH if last is None else bytes(last.hash)
+                    known = self._audit_head if cached else None
+                    if known is None:
+                        last = c.execute(q.AUDIT_HEAD).first()
+                        known = (0, GENESIS_HASH) if last is None else (
+                            int(last.seq), bytes(last.hash))  # fmt: skip
+                    seq, prev = known[0] + 1, known[1]
                     result = work(c, seq)
                     e, reasons_text, data_text = validate.built_entry(build(seq, prev), seq, prev)
                     built = codec.AuditRow(e, reasons_text, data_text, touches)
@@ -313,8 +335,10 @@ class SqlStore:
                         c.execute(q.AUDIT_INSERT, codec.audit_row(self._auth, built))
                     except IntegrityError:
                         raise _AuditRace("audit head moved") from None
+                    self._local.appended = (e.seq, e.hash)
                 return result, codec.built_entry(built)
             except _AuditRace:
+                cached = False  # another writer appended: read the head
                 continue
         raise StorageConflict("audit append kept conflicting with other writers")
 
@@ -836,6 +860,7 @@ class SqlStore:
                 raise StorageConflict("audit prev_hash does not match the last entry")
             row = codec.audit_row(self._auth, codec.AuditRow(e, reasons_text, data_text, None))
             c.execute(q.AUDIT_INSERT, row)
+            self._local.appended = (e.seq, e.hash)
 
     def append_audit_built(self, build: AuditBuilder) -> AuditEntry:
         """See :meth:`KbsStore.append_audit_built`."""
