@@ -39,6 +39,8 @@ if "httpx" not in sys.modules:  # keep httpx's command line (rich, click) out of
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 if "nats" not in sys.modules:  # nats-py loads aiohttp (WebSocket transport) when installed;
     sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # replicas use TCP
+if "httpcore" not in sys.modules:  # httpcore loads trio (its trio backend) when installed;
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]  # the KBS client is sync
 
 from teeflow.app.machine import (
     Applied,
