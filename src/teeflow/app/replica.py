@@ -18,8 +18,8 @@ after the snapshot, apply each message and publish signed replies on
 and on shutdown (SIGTERM/SIGINT). Progress is printed as JSON lines (``ready``,
 ``refused``, ``snapshot``, ``stopped``, ``error``).
 
-The process imports no web framework and no ML stack (tests/unit/test_app_tcb.py checks it):
-NATS, httpx (KBS client), cryptography and pydantic only.
+The process imports no web framework, no ML stack and no other TEE's policy or verifier
+(tests/unit/test_app_tcb.py checks it): NATS, httpx (KBS client), cryptography and pydantic.
 """
 
 from __future__ import annotations
