@@ -18,8 +18,8 @@ after the snapshot, apply each message and publish signed replies on
 and on shutdown (SIGTERM/SIGINT). Progress is printed as JSON lines (``ready``,
 ``refused``, ``snapshot``, ``stopped``, ``error``).
 
-The process imports no web framework and no ML stack (tests/unit/test_app_tcb.py checks it):
-NATS, httpx (KBS client), cryptography and pydantic only.
+The process imports no web framework, no ML stack and no other TEE's policy or verifier
+(tests/unit/test_app_tcb.py checks it): NATS, httpx (KBS client), cryptography and pydantic.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ if "httpx" not in sys.modules:  # keep httpx's command line (rich, click) out of
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 if "nats" not in sys.modules:  # nats-py loads aiohttp (WebSocket transport) when installed;
     sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # replicas use TCP
+if "httpcore" not in sys.modules:  # httpcore loads trio (its trio backend) when installed;
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]  # the KBS client is sync
 
 from teeflow.app.machine import (
     Applied,

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Self
 
 import rfc8785
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -40,7 +39,6 @@ from pydantic import (
     model_validator,
 )
 
-from teeflow._yaml import DuplicateKeyError, safe_load_unique
 from teeflow.attestation.evidence import TcbStatus
 from teeflow.errors import ParseError
 
@@ -177,6 +175,10 @@ def load_policy_document(path: str | Path) -> dict[str, Any]:
         ParseError: the file cannot be read, is too large, is not UTF-8, is not valid
             YAML/JSON, has duplicate keys, or its top level is not a mapping.
     """
+    import yaml  # PyYAML loads with the first policy file read (not with the models)
+
+    from teeflow._yaml import DuplicateKeyError, safe_load_unique
+
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -263,6 +265,8 @@ class PolicyModel(BaseModel):
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_mapping` (keys in field order)."""
+        import yaml
+
         return yaml.safe_dump(self.to_mapping(), sort_keys=False)
 
     def digest(self) -> str:

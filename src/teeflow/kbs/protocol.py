@@ -38,7 +38,6 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal, Self, TypeVar
 
-import semver
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import (
     AwareDatetime,
@@ -127,6 +126,8 @@ def protocol_version_accepted(version: str) -> bool:
     (``0.4.0-rc1``) does not match, and build metadata (``0.4.0+abc``) is ignored
     (SemVer 2.0.0 §10). The Python ``semver`` library implements the same grammar.
     """
+    import semver  # the KBS checks versions; clients only send PROTOCOL_VERSION
+
     try:
         parsed = semver.Version.parse(version)
     except (ValueError, TypeError):

@@ -35,10 +35,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import rfc8785
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from teeflow._yaml import safe_load_unique
 from teeflow.errors import WorkloadError
 
 __all__ = [
@@ -168,6 +166,10 @@ class WorkloadManifest(BaseModel):
             WorkloadError: too large, not UTF-8, malformed YAML, duplicate keys, or a schema
                 violation (the message names the offending fields).
         """
+        import yaml  # PyYAML loads with the first manifest parsed (built ones need none)
+
+        from teeflow._yaml import safe_load_unique
+
         raw = text.encode() if isinstance(text, str) else text
         if len(raw) > MAX_MANIFEST_BYTES:
             raise WorkloadError(f"workload manifest larger than {MAX_MANIFEST_BYTES} bytes")
@@ -259,6 +261,8 @@ class WorkloadManifest(BaseModel):
 
     def to_yaml(self) -> str:
         """YAML text that :meth:`loads` parses back to an equal manifest."""
+        import yaml
+
         return yaml.safe_dump(self.to_document(), sort_keys=False, allow_unicode=True)
 
 

@@ -43,7 +43,6 @@ from joserfc.jwk import ECKey
 
 from teeflow.attestation.additional_evidence import encode_additional_evidence
 from teeflow.attestation.binding import runtime_data_digest
-from teeflow.attestation.nvidia.trustee import gpu_nonce
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.api.problems import NoAgreement, ResourceNotFound
 from teeflow.kbs.ca.authority import WorkloadIdentity, verify_workload_certificate
@@ -278,6 +277,8 @@ class KbsClient:
         jwk = {**key.as_dict(private=False), "alg": "ECDH-ES+A256KW"}
         additional = ""
         if self._gpu is not None:  # device evidence first: the CPU evidence binds it
+            from teeflow.attestation.nvidia.trustee import gpu_nonce  # GPU attesters only
+
             device = self._gpu.evidence(gpu_nonce(tee_pubkey=jwk, nonce=nonce))
             try:
                 additional = encode_additional_evidence({self._gpu.tee: device})

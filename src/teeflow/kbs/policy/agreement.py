@@ -37,9 +37,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 
-import yaml
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -52,11 +51,9 @@ from pydantic import (
 )
 
 from teeflow.attestation.evidence import TcbStatus
-from teeflow.attestation.policy import Hex16, Hex32, load_policy_document
-from teeflow.attestation.sgx.policy import SgxPolicy
+from teeflow.attestation.policy import Hex8, Hex16, Hex32, Hex48, load_policy_document
 from teeflow.attestation.snp.abi import SnpProduct
 from teeflow.attestation.snp.policy import SnpPolicy, TcbMinimum
-from teeflow.attestation.tdx.policy import Hex8, Hex48, TdxPolicy
 from teeflow.errors import PolicyViolation
 from teeflow.kbs.policy.apps import MAX_APPS, AppTerms
 from teeflow.kbs.policy.canonical import (
@@ -70,6 +67,11 @@ from teeflow.kbs.policy.gpu_values import GpuReferenceValues
 from teeflow.kbs.policy.parties import B64Key32, Name, SignKey
 from teeflow.kbs.policy.serving import ServingTerms
 from teeflow.kbs.policy.training import TrainingTerms
+
+if TYPE_CHECKING:  # SGX and TDX load when their policy is built (to_policy): parties that
+    # only read the agreement (an app replica) never import those verifier packages
+    from teeflow.attestation.sgx.policy import SgxPolicy
+    from teeflow.attestation.tdx.policy import TdxPolicy
 
 __all__ = [
     "MAX_EXAMPLES",
@@ -188,6 +190,8 @@ class SgxReferenceValues(DocumentModel):
 
     def to_policy(self, *, allow_emulated: bool) -> SgxPolicy:
         """The :class:`~teeflow.attestation.sgx.policy.SgxPolicy` these values define."""
+        from teeflow.attestation.sgx.policy import SgxPolicy
+
         return SgxPolicy(
             mrenclaves=self.mrenclave,
             mrsigner=self.mrsigner,
@@ -245,6 +249,8 @@ class TdxReferenceValues(DocumentModel):
 
     def to_policy(self, *, allow_emulated: bool) -> TdxPolicy:
         """The :class:`~teeflow.attestation.tdx.TdxPolicy` these values define."""
+        from teeflow.attestation.tdx.policy import TdxPolicy
+
         return TdxPolicy(
             mrtds=self.mrtd,
             rtmr0=self.rtmr0,
@@ -563,6 +569,8 @@ class FederationAgreement(DocumentModel):
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_document` (field order; loads back to an equal model)."""
+        import yaml
+
         return yaml.safe_dump(self.to_document(), sort_keys=False)
 
     # -- queries ---------------------------------------------------------------------------

@@ -18,13 +18,15 @@ appraises every GPU against these values (:meth:`GpuReferenceValues.to_policy` -
 
 from __future__ import annotations
 
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from teeflow.attestation.nvidia import GpuPolicy
 from teeflow.attestation.policy import Hex48
 from teeflow.kbs.policy.canonical import DocumentModel, sorted_unique
+
+if TYPE_CHECKING:  # the NVIDIA verifier package loads when a GPU policy is built
+    from teeflow.attestation.nvidia import GpuPolicy
 
 __all__ = ["GpuReferenceValues"]
 
@@ -96,6 +98,8 @@ class GpuReferenceValues(DocumentModel):
             ValueError: a malformed floor (refused when the agreement is loaded) or a nonce
                 that is not 32 bytes.
         """
+        from teeflow.attestation.nvidia import GpuPolicy
+
         policy = GpuPolicy(
             allowed_architectures=frozenset(self.architectures),
             min_driver_version=self.min_driver_version,

@@ -60,7 +60,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-import yaml
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from teeflow.attestation.policy import Hex32, load_policy_document, normalize_hex
@@ -183,6 +182,8 @@ class Grant(DocumentModel):
 
     def to_yaml(self) -> str:
         """YAML text of :meth:`to_document`."""
+        import yaml
+
         return yaml.safe_dump(self.to_document(), sort_keys=False)
 
 

@@ -17,7 +17,6 @@ openers are serialised). The contract, record types, limits and errors are docum
 from __future__ import annotations
 
 from teeflow.kbs.store.interface import KbsStore, StorageInputError
-from teeflow.kbs.store.memory import MemoryStore
 
 __all__ = ["open_store"]
 
@@ -49,6 +48,8 @@ def open_store(url: str, storage_key: bytes | None = None) -> KbsStore:
     if not isinstance(url, str) or not url or len(url) > _MAX_URL_CHARS:
         raise StorageInputError("store URL must be a non-empty string")
     if url == "memory://":
+        from teeflow.kbs.store.memory import MemoryStore  # the backend opened, only
+
         return MemoryStore(storage_key)
     if storage_key is None:
         raise StorageInputError("a SQL store needs the KBS storage key")
