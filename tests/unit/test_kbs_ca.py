@@ -605,3 +605,14 @@ def test_ssl_context_settings(tls_world: dict[str, Any]) -> None:
             ca.certificate,
             server=False,
         )
+
+
+def test_extension_parses_are_remembered_but_failures_are_not() -> None:
+    good = _asn1(party="hospital-b")
+    first = parse_identity_extension(good)
+    assert parse_identity_extension(bytearray(good)) is first  # the same bytes: parsed once
+    for _ in range(2):  # a refused value is refused every time (never remembered)
+        with pytest.raises(ParseError):
+            parse_identity_extension(good + b"\x00")
+    ident = _identity(party="hospital-b")
+    assert encode_identity_extension(ident) is encode_identity_extension(ident)

@@ -96,6 +96,19 @@ class _Hub(Protocol):
     def renew(self, *, agreement_digest: bytes, certificate_pem: bytes, key: Any) -> None: ...
 
 
+def _wait_answers(asked: dict[str, Any], timeout: float) -> set[str]:
+    """Wait (bounded by ``timeout`` seconds) for every re-attestation handle; return the
+    parties whose answer is still missing. A handle with ``wait(timeout)``
+    (:class:`~teeflow.fl.transport.hub.TaskHandle`) wakes this at once when it completes;
+    others are polled (:func:`~teeflow.fl.trust.wait_all`)."""
+    end = time.monotonic() + timeout
+    for handle in asked.values():
+        wait = getattr(handle, "wait", None)
+        if callable(wait):
+            wait(end - time.monotonic())
+    return wait_all({p: h.done for p, h in asked.items()}, max(end - time.monotonic(), 0.0))
+
+
 class LiveTrust:
     """Per-round admission of the aggregator and its clients (module docstring).
 
@@ -177,7 +190,7 @@ class LiveTrust:
                 continue
         if not changed:  # overlaps with the clients' re-attestations
             self._renew_self(horizon)
-        late = wait_all({p: h.done for p, h in asked.items()}, self._timeout)
+        late = _wait_answers(asked, self._timeout)
         for party, handle in asked.items():
             if party in late:
                 trust.drops.append(Drop(party, "did not re-attest in time"))

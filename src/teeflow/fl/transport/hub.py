@@ -108,6 +108,10 @@ class TaskHandle:
         """True once a result, a failure or a disconnect was recorded."""
         return self._done.is_set()
 
+    def wait(self, timeout: float) -> bool:
+        """Block until :meth:`done` or ``timeout`` seconds passed; return :meth:`done`."""
+        return self._done.wait(max(timeout, 0.0))
+
     def _finish(self, outcome: TaskOutcome | None, error: str | None) -> None:
         with self._hub._cond:
             if self._done.is_set():

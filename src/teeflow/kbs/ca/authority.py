@@ -48,6 +48,7 @@ with the active agreement digest and the role they expect.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
@@ -195,8 +196,10 @@ class _IdentityAsn1(univ.Sequence):
     )
 
 
+@functools.lru_cache(maxsize=256)
 def encode_identity_extension(identity: WorkloadIdentity) -> bytes:
-    """DER of ``TeeflowWorkloadIdentity`` (module docstring) for ``identity``."""
+    """DER of ``TeeflowWorkloadIdentity`` (module docstring) for ``identity`` (remembered per
+    identity: a frozen value, re-certified at every re-attestation)."""
     value = _IdentityAsn1()
     value["version"] = IDENTITY_VERSION
     value["role"] = identity.role
@@ -212,6 +215,11 @@ def encode_identity_extension(identity: WorkloadIdentity) -> bytes:
 def parse_identity_extension(data: bytes) -> WorkloadIdentity:
     """Parse the DER value of the teeflow identity extension (strict, bounded, total).
 
+    The result of a successful parse is remembered per DER value (a pure function of the
+    bytes; at most :data:`_PARSED_IDENTITIES` values): a workload's extension is the same in
+    every certificate it gets for one agreement, and each re-attestation's certificate is
+    checked by the client, the aggregator and the hub. Failures are not remembered.
+
     Raises:
         ParseError: longer than 1024 bytes, not DER of ``TeeflowWorkloadIdentity``,
             trailing bytes, non-canonical encoding, version other than 1, or an invalid
@@ -219,7 +227,15 @@ def parse_identity_extension(data: bytes) -> WorkloadIdentity:
     """
     if not isinstance(data, bytes | bytearray) or len(data) > MAX_EXTENSION_BYTES:
         raise ParseError("teeflow identity extension: not bytes or too long")
-    raw = bytes(data)
+    return _parse_identity(bytes(data))
+
+
+#: How many distinct identity extension values :func:`parse_identity_extension` remembers.
+_PARSED_IDENTITIES = 512
+
+
+@functools.lru_cache(maxsize=_PARSED_IDENTITIES)
+def _parse_identity(raw: bytes) -> WorkloadIdentity:
     try:
         value, rest = der_decoder.decode(raw, asn1Spec=_IdentityAsn1())
         if rest:
@@ -305,6 +321,8 @@ class FederationCA:
         self._certificate = certificate
         self._key = key
         self._federation = str(orgs[0].value)
+        #: AuthorityKeyIdentifier of every certificate issued (of the CA key: computed once)
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
 
     @classmethod
     def generate(
@@ -468,10 +486,7 @@ class FederationCA:
             )
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
-                critical=False,
-            )
+            .add_extension(self._aki, critical=False)
             .add_extension(ext, critical=False)
         )
         return builder.sign(self._key, hashes.SHA256())

@@ -10,9 +10,12 @@
 * every workload re-attests to the KBS (fresh RCAR nonce) at least that often, and the KBS
   issues workload certificates that expire with it (``lifetime = max_age``, never more than
   the CA's 24 h cap) — :meth:`AttestationTerms.certificate_lifetime`;
-* ``per_round``: the aggregator has every selected client (and itself, when the agreement
-  changed) re-attest before each round; certificates keep the CA's default lifetime and the
-  aggregator refuses one issued before the round began.
+* ``per_round``: in each round's admission, before the round's global model is sent, the
+  aggregator has every connected client (answering a nonce issued for that round) and itself
+  re-attest unless their certificate was issued after the previous round's admission ended
+  (a client that just joined); certificates keep the CA's default lifetime and the aggregator
+  refuses an update under one issued before that bound (precise definition: ``docs/fl.md``
+  "Live trust").
 
 The aggregator refuses an update whose client certificate is older than ``max_age`` or was
 issued under an older agreement version (:mod:`teeflow.fl.trust`). Without the section the
