@@ -76,6 +76,11 @@ def test_replayed_and_reordered_session_requests_are_refused() -> None:
         table.accept(sid, 1, first, now=time.time())
     with pytest.raises(SealingError):  # relabelled with a fresh sequence number
         table.accept(sid, 3, second, now=time.time())
+    for seq in (2**64, 2**63):  # out of range: refused, not a crash
+        with pytest.raises(SealingError):
+            table.accept(sid, seq, second, now=time.time())
+    with pytest.raises(SealingError):
+        client.open_response(sid, 2**64, second)
 
 
 def test_tampered_request_fails_and_does_not_consume_its_sequence_number() -> None:

@@ -66,6 +66,7 @@ from teeflow.serve.access import (
 from teeflow.serve.e2e import (
     E2E_PARAMETER,
     E2E_SCHEME,
+    E2E_SCHEMES,
     E2E_TENSOR,
     MAX_ENVELOPE_AGE,
     envelope_of,
@@ -180,7 +181,9 @@ def create_app(workload: ServeWorkload) -> FastAPI:
         assert workload.predictor is not None
         return {"name": name, "versions": ["1"], "platform": workload.predictor.platform,
                 "inputs": workload.predictor.inputs, "outputs": workload.predictor.outputs,
-                "parameters": {E2E_PARAMETER: E2E_SCHEME, "require_e2e": access.require_e2e,
+                "parameters": {E2E_PARAMETER: E2E_SCHEME,
+                               "teeflow_e2e_schemes": list(E2E_SCHEMES),
+                               "require_e2e": access.require_e2e,
                                "model_digest": workload.header.digest}}
 
     @app.get("/v2/models/{name}/ready")

@@ -208,8 +208,11 @@ class SessionKeys:
         """Open request ``seq`` → ``(inner body, header length or None, created)``.
 
         Raises:
-            SealingError: tampered, or not of this session and sequence number.
+            SealingError: tampered, not of this session and sequence number, or ``seq``
+                out of range.
         """
+        if not 1 <= seq <= _MAX_SEQ:
+            raise SealingError("sequence number out of range")
         try:
             pt = self._req.decrypt(_nonce(seq), ciphertext, self._req_aad(session, seq))
         except InvalidTag:
@@ -232,8 +235,11 @@ class SessionKeys:
         """Open the response to request ``seq`` → ``(inner body, header length or None)``.
 
         Raises:
-            SealingError: tampered, or not the response to this request.
+            SealingError: tampered, not the response to this request, or ``seq`` out of
+                range.
         """
+        if not 1 <= seq <= _MAX_SEQ:
+            raise SealingError("sequence number out of range")
         try:
             pt = self._resp.decrypt(_nonce(seq), ciphertext, self._resp_aad(session, seq))
         except InvalidTag:
