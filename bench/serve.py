@@ -1,6 +1,8 @@
-"""Benchmark: teeflow serve (attested, end-to-end encrypted, caller-authenticated, HTTPS) against
-the same model behind a plain FastAPI OIP endpoint (plain HTTP, no encryption, no
-attestation), same run, same process layout, loopback.
+"""Benchmark: teeflow serve against a plain FastAPI OIP endpoint, same model, same run.
+
+teeflow serve is attested, end-to-end encrypted, caller-authenticated and on HTTPS; the plain
+endpoint serves the same model over plain HTTP, without encryption or attestation; same
+process layout, loopback.
 
 teeflow is measured with the SDK's default end-to-end sessions (``session-v1``: one HPKE setup
 and one party signature per client, AES-GCM per request) and with per-request envelopes
