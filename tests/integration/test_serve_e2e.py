@@ -90,6 +90,9 @@ def test_encrypted_inference_matches_the_model_and_is_audited(srv: LocalServing)
     with _client(srv, party=None, api_key=API_KEY) as c:
         for _ in range(3):
             c.infer({"input": x})
+    with _client(srv, session=False) as c:  # per-request HPKE + RFC 9421 (hpke-v1)
+        np.testing.assert_allclose(c.infer({"input": x})["scores"], out["scores"])
+        assert c._session is None
     srv.workload.flush_usage()
     entries = srv.audit()
     verify_audit_chain(entries, srv.pin.audit_public())
@@ -114,9 +117,10 @@ def test_plaintext_refused_under_require_e2e_and_metadata_is_oip(srv: LocalServi
     assert r.json()["type"].endswith("/PlaintextRefused")
 
 
-def test_tampered_request_and_response_are_detected(srv: LocalServing) -> None:
+@pytest.mark.parametrize("session", [True, False], ids=["session-v1", "hpke-v1"])
+def test_tampered_request_and_response_are_detected(srv: LocalServing, session: bool) -> None:
     x = np.ones((1, 4), dtype=np.float32)
-    with _client(srv) as c:
+    with _client(srv, session=session) as c:
         c.verify_server()
         assert c._server_key is not None
         inner, n = encode_request({"input": x})
@@ -264,3 +268,71 @@ def test_cli_model_publish_serve_then_a_workload_opens_it(srv: LocalServing,
         "model", "publish", str(model), "--party", "hospital-a", "--dir",
         str(keydir / "hospital-a"), "--pin", str(pin)])
     assert result.exit_code != 0  # says where to publish: --serve
+
+
+def test_session_requests_replayed_reordered_or_moved_are_refused(srv: LocalServing) -> None:
+    """Attack (session-v1): a TLS-terminating proxy replays a captured session request,
+    delivers one late (after a later one), or moves it to another session; each gets a 400
+    problem and no prediction. A setup replayed is refused too."""
+    x = np.ones((1, 4), dtype=np.float32)
+    sent: list[tuple[bytes, int | None]] = []
+    with _client(srv) as c, _client(srv) as other, \
+            httpx.Client(base_url=srv.url, verify=tls_context(srv.pin)) as h:
+        real_post = c._post
+
+        def capture(body: bytes, length: int | None) -> httpx.Response:
+            sent.append((body, length))
+            return real_post(body, length)
+
+        c._post = capture  # type: ignore[method-assign]
+        for _ in range(2):
+            c.infer({"input": x})
+        other.infer({"input": x})
+
+        def post(body: bytes, length: int | None) -> httpx.Response:
+            return h.post("/v2/models/linear/infer", content=body,
+                          headers={HEADER_LENGTH: str(length)})
+
+        replayed = post(*sent[1])
+        assert replayed.status_code == 400 and "replayed" in replayed.json()["detail"]
+        late = post(*sent[0])
+        assert late.status_code == 400 and "reordered" in late.json()["detail"]
+        # the same ciphertext relabelled with the other client's session id
+        body, length = sent[1]
+        assert c._session is not None and other._session is not None
+        moved = body.replace(c._session[1].encode(), other._session[1].encode())
+        assert moved != body
+        r = post(moved, length)
+        assert r.status_code == 400 and r.json()["type"].endswith("/BadRequest")
+        unknown = post(body.replace(c._session[1].encode(), b"A" * len(c._session[1])),
+                       length)
+        assert unknown.status_code == 400 and unknown.json()["type"].endswith("/UnknownSession")
+        assert c.infer({"input": x})["label"].shape == (1,)  # the session goes on
+
+    with _client(srv, party=None, api_key=API_KEY) as c:  # no signature: only the envelope
+        c.verify_server()
+        assert c._server_key is not None and c.model is not None
+        from teeflow.serve.session import seal_setup
+
+        setup, _ = seal_setup(c._server_key, c.model, api_key=API_KEY)
+        first = c._http.post("/v2/models/linear/session", content=setup)
+        again = c._http.post("/v2/models/linear/session", content=setup)
+    assert first.status_code == 200
+    assert again.status_code == 400 and "replayed" in again.json()["detail"]
+
+
+def test_session_is_bound_to_its_caller_and_renewed_when_unknown(srv: LocalServing) -> None:
+    """A refused caller gets no session; a session the server no longer knows (restart,
+    expiry) is replaced once, transparently, without the request being processed twice."""
+    x = np.ones((1, 4), dtype=np.float32)
+    with _client(srv, party="carol") as c, pytest.raises(ServeRefused) as refused:
+        c.open_session()
+    assert refused.value.status == 403 and c._session is None
+    with _client(srv) as c:
+        first = c.open_session()
+        c.infer({"input": x})
+        assert c._session is not None
+        keys, _, expires = c._session
+        c._session = (keys, "B" * 22, expires)  # as if the server had restarted
+        c.infer({"input": x})
+        assert c._session is not None and c._session[1] not in (first, "B" * 22)

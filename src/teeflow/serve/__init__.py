@@ -11,7 +11,8 @@ the serving workload importing :mod:`teeflow.serve.workload` never loads the cli
 
 Modules: :mod:`~teeflow.serve.workload` (attest, model key, usage),
 :mod:`~teeflow.serve.server` (the HTTPS API, ``teeflow serve``), :mod:`~teeflow.serve.client`,
-:mod:`~teeflow.serve.oip`, :mod:`~teeflow.serve.e2e`, :mod:`~teeflow.serve.access`,
+:mod:`~teeflow.serve.oip`, :mod:`~teeflow.serve.e2e` (per-request envelopes),
+:mod:`~teeflow.serve.session` (end-to-end sessions), :mod:`~teeflow.serve.access`,
 :mod:`~teeflow.serve.model`, :mod:`~teeflow.serve.sandbox`.
 """
 

@@ -42,6 +42,7 @@ __all__ = [
     "QuotaExceeded",
     "ServeError",
     "Unauthorized",
+    "UnknownSession",
 ]
 
 #: ``type`` prefix of the server's problem documents.
@@ -67,6 +68,10 @@ class BadRequest(ServeError):
     """The request is not a well-formed inference request."""
 
     status = 400
+
+
+class UnknownSession(BadRequest):
+    """The end-to-end session is unknown or expired (set up a new one)."""
 
 
 class Unauthorized(ServeError):

@@ -11,11 +11,21 @@ encrypted OIP requests.
    the certified key signed the statement binding the HPKE key, the model name and digest
    and the client's nonce (:func:`teeflow.serve.workload.statement`) — so the HPKE key lives
    in an attested serving workload now;
-3. :meth:`Client.infer` seals each request to that key (:mod:`teeflow.serve.e2e`), signs the
-   outer request as the party (RFC 9421) or puts the API key inside the envelope, and opens
-   the response with its ephemeral key. A tampered response raises
-   :class:`~teeflow.errors.SealingError`; a refusal raises :class:`ServeRefused` carrying the
-   RFC 7807 problem.
+3. by default (``session=True``) sets up one end-to-end session (:mod:`teeflow.serve.session`:
+   one HPKE setup to that key, RFC 9421 party-signed or carrying the API key inside, and a
+   check that the server's answer opens under the derived key), then :meth:`Client.infer`
+   seals each request under the session key with the next sequence number and opens the
+   response; a new session is set up before the old one expires, and once when the server
+   no longer knows it (e.g. after a restart: the request was not processed). With
+   ``session=False`` every request is sealed to the attested key on its own
+   (:mod:`teeflow.serve.e2e`, ``hpke-v1``), RFC 9421-signed as the party or with the API key
+   inside, and its response opened with the request's ephemeral key. A tampered response
+   raises :class:`~teeflow.errors.SealingError`; a refusal raises :class:`ServeRefused`
+   carrying the RFC 7807 problem.
+
+One HTTP/1.1 connection is kept alive and reused (one TLS handshake per client). The client
+is thread-safe; session requests are sent one at a time (sequence numbers must arrive in
+order).
 
 TLS: the server's certificate is the ``serve`` workload certificate; by default the client
 trusts the federation CA for TLS (no host name check: the certificate names a workload, not
@@ -27,6 +37,8 @@ from __future__ import annotations
 
 import os
 import ssl
+import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,8 +60,22 @@ from teeflow.kbs.policy.agreement import FederationAgreement, WorkloadRole, dige
 from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.policy.request_signing import PartyRequestAuth
-from teeflow.serve.e2e import envelope_of, envelope_request, open_response, seal_request
+from teeflow.serve.e2e import (
+    E2E_PARAMETER,
+    E2E_TENSOR,
+    envelope_of,
+    envelope_request,
+    open_response,
+    seal_request,
+)
 from teeflow.serve.oip import HEADER_LENGTH, decode_response, encode_request
+from teeflow.serve.session import (
+    SEQ_PARAMETER,
+    SESSION_PARAMETER,
+    SESSION_SCHEME,
+    SessionKeys,
+    seal_setup,
+)
 from teeflow.serve.workload import statement
 
 __all__ = ["Client", "ServeRefused", "ServerUnverified", "tls_context"]
@@ -93,14 +119,23 @@ class Client:
         model: the model name (default: the one the server attests).
         tls_verify: TLS verification for httpx (default: :func:`tls_context` of the pin).
         timeout: per-request timeout (seconds).
+        session: one end-to-end session for all requests (default) or one HPKE envelope
+            and signature per request (module docstring).
     """
+
+    #: Seconds before a session's expiry at which a new one is set up.
+    RENEW_BEFORE = 30
 
     def __init__(self, url: str, *, pin: Pin | Path | str, party: PartyKeys | None = None,
                  api_key: str | None = None, model: str | None = None,
                  tls_verify: ssl.SSLContext | bool | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, session: bool = True) -> None:
         self.pin = pin if isinstance(pin, Pin) else Pin.load(pin)
         self.api_key = api_key
+        self.use_session = session
+        self._lock = threading.RLock()
+        self._session: tuple[SessionKeys, str, int] | None = None
+        self._seq = 0
         self._auth = PartyRequestAuth(party.name, party.sign_key) if party is not None else None
         verify = tls_verify if tls_verify is not None else tls_context(self.pin)
         self._http = httpx.Client(base_url=url.rstrip("/"), verify=verify, timeout=timeout)
@@ -187,10 +222,19 @@ class Client:
             SealingError: the response does not open (tampered or swapped).
             OipError: a malformed response.
         """
-        if self._server_key is None:
-            self.verify_server()
-        assert self._server_key is not None and self.model is not None
-        inner, inner_len = encode_request(dict(inputs), binary=binary)
+        with self._lock:
+            if self._server_key is None:
+                self.verify_server()
+            assert self._server_key is not None and self.model is not None
+            inner, inner_len = encode_request(dict(inputs), binary=binary)
+            if self.use_session:
+                try:
+                    return self._infer_in_session(inner, inner_len)
+                except ServeRefused as exc:
+                    if not str(exc.problem.get("type", "")).endswith("/UnknownSession"):
+                        raise
+                self._session = None  # the server forgot it (restart): not processed
+                return self._infer_in_session(inner, inner_len)
         ct, key = seal_request(inner, inner_len, self._server_key, self.model,
                                api_key=self.api_key)
         body, length = envelope_request(ct)
@@ -202,15 +246,64 @@ class Client:
         plain, plain_len = open_response(sealed, key, ct)
         return {k: np.asarray(v) for k, v in decode_response(plain, plain_len).outputs.items()}
 
+    def open_session(self) -> str:
+        """Set up a new end-to-end session (module docstring, step 3) → its id.
+
+        Raises:
+            ServerUnverified: the server's attestation does not verify (first call).
+            ServeRefused: the server refused (e.g. 401/403 for the caller).
+            SealingError: the server's answer does not open under the session key.
+        """
+        with self._lock:
+            if self._server_key is None:
+                self.verify_server()
+            assert self._server_key is not None and self.model is not None
+            ct, secret = seal_setup(self._server_key, self.model, api_key=self.api_key)
+            resp = self._send(f"/v2/models/{self.model}/session", ct,
+                              {"Content-Type": "application/octet-stream"}, sign=True)
+            keys = SessionKeys(secret, ct, self.model)
+            sid, expires = keys.open_ok(resp.content)
+            self._session, self._seq = (keys, sid, expires), 0
+            return sid
+
+    def _infer_in_session(self, inner: bytes, inner_len: int | None
+                          ) -> dict[str, NDArray[Any]]:
+        if self._session is None or self._session[2] - time.time() < self.RENEW_BEFORE:
+            self.open_session()
+        assert self._session is not None
+        keys, sid, _ = self._session
+        self._seq += 1
+        seq = self._seq
+        ct = keys.seal_request(sid, seq, inner, inner_len)
+        body, length = encode_request(
+            {E2E_TENSOR: np.frombuffer(ct, dtype=np.uint8)}, binary=True,
+            parameters={E2E_PARAMETER: SESSION_SCHEME, SESSION_PARAMETER: sid,
+                        SEQ_PARAMETER: seq})
+        resp = self._post(body, length)
+        outer = decode_response(resp.content, resp.headers.get(HEADER_LENGTH))
+        sealed = envelope_of(outer)
+        if sealed is None or outer.parameters.get(E2E_PARAMETER) != SESSION_SCHEME:
+            raise VerificationError("the server answered a session request otherwise")
+        plain, plain_len = keys.open_response(sid, seq, sealed)
+        return {k: np.asarray(v) for k, v in decode_response(plain, plain_len).outputs.items()}
+
     def _post(self, body: bytes, length: int | None) -> httpx.Response:
         headers = {"Content-Type": "application/octet-stream"}
         if length is not None:
             headers[HEADER_LENGTH] = str(length)
-        if self._auth is None and self.api_key is None:
-            raise ServeRefused(401, {"detail": "give party keys or an API key"})
-        auth: Any = self._auth if self._auth is not None else httpx.USE_CLIENT_DEFAULT
-        resp = self._http.post(f"/v2/models/{self.model}/infer", content=body, headers=headers,
-                               auth=auth)
+        # a session request is authenticated by its session key (the caller was at setup)
+        return self._send(f"/v2/models/{self.model}/infer", body, headers,
+                          sign=not self.use_session)
+
+    def _send(self, path: str, body: bytes, headers: dict[str, str], *, sign: bool
+              ) -> httpx.Response:
+        auth: Any = httpx.USE_CLIENT_DEFAULT
+        if sign:
+            if self._auth is None and self.api_key is None:
+                raise ServeRefused(401, {"detail": "give party keys or an API key"})
+            if self._auth is not None:
+                auth = self._auth
+        resp = self._http.post(path, content=body, headers=headers, auth=auth)
         if resp.status_code != 200:
             try:
                 problem = resp.json()

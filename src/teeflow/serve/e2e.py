@@ -40,6 +40,7 @@ from teeflow.serve.oip import InferRequest, InferResponse, OipError, encode_requ
 __all__ = [
     "E2E_PARAMETER",
     "E2E_SCHEME",
+    "E2E_SCHEMES",
     "E2E_TENSOR",
     "MAX_ENVELOPE_AGE",
     "OpenedRequest",
@@ -55,6 +56,8 @@ __all__ = [
 #: Request/response parameter naming the extension, and its only value.
 E2E_PARAMETER = "teeflow_e2e"
 E2E_SCHEME = "hpke-v1"
+#: Every ``teeflow_e2e`` value: per-request HPKE, and sessions (:mod:`teeflow.serve.session`).
+E2E_SCHEMES = (E2E_SCHEME, "session-v1")
 #: The name of the one tensor that carries the ciphertext.
 E2E_TENSOR = "teeflow_hpke"
 _SUITE = Suite(KEM.X25519, KDF.HKDF_SHA256, AEAD.AES_256_GCM)
@@ -182,8 +185,8 @@ def envelope_of(message: InferRequest | InferResponse) -> bytes | None:
         if E2E_TENSOR in tensors:
             raise OipError(f"tensor {E2E_TENSOR} without the {E2E_PARAMETER} parameter")
         return None
-    if params[E2E_PARAMETER] != E2E_SCHEME:
-        raise OipError(f"unsupported {E2E_PARAMETER} scheme (only {E2E_SCHEME})")
+    if params[E2E_PARAMETER] not in E2E_SCHEMES:
+        raise OipError(f"unsupported {E2E_PARAMETER} scheme (only {', '.join(E2E_SCHEMES)})")
     arr = tensors.get(E2E_TENSOR)
     if len(tensors) != 1 or arr is None or arr.dtype != np.uint8 or arr.ndim != 1:
         raise OipError(f"an envelope has exactly one 1-D UINT8 tensor {E2E_TENSOR}")

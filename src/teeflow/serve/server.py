@@ -9,6 +9,8 @@ Routes (``docs/serve.md``; errors are RFC 7807 :class:`~teeflow.serve.access.Ser
 * ``GET /v2/models/{name}/ready``;
 * ``POST /v2/models/{name}/infer`` — JSON or binary-extension tensors; an HPKE envelope
   (:mod:`teeflow.serve.e2e`) when the ``teeflow_e2e`` parameter is set;
+* ``POST /v2/models/{name}/session`` — set up an end-to-end session (body: the HPKE setup
+  envelope, :mod:`teeflow.serve.session`; the caller is identified here, once);
 * ``GET /v2/attestation?nonce=...`` — the certificate, HPKE key and signed statement
   (:meth:`teeflow.serve.workload.ServeWorkload.attestation`).
 
@@ -16,6 +18,11 @@ Routes (``docs/serve.md``; errors are RFC 7807 :class:`~teeflow.serve.access.Ser
 decode (400) → envelope open, fresh and not replayed (400) or plaintext refused under
 ``require_e2e`` (403) →
 caller (401/403) → quota (429) → predict (500) → response (sealed to the request's key).
+A ``session-v1`` request: session known (400 ``SessionUnknown``) → sequence number above the
+last accepted one (400) → AEAD opens and fresh (400) → the session's party → quota → predict →
+response sealed under the session's response key. **Session setup**: model → body bound →
+party signature if present (401) → envelope opens, fresh, not replayed (400) → caller
+(401/403) → session opened (no quota is charged; requests are).
 """
 
 from __future__ import annotations
@@ -54,10 +61,12 @@ from teeflow.serve.access import (
     PlaintextRefused,
     ServeError,
     Unauthorized,
+    UnknownSession,
 )
 from teeflow.serve.e2e import (
     E2E_PARAMETER,
     E2E_SCHEME,
+    E2E_SCHEMES,
     E2E_TENSOR,
     MAX_ENVELOPE_AGE,
     envelope_of,
@@ -66,19 +75,34 @@ from teeflow.serve.e2e import (
 )
 from teeflow.serve.oip import (
     HEADER_LENGTH,
+    InferRequest,
     InferResponse,
     OipError,
     decode_request,
     encode_response,
 )
+from teeflow.serve.session import (
+    SEQ_PARAMETER,
+    SESSION_PARAMETER,
+    SESSION_SCHEME,
+    ServerSession,
+    SessionKeys,
+    SessionTable,
+    SessionUnknown,
+    open_setup,
+)
 from teeflow.serve.workload import ServeWorkload
 
-__all__ = ["MAX_INFER_BYTES", "create_app", "make_server", "serve", "tls_context"]
+__all__ = ["MAX_INFER_BYTES", "MAX_SETUP_BYTES", "create_app", "make_server", "serve",
+           "tls_context"]
 
 #: Largest inference request body (bytes).
 MAX_INFER_BYTES = 64 << 20
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 _LENGTH = re.compile(r"[0-9]{1,12}")  # ASCII digits only (str.isdigit() accepts "¹")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
+#: Largest session setup body (bytes).
+MAX_SETUP_BYTES = 4096
 
 
 def _problem(exc: ServeError) -> Response:
@@ -113,6 +137,7 @@ def create_app(workload: ServeWorkload) -> FastAPI:
     access = workload.access
     flushing = threading.Lock()
     envelopes = NonceCache()  # each envelope is accepted once (teeflow.serve.e2e)
+    sessions = SessionTable()  # teeflow.serve.session
 
     def flush() -> None:
         if flushing.acquire(blocking=False):
@@ -156,7 +181,9 @@ def create_app(workload: ServeWorkload) -> FastAPI:
         assert workload.predictor is not None
         return {"name": name, "versions": ["1"], "platform": workload.predictor.platform,
                 "inputs": workload.predictor.inputs, "outputs": workload.predictor.outputs,
-                "parameters": {E2E_PARAMETER: E2E_SCHEME, "require_e2e": access.require_e2e,
+                "parameters": {E2E_PARAMETER: E2E_SCHEME,
+                               "teeflow_e2e_schemes": list(E2E_SCHEMES),
+                               "require_e2e": access.require_e2e,
                                "model_digest": workload.header.digest}}
 
     @app.get("/v2/models/{name}/ready")
@@ -170,27 +197,78 @@ def create_app(workload: ServeWorkload) -> FastAPI:
             raise BadRequest("nonce must be 16..128 base64url characters")
         return workload.attestation(nonce)
 
+    async def read_body(request: Request, limit: int) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if not _LENGTH.fullmatch(declared) or int(declared) > limit:
+            raise BadRequest(f"give Content-Length ≤ {limit} bytes")
+        body = await request.body()
+        if len(body) > limit:
+            raise BadRequest(f"body larger than {limit} bytes")
+        return body
+
+    def signer(request: Request, body: bytes) -> str | None:
+        if "signature-input" not in request.headers:
+            return None
+        try:
+            return verifier.verify(request.method, str(request.url), request.headers,
+                                   body).party
+        except RequestSignatureError as exc:
+            raise Unauthorized(str(exc)) from None
+
+    @app.post("/v2/models/{name}/session")
+    async def session_setup(name: str, request: Request) -> Response:
+        model(name)
+        body = await read_body(request, MAX_SETUP_BYTES)
+        signed_party = signer(request, body)
+        try:
+            secret, api_key, created = open_setup(body, workload.hpke_key, name)
+            now = time.time()
+            if abs(now - created) > MAX_ENVELOPE_AGE:
+                raise SealingError("the session setup is stale or from the future (clock?)")
+            envelopes.remember("session", hashlib.sha256(body).hexdigest(), now=now,
+                               until=created + MAX_ENVELOPE_AGE)
+        except (SealingError, RequestSignatureError) as exc:
+            raise BadRequest(str(exc)) from None
+        party = access.identify(signed_party=signed_party,
+                                api_key=api_key or _bearer(request))
+        keys = SessionKeys(secret, body, name)
+        sid, expires = sessions.open(keys, party, now=now)
+        return Response(keys.seal_ok(sid, expires), media_type="application/octet-stream")
+
+    def open_session(outer: InferRequest, ct: bytes
+                     ) -> tuple[ServerSession, InferRequest, str, int]:
+        sid, seq = outer.parameters.get(SESSION_PARAMETER), outer.parameters.get(SEQ_PARAMETER)
+        if (not isinstance(sid, str) or not _SESSION_ID.fullmatch(sid)
+                or type(seq) is not int or seq < 1):
+            raise BadRequest(f"a {SESSION_SCHEME} request needs {SESSION_PARAMETER} and "
+                             f"{SEQ_PARAMETER} (an integer ≥ 1)")
+        try:
+            entry, body, length = sessions.accept(sid, seq, ct, now=time.time())
+            inner = decode_request(body, length)
+        except SessionUnknown as exc:
+            raise UnknownSession(str(exc)) from None
+        except (SealingError, OipError) as exc:
+            raise BadRequest(str(exc)) from None
+        return entry, inner, sid, seq
+
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request) -> Response:
         model(name)
-        declared = request.headers.get("content-length", "")
-        if not _LENGTH.fullmatch(declared) or int(declared) > MAX_INFER_BYTES:
-            raise BadRequest(f"give Content-Length ≤ {MAX_INFER_BYTES} bytes")
-        body = await request.body()
-        if len(body) > MAX_INFER_BYTES:
-            raise BadRequest(f"body larger than {MAX_INFER_BYTES} bytes")
-        signed_party = None
-        if "signature-input" in request.headers:
-            try:
-                signed_party = verifier.verify(request.method, str(request.url),
-                                               request.headers, body).party
-            except RequestSignatureError as exc:
-                raise Unauthorized(str(exc)) from None
+        body = await read_body(request, MAX_INFER_BYTES)
+        signed_party = signer(request, body)
         try:
             outer = decode_request(body, request.headers.get(HEADER_LENGTH))
             ct = envelope_of(outer)
         except OipError as exc:
             raise BadRequest(str(exc)) from None
+        if ct is not None and outer.parameters[E2E_PARAMETER] == SESSION_SCHEME:
+            # the session's party, authenticated at setup (a signature here adds nothing)
+            entry, inner, sid, seq = open_session(outer, ct)
+
+            def seal_in_session(b: bytes, n: int | None) -> tuple[bytes, str]:
+                return entry.keys.seal_response(sid, seq, b, n), SESSION_SCHEME
+
+            return await answer(name, inner, entry.party, seal_in_session)
         api_key = _bearer(request)
         if ct is not None:
             try:
@@ -209,6 +287,17 @@ def create_app(workload: ServeWorkload) -> FastAPI:
         else:
             inner = outer
         party = access.identify(signed_party=signed_party, api_key=api_key)
+        if ct is None:
+            return await answer(name, inner, party, None)
+        client_key, request_ct = opened.client_key, ct
+
+        def seal_per_request(b: bytes, n: int | None) -> tuple[bytes, str]:
+            return seal_response(b, n, client_key, request_ct), E2E_SCHEME
+
+        return await answer(name, inner, party, seal_per_request)
+
+    async def answer(name: str, inner: InferRequest, party: str,
+                     seal: Callable[[bytes, int | None], tuple[bytes, str]] | None) -> Response:
         access.admit(party)
         predictor = workload.predictor
         assert predictor is not None
@@ -224,10 +313,10 @@ def create_app(workload: ServeWorkload) -> FastAPI:
             out_body, out_len = encode_response(resp, binary=inner.binary_outputs)
         except OipError as exc:
             raise InferenceFailed(str(exc)) from None
-        if ct is not None:
-            sealed = seal_response(out_body, out_len, opened.client_key, ct)
+        if seal is not None:
+            sealed, scheme = seal(out_body, out_len)
             env = InferResponse(name, {E2E_TENSOR: np.frombuffer(sealed, dtype=np.uint8)},
-                                parameters={E2E_PARAMETER: E2E_SCHEME})
+                                parameters={E2E_PARAMETER: scheme})
             out_body, out_len = encode_response(env, binary=True)
         if access.answered(party):
             threading.Thread(target=flush, name="teeflow-serve-usage", daemon=True).start()
