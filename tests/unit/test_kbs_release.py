@@ -263,3 +263,30 @@ def test_release_uses_the_package_claim(h: Harness) -> None:
     w = h.attest(claims=claims)
     assert open_jwe(h.service.get_resource(h.session(w), PATH), w.key) == key
     _release_denied(h, CLAIMS, f"package {PKG} not granted")
+
+
+def test_data_key_unwrapped_once_and_a_replacement_gets_its_own(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Releases of one stored key unwrap it once; a replacement (another wrapped key under a
+    newer grant) is unwrapped afresh, so the old data key is never released again."""
+    import teeflow.kbs.service.resources as resources
+
+    calls: list[bytes] = []
+    real = resources.unwrap_key
+
+    def counting(wrapped: bytes, *args: Any, **kw: Any) -> bytes:
+        calls.append(wrapped)
+        return real(wrapped, *args, **kw)
+
+    monkeypatch.setattr(resources, "unwrap_key", counting)
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    h.service.put_resource(h.upload(old_key, grant=h.grant(max_releases=10)))
+    w = h.attest()
+    s = h.session(w)
+    assert [open_jwe(h.service.get_resource(s, PATH), w.key) for _ in range(3)] == [old_key] * 3
+    assert len(calls) == 2  # the upload's unwrap check, then the first release only
+    h.service.put_resource(h.upload(new_key, grant=h.grant(
+        max_releases=10, created_at=NOW - timedelta(hours=1))))  # fmt: skip
+    assert open_jwe(h.service.get_resource(s, PATH), w.key) == new_key
+    assert len(calls) == 4  # the replacement's check and its first release

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -83,6 +83,8 @@ _AUDIT_KINDS = frozenset(
 )
 _ROLES = frozenset({"aggregator", "client", "compute", "kbs", "serve", "app"})
 _DECISIONS = frozenset({"accept", "deny", "info"})
+#: Cached (route, method, status) series of HttpMetrics (hostile methods are not cached).
+_MAX_CHILDREN = 1024
 _SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _ROUND_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 _BYTES_BUCKETS = tuple(float(4**k * 1024) for k in range(1, 11))  # 4 KiB .. 1 GiB
@@ -140,12 +142,23 @@ class HttpMetrics:
             buckets=_SECONDS_BUCKETS,
             registry=registry,
         )
+        #: (route, method, status) -> the two child series (labels() once per series)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request (``route``: the matched route template, or ``unmatched``)."""
-        code = str(status) if 100 <= status <= 599 else OTHER
-        self.requests.labels(route, bounded(method, HTTP_METHODS), code).inc()
-        self.seconds.labels(route).observe(max(0.0, seconds))
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:  # label values are bounded: routes, methods, codes
+            code = str(status) if 100 <= status <= 599 else OTHER
+            children = (
+                self.requests.labels(route, bounded(method, HTTP_METHODS), code),
+                self.seconds.labels(route),
+            )
+            if len(self._children) < _MAX_CHILDREN:
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(max(0.0, seconds))
 
 
 class KbsMetrics:
@@ -159,6 +172,7 @@ class KbsMetrics:
 
     def __init__(self, registry: CollectorRegistry, tees: Iterable[str]) -> None:
         self._tees = frozenset(tees)
+        self._entry_series: dict[tuple[str, str], Any] = {}
         self.attestations = Counter(
             "teeflow_kbs_attestations",
             "Attestations appraised, by declared TEE type, workload role and result "
@@ -211,7 +225,11 @@ class KbsMetrics:
         """Count one committed audit entry (see the class docstring)."""
         facts = data if isinstance(data, dict) else {}
         kind_label = bounded(kind, _AUDIT_KINDS)
-        self.audit_entries.labels(kind_label, bounded(decision, _DECISIONS)).inc()
+        key = (kind_label, bounded(decision, _DECISIONS))
+        entries = self._entry_series.get(key)
+        if entries is None:  # both labels bounded vocabularies
+            entries = self._entry_series[key] = self.audit_entries.labels(*key)
+        entries.inc()
         self.audit_head.set(max(seq, 0))
         if decision == "deny":
             self.denials.labels(kind_label, denial_reason(reasons)).inc()

@@ -58,6 +58,8 @@ __all__ = ["RELEASE_ATTEMPTS", "ResourceService"]
 #: Attempts of a release's compare-and-increment before answering 503 (concurrent releases of
 #: one resource make the count stale; each attempt re-reads it and re-decides).
 RELEASE_ATTEMPTS = 64
+#: Data keys kept unwrapped (see ResourceService).
+_MAX_UNWRAPPED = 4096
 
 
 class ResourceService:
@@ -72,6 +74,11 @@ class ResourceService:
     def __init__(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
         self._generated = GeneratedSecretService(ctx)
+        #: (path, wrapped key) -> data key, at most _MAX_UNWRAPPED (all dropped when full).
+        #: No more exposure than the KBS HPKE private key itself, which this process holds
+        #: in the same TEE memory and which unwraps every stored key; a replaced resource
+        #: has another wrapped key, so its old entry is never used again.
+        self._unwrapped: dict[tuple[str, bytes], bytes] = {}
 
     def put_resource(self, upload: ResourceUpload) -> ResourceInfo:
         """Store an owner's wrapped data key under its signed grant (still wrapped).
@@ -151,6 +158,23 @@ class ResourceService:
         stored = stored_grant(record)
         return resource_info(record, stored.grant.id if stored else "")
 
+    def _data_key(self, path: str, wrapped: bytes) -> bytes:
+        """The data key of a stored resource (HPKE unwrap once per wrapped key).
+
+        Raises:
+            SealingError: the wrapped key does not unwrap (never remembered).
+        """
+        known = self._unwrapped.get((path, wrapped))
+        if known is not None:
+            return known
+        secret = unwrap_key(
+            wrapped, self._ctx.keys.hpke, info=RESOURCE_WRAP_INFO, aad=resource_wrap_aad(path)
+        )
+        if len(self._unwrapped) >= _MAX_UNWRAPPED:
+            self._unwrapped.clear()
+        self._unwrapped[(path, wrapped)] = secret
+        return secret
+
     def get_resource(self, session: AttestedSession, path: str) -> str:
         """Release resource ``path`` to an authorised session as a flattened JWE (JSON text)
         sealed to its attested ``tee-pubkey`` (see :mod:`teeflow.kbs.service.release`).
@@ -200,12 +224,7 @@ class ResourceService:
                 self._ctx.deny_release(path, decision.reasons or ["denied"], data)
             if sealed is None or sealed[0] != record.wrapped_key:
                 try:
-                    secret = unwrap_key(
-                        record.wrapped_key,
-                        self._ctx.keys.hpke,
-                        info=RESOURCE_WRAP_INFO,
-                        aad=resource_wrap_aad(path),
-                    )
+                    secret = self._data_key(path, record.wrapped_key)
                     sealed = (record.wrapped_key, seal_for_tee(secret, session.tee_pubkey))
                 except (SealingError, KbsError):
                     reason = "stored key cannot be released"
