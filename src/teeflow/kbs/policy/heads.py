@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import struct
@@ -59,17 +60,28 @@ class StateHead:
 
     def message(self, audit_public_key: Ed25519PublicKey) -> bytes:
         """The signed bytes (module docstring)."""
-        kbs_id = hashlib.sha256(audit_public_key.public_bytes_raw()).digest()
-        return HEAD_DOMAIN + kbs_id + struct.pack(">Q", self.seq) + self.hash
+        return _message(_kbs_id(audit_public_key.public_bytes_raw()), self)
 
     def text(self) -> str:
         """``seq.hash`` for messages and files."""
         return f"{self.seq}.{self.hash.hex()}"
 
 
-def sign_head(head: StateHead, audit_key: Ed25519PrivateKey) -> str:
-    """The :data:`HEAD_HEADER` value of ``head`` signed with the KBS audit key."""
-    sig = audit_key.sign(head.message(audit_key.public_key()))
+@functools.lru_cache(maxsize=64)
+def _kbs_id(audit_public_raw: bytes) -> bytes:
+    return hashlib.sha256(audit_public_raw).digest()
+
+
+def _message(kbs_id: bytes, head: StateHead) -> bytes:
+    return HEAD_DOMAIN + kbs_id + struct.pack(">Q", head.seq) + head.hash
+
+
+def sign_head(head: StateHead, audit_key: Ed25519PrivateKey, *, kbs_id: bytes | None = None) -> str:
+    """The :data:`HEAD_HEADER` value of ``head`` signed with the KBS audit key (``kbs_id``:
+    SHA-256 of its raw public key when the caller keeps it, else computed)."""
+    if kbs_id is None:
+        kbs_id = _kbs_id(audit_key.public_key().public_bytes_raw())
+    sig = audit_key.sign(_message(kbs_id, head))
     return f"{head.text()}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode('ascii')}"
 
 

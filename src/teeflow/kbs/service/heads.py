@@ -18,6 +18,7 @@ which parties narrow by checking the head (``teeflow kbs head``) regularly.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
@@ -69,6 +70,7 @@ class HeadRecorder:
     ) -> None:
         self._store = store
         self._key = audit_key
+        self._kbs_id = hashlib.sha256(audit_key.public_key().public_bytes_raw()).digest()
         self._file = head_file
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -96,7 +98,7 @@ class HeadRecorder:
         signed = self._signed
         if signed is not None and signed[0] == head:
             return signed[1]
-        value = sign_head(head, self._key)
+        value = sign_head(head, self._key, kbs_id=self._kbs_id)
         with self._lock:
             self._signed = (head, value)
             if head.seq > self._newest.seq:
