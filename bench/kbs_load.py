@@ -2,8 +2,8 @@
 
 A real ``teeflow kbs serve`` (separate process, emulated platform, SQLite in a temporary
 directory) is started; a party verifies and pins it, submits an agreement and uploads 64
-granted data keys (one per load thread: concurrent releases of one key race on its release
-counter, see bench/README.md). Then, from ``--procs`` load-generator processes x
+granted data keys (one per load thread; ``--shared-resource``: one for all, whose releases
+the KBS serialises per path). Then, from ``--procs`` load-generator processes x
 ``--threads`` threads (each thread one keep-alive HTTPS connection, pinned TLS):
 
 1. **flows** for ``--duration`` seconds: ``POST /kbs/v0/auth`` -> emulated evidence binding
@@ -323,8 +323,8 @@ def main() -> None:
                     help="SQLite ?synchronous= of the store (default: the store's default, "
                          "normal)")
     ap.add_argument("--shared-resource", action="store_true",
-                    help="every thread fetches the same resource (concurrent releases race "
-                         "on its release counter and are retried)")
+                    help="every thread fetches the same resource (the KBS serialises "
+                         "releases of one path; 16 threads: about 400 fetches/s, no errors)")
     ap.add_argument("--what-if-fmspc-cache", action="store_true",
                     help="measure the proposed collateral_provider change (FMSPC from the "
                          "cached PCK chain) by patching it into the server process")

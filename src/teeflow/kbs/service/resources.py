@@ -8,6 +8,7 @@ the protocol and the order of checks); state and plumbing are shared through
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -60,6 +61,8 @@ __all__ = ["RELEASE_ATTEMPTS", "ResourceService"]
 RELEASE_ATTEMPTS = 64
 #: Data keys kept unwrapped (see ResourceService).
 _MAX_UNWRAPPED = 4096
+#: Locks serialising this process's releases of one path (see ResourceService).
+_RELEASE_STRIPES = 64
 
 
 class ResourceService:
@@ -79,6 +82,11 @@ class ResourceService:
         #: in the same TEE memory and which unwraps every stored key; a replaced resource
         #: has another wrapped key, so its old entry is never used again.
         self._unwrapped: dict[tuple[str, bytes], bytes] = {}
+        #: releases of one path by this process decide and commit one at a time (striped
+        #: by path): otherwise each queued release decides on a count the ones ahead of it
+        #: in the store's write lock move on, and under N-way contention an attempt wins
+        #: with probability ~1/N, so some requests exhausted RELEASE_ATTEMPTS (503)
+        self._release_locks = tuple(threading.Lock() for _ in range(_RELEASE_STRIPES))
 
     def put_resource(self, upload: ResourceUpload) -> ResourceInfo:
         """Store an owner's wrapped data key under its signed grant (still wrapped).
@@ -208,6 +216,13 @@ class ResourceService:
         scope = generated_scope(path)
         if scope is not None:
             return self._generated.release(session, path, scope)
+        with self._release_locks[hash(path) % _RELEASE_STRIPES]:
+            return self._release(session, path, data, now)
+
+    def _release(
+        self, session: AttestedSession, path: str, data: dict[str, Any], now: datetime
+    ) -> str:
+        """The attempts of :meth:`get_resource` (under the path's release lock)."""
         sealed: tuple[bytes, str] | None = None  # (wrapped key, JWE) of the last attempt
         for attempt in range(RELEASE_ATTEMPTS):
             current = self._ctx.current(self._ctx.agreement_max_age if attempt == 0 else 0.0)
@@ -257,7 +272,7 @@ class ResourceService:
                 if attempt >= 2:
                     time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))  # noqa: S311
         reason = f"release count still contended after {RELEASE_ATTEMPTS} attempts"
-        self._ctx.deny(ServiceUnavailable, "release", path, [reason], data)
+        return self._ctx.deny(ServiceUnavailable, "release", path, [reason], data)
 
     def _decide(
         self,
