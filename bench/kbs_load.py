@@ -323,8 +323,8 @@ def main() -> None:
                     help="SQLite ?synchronous= of the store (default: the store's default, "
                          "normal)")
     ap.add_argument("--shared-resource", action="store_true",
-                    help="every thread fetches the same resource (the KBS serialises "
-                         "releases of one path; 16 threads: about 400 fetches/s, no errors)")
+                    help="every thread fetches the same resource (after a lost race the KBS "
+                         "serialises releases of one path: 16 threads, no errors)")
     ap.add_argument("--what-if-fmspc-cache", action="store_true",
                     help="measure the proposed collateral_provider change (FMSPC from the "
                          "cached PCK chain) by patching it into the server process")

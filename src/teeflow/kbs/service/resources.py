@@ -62,7 +62,7 @@ RELEASE_ATTEMPTS = 64
 #: Data keys kept unwrapped (see ResourceService).
 _MAX_UNWRAPPED = 4096
 #: Locks serialising this process's releases of one path (see ResourceService).
-_RELEASE_STRIPES = 64
+_RELEASE_STRIPES = 256
 
 
 class ResourceService:
@@ -82,10 +82,11 @@ class ResourceService:
         #: in the same TEE memory and which unwraps every stored key; a replaced resource
         #: has another wrapped key, so its old entry is never used again.
         self._unwrapped: dict[tuple[str, bytes], bytes] = {}
-        #: releases of one path by this process decide and commit one at a time (striped
-        #: by path): otherwise each queued release decides on a count the ones ahead of it
-        #: in the store's write lock move on, and under N-way contention an attempt wins
-        #: with probability ~1/N, so some requests exhausted RELEASE_ATTEMPTS (503)
+        #: after a first optimistic attempt lost a race, releases of one path by this
+        #: process decide and commit one at a time (striped by path): otherwise each queued
+        #: release decides on a count the ones ahead of it in the store's write lock move
+        #: on, an attempt wins with probability ~1/N under N-way contention, and some
+        #: requests exhausted RELEASE_ATTEMPTS (503)
         self._release_locks = tuple(threading.Lock() for _ in range(_RELEASE_STRIPES))
 
     def put_resource(self, upload: ResourceUpload) -> ResourceInfo:
@@ -216,15 +217,27 @@ class ResourceService:
         scope = generated_scope(path)
         if scope is not None:
             return self._generated.release(session, path, scope)
-        with self._release_locks[hash(path) % _RELEASE_STRIPES]:
-            return self._release(session, path, data, now)
+        released = self._release(session, path, data, now, range(1))  # optimistic
+        if released is None:  # contended: go on one at a time with this path's releases
+            with self._release_locks[hash(path) % _RELEASE_STRIPES]:
+                released = self._release(session, path, data, now, range(1, RELEASE_ATTEMPTS))
+        if released is None:
+            reason = f"release count still contended after {RELEASE_ATTEMPTS} attempts"
+            self._ctx.deny(ServiceUnavailable, "release", path, [reason], data)
+        return released
 
     def _release(
-        self, session: AttestedSession, path: str, data: dict[str, Any], now: datetime
-    ) -> str:
-        """The attempts of :meth:`get_resource` (under the path's release lock)."""
+        self,
+        session: AttestedSession,
+        path: str,
+        data: dict[str, Any],
+        now: datetime,
+        attempts: range,
+    ) -> str | None:
+        """Release attempts of :meth:`get_resource`: the JWE, or None when every attempt
+        met a concurrent change (attempt 0 may decide on this process's view)."""
         sealed: tuple[bytes, str] | None = None  # (wrapped key, JWE) of the last attempt
-        for attempt in range(RELEASE_ATTEMPTS):
+        for attempt in attempts:
             current = self._ctx.current(self._ctx.agreement_max_age if attempt == 0 else 0.0)
             if current is None:
                 self._ctx.deny_release(path, ["no federation agreement"], data)
@@ -271,8 +284,7 @@ class ResourceService:
                 # agreement superseded) denies
                 if attempt >= 2:
                     time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))  # noqa: S311
-        reason = f"release count still contended after {RELEASE_ATTEMPTS} attempts"
-        return self._ctx.deny(ServiceUnavailable, "release", path, [reason], data)
+        return None
 
     def _decide(
         self,
