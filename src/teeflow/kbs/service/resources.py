@@ -190,9 +190,10 @@ class ResourceService:
 
         The release count is a compare-and-increment committed together with the release's
         audit entry. When concurrent releases of the same resource make the count stale,
-        the count is re-read and the decision re-made (up to :data:`RELEASE_ATTEMPTS` times,
-        with a short random back-off): concurrent requests never exceed ``max_releases``,
-        and none is refused unless the budget is really used up.
+        the count is re-read and the decision re-made under the path's release lock (up to
+        :data:`RELEASE_ATTEMPTS` times, with a short random back-off): concurrent requests
+        never exceed ``max_releases``, and none is refused unless the budget is really used
+        up.
 
         A path in a KBS-generated scope (``fl/checkpoint-key/<session>``) is created on first
         use and released by its own rules (:class:`~teeflow.kbs.service.generated.
