@@ -48,7 +48,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue, Val
 
 from teeflow.errors import KbsError, ParseError, VerificationError
 from teeflow.kbs.api.problems import PROBLEM_TYPES
-from teeflow.kbs.policy.canonical import b64url_decode
+from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode
 from teeflow.kbs.policy.parties import teeflow_home
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "KbsHttpError",
     "Pin",
     "default_pin_path",
+    "fetch_kbs_evidence",
     "http_client",
     "observing_tls_context",
     "pinned_tls_context",
@@ -287,3 +288,24 @@ def send(
     if resp.status_code >= 400:
         _raise_problem(resp.status_code, body)
     return resp, body
+
+
+def fetch_kbs_evidence(
+    url: str, nonce: bytes, *, timeout: float, limit: int
+) -> tuple[bytes, list[str]]:
+    """``GET /v1/kbs/evidence?nonce=`` from a KBS not yet trusted (the first step of
+    verifying it): the response body (at most ``limit`` bytes) and the SPKI SHA-256 (hex) of
+    every TLS key seen on the connection, which the caller checks against the evidence.
+
+    Raises:
+        VerificationError: no TLS certificate was observed.
+        KbsError: not https, transport failure, an HTTP error, or an oversized body.
+    """
+    observed: list[str] = []
+    with http_client(url, observing_tls_context(observed.append), timeout) as http:
+        _, body = send(
+            http, "GET", "/v1/kbs/evidence", params={"nonce": b64url_encode(nonce)}, limit=limit
+        )
+    if not observed:
+        raise VerificationError("no TLS certificate was observed from the KBS")
+    return body, observed

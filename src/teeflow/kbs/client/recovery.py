@@ -31,13 +31,13 @@ from teeflow.attestation.trust import TrustAnchor
 from teeflow.errors import KbsError, ParseError, PolicyViolation, VerificationError
 from teeflow.kbs.client.pinning import (
     Pin,
+    fetch_kbs_evidence,
     http_client,
-    observing_tls_context,
     pinned_tls_context,
     send,
 )
 from teeflow.kbs.policy.agreement import FederationAgreement, WorkloadRole
-from teeflow.kbs.policy.canonical import b64url_decode, b64url_encode, format_validation_error
+from teeflow.kbs.policy.canonical import b64url_decode, format_validation_error
 from teeflow.kbs.policy.parties import PartyKeys
 from teeflow.kbs.service.collateral import CollateralProvider, SnpEndorsementProvider
 from teeflow.kbs.service.evidence import VerifyInputs, evidence_type
@@ -250,17 +250,7 @@ def recover(
     record = share.parsed_record()
     own = open_party_share(record, keys.name, keys.recipient_key)
     nonce = rng(32)
-    observed: list[str] = []
-    with http_client(base, observing_tls_context(observed.append), timeout) as http:
-        _, body = send(
-            http,
-            "GET",
-            "/v1/kbs/evidence",
-            params={"nonce": b64url_encode(nonce)},
-            limit=_MAX_EVIDENCE,
-        )
-    if not observed:
-        raise VerificationError("no TLS certificate was observed from the KBS")
+    body, observed = fetch_kbs_evidence(base, nonce, timeout=timeout, limit=_MAX_EVIDENCE)
     bundle = verify_recovery_evidence(
         body,
         nonce=nonce,

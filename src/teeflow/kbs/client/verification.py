@@ -18,9 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from teeflow.errors import KbsError, VerificationError
-from teeflow.kbs.client.pinning import Pin, http_client, observing_tls_context, send
-from teeflow.kbs.policy.canonical import b64url_encode
+from teeflow.errors import KbsError
+from teeflow.kbs.client.pinning import Pin, fetch_kbs_evidence
 
 if TYPE_CHECKING:
     from teeflow.attestation.trust import TrustAnchor
@@ -116,17 +115,7 @@ def verify_kbs(
     if provider is None:
         provider = CompositeCollateralProvider([])
     nonce = rng(32)
-    observed: list[str] = []
-    with http_client(base, observing_tls_context(observed.append), timeout) as http:
-        _, body = send(
-            http,
-            "GET",
-            "/v1/kbs/evidence",
-            params={"nonce": b64url_encode(nonce)},
-            limit=MAX_EVIDENCE_BYTES,
-        )
-    if not observed:
-        raise VerificationError("no TLS certificate was observed from the KBS")
+    body, observed = fetch_kbs_evidence(base, nonce, timeout=timeout, limit=MAX_EVIDENCE_BYTES)
     if allow_emulated and anchors is None and b'"emulated-snp"' in body:
         # the emulated SNP root is loaded only for (claimed) emulated SNP evidence: loading it
         # costs about a second; the claim decides nothing else (verification checks it)
