@@ -29,7 +29,7 @@ from teeflow.fl.strategy import EvaluateResult, FitResult, validate_fit_result
 from teeflow.fl.strategy.base import Config, Metrics, validate_evaluate_result
 from teeflow.kbs.policy.agreement import FlLimits
 
-__all__ = ["Emit", "ResultCollector", "RoundTally"]
+__all__ = ["Emit", "ResultCollector", "RoundHub", "RoundTally"]
 
 #: Progress sink: ``emit(event, fields)``.
 Emit = Callable[[str, dict[str, Any]], None]
@@ -41,7 +41,9 @@ class _Handle(Protocol):
     def outcome(self) -> Any: ...
 
 
-class _Hub(Protocol):
+class RoundHub(Protocol):
+    """What a round needs of the hub: submit tasks, wait for them as they complete."""
+
     def submit(
         self,
         party: str,
@@ -75,7 +77,7 @@ class ResultCollector:
         emit: progress sink.
     """
 
-    def __init__(self, hub: _Hub, limits: FlLimits, emit: Emit) -> None:
+    def __init__(self, hub: RoundHub, limits: FlLimits, emit: Emit) -> None:
         self._hub = hub
         self._limits = limits
         self._emit = emit

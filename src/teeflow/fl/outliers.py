@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 import numpy as np
 
 from teeflow.errors import FLError
 from teeflow.fl.arrays import ArrayDict, encode_arrays
+from teeflow.fl.collect import Emit, RoundHub
 from teeflow.fl.proto import teeflow_fl_pb2 as pb
 from teeflow.fl.strategy.base import Config, FitResult, check_metrics
 from teeflow.fl.strategy.fedavg import weighted_average
@@ -49,24 +49,6 @@ __all__ = [
     "measure_utilities",
     "score_clients",
 ]
-
-Emit = Callable[[str, dict[str, Any]], None]
-
-
-class _Hub(Protocol):
-    def submit(
-        self,
-        party: str,
-        kind: int,
-        round: int,
-        config: Config,
-        arrays: bytes | None,
-        *,
-        deadline_seconds: float,
-    ) -> Any: ...
-
-    def as_completed(self, handles: Iterable[Any], deadline: float) -> Any: ...
-
 
 def draw_subsets(
     parties: Sequence[str], count: int, size: int, seed: int, round: int
@@ -121,7 +103,7 @@ def score_clients(
 
 
 def measure_utilities(
-    hub: _Hub,
+    hub: RoundHub,
     round: int,
     candidates: Sequence[ArrayDict],
     evaluators: Sequence[str],
