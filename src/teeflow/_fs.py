@@ -17,9 +17,10 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write", "ensure_private_dir", "fsync_dir"]
+__all__ = ["atomic_write", "ensure_private_dir", "fsync_dir", "teeflow_home_env"]
 
 
 def atomic_write(
@@ -96,3 +97,17 @@ def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
     if stat.S_IMODE(directory.stat().st_mode) != 0o700:
         os.chmod(directory, 0o700)
     return directory
+
+
+@contextlib.contextmanager
+def teeflow_home_env(home: Path) -> Iterator[None]:
+    """Set ``$TEEFLOW_HOME`` to ``home`` while in the block (restored afterwards)."""
+    old = os.environ.get("TEEFLOW_HOME")
+    os.environ["TEEFLOW_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TEEFLOW_HOME", None)
+        else:
+            os.environ["TEEFLOW_HOME"] = old

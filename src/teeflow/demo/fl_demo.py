@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import teeflow
-from teeflow._fs import atomic_write
+from teeflow._fs import atomic_write, teeflow_home_env
 from teeflow.demo.attestation_roundtrip import DemoStep
 from teeflow.demo.fl_support import (
     RoundProgress,
@@ -60,7 +60,6 @@ from teeflow.demo.fl_support import (
     prepare_workdir,
     restore_sigint,
     shield_stop,
-    teeflow_home_env,
     write_agreement,
 )
 from teeflow.errors import FLError

@@ -39,7 +39,6 @@ __all__ = [
     "restore_sigint",
     "shield_stop",
     "teeflow_command",
-    "teeflow_home_env",
     "write_agreement",
 ]
 
@@ -47,20 +46,6 @@ __all__ = [
 DEMO_MARKER = ".teeflow-demo"
 #: The demo agreement's ``fl.max_examples``: MNIST's training split (60,000 images).
 DEMO_MAX_EXAMPLES = 60_000
-
-
-@contextlib.contextmanager
-def teeflow_home_env(home: Path) -> Iterator[None]:
-    """Set ``$TEEFLOW_HOME`` to ``home`` while in the block."""
-    old = os.environ.get("TEEFLOW_HOME")
-    os.environ["TEEFLOW_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TEEFLOW_HOME", None)
-        else:
-            os.environ["TEEFLOW_HOME"] = old
 
 
 @contextlib.contextmanager

@@ -26,16 +26,16 @@ agreement says so with ``allow_emulated: true``).
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from teeflow._fs import teeflow_home_env
 from teeflow.errors import FLError
 from teeflow.fl.arrays import ArrayDict
 
@@ -45,19 +45,6 @@ __all__ = ["DEFAULT_DATA", "LocalStudy", "SimulationResult", "simulate"]
 DEFAULT_DATA = "digits?clients={clients}&index={index}&seed=7"
 _PLATFORM = "emulated-sgx"
 Emit = Callable[[str, dict[str, Any]], None]
-
-
-@contextmanager
-def _home_env(home: Path) -> Iterator[None]:
-    old = os.environ.get("TEEFLOW_HOME")
-    os.environ["TEEFLOW_HOME"] = str(home)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("TEEFLOW_HOME", None)
-        else:
-            os.environ["TEEFLOW_HOME"] = old
 
 
 class LocalStudy:
@@ -137,7 +124,7 @@ class LocalStudy:
         self.workdir = self._workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.home = self.workdir / "home"
-        self._stack.enter_context(_home_env(self.home))
+        self._stack.enter_context(teeflow_home_env(self.home))
         self.keys = {p: PartyKeys.generate(p) for p in self.parties}
         for p, k in self.keys.items():
             k.save(self.home / "parties" / p, overwrite=True)
